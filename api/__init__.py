@@ -1,0 +1,1 @@
+"""The Starlette application, its HTTP routes and middleware, and the CLI."""

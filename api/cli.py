@@ -1,0 +1,196 @@
+"""The ``depot`` command: serve, migrate, check, export-schema."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+import click
+import uvicorn
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from core import migrate as migrations
+from core.db import create_engine
+from core.logging import configure_logging
+from core.probes import describe, probe_database, probe_redis
+from core.settings import Settings, SettingsError, load_settings
+
+T = TypeVar("T")
+
+LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+
+
+def _settings(**overrides: object) -> Settings:
+    """Load the settings, or print one line per bad value and exit with status 2."""
+    try:
+        return load_settings(**overrides)
+    except SettingsError as exc:
+        click.echo("Depot's configuration is invalid:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
+def _with_engine(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_engine(settings)
+        try:
+            return await action(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Depot: a GraphQL backend for files and the work done on them.
+
+    Configuration comes from DEPOT_* environment variables and .env;
+    see the README for the full table.
+    """
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
+@click.option("--log-level", type=LOG_LEVELS, help="Overrides DEPOT_LOG_LEVEL.")
+def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
+    """Serve the API, with GraphiQL at /graphql."""
+    if log_level:
+        # Also read by the reloader's child process, which loads its own settings.
+        os.environ["DEPOT_LOG_LEVEL"] = log_level.upper()
+    settings = _settings()
+    configure_logging(settings.log_level, json=settings.json_logs)
+    options: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "lifespan": "on",
+        "timeout_graceful_shutdown": 10,
+    }
+    if reload:
+        uvicorn.run("api.app:create_app_from_env", factory=True, reload=True, **options)  # type: ignore[arg-type]
+    else:
+        from api.app import create_app
+
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+
+
+@main.group()
+def migrate() -> None:
+    """Apply and inspect database migrations."""
+
+
+@migrate.command()
+@click.argument("revision", default="head")
+def upgrade(revision: str) -> None:
+    """Upgrade the database to REVISION (default: the latest)."""
+    settings = _settings()
+    _with_engine(settings, lambda engine: migrations.upgrade(engine, revision))
+    click.echo(f"Database upgraded to {revision}.")
+
+
+@migrate.command()
+@click.argument("revision")
+def downgrade(revision: str) -> None:
+    """Downgrade the database to REVISION (e.g. -1, or base for an empty schema)."""
+    settings = _settings()
+    _with_engine(settings, lambda engine: migrations.downgrade(engine, revision))
+    click.echo(f"Database downgraded to {revision}.")
+
+
+@migrate.command()
+def current() -> None:
+    """Print the database's revision and whether it is the latest."""
+    settings = _settings()
+    revision = _with_engine(settings, migrations.current_revision)
+    head = migrations.head_revision()
+    state = "latest" if revision == head else f"behind; latest is {head}"
+    click.echo(f"{revision or 'base (empty)'} ({state})")
+
+
+@migrate.command()
+def history() -> None:
+    """List every migration, newest first."""
+    for line in migrations.history():
+        click.echo(line)
+
+
+@migrate.command()
+@click.option("-m", "--message", required=True, help="What the migration changes.")
+@click.option("--autogenerate", is_flag=True, help="Diff the models against the database.")
+def revision(message: str, autogenerate: bool) -> None:
+    """Write a new migration file (for Depot's developers)."""
+    settings = _settings()
+    _with_engine(
+        settings,
+        lambda engine: migrations.revision(engine, message, autogenerate=autogenerate),
+    )
+
+
+@main.command()
+def check() -> None:
+    """Validate the configuration and reach every configured service.
+
+    Exits non-zero, with one line per problem, if anything is wrong.
+    """
+    settings = _settings()
+    problems = asyncio.run(_check_services(settings))
+    if problems:
+        for problem in problems:
+            click.echo(f"✗ {problem}", err=True)
+        sys.exit(1)
+    click.echo("✓ configuration is valid and every service answers")
+
+
+async def _check_services(settings: Settings) -> list[str]:
+    problems: list[str] = []
+    engine = create_engine(settings)
+    try:
+        await probe_database(engine)
+        click.echo(f"✓ database reachable ({engine.url.get_backend_name()})")
+        try:
+            await migrations.ensure_current(engine)
+            click.echo("✓ database schema is at the latest migration")
+        except migrations.SchemaBehind as exc:
+            if settings.is_production:
+                problems.append(str(exc))
+            else:
+                click.echo(f"• {exc} (development applies it at start)")
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+        problems.append(f"database unreachable at {engine.url!r}: {describe(exc)}")
+    finally:
+        await engine.dispose()
+    if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            await probe_redis(redis)
+            click.echo("✓ redis reachable")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"redis unreachable at {settings.redis_url}: {describe(exc)}")
+        finally:
+            await redis.aclose()
+    return problems
+
+
+@main.command("export-schema")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file."
+)
+def export_schema(output: Path | None) -> None:
+    """Print the GraphQL schema (SDL), as checked into schema.graphql."""
+    from schema import export_sdl
+
+    sdl = export_sdl()
+    if output is None:
+        click.echo(sdl, nl=False)
+    else:
+        output.write_text(sdl, encoding="utf-8")

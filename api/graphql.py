@@ -1,0 +1,177 @@
+"""The GraphQL endpoint: Strawberry's ASGI view, held to the GraphQL-over-HTTP spec.
+
+On top of Strawberry it adds:
+
+* content negotiation between ``application/graphql-response+json`` and
+  ``application/json`` (406 when the client accepts neither);
+* in ``application/graphql-response+json`` mode, status 400 for a request that
+  never reached execution (syntax, validation, variables), 200 otherwise;
+* 405 with ``Allow: POST`` for a mutation sent over GET, 415 for a body that is
+  not JSON;
+* every refusal as a JSON body of GraphQL errors with ``extensions.code``,
+  never a plain-text or 500 answer.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.parse_content_type import parse_content_type
+from strawberry.schema import BaseSchema
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
+from strawberry.types import ExecutionResult
+
+from core.settings import Settings
+from schema.context import Context
+
+GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
+JSON = "application/json"
+
+_HTTP_ERROR_CODES = {
+    400: "BAD_REQUEST",
+    404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED",
+    406: "NOT_ACCEPTABLE",
+    415: "UNSUPPORTED_MEDIA_TYPE",
+}
+
+
+def negotiate(accept: str | None) -> str | None:
+    """The response media type for an ``Accept`` header, or None if none fits.
+
+    A missing header, ``*/*`` and ``application/*`` get ``application/json``,
+    which every client before the spec understood.
+    """
+    if not accept:
+        return JSON
+    best: str | None = None
+    best_q = 0.0
+    for entry in accept.split(","):
+        media, params = parse_content_type(entry.strip() or "*/*")
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            continue
+        offered = {
+            GRAPHQL_RESPONSE_JSON: GRAPHQL_RESPONSE_JSON,
+            JSON: JSON,
+            "application/*": JSON,
+            "*/*": JSON,
+        }.get(media.lower())
+        # At equal weight, the spec's own media type wins.
+        if offered and (q > best_q or (q == best_q and offered == GRAPHQL_RESPONSE_JSON)):
+            best, best_q = offered, q
+    return best
+
+
+class GraphQLView(GraphQL[Context, None]):
+    """Strawberry's ASGI view with Depot's context and HTTP semantics."""
+
+    def __init__(self, schema: BaseSchema, settings: Settings) -> None:
+        protocols = [GRAPHQL_TRANSPORT_WS_PROTOCOL]
+        if settings.graphql_ws_legacy:
+            protocols.append(GRAPHQL_WS_PROTOCOL)
+        super().__init__(
+            schema,
+            graphql_ide="graphiql" if settings.graphiql else None,
+            subscription_protocols=protocols,
+            connection_init_wait_timeout=timedelta(seconds=10),
+            allowed_origins=settings.cors_origins,
+        )
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        media_type = negotiate(request.headers.get("accept"))
+        # A browser opening /graphql accepts only HTML: that is a request for GraphiQL.
+        wants_ide = request.method == "GET" and "query" not in request.query_params
+        if media_type is None and not wants_ide:
+            response = self._error_response(
+                406, f"Accept {GRAPHQL_RESPONSE_JSON} or {JSON} to get a response.", JSON
+            )
+        else:
+            media_type = request.state.media_type = media_type or JSON
+            try:
+                response = await self.run(request)
+            except HTTPException as exc:
+                if isinstance(exc.__cause__, InvalidOperationTypeError):
+                    response = self._error_response(
+                        405, "Mutations must be sent with POST.", media_type, allow="POST"
+                    )
+                else:
+                    allow = "GET, POST" if exc.status_code == 405 else None
+                    response = self._error_response(exc.status_code, exc.reason, media_type, allow)
+        await response(scope, receive, send)
+
+    def _error_response(
+        self, status: int, message: str, media_type: str, allow: str | None = None
+    ) -> Response:
+        code = _HTTP_ERROR_CODES.get(status, "BAD_REQUEST")
+        body = {"errors": [{"message": message, "extensions": {"code": code}}]}
+        headers = {"Allow": allow} if allow else None
+        return Response(
+            self.encode_json(body), status_code=status, media_type=media_type, headers=headers
+        )
+
+    async def get_context(
+        self, request: Request | WebSocket, response: Response | WebSocket
+    ) -> Context:
+        return Context(
+            request=request,
+            response=response,
+            settings=self.settings,
+            sessionmaker=request.state.sessionmaker,
+            request_id=request.state.request_id,
+        )
+
+    async def get_sub_response(self, request: Request | WebSocket) -> Response:
+        response = await super().get_sub_response(request)
+        response.media_type = request.state.media_type
+        return response
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        if request.method == "POST":
+            content_type, _ = parse_content_type(request.content_type or "")
+            if content_type != JSON:
+                raise HTTPException(
+                    415, f"Send GraphQL requests as Content-Type: {JSON}, not {content_type!r}."
+                )
+        return await super().parse_http_body(request)
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        response = await super().process_result(request, result)
+        # A request that failed before execution has no `data` entry at all.
+        if result.data is None and result.errors and all(e.path is None for e in result.errors):
+            response.pop("data", None)
+        return response
+
+    def create_response(
+        self,
+        response_data: GraphQLHTTPResponse | list[GraphQLHTTPResponse],
+        sub_response: Response,
+    ) -> Response:
+        response = super().create_response(response_data, sub_response)
+        media_type = sub_response.media_type or JSON
+        response.headers["content-type"] = media_type
+        if (
+            media_type == GRAPHQL_RESPONSE_JSON
+            and isinstance(response_data, dict)
+            and "data" not in response_data
+        ):
+            response.status_code = 400
+        return response

@@ -1,0 +1,1 @@
+"""What every edge of Depot shares: settings, database, entities, errors."""

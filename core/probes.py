@@ -1,0 +1,33 @@
+"""Reachability checks for the services Depot depends on.
+
+Shared by ``/readyz`` and ``depot check``; each raises with a readable reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+PROBE_TIMEOUT_S = 3.0
+
+
+async def probe_database(engine: AsyncEngine) -> None:
+    async with asyncio.timeout(PROBE_TIMEOUT_S), engine.connect() as connection:
+        await connection.execute(text("SELECT 1"))
+
+
+async def probe_redis(client: Redis) -> None:
+    async with asyncio.timeout(PROBE_TIMEOUT_S):
+        await client.ping()
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line reason, without the driver's multi-line noise."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text_ = str(exc).strip().splitlines()
+    reason = text_[0] if text_ else ""
+    return f"{type(exc).__name__}: {reason}" if reason else type(exc).__name__

@@ -1,0 +1,255 @@
+"""Settings, read once at start from ``DEPOT_*`` environment variables and ``.env``.
+
+Every value is validated when :func:`load_settings` runs, so a bad value stops
+Depot at start with a message naming the variable, never halfway through a
+request.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "DEPOT_"
+SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
+MIN_SECRET_LENGTH = 32
+_GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"  # noqa: S105
+
+_DRIVERS = {
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+
+def normalize_database_url(url: str) -> str:
+    """Point a PostgreSQL or SQLite URL at the async driver Depot uses.
+
+    >>> normalize_database_url("postgres://u:p@db/depot")
+    'postgresql+asyncpg://u:p@db/depot'
+    """
+    scheme, sep, rest = url.partition("://")
+    driver = _DRIVERS.get(scheme.lower())
+    if not sep or driver is None:
+        raise ValueError(
+            f"unsupported database URL scheme {scheme!r}: use postgresql://user:password"
+            "@host/database or sqlite:///path/to/file.db"
+        )
+    return f"{driver}://{rest}"
+
+
+def _is_weak(secret: str) -> bool:
+    return len(secret) < MIN_SECRET_LENGTH or len(set(secret)) < 10
+
+
+class Settings(BaseSettings):
+    """Depot's configuration; each field is the variable ``DEPOT_<NAME>``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="`development` applies migrations at start and generates a "
+        "secret; `production` refuses to start on a weak secret or an "
+        "unmigrated database.",
+    )
+    var_dir: Path = Field(
+        default=Path("var"),
+        description="Directory for the embedded database, local storage and the "
+        "generated development secret.",
+    )
+    database_url: str = Field(
+        default="",
+        description="`postgresql://user:password@host/db` or `sqlite:///path.db`. "
+        "Empty means a SQLite file `<var_dir>/depot.db`.",
+    )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="PostgreSQL connections kept open per process.",
+    )
+    database_max_overflow: int = Field(
+        default=10,
+        ge=0,
+        le=200,
+        description="Extra PostgreSQL connections allowed under load.",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="`redis://host:6379/0`. Unset means everything runs in-process.",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description=f"Signs tokens and links; at least {MIN_SECRET_LENGTH} random "
+        "characters. Generated under `var_dir` in development; required in "
+        "production.",
+    )
+    public_base_url: AnyHttpUrl = Field(
+        default=AnyHttpUrl("http://localhost:8000"),
+        description="The URL clients reach Depot at; used to build links.",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated browser origins allowed to call the API (HTTP and WebSocket).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Lowest level that is logged."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto",
+        description="`auto` is JSON in production and readable text in development.",
+    )
+    graphiql: bool = Field(default=True, description="Serve GraphiQL at `/graphql`.")
+    graphql_ws_legacy: bool = Field(
+        default=False,
+        description="Also accept the legacy `graphql-ws` WebSocket protocol.",
+    )
+    graphql_max_depth: int = Field(
+        default=15, ge=2, le=100, description="Deepest selection a query may nest."
+    )
+    graphql_max_tokens: int = Field(
+        default=5000, ge=100, description="Most tokens a GraphQL document may have."
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalize_database_url(cls, value: str) -> str:
+        return normalize_database_url(value) if value else value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_log_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("use redis://host:6379/0, rediss://… or unix://…")
+        return value or None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Settings:
+        # The model is frozen; these two defaults depend on other fields, so
+        # they are filled in once here, while the object is still private.
+        if not self.database_url:
+            path = (self.var_dir / "depot.db").as_posix()
+            object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{path}")
+        if self.secret_key is not None:
+            if self.is_production and _is_weak(self.secret_key.get_secret_value()):
+                raise ValueError(
+                    f"DEPOT_SECRET_KEY is too weak for production: use at least "
+                    f"{MIN_SECRET_LENGTH} random characters, e.g. {_GENERATE_SECRET}"
+                )
+        elif self.is_production:
+            raise ValueError(
+                f"DEPOT_SECRET_KEY must be set in production; generate one with {_GENERATE_SECRET}"
+            )
+        else:
+            secret = _development_secret(self.var_dir)
+            object.__setattr__(self, "secret_key", SecretStr(secret))
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def secret(self) -> str:
+        """The secret key's value (always set once validation has run)."""
+        assert self.secret_key is not None
+        return self.secret_key.get_secret_value()
+
+    @property
+    def json_logs(self) -> bool:
+        if self.log_format == "auto":
+            return self.is_production
+        return self.log_format == "json"
+
+
+def _development_secret(var_dir: Path) -> str:
+    """Read the development secret from ``var_dir``, creating it on first use."""
+    path = var_dir / SECRET_KEY_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    var_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(48)
+    try:
+        # O_EXCL: when two processes start at once, one writes and both read it.
+        with path.open("x", encoding="utf-8") as handle:
+            path.chmod(0o600)
+            handle.write(secret)
+    except FileExistsError:
+        return path.read_text().strip()
+    return secret
+
+
+class SettingsError(Exception):
+    """Raised by :func:`load_settings` with one readable line per bad value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning pydantic's report into one line per variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise SettingsError([_describe(error) for error in exc.errors()]) from None
+
+
+def _describe(error: object) -> str:
+    assert isinstance(error, dict)
+    location = [str(part) for part in error.get("loc", ()) if part != "__root__"]
+    message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
+    if not location:
+        return message
+    return f"{ENV_PREFIX}{location[0].upper()}: {message}"
+
+
+def settings_table() -> str:
+    """The README's configuration table, generated from :class:`Settings`."""
+    lines = ["| Variable | Default | Description |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default)
+        shown = f"`{default}`" if default not in (None, "") else "—"
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,40 @@
+"""The one GraphQL schema: types, queries, mutations, subscriptions, extensions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import strawberry
+from graphql import GraphQLError
+from strawberry.extensions import MaxTokensLimiter, ParserCache, QueryDepthLimiter, ValidationCache
+from strawberry.types import ExecutionContext
+
+from schema.errors import ErrorCodes
+from schema.query import Query
+from schema.users import User
+
+
+class _Schema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        # ErrorCodes logs what deserves it (unexpected errors, with their request
+        # id); Strawberry's default would log every client mistake as an error.
+        pass
+
+
+def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.Schema:
+    """The schema with its safety limits and caches."""
+    extensions: list[Any] = [
+        MaxTokensLimiter(max_token_count=max_tokens),
+        ParserCache(maxsize=256),
+        QueryDepthLimiter(max_depth=max_depth),
+        ValidationCache(maxsize=256),
+        ErrorCodes,
+    ]
+    return _Schema(query=Query, types=[User], extensions=extensions)
+
+
+def export_sdl() -> str:
+    """The schema in SDL, as checked into ``schema.graphql``."""
+    return build_schema().as_str() + "\n"

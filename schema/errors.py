@@ -1,0 +1,68 @@
+"""Turns exceptions into GraphQL errors with ``extensions.code``.
+
+Expected errors (:class:`core.errors.DepotError`) keep their message and gain
+their code. Errors in the request itself (syntax, validation, variables) are
+tagged ``GRAPHQL_PARSE_FAILED`` or ``GRAPHQL_VALIDATION_FAILED``. Anything else
+is a bug: it is logged with its traceback and the request id, and the client
+sees ``INTERNAL_SERVER_ERROR`` with that request id and nothing more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import structlog
+from graphql import GraphQLError, GraphQLSyntaxError
+from strawberry.extensions import SchemaExtension
+
+from core.errors import DepotError
+
+logger = structlog.get_logger("depot.graphql")
+
+# Exceptions graphql-core raises while coercing a client's literals and
+# variables; they describe the request, not a failure of ours.
+_REQUEST_ERRORS = (GraphQLError, ValueError, TypeError)
+
+
+class ErrorCodes(SchemaExtension):
+    """Give every error an ``extensions.code``; mask and log unexpected ones."""
+
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and result.errors:
+            result.errors = [self._map(error) for error in result.errors]
+
+    def _map(self, error: GraphQLError) -> GraphQLError:
+        original = error.original_error
+        if isinstance(original, DepotError):
+            return _with_extensions(error, error.message, original.extensions())
+        if isinstance(error, GraphQLSyntaxError):
+            return _with_extensions(error, error.message, {"code": "GRAPHQL_PARSE_FAILED"})
+        if error.path is None and (original is None or isinstance(original, _REQUEST_ERRORS)):
+            return _with_extensions(error, error.message, {"code": "GRAPHQL_VALIDATION_FAILED"})
+        request_id = getattr(self.execution_context.context, "request_id", None)
+        logger.error(
+            "unexpected error in GraphQL operation",
+            path=error.path,
+            operation=self.execution_context.operation_name,
+            exc_info=original or error,
+        )
+        return _with_extensions(
+            error,
+            f"Internal server error (request id {request_id})",
+            {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
+        )
+
+
+def _with_extensions(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:
+    return GraphQLError(
+        message,
+        nodes=error.nodes,
+        source=error.source,
+        positions=error.positions,
+        path=error.path,
+        original_error=None,
+        extensions={**(error.extensions or {}), **extensions},
+    )

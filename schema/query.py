@@ -1,0 +1,32 @@
+"""The root ``Query`` type."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+import strawberry
+
+from schema.context import Info
+from schema.ids import decode_id
+from schema.node import Node
+from schema.users import User, resolve_user
+
+# How each Node type is fetched by key; each function applies its own visibility rules.
+NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] = {
+    "User": resolve_user,
+}
+
+
+@strawberry.type
+class Query:
+    @strawberry.field(description="Any object by its global id; null when it is not visible.")
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+        type_name, key = decode_id(id)
+        resolve = NODE_RESOLVERS.get(type_name)
+        return await resolve(info, key) if resolve is not None else None
+
+    @strawberry.field(description="The signed-in user; null when signed out.")
+    def me(self, info: Info) -> User | None:
+        user = info.context.user
+        return User.from_model(user) if user is not None else None

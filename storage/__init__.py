@@ -1,0 +1,1 @@
+"""The Storage protocol and its backends (filled in by the files work)."""

@@ -1,0 +1,1 @@
+"""Dramatiq broker setup, actors and maintenance (filled in by the jobs work)."""
