@@ -31,6 +31,7 @@ from strawberry.types import ExecutionResult
 
 from core.settings import Settings
 from schema.context import Context
+from schema.errors import internal_error
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -154,6 +155,15 @@ class GraphQLView(GraphQL[Context, None]):
     async def process_result(
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
+        if result.errors:
+            # Safety net: an error that escaped ErrorCodes (e.g. raised by an
+            # extension hook) is masked here rather than shown as it is.
+            result.errors = [
+                e
+                if (e.extensions or {}).get("code")
+                else internal_error(e, request.state.request_id)
+                for e in result.errors
+            ]
         response = await super().process_result(request, result)
         # A request that failed before execution has no `data` entry at all.
         if result.data is None and result.errors and all(e.path is None for e in result.errors):

@@ -6,10 +6,10 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxTokensLimiter, ParserCache, QueryDepthLimiter, ValidationCache
+from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter, ValidationCache
 from strawberry.types import ExecutionContext
 
-from schema.errors import ErrorCodes
+from schema.errors import ErrorCodes, SyntaxSafeParserCache
 from schema.query import Query
 from schema.users import User
 
@@ -25,11 +25,13 @@ class _Schema(strawberry.Schema):
 
 def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.Schema:
     """The schema with its safety limits and caches."""
+    # Factories, so each operation gets fresh extension state; the parser and
+    # validation caches live at module level in Strawberry and are shared.
     extensions: list[Any] = [
-        MaxTokensLimiter(max_token_count=max_tokens),
-        ParserCache(maxsize=256),
-        QueryDepthLimiter(max_depth=max_depth),
-        ValidationCache(maxsize=256),
+        lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        lambda: SyntaxSafeParserCache(maxsize=256),
+        lambda: QueryDepthLimiter(max_depth=max_depth),
+        lambda: ValidationCache(maxsize=256),
         ErrorCodes,
     ]
     return _Schema(query=Query, types=[User], extensions=extensions)

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 from graphql import GraphQLError, GraphQLSyntaxError
-from strawberry.extensions import SchemaExtension
+from strawberry.extensions import ParserCache, SchemaExtension
 
 from core.errors import DepotError
 
@@ -43,17 +43,40 @@ class ErrorCodes(SchemaExtension):
         if error.path is None and (original is None or isinstance(original, _REQUEST_ERRORS)):
             return _with_extensions(error, error.message, {"code": "GRAPHQL_VALIDATION_FAILED"})
         request_id = getattr(self.execution_context.context, "request_id", None)
-        logger.error(
-            "unexpected error in GraphQL operation",
-            path=error.path,
-            operation=self.execution_context.operation_name,
-            exc_info=original or error,
-        )
-        return _with_extensions(
-            error,
-            f"Internal server error (request id {request_id})",
-            {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
-        )
+        return internal_error(error, request_id)
+
+
+def internal_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
+    """Log an unexpected error with its traceback; give the client only the request id."""
+    logger.error(
+        "unexpected error in GraphQL operation",
+        path=error.path,
+        exc_info=error.original_error or error,
+    )
+    return _with_extensions(
+        error,
+        f"Internal server error (request id {request_id})",
+        {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
+    )
+
+
+class SyntaxSafeParserCache(ParserCache):
+    """Strawberry's parser cache, minus one flaw: it parses inside its hook.
+
+    A syntax error raised there escapes the whole operation, so no extension
+    (ErrorCodes included) ever sees it. Left uncached, the document is parsed
+    again by Strawberry itself, which reports the error as a request error.
+    """
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        try:
+            context.graphql_document = self.cached_parse_document(
+                context.query, **context.parse_options
+            )
+        except GraphQLError:
+            pass
+        yield
 
 
 def _with_extensions(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:

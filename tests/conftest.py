@@ -1,0 +1,104 @@
+"""Fixtures: one app and client per database backend, each test on a fresh database.
+
+Async tests run under AnyIO's pytest plugin (``pytestmark = pytest.mark.anyio``):
+it sets fixtures up and tears them down in the test's own task, which the
+cancel scopes of asgi-lifespan and httpx-ws require.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from httpx_ws.transport import ASGIWebSocketTransport
+from sqlalchemy.engine import make_url
+from starlette.types import ASGIApp
+
+from api.app import create_app
+from core.settings import Settings
+from tests.support import STRONG_SECRET, require_service
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No DEPOT_* variable or .env file from the developer's shell leaks into a test."""
+    for name in list(os.environ):
+        if name.startswith("DEPOT_") and not name.startswith("DEPOT_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A URL to an empty database of each kind; PostgreSQL gets a database per test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'depot.db'}"
+        return
+    async with postgres_database() as url:
+        yield url
+
+
+class postgres_database:  # noqa: N801 - used like a function
+    """``async with postgres_database() as url``: a throwaway PostgreSQL database."""
+
+    def __init__(self) -> None:
+        self.admin_url = require_service("DEPOT_TEST_POSTGRES_URL", "PostgreSQL")
+        self.name = f"depot_test_{uuid.uuid4().hex[:16]}"
+
+    async def __aenter__(self) -> str:
+        admin = await asyncpg.connect(_plain(self.admin_url))
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await admin.close()
+        return make_url(self.admin_url).set(database=self.name).render_as_string(False)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        admin = await asyncpg.connect(_plain(self.admin_url))
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+def _plain(url: str) -> str:
+    """asyncpg takes postgresql:// URLs without SQLAlchemy's driver suffix."""
+    return make_url(url).set(drivername="postgresql").render_as_string(False)
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "var_dir": tmp_path / "var",
+        "secret_key": STRONG_SECRET,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path, database_url=database_url)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[ASGIApp]:
+    async with LifespanManager(create_app(settings)) as manager:
+        yield manager.app
+
+
+@pytest.fixture
+async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
+    transport = ASGIWebSocketTransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
+        yield client

@@ -1,0 +1,188 @@
+"""GraphQL over HTTP, held to the spec: methods, media types, status codes."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests.support import error_codes
+
+pytestmark = pytest.mark.anyio
+
+GRAPHQL_RESPONSE = "application/graphql-response+json"
+
+
+async def test_get_query(client: httpx.AsyncClient) -> None:
+    response = await client.get("/graphql", params={"query": "{ __typename }"})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    assert response.json() == {"data": {"__typename": "Query"}}
+
+
+async def test_post_json_query_with_variables(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql",
+        json={
+            "query": "query Q($skip: Boolean!) { __typename @skip(if: $skip) me { id } }",
+            "variables": {"skip": False},
+            "operationName": "Q",
+        },
+    )
+    assert response.status_code == 200
+    assert response.json() == {"data": {"__typename": "Query", "me": None}}
+
+
+async def test_graphql_response_json_is_negotiated(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql",
+        json={"query": "{ __typename }"},
+        headers={"accept": f"{GRAPHQL_RESPONSE}, application/json;q=0.9"},
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+
+
+async def test_json_preferred_by_weight(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql",
+        json={"query": "{ __typename }"},
+        headers={"accept": f"{GRAPHQL_RESPONSE};q=0.5, application/json"},
+    )
+    assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        ("{ __typename ", "GRAPHQL_PARSE_FAILED"),
+        ("{ noSuchField }", "GRAPHQL_VALIDATION_FAILED"),
+    ],
+)
+async def test_request_errors_are_400_in_graphql_response_mode(
+    client: httpx.AsyncClient, query: str, code: str
+) -> None:
+    response = await client.post(
+        "/graphql", json={"query": query}, headers={"accept": GRAPHQL_RESPONSE}
+    )
+    assert response.status_code == 400
+    assert response.headers["content-type"] == GRAPHQL_RESPONSE
+    body = response.json()
+    assert "data" not in body
+    assert error_codes(body) == [code]
+
+
+async def test_request_errors_are_200_in_legacy_json_mode(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql", json={"query": "{ noSuchField }"}, headers={"accept": "application/json"}
+    )
+    assert response.status_code == 200
+    assert error_codes(response.json()) == ["GRAPHQL_VALIDATION_FAILED"]
+
+
+async def test_bad_variables_are_a_request_error(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql",
+        json={"query": "query ($id: ID!) { node(id: $id) { id } }", "variables": {}},
+        headers={"accept": GRAPHQL_RESPONSE},
+    )
+    assert response.status_code == 400
+    assert "data" not in response.json()
+
+
+async def test_execution_errors_keep_status_200(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql",
+        json={"query": '{ node(id: "not-an-id") { id } }'},
+        headers={"accept": GRAPHQL_RESPONSE},
+    )
+    assert response.status_code == 200
+    body = response.json()
+    assert body["data"] == {"node": None}
+    assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "id"}
+
+
+async def test_mutation_over_get_is_405(client: httpx.AsyncClient) -> None:
+    response = await client.get("/graphql", params={"query": "mutation { anything }"})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "POST"
+    assert error_codes(response.json()) == ["METHOD_NOT_ALLOWED"]
+
+
+async def test_other_methods_are_405(client: httpx.AsyncClient) -> None:
+    response = await client.put("/graphql", json={"query": "{ __typename }"})
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, POST"
+    assert error_codes(response.json()) == ["METHOD_NOT_ALLOWED"]
+
+
+async def test_malformed_json_is_400(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql", content=b'{"query": ', headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert error_codes(body) == ["BAD_REQUEST"]
+    assert "JSON" in body["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("payload", [{}, {"query": None}, {"variables": {}}])
+async def test_missing_query_is_400(client: httpx.AsyncClient, payload: dict[str, object]) -> None:
+    response = await client.post("/graphql", json=payload)
+    assert response.status_code == 400
+    assert error_codes(response.json()) == ["BAD_REQUEST"]
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"query": 42}, {"query": "{ __typename }", "variables": [1]}, ["not", "an", "object"]],
+)
+async def test_malformed_request_parameters_are_400(
+    client: httpx.AsyncClient, payload: object
+) -> None:
+    response = await client.post("/graphql", json=payload)
+    assert response.status_code == 400
+    assert error_codes(response.json()) == ["BAD_REQUEST"]
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+async def test_wrong_content_type_is_415(client: httpx.AsyncClient, content_type: str) -> None:
+    response = await client.post(
+        "/graphql", content=b'{"query": "{ __typename }"}', headers={"content-type": content_type}
+    )
+    assert response.status_code == 415
+    assert error_codes(response.json()) == ["UNSUPPORTED_MEDIA_TYPE"]
+
+
+async def test_unacceptable_accept_is_406(client: httpx.AsyncClient) -> None:
+    response = await client.post(
+        "/graphql", json={"query": "{ __typename }"}, headers={"accept": "image/png"}
+    )
+    assert response.status_code == 406
+    assert error_codes(response.json()) == ["NOT_ACCEPTABLE"]
+
+
+async def test_browser_gets_graphiql(client: httpx.AsyncClient) -> None:
+    response = await client.get(
+        "/graphql", headers={"accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"}
+    )
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    assert "graphiql" in response.text.lower()
+
+
+async def test_root_redirects_to_graphiql(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+    assert response.status_code in (302, 307)
+    assert response.headers["location"] == "/graphql"
+
+
+async def test_huge_documents_are_refused(client: httpx.AsyncClient) -> None:
+    # The default limit is 5,000 tokens; each alias below is three.
+    query = "{ " + " ".join(f"a{i}: __typename" for i in range(2000)) + " }"
+    response = await client.post(
+        "/graphql", json={"query": query}, headers={"accept": GRAPHQL_RESPONSE}
+    )
+    assert response.status_code == 400
+    body = response.json()
+    assert error_codes(body) == ["GRAPHQL_PARSE_FAILED"]
+    assert "tokens" in body["errors"][0]["message"]
