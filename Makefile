@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make run` serves Depot, `make test` tests it.
+# Both create .venv and install the dependencies on first use.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run test lint format schema docs services services-stop clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Depot needs Python 3.11 or newer; set PYTHON=python3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install Depot with its development tools
+
+run: $(STAMP) ## Serve Depot on the embedded defaults: http://localhost:8000/graphql
+	$(BIN)/depot serve
+
+test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip without them)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP) ## Lint, check formatting and type-check (strict)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP) ## Fix lint findings and format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schema: $(STAMP) ## Write the schema SDL to schema.graphql after changing the schema
+	$(BIN)/depot export-schema --output schema.graphql
+
+docs: $(STAMP) ## Regenerate the README's configuration table from the settings
+	$(BIN)/python -m tests.test_docs
+
+services: ## Start PostgreSQL and Redis for the tests; eval the output
+	@scripts/test-services.sh start
+
+services-stop: ## Stop the test services and delete their data
+	@scripts/test-services.sh stop
+
+clean: ## Remove the virtual environment, caches and ./var
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
