@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
+from urllib.parse import urlsplit
 
 import click
 import uvicorn
@@ -68,6 +70,16 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         os.environ["DEPOT_LOG_LEVEL"] = log_level.upper()
     settings = _settings()
     configure_logging(settings.log_level, json=settings.json_logs)
+    if settings.is_production:
+        # The lifespan refuses too, but as a traceback; say it in one line first.
+        try:
+            _with_engine(settings, migrations.ensure_current)
+        except migrations.SchemaBehind as exc:
+            click.echo(f"Depot cannot start: {exc}", err=True)
+            sys.exit(1)
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again so the
+    # process dies of it (status 143); a graceful stop should exit 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     options: dict[str, object] = {
         "host": host,
         "port": port,
@@ -156,6 +168,9 @@ async def _check_services(settings: Settings) -> list[str]:
     engine = create_engine(settings)
     try:
         await probe_database(engine)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+        problems.append(f"database unreachable at {engine.url!r}: {describe(exc)}")
+    else:
         click.echo(f"✓ database reachable ({engine.url.get_backend_name()})")
         try:
             await migrations.ensure_current(engine)
@@ -164,9 +179,7 @@ async def _check_services(settings: Settings) -> list[str]:
             if settings.is_production:
                 problems.append(str(exc))
             else:
-                click.echo(f"• {exc} (development applies it at start)")
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
-        problems.append(f"database unreachable at {engine.url!r}: {describe(exc)}")
+                click.echo("• database schema is behind; `depot serve` applies it at start")
     finally:
         await engine.dispose()
     if settings.redis_url:
@@ -175,10 +188,20 @@ async def _check_services(settings: Settings) -> list[str]:
             await probe_redis(redis)
             click.echo("✓ redis reachable")
         except Exception as exc:  # noqa: BLE001
-            problems.append(f"redis unreachable at {settings.redis_url}: {describe(exc)}")
+            problems.append(
+                f"redis unreachable at {_hide_password(settings.redis_url)}: {describe(exc)}"
+            )
         finally:
             await redis.aclose()
     return problems
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with its password masked, as SQLAlchemy shows database URLs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
 
 
 @main.command("export-schema")

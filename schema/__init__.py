@@ -12,6 +12,7 @@ from strawberry.types import ExecutionContext
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
 from schema.query import Query
 from schema.users import User
+from schema.validation import RequireOperationName
 
 
 class _Schema(strawberry.Schema):
@@ -32,6 +33,7 @@ def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.S
         lambda: SyntaxSafeParserCache(maxsize=256),
         lambda: QueryDepthLimiter(max_depth=max_depth),
         lambda: ValidationCache(maxsize=256),
+        RequireOperationName,
         ErrorCodes,
     ]
     return _Schema(query=Query, types=[User], extensions=extensions)

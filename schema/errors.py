@@ -9,12 +9,14 @@ sees ``INTERNAL_SERVER_ERROR`` with that request id and nothing more.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
 import structlog
 from graphql import GraphQLError, GraphQLSyntaxError
 from strawberry.extensions import ParserCache, SchemaExtension
+from strawberry.types.execution import ExecutionResult, StreamExecutionResult
 
 from core.errors import DepotError
 
@@ -29,10 +31,20 @@ class ErrorCodes(SchemaExtension):
     """Give every error an ``extensions.code``; mask and log unexpected ones."""
 
     def on_operation(self) -> Iterator[None]:
+        self._streamed = False
         yield
         result = self.execution_context.result
-        if result is not None and result.errors:
+        # A streamed result was mapped before it was sent; mapping it twice
+        # would turn its coded errors into INTERNAL_SERVER_ERROR.
+        if not self._streamed and result is not None and result.errors:
             result.errors = [self._map(error) for error in result.errors]
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        # WebSocket operations send each result before on_operation resumes.
+        self._streamed = True
+        if isinstance(result, ExecutionResult) and result.errors:
+            result.errors = [self._map(error) for error in result.errors]
+        yield
 
     def _map(self, error: GraphQLError) -> GraphQLError:
         original = error.original_error
@@ -70,12 +82,10 @@ class SyntaxSafeParserCache(ParserCache):
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context
-        try:
+        with contextlib.suppress(GraphQLError):
             context.graphql_document = self.cached_parse_document(
                 context.query, **context.parse_options
             )
-        except GraphQLError:
-            pass
         yield
 
 
