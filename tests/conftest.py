@@ -7,20 +7,26 @@ cancel scopes of asgi-lifespan and httpx-ws require.
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
+import structlog
 from asgi_lifespan import LifespanManager
 from httpx_ws.transport import ASGIWebSocketTransport
 from sqlalchemy.engine import make_url
-from starlette.types import ASGIApp
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.app import create_app
+from core.db import create_engine
+from core.logging import configure_logging
 from core.settings import Settings
 from tests.support import STRONG_SECRET, require_service
 
@@ -65,6 +71,10 @@ class postgres_database:  # noqa: N801 - used like a function
         return make_url(self.admin_url).set(database=self.name).render_as_string(False)
 
     async def __aexit__(self, *exc_info: object) -> None:
+        await self.drop()
+
+    async def drop(self) -> None:
+        """Drop the database now, even with clients connected to it."""
         admin = await asyncpg.connect(_plain(self.admin_url))
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
@@ -91,14 +101,47 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url=database_url)
 
 
-@pytest.fixture
-async def app(settings: Settings) -> AsyncIterator[ASGIApp]:
+@asynccontextmanager
+async def serve_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    """A started app for ``settings`` and an HTTP and WebSocket client for it."""
     async with LifespanManager(create_app(settings)) as manager:
-        yield manager.app
+        transport = ASGIWebSocketTransport(manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
+            yield client
 
 
 @pytest.fixture
-async def client(app: ASGIApp) -> AsyncIterator[httpx.AsyncClient]:
-    transport = ASGIWebSocketTransport(app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
+async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve_app(settings) as client:
         yield client
+
+
+@pytest.fixture
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(settings)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+# Loggers whose state configure_logging changes.
+_LOGGER_NAMES = ("", "uvicorn", "uvicorn.error", "uvicorn.access")
+
+
+@pytest.fixture
+def log_stream() -> Iterator[io.StringIO]:
+    """Log records as JSON lines into a buffer; the logging setup is restored afterwards."""
+    loggers = [logging.getLogger(name) for name in _LOGGER_NAMES]
+    saved = [(logger.level, logger.propagate, logger.disabled) for logger in loggers]
+    structlog_config = structlog.get_config()
+    stream = io.StringIO()
+    configure_logging("INFO", json=True, stream=stream)
+    ours = logging.getLogger().handlers[:]
+    yield stream
+    for handler in ours:
+        logging.getLogger().removeHandler(handler)
+    for logger, (level, propagate, disabled) in zip(loggers, saved, strict=True):
+        logger.setLevel(level)
+        logger.propagate, logger.disabled = propagate, disabled
+    structlog.configure(**structlog_config)

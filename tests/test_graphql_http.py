@@ -89,6 +89,17 @@ async def test_bad_variables_are_a_request_error(client: httpx.AsyncClient) -> N
     assert "data" not in response.json()
 
 
+async def test_several_operations_need_an_operation_name(client: httpx.AsyncClient) -> None:
+    document = "query A { __typename } query B { me { id } }"
+    response = await client.post(
+        "/graphql", json={"query": document}, headers={"accept": GRAPHQL_RESPONSE}
+    )
+    assert response.status_code == 400
+    assert error_codes(response.json()) == ["GRAPHQL_VALIDATION_FAILED"]
+    named = await client.post("/graphql", json={"query": document, "operationName": "B"})
+    assert named.json() == {"data": {"me": None}}
+
+
 async def test_execution_errors_keep_status_200(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/graphql",

@@ -1,0 +1,103 @@
+"""The engine ``core.db`` builds, and the UTC timestamp type, on each database."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
+from sqlalchemy.exc import StatementError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from core.db import create_engine
+from core.time import UTCDateTime
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.anyio
+
+_metadata = MetaData()
+_stamps = Table(
+    "stamps",
+    _metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", UTCDateTime, nullable=True),
+)
+
+
+@pytest.fixture
+async def stamps(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A connection, in a transaction, to a database holding a ``stamps`` table."""
+    async with engine.begin() as connection:
+        await connection.run_sync(_metadata.create_all)
+        yield connection
+
+
+async def _round_trip(connection: AsyncConnection, value: datetime | None) -> datetime | None:
+    row_id = await connection.scalar(insert(_stamps).values(at=value).returning(_stamps.c.id))
+    stored: datetime | None = await connection.scalar(
+        select(_stamps.c.at).where(_stamps.c.id == row_id)
+    )
+    return stored
+
+
+async def _pragmas(connection: AsyncConnection) -> dict[str, object]:
+    return {
+        name: await connection.scalar(text(f"PRAGMA {name}"))
+        for name in ("journal_mode", "foreign_keys", "busy_timeout")
+    }
+
+
+async def test_sqlite_connections_are_tuned(tmp_path: Path) -> None:
+    engine = create_engine(make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'a.db'}"))
+    try:
+        # Two connections open at once are two DBAPI connections: each must be set up.
+        async with engine.connect() as first, engine.connect() as second:
+            raw = [await c.get_raw_connection() for c in (first, second)]
+            assert raw[0].dbapi_connection is not raw[1].dbapi_connection
+            expected = {"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 5000}
+            assert await _pragmas(first) == expected
+            assert await _pragmas(second) == expected
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_directory_is_created(tmp_path: Path) -> None:
+    path = tmp_path / "not" / "yet" / "there" / "depot.db"
+    engine = create_engine(make_settings(tmp_path, database_url=f"sqlite:///{path}"))
+    try:
+        assert path.parent.is_dir()
+        async with engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        assert path.is_file()
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime(2030, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        datetime(2030, 1, 2, 5, 4, 5, 678901, tzinfo=timezone(timedelta(hours=2))),
+        datetime(2030, 1, 1, 22, 4, 5, 678901, tzinfo=timezone(timedelta(hours=-5))),
+    ],
+    ids=["utc", "east", "west"],
+)
+async def test_utc_datetime_round_trips_as_aware_utc(
+    stamps: AsyncConnection, value: datetime
+) -> None:
+    stored = await _round_trip(stamps, value)
+    assert stored == value
+    assert stored is not None
+    assert stored.tzinfo is UTC
+    assert stored.replace(tzinfo=None) == datetime(2030, 1, 2, 3, 4, 5, 678901)
+
+
+async def test_utc_datetime_keeps_null(stamps: AsyncConnection) -> None:
+    assert await _round_trip(stamps, None) is None
+
+
+async def test_utc_datetime_refuses_naive_values(stamps: AsyncConnection) -> None:
+    with pytest.raises(StatementError, match="naive datetime given"):
+        await _round_trip(stamps, datetime(2030, 1, 2, 3, 4, 5))

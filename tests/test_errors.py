@@ -1,0 +1,250 @@
+"""Error mapping and masking: ``extensions.code`` for expected errors, nothing else for bugs.
+
+A tiny schema whose one field raises whatever it is asked to runs through
+Depot's error extension directly, then through the real GraphQL view (HTTP and
+WebSocket) behind the request-id middleware; the last tests ask the real app.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+import strawberry
+from asgi_lifespan import LifespanManager
+from httpx_ws import aconnect_ws
+from httpx_ws.transport import ASGIWebSocketTransport
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route, WebSocketRoute
+
+from api.graphql import GraphQLView
+from api.middleware import RequestIdMiddleware
+from core import models
+from core.db import create_engine, create_sessionmaker
+from core.errors import (
+    BadUserInput,
+    Conflict,
+    Forbidden,
+    NotFound,
+    QuotaExceeded,
+    RateLimited,
+    Unauthenticated,
+)
+from core.settings import Settings
+from schema import _Schema
+from schema.errors import ErrorCodes
+from schema.ids import encode_id
+from tests.conftest import make_settings
+from tests.support import graphql
+
+pytestmark = pytest.mark.anyio
+
+SECRET = "secret detail"
+FAIL = "query Fail($kind: String!) { fail(kind: $kind) }"
+_RAISES: dict[str, Callable[[], Exception]] = {
+    "unauthenticated": lambda: Unauthenticated("Sign in to see your files."),
+    "forbidden": lambda: Forbidden("Only admins may do this."),
+    "not_found": lambda: NotFound("No file has this id."),
+    "bad_user_input": lambda: BadUserInput("Paths may not end with '/'.", field="path"),
+    "bad_user_input_anywhere": lambda: BadUserInput("Pick one input."),
+    "conflict": lambda: Conflict("A file already has this path."),
+    "quota_exceeded": lambda: QuotaExceeded("This upload would exceed your quota."),
+    "rate_limited": lambda: RateLimited("Too many attempts.", retry_after=30),
+    "bug": lambda: RuntimeError(SECRET),
+}
+
+
+@strawberry.type
+class _Query:
+    @strawberry.field
+    def fail(self, kind: str) -> str | None:
+        raise _RAISES[kind]()
+
+
+SCHEMA = _Schema(query=_Query, extensions=[ErrorCodes])
+
+
+def _tiny_app(settings: Settings) -> Starlette:
+    view = GraphQLView(SCHEMA, settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        # The view puts a sessionmaker into every context; this schema never opens one.
+        yield {"sessionmaker": async_sessionmaker(class_=AsyncSession)}
+
+    return Starlette(
+        routes=[Route("/graphql", view), WebSocketRoute("/graphql", view)],
+        middleware=[Middleware(RequestIdMiddleware)],
+        lifespan=lifespan,
+    )
+
+
+@pytest.fixture
+async def tiny_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(_tiny_app(make_settings(tmp_path))) as manager:
+        transport = ASGIWebSocketTransport(manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
+            yield client
+
+
+async def _fail_over_http(
+    client: httpx.AsyncClient, kind: str, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    response = await client.post(
+        "/graphql", json={"query": FAIL, "variables": {"kind": kind}}, headers=headers
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+# -- the extension itself -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "extensions"),
+    [
+        ("unauthenticated", {"code": "UNAUTHENTICATED"}),
+        ("forbidden", {"code": "FORBIDDEN"}),
+        ("not_found", {"code": "NOT_FOUND"}),
+        ("bad_user_input", {"code": "BAD_USER_INPUT", "field": "path"}),
+        ("bad_user_input_anywhere", {"code": "BAD_USER_INPUT"}),
+        ("conflict", {"code": "CONFLICT"}),
+        ("quota_exceeded", {"code": "QUOTA_EXCEEDED"}),
+        ("rate_limited", {"code": "RATE_LIMITED", "retryAfter": 30}),
+    ],
+)
+async def test_depot_errors_keep_their_message_and_gain_a_code(
+    kind: str, extensions: dict[str, object]
+) -> None:
+    result = await SCHEMA.execute(
+        FAIL, variable_values={"kind": kind}, context_value=SimpleNamespace(request_id="r1")
+    )
+    assert result.data == {"fail": None}
+    assert result.errors is not None
+    [error] = result.errors
+    assert error.message == str(_RAISES[kind]())
+    assert error.path == ["fail"]
+    assert error.extensions == extensions
+
+
+# -- through the HTTP view ------------------------------------------------------
+
+
+async def test_depot_error_passes_the_view_unmasked(tiny_client: httpx.AsyncClient) -> None:
+    response = await _fail_over_http(tiny_client, "rate_limited")
+    [error] = response.json()["errors"]
+    assert error["message"] == "Too many attempts."
+    assert error["extensions"] == {"code": "RATE_LIMITED", "retryAfter": 30}
+
+
+async def test_unexpected_error_is_masked_and_logged(
+    tiny_client: httpx.AsyncClient, log_stream: io.StringIO
+) -> None:
+    response = await _fail_over_http(tiny_client, "bug", headers={"X-Request-ID": "req-bug-1"})
+    assert SECRET not in response.text
+    body = response.json()
+    assert body["data"] == {"fail": None}
+    [error] = body["errors"]
+    assert error["message"] == "Internal server error (request id req-bug-1)"
+    assert error["path"] == ["fail"]
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": "req-bug-1"}
+    # Logged once, with its traceback and the request id the client was given.
+    records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    [record] = [record for record in records if SECRET in json.dumps(record)]
+    assert record["event"] == "unexpected error in GraphQL operation"
+    assert record["level"] == "error"
+    assert record["request_id"] == "req-bug-1"
+    assert f"RuntimeError: {SECRET}" in record["exception"]
+    assert "Traceback" in record["exception"]
+
+
+async def test_masked_error_names_the_generated_request_id(
+    tiny_client: httpx.AsyncClient,
+) -> None:
+    response = await _fail_over_http(tiny_client, "bug")
+    request_id = response.headers["X-Request-ID"]
+    [error] = response.json()["errors"]
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id}
+    assert request_id in error["message"]
+
+
+# -- through the WebSocket view ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "extensions"),
+    [
+        ("not_found", {"code": "NOT_FOUND"}),
+        ("bug", {"code": "INTERNAL_SERVER_ERROR", "requestId": "req-ws-1"}),
+    ],
+)
+async def test_errors_over_websocket_are_coded_and_masked(
+    tiny_client: httpx.AsyncClient, kind: str, extensions: dict[str, object]
+) -> None:
+    headers = {"X-Request-ID": "req-ws-1"}
+    async with aconnect_ws(
+        "/graphql", tiny_client, subprotocols=["graphql-transport-ws"], headers=headers
+    ) as ws:
+        await ws.send_json({"type": "connection_init"})
+        assert await ws.receive_json(timeout=5) == {"type": "connection_ack"}
+        payload = {"query": FAIL, "variables": {"kind": kind}}
+        await ws.send_json({"type": "subscribe", "id": "1", "payload": payload})
+        message = await ws.receive_json(timeout=5)
+    assert SECRET not in json.dumps(message)
+    assert message["type"] == "next"
+    [error] = message["payload"]["errors"]
+    assert error.get("extensions") == extensions, error
+
+
+# -- the real app ---------------------------------------------------------------
+
+
+async def _create_user(settings: Settings) -> uuid.UUID:
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            user = models.User(email="ada@example.com", display_name="Ada")
+            session.add(user)
+            await session.commit()
+            return user.id
+    finally:
+        await engine.dispose()
+
+
+NODE = "query Node($id: ID!) { node(id: $id) { id } }"
+
+
+async def test_malformed_id_is_bad_user_input(client: httpx.AsyncClient) -> None:
+    body = await graphql(client, NODE, {"id": "garbage"})
+    assert body["data"] == {"node": None}
+    [error] = body["errors"]
+    assert error["message"] == "'garbage' is not a valid id"
+    assert error["extensions"] == {"code": "BAD_USER_INPUT", "field": "id"}
+
+
+async def test_unknown_type_in_a_well_formed_id_is_null(client: httpx.AsyncClient) -> None:
+    body = await graphql(client, NODE, {"id": encode_id("Spaceship", uuid.uuid4())})
+    assert body == {"data": {"node": None}}
+
+
+async def test_a_users_id_is_null_when_signed_out(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    user_id = await _create_user(settings)
+    body = await graphql(client, NODE, {"id": encode_id("User", user_id)})
+    assert body == {"data": {"node": None}}
+
+
+async def test_me_is_null_when_signed_out(client: httpx.AsyncClient) -> None:
+    assert await graphql(client, "{ me { id email } }") == {"data": {"me": None}}
