@@ -1,4 +1,4 @@
-"""SQLModel entities: the truth about users (and, later, files and jobs)."""
+"""SQLModel entities: the truth about users, their sessions and credentials."""
 
 from __future__ import annotations
 
@@ -6,10 +6,15 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Enum, Index, func
+from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Uuid, func
 from sqlmodel import Field, SQLModel
 
 from core.time import UTCDateTime, utcnow
+
+
+def _enum(kind: type[enum.Enum]) -> Enum:
+    # Stored as plain strings (no native enum type), so adding a member is no migration.
+    return Enum(kind, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e])
 
 
 class Role(enum.StrEnum):
@@ -25,16 +30,65 @@ class User(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     email: str = Field(max_length=320)
     display_name: str = Field(max_length=100)
-    role: Role = Field(
-        default=Role.USER,
-        sa_type=Enum(
-            Role, native_enum=False, length=16, values_callable=lambda e: [m.value for m in e]
-        ),
-    )
+    password_hash: str = Field(max_length=255)
+    role: Role = Field(default=Role.USER, sa_type=_enum(Role))
     is_active: bool = Field(default=True)
+    quota_bytes: int = Field(sa_type=BigInteger)
+    used_bytes: int = Field(default=0, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
 # Unique ignoring case on both databases, whatever normalisation a caller forgot.
 Index("uq_user_email_lower", func.lower(SQLModel.metadata.tables["user"].c.email), unique=True)
+
+
+class Session(SQLModel, table=True):
+    """A signed-in session: one family of rotating refresh tokens.
+
+    Access tokens name their session (``sid``), so revoking it ends them at once.
+    """
+
+    __tablename__ = "session"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")], index=True
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    last_used_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class CredentialKind(enum.StrEnum):
+    REFRESH = "refresh"
+    PERSONAL = "personal"
+
+
+class Credential(SQLModel, table=True):
+    """A refresh token or a personal access token; only its SHA-256 is stored.
+
+    A refresh token is used once: ``used_at`` marks it rotated, and presenting
+    it again revokes its whole session (theft detection).
+    """
+
+    __tablename__ = "credential"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")], index=True
+    )
+    kind: CredentialKind = Field(sa_type=_enum(CredentialKind))
+    token_hash: str = Field(max_length=64, unique=True)
+    session_id: uuid.UUID | None = Field(
+        default=None,
+        sa_type=Uuid,
+        sa_column_args=[ForeignKey("session.id", ondelete="CASCADE")],
+        index=True,
+    )
+    name: str | None = Field(default=None, max_length=100)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

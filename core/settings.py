@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
+from limits import parse_many
 from pydantic import (
     AnyHttpUrl,
     Field,
@@ -113,6 +114,34 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated browser origins allowed to call the API (HTTP and WebSocket).",
     )
+    access_token_minutes: int = Field(
+        default=15, ge=1, le=1440, description="How long an access token (JWT) is valid."
+    )
+    refresh_token_days: int = Field(
+        default=30,
+        ge=1,
+        le=365,
+        description="How long an unused session lasts; each refresh extends it.",
+    )
+    password_hash_memory_kib: int = Field(
+        default=65536,
+        ge=19456,
+        description="Argon2id memory cost in KiB (OWASP minimum 19456).",
+    )
+    password_hash_iterations: int = Field(
+        default=3, ge=2, le=20, description="Argon2id time cost (OWASP minimum 2)."
+    )
+    login_limit_per_account: str = Field(
+        default="10/15minutes",
+        description="Failed sign-ins allowed per account (`limits` notation).",
+    )
+    login_limit_per_address: str = Field(
+        default="50/15minutes",
+        description="Failed sign-ins allowed per client address (`limits` notation).",
+    )
+    default_quota_bytes: int = Field(
+        default=10 * 1024**3, ge=0, description="Storage quota of a new account."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level that is logged."
     )
@@ -121,6 +150,13 @@ class Settings(BaseSettings):
         description="`auto` is JSON in production and readable text in development.",
     )
     graphiql: bool = Field(default=True, description="Serve GraphiQL at `/graphql`.")
+    ws_auth_recheck_seconds: float = Field(
+        default=10,
+        gt=0,
+        le=3600,
+        description="How often an open WebSocket rechecks its credential; a socket whose "
+        "session or token was revoked, or whose user was deactivated, closes with 4403.",
+    )
     graphql_ws_legacy: bool = Field(
         default=False,
         description="Also accept the legacy `graphql-ws` WebSocket protocol.",
@@ -154,6 +190,17 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("login_limit_per_account", "login_limit_per_address")
+    @classmethod
+    def _check_limit(cls, value: str) -> str:
+        try:
+            parse_many(value)
+        except ValueError:
+            raise ValueError(
+                "use limits notation such as 10/15minutes or 5/minute;100/day"
+            ) from None
         return value
 
     @field_validator("redis_url")

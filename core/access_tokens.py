@@ -1,0 +1,101 @@
+"""Personal access tokens: long-lived, named, revocable credentials for scripts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import tokens
+from core.errors import BadUserInput, NotFound, Unauthenticated
+from core.models import Credential, CredentialKind, User
+from core.time import utcnow
+
+NAME_MAX = 100
+MAX_DAYS = 366
+# Recording every use would write on every request; once a minute is enough.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+async def create_access_token(
+    db: AsyncSession, user: User, name: str, expires_in_days: int | None
+) -> tuple[Credential, str]:
+    """Add a token (not yet committed); the secret is returned once and never stored."""
+    name = name.strip()
+    if not name or len(name) > NAME_MAX:
+        raise BadUserInput(f"Give the token a name of 1 to {NAME_MAX} characters.", field="name")
+    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_DAYS:
+        raise BadUserInput(
+            f"Tokens expire after 1 to {MAX_DAYS} days, or never.", field="expiresInDays"
+        )
+    now = utcnow()
+    secret = tokens.new_opaque_token(tokens.PERSONAL_PREFIX)
+    credential = Credential(
+        user_id=user.id,
+        kind=CredentialKind.PERSONAL,
+        token_hash=tokens.token_hash(secret),
+        name=name,
+        created_at=now,
+        expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+    )
+    db.add(credential)
+    await db.flush()
+    return credential, secret
+
+
+async def list_access_tokens(db: AsyncSession, user_id: uuid.UUID) -> list[Credential]:
+    result = await db.exec(
+        select(Credential)
+        .where(
+            Credential.user_id == user_id,
+            Credential.kind == CredentialKind.PERSONAL,
+            col(Credential.revoked_at).is_(None),
+        )
+        .order_by(col(Credential.created_at))
+    )
+    return list(result)
+
+
+async def revoke_access_token(
+    db: AsyncSession, user_id: uuid.UUID, token_id: uuid.UUID
+) -> Credential:
+    credential = await db.get(Credential, token_id)
+    if (
+        credential is None
+        or credential.user_id != user_id
+        or credential.kind is not CredentialKind.PERSONAL
+        or credential.revoked_at is not None
+    ):
+        raise NotFound("No such access token.")
+    credential.revoked_at = utcnow()
+    db.add(credential)
+    return credential
+
+
+async def user_of_access_token(db: AsyncSession, secret: str) -> tuple[User, Credential]:
+    """The user behind a personal access token that is live, unexpired and active."""
+    row = (
+        await db.exec(
+            select(User, Credential)
+            .join(Credential, col(Credential.user_id) == col(User.id))
+            .where(
+                Credential.token_hash == tokens.token_hash(secret),
+                Credential.kind == CredentialKind.PERSONAL,
+            )
+        )
+    ).first()
+    now = utcnow()
+    if row is None or row[1].revoked_at is not None:
+        raise Unauthenticated("The access token is invalid or revoked.")
+    user, credential = row
+    if credential.expires_at is not None and credential.expires_at <= now:
+        raise Unauthenticated("The access token has expired.")
+    if not user.is_active:
+        raise Unauthenticated("This account has been deactivated.")
+    if credential.last_used_at is None or now - credential.last_used_at > LAST_USED_RESOLUTION:
+        credential.last_used_at = now
+        db.add(credential)
+        await db.commit()
+    return user, credential

@@ -1,0 +1,60 @@
+"""Who is calling: resolving a bearer credential to a user."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import tokens
+from core.access_tokens import user_of_access_token
+from core.errors import Unauthenticated
+from core.models import Credential, Session, User
+from core.sessions import ENDED, user_of_session
+from core.settings import Settings
+from core.time import utcnow
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A signed-in caller: by session (access token) or by personal access token."""
+
+    user: User
+    session_id: uuid.UUID | None = None
+    access_token_id: uuid.UUID | None = None
+
+
+async def authenticate(db: AsyncSession, settings: Settings, authorization: str) -> Principal:
+    """Resolve ``Bearer <access token | personal access token>``, or raise why not."""
+    scheme, _, credential = authorization.strip().partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise Unauthenticated("Send credentials as `Authorization: Bearer <token>`.")
+    if credential.startswith(tokens.PERSONAL_PREFIX):
+        user, token = await user_of_access_token(db, credential)
+        return Principal(user, access_token_id=token.id)
+    claims = tokens.decode_access_token(settings, credential)
+    return Principal(await user_of_session(db, claims), session_id=claims.session_id)
+
+
+async def recheck(db: AsyncSession, principal: Principal) -> None:
+    """Raise ``Unauthenticated`` if ``principal``'s credential has ended since it was checked.
+
+    For long-lived connections: the session or token revoked, the token
+    expired, or the user deactivated. An access token's own short expiry is
+    not rechecked: it only bounds how long a token may be presented.
+    """
+    user = await db.get(User, principal.user.id, populate_existing=True)
+    if user is None or not user.is_active:
+        raise Unauthenticated("This account has been deactivated.")
+    if principal.session_id is not None:
+        session = await db.get(Session, principal.session_id, populate_existing=True)
+        if session is None or session.revoked_at is not None:
+            raise Unauthenticated(ENDED)
+    if principal.access_token_id is not None:
+        token = await db.get(Credential, principal.access_token_id, populate_existing=True)
+        if token is None or token.revoked_at is not None:
+            raise Unauthenticated("The access token has been revoked.")
+        if token.expires_at is not None and token.expires_at <= utcnow():
+            raise Unauthenticated("The access token has expired.")
