@@ -26,6 +26,7 @@ from api.middleware import RequestIdMiddleware
 from core.db import SessionMaker, create_engine, create_sessionmaker
 from core.logging import configure_logging
 from core.migrate import prepare_schema
+from core.ratelimit import LoginLimiter, limiter_storage
 from core.settings import Settings, load_settings
 from schema import build_schema
 
@@ -39,6 +40,7 @@ class State(TypedDict):
     engine: AsyncEngine
     sessionmaker: SessionMaker
     redis: Redis | None
+    login_limiter: LoginLimiter
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -55,11 +57,17 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await prepare_schema(engine, production=settings.is_production)
             logger.info("depot ready", environment=settings.environment)
+            limiter = LoginLimiter(
+                limiter_storage(settings.redis_url, redis),
+                per_account=settings.login_limit_per_account,
+                per_address=settings.login_limit_per_address,
+            )
             yield State(
                 settings=settings,
                 engine=engine,
                 sessionmaker=create_sessionmaker(engine),
                 redis=redis,
+                login_limiter=limiter,
             )
         finally:
             await engine.dispose()

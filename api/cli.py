@@ -17,8 +17,11 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import migrate as migrations
-from core.db import create_engine
+from core import users
+from core.db import create_engine, create_sessionmaker
+from core.errors import DepotError
 from core.logging import configure_logging
+from core.models import Role
 from core.probes import describe, probe_database, probe_redis
 from core.settings import Settings, SettingsError, load_settings
 
@@ -202,6 +205,49 @@ def _hide_password(url: str) -> str:
     if parts.password is None:
         return url
     return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
+
+
+@main.command("create-admin")
+@click.option("--email", required=True, help="The admin's email address.")
+@click.option("--display-name", default="Admin", show_default=True)
+@click.option(
+    "--password",
+    envvar="DEPOT_ADMIN_PASSWORD",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="Prompted for when not given; scripts can set DEPOT_ADMIN_PASSWORD instead.",
+)
+def create_admin(email: str, display_name: str, password: str) -> None:
+    """Create an admin account, or make an existing account an admin."""
+    settings = _settings()
+
+    async def run(engine: AsyncEngine) -> str:
+        async with create_sessionmaker(engine)() as db:
+            existing = await users.find_by_email(db, users.normalize_email(email))
+            if existing is not None:
+                existing.role = Role.ADMIN
+                users.touch(existing)
+                db.add(existing)
+                message = f"{existing.email} is now an admin (password unchanged)."
+            else:
+                user = await users.create_user(
+                    db,
+                    settings,
+                    email=email,
+                    password=password,
+                    display_name=display_name,
+                    role=Role.ADMIN,
+                )
+                message = f"Admin {user.email} created."
+            await db.commit()
+            return message
+
+    try:
+        click.echo(_with_engine(settings, run))
+    except DepotError as exc:
+        click.echo(f"✗ {exc.message}", err=True)
+        sys.exit(1)
 
 
 @main.command("export-schema")

@@ -7,12 +7,21 @@ from typing import Any
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter, ValidationCache
+from strawberry.schema.config import StrawberryConfig
+from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
 
+from schema.access_tokens import AccessToken, AccessTokenMutation, AccessTokenQuery
+from schema.admin import AdminMutation, AdminQuery
+from schema.auth import AuthMutation
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
-from schema.query import Query
+from schema.query import Query as NodeQuery
+from schema.scalars import SCALARS
 from schema.users import User
 from schema.validation import RequireOperationName
+
+Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery))
+Mutation = merge_types("Mutation", (AuthMutation, AccessTokenMutation, AdminMutation))
 
 
 class _Schema(strawberry.Schema):
@@ -36,7 +45,13 @@ def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.S
         RequireOperationName,
         ErrorCodes,
     ]
-    return _Schema(query=Query, types=[User], extensions=extensions)
+    return _Schema(
+        query=Query,
+        mutation=Mutation,
+        types=[User, AccessToken],
+        extensions=extensions,
+        config=StrawberryConfig(scalar_map=SCALARS),
+    )
 
 
 def export_sdl() -> str:

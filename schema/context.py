@@ -10,8 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
+from core.auth import Principal
 from core.db import SessionMaker
+from core.errors import Unauthenticated
 from core.models import User
+from core.ratelimit import LoginLimiter
 from core.settings import Settings
 
 
@@ -23,10 +26,30 @@ class Context:
     response: Response | WebSocket
     settings: Settings
     sessionmaker: SessionMaker
+    login_limiter: LoginLimiter
     request_id: str
-    user: User | None = None
+    principal: Principal | None = None
+    # Why the credentials presented were refused; None when none were presented.
+    auth_error: Unauthenticated | None = None
     # Set by the graphql-transport-ws handler from the `connection_init` payload.
     connection_params: dict[str, Any] | None = field(default=None)
+
+    @property
+    def user(self) -> User | None:
+        return self.principal.user if self.principal is not None else None
+
+    @property
+    def client_address(self) -> str:
+        client = self.request.client
+        return client.host if client is not None else "unknown"
+
+    def require_principal(self) -> Principal:
+        """The signed-in caller, or ``UNAUTHENTICATED`` saying what went wrong."""
+        if self.principal is None:
+            raise self.auth_error or Unauthenticated(
+                "Sign in first: send `Authorization: Bearer <token>`."
+            )
+        return self.principal
 
 
 Info: TypeAlias = strawberry.Info[Context, None]

@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import strawberry
 
+from schema.access_tokens import resolve_access_token
 from schema.context import Info
 from schema.ids import decode_id
 from schema.node import Node
@@ -14,6 +15,7 @@ from schema.users import User, resolve_user
 
 # How each Node type is fetched by key; each function applies its own visibility rules.
 NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] = {
+    "AccessToken": resolve_access_token,
     "User": resolve_user,
 }
 
@@ -26,7 +28,12 @@ class Query:
         resolve = NODE_RESOLVERS.get(type_name)
         return await resolve(info, key) if resolve is not None else None
 
-    @strawberry.field(description="The signed-in user; null when signed out.")
+    @strawberry.field(
+        description="The signed-in user; null when signed out, an error when the "
+        "credentials sent were refused (e.g. an expired access token)."
+    )
     def me(self, info: Info) -> User | None:
+        if info.context.auth_error is not None:
+            raise info.context.auth_error
         user = info.context.user
         return User.from_model(user) if user is not None else None

@@ -13,6 +13,7 @@ from core import models
 from schema.context import Info
 from schema.ids import encode_id
 from schema.node import Node
+from schema.scalars import BigInt
 
 
 @strawberry.enum
@@ -22,13 +23,21 @@ class Role(Enum):
 
 
 @strawberry.type
+class Usage:
+    used_bytes: BigInt
+    quota_bytes: BigInt
+
+
+@strawberry.type
 class User(Node):
-    """A Depot account."""
+    """A Depot account, visible to itself and to admins."""
 
     email: str
     display_name: str
     role: Role
+    is_active: bool
     created_at: datetime
+    usage: Usage
 
     @classmethod
     def from_model(cls, user: models.User) -> Self:
@@ -37,7 +46,9 @@ class User(Node):
             email=user.email,
             display_name=user.display_name,
             role=Role(user.role.value),
+            is_active=user.is_active,
             created_at=user.created_at,
+            usage=Usage(used_bytes=BigInt(user.used_bytes), quota_bytes=BigInt(user.quota_bytes)),
         )
 
 

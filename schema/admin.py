@@ -1,0 +1,109 @@
+"""What admins can see and change: every user, their role, activity and quota."""
+
+from __future__ import annotations
+
+import strawberry
+from sqlalchemy import ColumnElement, func
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import models, sessions, users
+from core.errors import BadUserInput
+from schema.context import Info
+from schema.ids import decode_id_of
+from schema.pagination import Connection, paginate
+from schema.permissions import IsAdmin
+from schema.scalars import BigInt
+from schema.users import Role, User
+
+
+@strawberry.input
+class UserFilter:
+    email_contains: str | None = None
+    role: Role | None = None
+    is_active: bool | None = None
+
+
+def _conditions(filter: UserFilter | None) -> list[ColumnElement[bool]]:
+    if filter is None:
+        return []
+    conditions: list[ColumnElement[bool]] = []
+    if filter.email_contains:
+        # Escaped, so `%` and `_` in the search match themselves.
+        pattern = filter.email_contains.lower().replace("\\", "\\\\")
+        pattern = pattern.replace("%", "\\%").replace("_", "\\_")
+        conditions.append(func.lower(col(models.User.email)).like(f"%{pattern}%", escape="\\"))
+    if filter.role is not None:
+        conditions.append(col(models.User.role) == models.Role(filter.role.value))
+    if filter.is_active is not None:
+        conditions.append(col(models.User.is_active).is_(filter.is_active))
+    return conditions
+
+
+@strawberry.type
+class AdminQuery:
+    @strawberry.field(description="Every account, oldest first.", permission_classes=[IsAdmin])
+    async def users(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filter: UserFilter | None = None,
+    ) -> Connection[User]:
+        async with info.context.sessionmaker() as db:
+            return await paginate(
+                db,
+                models.User,
+                _conditions(filter),
+                first=first,
+                after=after,
+                to_node=User.from_model,
+            )
+
+
+async def _target(
+    db: AsyncSession, info: Info, id: strawberry.ID, *, self_allowed: bool = True
+) -> models.User:
+    key = decode_id_of("User", id)
+    if not self_allowed and key == info.context.require_principal().user.id:
+        raise BadUserInput("Admins cannot demote or deactivate themselves.", field="id")
+    return await users.get_user(db, key)
+
+
+async def _save(db: AsyncSession, user: models.User) -> User:
+    users.touch(user)
+    db.add(user)
+    await db.commit()
+    return User.from_model(user)
+
+
+@strawberry.type
+class AdminMutation:
+    @strawberry.mutation(description="Make a user an admin, or not.", permission_classes=[IsAdmin])
+    async def set_user_role(self, info: Info, id: strawberry.ID, role: Role) -> User:
+        async with info.context.sessionmaker() as db:
+            user = await _target(db, info, id, self_allowed=False)
+            user.role = models.Role(role.value)
+            return await _save(db, user)
+
+    @strawberry.mutation(
+        description="Deactivate a user (their sessions and tokens stop working at once) "
+        "or activate them again.",
+        permission_classes=[IsAdmin],
+    )
+    async def set_user_active(self, info: Info, id: strawberry.ID, active: bool) -> User:
+        async with info.context.sessionmaker() as db:
+            user = await _target(db, info, id, self_allowed=False)
+            user.is_active = active
+            if not active:
+                await sessions.revoke_sessions(db, col(models.Session.user_id) == user.id)
+            return await _save(db, user)
+
+    @strawberry.mutation(description="Set a user's storage quota.", permission_classes=[IsAdmin])
+    async def set_user_quota(self, info: Info, id: strawberry.ID, quota_bytes: BigInt) -> User:
+        if quota_bytes < 0:
+            raise BadUserInput("A quota cannot be negative.", field="quotaBytes")
+        async with info.context.sessionmaker() as db:
+            user = await _target(db, info, id)
+            user.quota_bytes = quota_bytes
+            return await _save(db, user)

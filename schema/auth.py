@@ -1,0 +1,141 @@
+"""Registration, sign-in, sessions and the signed-in user's own account."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+from sqlmodel import col
+
+from core import models, sessions, users
+from core.models import Session
+from core.sessions import Tokens
+from schema.context import Info
+from schema.permissions import IsAuthenticated
+from schema.users import User
+
+
+@strawberry.input
+class RegisterInput:
+    email: str
+    password: str
+    display_name: str
+
+
+@strawberry.input
+class LoginInput:
+    email: str
+    password: str
+
+
+@strawberry.type
+class AuthPayload:
+    """A new session: send ``accessToken`` as a bearer token, keep ``refreshToken`` safe."""
+
+    access_token: str
+    access_token_expires_at: datetime
+    refresh_token: str
+    user: User
+
+
+def _payload(user: models.User, tokens: Tokens) -> AuthPayload:
+    return AuthPayload(
+        access_token=tokens.access_token,
+        access_token_expires_at=tokens.access_token_expires_at,
+        refresh_token=tokens.refresh_token,
+        user=User.from_model(user),
+    )
+
+
+@strawberry.type
+class AuthMutation:
+    @strawberry.mutation(description="Create an account and sign in.")
+    async def register(self, info: Info, input: RegisterInput) -> AuthPayload:
+        context = info.context
+        async with context.sessionmaker() as db:
+            user = await users.create_user(
+                db,
+                context.settings,
+                email=input.email,
+                password=input.password,
+                display_name=input.display_name,
+            )
+            tokens = await sessions.start_session(db, context.settings, user)
+            await db.commit()
+        return _payload(user, tokens)
+
+    @strawberry.mutation(description="Sign in with email and password.")
+    async def login(self, info: Info, input: LoginInput) -> AuthPayload:
+        context = info.context
+        async with context.sessionmaker() as db:
+            user, tokens = await sessions.sign_in(
+                db,
+                context.settings,
+                context.login_limiter,
+                email=input.email,
+                password=input.password,
+                address=context.client_address,
+            )
+            await db.commit()
+        return _payload(user, tokens)
+
+    @strawberry.mutation(
+        description="Trade a refresh token for a new pair; each refresh token works once."
+    )
+    async def refresh_session(self, info: Info, refresh_token: str) -> AuthPayload:
+        context = info.context
+        async with context.sessionmaker() as db:
+            user, tokens = await sessions.refresh_session(db, context.settings, refresh_token)
+            await db.commit()
+        return _payload(user, tokens)
+
+    @strawberry.mutation(description="End the session a refresh token belongs to.")
+    async def logout(self, info: Info, refresh_token: str) -> bool:
+        async with info.context.sessionmaker() as db:
+            ended = await sessions.end_session_of_refresh_token(db, refresh_token)
+            await db.commit()
+        return ended
+
+    @strawberry.mutation(
+        description="End every session of the signed-in user.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def logout_everywhere(self, info: Info) -> bool:
+        user = info.context.require_principal().user
+        async with info.context.sessionmaker() as db:
+            await sessions.revoke_sessions(db, col(Session.user_id) == user.id)
+            await db.commit()
+        return True
+
+    @strawberry.mutation(
+        description="Change the signed-in user's display name.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def update_profile(self, info: Info, display_name: str) -> User:
+        principal = info.context.require_principal()
+        async with info.context.sessionmaker() as db:
+            user = await users.get_user(db, principal.user.id)
+            user.display_name = users.normalize_display_name(display_name)
+            users.touch(user)
+            db.add(user)
+            await db.commit()
+        return User.from_model(user)
+
+    @strawberry.mutation(
+        description="Change the password; every other session of the user ends.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
+        principal = info.context.require_principal()
+        async with info.context.sessionmaker() as db:
+            user = await users.get_user(db, principal.user.id)
+            await sessions.change_password(
+                db,
+                info.context.settings,
+                user,
+                current_password,
+                new_password,
+                keep_session=principal.session_id,
+            )
+            await db.commit()
+        return True
