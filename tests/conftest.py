@@ -91,6 +91,9 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "var_dir": tmp_path / "var",
         "secret_key": STRONG_SECRET,
+        # OWASP's minimum Argon2id cost: the production default would slow the suite.
+        "password_hash_memory_kib": 19456,
+        "password_hash_iterations": 2,
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

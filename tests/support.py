@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import httpx
+import jwt
 import pytest
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
+
+from core.db import create_sessionmaker
+from core.models import User
 
 STRONG_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 
@@ -39,3 +47,116 @@ async def graphql(
 
 def error_codes(body: dict[str, Any]) -> list[str]:
     return [error["extensions"]["code"] for error in body.get("errors", [])]
+
+
+PASSWORD = "correct horse battery staple"
+
+_AUTH_FIELDS = "accessToken accessTokenExpiresAt refreshToken user { id email displayName role }"
+REGISTER = f"mutation ($input: RegisterInput!) {{ register(input: $input) {{ {_AUTH_FIELDS} }} }}"
+LOGIN = f"mutation ($input: LoginInput!) {{ login(input: $input) {{ {_AUTH_FIELDS} }} }}"
+
+
+async def register(
+    client: httpx.AsyncClient,
+    email: str = "ada@example.com",
+    password: str = PASSWORD,
+    display_name: str = "Ada",
+) -> dict[str, Any]:
+    """Register through GraphQL and return the ``AuthPayload``."""
+    body = await try_register(client, email, password, display_name)
+    assert "errors" not in body, body
+    payload: dict[str, Any] = body["data"]["register"]
+    return payload
+
+
+async def sign_in(
+    client: httpx.AsyncClient, email: str = "ada@example.com", password: str = PASSWORD
+) -> dict[str, Any]:
+    """Sign in through GraphQL and return the ``AuthPayload``."""
+    body = await graphql(client, LOGIN, {"input": {"email": email, "password": password}})
+    assert "errors" not in body, body
+    payload: dict[str, Any] = body["data"]["login"]
+    return payload
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+# -- added for the accounts tests ------------------------------------------------
+
+ME = "query Me { me { id email displayName role } }"
+REFRESH = (
+    "mutation Refresh($token: String!) "
+    f"{{ refreshSession(refreshToken: $token) {{ {_AUTH_FIELDS} }} }}"
+)
+
+
+def only_error(body: dict[str, Any]) -> dict[str, Any]:
+    """The one error of a response; fails when there is none, or several."""
+    errors = body.get("errors", [])
+    assert len(errors) == 1, body
+    error: dict[str, Any] = errors[0]
+    return error
+
+
+async def me(client: httpx.AsyncClient, token: str | None = None) -> dict[str, Any]:
+    """The response to ``me``, sent with ``token`` as bearer (signed out without one)."""
+    return await graphql(client, ME, headers=bearer(token) if token else None)
+
+
+def assert_error(body: dict[str, Any], code: str, **extensions: object) -> dict[str, Any]:
+    """The one error of a response, checked to carry exactly these ``extensions``."""
+    error = only_error(body)
+    assert error["extensions"] == {"code": code, **extensions}, body
+    return error
+
+
+async def try_register(
+    client: httpx.AsyncClient,
+    email: str = "ada@example.com",
+    password: str = PASSWORD,
+    display_name: str = "Ada",
+) -> dict[str, Any]:
+    """The response to ``register``, successful or not (``register`` insists on success)."""
+    variables = {"email": email, "password": password, "displayName": display_name}
+    return await graphql(client, REGISTER, {"input": variables})
+
+
+async def try_login(client: httpx.AsyncClient, email: str, password: str) -> dict[str, Any]:
+    """The response to ``login``, successful or not (``sign_in`` insists on success)."""
+    return await graphql(client, LOGIN, {"input": {"email": email, "password": password}})
+
+
+async def refresh(client: httpx.AsyncClient, refresh_token: str) -> dict[str, Any]:
+    """The response to ``refreshSession``, successful or not."""
+    return await graphql(client, REFRESH, {"token": refresh_token})
+
+
+def resigned(access_token: str, *, key: str = STRONG_SECRET, **changes: object) -> str:
+    """``access_token``'s claims with ``changes`` (None drops a claim), signed anew (HS256)."""
+    claims = jwt.decode(access_token, options={"verify_signature": False})
+    claims.update(changes)
+    kept = {name: value for name, value in claims.items() if value is not None}
+    return jwt.encode(kept, key, algorithm="HS256")
+
+
+async def stored_user(engine: AsyncEngine, email: str) -> User:
+    """The ``user`` row with ``email``, read straight from the database."""
+    async with create_sessionmaker(engine)() as session:
+        return (await session.exec(select(User).where(User.email == email))).one()
+
+
+async def update_user(engine: AsyncEngine, email: str, **values: object) -> None:
+    """Change the ``user`` row with ``email`` behind the API's back (e.g. ``is_active``)."""
+    async with engine.begin() as connection:
+        result = await connection.execute(
+            update(User).where(col(User.email) == email).values(**values)
+        )
+    assert result.rowcount == 1, f"no user {email!r}"
+
+
+def expired(access_token: str) -> str:
+    """``access_token`` re-signed to have expired a minute ago, well past the leeway."""
+    now = int(time.time())
+    return resigned(access_token, exp=now - 60, iat=now - 960)

@@ -2,7 +2,8 @@
 
 A tiny schema whose one field raises whatever it is asked to runs through
 Depot's error extension directly, then through the real GraphQL view (HTTP and
-WebSocket) behind the request-id middleware; the last tests ask the real app.
+WebSocket, on a real database so a WebSocket can sign in) behind the
+request-id middleware; the last tests ask the real app.
 """
 
 from __future__ import annotations
@@ -22,15 +23,15 @@ import strawberry
 from asgi_lifespan import LifespanManager
 from httpx_ws import aconnect_ws
 from httpx_ws.transport import ASGIWebSocketTransport
-from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel.ext.asyncio.session import AsyncSession
+from limits.aio.storage import MemoryStorage
+from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
 from api.graphql import GraphQLView
 from api.middleware import RequestIdMiddleware
-from core import models
+from core import access_tokens, migrate, users
 from core.db import create_engine, create_sessionmaker
 from core.errors import (
     BadUserInput,
@@ -41,12 +42,13 @@ from core.errors import (
     RateLimited,
     Unauthenticated,
 )
+from core.ratelimit import LoginLimiter
 from core.settings import Settings
 from schema import _Schema
 from schema.errors import ErrorCodes
 from schema.ids import encode_id
 from tests.conftest import make_settings
-from tests.support import graphql
+from tests.support import PASSWORD, bearer, graphql, register
 
 pytestmark = pytest.mark.anyio
 
@@ -75,13 +77,16 @@ class _Query:
 SCHEMA = _Schema(query=_Query, extensions=[ErrorCodes])
 
 
-def _tiny_app(settings: Settings) -> Starlette:
+def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
     view = GraphQLView(SCHEMA, settings)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        # The view puts a sessionmaker into every context; this schema never opens one.
-        yield {"sessionmaker": async_sessionmaker(class_=AsyncSession)}
+        # The view puts these into every context; the database signs WebSockets in.
+        yield {
+            "sessionmaker": create_sessionmaker(engine),
+            "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
+        }
 
     return Starlette(
         routes=[Route("/graphql", view), WebSocketRoute("/graphql", view)],
@@ -91,11 +96,39 @@ def _tiny_app(settings: Settings) -> Starlette:
 
 
 @pytest.fixture
-async def tiny_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(_tiny_app(make_settings(tmp_path))) as manager:
+def tiny_settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def tiny_engine(tiny_settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(tiny_settings)
+    try:
+        await migrate.upgrade(engine)
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+async def tiny_client(
+    tiny_settings: Settings, tiny_engine: AsyncEngine
+) -> AsyncIterator[httpx.AsyncClient]:
+    async with LifespanManager(_tiny_app(tiny_settings, tiny_engine)) as manager:
         transport = ASGIWebSocketTransport(manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
             yield client
+
+
+async def _personal_token(settings: Settings, engine: AsyncEngine) -> str:
+    """A personal access token of a new user, straight from the core functions."""
+    async with create_sessionmaker(engine)() as db:
+        user = await users.create_user(
+            db, settings, email="ada@example.com", password=PASSWORD, display_name="Ada"
+        )
+        _, secret = await access_tokens.create_access_token(db, user, "errors", None)
+        await db.commit()
+    return secret
 
 
 async def _fail_over_http(
@@ -190,13 +223,18 @@ async def test_masked_error_names_the_generated_request_id(
     ],
 )
 async def test_errors_over_websocket_are_coded_and_masked(
-    tiny_client: httpx.AsyncClient, kind: str, extensions: dict[str, object]
+    tiny_client: httpx.AsyncClient,
+    tiny_settings: Settings,
+    tiny_engine: AsyncEngine,
+    kind: str,
+    extensions: dict[str, object],
 ) -> None:
+    token = await _personal_token(tiny_settings, tiny_engine)
     headers = {"X-Request-ID": "req-ws-1"}
     async with aconnect_ws(
         "/graphql", tiny_client, subprotocols=["graphql-transport-ws"], headers=headers
     ) as ws:
-        await ws.send_json({"type": "connection_init"})
+        await ws.send_json({"type": "connection_init", "payload": bearer(token)})
         assert await ws.receive_json(timeout=5) == {"type": "connection_ack"}
         payload = {"query": FAIL, "variables": {"kind": kind}}
         await ws.send_json({"type": "subscribe", "id": "1", "payload": payload})
@@ -208,18 +246,6 @@ async def test_errors_over_websocket_are_coded_and_masked(
 
 
 # -- the real app ---------------------------------------------------------------
-
-
-async def _create_user(settings: Settings) -> uuid.UUID:
-    engine = create_engine(settings)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            user = models.User(email="ada@example.com", display_name="Ada")
-            session.add(user)
-            await session.commit()
-            return user.id
-    finally:
-        await engine.dispose()
 
 
 NODE = "query Node($id: ID!) { node(id: $id) { id } }"
@@ -238,12 +264,12 @@ async def test_unknown_type_in_a_well_formed_id_is_null(client: httpx.AsyncClien
     assert body == {"data": {"node": None}}
 
 
-async def test_a_users_id_is_null_when_signed_out(
-    client: httpx.AsyncClient, settings: Settings
-) -> None:
-    user_id = await _create_user(settings)
-    body = await graphql(client, NODE, {"id": encode_id("User", user_id)})
-    assert body == {"data": {"node": None}}
+async def test_a_users_id_is_null_when_signed_out(client: httpx.AsyncClient) -> None:
+    ada = await register(client)
+    user_id = ada["user"]["id"]
+    body = await graphql(client, NODE, {"id": user_id}, headers=bearer(ada["accessToken"]))
+    assert body == {"data": {"node": {"id": user_id}}}
+    assert await graphql(client, NODE, {"id": user_id}) == {"data": {"node": None}}
 
 
 async def test_me_is_null_when_signed_out(client: httpx.AsyncClient) -> None:

@@ -27,7 +27,19 @@ pytestmark = pytest.mark.anyio
 
 T = TypeVar("T")
 
-USER_COLUMNS = {"id", "email", "display_name", "role", "is_active", "created_at", "updated_at"}
+USER_COLUMNS = {
+    "id",
+    "email",
+    "display_name",
+    "password_hash",
+    "role",
+    "is_active",
+    "quota_bytes",
+    "used_bytes",
+    "created_at",
+    "updated_at",
+}
+TABLES = {"alembic_version", "user", "session", "credential"}
 
 
 async def _inspect(engine: AsyncEngine, look: Callable[[Inspector], T]) -> T:
@@ -39,10 +51,23 @@ async def _tables(engine: AsyncEngine) -> set[str]:
     return set(await _inspect(engine, Inspector.get_table_names))
 
 
-async def test_upgrade_creates_the_user_table(engine: AsyncEngine) -> None:
+def _user(email: str) -> User:
+    return User(email=email, display_name="Ada", password_hash="!", quota_bytes=0)
+
+
+async def _assert_email_unique_ignoring_case(engine: AsyncEngine) -> None:
+    async with create_sessionmaker(engine)() as session:
+        session.add(_user("Ada@Example.com"))
+        await session.commit()
+        session.add(_user("ada@example.COM"))
+        with pytest.raises(IntegrityError):
+            await session.commit()
+
+
+async def test_upgrade_creates_the_tables(engine: AsyncEngine) -> None:
     assert await _tables(engine) == set()
     await migrate.upgrade(engine)
-    assert await _tables(engine) == {"alembic_version", "user"}
+    assert await _tables(engine) == TABLES
     columns = await _inspect(engine, lambda inspector: inspector.get_columns("user"))
     assert {column["name"] for column in columns} == USER_COLUMNS
     assert not any(column["nullable"] for column in columns)
@@ -57,19 +82,25 @@ async def test_downgrade_to_base_and_upgrade_again(engine: AsyncEngine) -> None:
     assert await _tables(engine) == {"alembic_version"}
     assert await migrate.current_revision(engine) is None
     await migrate.upgrade(engine)
-    assert "user" in await _tables(engine)
+    assert await _tables(engine) == TABLES
     assert await migrate.current_revision(engine) == migrate.head_revision()
+    # SQLite's batch mode would rebuild the table and silently drop the expression index.
+    await _assert_email_unique_ignoring_case(engine)
+
+
+async def test_downgrading_the_accounts_revision_keeps_the_email_index(
+    engine: AsyncEngine,
+) -> None:
+    await migrate.upgrade(engine)
+    await migrate.downgrade(engine, "0001")
+    assert await _tables(engine) == {"alembic_version", "user"}
+    await migrate.upgrade(engine)
+    await _assert_email_unique_ignoring_case(engine)
 
 
 async def test_email_is_unique_ignoring_case(engine: AsyncEngine) -> None:
     await migrate.upgrade(engine)
-    sessionmaker = create_sessionmaker(engine)
-    async with sessionmaker() as session:
-        session.add(User(email="Ada@Example.com", display_name="Ada"))
-        await session.commit()
-        session.add(User(email="ada@example.COM", display_name="Ada again"))
-        with pytest.raises(IntegrityError):
-            await session.commit()
+    await _assert_email_unique_ignoring_case(engine)
 
 
 # SQLite cannot reflect expression indexes, so there the case-insensitive email

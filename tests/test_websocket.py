@@ -1,17 +1,28 @@
-"""GraphQL over WebSocket: graphql-transport-ws, the legacy protocol, origin checks."""
+"""GraphQL over WebSocket: sign-in in connection_init, the legacy protocol, origin checks."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 
+from core.db import create_engine
 from tests.conftest import make_settings, serve_app
+from tests.support import (
+    bearer,
+    expired,
+    graphql,
+    register,
+    resigned,
+    sign_in,
+    update_user,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -37,9 +48,25 @@ async def _receive(ws: AsyncWebSocketSession) -> dict[str, Any]:
     return message
 
 
-async def _acknowledged(ws: AsyncWebSocketSession) -> None:
-    await ws.send_json({"type": "connection_init"})
+async def _token(client: httpx.AsyncClient) -> str:
+    """An access token for a newly registered user."""
+    return str((await register(client))["accessToken"])
+
+
+def _init(token: str) -> dict[str, Any]:
+    return {"type": "connection_init", "payload": bearer(token)}
+
+
+async def _acknowledged(ws: AsyncWebSocketSession, token: str) -> None:
+    await ws.send_json(_init(token))
     assert await _receive(ws) == {"type": "connection_ack"}
+
+
+async def _closed(ws: AsyncWebSocketSession) -> tuple[int, str]:
+    """Wait for the server to close the socket; its close code and reason."""
+    with pytest.raises(WebSocketDisconnect) as closed:
+        await _receive(ws)
+    return closed.value.code, closed.value.reason
 
 
 async def _subscribe(ws: AsyncWebSocketSession, id_: str, query: str) -> None:
@@ -50,27 +77,102 @@ async def _subscribe(ws: AsyncWebSocketSession, id_: str, query: str) -> None:
 
 
 async def test_connection_init_is_acknowledged(client: httpx.AsyncClient) -> None:
+    token = await _token(client)
     async with _connect(client) as ws:
         assert ws.subprotocol == TRANSPORT_WS
-        await ws.send_json({"type": "connection_init"})
+        await ws.send_json(_init(token))
         assert await _receive(ws) == {"type": "connection_ack"}
 
 
 async def test_query_streams_next_then_complete(client: httpx.AsyncClient) -> None:
+    token = await _token(client)
     async with _connect(client) as ws:
-        await _acknowledged(ws)
-        await _subscribe(ws, "q1", "{ __typename me { id } }")
+        await _acknowledged(ws, token)
+        await _subscribe(ws, "q1", "{ __typename me { email } }")
         assert await _receive(ws) == {
             "id": "q1",
             "type": "next",
-            "payload": {"data": {"__typename": "Query", "me": None}},
+            "payload": {"data": {"__typename": "Query", "me": {"email": "ada@example.com"}}},
         }
         assert await _receive(ws) == {"id": "q1", "type": "complete"}
 
 
-async def test_invalid_operation_is_an_error_message(client: httpx.AsyncClient) -> None:
+async def test_personal_access_token_signs_a_socket_in(client: httpx.AsyncClient) -> None:
+    body = await graphql(
+        client,
+        'mutation Create { createAccessToken(name: "ws") { token } }',
+        headers=bearer(await _token(client)),
+    )
+    personal = body["data"]["createAccessToken"]["token"]
     async with _connect(client) as ws:
-        await _acknowledged(ws)
+        await _acknowledged(ws, personal)
+        await _subscribe(ws, "q1", "{ me { email } }")
+        message = await _receive(ws)
+    assert message["payload"] == {"data": {"me": {"email": "ada@example.com"}}}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [None, {}, {"authorization": ""}],
+    ids=["no-payload", "empty", "blank"],
+)
+async def test_missing_authorization_closes_with_4401(
+    client: httpx.AsyncClient, payload: dict[str, str] | None
+) -> None:
+    init: dict[str, Any] = {"type": "connection_init"}
+    if payload is not None:
+        init["payload"] = payload
+    async with _connect(client) as ws:
+        await ws.send_json(init)
+        code, _ = await _closed(ws)
+    assert code == 4401
+
+
+OTHER_SECRET = "another-secret-0123456789-abcdefghijklmnop"
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda token: "not-a-token",
+        expired,
+        lambda token: resigned(token, key=OTHER_SECRET),
+        lambda token: "dpt_" + "A" * 43,
+    ],
+    ids=["garbage", "expired", "forged", "unknown-personal-token"],
+)
+async def test_refused_authorization_closes_with_4403(
+    client: httpx.AsyncClient, spoil: Callable[[str], str]
+) -> None:
+    token = spoil(await _token(client))
+    async with _connect(client) as ws:
+        await ws.send_json(_init(token))
+        code, _ = await _closed(ws)
+    assert code == 4403
+
+
+async def test_authorization_that_is_not_a_string_closes_with_4403(
+    client: httpx.AsyncClient,
+) -> None:
+    async with _connect(client) as ws:
+        await ws.send_json({"type": "connection_init", "payload": {"authorization": ["Bearer"]}})
+        code, _ = await _closed(ws)
+    assert code == 4403
+
+
+async def test_subscribe_before_connection_init_closes_with_4401(
+    client: httpx.AsyncClient,
+) -> None:
+    async with _connect(client) as ws:
+        await _subscribe(ws, "q1", "{ me { email } }")
+        code, _ = await _closed(ws)
+    assert code == 4401
+
+
+async def test_invalid_operation_is_an_error_message(client: httpx.AsyncClient) -> None:
+    token = await _token(client)
+    async with _connect(client) as ws:
+        await _acknowledged(ws, token)
         await _subscribe(ws, "bad", "{ noSuchField }")
         message = await _receive(ws)
         assert (message["id"], message["type"]) == ("bad", "error")
@@ -82,8 +184,9 @@ async def test_invalid_operation_is_an_error_message(client: httpx.AsyncClient) 
 
 
 async def test_ping_gets_pong(client: httpx.AsyncClient) -> None:
+    token = await _token(client)
     async with _connect(client) as ws:
-        await _acknowledged(ws)
+        await _acknowledged(ws, token)
         await ws.send_json({"type": "ping"})
         assert await _receive(ws) == {"type": "pong"}
 
@@ -95,25 +198,131 @@ async def test_legacy_protocol_is_refused_by_default(client: httpx.AsyncClient) 
     # The handshake completes without a subprotocol, then the server closes.
     async with _connect(client, LEGACY_WS) as ws:
         assert ws.subprotocol is None
-        with pytest.raises(WebSocketDisconnect) as closed:
-            await _receive(ws)
-    assert (closed.value.code, closed.value.reason) == (4406, "Subprotocol not acceptable")
+        assert await _closed(ws) == (4406, "Subprotocol not acceptable")
+
+
+@asynccontextmanager
+async def _legacy(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, str]]:
+    """An app that speaks the legacy protocol too, and a user's access token."""
+    async with serve_app(make_settings(tmp_path, graphql_ws_legacy=True)) as client:
+        yield client, await _token(client)
 
 
 async def test_legacy_protocol_when_enabled(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, graphql_ws_legacy=True)
-    async with serve_app(settings) as client, _connect(client, LEGACY_WS) as ws:
+    async with _legacy(tmp_path) as (client, token), _connect(client, LEGACY_WS) as ws:
         assert ws.subprotocol == LEGACY_WS
-        await ws.send_json({"type": "connection_init"})
+        await ws.send_json(_init(token))
         assert await _receive(ws) == {"type": "connection_ack"}
+
+
+@pytest.mark.parametrize("payload", [{}, bearer("not-a-token")], ids=["missing", "refused"])
+async def test_legacy_protocol_needs_a_token_too(tmp_path: Path, payload: dict[str, str]) -> None:
+    async with _legacy(tmp_path) as (client, _), _connect(client, LEGACY_WS) as ws:
+        await ws.send_json({"type": "connection_init", "payload": payload})
+        assert (await _receive(ws))["type"] == "connection_error"
+        code, _ = await _closed(ws)
+    assert code == 1011
+
+
+# -- credentials that end while a socket is open ----------------------------------
+
+# Rechecks this often in these tests; TIMEOUT_S leaves room for many rechecks.
+RECHECK_S = 0.1
+LOGOUT_EVERYWHERE = "mutation { logoutEverywhere }"
+CREATE_TOKEN = 'mutation { createAccessToken(name: "ws") { token accessToken { id } } }'
+REVOKE_TOKEN = "mutation ($id: ID!) { revokeAccessToken(id: $id) { id } }"
+
+
+@pytest.fixture
+async def watched(tmp_path: Path, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An app whose sockets recheck their credential every RECHECK_S seconds."""
+    settings = make_settings(tmp_path, database_url=database_url, ws_auth_recheck_seconds=RECHECK_S)
+    async with serve_app(settings) as client:
+        yield client
+
+
+async def _still_answers(ws: AsyncWebSocketSession, id_: str) -> None:
+    await _subscribe(ws, id_, "{ me { email } }")
+    assert (await _receive(ws))["payload"] == {"data": {"me": {"email": "ada@example.com"}}}
+    assert await _receive(ws) == {"id": id_, "type": "complete"}
+
+
+async def test_a_live_credential_keeps_its_socket(watched: httpx.AsyncClient) -> None:
+    token = await _token(watched)
+    async with _connect(watched) as ws:
+        await _acknowledged(ws, token)
+        await anyio.sleep(RECHECK_S * 5)
+        await _still_answers(ws, "q1")
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_ending_every_session_closes_the_socket(
+    tmp_path: Path, database_url: str, protocol: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        ws_auth_recheck_seconds=RECHECK_S,
+        graphql_ws_legacy=True,
+    )
+    async with serve_app(settings) as client:
+        token = await _token(client)
+        async with _connect(client, protocol) as ws:
+            await _acknowledged(ws, token)
+            ended = await graphql(client, LOGOUT_EVERYWHERE, headers=bearer(token))
+            assert ended == {"data": {"logoutEverywhere": True}}
+            assert await _closed(ws) == (4403, "Forbidden: The session has ended; sign in again.")
+
+
+async def test_another_session_ending_leaves_the_socket_open(
+    watched: httpx.AsyncClient,
+) -> None:
+    token = await _token(watched)
+    other = await sign_in(watched)
+    async with _connect(watched) as ws:
+        await _acknowledged(ws, token)
+        logout = "mutation ($token: String!) { logout(refreshToken: $token) }"
+        body = await graphql(watched, logout, {"token": other["refreshToken"]})
+        assert body == {"data": {"logout": True}}
+        await anyio.sleep(RECHECK_S * 5)
+        await _still_answers(ws, "q1")
+
+
+async def test_deactivating_the_user_closes_the_socket(
+    watched: httpx.AsyncClient, tmp_path: Path, database_url: str
+) -> None:
+    token = await _token(watched)
+    async with _connect(watched) as ws:
+        await _acknowledged(ws, token)
+        engine = create_engine(make_settings(tmp_path, database_url=database_url))
+        try:
+            await update_user(engine, "ada@example.com", is_active=False)
+        finally:
+            await engine.dispose()
+        assert await _closed(ws) == (4403, "Forbidden: This account has been deactivated.")
+
+
+async def test_revoking_a_personal_access_token_closes_its_socket(
+    watched: httpx.AsyncClient,
+) -> None:
+    owner = bearer(await _token(watched))
+    created = (await graphql(watched, CREATE_TOKEN, headers=owner))["data"]["createAccessToken"]
+    async with _connect(watched) as ws:
+        await _acknowledged(ws, created["token"])
+        revoked = await graphql(
+            watched, REVOKE_TOKEN, {"id": created["accessToken"]["id"]}, headers=owner
+        )
+        assert "errors" not in revoked, revoked
+        assert await _closed(ws) == (4403, "Forbidden: The access token has been revoked.")
 
 
 # -- origins ------------------------------------------------------------------------
 
 
 async def test_same_origin_browser_is_accepted(client: httpx.AsyncClient) -> None:
+    token = await _token(client)
     async with _connect(client, origin="http://depot.test") as ws:
-        await _acknowledged(ws)
+        await _acknowledged(ws, token)
 
 
 @pytest.mark.parametrize("cors_origins", [[], [APP_ORIGIN]], ids=["none-listed", "other-listed"])
@@ -129,5 +338,7 @@ async def test_cross_origin_browser_is_refused(tmp_path: Path, cors_origins: lis
 
 async def test_listed_origin_is_accepted(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, cors_origins=[APP_ORIGIN])
-    async with serve_app(settings) as client, _connect(client, origin=APP_ORIGIN) as ws:
-        await _acknowledged(ws)
+    async with serve_app(settings) as client:
+        token = await _token(client)
+        async with _connect(client, origin=APP_ORIGIN) as ws:
+            await _acknowledged(ws, token)
