@@ -29,6 +29,7 @@ from core.migrate import prepare_schema
 from core.ratelimit import LoginLimiter, limiter_storage
 from core.settings import Settings, load_settings
 from schema import build_schema
+from storage import Storage, open_storage
 
 logger = structlog.get_logger("depot.app")
 
@@ -41,6 +42,7 @@ class State(TypedDict):
     sessionmaker: SessionMaker
     redis: Redis | None
     login_limiter: LoginLimiter
+    storage: Storage
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -54,6 +56,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         engine = create_engine(settings)
         redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        storage = open_storage(settings)
         try:
             await prepare_schema(engine, production=settings.is_production)
             logger.info("depot ready", environment=settings.environment)
@@ -68,8 +71,10 @@ def create_app(settings: Settings) -> Starlette:
                 sessionmaker=create_sessionmaker(engine),
                 redis=redis,
                 login_limiter=limiter,
+                storage=storage,
             )
         finally:
+            await storage.aclose()
             await engine.dispose()
             if redis is not None:
                 await redis.aclose()

@@ -256,6 +256,7 @@ class GraphQLView(GraphQL[Context, None]):
             settings=self.settings,
             sessionmaker=request.state.sessionmaker,
             login_limiter=request.state.login_limiter,
+            storage=request.state.storage,
             request_id=request.state.request_id,
         )
         # A WebSocket authenticates in connection_init (on_ws_connect), not here.

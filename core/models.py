@@ -1,12 +1,13 @@
-"""SQLModel entities: the truth about users, their sessions and credentials."""
+"""SQLModel entities: users, their sessions and credentials, files and upload tickets."""
 
 from __future__ import annotations
 
 import enum
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Enum, ForeignKey, Index, Uuid, func
+from sqlalchemy import JSON, BigInteger, Column, Enum, ForeignKey, Index, Uuid, func, text
 from sqlmodel import Field, SQLModel
 
 from core.time import UTCDateTime, utcnow
@@ -92,3 +93,63 @@ class Credential(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class File(SQLModel, table=True):
+    """A user's file: the row is the truth, the bytes live in storage under ``storage_key``.
+
+    ``path`` is the user's own name for it (NFC, ``/``-separated), unique among
+    the owner's live files; ``storage_key`` is opaque and never derived from it.
+    """
+
+    __tablename__ = "file"
+    __table_args__ = (
+        # Unique among live files only: a trashed file keeps its path.
+        Index(
+            "uq_file_owner_path_live",
+            "owner_id",
+            "path",
+            unique=True,
+            sqlite_where=text("trashed_at IS NULL"),
+            postgresql_where=text("trashed_at IS NULL"),
+        ),
+        Index("ix_file_owner_created", "owner_id", "created_at", "id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")]
+    )
+    path: str = Field(max_length=1024)
+    name: str = Field(max_length=1024)
+    size: int = Field(sa_type=BigInteger)
+    content_type: str = Field(max_length=255)
+    sha256: str = Field(max_length=64)
+    storage_key: str = Field(max_length=255, unique=True)
+    # `metadata` is SQLModel's own attribute, so the column is named apart from it.
+    meta: dict[str, Any] = Field(
+        default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
+    )
+    produced_by_job_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    trashed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class Upload(SQLModel, table=True):
+    """A direct-upload ticket: its bytes are reserved against the quota until it ends."""
+
+    __tablename__ = "upload"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")], index=True
+    )
+    path: str = Field(max_length=1024)
+    size: int = Field(sa_type=BigInteger)
+    content_type: str = Field(max_length=255)
+    sha256: str | None = Field(default=None, max_length=64)
+    storage_key: str = Field(max_length=255, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -142,6 +142,24 @@ class Settings(BaseSettings):
     default_quota_bytes: int = Field(
         default=10 * 1024**3, ge=0, description="Storage quota of a new account."
     )
+    storage_url: str = Field(
+        default="",
+        description="Where file bytes live: `file:///path`, "
+        "`s3://bucket?endpoint_url=…&region=…` or `memory://` (tests). "
+        "Empty means `file://<var_dir>/storage`.",
+    )
+    max_upload_bytes: int = Field(
+        default=5 * 1024**3, ge=0, description="Largest file one upload may create."
+    )
+    download_url_minutes: int = Field(
+        default=15, ge=1, le=7 * 24 * 60, description="How long a download link works."
+    )
+    upload_url_minutes: int = Field(
+        default=60,
+        ge=1,
+        le=7 * 24 * 60,
+        description="How long a direct-upload ticket (`createUpload`) can be used.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level that is logged."
     )
@@ -203,6 +221,13 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("storage_url")
+    @classmethod
+    def _check_storage_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("file", "s3", "memory"):
+            raise ValueError("use file:///path, s3://bucket?endpoint_url=…&region=… or memory://")
+        return value
+
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
@@ -217,6 +242,9 @@ class Settings(BaseSettings):
         if not self.database_url:
             path = (self.var_dir / "depot.db").as_posix()
             object.__setattr__(self, "database_url", f"sqlite+aiosqlite:///{path}")
+        if not self.storage_url:
+            root = (self.var_dir / "storage").resolve().as_uri()
+            object.__setattr__(self, "storage_url", root)
         if self.secret_key is not None:
             if self.is_production and _is_weak(self.secret_key.get_secret_value()):
                 raise ValueError(

@@ -16,6 +16,7 @@ from core.errors import Unauthenticated
 from core.models import User
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
+from storage import Storage
 
 
 @dataclass
@@ -27,6 +28,7 @@ class Context:
     settings: Settings
     sessionmaker: SessionMaker
     login_limiter: LoginLimiter
+    storage: Storage
     request_id: str
     principal: Principal | None = None
     # Why the credentials presented were refused; None when none were presented.

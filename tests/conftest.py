@@ -94,6 +94,8 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         # OWASP's minimum Argon2id cost: the production default would slow the suite.
         "password_hash_memory_kib": 19456,
         "password_hash_iterations": 2,
+        # Tests about files choose their backend; the rest need none in particular.
+        "storage_url": "memory://",
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

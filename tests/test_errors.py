@@ -47,6 +47,7 @@ from core.settings import Settings
 from schema import _Schema
 from schema.errors import ErrorCodes
 from schema.ids import encode_id
+from storage import open_storage
 from tests.conftest import make_settings
 from tests.support import PASSWORD, bearer, graphql, register
 
@@ -86,6 +87,7 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
         yield {
             "sessionmaker": create_sessionmaker(engine),
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
+            "storage": open_storage(settings),
         }
 
     return Starlette(

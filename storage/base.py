@@ -1,0 +1,87 @@
+"""The Storage protocol: where file bytes live, behind one small interface.
+
+Keys are opaque strings chosen by Depot (``u/<user id>/<uuid>``), never
+derived from a user's path. Every backend makes a write visible only once it
+is complete, so no reader ever sees half an object, and leaves nothing
+behind when the bytes it is given fail midway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+
+class StorageError(Exception):
+    """Storage could not do what was asked (unreachable, refused, …): transient."""
+
+
+class ObjectNotFound(StorageError):
+    """No object under that key."""
+
+
+class TooLarge(StorageError):
+    """A stream went past the number of bytes it was allowed."""
+
+
+@dataclass(frozen=True)
+class Stat:
+    size: int
+    etag: str
+    modified_at: datetime
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """How a client sends bytes straight to storage: method, URL and the headers to send."""
+
+    url: str
+    method: str
+    headers: dict[str, str] = field(default_factory=dict)
+    expires_at: datetime | None = None
+
+
+class Storage(Protocol):
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
+    ) -> int:
+        """Store ``chunks`` under ``key``; returns the number of bytes stored.
+
+        The object appears only once every chunk is written. If ``chunks``
+        raises, or goes past ``max_size`` (``TooLarge``), nothing is left
+        behind and the error propagates.
+        """
+        ...
+
+    def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """The bytes of ``key`` from ``start`` up to ``end`` (exclusive), in chunks.
+
+        Raises ``ObjectNotFound`` on first iteration if there is no such key.
+        """
+        ...
+
+    async def stat(self, key: str) -> Stat: ...
+
+    async def copy(self, source: str, target: str) -> None:
+        """Server-side copy; the bytes do not pass through Depot."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; a key that is already gone is not an error."""
+        ...
+
+    async def download_url(
+        self, key: str, *, filename: str, content_type: str, expires_in: timedelta
+    ) -> str:
+        """A URL that serves ``key`` as an attachment named ``filename`` until it expires."""
+        ...
+
+    async def upload_request(
+        self, key: str, *, size: int, content_type: str, expires_in: timedelta
+    ) -> SignedRequest:
+        """A request that lets a client write exactly ``size`` bytes to ``key``."""
+        ...
+
+    async def aclose(self) -> None: ...
