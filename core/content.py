@@ -1,0 +1,61 @@
+"""What a file's bytes are: its SHA-256 and its content type, learnt as they stream past.
+
+The content type comes from the bytes themselves (magic numbers, via
+``filetype``), never from what the client claims: a claim is only a hint for
+plain text, which has no magic number.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator
+
+import filetype
+
+# filetype looks at no more than the first 261 bytes.
+HEAD_BYTES = 261
+OCTET_STREAM = "application/octet-stream"
+TEXT = "text/plain"
+
+
+def sniff(head: bytes) -> str:
+    """The content type of a file that starts with ``head``."""
+    kind = filetype.guess(head)
+    if kind is not None:
+        return str(kind.mime)
+    if not head:
+        return OCTET_STREAM
+    try:
+        # Text if it decodes as UTF-8; a sample that fills the head may end
+        # inside a multi-byte character, so it is not decoded as final.
+        codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < HEAD_BYTES)
+    except UnicodeDecodeError:
+        return OCTET_STREAM
+    return OCTET_STREAM if b"\x00" in head else TEXT
+
+
+class Fingerprint:
+    """Wraps a byte stream, hashing it and keeping its head as it passes through."""
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = chunks
+        self._sha256 = hashlib.sha256()
+        self._head = b""
+        self.size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            self._sha256.update(chunk)
+            if len(self._head) < HEAD_BYTES:
+                self._head += chunk[: HEAD_BYTES - len(self._head)]
+            self.size += len(chunk)
+            yield chunk
+
+    @property
+    def sha256(self) -> str:
+        return self._sha256.hexdigest()
+
+    @property
+    def content_type(self) -> str:
+        return sniff(self._head)
