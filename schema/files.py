@@ -41,7 +41,7 @@ class File(Node):
             size=BigInt(file.size),
             content_type=file.content_type,
             sha256=file.sha256,
-            metadata=file.meta,
+            metadata=JSON(file.meta),
             created_at=file.created_at,
             updated_at=file.updated_at,
             trashed_at=file.trashed_at,
