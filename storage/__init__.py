@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 from core.links import LinkSigner
 from core.settings import Settings
@@ -34,4 +36,20 @@ def open_storage(settings: Settings) -> Storage:
         from storage.memory import MemoryStorage
 
         return MemoryStorage(links)
-    raise NotImplementedError(f"storage backend {scheme!r} arrives with storage/local.py and s3.py")
+    if scheme == "file":
+        from storage.local import LocalStorage
+
+        return LocalStorage(file_url_path(settings.storage_url), links)
+    if scheme == "s3":
+        from storage.s3 import S3Storage, parse_s3_url
+
+        return S3Storage(parse_s3_url(settings.storage_url))
+    raise ValueError(f"unknown storage backend {scheme!r}")
+
+
+def file_url_path(url: str) -> Path:
+    """The directory a ``file://`` URL names (``file:///srv/depot`` or ``file:relative``)."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file:// storage must be on this host, not {parts.netloc!r}")
+    return Path(url2pathname(parts.path))

@@ -7,15 +7,22 @@ cancel scopes of asgi-lifespan and httpx-ws require.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import logging
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import boto3
 import httpx
 import pytest
 import structlog
@@ -23,6 +30,7 @@ from asgi_lifespan import LifespanManager
 from httpx_ws.transport import ASGIWebSocketTransport
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_app
 from core.db import create_engine
@@ -106,11 +114,34 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return make_settings(tmp_path, database_url=database_url)
 
 
+def state_per_request(app: ASGIApp) -> ASGIApp:
+    """Give each request its own copy of the lifespan state, as ASGI servers must.
+
+    asgi-lifespan hands every request the one dict the lifespan filled, so
+    values a request stores in ``request.state`` would leak into concurrent
+    requests; uvicorn copies it per request, and so does this.
+    """
+
+    async def copied(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and "state" in scope:
+            scope = {**scope, "state": dict(scope["state"])}
+        await app(scope, receive, send)
+
+    return copied
+
+
+@asynccontextmanager
+async def started(app: ASGIApp) -> AsyncIterator[ASGIApp]:
+    """``app`` with its lifespan running, served like uvicorn would (state per request)."""
+    async with LifespanManager(app) as manager:
+        yield state_per_request(manager.app)
+
+
 @asynccontextmanager
 async def serve_app(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     """A started app for ``settings`` and an HTTP and WebSocket client for it."""
-    async with LifespanManager(create_app(settings)) as manager:
-        transport = ASGIWebSocketTransport(manager.app)
+    async with started(create_app(settings)) as app:
+        transport = ASGIWebSocketTransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
             yield client
 
@@ -150,3 +181,90 @@ def log_stream() -> Iterator[io.StringIO]:
         logger.setLevel(level)
         logger.propagate, logger.disabled = propagate, disabled
     structlog.configure(**structlog_config)
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3 endpoint for tests: moto's server, on loopback."""
+
+    endpoint_url: str
+    region: str = "us-east-1"
+
+    def storage_url(self, bucket: str) -> str:
+        return f"s3://{bucket}?endpoint_url={self.endpoint_url}&region={self.region}"
+
+
+_AWS_TEST_ENVIRONMENT = {
+    "AWS_ACCESS_KEY_ID": "depot-test",
+    "AWS_SECRET_ACCESS_KEY": "depot-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    # No profile, session token or config file from the developer's machine.
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+_AWS_UNSET = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto's S3 server as a subprocess for the session, with test credentials in the env."""
+    if importlib.util.find_spec("moto.server") is None:
+        if os.environ.get("CI"):
+            pytest.fail("moto[server] is not installed, but CI must run the S3 tests")
+        pytest.skip("moto[server] is not installed; pip install 'moto[server]' to run S3 tests")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    endpoint_url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_until_answering(endpoint_url, process)
+        with pytest.MonkeyPatch.context() as patch:
+            for name in (
+                "AWS_PROFILE",
+                "AWS_SESSION_TOKEN",
+                "AWS_ENDPOINT_URL",
+                "AWS_ENDPOINT_URL_S3",
+            ):
+                patch.delenv(name, raising=False)
+            for name, value in _AWS_TEST_ENVIRONMENT.items():
+                patch.setenv(name, value)
+            yield S3Server(endpoint_url)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _wait_until_answering(endpoint_url: str, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"moto's S3 server exited with {process.returncode}")
+        try:
+            httpx.get(f"{endpoint_url}/", timeout=1)
+        except httpx.TransportError:
+            time.sleep(0.1)
+        else:
+            return
+    pytest.fail(f"moto's S3 server did not answer at {endpoint_url} within 30 s")
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the test S3 server, as a ``DEPOT_STORAGE_URL``."""
+    bucket = f"depot-test-{uuid.uuid4().hex[:16]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name=s3_server.region)
+    try:
+        s3.create_bucket(Bucket=bucket)
+    finally:
+        s3.close()
+    return s3_server.storage_url(bucket)

@@ -14,6 +14,7 @@ import shlex
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import pytest
@@ -22,9 +23,10 @@ from click.testing import CliRunner
 
 from api.cli import main
 from core.settings import ENV_PREFIX, Settings
+from storage.s3 import parse_s3_url
 
 ROOT = Path(__file__).resolve().parent.parent
-ONE_SHOT = {"migrate"}
+ONE_SHOT = {"migrate", "create-bucket"}
 """Services that run to completion; the others stay up and report their health."""
 
 EXPECTED_COMMANDS = {"api": "depot serve", "migrate": "depot migrate upgrade"}
@@ -158,7 +160,11 @@ def test_services_wait_until_their_dependencies_are_ready(name: str) -> None:
 
 @pytest.mark.parametrize(
     ("name", "dependencies"),
-    [("api", {"postgres", "redis", "migrate"}), ("migrate", {"postgres"})],
+    [
+        ("api", {"postgres", "redis", "migrate", "minio", "create-bucket"}),
+        ("migrate", {"postgres"}),
+        ("create-bucket", {"minio"}),
+    ],
 )
 def test_services_depend_on_what_they_use(name: str, dependencies: set[str]) -> None:
     assert dependencies <= set(_services()[name]["depends_on"])
@@ -184,6 +190,17 @@ def test_the_api_runs_in_production_on_the_migrated_database() -> None:
     assert api["DEPOT_DATABASE_URL"] == migrate["DEPOT_DATABASE_URL"]
     # `:?` makes compose refuse to start instead of running without a secret.
     assert api["DEPOT_SECRET_KEY"].startswith("${DEPOT_SECRET_KEY:?")
+
+
+def test_the_api_stores_files_in_the_minio_bucket_compose_creates() -> None:
+    api, minio = _environment(_services()["api"]), _environment(_services()["minio"])
+    location = parse_s3_url(api["DEPOT_STORAGE_URL"])
+    assert urlsplit(location.endpoint_url or "").netloc == "minio:9000"
+    assert f"mb --ignore-existing depot/{location.bucket}" in shlex.join(
+        _words(_services()["create-bucket"]["command"])
+    )
+    assert api["AWS_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+    assert api["AWS_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
 
 
 def test_the_api_publishes_and_probes_the_port_it_serves_on() -> None:

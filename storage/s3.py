@@ -1,0 +1,277 @@
+"""Storage in an S3 bucket, on AWS or any S3 endpoint (MinIO, Ceph, moto…).
+
+Configured by ``s3://bucket?endpoint_url=…&region=…``; credentials come from
+the standard AWS chain (``AWS_ACCESS_KEY_ID``… or an instance role), never
+from the URL. ``public_endpoint_url=…`` names the endpoint as clients reach it,
+for presigned URLs, when Depot reaches S3 by another name (``http://minio:9000``
+inside compose, ``http://localhost:9000`` from the host).
+
+A stream larger than one part goes up as a multipart upload, which is
+aborted if the stream fails, so a failed write leaves neither an object nor
+parts that are billed and never seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, timedelta
+from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
+
+import aioboto3
+import aiohttp
+import anyio
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
+
+from core.time import utcnow
+from storage.base import ObjectNotFound, SignedRequest, Stat, StorageError, TooLarge
+
+PART_SIZE = 8 * 1024 * 1024
+"""Bytes buffered per multipart part (S3 needs at least 5 MiB for all but the last)."""
+
+CHUNK = 1024 * 1024
+"""Bytes per chunk when streaming an object out."""
+
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    endpoint_url: str | None = None
+    region: str | None = None
+    public_endpoint_url: str | None = None
+
+
+def parse_s3_url(url: str) -> S3Location:
+    """``s3://bucket?endpoint_url=http://minio:9000&region=us-east-1`` → its parts."""
+    parts = urlsplit(url)
+    if parts.scheme != "s3" or not parts.netloc or parts.path not in ("", "/"):
+        raise ValueError(f"use s3://bucket?endpoint_url=…&region=…, not {url!r}")
+    query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+    unknown = set(query) - {"endpoint_url", "region", "public_endpoint_url"}
+    if unknown:
+        raise ValueError(f"unknown S3 URL options: {', '.join(sorted(unknown))}")
+    return S3Location(
+        parts.netloc,
+        query.get("endpoint_url"),
+        query.get("region"),
+        query.get("public_endpoint_url"),
+    )
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII fallback name and the exact UTF-8 one (RFC 6266)."""
+    fallback = "".join(
+        char if " " <= char <= "~" and char not in '"\\' else "_" for char in filename
+    )
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+
+@contextlib.contextmanager
+def _errors(key: str) -> Iterator[None]:
+    """S3's "no such key" becomes ObjectNotFound; any other S3 or network failure StorageError."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        if error.get("Code") in _NOT_FOUND:
+            raise ObjectNotFound(key) from None
+        message = f"{error.get('Code')} {error.get('Message')}"
+        raise StorageError(f"S3 refused {key!r}: {message}") from exc
+    except (BotoCoreError, aiohttp.ClientError) as exc:
+        raise StorageError(f"S3 unreachable for {key!r}: {exc}") from exc
+
+
+class S3Storage:
+    def __init__(self, location: S3Location) -> None:
+        self._location = location
+        self._session = aioboto3.Session()
+        self._stack = contextlib.AsyncExitStack()
+        self._clients: dict[str | None, Any] = {}
+        self._lock = anyio.Lock()
+
+    @property
+    def bucket(self) -> str:
+        return self._location.bucket
+
+    async def _s3(self) -> Any:
+        """The one client, opened on first use and kept until ``aclose``."""
+        return await self._client_for(self._location.endpoint_url)
+
+    async def _signer(self) -> Any:
+        """The client that presigns URLs: for the public endpoint, if there is one."""
+        return await self._client_for(
+            self._location.public_endpoint_url or self._location.endpoint_url
+        )
+
+    async def _client_for(self, endpoint_url: str | None) -> Any:
+        client = self._clients.get(endpoint_url)
+        if client is not None:
+            return client
+        async with self._lock:
+            if endpoint_url not in self._clients:
+                config = Config(
+                    signature_version="s3v4",
+                    # Path-style works on every endpoint; virtual hosts need DNS set up.
+                    s3={"addressing_style": "path" if endpoint_url else "auto"},
+                    # Newer SDK checksums are not understood by every S3-compatible server.
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                    retries={"mode": "standard"},
+                )
+                self._clients[endpoint_url] = await self._stack.enter_async_context(
+                    self._session.client(
+                        "s3",
+                        endpoint_url=endpoint_url,
+                        region_name=self._location.region,
+                        config=config,
+                    )
+                )
+            return self._clients[endpoint_url]
+
+    async def put(
+        self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
+    ) -> int:
+        s3 = await self._s3()
+        bucket = self._location.bucket
+        size = 0
+        buffer = bytearray()
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            async for chunk in chunks:
+                size += len(chunk)
+                if max_size is not None and size > max_size:
+                    raise TooLarge(f"more than {max_size} bytes")
+                buffer += chunk
+                if len(buffer) < PART_SIZE:
+                    continue
+                with _errors(key):
+                    if upload_id is None:
+                        created = await s3.create_multipart_upload(Bucket=bucket, Key=key)
+                        upload_id = created["UploadId"]
+                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, buffer))
+                buffer = bytearray()
+            with _errors(key):
+                if upload_id is None:
+                    await s3.put_object(Bucket=bucket, Key=key, Body=bytes(buffer))
+                    return size
+                if buffer or not parts:
+                    parts.append(await self._upload_part(key, upload_id, len(parts) + 1, buffer))
+                await s3.complete_multipart_upload(
+                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+        except BaseException:
+            if upload_id is not None:
+                # Shielded: a cancelled put must still tell S3 to drop its parts.
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await s3.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
+            raise
+        return size
+
+    async def _upload_part(
+        self, key: str, upload_id: str, number: int, body: bytearray
+    ) -> dict[str, Any]:
+        s3 = await self._s3()
+        response = await s3.upload_part(
+            Bucket=self._location.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=bytes(body),
+        )
+        return {"PartNumber": number, "ETag": response["ETag"]}
+
+    async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        s3 = await self._s3()
+        request: dict[str, Any] = {"Bucket": self._location.bucket, "Key": key}
+        if end is not None and end <= start:
+            await self.stat(key)  # an empty range of a missing object is still missing
+            return
+        if start or end is not None:
+            last = "" if end is None else str(end - 1)
+            request["Range"] = f"bytes={start}-{last}"
+        try:
+            with _errors(key):
+                response = await s3.get_object(**request)
+        except StorageError as exc:
+            # Starting at or past the end: S3 says 416; the contract says no bytes.
+            if isinstance(exc.__cause__, ClientError) and _code(exc.__cause__) == "InvalidRange":
+                return
+            raise
+        body = response["Body"]
+        async with body:  # releases the connection even if the reader stops early
+            with _errors(key):
+                async for chunk in body.iter_chunks(CHUNK):
+                    yield chunk
+
+    async def stat(self, key: str) -> Stat:
+        s3 = await self._s3()
+        with _errors(key):
+            head = await s3.head_object(Bucket=self._location.bucket, Key=key)
+        return Stat(
+            size=head["ContentLength"],
+            etag=head["ETag"],
+            modified_at=head["LastModified"].astimezone(UTC),
+        )
+
+    async def copy(self, source: str, target: str) -> None:
+        s3 = await self._s3()
+        bucket = self._location.bucket
+        with _errors(source):
+            await s3.copy_object(
+                Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source}
+            )
+
+    async def delete(self, key: str) -> None:
+        s3 = await self._s3()
+        with _errors(key):
+            await s3.delete_object(Bucket=self._location.bucket, Key=key)
+
+    async def download_url(
+        self, key: str, *, filename: str, content_type: str, expires_in: timedelta
+    ) -> str:
+        s3 = await self._signer()
+        with _errors(key):
+            url: str = await s3.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self._location.bucket,
+                    "Key": key,
+                    "ResponseContentDisposition": content_disposition(filename),
+                    "ResponseContentType": content_type,
+                },
+                ExpiresIn=int(expires_in.total_seconds()),
+            )
+        return url
+
+    async def upload_request(
+        self, key: str, *, size: int, content_type: str, expires_in: timedelta
+    ) -> SignedRequest:
+        s3 = await self._signer()
+        expires_at = utcnow() + expires_in
+        with _errors(key):
+            url: str = await s3.generate_presigned_url(
+                "put_object",
+                Params={
+                    "Bucket": self._location.bucket,
+                    "Key": key,
+                    "ContentType": content_type,
+                    "ContentLength": size,
+                },
+                ExpiresIn=int(expires_in.total_seconds()),
+            )
+        headers = {"Content-Type": content_type, "Content-Length": str(size)}
+        return SignedRequest(url, "PUT", headers, expires_at)
+
+    async def aclose(self) -> None:
+        self._clients.clear()
+        await self._stack.aclose()
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))

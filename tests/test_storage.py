@@ -1,0 +1,383 @@
+"""One contract for every storage backend: the same tests on memory, local and S3.
+
+S3 is a real S3 HTTP endpoint (moto's server, see ``s3_server`` in
+conftest); local storage is a real directory. "Nothing left behind" is
+checked where each backend could leave something: temporary files in the
+directory, pending multipart uploads in the bucket.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aioboto3
+import anyio
+import httpx
+import pytest
+
+from core.links import LinkSigner
+from core.settings import Settings
+from storage import ObjectNotFound, Storage, StorageError, TooLarge, open_storage
+from storage.local import LocalStorage
+from storage.memory import MemoryStorage
+from storage.s3 import S3Storage, content_disposition, parse_s3_url
+from tests.conftest import S3Server, make_settings
+
+pytestmark = pytest.mark.anyio
+
+MiB = 1024 * 1024
+KEY = "u/0b4bd1f5-5a59-4d43-8d0c-1e3a3c8b7f00/5d7e4f8a-1c2b-4e3f-9a8b-7c6d5e4f3a2b"
+DATA = random.Random(20261123).randbytes(  # noqa: S311 - test bytes, not secrets
+    20 * MiB + 12345
+)
+"""Not a multiple of any chunk or part size, so every boundary is crossed unevenly."""
+
+
+@dataclass
+class Backend:
+    name: str
+    storage: Storage
+    settings: Settings
+    root: Path | None = None
+    s3: S3Server | None = None
+
+    async def leftovers(self) -> list[str]:
+        """Whatever the backend holds besides finished objects: temp files, pending uploads."""
+        if self.root is not None:
+            return sorted(str(path) for path in self.root.rglob("*") if path.is_file())
+        if self.s3 is not None:
+            location = parse_s3_url(self.settings.storage_url)
+            async with aioboto3.Session().client(
+                "s3", endpoint_url=self.s3.endpoint_url, region_name=self.s3.region
+            ) as s3:
+                uploads = await s3.list_multipart_uploads(Bucket=location.bucket)
+            return [upload["Key"] for upload in uploads.get("Uploads", [])]
+        return []
+
+
+@pytest.fixture(params=["memory", "local", "s3"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    root: Path | None = None
+    s3: S3Server | None = None
+    if request.param == "memory":
+        url = "memory://"
+    elif request.param == "local":
+        root = tmp_path / "storage"
+        url = root.as_uri()
+    else:
+        url = request.getfixturevalue("s3_url")
+        s3 = request.getfixturevalue("s3_server")
+    settings = make_settings(tmp_path, storage_url=url)
+    storage = open_storage(settings)
+    try:
+        yield Backend(request.param, storage, settings, root, s3)
+    finally:
+        await storage.aclose()
+
+
+async def stream(data: bytes, chunk: int = 64 * 1024) -> AsyncIterator[bytes]:
+    for offset in range(0, len(data), chunk):
+        yield data[offset : offset + chunk]
+
+
+async def failing_after(data: bytes, error: BaseException) -> AsyncIterator[bytes]:
+    async for chunk in stream(data):
+        yield chunk
+    raise error
+
+
+async def read(storage: Storage, key: str, start: int = 0, end: int | None = None) -> bytes:
+    return b"".join([chunk async for chunk in storage.open(key, start, end)])
+
+
+async def assert_missing(storage: Storage, key: str) -> None:
+    with pytest.raises(ObjectNotFound):
+        await storage.stat(key)
+    with pytest.raises(ObjectNotFound):
+        await read(storage, key)
+
+
+async def test_open_storage_picks_the_backend_from_the_url(tmp_path: Path) -> None:
+    kinds = {
+        "memory://": MemoryStorage,
+        (tmp_path / "files").as_uri(): LocalStorage,
+        "s3://depot?endpoint_url=http://127.0.0.1:9&region=eu-west-1": S3Storage,
+    }
+    for url, kind in kinds.items():
+        storage = open_storage(make_settings(tmp_path, storage_url=url))
+        assert isinstance(storage, kind), url
+        await storage.aclose()
+
+
+async def test_the_default_is_a_directory_under_var(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, storage_url="")
+    storage = open_storage(settings)
+    assert isinstance(storage, LocalStorage)
+    await storage.put("u/a/b", stream(b"hello"))
+    await storage.aclose()
+    assert (tmp_path / "var" / "storage" / "u" / "a" / "b").read_bytes() == b"hello"
+
+
+async def test_a_large_stream_round_trips_exactly(backend: Backend) -> None:
+    assert await backend.storage.put(KEY, stream(DATA)) == len(DATA)
+    assert await read(backend.storage, KEY) == DATA
+    assert (await backend.storage.stat(KEY)).size == len(DATA)
+    assert await backend.leftovers() == backend_files(backend, KEY)
+
+
+def backend_files(backend: Backend, *keys: str) -> list[str]:
+    """What ``leftovers`` reports once ``keys`` are stored: their files, for local storage."""
+    if backend.root is None:
+        return []
+    return sorted(str(backend.root / key) for key in keys)
+
+
+async def test_big_chunks_and_an_empty_object_round_trip(backend: Backend) -> None:
+    await backend.storage.put(KEY, stream(DATA, chunk=9 * MiB + 1))
+    assert await read(backend.storage, KEY) == DATA
+    await backend.storage.put("u/empty/object", stream(b""))
+    assert await read(backend.storage, "u/empty/object") == b""
+    assert (await backend.storage.stat("u/empty/object")).size == 0
+
+
+async def test_ranged_reads(backend: Backend) -> None:
+    data = DATA[: 3 * MiB + 7]
+    await backend.storage.put(KEY, stream(data))
+    assert await read(backend.storage, KEY, 1000) == data[1000:]
+    assert await read(backend.storage, KEY, 5, 2 * MiB + 3) == data[5 : 2 * MiB + 3]
+    assert await read(backend.storage, KEY, 0, 1) == data[:1]
+    assert await read(backend.storage, KEY, len(data) - 1) == data[-1:]
+    assert await read(backend.storage, KEY, 10, 10) == b""
+    assert await read(backend.storage, KEY, len(data)) == b""
+    assert await read(backend.storage, KEY, 100, len(data) + 100) == data[100:]
+
+
+async def test_stat_describes_the_object(backend: Backend) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    await backend.storage.put(KEY, stream(b"first version"))
+    first = await backend.storage.stat(KEY)
+    assert first.size == len(b"first version")
+    assert first.etag
+    assert first.modified_at.tzinfo is not None
+    assert before <= first.modified_at <= datetime.now(UTC) + timedelta(seconds=5)
+
+    await backend.storage.put(KEY, stream(b"second, longer version"))
+    second = await backend.storage.stat(KEY)
+    assert second.size == len(b"second, longer version")
+    assert second.etag != first.etag
+
+
+async def test_copy_is_independent_of_its_source(backend: Backend) -> None:
+    target = "u/other/copy"
+    await backend.storage.put(KEY, stream(DATA[: 2 * MiB]))
+    await backend.storage.copy(KEY, target)
+    await backend.storage.put(KEY, stream(b"changed"))
+    assert await read(backend.storage, target) == DATA[: 2 * MiB]
+    assert await read(backend.storage, KEY) == b"changed"
+    with pytest.raises(ObjectNotFound):
+        await backend.storage.copy("u/no/such", "u/other/never")
+    await assert_missing(backend.storage, "u/other/never")
+    assert await backend.leftovers() == backend_files(backend, KEY, target)
+
+
+async def test_delete_twice(backend: Backend) -> None:
+    await backend.storage.put(KEY, stream(b"bytes"))
+    await backend.storage.delete(KEY)
+    await assert_missing(backend.storage, KEY)
+    await backend.storage.delete(KEY)
+    await backend.storage.delete("u/never/existed")
+
+
+async def test_missing_keys_are_not_found_even_for_empty_ranges(backend: Backend) -> None:
+    await assert_missing(backend.storage, KEY)
+    with pytest.raises(ObjectNotFound):
+        await read(backend.storage, KEY, 5, 5)
+
+
+async def test_a_stream_that_fails_midway_leaves_nothing(backend: Backend) -> None:
+    with pytest.raises(RuntimeError, match="client went away"):
+        await backend.storage.put(
+            KEY, failing_after(DATA[: 12 * MiB], RuntimeError("client went away"))
+        )
+    await assert_missing(backend.storage, KEY)
+    assert await backend.leftovers() == []
+
+
+async def test_a_failed_overwrite_keeps_the_old_object(backend: Backend) -> None:
+    await backend.storage.put(KEY, stream(b"old bytes"))
+    with pytest.raises(RuntimeError):
+        await backend.storage.put(KEY, failing_after(DATA[: 9 * MiB], RuntimeError("boom")))
+    assert await read(backend.storage, KEY) == b"old bytes"
+    assert await backend.leftovers() == backend_files(backend, KEY)
+
+
+async def test_max_size(backend: Backend) -> None:
+    with pytest.raises(TooLarge):
+        await backend.storage.put(KEY, stream(DATA[: 12 * MiB]), max_size=10 * MiB)
+    await assert_missing(backend.storage, KEY)
+    assert await backend.leftovers() == []
+    assert await backend.storage.put(KEY, stream(DATA[:1000]), max_size=1000) == 1000
+
+
+async def test_cancellation_midway_leaves_nothing(backend: Backend) -> None:
+    halfway = anyio.Event()
+
+    async def hanging() -> AsyncIterator[bytes]:
+        async for chunk in stream(DATA[: 12 * MiB]):
+            yield chunk
+        halfway.set()
+        await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(backend.storage.put, KEY, hanging())
+        await halfway.wait()
+        group.cancel_scope.cancel()
+    await assert_missing(backend.storage, KEY)
+    assert await backend.leftovers() == []
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+async def test_links_to_depot_routes_are_signed_for_one_key(kind: str, tmp_path: Path) -> None:
+    """Memory and local storage hand out links to Depot's own routes; S3 presigns its own."""
+    url = "memory://" if kind == "memory" else (tmp_path / "storage").as_uri()
+    settings = make_settings(tmp_path, storage_url=url)
+    storage = open_storage(settings)
+    links = LinkSigner(settings.secret, str(settings.public_base_url))
+    download = await storage.download_url(
+        KEY, filename="report.pdf", content_type="application/pdf", expires_in=timedelta(minutes=5)
+    )
+    assert download.startswith("http://localhost:8000/files/download/")
+    claims = links.verify("download", download.rsplit("/", 1)[1])
+    assert (claims["key"], claims["name"], claims["type"]) == (KEY, "report.pdf", "application/pdf")
+
+    upload = await storage.upload_request(
+        KEY, size=1234, content_type="text/plain", expires_in=timedelta(minutes=5)
+    )
+    await storage.aclose()
+    assert upload.method == "PUT"
+    assert upload.url.startswith("http://localhost:8000/files/upload/")
+    assert upload.headers == {"Content-Type": "text/plain", "Content-Length": "1234"}
+    claims = links.verify("upload", upload.url.rsplit("/", 1)[1])
+    assert (claims["key"], claims["size"]) == (KEY, 1234)
+    assert upload.expires_at is not None
+    assert upload.expires_at > datetime.now(UTC) + timedelta(minutes=4)
+
+
+async def test_local_storage_refuses_keys_that_leave_its_directory(tmp_path: Path) -> None:
+    storage = open_storage(make_settings(tmp_path, storage_url=(tmp_path / "s").as_uri()))
+    for key in ["/etc/passwd", "u/../../x", "u//x", "", "u/./x", "u/x/", "..", "u\\..\\x"]:
+        with pytest.raises(ValueError, match="not a storage key"):
+            await storage.put(key, stream(b"x"))
+        with pytest.raises(ValueError, match="not a storage key"):
+            await storage.stat(key)
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.fixture
+async def s3_storage(s3_url: str, tmp_path: Path) -> AsyncIterator[Storage]:
+    storage = open_storage(make_settings(tmp_path, storage_url=s3_url))
+    try:
+        yield storage
+    finally:
+        await storage.aclose()
+
+
+async def test_s3_download_url_serves_the_bytes_as_a_named_attachment(
+    s3_storage: Storage,
+) -> None:
+    await s3_storage.put(KEY, stream(b"%PDF-1.7 quarterly numbers"))
+    name = 'Résumé "final" 2026.pdf'
+    url = await s3_storage.download_url(
+        KEY, filename=name, content_type="application/pdf", expires_in=timedelta(minutes=5)
+    )
+    assert "X-Amz-Signature" in parse_qs(urlsplit(url).query)
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url)
+    assert response.status_code == 200
+    assert response.content == b"%PDF-1.7 quarterly numbers"
+    assert response.headers["content-type"] == "application/pdf"
+    disposition = response.headers["content-disposition"]
+    assert disposition == content_disposition(name)
+    assert disposition.startswith('attachment; filename="R_sum_ _final_ 2026.pdf"; ')
+    assert unquote(disposition.partition("filename*=UTF-8''")[2]) == name
+
+
+async def test_s3_upload_request_lets_a_client_put_the_bytes(s3_storage: Storage) -> None:
+    body = DATA[:300_000]
+    ticket = await s3_storage.upload_request(
+        KEY, size=len(body), content_type="image/png", expires_in=timedelta(minutes=10)
+    )
+    assert ticket.method == "PUT"
+    assert ticket.headers == {"Content-Type": "image/png", "Content-Length": str(len(body))}
+    async with httpx.AsyncClient() as http:
+        response = await http.request(
+            ticket.method, ticket.url, headers=ticket.headers, content=body
+        )
+    assert response.status_code == 200, response.text
+    assert (await s3_storage.stat(KEY)).size == len(body)
+    assert await read(s3_storage, KEY) == body
+
+
+async def test_s3_presigns_for_the_endpoint_clients_reach(
+    s3_server: S3Server, s3_url: str, tmp_path: Path
+) -> None:
+    """Depot may reach S3 as ``minio:9000`` while clients reach it as ``localhost:9000``."""
+    public = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
+    url = f"{s3_url}&public_endpoint_url={public}"
+    storage = open_storage(make_settings(tmp_path, storage_url=url))
+    try:
+        await storage.put(KEY, stream(b"through the front door"))
+        download = await storage.download_url(
+            KEY, filename="a.txt", content_type="text/plain", expires_in=timedelta(minutes=1)
+        )
+        upload = await storage.upload_request(
+            KEY, size=3, content_type="text/plain", expires_in=timedelta(minutes=1)
+        )
+    finally:
+        await storage.aclose()
+    assert download.startswith(f"{public}/")
+    assert upload.url.startswith(f"{public}/")
+    async with httpx.AsyncClient() as http:
+        response = await http.get(download)
+    assert response.content == b"through the front door"
+
+
+async def test_s3_failures_other_than_not_found_are_storage_errors(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    missing_bucket = s3_server.storage_url("no-such-bucket")
+    storage = open_storage(make_settings(tmp_path, storage_url=missing_bucket))
+    try:
+        with pytest.raises(StorageError) as raised:
+            await storage.put(KEY, stream(b"x"))
+        assert not isinstance(raised.value, ObjectNotFound)
+    finally:
+        await storage.aclose()
+
+    unreachable = "s3://depot?endpoint_url=http://127.0.0.1:9&region=us-east-1"
+    storage = open_storage(make_settings(tmp_path, storage_url=unreachable))
+    try:
+        with pytest.raises(StorageError):
+            await storage.stat(KEY)
+    finally:
+        await storage.aclose()
+
+
+def test_s3_urls_are_parsed_strictly() -> None:
+    location = parse_s3_url("s3://depot?endpoint_url=http://minio:9000&region=us-east-1")
+    assert (location.bucket, location.endpoint_url, location.region) == (
+        "depot",
+        "http://minio:9000",
+        "us-east-1",
+    )
+    assert parse_s3_url("s3://depot").endpoint_url is None
+    public = parse_s3_url("s3://b?endpoint_url=http://minio:9000&public_endpoint_url=http://h:9000")
+    assert public.public_endpoint_url == "http://h:9000"
+    for bad in ["s3://", "s3://depot/prefix", "s3://depot?endpoint=http://x", "file:///x"]:
+        with pytest.raises(ValueError, match=r"(?i)s3"):
+            parse_s3_url(bad)
