@@ -7,7 +7,9 @@ On top of Strawberry it adds:
 * in ``application/graphql-response+json`` mode, status 400 for a request that
   never reached execution (syntax, validation, variables), 200 otherwise;
 * 405 with ``Allow: POST`` for a mutation sent over GET, 415 for a body that is
-  not JSON;
+  neither JSON nor a multipart upload;
+* GraphQL multipart requests (file uploads) parsed as they stream in
+  (``api.multipart``), refused (400) without a CSRF-proof header;
 * every refusal as a JSON body of GraphQL errors with ``extensions.code``,
   never a plain-text or 500 answer.
 """
@@ -20,6 +22,7 @@ from contextlib import suppress
 from datetime import timedelta
 from typing import cast
 
+import anyio
 import structlog
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.requests import Request
@@ -45,6 +48,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
+from api.multipart import CSRF_ADVICE, MultipartUploads, Refused, has_csrf_header
 from core.auth import authenticate, recheck
 from core.errors import Unauthenticated
 from core.settings import Settings
@@ -55,6 +59,8 @@ logger = structlog.get_logger("depot.graphql")
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
+MULTIPART = "multipart/form-data"
+_UPLOADS_KEY = "depot.multipart"
 
 _HTTP_ERROR_CODES = {
     400: "BAD_REQUEST",
@@ -63,6 +69,18 @@ _HTTP_ERROR_CODES = {
     406: "NOT_ACCEPTABLE",
     415: "UNSUPPORTED_MEDIA_TYPE",
 }
+
+
+def _is_multipart(request: Request) -> bool:
+    content_type, _ = parse_content_type(request.headers.get("content-type", ""))
+    return request.method == "POST" and content_type.lower() == MULTIPART
+
+
+def _starlette_request(request: AsyncHTTPRequestAdapter) -> Request:
+    """The Starlette request behind Strawberry's adapter."""
+    inner = getattr(request, "_request", None)
+    assert isinstance(inner, Request), "GraphQLView serves Starlette requests only"
+    return inner
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -208,6 +226,8 @@ class GraphQLView(GraphQL[Context, None]):
             subscription_protocols=protocols,
             connection_init_wait_timeout=timedelta(seconds=10),
             allowed_origins=settings.cors_origins,
+            # Parsed by api.multipart as the body streams in, not by Strawberry's form reader.
+            multipart_uploads_enabled=True,
         )
         self.settings = settings
 
@@ -225,17 +245,39 @@ class GraphQLView(GraphQL[Context, None]):
             )
         else:
             media_type = request.state.media_type = media_type or JSON
-            try:
-                response = await self.run(request)
-            except HTTPException as exc:
-                if isinstance(exc.__cause__, InvalidOperationTypeError):
-                    response = self._error_response(
-                        405, "Mutations must be sent with POST.", media_type, allow="POST"
-                    )
-                else:
-                    allow = "GET, POST" if exc.status_code == 405 else None
-                    response = self._error_response(exc.status_code, exc.reason, media_type, allow)
+            if _is_multipart(request) and not has_csrf_header(request.headers):
+                response = self._error_response(400, CSRF_ADVICE, media_type)
+            elif _is_multipart(request):
+                response = await self._run_multipart(request, media_type)
+            else:
+                response = await self._respond(request, media_type)
         await response(scope, receive, send)
+
+    async def _run_multipart(self, request: Request, media_type: str) -> Response:
+        """Run a multipart request while a background task parses its body as it arrives."""
+        # In the scope itself: per request whether or not the server copies the
+        # lifespan state for each request, as the ASGI spec asks.
+        uploads = request.scope[_UPLOADS_KEY] = MultipartUploads(request)
+        try:
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(uploads.parse)
+                response = await self._respond(request, media_type)
+                # What no resolver read by now will never be read: stop receiving it.
+                tasks.cancel_scope.cancel()
+        finally:
+            uploads.close()
+        return response
+
+    async def _respond(self, request: Request, media_type: str) -> Response:
+        try:
+            return await self.run(request)
+        except HTTPException as exc:
+            if isinstance(exc.__cause__, InvalidOperationTypeError):
+                return self._error_response(
+                    405, "Mutations must be sent with POST.", media_type, allow="POST"
+                )
+            allow = "GET, POST" if exc.status_code == 405 else None
+            return self._error_response(exc.status_code, exc.reason, media_type, allow)
 
     def _error_response(
         self, status: int, message: str, media_type: str, allow: str | None = None
@@ -285,11 +327,26 @@ class GraphQLView(GraphQL[Context, None]):
     ) -> GraphQLRequestData | list[GraphQLRequestData]:
         if request.method == "POST":
             content_type, _ = parse_content_type(request.content_type or "")
-            if content_type != JSON:
+            if content_type not in (JSON, MULTIPART):
                 raise HTTPException(
-                    415, f"Send GraphQL requests as Content-Type: {JSON}, not {content_type!r}."
+                    415,
+                    f"Send GraphQL requests as Content-Type: {JSON} "
+                    f"(or {MULTIPART} with files), not {content_type!r}.",
                 )
         return await super().parse_http_body(request)
+
+    async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
+        """``operations`` with its files, from the parser ``_run_multipart`` started.
+
+        Returns as soon as ``operations`` and ``map`` are in: the files are
+        still arriving while the operation runs.
+        """
+        uploads: MultipartUploads = _starlette_request(request).scope[_UPLOADS_KEY]
+        try:
+            operations = await uploads.operations()
+        except Refused as exc:
+            raise HTTPException(400, exc.message) from exc
+        return cast(dict[str, str], operations)
 
     async def process_result(
         self, request: Request, result: ExecutionResult

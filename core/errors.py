@@ -68,6 +68,12 @@ class BadUserInput(DepotError):
         return extensions
 
 
+class BadRequest(DepotError):
+    """Raised when the request itself was malformed or did not arrive whole (multipart)."""
+
+    code = "BAD_REQUEST"
+
+
 class Conflict(DepotError):
     """Raised when a change clashes with existing state (a taken email or path)."""
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
-from core.db import create_sessionmaker
-from core.models import User
+from core.db import create_engine, create_sessionmaker
+from core.models import File, User
+from core.settings import Settings
 
 STRONG_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 
@@ -160,3 +163,92 @@ def expired(access_token: str) -> str:
     """``access_token`` re-signed to have expired a minute ago, well past the leeway."""
     now = int(time.time())
     return resigned(access_token, exp=now - 60, iat=now - 960)
+
+
+# -- uploads (GraphQL multipart request spec) -------------------------------------
+
+CSRF_HEADER = {"x-depot-csrf": "1"}
+UPLOAD_FILE = (
+    "mutation ($file: Upload!, $path: String) "
+    "{ uploadFile(file: $file, path: $path) { id path name size contentType sha256 } }"
+)
+
+
+async def try_upload_file(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    path: str | None,
+    data: bytes,
+    *,
+    filename: str = "upload.bin",
+    content_type: str = "application/octet-stream",
+) -> dict[str, Any]:
+    """The response body to ``uploadFile``, sent as a spec multipart request, successful or not."""
+    operations = {"query": UPLOAD_FILE, "variables": {"file": None, "path": path}}
+    response = await client.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
+        files={"0": (filename, data, content_type)},
+        headers={**CSRF_HEADER, **headers},
+    )
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def upload_file(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    path: str | None,
+    data: bytes,
+    *,
+    filename: str = "upload.bin",
+    content_type: str = "application/octet-stream",
+) -> dict[str, Any]:
+    """Upload ``data`` through ``uploadFile`` and return the ``File`` (no errors allowed)."""
+    body = await try_upload_file(
+        client, headers, path, data, filename=filename, content_type=content_type
+    )
+    assert "errors" not in body, body
+    file: dict[str, Any] = body["data"]["uploadFile"]
+    return file
+
+
+# -- files ----------------------------------------------------------------------------
+
+USAGE = "query { me { usage { usedBytes quotaBytes fileCount } } }"
+
+
+def storage_root(tmp_path: Path) -> Path:
+    """Where tests that use local storage put it (``storage_url=storage_root(...).as_uri()``)."""
+    return tmp_path / "objects"
+
+
+def stored_objects(root: Path) -> list[Path]:
+    """Every file under a local storage root, temporary ones included."""
+    return sorted(path for path in root.rglob("*") if path.is_file()) if root.exists() else []
+
+
+async def used_bytes(client: httpx.AsyncClient, headers: dict[str, str]) -> int:
+    """The signed-in user's ``usage.usedBytes``, through GraphQL."""
+    body = await graphql(client, USAGE, headers=headers)
+    assert "errors" not in body, body
+    return int(body["data"]["me"]["usage"]["usedBytes"])
+
+
+async def file_rows(settings: Settings) -> int:
+    """How many ``file`` rows the database holds, read behind the API's back."""
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as db:
+            return (await db.exec(select(func.count()).select_from(File))).one()
+    finally:
+        await engine.dispose()
+
+
+async def assert_nothing_left(
+    client: httpx.AsyncClient, headers: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    """No usage, no file row and no object (under local storage) left by a failed upload."""
+    assert await used_bytes(client, headers) == 0
+    assert await file_rows(settings) == 0
+    assert stored_objects(storage_root(tmp_path)) == []

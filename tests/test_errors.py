@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import pytest
 import strawberry
-from asgi_lifespan import LifespanManager
 from httpx_ws import aconnect_ws
 from httpx_ws.transport import ASGIWebSocketTransport
 from limits.aio.storage import MemoryStorage
@@ -48,7 +47,7 @@ from schema import _Schema
 from schema.errors import ErrorCodes
 from schema.ids import encode_id
 from storage import open_storage
-from tests.conftest import make_settings
+from tests.conftest import make_settings, started
 from tests.support import PASSWORD, bearer, graphql, register
 
 pytestmark = pytest.mark.anyio
@@ -116,8 +115,8 @@ async def tiny_engine(tiny_settings: Settings) -> AsyncIterator[AsyncEngine]:
 async def tiny_client(
     tiny_settings: Settings, tiny_engine: AsyncEngine
 ) -> AsyncIterator[httpx.AsyncClient]:
-    async with LifespanManager(_tiny_app(tiny_settings, tiny_engine)) as manager:
-        transport = ASGIWebSocketTransport(manager.app)
+    async with started(_tiny_app(tiny_settings, tiny_engine)) as app:
+        transport = ASGIWebSocketTransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://depot.test") as client:
             yield client
 

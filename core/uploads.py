@@ -1,0 +1,137 @@
+"""Storing an incoming byte stream as a user's file, all or nothing.
+
+The bytes go to storage as they arrive, hashed and sniffed on the way
+(:class:`core.content.Fingerprint`); quota is reserved as they come, so an
+upload over quota stops early. Whatever goes wrong — bad input, quota, size
+limit, a broken request, a client that goes away, cancellation — the storage
+object is deleted and exactly what was reserved is released: a failed upload
+leaves neither bytes nor a row behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from typing import Protocol, runtime_checkable
+
+import anyio
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import models, quota
+from core.content import Fingerprint
+from core.errors import QuotaExceeded
+from core.files import ensure_path_free, path_taken, storage_key
+from core.paths import file_name, normalize_path
+from core.settings import Settings
+from storage.base import Storage, TooLarge
+
+# Quota is reserved for the bytes received so far each time this many more
+# have arrived (and once at the end): one UPDATE per 8 MiB, not per chunk,
+# while an upload over quota still stops within 8 MiB of it.
+RESERVE_STEP = 8 * 1024 * 1024
+
+
+@runtime_checkable
+class IncomingFile(Protocol):
+    """A file as a transport hands it over: read once, as its bytes arrive.
+
+    ``complete()`` returns once the whole request that carried the file has
+    arrived and was well formed, and raises :class:`BadRequest` otherwise: a
+    file is kept only after it, so a truncated request never leaves a file.
+    """
+
+    filename: str | None
+    content_type: str | None
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def complete(self) -> None: ...
+
+
+class _Reservation:
+    """Reserves quota for the bytes of a stream as they pass, remembering how much."""
+
+    def __init__(self, db: AsyncSession, owner_id: uuid.UUID) -> None:
+        self.db = db
+        self.owner_id = owner_id
+        self.reserved = 0
+        self.seen = 0
+
+    async def _catch_up(self) -> None:
+        if self.seen > self.reserved:
+            await quota.reserve(self.db, self.owner_id, self.seen - self.reserved)
+            self.reserved = self.seen
+
+    async def through(self, incoming: IncomingFile) -> AsyncGenerator[bytes]:
+        chunks = incoming.__aiter__()
+        try:
+            async for chunk in chunks:
+                self.seen += len(chunk)
+                if self.seen - self.reserved >= RESERVE_STEP:
+                    await self._catch_up()
+                yield chunk
+            # Before the stream ends, so storage never completes an unpaid object.
+            await self._catch_up()
+        finally:
+            # Tell the transport at once that nobody reads the rest.
+            if isinstance(chunks, AsyncGenerator):
+                await chunks.aclose()
+
+
+async def store_upload(
+    db: AsyncSession,
+    storage: Storage,
+    settings: Settings,
+    owner_id: uuid.UUID,
+    path: str | None,
+    incoming: IncomingFile,
+) -> models.File:
+    """Store ``incoming`` as ``owner_id``'s file at ``path`` (default: its filename).
+
+    Raises ``BAD_USER_INPUT`` for a bad path, ``CONFLICT`` for a path in use,
+    ``QUOTA_EXCEEDED`` past the quota or ``settings.max_upload_bytes``, and
+    ``BAD_REQUEST`` when the request carrying the file was broken.
+    """
+    path = normalize_path(incoming.filename or "" if path is None else path)
+    # Checked again by the unique index on insert; this spares a doomed transfer.
+    await ensure_path_free(db, owner_id, path)
+    key = storage_key(owner_id)
+    reservation = _Reservation(db, owner_id)
+    chunks = reservation.through(incoming)
+    fingerprint = Fingerprint(chunks)
+    try:
+        try:
+            size = await storage.put(key, fingerprint, max_size=settings.max_upload_bytes)
+        except TooLarge:
+            raise QuotaExceeded(
+                f"A file may have at most {settings.max_upload_bytes} bytes "
+                "(DEPOT_MAX_UPLOAD_BYTES); this one has more."
+            ) from None
+        await incoming.complete()
+        file = models.File(
+            owner_id=owner_id,
+            path=path,
+            name=file_name(path),
+            size=size,
+            content_type=fingerprint.content_type,
+            sha256=fingerprint.sha256,
+            storage_key=key,
+        )
+        db.add(file)
+        try:
+            await db.commit()
+        except IntegrityError:
+            raise path_taken(path) from None
+    except BaseException:
+        # Shielded: a client that disconnects (cancellation) must not stop the cleanup.
+        with anyio.CancelScope(shield=True):
+            # Storage may have stopped reading midway (e.g. too large).
+            await chunks.aclose()
+            await db.rollback()
+            await storage.delete(key)
+            await quota.release(db, owner_id, reservation.reserved)
+            await db.commit()
+        raise
+    await db.refresh(file)
+    return file

@@ -1,0 +1,37 @@
+"""``uploadFile``: a file sent with the GraphQL multipart request spec."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.file_uploads import Upload
+
+from core.errors import BadUserInput
+from core.uploads import IncomingFile, store_upload
+from schema.context import Info
+from schema.files import File
+from schema.permissions import IsAuthenticated
+
+
+@strawberry.type
+class UploadMutation:
+    @strawberry.mutation(
+        permission_classes=[IsAuthenticated],
+        description="Store the file sent as the multipart part mapped to `file` at `path` "
+        "(default: the file's name). The bytes stream to storage as they arrive; the "
+        "content type is sniffed from them. Multipart requests need the header "
+        "`x-depot-csrf: 1` (or `Apollo-Require-Preflight: true`).",
+    )
+    async def upload_file(self, info: Info, file: Upload, path: str | None = None) -> File:
+        incoming: object = file
+        if not isinstance(incoming, IncomingFile):
+            raise BadUserInput(
+                "Send the file as a part of a multipart request (GraphQL multipart request "
+                "spec), mapped to `variables.file`.",
+                field="file",
+            )
+        principal = info.context.require_principal()
+        async with info.context.sessionmaker() as db:
+            row = await store_upload(
+                db, info.context.storage, info.context.settings, principal.user.id, path, incoming
+            )
+        return File.from_model(row)

@@ -1,0 +1,266 @@
+"""``uploadFile``: what an upload stores, and that a refused one leaves nothing behind.
+
+Uploads go through HTTP as GraphQL multipart requests; storage is a local
+directory, so "nothing left behind" is checked on disk, and the database rows
+and the user's usage through the API and the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+from core.db import create_engine
+from core.settings import Settings
+from tests.conftest import make_settings, serve_app
+from tests.support import (
+    assert_error,
+    assert_nothing_left,
+    bearer,
+    file_rows,
+    register,
+    storage_root,
+    stored_objects,
+    try_upload_file,
+    update_user,
+    upload_file,
+    used_bytes,
+)
+
+pytestmark = pytest.mark.anyio
+
+PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Local storage, so that what is stored can be seen on disk."""
+    return make_settings(
+        tmp_path,
+        database_url=database_url,
+        storage_url=storage_root(tmp_path).as_uri(),
+        max_upload_bytes=64 * 1024,
+    )
+
+
+@pytest.fixture
+async def auth(client: httpx.AsyncClient) -> dict[str, str]:
+    """The headers of a freshly registered user."""
+    return bearer((await register(client))["accessToken"])
+
+
+@pytest.fixture(params=["memory", "local"])
+async def any_storage(
+    request: pytest.FixtureRequest, tmp_path: Path, database_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    storage_url = "memory://" if request.param == "memory" else storage_root(tmp_path).as_uri()
+    settings = make_settings(tmp_path, database_url=database_url, storage_url=storage_url)
+    async with serve_app(settings) as client:
+        yield client
+
+
+async def test_upload_stores_the_bytes_and_what_they_are(any_storage: httpx.AsyncClient) -> None:
+    client = any_storage
+    auth = bearer((await register(client))["accessToken"])
+
+    # The client calls it text; the bytes say PNG.
+    file = await upload_file(
+        client, auth, "photos/2024/cat.png", PNG, filename="x", content_type="text/plain"
+    )
+
+    assert file["path"] == "photos/2024/cat.png"
+    assert file["name"] == "cat.png"
+    assert file["size"] == len(PNG)
+    assert file["sha256"] == hashlib.sha256(PNG).hexdigest()
+    assert file["contentType"] == "image/png"
+    assert await used_bytes(client, auth) == len(PNG)
+    text = await upload_file(client, auth, "notes.txt", "héllo\n".encode())
+    assert text["contentType"] == "text/plain"
+    assert await used_bytes(client, auth) == len(PNG) + len("héllo\n".encode())
+
+
+async def test_upload_to_local_storage_writes_the_object(
+    client: httpx.AsyncClient, auth: dict[str, str], tmp_path: Path
+) -> None:
+    await upload_file(client, auth, "cat.png", PNG)
+
+    [stored] = stored_objects(storage_root(tmp_path))
+    assert stored.read_bytes() == PNG
+    # The key is Depot's own, not the user's path.
+    assert "cat" not in str(stored.relative_to(storage_root(tmp_path)))
+
+
+async def test_path_defaults_to_the_file_name(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    file = await upload_file(client, auth, None, b"x", filename="report 2024.pdf")
+
+    assert (file["path"], file["name"]) == ("report 2024.pdf", "report 2024.pdf")
+
+
+async def test_empty_file_is_a_file(
+    client: httpx.AsyncClient, auth: dict[str, str], tmp_path: Path
+) -> None:
+    file = await upload_file(client, auth, "empty", b"")
+
+    assert file["size"] == 0
+    assert file["sha256"] == hashlib.sha256(b"").hexdigest()
+    assert file["contentType"] == "application/octet-stream"
+    assert await used_bytes(client, auth) == 0
+    assert len(stored_objects(storage_root(tmp_path))) == 1
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["..", "a/../b", "./a", "a\0b", "x" * 5000, "", "/"],
+    ids=["dotdot", "inner-dotdot", "dot", "nul", "5000-chars", "empty", "slash"],
+)
+async def test_bad_path_is_refused_and_nothing_kept(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    settings: Settings,
+    tmp_path: Path,
+    path: str,
+) -> None:
+    body = await try_upload_file(client, auth, path, b"data")
+
+    assert_error(body, "BAD_USER_INPUT", field="path")
+    await assert_nothing_left(client, auth, settings, tmp_path)
+
+
+async def test_bad_file_name_as_default_path_is_refused(
+    client: httpx.AsyncClient, auth: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    body = await try_upload_file(client, auth, None, b"data", filename="..")
+
+    assert_error(body, "BAD_USER_INPUT", field="path")
+    await assert_nothing_left(client, auth, settings, tmp_path)
+
+
+async def test_file_over_the_size_limit_is_refused_and_nothing_kept(
+    client: httpx.AsyncClient, auth: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    limit = settings.max_upload_bytes
+
+    body = await try_upload_file(client, auth, "big", b"x" * (limit + 1))
+
+    error = assert_error(body, "QUOTA_EXCEEDED")
+    assert str(limit) in error["message"]
+    assert "DEPOT_MAX_UPLOAD_BYTES" in error["message"]
+    await assert_nothing_left(client, auth, settings, tmp_path)
+    # Exactly at the limit is fine.
+    assert (await upload_file(client, auth, "big", b"x" * limit))["size"] == limit
+
+
+async def test_file_over_the_quota_is_refused_and_nothing_kept(
+    client: httpx.AsyncClient, auth: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    await _set_quota(settings, 100)
+
+    body = await try_upload_file(client, auth, "big", b"x" * 101)
+
+    error = assert_error(body, "QUOTA_EXCEEDED")
+    assert "quota" in error["message"]
+    await assert_nothing_left(client, auth, settings, tmp_path)
+    await upload_file(client, auth, "first", b"x" * 60)
+    assert_error(await try_upload_file(client, auth, "second", b"x" * 41), "QUOTA_EXCEEDED")
+    assert await used_bytes(client, auth) == 60
+    assert await file_rows(settings) == 1
+    assert len(stored_objects(storage_root(tmp_path))) == 1
+    # What is left still fits.
+    await upload_file(client, auth, "third", b"x" * 40)
+    assert await used_bytes(client, auth) == 100
+
+
+async def test_duplicate_path_is_a_conflict(
+    client: httpx.AsyncClient, auth: dict[str, str], tmp_path: Path
+) -> None:
+    await upload_file(client, auth, "a/b.txt", b"first")
+
+    body = await try_upload_file(client, auth, "/a/b.txt/", b"second!")
+
+    assert_error(body, "CONFLICT")
+    assert await used_bytes(client, auth) == len(b"first")
+    [stored] = stored_objects(storage_root(tmp_path))
+    assert stored.read_bytes() == b"first"
+
+
+async def test_another_users_path_is_not_a_conflict(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    other = bearer((await register(client, "bob@example.com"))["accessToken"])
+    await upload_file(client, auth, "same.txt", b"ada")
+
+    assert (await upload_file(client, other, "same.txt", b"bob"))["path"] == "same.txt"
+
+
+async def test_signed_out_upload_is_refused(
+    client: httpx.AsyncClient, settings: Settings, tmp_path: Path
+) -> None:
+    body = await try_upload_file(client, {}, "a", b"data")
+
+    assert_error(body, "UNAUTHENTICATED")
+    assert await file_rows(settings) == 0
+    assert stored_objects(storage_root(tmp_path)) == []
+
+
+async def test_concurrent_uploads_never_exceed_the_quota(
+    client: httpx.AsyncClient, auth: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    size, fits, extra = 10_000, 3, 4
+    await _set_quota(settings, size * fits)
+    results: list[dict[str, Any]] = []
+
+    async def one(index: int) -> None:
+        data = index.to_bytes(2, "big") * (size // 2)
+        results.append(await try_upload_file(client, auth, f"f{index}", data))
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(fits + extra):
+            tasks.start_soon(one, index)
+
+    succeeded = [body for body in results if "errors" not in body]
+    refused = [body for body in results if "errors" in body]
+    assert len(succeeded) == fits, results
+    for body in refused:
+        assert_error(body, "QUOTA_EXCEEDED")
+    assert await used_bytes(client, auth) == size * fits
+    assert await file_rows(settings) == fits
+    assert len(stored_objects(storage_root(tmp_path))) == fits
+
+
+async def _set_quota(settings: Settings, quota_bytes: int) -> None:
+    engine = create_engine(settings)
+    try:
+        await update_user(engine, "ada@example.com", quota_bytes=quota_bytes)
+    finally:
+        await engine.dispose()
+
+
+async def test_concurrent_uploads_to_one_path_keep_one_file(
+    client: httpx.AsyncClient, auth: dict[str, str], settings: Settings, tmp_path: Path
+) -> None:
+    size, racers = 5_000, 5
+    results: list[dict[str, Any]] = []
+
+    async def one(index: int) -> None:
+        data = index.to_bytes(1, "big") * size
+        results.append(await try_upload_file(client, auth, "same/path", data))
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(racers):
+            tasks.start_soon(one, index)
+
+    assert len([body for body in results if "errors" not in body]) == 1, results
+    for body in results:
+        if "errors" in body:
+            assert_error(body, "CONFLICT")
+    assert await used_bytes(client, auth) == size
+    assert await file_rows(settings) == 1
+    assert len(stored_objects(storage_root(tmp_path))) == 1
