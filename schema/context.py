@@ -16,6 +16,7 @@ from core.errors import Unauthenticated
 from core.models import User
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
+from schema.loaders import Loaders
 from storage import Storage
 
 
@@ -35,6 +36,11 @@ class Context:
     auth_error: Unauthenticated | None = None
     # Set by the graphql-transport-ws handler from the `connection_init` payload.
     connection_params: dict[str, Any] | None = field(default=None)
+    # Replaced for every operation by the FreshLoaders extension.
+    loaders: Loaders = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.loaders = Loaders(self.sessionmaker)
 
     @property
     def user(self) -> User | None:

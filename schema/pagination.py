@@ -1,8 +1,11 @@
 """Relay cursor connections over keyset pagination.
 
-Rows are ordered by ``(created_at, id)``; a cursor is that pair, encoded.
-Paging by key instead of offset keeps every page one indexed range scan,
-and stays stable while rows are added.
+Rows are ordered by one key column with ``id`` breaking ties, ascending or
+descending; by default ``(created_at, id)``, oldest first. A cursor carries the
+order it came from (key name and direction) with the row's key value and id,
+so a cursor from another ordering is refused instead of silently skipping or
+repeating rows. Paging by key instead of offset keeps every page one indexed
+range scan, and stays stable while rows are added.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ import binascii
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import Enum
 from typing import Any, Generic, Protocol, TypeVar
 
 import strawberry
@@ -22,7 +27,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
 
 from core.errors import BadUserInput
-from core.time import UTCDateTime
 
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
@@ -32,10 +36,73 @@ NodeT = TypeVar("NodeT")
 
 class _Keyed(Protocol):
     id: uuid.UUID
-    created_at: datetime
 
 
 RowT = TypeVar("RowT", bound=_Keyed)
+
+
+def _dump_time(value: object) -> object:
+    assert isinstance(value, datetime)
+    return value.isoformat()
+
+
+def _load_time(value: object) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError("a cursor's time is a string")
+    when = datetime.fromisoformat(value)
+    if when.tzinfo is None:
+        raise ValueError("a cursor's time needs its UTC offset")
+    return when.astimezone(UTC)
+
+
+def load_str(value: object) -> str:
+    if not isinstance(value, str):
+        raise TypeError("expected a string")
+    return value
+
+
+def load_int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError("expected an integer")
+    return value
+
+
+def _same(value: object) -> object:
+    return value
+
+
+@dataclass(frozen=True)
+class SortKey:
+    """A column rows can be paged by (``id`` breaks ties), and its JSON form in cursors."""
+
+    name: str
+    attribute: str
+    dump: Callable[[object], object] = _same
+    load: Callable[[object], object] = load_str
+
+
+CREATED_AT = SortKey("CREATED_AT", "created_at", dump=_dump_time, load=_load_time)
+
+
+@dataclass(frozen=True)
+class Ordering:
+    """How a connection is ordered: by ``key`` then ``id``, both in one direction."""
+
+    key: SortKey = CREATED_AT
+    descending: bool = False
+
+    @property
+    def tag(self) -> list[str]:
+        return [self.key.name, "DESC" if self.descending else "ASC"]
+
+
+OLDEST_FIRST = Ordering()
+
+
+@strawberry.enum
+class OrderDirection(Enum):
+    ASC = "ASC"
+    DESC = "DESC"
 
 
 @strawberry.type
@@ -57,23 +124,30 @@ class Connection(Generic[NodeT]):
     total_count: int
 
 
-def encode_cursor(row: _Keyed) -> str:
-    raw = json.dumps([row.created_at.isoformat(), row.id.hex]).encode()
+def encode_cursor(row: _Keyed, ordering: Ordering = OLDEST_FIRST) -> str:
+    value = ordering.key.dump(getattr(row, ordering.key.attribute))
+    raw = json.dumps([*ordering.tag, value, row.id.hex]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+def _bad_cursor(message: str = "Invalid cursor; pass an endCursor from a page.") -> BadUserInput:
+    return BadUserInput(message, field="after")
+
+
+def decode_cursor(cursor: str, ordering: Ordering = OLDEST_FIRST) -> tuple[object, uuid.UUID]:
+    """The key value and id a cursor points after; ``BAD_USER_INPUT`` for any other ordering."""
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, key = json.loads(base64.urlsafe_b64decode(padded))
-        when = datetime.fromisoformat(created_at)
-        if when.tzinfo is None:
-            raise ValueError("a cursor's time needs its UTC offset")
-        return when.astimezone(UTC), uuid.UUID(hex=key)
-    except (binascii.Error, ValueError, TypeError):
-        raise BadUserInput(
-            "Invalid cursor; pass an endCursor from a page.", field="after"
-        ) from None
+        name, direction, value, key = json.loads(base64.urlsafe_b64decode(padded))
+        tag = [name, direction]
+        decoded = (ordering.key.load(value), uuid.UUID(hex=key))
+    except (binascii.Error, ValueError, TypeError, AttributeError):
+        raise _bad_cursor() from None
+    if tag != ordering.tag:
+        raise _bad_cursor(
+            "This cursor comes from another ordering; page with the orderBy it was made for."
+        )
+    return decoded
 
 
 async def paginate(
@@ -84,21 +158,26 @@ async def paginate(
     first: int | None,
     after: str | None,
     to_node: Callable[[RowT], NodeT],
+    ordering: Ordering = OLDEST_FIRST,
 ) -> Connection[NodeT]:
-    """One page of ``model`` rows matching ``where``, oldest first."""
+    """One page of ``model`` rows matching ``where``, in ``ordering`` (oldest first by default)."""
     limit = DEFAULT_PAGE if first is None else first
     if not 0 <= limit <= MAX_PAGE:
         raise BadUserInput(f"`first` must be between 0 and {MAX_PAGE}.", field="first")
-    created_at, key = col(model.created_at), col(model.id)
+    sort: ColumnElement[Any] = getattr(model, ordering.key.attribute)
+    key = col(model.id)
     total = (await db.exec(select(func.count()).select_from(model).where(*where))).one()
     page: SelectOfScalar[Any] = select(model).where(*where)
     if after is not None:
-        after_time, after_key = _decode_cursor(after)
-        # A typed bind, so the time compares in its stored form (naive UTC) on SQLite too.
-        after_row = tuple_(literal(after_time, UTCDateTime()), after_key)
-        page = page.where(tuple_(created_at, key) > after_row)
-    rows = list(await db.exec(page.order_by(created_at, key).limit(limit + 1)))
-    edges = [Edge(cursor=encode_cursor(row), node=to_node(row)) for row in rows[:limit]]
+        after_value, after_key = decode_cursor(after, ordering)
+        # A bind typed like the column, so e.g. a time compares in its stored
+        # form (naive UTC) on SQLite too.
+        after_row = tuple_(literal(after_value, sort.type), after_key)
+        row = tuple_(sort, key)
+        page = page.where(row < after_row if ordering.descending else row > after_row)
+    order_by = (sort.desc(), key.desc()) if ordering.descending else (sort, key)
+    rows = list(await db.exec(page.order_by(*order_by).limit(limit + 1)))
+    edges = [Edge(cursor=encode_cursor(r, ordering), node=to_node(r)) for r in rows[:limit]]
     return Connection(
         edges=edges,
         page_info=PageInfo(

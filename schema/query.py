@@ -9,6 +9,7 @@ import strawberry
 
 from schema.access_tokens import resolve_access_token
 from schema.context import Info
+from schema.files import resolve_file
 from schema.ids import decode_id
 from schema.node import Node
 from schema.users import User, resolve_user
@@ -16,6 +17,7 @@ from schema.users import User, resolve_user
 # How each Node type is fetched by key; each function applies its own visibility rules.
 NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] = {
     "AccessToken": resolve_access_token,
+    "File": resolve_file,
     "User": resolve_user,
 }
 

@@ -10,9 +10,12 @@ from typing import Self
 import strawberry
 
 from core import models
+from core.errors import Forbidden
 from schema.context import Info
-from schema.ids import encode_id
+from schema.files import File, FileFilter, FileOrder, list_files
+from schema.ids import decode_id, encode_id
 from schema.node import Node
+from schema.pagination import Connection
 from schema.scalars import BigInt
 
 
@@ -24,8 +27,18 @@ class Role(Enum):
 
 @strawberry.type
 class Usage:
-    used_bytes: BigInt
+    used_bytes: BigInt = strawberry.field(
+        description="Bytes held by your files (trash included) and open uploads."
+    )
     quota_bytes: BigInt
+    owner_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field(
+        description="How many live files you have; files in the trash are not counted "
+        "(their bytes still are, in usedBytes, until they are purged)."
+    )
+    async def file_count(self, info: Info) -> int:
+        return await info.context.loaders.live_file_counts.load(self.owner_id)
 
 
 @strawberry.type
@@ -48,7 +61,32 @@ class User(Node):
             role=Role(user.role.value),
             is_active=user.is_active,
             created_at=user.created_at,
-            usage=Usage(used_bytes=BigInt(user.used_bytes), quota_bytes=BigInt(user.quota_bytes)),
+            usage=Usage(
+                used_bytes=BigInt(user.used_bytes),
+                quota_bytes=BigInt(user.quota_bytes),
+                owner_id=user.id,
+            ),
+        )
+
+    @strawberry.field(
+        description="Your files, as the top-level `files` lists them. Files are visible "
+        "to their owner only: an admin asking for another user's gets `FORBIDDEN`."
+    )
+    async def files(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filter: FileFilter | None = None,
+        order_by: FileOrder | None = None,
+    ) -> Connection[File]:
+        _, key = decode_id(self.id)
+        # Owner only, as everywhere for files; it also keeps this one listing per
+        # operation, where a list of users would cost one query per user.
+        if info.context.require_principal().user.id != key:
+            raise Forbidden("Files are visible to their owner only.")
+        return await list_files(
+            info, key, first=first, after=after, filter=filter, order_by=order_by
         )
 
 

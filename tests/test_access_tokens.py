@@ -100,8 +100,9 @@ def when(value: str) -> datetime:
 
 
 def cursor_of(*parts: object) -> str:
-    """A cursor in the server's own encoding, for hand-made (hostile) cursors."""
-    return base64.urlsafe_b64encode(json.dumps(list(parts)).encode()).decode().rstrip("=")
+    """A cursor in the server's own encoding (oldest-first tag, then the key), hand-made."""
+    raw = json.dumps(["CREATED_AT", "ASC", *parts]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 # -- creating and using -----------------------------------------------------------
@@ -250,7 +251,7 @@ async def test_cursor_time_is_an_instant_whatever_its_offset(
         await create_token(client, ada, name=name)
     first = await graphql(client, LIST, {"first": 1}, headers=ada)
     cursor = first["data"]["accessTokens"]["pageInfo"]["endCursor"]
-    created_at, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    *_, created_at, key = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     elsewhere = when(created_at).astimezone(timezone(timedelta(hours=5))).isoformat()
 
     pages = [

@@ -1,0 +1,182 @@
+"""What an owner does to their files once stored: find, move, copy, trash, restore, purge.
+
+Every operation takes the owner's id and finds the file through
+``get_owned_file``, so another user's file is ``NOT_FOUND`` exactly like an
+id that never existed. Paths are unique among an owner's live files: the
+checks here give a friendly ``CONFLICT`` early, and the partial unique index
+decides races (its ``IntegrityError`` becomes the same ``CONFLICT``).
+
+Bytes and rows change in an order that never loses data nor leaks quota: a
+copy reserves its bytes before storage copies them and gives them back if
+anything fails; a purge deletes the row and frees its bytes in one
+transaction, and only then deletes the object (a stray object is harmless, a
+row without its bytes is not).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import structlog
+from sqlalchemy import delete
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import quota
+from core.errors import Conflict, NotFound
+from core.models import File
+from core.paths import file_name, normalize_path
+from core.time import utcnow
+from storage.base import Storage
+
+logger = structlog.get_logger("depot.files")
+
+
+def storage_key(owner_id: uuid.UUID) -> str:
+    """A fresh opaque key for one of ``owner_id``'s objects; never derived from a path."""
+    return f"u/{owner_id.hex}/{uuid.uuid4().hex}"
+
+
+def _not_found() -> NotFound:
+    # One message for missing and foreign files alike: nothing tells them apart.
+    return NotFound("No such file.")
+
+
+def path_taken(path: str) -> Conflict:
+    return Conflict(f"A file already exists at {path!r}.")
+
+
+async def get_owned_file(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID) -> File:
+    """``owner_id``'s file ``file_id`` (live or trashed), or ``NOT_FOUND``."""
+    file = await db.get(File, file_id)
+    if file is None or file.owner_id != owner_id:
+        raise _not_found()
+    return file
+
+
+async def ensure_path_free(db: AsyncSession, owner_id: uuid.UUID, path: str) -> None:
+    """``CONFLICT`` if a live file of the owner already has ``path`` (an early check)."""
+    found = await db.exec(
+        select(File.id).where(
+            col(File.owner_id) == owner_id, col(File.path) == path, col(File.trashed_at).is_(None)
+        )
+    )
+    if found.first() is not None:
+        raise path_taken(path)
+
+
+def _require_live(file: File) -> None:
+    if file.trashed_at is not None:
+        raise Conflict("The file is in the trash; restore it first.")
+
+
+async def _commit_path(db: AsyncSession, file: File) -> None:
+    """Commit a row whose path may clash; the unique index has the last word."""
+    db.add(file)
+    try:
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        raise path_taken(file.path) from None
+
+
+async def move(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID, path: str) -> File:
+    """Give a live file a new path (``CONFLICT`` if taken); commits."""
+    path = normalize_path(path)
+    file = await get_owned_file(db, owner_id, file_id)
+    _require_live(file)
+    if file.path == path:
+        return file
+    await ensure_path_free(db, owner_id, path)
+    file.path, file.name, file.updated_at = path, file_name(path), utcnow()
+    await _commit_path(db, file)
+    return file
+
+
+async def copy(
+    db: AsyncSession, storage: Storage, owner_id: uuid.UUID, file_id: uuid.UUID, path: str
+) -> File:
+    """A new file at ``path`` with the same bytes, copied inside storage; commits.
+
+    The copy's bytes count against the quota (``QUOTA_EXCEEDED`` before any
+    byte moves); if the copy or the row fails, the bytes are released and the
+    new object removed.
+    """
+    path = normalize_path(path)
+    source = await get_owned_file(db, owner_id, file_id)
+    _require_live(source)
+    await ensure_path_free(db, owner_id, path)
+    await quota.reserve(db, owner_id, source.size)
+    copied = File(
+        owner_id=owner_id,
+        path=path,
+        name=file_name(path),
+        size=source.size,
+        content_type=source.content_type,
+        sha256=source.sha256,
+        storage_key=storage_key(owner_id),
+        meta=dict(source.meta),
+    )
+    try:
+        await storage.copy(source.storage_key, copied.storage_key)
+        await _commit_path(db, copied)
+    except BaseException:
+        # Shielded: a cancelled request must still give its bytes back.
+        with anyio.CancelScope(shield=True):
+            await db.rollback()
+            await quota.release(db, owner_id, source.size)
+            await db.commit()
+            await storage.delete(copied.storage_key)
+        raise
+    return copied
+
+
+async def trash(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID) -> File:
+    """Move a file to the trash, freeing its path (its bytes still count); commits.
+
+    Trashing a trashed file changes nothing.
+    """
+    file = await get_owned_file(db, owner_id, file_id)
+    if file.trashed_at is None:
+        file.trashed_at = file.updated_at = utcnow()
+        db.add(file)
+        await db.commit()
+    return file
+
+
+async def restore(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID) -> File:
+    """Bring a file back from the trash at its path (``CONFLICT`` if now taken); commits."""
+    file = await get_owned_file(db, owner_id, file_id)
+    if file.trashed_at is None:
+        return file
+    await ensure_path_free(db, owner_id, file.path)
+    file.trashed_at, file.updated_at = None, utcnow()
+    await _commit_path(db, file)
+    return file
+
+
+async def purge(
+    db: AsyncSession, storage: Storage, owner_id: uuid.UUID, file_id: uuid.UUID
+) -> File:
+    """Delete a file for good, live or trashed: row and quota in one commit, then the bytes.
+
+    The row is deleted conditionally, so of two concurrent purges only one
+    releases the bytes. Returns the row as it was.
+    """
+    file = await get_owned_file(db, owner_id, file_id)
+    result = await db.exec(
+        delete(File).where(col(File.id) == file.id, col(File.owner_id) == owner_id)
+    )
+    if result.rowcount != 1:
+        await db.rollback()
+        raise _not_found()
+    await quota.release(db, owner_id, file.size)
+    await db.commit()
+    try:
+        await storage.delete(file.storage_key)
+    except Exception:
+        # The file is gone for its owner either way; an orphaned object only costs space.
+        logger.warning("purged file's object not deleted", key=file.storage_key, exc_info=True)
+    return file

@@ -1,0 +1,68 @@
+"""Per-operation dataloaders: every to-one and to-many hop batched into one query.
+
+Resolvers never query a related row themselves; they ``load`` it here, and all
+loads of one tick become one ``IN (...)`` query. The number of SQL statements
+for an operation therefore does not grow with the number of rows it returns.
+Loaders cache, so they live for one operation only (``FreshLoaders``): a
+WebSocket connection's later operations must not see earlier answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import func
+from sqlmodel import col, select
+from strawberry.dataloader import DataLoader
+from strawberry.extensions import SchemaExtension
+
+from core.db import SessionMaker
+from core.models import File, User
+
+
+@dataclass
+class Loaders:
+    """The dataloaders of one operation, all reading through ``sessionmaker``."""
+
+    sessionmaker: SessionMaker
+    users: DataLoader[uuid.UUID, User | None] = field(init=False)
+    files: DataLoader[uuid.UUID, File | None] = field(init=False)
+    live_file_counts: DataLoader[uuid.UUID, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.users = DataLoader(load_fn=self._load_users)
+        self.files = DataLoader(load_fn=self._load_files)
+        self.live_file_counts = DataLoader(load_fn=self._load_live_file_counts)
+
+    async def _load_users(self, keys: list[uuid.UUID]) -> Sequence[User | None]:
+        async with self.sessionmaker() as db:
+            rows = await db.exec(select(User).where(col(User.id).in_(keys)))
+            by_id = {user.id: user for user in rows}
+        return [by_id.get(key) for key in keys]
+
+    async def _load_files(self, keys: list[uuid.UUID]) -> Sequence[File | None]:
+        async with self.sessionmaker() as db:
+            rows = await db.exec(select(File).where(col(File.id).in_(keys)))
+            by_id = {file.id: file for file in rows}
+        return [by_id.get(key) for key in keys]
+
+    async def _load_live_file_counts(self, owner_ids: list[uuid.UUID]) -> Sequence[int]:
+        async with self.sessionmaker() as db:
+            rows = await db.exec(
+                select(col(File.owner_id), func.count())
+                .where(col(File.owner_id).in_(owner_ids), col(File.trashed_at).is_(None))
+                .group_by(col(File.owner_id))
+            )
+            counts = {owner_id: int(count) for owner_id, count in rows}
+        return [counts.get(owner_id, 0) for owner_id in owner_ids]
+
+
+class FreshLoaders(SchemaExtension):
+    """Gives each operation its own loaders, so no cached row outlives it."""
+
+    def on_operation(self) -> Iterator[None]:
+        context = self.execution_context.context
+        context.loaders = Loaders(context.sessionmaker)
+        yield
