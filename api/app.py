@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 
+from api.files import ROUTES as FILE_ROUTES
 from api.graphql import GraphQLView
 from api.health import healthz, readyz
 from api.middleware import HEADER as REQUEST_ID_HEADER
@@ -97,6 +98,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/readyz", readyz),
         Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
+        *FILE_ROUTES,
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 

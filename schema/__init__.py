@@ -14,14 +14,28 @@ from strawberry.types import ExecutionContext
 from schema.access_tokens import AccessToken, AccessTokenMutation, AccessTokenQuery
 from schema.admin import AdminMutation, AdminQuery
 from schema.auth import AuthMutation
+from schema.direct_uploads import DirectUploadMutation
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
+from schema.files import File, FileMutation, FileQuery
+from schema.loaders import FreshLoaders
 from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
+from schema.uploads import UploadMutation
 from schema.users import User
 from schema.validation import RequireOperationName
 
-Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery))
-Mutation = merge_types("Mutation", (AuthMutation, AccessTokenMutation, AdminMutation))
+Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery))
+Mutation = merge_types(
+    "Mutation",
+    (
+        AuthMutation,
+        AccessTokenMutation,
+        AdminMutation,
+        DirectUploadMutation,
+        UploadMutation,
+        FileMutation,
+    ),
+)
 
 
 class _Schema(strawberry.Schema):
@@ -43,12 +57,13 @@ def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.S
         lambda: QueryDepthLimiter(max_depth=max_depth),
         lambda: ValidationCache(maxsize=256),
         RequireOperationName,
+        FreshLoaders,
         ErrorCodes,
     ]
     return _Schema(
         query=Query,
         mutation=Mutation,
-        types=[User, AccessToken],
+        types=[User, AccessToken, File],
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
     )

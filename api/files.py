@@ -1,0 +1,275 @@
+"""Depot's own byte routes, behind signed links: downloads, and direct-upload PUTs.
+
+S3 presigns its own URLs; these routes serve local (and memory) storage. A
+link is verified before anything else is looked at, and every refusal of a
+link has the same body whatever key it names, so a link reveals nothing about
+files its holder may not see: 403 for a link that is not ours (tampered,
+another purpose), 410 for one that expired or whose object is gone.
+
+Bytes stream both ways: a download reads the requested range in blocks, an
+upload writes the request body as it arrives. Neither holds a file in memory.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import AsyncIterable, AsyncIterator
+from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import quote
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from core.content import OCTET_STREAM
+from core.direct_uploads import open_ticket
+from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
+from storage.base import ObjectNotFound, Stat, Storage, TooLarge
+
+_INVALID = "This link is not valid."
+_GONE = "This link has expired; ask for a new one."
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\/]")
+_MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
+
+
+class _Refused(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        {"error": message},
+        status_code=status,
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def _claims(request: Request, purpose: Purpose) -> dict[str, object]:
+    """The verified claims of the link's token, or a refusal that says nothing of the key."""
+    settings = request.state.settings
+    signer = LinkSigner(settings.secret, str(settings.public_base_url))
+    try:
+        return signer.verify(purpose, request.path_params["token"])
+    except LinkExpired:
+        raise _Refused(_error(410, _GONE)) from None
+    except LinkInvalid:
+        raise _Refused(_error(403, _INVALID)) from None
+
+
+def _claim_str(claims: dict[str, object], name: str) -> str:
+    value = claims.get(name)
+    if not isinstance(value, str):
+        raise _Refused(_error(403, _INVALID))
+    return value
+
+
+# -- downloads --------------------------------------------------------------------
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with an ASCII ``filename`` and the full name as RFC 5987 ``filename*``.
+
+    Quotes, backslashes, path separators and control characters are dropped,
+    so the name can neither break out of the header nor pick a directory.
+    """
+    safe = _HEADER_UNSAFE.sub("", unicodedata.normalize("NFC", name)).strip(" .") or "download"
+    ascii_name = (
+        unicodedata.normalize("NFKD", safe).encode("ascii", "ignore").decode().strip(" .")
+        or "download"
+    )
+    encoded = quote(safe, safe="")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
+
+
+def _etag(stat: Stat) -> str:
+    etag = stat.etag
+    return etag if etag.startswith(('"', 'W/"')) else f'"{etag}"'
+
+
+def _etag_matches(header: str, etag: str) -> bool:
+    """Weak comparison, as ``If-None-Match`` wants (RFC 9110 13.1.2)."""
+    if header.strip() == "*":
+        return True
+    opaque = etag.removeprefix("W/")
+    return any(tag.strip().removeprefix("W/") == opaque for tag in header.split(","))
+
+
+def parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """The ``[start, end)`` of a single ``bytes=`` range, or None if it cannot be served.
+
+    Accepts ``a-b``, ``a-`` and ``-n``; several ranges, other units and ranges
+    that start past the end are refused (the caller answers 416).
+    """
+    unit, _, spec = header.partition("=")
+    if unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    if not dash or not (first.isdigit() or last.isdigit()):
+        return None
+    if not first:
+        if not last.isdigit() or int(last) == 0:
+            return None
+        return max(0, size - int(last)), size
+    if not first.isdigit() or (last and not last.isdigit()):
+        return None
+    start = int(first)
+    end = size if not last else min(int(last) + 1, size)
+    if start >= size or end <= start:
+        return None
+    return start, end
+
+
+def _if_range_holds(header: str | None, etag: str, last_modified: str) -> bool:
+    """Whether a ``Range`` still applies: no ``If-Range``, or it names the current version."""
+    if header is None:
+        return True
+    header = header.strip()
+    if header.startswith(('"', "W/")):
+        return not header.startswith("W/") and header == etag
+    return header == last_modified
+
+
+async def _stream(storage: Storage, key: str, start: int, end: int) -> AsyncIterator[bytes]:
+    chunks = storage.open(key, start, end)
+    try:
+        async for chunk in chunks:
+            yield chunk
+    finally:
+        # Close the file now, even when the client went away mid-download.
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def download(request: Request) -> Response:
+    """GET or HEAD ``/files/download/<token>``: the file as an attachment, ranges included."""
+    try:
+        claims = _claims(request, "download")
+        key = _claim_str(claims, "key")
+    except _Refused as refused:
+        return refused.response
+    name = claims.get("name")
+    media = claims.get("type")
+    storage: Storage = request.state.storage
+    try:
+        stat = await storage.stat(key)
+    except ObjectNotFound:
+        return _error(410, _GONE)
+    etag = _etag(stat)
+    last_modified = format_datetime(stat.modified_at, usegmt=True)
+    headers = {
+        "ETag": etag,
+        "Last-Modified": last_modified,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-transform",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": content_disposition(name if isinstance(name, str) else ""),
+    }
+    content_type = media if isinstance(media, str) and _MEDIA_TYPE.fullmatch(media) else None
+    if_none_match = request.headers.get("if-none-match")
+    if if_none_match is not None:
+        if _etag_matches(if_none_match, etag):
+            return Response(status_code=304, headers=headers)
+    elif _not_modified_since(request.headers.get("if-modified-since"), stat):
+        return Response(status_code=304, headers=headers)
+    start, end, status = 0, stat.size, 200
+    range_header = request.headers.get("range")
+    if range_header is not None and _if_range_holds(
+        request.headers.get("if-range"), etag, last_modified
+    ):
+        selected = parse_range(range_header, stat.size)
+        if selected is None:
+            return _error(
+                416,
+                "The range is not satisfiable: ask for one range within the file.",
+                {"Content-Range": f"bytes */{stat.size}", **headers},
+            )
+        start, end = selected
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{stat.size}"
+    headers["Content-Length"] = str(end - start)
+    media_type = content_type or OCTET_STREAM
+    if request.method == "HEAD":
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(
+        _stream(storage, key, start, end),
+        status_code=status,
+        headers=headers,
+        media_type=media_type,
+    )
+
+
+def _not_modified_since(header: str | None, stat: Stat) -> bool:
+    if header is None:
+        return False
+    try:
+        since = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return False
+    if since.tzinfo is None:
+        return False
+    return stat.modified_at.replace(microsecond=0) <= since
+
+
+# -- direct uploads ---------------------------------------------------------------
+
+
+class _ShortBody(Exception):
+    """The body ended before the declared number of bytes."""
+
+
+async def _exactly(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """``chunks``, failing (so storage keeps nothing) if they stop short of ``size``."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        yield chunk
+    if received < size:
+        raise _ShortBody
+
+
+async def upload(request: Request) -> Response:
+    """PUT ``/files/upload/<token>``: exactly the ticket's bytes, stored atomically.
+
+    A PUT may be repeated while the ticket is open (the last complete one
+    wins); once ``completeUpload`` ended the ticket, its link is gone.
+    """
+    try:
+        claims = _claims(request, "upload")
+        key = _claim_str(claims, "key")
+    except _Refused as refused:
+        return refused.response
+    size = claims.get("size")
+    if not isinstance(size, int) or isinstance(size, bool):
+        return _error(403, _INVALID)
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return _error(411, f"Send Content-Length: {size}, the size given to createUpload.")
+    if not declared.isdigit():
+        return _error(400, "Content-Length must be a number of bytes.")
+    if int(declared) > size:
+        return _error(413, f"This upload takes exactly {size} bytes, not {declared}.")
+    if int(declared) != size:
+        return _error(400, f"This upload takes exactly {size} bytes, not {declared}.")
+    async with request.state.sessionmaker() as db:
+        ticket = await open_ticket(db, key)
+    if ticket is None:
+        return _error(410, _GONE)
+    storage: Storage = request.state.storage
+    try:
+        await storage.put(key, _exactly(request.stream(), size), max_size=size)
+    except TooLarge:
+        return _error(413, f"This upload takes exactly {size} bytes; more were sent.")
+    except _ShortBody:
+        return _error(400, f"The body ended before {size} bytes; nothing was stored.")
+    except ClientDisconnect:
+        return _error(400, "The client went away before the upload ended; nothing was stored.")
+    return Response(status_code=204, headers={"Cache-Control": "no-store"})
+
+
+ROUTES = [
+    Route("/files/download/{token}", download, methods=["GET", "HEAD"]),
+    Route("/files/upload/{token}", upload, methods=["PUT"]),
+]

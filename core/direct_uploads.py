@@ -1,0 +1,266 @@
+"""Direct uploads: a ticket to send a file's bytes straight to storage, then a check.
+
+Large files should not pass through a GraphQL request. ``create_ticket``
+validates the future file (path, size, quota) *before* any byte moves, and
+reserves its size against the quota; the client then sends the bytes to the
+ticket's URL (presigned S3, or Depot's own signed route for local storage);
+``complete_ticket`` re-reads what arrived, checks it against what was declared
+and only then creates the ``File``. Whatever goes wrong, nothing is left half
+done: no row, no stray object, no reserved byte.
+
+A ticket is claimed with one conditional UPDATE (``completed_at IS NULL``), in
+the same transaction as the file row, so two concurrent completions cannot
+both create a file.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import quota
+from core.content import OCTET_STREAM, TEXT, Fingerprint
+from core.errors import BadUserInput, Conflict, NotFound
+from core.files import ensure_path_free, storage_key
+from core.models import File, Upload
+from core.paths import file_name, normalize_path
+from core.time import utcnow
+from storage.base import ObjectNotFound, SignedRequest, Storage
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# type "/" subtype, optional parameters; no spaces, quotes or control characters around them.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*")
+MAX_CONTENT_TYPE = 255
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A created upload and the request that sends its bytes."""
+
+    upload: Upload
+    request: SignedRequest
+
+
+def check_content_type(content_type: str | None, *, field: str = "contentType") -> str:
+    """The declared media type without parameters, lowercased; a hint, never trusted."""
+    if content_type is None or not content_type.strip():
+        return OCTET_STREAM
+    media = content_type.split(";", 1)[0].strip().lower()
+    if len(media) > MAX_CONTENT_TYPE or not _MEDIA_TYPE.fullmatch(media):
+        raise BadUserInput(f"{content_type!r} is not a media type like text/csv.", field=field)
+    return media
+
+
+def check_sha256(sha256: str | None, *, field: str = "sha256") -> str | None:
+    if sha256 is None:
+        return None
+    if not _SHA256.fullmatch(sha256):
+        raise BadUserInput("Give the SHA-256 as 64 lowercase hex digits.", field=field)
+    return sha256
+
+
+def check_size(size: int, max_upload_bytes: int, *, field: str = "size") -> int:
+    if size < 0:
+        raise BadUserInput("A size cannot be negative.", field=field)
+    if size > max_upload_bytes:
+        raise BadUserInput(
+            f"Files may have at most {max_upload_bytes} bytes; this one has {size}.", field=field
+        )
+    return size
+
+
+async def create_ticket(
+    db: AsyncSession,
+    storage: Storage,
+    owner_id: uuid.UUID,
+    *,
+    path: str,
+    size: int,
+    content_type: str | None,
+    sha256: str | None,
+    max_upload_bytes: int,
+    expires_in: timedelta,
+) -> Ticket:
+    """Validate the future file, reserve its bytes and open a ticket; commits.
+
+    Raises ``BAD_USER_INPUT``, ``CONFLICT`` (path taken) or ``QUOTA_EXCEEDED``
+    before anything is reserved or stored.
+    """
+    path = normalize_path(path)
+    size = check_size(size, max_upload_bytes)
+    sha256 = check_sha256(sha256)
+    media = check_content_type(content_type)
+    await ensure_path_free(db, owner_id, path)
+    key = storage_key(owner_id)
+    request = await storage.upload_request(
+        key, size=size, content_type=media, expires_in=expires_in
+    )
+    now = utcnow()
+    upload = Upload(
+        owner_id=owner_id,
+        path=path,
+        size=size,
+        content_type=media,
+        sha256=sha256,
+        storage_key=key,
+        created_at=now,
+        expires_at=request.expires_at or now + expires_in,
+    )
+    await quota.reserve(db, owner_id, size)
+    try:
+        db.add(upload)
+        await db.commit()
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # a cancelled request still gives the bytes back
+            await db.rollback()
+            await quota.release(db, owner_id, size)
+            await db.commit()
+        raise
+    return Ticket(upload, request)
+
+
+async def open_ticket(db: AsyncSession, key: str) -> Upload | None:
+    """The ticket for storage ``key`` if it can still receive bytes (the PUT route asks)."""
+    found = await db.exec(select(Upload).where(col(Upload.storage_key) == key))
+    upload = found.first()
+    if upload is None or upload.completed_at is not None or upload.expires_at <= utcnow():
+        return None
+    return upload
+
+
+async def complete_ticket(
+    db: AsyncSession, storage: Storage, owner_id: uuid.UUID, upload_id: uuid.UUID
+) -> File:
+    """Check the uploaded bytes against the ticket and turn them into a ``File``; commits.
+
+    ``NOT_FOUND`` for another user's ticket; ``CONFLICT`` for one that already
+    ended; ``BAD_USER_INPUT`` for one that expired, got no bytes, or got bytes
+    that do not match the declared size or SHA-256. Every failure but the
+    first two ends the ticket: its object is deleted and its bytes released.
+    """
+    upload = await db.get(Upload, upload_id)
+    if upload is None or upload.owner_id != owner_id:
+        raise NotFound("No such upload.")
+    if upload.completed_at is not None:
+        raise Conflict("This upload has already ended; create a new one to upload again.")
+    if upload.expires_at <= utcnow():
+        await _abandon(db, storage, upload)
+        raise BadUserInput(
+            "This upload expired before it was completed; create a new one.", field="id"
+        )
+    try:
+        before = await storage.stat(upload.storage_key)
+    except ObjectNotFound:
+        # The ticket stays open: the client may still send the bytes and retry.
+        raise BadUserInput(
+            "No bytes were uploaded for this ticket yet: send them to its URL first.", field="id"
+        ) from None
+    if before.size != upload.size:
+        await _abandon(db, storage, upload)
+        raise BadUserInput(
+            f"{before.size} bytes were uploaded, but {upload.size} were declared; "
+            "the upload was discarded.",
+            field="id",
+        )
+    fingerprint = Fingerprint(storage.open(upload.storage_key))
+    async for _ in fingerprint:
+        pass
+    if fingerprint.size != upload.size or (
+        upload.sha256 is not None and fingerprint.sha256 != upload.sha256
+    ):
+        await _abandon(db, storage, upload)
+        raise BadUserInput(
+            "The uploaded bytes do not match the declared SHA-256; the upload was discarded.",
+            field="id",
+        )
+    file = File(
+        owner_id=owner_id,
+        path=upload.path,
+        name=file_name(upload.path),
+        size=upload.size,
+        content_type=_content_type(fingerprint.content_type, upload.content_type),
+        sha256=fingerprint.sha256,
+        storage_key=upload.storage_key,
+    )
+    ending = _Ending.of(upload)
+    try:
+        if not await _claim(db, upload.id):
+            await db.rollback()
+            raise Conflict("This upload has already ended; create a new one to upload again.")
+        db.add(file)
+        await db.flush()
+        after = await storage.stat(upload.storage_key)
+        if after.etag != before.etag:
+            # Bytes sent again while they were being checked: check them again.
+            await db.rollback()
+            raise Conflict("The upload changed while it was being completed; complete it again.")
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        await _abandon(db, storage, ending)
+        raise Conflict(
+            f"A file already exists at {file.path!r}; the upload was discarded."
+        ) from None
+    return file
+
+
+def _content_type(sniffed: str, declared: str) -> str:
+    """The sniffed type; for text, which has no magic number, the declared text type."""
+    if sniffed == TEXT and declared.startswith("text/"):
+        return declared
+    return sniffed
+
+
+async def _claim(db: AsyncSession, upload_id: uuid.UUID) -> bool:
+    """Mark the ticket ended, unless someone else already did (not committed)."""
+    result = await db.exec(
+        update(Upload)
+        .where(col(Upload.id) == upload_id, col(Upload.completed_at).is_(None))
+        .values(completed_at=utcnow())
+    )
+    return bool(result.rowcount == 1)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """What ending a ticket needs, read before any rollback expires the row."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    size: int
+    storage_key: str
+
+    @classmethod
+    def of(cls, upload: Upload) -> _Ending:
+        return cls(upload.id, upload.owner_id, upload.size, upload.storage_key)
+
+
+async def _abandon(db: AsyncSession, storage: Storage, upload: Upload | _Ending) -> None:
+    """End the ticket without a file: release its bytes, then delete its object."""
+    ending = upload if isinstance(upload, _Ending) else _Ending.of(upload)
+    if await _claim(db, ending.id):
+        await quota.release(db, ending.owner_id, ending.size)
+        await db.commit()
+        await storage.delete(ending.storage_key)
+    else:
+        await db.rollback()
+
+
+async def expire_tickets(db: AsyncSession, storage: Storage, now: datetime) -> int:
+    """End every ticket that expired before ``now`` uncompleted; for periodic maintenance."""
+    found = await db.exec(
+        select(Upload).where(col(Upload.completed_at).is_(None), col(Upload.expires_at) <= now)
+    )
+    ended = 0
+    for upload in found.all():
+        await _abandon(db, storage, upload)
+        ended += 1
+    return ended

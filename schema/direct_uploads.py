@@ -1,0 +1,84 @@
+"""``createUpload`` and ``completeUpload``: large files sent straight to storage."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import strawberry
+from strawberry.scalars import JSON
+
+from core import direct_uploads
+from schema.context import Info
+from schema.files import File
+from schema.ids import decode_id_of, encode_id
+from schema.permissions import IsAuthenticated
+from schema.scalars import BigInt
+
+
+@strawberry.input
+class CreateUploadInput:
+    path: str = strawberry.field(description="Where the file will be, e.g. `reports/q3.pdf`.")
+    size: BigInt = strawberry.field(description="Exactly how many bytes will be sent.")
+    content_type: str | None = strawberry.field(
+        default=None,
+        description="A hint only: Depot sniffs the type from the bytes (text keeps "
+        "a declared `text/*` type, having no magic number).",
+    )
+    sha256: str | None = strawberry.field(
+        default=None,
+        description="The bytes' SHA-256 in lowercase hex; `completeUpload` refuses other bytes.",
+    )
+
+
+@strawberry.type
+class UploadTicket:
+    """Send the bytes with this request, then call ``completeUpload(id)``."""
+
+    id: strawberry.ID
+    url: str
+    method: str
+    headers: JSON = strawberry.field(description="Headers to send with the bytes, name to value.")
+    expires_at: datetime
+
+
+@strawberry.type
+class DirectUploadMutation:
+    @strawberry.mutation(
+        description="Reserve room for a file and get a request that sends its bytes "
+        "straight to storage, until `expiresAt` (`DEPOT_UPLOAD_URL_MINUTES`).",
+        permission_classes=[IsAuthenticated],
+    )
+    async def create_upload(self, info: Info, input: CreateUploadInput) -> UploadTicket:
+        user = info.context.require_principal().user
+        settings = info.context.settings
+        async with info.context.sessionmaker() as db:
+            ticket = await direct_uploads.create_ticket(
+                db,
+                info.context.storage,
+                user.id,
+                path=input.path,
+                size=input.size,
+                content_type=input.content_type,
+                sha256=input.sha256,
+                max_upload_bytes=settings.max_upload_bytes,
+                expires_in=timedelta(minutes=settings.upload_url_minutes),
+            )
+        return UploadTicket(
+            id=strawberry.ID(encode_id("Upload", ticket.upload.id)),
+            url=ticket.request.url,
+            method=ticket.request.method,
+            headers=JSON(dict(ticket.request.headers)),
+            expires_at=ticket.upload.expires_at,
+        )
+
+    @strawberry.mutation(
+        description="Check the bytes sent for a ticket (size, and SHA-256 when declared) "
+        "and turn them into a file; bytes that do not match are discarded.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def complete_upload(self, info: Info, id: strawberry.ID) -> File:
+        user = info.context.require_principal().user
+        key = decode_id_of("Upload", id)
+        async with info.context.sessionmaker() as db:
+            file = await direct_uploads.complete_ticket(db, info.context.storage, user.id, key)
+        return File.from_model(file)

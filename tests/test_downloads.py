@@ -1,0 +1,227 @@
+"""Signed download links: headers, ranges, conditional requests, and refused links."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote
+
+import httpx
+import jwt
+import pytest
+
+from core.links import LinkSigner, Purpose
+from core.settings import Settings
+from core.time import utcnow
+from tests.conftest import make_settings
+from tests.support import STRONG_SECRET
+from tests.test_direct_uploads import direct_upload, signed_in
+
+pytestmark = pytest.mark.anyio
+
+DATA = bytes(range(256)) * 1024 + b"tail"  # 256 KiB and a bit: several storage blocks
+
+
+@pytest.fixture(params=["memory", "local"])
+def settings(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> Settings:
+    """Every download test runs against memory and local storage."""
+    if request.param == "local":
+        storage_url = (tmp_path / "storage").resolve().as_uri()
+    else:
+        storage_url = "memory://"
+    return make_settings(tmp_path, database_url=database_url, storage_url=storage_url)
+
+
+@pytest.fixture
+async def ada(client: httpx.AsyncClient) -> dict[str, str]:
+    return await signed_in(client)
+
+
+@pytest.fixture
+async def file(client: httpx.AsyncClient, ada: dict[str, str]) -> dict[str, Any]:
+    return await direct_upload(client, ada, "reports/data.bin", DATA)
+
+
+def claims_of(url: str) -> dict[str, Any]:
+    claims: dict[str, Any] = jwt.decode(url.rpartition("/")[2], options={"verify_signature": False})
+    return claims
+
+
+def signed(settings: Settings, purpose: Purpose, **claims: Any) -> str:
+    """A link of ours, signed with the app's secret, with exactly these claims."""
+    signer = LinkSigner(STRONG_SECRET, str(settings.public_base_url))
+    expires_at = claims.pop("expires_at", utcnow() + timedelta(minutes=5))
+    return signer.sign(purpose, expires_at, **claims)
+
+
+async def test_a_download_streams_the_file_with_safe_headers(
+    client: httpx.AsyncClient, file: dict[str, Any]
+) -> None:
+    response = await client.get(file["downloadUrl"])
+    assert response.status_code == 200
+    assert response.content == DATA
+    headers = response.headers
+    assert headers["content-length"] == str(len(DATA))
+    assert headers["content-type"] == "application/octet-stream"
+    assert headers["accept-ranges"] == "bytes"
+    assert headers["etag"].startswith('"')
+    assert headers["etag"].endswith('"')
+    assert parsedate_to_datetime(headers["last-modified"]) <= utcnow()
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["cache-control"].startswith("private")
+    assert headers["content-disposition"] == (
+        "attachment; filename=\"data.bin\"; filename*=UTF-8''data.bin"
+    )
+    head = await client.head(file["downloadUrl"])
+    assert head.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-length"] == str(len(DATA))
+    assert head.headers["etag"] == headers["etag"]
+
+
+@pytest.mark.parametrize(
+    ("range_header", "start", "end"),
+    [
+        ("bytes=0-9", 0, 10),
+        ("bytes=100-", 100, len(DATA)),
+        ("bytes=-4", len(DATA) - 4, len(DATA)),
+        ("bytes=-999999999", 0, len(DATA)),
+        ("bytes=200000-999999999", 200000, len(DATA)),
+        ("bytes=70000-200000", 70000, 200001),
+    ],
+)
+async def test_a_single_range_gets_206(
+    client: httpx.AsyncClient, file: dict[str, Any], range_header: str, start: int, end: int
+) -> None:
+    response = await client.get(file["downloadUrl"], headers={"Range": range_header})
+    assert response.status_code == 206
+    assert response.content == DATA[start:end]
+    assert response.headers["content-length"] == str(end - start)
+    assert response.headers["content-range"] == f"bytes {start}-{end - 1}/{len(DATA)}"
+
+
+@pytest.mark.parametrize(
+    "range_header",
+    ["bytes=0-1,5-6", f"bytes={len(DATA)}-", "bytes=-0", "bytes=9-3", "items=0-1", "bytes=x-y"],
+)
+async def test_an_unsatisfiable_range_gets_416(
+    client: httpx.AsyncClient, file: dict[str, Any], range_header: str
+) -> None:
+    response = await client.get(file["downloadUrl"], headers={"Range": range_header})
+    assert response.status_code == 416
+    assert response.headers["content-range"] == f"bytes */{len(DATA)}"
+
+
+async def test_conditional_requests(client: httpx.AsyncClient, file: dict[str, Any]) -> None:
+    url = file["downloadUrl"]
+    first = await client.get(url)
+    etag, last_modified = first.headers["etag"], first.headers["last-modified"]
+    unchanged = await client.get(url, headers={"If-None-Match": f'"other", {etag}'})
+    assert unchanged.status_code == 304
+    assert unchanged.content == b""
+    assert unchanged.headers["etag"] == etag
+    assert (await client.get(url, headers={"If-None-Match": '"other"'})).status_code == 200
+    since = await client.get(url, headers={"If-Modified-Since": last_modified})
+    assert since.status_code == 304
+    # If-Range: the range only while the file is the same version, the whole file otherwise.
+    same = await client.get(url, headers={"Range": "bytes=0-3", "If-Range": etag})
+    assert same.status_code == 206
+    assert same.content == DATA[:4]
+    changed = await client.get(url, headers={"Range": "bytes=0-3", "If-Range": '"stale"'})
+    assert changed.status_code == 200
+    assert changed.content == DATA
+
+
+async def test_a_tampered_link_is_forbidden(
+    client: httpx.AsyncClient, file: dict[str, Any]
+) -> None:
+    url: str = file["downloadUrl"]
+    position = len(url) - 10
+    tampered = url[:position] + ("A" if url[position] != "A" else "B") + url[position + 1 :]
+    response = await client.get(tampered)
+    assert response.status_code == 403
+    assert response.json() == {"error": "This link is not valid."}
+    assert (await client.get("/files/download/not-a-token")).status_code == 403
+
+
+async def test_a_link_forged_with_another_secret_is_forbidden(
+    client: httpx.AsyncClient, file: dict[str, Any], settings: Settings
+) -> None:
+    claims = claims_of(file["downloadUrl"])
+    forged = LinkSigner("another-secret-" + "x" * 40, str(settings.public_base_url)).sign(
+        "download", utcnow() + timedelta(minutes=5), key=claims["key"], name="a", type="text/plain"
+    )
+    response = await client.get(forged)
+    assert response.status_code == 403
+    assert response.json() == {"error": "This link is not valid."}
+
+
+async def test_an_upload_link_is_no_download_link(
+    client: httpx.AsyncClient, file: dict[str, Any], settings: Settings
+) -> None:
+    key = claims_of(file["downloadUrl"])["key"]
+    upload_link = signed(settings, "upload", key=key, size=len(DATA))
+    as_download = upload_link.replace("/files/upload/", "/files/download/")
+    response = await client.get(as_download)
+    assert response.status_code == 403
+    assert response.json() == {"error": "This link is not valid."}
+
+
+async def test_an_expired_link_is_gone_whether_or_not_the_file_exists(
+    client: httpx.AsyncClient, file: dict[str, Any], settings: Settings
+) -> None:
+    past = utcnow() - timedelta(minutes=1)
+    key = claims_of(file["downloadUrl"])["key"]
+    real = await client.get(signed(settings, "download", key=key, expires_at=past))
+    missing = await client.get(
+        signed(settings, "download", key="u/00/does-not-exist", expires_at=past)
+    )
+    assert real.status_code == missing.status_code == 410
+    assert real.content == missing.content
+    assert real.json() == {"error": "This link has expired; ask for a new one."}
+
+
+async def test_a_link_to_a_missing_object_is_gone_without_detail(
+    client: httpx.AsyncClient, file: dict[str, Any], settings: Settings
+) -> None:
+    expired = await client.get(
+        signed(settings, "download", key="u/0/x", expires_at=utcnow() - timedelta(minutes=1))
+    )
+    missing = await client.get(signed(settings, "download", key="u/0/x", name="a", type="a/b"))
+    assert missing.status_code == 410
+    assert missing.content == expired.content, "a missing object says no more than expiry"
+
+
+async def test_filenames_are_made_safe_for_the_header(
+    client: httpx.AsyncClient, ada: dict[str, str]
+) -> None:
+    file = await direct_upload(client, ada, 'dir/na"me café ✓.txt', b"hello")
+    response = await client.get(file["downloadUrl"])
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith("attachment; filename=\"name cafe .txt\"; filename*=UTF-8''")
+    assert unquote(disposition.partition("UTF-8''")[2]) == "name café ✓.txt"
+    assert response.headers["content-type"] == "text/plain; charset=utf-8"
+
+
+async def test_a_link_with_a_hostile_name_claim_cannot_inject_headers(
+    client: httpx.AsyncClient, file: dict[str, Any], settings: Settings
+) -> None:
+    key = claims_of(file["downloadUrl"])["key"]
+    link = signed(
+        settings,
+        "download",
+        key=key,
+        name='../evil"\r\nSet-Cookie: a=b\x00.html',
+        type="text/html\r\nX-Evil: 1",
+    )
+    response = await client.get(link)
+    assert response.status_code == 200
+    assert "set-cookie" not in response.headers
+    assert "x-evil" not in response.headers
+    assert response.headers["content-type"] == "application/octet-stream"
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="evilSet-Cookie: a=b.html"')
+    assert "\r" not in disposition
+    assert "\n" not in disposition
