@@ -1,0 +1,407 @@
+"""Upload throughput and server memory, against a plain file copy on the same disk.
+
+A real ``depot serve`` (uvicorn) runs in a subprocess on a free port, with a
+temporary var directory, SQLite and local storage under it. One file of
+``--size`` bytes (default 1 GiB) is written once, then sent
+
+* by **direct upload**: ``createUpload`` (with its SHA-256), an HTTP ``PUT``
+  streaming the file to the ticket's URL, ``completeUpload`` (which re-reads
+  and hashes the stored bytes);
+* by **GraphQL multipart**: one ``uploadFile`` request (multipart request
+  spec, with the CSRF header), the file streamed as its part.
+
+The baseline, measured in the same run on the same disk: ``shutil.copyfile``
+of that file to a new path, then ``fsync``: what writing the same bytes costs
+without Depot. Throughputs are reported as ratios to it. A thread samples the
+server's resident memory (``VmRSS`` in ``/proc/<pid>/status``) every 50 ms;
+the growth reported is the peak during an upload minus the level just before.
+
+Run from the repository root: ``.venv/bin/python -m bench.uploads [--size 64MiB]``.
+Linux only (``/proc``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+BLOCK = 4 * MIB
+SAMPLE_SECONDS = 0.05
+# The benchmark account's own throwaway credentials.
+EMAIL = "bench@example.com"
+PASSWORD = "benchmark passphrase 7f3a9c"  # noqa: S105
+CSRF = {"x-depot-csrf": "1"}
+TARGETS = {"direct upload": 0.5, "GraphQL multipart": 0.3}
+RSS_LIMIT = 64 * MIB
+
+REGISTER = "mutation Register($input: RegisterInput!) { register(input: $input) { accessToken } }"
+CREATE_UPLOAD = """mutation CreateUpload($input: CreateUploadInput!) {
+  createUpload(input: $input) { id url method headers }
+}"""
+COMPLETE_UPLOAD = "mutation CompleteUpload($id: ID!) { completeUpload(id: $id) { size sha256 } }"
+UPLOAD_FILE = """mutation UploadFile($file: Upload!, $path: String) {
+  uploadFile(file: $file, path: $path) { size sha256 }
+}"""
+
+_SIZE = re.compile(r"(\d+)\s*(|B|KiB|MiB|GiB|K|M|G)", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "kib": 1024, "m": MIB, "mib": MIB, "g": GIB, "gib": GIB}
+
+
+def parse_size(text: str) -> int:
+    """``1GiB``, ``64MiB``, ``512K`` or a number of bytes."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64MiB or 1GiB)")
+    return int(match[1]) * _UNITS[match[2].lower()]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_source(path: Path, size: int) -> str:
+    """Write ``size`` incompressible-enough bytes to ``path``; returns their SHA-256."""
+    block = bytearray(os.urandom(BLOCK))
+    digest = hashlib.sha256()
+    with path.open("wb") as handle:
+        written = 0
+        while written < size:
+            # Vary each block a little, so no two blocks are the same.
+            block[:8] = written.to_bytes(8, "little")
+            chunk = bytes(block[: min(BLOCK, size - written)])
+            handle.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return digest.hexdigest()
+
+
+def plain_copy(source: Path, target: Path) -> float:
+    """Seconds to copy ``source`` to ``target`` and make it durable (the baseline)."""
+    started = time.perf_counter()
+    shutil.copyfile(source, target)
+    with target.open("rb") as handle:
+        os.fsync(handle.fileno())
+    elapsed = time.perf_counter() - started
+    target.unlink()
+    return elapsed
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+class RssSampler:
+    """Samples a process's resident memory in a thread; reports the peak since ``reset``."""
+
+    def __init__(self, pid: int) -> None:
+        self._pid = pid
+        self._peak = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            current = rss_bytes(self._pid)
+            with self._lock:
+                self._peak = max(self._peak, current)
+
+    def reset(self) -> int:
+        """Start a new peak from the current level, which is returned."""
+        current = rss_bytes(self._pid)
+        with self._lock:
+            self._peak = current
+        return current
+
+    @property
+    def peak(self) -> int:
+        with self._lock:
+            return max(self._peak, rss_bytes(self._pid))
+
+
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
+@contextmanager
+def depot_serve(var_dir: Path, size: int) -> Iterator[Server]:
+    """``depot serve`` in a subprocess, ready to take requests; stopped on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DEPOT_")}
+    env.update(
+        DEPOT_ENVIRONMENT="development",
+        DEPOT_VAR_DIR=str(var_dir),
+        DEPOT_STORAGE_URL=(var_dir / "storage").resolve().as_uri(),
+        DEPOT_SECRET_KEY=secrets.token_urlsafe(48),
+        DEPOT_PUBLIC_BASE_URL=url,
+        DEPOT_LOG_LEVEL="WARNING",
+        DEPOT_MAX_UPLOAD_BYTES=str(size),
+        DEPOT_DEFAULT_QUOTA_BYTES=str(4 * size + GIB),
+    )
+    # OWASP's minimum Argon2id cost: sign-in speed is not what is measured here.
+    env["DEPOT_PASSWORD_HASH_MEMORY_KIB"] = "19456"  # noqa: S105 - a cost, not a secret
+    env["DEPOT_PASSWORD_HASH_ITERATIONS"] = "2"  # noqa: S105
+    command = [sys.executable, "-c", "from api.cli import main; main()"]
+    process = subprocess.Popen(
+        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"depot serve exited with status {process.returncode}")
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("depot serve did not become ready within 60 s")
+            time.sleep(0.1)
+        yield Server(url, process.pid)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def graphql(client: httpx.Client, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    response = client.post("/graphql", json={"query": query, "variables": variables})
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    if body.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {body['errors']}")
+    data: dict[str, Any] = body["data"]
+    return data
+
+
+def direct_upload(client: httpx.Client, source: Path, path: str, sha256: str) -> dict[str, Any]:
+    """createUpload, PUT the file as a stream, completeUpload."""
+    size = source.stat().st_size
+    ticket = graphql(
+        client, CREATE_UPLOAD, {"input": {"path": path, "size": size, "sha256": sha256}}
+    )["createUpload"]
+    with source.open("rb") as handle:
+        response = client.request(
+            ticket["method"],
+            ticket["url"],
+            content=_blocks(handle),
+            headers={**ticket["headers"], "Content-Length": str(size)},
+        )
+    response.raise_for_status()
+    file: dict[str, Any] = graphql(client, COMPLETE_UPLOAD, {"id": ticket["id"]})["completeUpload"]
+    return file
+
+
+def _blocks(handle: Any) -> Iterator[bytes]:
+    while block := handle.read(MIB):
+        yield block
+
+
+def multipart_upload(client: httpx.Client, source: Path, path: str) -> dict[str, Any]:
+    """One ``uploadFile`` request; httpx streams the file object as the part's body."""
+    operations = {"query": UPLOAD_FILE, "variables": {"file": None, "path": path}}
+    with source.open("rb") as handle:
+        response = client.post(
+            "/graphql",
+            data={
+                "operations": json.dumps(operations),
+                "map": json.dumps({"0": ["variables.file"]}),
+            },
+            files={"0": (source.name, handle, "application/octet-stream")},
+            headers=CSRF,
+        )
+    response.raise_for_status()
+    body: dict[str, Any] = response.json()
+    if body.get("errors"):
+        raise RuntimeError(f"GraphQL errors: {body['errors']}")
+    file: dict[str, Any] = body["data"]["uploadFile"]
+    return file
+
+
+@dataclass(frozen=True)
+class Result:
+    label: str
+    seconds: float
+    rss_growth: int | None = None
+    error: str | None = None
+
+
+def measure(
+    sampler: RssSampler, label: str, upload: Any, expected_sha256: str, size: int
+) -> Result:
+    """Time one upload and the server's RSS growth during it; an error is reported, not fatal."""
+    before = sampler.reset()
+    started = time.perf_counter()
+    try:
+        file = upload()
+    except (RuntimeError, httpx.HTTPError) as exc:
+        return Result(label, time.perf_counter() - started, error=str(exc)[:300])
+    seconds = time.perf_counter() - started
+    if file["size"] != size or file["sha256"] != expected_sha256:
+        return Result(label, seconds, error=f"stored {file}, expected size {size}")
+    return Result(label, seconds, sampler.peak - before)
+
+
+def rate(size: int, seconds: float) -> str:
+    return f"{size / MIB / seconds:.0f} MiB/s"
+
+
+def report(size: int, copy_seconds: float, results: list[Result], workdir: Path) -> str:
+    rows = [["method", "time", "throughput", "vs copy", "target", "RSS growth"]]
+    rows.append(["plain copy + fsync", f"{copy_seconds:.2f} s", rate(size, copy_seconds), "1.00x"])
+    rows[-1] += ["", ""]
+    verdicts = []
+    for result in results:
+        if result.error is not None:
+            rows.append([result.label, "failed", "", "", f">= {TARGETS[result.label]:.2f}", ""])
+            verdicts.append(f"{result.label}: FAILED: {result.error}")
+            continue
+        ratio = copy_seconds / result.seconds
+        assert result.rss_growth is not None
+        target = TARGETS[result.label]
+        rows.append(
+            [
+                result.label,
+                f"{result.seconds:.2f} s",
+                rate(size, result.seconds),
+                f"{ratio:.2f}x",
+                f">= {target:.2f}",
+                f"{result.rss_growth / MIB:.1f} MiB",
+            ]
+        )
+        ok = ratio >= target and result.rss_growth < RSS_LIMIT
+        verdicts.append(f"{result.label}: {'meets' if ok else 'MISSES'} its targets")
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    return "\n".join(
+        [
+            f"Depot uploads: one {size / MIB:.0f} MiB file to local storage under {workdir}, "
+            "depot serve (uvicorn) on 127.0.0.1, SQLite",
+            f"Python {platform.python_version()}, httpx {httpx.__version__}, "
+            f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "",
+            *lines,
+            "",
+            f"targets: direct >= {TARGETS['direct upload']:.1f}x and multipart >= "
+            f"{TARGETS['GraphQL multipart']:.1f}x the copy rate; RSS growth < "
+            f"{RSS_LIMIT // MIB} MiB",
+            *verdicts,
+        ]
+    )
+
+
+def run(size: int, parent: Path | None) -> str:
+    with tempfile.TemporaryDirectory(prefix="depot-bench-", dir=parent) as name:
+        workdir = Path(name)
+        source = workdir / "source.bin"
+        print(f"writing a {size / MIB:.0f} MiB source file…", file=sys.stderr)
+        sha256 = make_source(source, size)
+        with depot_serve(workdir / "var", size) as server:
+            timeout = httpx.Timeout(30, read=max(300, size / MIB))
+            with httpx.Client(base_url=server.url, timeout=timeout) as client:
+                account = {"email": EMAIL, "password": PASSWORD, "displayName": "Bench"}
+                token = graphql(client, REGISTER, {"input": account})["register"]["accessToken"]
+                client.headers["authorization"] = f"Bearer {token}"
+                # Warm up both paths (imports, first connections) with a small file.
+                small = workdir / "small.bin"
+                small_sha256 = make_source(small, MIB)
+                direct_upload(client, small, "warm/direct", small_sha256)
+                try:
+                    multipart_upload(client, small, "warm/multipart")
+                except (RuntimeError, httpx.HTTPError) as exc:
+                    print(f"multipart warm-up failed: {exc}", file=sys.stderr)
+                with RssSampler(server.pid) as sampler:
+                    copies = [plain_copy(source, workdir / "copy.bin")]
+                    print("direct upload…", file=sys.stderr)
+                    direct = measure(
+                        sampler,
+                        "direct upload",
+                        lambda: direct_upload(client, source, "big/direct", sha256),
+                        sha256,
+                        size,
+                    )
+                    print("GraphQL multipart upload…", file=sys.stderr)
+                    multipart = measure(
+                        sampler,
+                        "GraphQL multipart",
+                        lambda: multipart_upload(client, source, "big/multipart"),
+                        sha256,
+                        size,
+                    )
+                    copies.append(plain_copy(source, workdir / "copy.bin"))
+        # The faster of two copies, one before and one after the uploads: the
+        # stricter baseline, and drift during the run shows as their difference.
+        return report(size, min(copies), [direct, multipart], workdir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--size", type=parse_size, default=GIB, help="file size, e.g. 64MiB (default 1GiB)"
+    )
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="directory on the disk to measure (default: the system's temporary directory)",
+    )
+    args = parser.parse_args(argv)
+    if args.size < MIB:
+        parser.error("--size must be at least 1MiB")
+    print(run(args.size, args.dir))
+
+
+if __name__ == "__main__":
+    main()
