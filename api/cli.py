@@ -22,8 +22,9 @@ from core.db import create_engine, create_sessionmaker
 from core.errors import DepotError
 from core.logging import configure_logging
 from core.models import Role
-from core.probes import describe, probe_database, probe_redis
+from core.probes import describe, probe_database, probe_redis, probe_storage
 from core.settings import Settings, SettingsError, load_settings
+from storage import open_storage
 
 T = TypeVar("T")
 
@@ -196,6 +197,14 @@ async def _check_services(settings: Settings) -> list[str]:
             )
         finally:
             await redis.aclose()
+    storage = open_storage(settings)
+    try:
+        await probe_storage(storage)
+        click.echo(f"✓ storage usable ({urlsplit(settings.storage_url).scheme})")
+    except Exception as exc:  # noqa: BLE001
+        problems.append(f"storage unusable: {describe(exc)}")
+    finally:
+        await storage.aclose()
     return problems
 
 

@@ -13,23 +13,20 @@ upload writes the request body as it arrives. Neither holds a file in memory.
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator
 from email.utils import format_datetime, parsedate_to_datetime
-from urllib.parse import quote
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from core.content import OCTET_STREAM
+from core.content import OCTET_STREAM, content_disposition
 from core.direct_uploads import open_ticket
 from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
 from storage.base import ObjectNotFound, Stat, Storage, TooLarge
 
 _INVALID = "This link is not valid."
 _GONE = "This link has expired; ask for a new one."
-_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\/]")
 _MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
 
 
@@ -66,21 +63,6 @@ def _claim_str(claims: dict[str, object], name: str) -> str:
 
 
 # -- downloads --------------------------------------------------------------------
-
-
-def content_disposition(name: str) -> str:
-    """``attachment`` with an ASCII ``filename`` and the full name as RFC 5987 ``filename*``.
-
-    Quotes, backslashes, path separators and control characters are dropped,
-    so the name can neither break out of the header nor pick a directory.
-    """
-    safe = _HEADER_UNSAFE.sub("", unicodedata.normalize("NFC", name)).strip(" .") or "download"
-    ascii_name = (
-        unicodedata.normalize("NFKD", safe).encode("ascii", "ignore").decode().strip(" .")
-        or "download"
-    )
-    encoded = quote(safe, safe="")
-    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"
 
 
 def _etag(stat: Stat) -> str:

@@ -9,7 +9,7 @@ import structlog
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from core.probes import describe, probe_database, probe_redis
+from core.probes import describe, probe_database, probe_redis, probe_storage
 
 logger = structlog.get_logger("depot.health")
 
@@ -19,7 +19,10 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
-    probes: dict[str, Awaitable[None]] = {"database": probe_database(request.state.engine)}
+    probes: dict[str, Awaitable[None]] = {
+        "database": probe_database(request.state.engine),
+        "storage": probe_storage(request.state.storage),
+    }
     if request.state.redis is not None:
         probes["redis"] = probe_redis(request.state.redis)
     outcomes = await asyncio.gather(*probes.values(), return_exceptions=True)

@@ -1,4 +1,5 @@
-"""What a file's bytes are: its SHA-256 and its content type, learnt as they stream past.
+"""What a file's bytes are (SHA-256 and content type, learnt as they stream past),
+and the name it is downloaded under.
 
 The content type comes from the bytes themselves (magic numbers, via
 ``filetype``), never from what the client claims: a claim is only a hint for
@@ -9,7 +10,10 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import re
+import unicodedata
 from collections.abc import AsyncIterable, AsyncIterator
+from urllib.parse import quote
 
 import filetype
 
@@ -17,6 +21,7 @@ import filetype
 HEAD_BYTES = 261
 OCTET_STREAM = "application/octet-stream"
 TEXT = "text/plain"
+_HEADER_UNSAFE = re.compile(r"[\x00-\x1f\x7f\"\\/]")
 
 
 def sniff(head: bytes) -> str:
@@ -59,3 +64,18 @@ class Fingerprint:
     @property
     def content_type(self) -> str:
         return sniff(self._head)
+
+
+def content_disposition(name: str) -> str:
+    """``attachment`` with an ASCII ``filename`` and the full name as RFC 5987 ``filename*``.
+
+    Quotes, backslashes, path separators and control characters are dropped,
+    so the name can neither break out of the header nor pick a directory.
+    """
+    safe = _HEADER_UNSAFE.sub("", unicodedata.normalize("NFC", name)).strip(" .") or "download"
+    ascii_name = (
+        unicodedata.normalize("NFKD", safe).encode("ascii", "ignore").decode().strip(" .")
+        or "download"
+    )
+    encoded = quote(safe, safe="")
+    return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{encoded}"

@@ -1,6 +1,7 @@
 """Reachability checks for the services Depot depends on.
 
 Shared by ``/readyz`` and ``depot check``; each raises with a readable reason.
+A probe that does not answer within ``PROBE_TIMEOUT_S`` fails.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
+
+from storage.base import Storage
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -22,6 +25,11 @@ async def probe_database(engine: AsyncEngine) -> None:
 async def probe_redis(client: Redis) -> None:
     async with asyncio.timeout(PROBE_TIMEOUT_S):
         await client.ping()
+
+
+async def probe_storage(storage: Storage) -> None:
+    async with asyncio.timeout(PROBE_TIMEOUT_S):
+        await storage.probe()
 
 
 def describe(exc: BaseException) -> str:

@@ -147,6 +147,10 @@ class LocalStorage:
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return SignedRequest(url, "PUT", headers, expires_at)
 
+    async def probe(self) -> None:
+        """The directory exists (or can be made) and takes a file."""
+        await anyio.to_thread.run_sync(_probe, self._root)
+
     async def aclose(self) -> None:
         """Nothing to release: every file is closed by the call that opened it."""
 
@@ -199,6 +203,15 @@ def _copy(source: str, source_path: Path, target_path: Path) -> None:
     except BaseException:
         _discard(fd, temp)
         raise
+
+
+def _probe(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root, prefix=TEMP_PREFIX):
+            pass
+    except OSError as exc:
+        raise StorageError(f"cannot write to {root}: {exc.strerror or exc}") from exc
 
 
 def _unlink(path: Path) -> None:

@@ -65,5 +65,8 @@ class MemoryStorage:
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return SignedRequest(url, "PUT", headers, expires_at)
 
+    async def probe(self) -> None:
+        """Always ready: the objects are in this process."""
+
     async def aclose(self) -> None:
         self._objects.clear()

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any
-from urllib.parse import parse_qs, quote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import aioboto3
 import aiohttp
@@ -26,6 +26,7 @@ import anyio
 from botocore.config import Config  # type: ignore[import-untyped]
 from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[import-untyped]
 
+from core.content import content_disposition
 from core.time import utcnow
 from storage.base import ObjectNotFound, SignedRequest, Stat, StorageError, TooLarge
 
@@ -61,14 +62,6 @@ def parse_s3_url(url: str) -> S3Location:
         query.get("region"),
         query.get("public_endpoint_url"),
     )
-
-
-def content_disposition(filename: str) -> str:
-    """``attachment`` with an ASCII fallback name and the exact UTF-8 one (RFC 6266)."""
-    fallback = "".join(
-        char if " " <= char <= "~" and char not in '"\\' else "_" for char in filename
-    )
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 @contextlib.contextmanager
@@ -267,6 +260,12 @@ class S3Storage:
             )
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return SignedRequest(url, "PUT", headers, expires_at)
+
+    async def probe(self) -> None:
+        """The bucket exists and these credentials may use it."""
+        s3 = await self._s3()
+        with _errors(self._location.bucket):
+            await s3.head_bucket(Bucket=self._location.bucket)
 
     async def aclose(self) -> None:
         self._clients.clear()

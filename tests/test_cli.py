@@ -99,6 +99,7 @@ def test_check_passes_on_a_fresh_sqlite_configuration() -> None:
     assert lines[0] == "✓ database reachable (sqlite)"
     assert lines[1].startswith("• ")
     assert "`depot serve` applies it at start" in lines[1]
+    assert lines[2] == "✓ storage usable (file)"
     assert lines[-1] == "✓ configuration is valid and every service answers"
     assert result.stderr == ""
 
@@ -140,6 +141,15 @@ def test_check_does_not_print_passwords(variable: str, url: str, password: str) 
     result = depot("check", env={variable: url})
     assert result.exit_code == 1
     assert password not in result.output
+
+
+def test_check_fails_when_storage_is_unusable(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the storage directory should be")
+    result = depot("check", env={"DEPOT_STORAGE_URL": (blocker / "storage").as_uri()})
+    assert result.exit_code == 1
+    [problem] = [line for line in _lines(result.stderr) if line.startswith("✗ ")]
+    assert problem.startswith("✗ storage unusable: StorageError: cannot write to ")
 
 
 def test_check_refuses_an_invalid_setting() -> None:

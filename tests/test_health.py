@@ -28,7 +28,7 @@ async def test_readyz_checks_the_database(client: httpx.AsyncClient) -> None:
     response = await client.get("/readyz")
     assert response.status_code == 200
     # Without DEPOT_REDIS_URL there is no Redis to check.
-    assert response.json() == {"status": "ok", "checks": {"database": "ok"}}
+    assert response.json() == {"status": "ok", "checks": {"database": "ok", "storage": "ok"}}
 
 
 @pytest.mark.redis
@@ -37,7 +37,10 @@ async def test_readyz_checks_redis(tmp_path: Path) -> None:
     async with serve_app(make_settings(tmp_path, redis_url=redis_url)) as client:
         response = await client.get("/readyz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok", "checks": {"database": "ok", "redis": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "storage": "ok", "redis": "ok"},
+    }
 
 
 async def test_readyz_reports_unreachable_redis_without_its_url(tmp_path: Path) -> None:
@@ -46,7 +49,7 @@ async def test_readyz_reports_unreachable_redis_without_its_url(tmp_path: Path) 
     assert response.status_code == 503
     assert response.json() == {
         "status": "unavailable",
-        "checks": {"database": "ok", "redis": "unavailable"},
+        "checks": {"database": "ok", "storage": "ok", "redis": "unavailable"},
     }
     for secret in ("s3cret", "127.0.0.1", "redis://"):
         assert secret not in response.text
@@ -62,6 +65,33 @@ async def test_readyz_notices_a_lost_database(tmp_path: Path) -> None:
         response = await client.get("/readyz")
         elapsed = time.monotonic() - started
     assert response.status_code == 503
-    assert response.json() == {"status": "unavailable", "checks": {"database": "unavailable"}}
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "unavailable", "storage": "ok"},
+    }
     # Answered within the probe's timeout, plus some slack for a slow machine.
     assert elapsed < PROBE_TIMEOUT_S + 2
+
+
+async def test_readyz_checks_local_storage_can_take_a_file(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the storage directory should be")
+    settings = make_settings(tmp_path, storage_url=(blocker / "storage").as_uri())
+    async with serve_app(settings) as client:
+        response = await client.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {
+        "status": "unavailable",
+        "checks": {"database": "ok", "storage": "unavailable"},
+    }
+    assert "not-a-directory" not in response.text
+
+
+async def test_readyz_checks_the_s3_bucket(tmp_path: Path, s3_url: str) -> None:
+    async with serve_app(make_settings(tmp_path, storage_url=s3_url)) as client:
+        ready = await client.get("/readyz")
+    missing_bucket = s3_url.replace("s3://", "s3://no-such-bucket-", 1)
+    async with serve_app(make_settings(tmp_path, storage_url=missing_bucket)) as client:
+        unready = await client.get("/readyz")
+    assert (ready.status_code, ready.json()["checks"]["storage"]) == (200, "ok")
+    assert (unready.status_code, unready.json()["checks"]["storage"]) == (503, "unavailable")
