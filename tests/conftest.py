@@ -36,7 +36,7 @@ from api.app import create_app
 from core.db import create_engine
 from core.logging import configure_logging
 from core.settings import Settings
-from tests.support import STRONG_SECRET, require_service
+from tests.support import STRONG_SECRET, require_service, storage_root
 
 
 @pytest.fixture(scope="session")
@@ -268,3 +268,25 @@ def s3_url(s3_server: S3Server) -> str:
     finally:
         s3.close()
     return s3_server.storage_url(bucket)
+
+
+@pytest.fixture
+def file_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a file test keeps its bytes: a local directory, or a fresh S3 bucket.
+
+    Local unless a test asks for both with ``on_local_and_s3`` (or for
+    ``"memory"`` by indirect parametrization); the bucket is requested only
+    for S3, so tests on local storage never start moto.
+    """
+    kind = getattr(request, "param", "local")
+    if kind == "s3":
+        url: str = request.getfixturevalue("s3_url")
+        return url
+    if kind == "memory":
+        return "memory://"
+    assert kind == "local", kind
+    return storage_root(tmp_path).as_uri()
+
+
+on_local_and_s3 = pytest.mark.parametrize("file_storage_url", ["local", "s3"], indirect=True)
+"""Run a test whose outcome depends on the storage backend on a directory and on S3."""

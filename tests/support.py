@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
+import boto3
 import httpx
 import jwt
 import pytest
@@ -18,6 +22,9 @@ from sqlmodel import col, select
 from core.db import create_engine, create_sessionmaker
 from core.models import File, User
 from core.settings import Settings
+from storage import file_url_path
+from storage.local import key_path
+from storage.s3 import parse_s3_url
 
 STRONG_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
 
@@ -246,9 +253,90 @@ async def file_rows(settings: Settings) -> int:
 
 
 async def assert_nothing_left(
-    client: httpx.AsyncClient, headers: dict[str, str], settings: Settings, tmp_path: Path
+    client: httpx.AsyncClient, headers: dict[str, str], settings: Settings
 ) -> None:
-    """No usage, no file row and no object (under local storage) left by a failed upload."""
+    """No usage, no file row and no object (nor a temporary one) left by a failed upload."""
     assert await used_bytes(client, headers) == 0
     assert await file_rows(settings) == 0
-    assert stored_objects(storage_root(tmp_path)) == []
+    assert leftover_objects(settings) == []
+
+
+# -- what storage holds, seen from outside Depot ---------------------------------------
+
+
+def leftover_objects(settings: Settings) -> list[str]:
+    """Everything ``settings``' storage holds, looked at behind Depot's back.
+
+    Local: every file under the directory, temporary ones included. S3: every
+    object in the bucket and every multipart upload still pending, which S3
+    bills but never shows as an object. Memory storage lives inside the app,
+    so it cannot be looked at from here.
+    """
+    scheme = urlsplit(settings.storage_url).scheme
+    if scheme == "file":
+        root = file_url_path(settings.storage_url)
+        return [path.relative_to(root).as_posix() for path in stored_objects(root)]
+    if scheme == "s3":
+        location = parse_s3_url(settings.storage_url)
+        with _s3_client(settings) as s3:
+            keys = [
+                item["Key"]
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket)
+                for item in page.get("Contents", [])
+            ]
+            pending = s3.list_multipart_uploads(Bucket=location.bucket).get("Uploads", [])
+        return sorted(keys) + [f"{upload['Key']} (pending multipart upload)" for upload in pending]
+    raise ValueError(f"cannot look inside {scheme}:// storage from outside the app")
+
+
+def read_object(settings: Settings, key: str) -> bytes:
+    """The bytes storage holds under ``key``, read behind Depot's back."""
+    if settings.storage_url.startswith("s3:"):
+        with _s3_client(settings) as s3:
+            response = s3.get_object(Bucket=parse_s3_url(settings.storage_url).bucket, Key=key)
+            data: bytes = response["Body"].read()
+            return data
+    return key_path(file_url_path(settings.storage_url), key).read_bytes()
+
+
+def write_object(settings: Settings, key: str, data: bytes) -> None:
+    """Put ``data`` under ``key`` behind Depot's back (a client that ignores the rules)."""
+    if settings.storage_url.startswith("s3:"):
+        with _s3_client(settings) as s3:
+            s3.put_object(Bucket=parse_s3_url(settings.storage_url).bucket, Key=key, Body=data)
+        return
+    path = key_path(file_url_path(settings.storage_url), key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def delete_object(settings: Settings, key: str) -> None:
+    """Remove ``key`` from storage behind Depot's back (bytes lost outside its control)."""
+    if settings.storage_url.startswith("s3:"):
+        with _s3_client(settings) as s3:
+            s3.delete_object(Bucket=parse_s3_url(settings.storage_url).bucket, Key=key)
+        return
+    key_path(file_url_path(settings.storage_url), key).unlink()
+
+
+@contextmanager
+def _s3_client(settings: Settings) -> Iterator[Any]:
+    """A plain boto3 client for the bucket's endpoint (credentials from ``s3_server``'s env)."""
+    location = parse_s3_url(settings.storage_url)
+    s3 = boto3.client("s3", endpoint_url=location.endpoint_url, region_name=location.region)
+    try:
+        yield s3
+    finally:
+        s3.close()
+
+
+async def follow(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """Send a request to a link Depot handed out, wherever it points.
+
+    Depot's own routes are reached through ``client`` (the app in-process); a
+    presigned S3 URL goes over the network to S3 itself, as a browser's would.
+    """
+    if "X-Amz-Signature" not in httpx.URL(url).params:
+        return await client.request(method, url, **kwargs)
+    async with httpx.AsyncClient() as http:
+        return await http.request(method, url, **kwargs)

@@ -1,4 +1,6 @@
-"""Signed download links: headers, ranges, conditional requests, and refused links."""
+"""Download links: Depot's signed route (headers, ranges, conditional requests, refused
+links) on memory and local storage, and presigned S3 URLs, fetched from S3 itself.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +8,7 @@ from datetime import timedelta
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import jwt
@@ -15,7 +17,7 @@ import pytest
 from core.links import LinkSigner, Purpose
 from core.settings import Settings
 from core.time import utcnow
-from tests.conftest import make_settings
+from tests.conftest import S3Server, make_settings, serve_app
 from tests.support import STRONG_SECRET
 from tests.test_direct_uploads import direct_upload, signed_in
 
@@ -225,3 +227,32 @@ async def test_a_link_with_a_hostile_name_claim_cannot_inject_headers(
     assert disposition.startswith('attachment; filename="evilSet-Cookie: a=b.html"')
     assert "\r" not in disposition
     assert "\n" not in disposition
+
+
+async def test_on_s3_the_link_is_presigned_and_s3_serves_the_named_file(
+    tmp_path: Path, database_url: str, s3_server: S3Server, s3_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path, database_url=database_url, storage_url=s3_url, download_url_minutes=7
+    )
+    async with serve_app(settings) as client:
+        ada = await signed_in(client)
+        file = await direct_upload(client, ada, 'dir/na"me café ✓.txt', DATA)
+        url: str = file["downloadUrl"]
+    # The app is gone: the link needs S3 alone.
+
+    assert url.startswith(f"{s3_server.endpoint_url}/")
+    query = parse_qs(urlsplit(url).query)
+    assert "X-Amz-Signature" in query
+    assert query["X-Amz-Expires"] == ["420"]
+    async with httpx.AsyncClient() as http:
+        response = await http.get(url)
+        ranged = await http.get(url, headers={"Range": "bytes=70000-200000"})
+    assert response.status_code == 200
+    assert response.content == DATA
+    assert response.headers["content-type"] == "application/octet-stream"
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith("attachment; filename=\"name cafe .txt\"; filename*=UTF-8''")
+    assert unquote(disposition.partition("UTF-8''")[2]) == "name café ✓.txt"
+    assert ranged.status_code == 206
+    assert ranged.content == DATA[70000:200001]

@@ -1,4 +1,8 @@
-"""Reading and changing files through GraphQL: lookups, listings, move, copy, trash, purge."""
+"""Reading and changing files through GraphQL: lookups, listings, move, copy, trash, purge.
+
+Files are stored in a local directory; the tests whose outcome depends on the
+backend (copy, purge, a copy that fails in storage) run on S3 too.
+"""
 
 from __future__ import annotations
 
@@ -18,13 +22,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from core.models import Role
 from core.settings import Settings
 from schema.ids import encode_id
-from tests.conftest import make_settings, serve_app
+from tests.conftest import make_settings, on_local_and_s3
 from tests.relay import all_pages, nodes_of
 from tests.support import (
     assert_error,
     bearer,
+    delete_object,
     graphql,
+    leftover_objects,
     only_error,
+    read_object,
     register,
     update_user,
     upload_file,
@@ -93,6 +100,12 @@ async def _ok(
 
 def _made_up_id() -> str:
     return encode_id("File", uuid.uuid4())
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, file_storage_url: str) -> Settings:
+    """Local storage, or S3 for the tests marked ``on_local_and_s3``."""
+    return make_settings(tmp_path, database_url=database_url, storage_url=file_storage_url)
 
 
 # -- finding one file ----------------------------------------------------------------
@@ -304,8 +317,9 @@ async def test_move_renames_unless_the_path_is_taken(client: httpx.AsyncClient) 
     ] == "docs/c.txt"
 
 
+@on_local_and_s3
 async def test_copy_is_a_new_file_that_counts_against_the_quota(
-    client: httpx.AsyncClient, engine: AsyncEngine
+    client: httpx.AsyncClient, engine: AsyncEngine, settings: Settings
 ) -> None:
     ada = await _user(client)
     original = await upload_file(client, ada, "a.txt", b"0123456789")
@@ -321,10 +335,13 @@ async def test_copy_is_a_new_file_that_counts_against_the_quota(
     after = await _usage(client, ada)
     assert after["usedBytes"] == before["usedBytes"] + 10
     assert after["fileCount"] == before["fileCount"] + 1
+    assert len(leftover_objects(settings)) == 2
 
     # The copy has its own bytes: purging the original leaves it whole.
     await _ok(client, PURGE, {"id": original["id"]}, ada)
     assert (await _ok(client, FILE, {"id": copied["id"]}, ada))["sha256"] == original["sha256"]
+    [key] = leftover_objects(settings)
+    assert read_object(settings, key) == b"0123456789"
 
     taken = await graphql(client, COPY, {"id": copied["id"], "path": "b.txt"}, headers=ada)
     assert_error(taken, "CONFLICT")
@@ -336,28 +353,30 @@ async def test_copy_is_a_new_file_that_counts_against_the_quota(
     assert await _usage(client, ada) == {**usage, "quotaBytes": usage["usedBytes"] + 9}
     assert _paths(await _files(client, ada)) == ["b.txt"]
 
+    assert leftover_objects(settings) == [key], "a refused copy stores nothing"
+
     await update_user(engine, "ada@example.com", quota_bytes=usage["usedBytes"] + 10)
     await _ok(client, COPY, {"id": copied["id"], "path": "c.txt"}, ada)
     assert (await _usage(client, ada))["usedBytes"] == usage["usedBytes"] + 10
+    assert len(leftover_objects(settings)) == 2
 
 
-async def test_a_failed_copy_gives_its_bytes_back(tmp_path: Path, database_url: str) -> None:
-    root = tmp_path / "objects"
-    settings = make_settings(tmp_path, database_url=database_url, storage_url=root.as_uri())
-    async with serve_app(settings) as client:
-        ada = await _user(client)
-        original = await upload_file(client, ada, "a.txt", b"0123456789")
-        usage = await _usage(client, ada)
-        # The bytes vanish behind Depot's back, so storage cannot copy them.
-        stored = [path for path in root.rglob("*") if path.is_file()]
-        assert len(stored) == 1
-        stored[0].unlink()
+@on_local_and_s3
+async def test_a_failed_copy_gives_its_bytes_back(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    ada = await _user(client)
+    original = await upload_file(client, ada, "a.txt", b"0123456789")
+    usage = await _usage(client, ada)
+    # The bytes vanish behind Depot's back, so storage cannot copy them.
+    [key] = leftover_objects(settings)
+    delete_object(settings, key)
 
-        failed = await graphql(client, COPY, {"id": original["id"], "path": "b.txt"}, headers=ada)
-        assert_error(failed, "INTERNAL_SERVER_ERROR", requestId=ANY)
-        assert await _usage(client, ada) == usage
-        assert _paths(await _files(client, ada)) == ["a.txt"]
-        assert [path for path in root.rglob("*") if path.is_file()] == []
+    failed = await graphql(client, COPY, {"id": original["id"], "path": "b.txt"}, headers=ada)
+    assert_error(failed, "INTERNAL_SERVER_ERROR", requestId=ANY)
+    assert await _usage(client, ada) == usage
+    assert _paths(await _files(client, ada)) == ["a.txt"]
+    assert leftover_objects(settings) == []
 
 
 async def test_deleted_files_go_to_the_trash_and_come_back(client: httpx.AsyncClient) -> None:
@@ -392,7 +411,10 @@ async def test_deleted_files_go_to_the_trash_and_come_back(client: httpx.AsyncCl
     assert (await _files(client, ada, filter={"trashed": True}))["totalCount"] == 0
 
 
-async def test_purge_frees_the_bytes_for_good(client: httpx.AsyncClient) -> None:
+@on_local_and_s3
+async def test_purge_frees_the_bytes_for_good(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
     ada = await _user(client)
     bob = await _user(client, "bob@example.com")
     live = await upload_file(client, ada, "live.txt", b"12345")
@@ -420,6 +442,9 @@ async def test_purge_frees_the_bytes_for_good(client: httpx.AsyncClient) -> None
     assert_error(foreign, "NOT_FOUND")
     assert (await _ok(client, FILE, {"id": bobs["id"]}, bob))["path"] == "bob.txt"
     assert (await _usage(client, bob))["usedBytes"] == 3
+    # Only Bob's object is left in storage.
+    [key] = leftover_objects(settings)
+    assert read_object(settings, key) == b"bob"
 
 
 @pytest.mark.parametrize(

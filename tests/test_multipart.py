@@ -132,7 +132,7 @@ async def test_multipart_without_csrf_header_is_refused(
     error = assert_error(response.json(), "BAD_REQUEST")
     assert "x-depot-csrf: 1" in error["message"]
     assert "Apollo-Require-Preflight: true" in error["message"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 async def test_apollo_preflight_header_is_accepted(
@@ -164,7 +164,7 @@ async def test_missing_file_part_is_a_bad_request(
 
     error = assert_error(response.json(), "BAD_REQUEST")
     assert "map entry '0' has no file part" in error["message"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 async def test_file_part_not_in_map_is_a_bad_request(
@@ -176,7 +176,7 @@ async def test_file_part_not_in_map_is_a_bad_request(
 
     error = assert_error(response.json(), "BAD_REQUEST")
     assert "part '1' is not in `map`" in error["message"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 async def test_file_part_sent_twice_is_a_bad_request(
@@ -188,7 +188,7 @@ async def test_file_part_sent_twice_is_a_bad_request(
 
     error = assert_error(response.json(), "BAD_REQUEST")
     assert "part '0' was sent twice" in error["message"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ async def test_bad_map_is_refused_before_execution(
     assert response.status_code == 400
     error = assert_error(response.json(), "BAD_REQUEST")
     assert message in error["message"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 @pytest.mark.parametrize(
@@ -256,7 +256,7 @@ async def test_body_without_closing_boundary_is_refused(
 
     error = assert_error(response.json(), "BAD_REQUEST")
     assert "closing boundary" in error["message"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 async def test_missing_boundary_is_refused(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
@@ -326,7 +326,7 @@ async def test_a_file_nobody_reads_does_not_stall_the_request(
         body = (await post(client, auth, parts)).json()
 
     assert [e["extensions"]["code"] for e in body["errors"]] == ["BAD_USER_INPUT"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 # -- streaming and disconnects ----------------------------------------------------------
@@ -419,7 +419,7 @@ async def test_client_that_disconnects_halfway_leaves_nothing(
 
     error = assert_error(response_body(messages), "BAD_REQUEST")
     assert "disconnected" in error["message"]
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
 
 
 async def test_bytes_reach_storage_before_the_body_has_arrived(
@@ -476,5 +476,5 @@ async def test_over_quota_upload_is_answered_before_the_body_ends(
     )
 
     assert_error(response_body(messages), "QUOTA_EXCEEDED")
-    await assert_nothing_left(client, auth, settings, tmp_path)
+    await assert_nothing_left(client, auth, settings)
     assert (await upload_file(client, auth, "small", b"x" * 1024 * 1024))["size"] == 1024 * 1024
