@@ -181,6 +181,8 @@ async def complete_ticket(
             "The uploaded bytes do not match the declared SHA-256; the upload was discarded.",
             field="id",
         )
+    # The file gets a key of its own: the ticket's URL may outlive the ticket
+    # (a presigned S3 URL works until it expires), and must never reach a file.
     file = File(
         owner_id=owner_id,
         path=upload.path,
@@ -188,20 +190,21 @@ async def complete_ticket(
         size=upload.size,
         content_type=_content_type(fingerprint.content_type, upload.content_type),
         sha256=fingerprint.sha256,
-        storage_key=upload.storage_key,
+        storage_key=storage_key(owner_id),
     )
     ending = _Ending.of(upload)
+    moved = False
     try:
         if not await _claim(db, upload.id):
             await db.rollback()
             raise Conflict("This upload has already ended; create a new one to upload again.")
         db.add(file)
-        await db.flush()
-        after = await storage.stat(upload.storage_key)
-        if after.etag != before.etag:
-            # Bytes sent again while they were being checked: check them again.
-            await db.rollback()
-            raise Conflict("The upload changed while it was being completed; complete it again.")
+        await db.flush()  # the live-path index speaks here, before any byte moves
+        await storage.move(ending.storage_key, file.storage_key)
+        moved = True
+        if (await storage.stat(file.storage_key)).etag != before.etag:
+            # Bytes sent again while these were being checked: they were not checked.
+            raise _Changed
         await db.commit()
     except IntegrityError:
         await db.rollback()
@@ -209,7 +212,22 @@ async def complete_ticket(
         raise Conflict(
             f"A file already exists at {file.path!r}; the upload was discarded."
         ) from None
+    except BaseException as exc:
+        # Shielded: whatever stopped us, the ticket stays open with its bytes.
+        with anyio.CancelScope(shield=True):
+            await db.rollback()
+            if moved:
+                await storage.move(file.storage_key, ending.storage_key)
+        if isinstance(exc, _Changed):
+            raise Conflict(
+                "The upload changed while it was being completed; complete it again."
+            ) from None
+        raise
     return file
+
+
+class _Changed(Exception):
+    """The ticket's object was replaced between its check and its move."""
 
 
 def _content_type(sniffed: str, declared: str) -> str:

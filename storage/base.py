@@ -68,6 +68,13 @@ class Storage(Protocol):
         """Server-side copy; the bytes do not pass through Depot."""
         ...
 
+    async def move(self, source: str, target: str) -> None:
+        """Give ``source``'s object the key ``target`` (``ObjectNotFound`` if there is none).
+
+        Inside storage: a rename on disk, a server-side copy and delete on S3.
+        """
+        ...
+
     async def delete(self, key: str) -> None:
         """Remove ``key``; a key that is already gone is not an error."""
         ...

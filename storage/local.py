@@ -127,6 +127,11 @@ class LocalStorage:
         target_path = key_path(self._root, target)
         await anyio.to_thread.run_sync(_copy, source, source_path, target_path)
 
+    async def move(self, source: str, target: str) -> None:
+        source_path = key_path(self._root, source)
+        target_path = key_path(self._root, target)
+        await anyio.to_thread.run_sync(_move, source, source_path, target_path)
+
     async def delete(self, key: str) -> None:
         path = key_path(self._root, key)
         await anyio.to_thread.run_sync(_unlink, path)
@@ -212,6 +217,18 @@ def _probe(root: Path) -> None:
             pass
     except OSError as exc:
         raise StorageError(f"cannot write to {root}: {exc.strerror or exc}") from exc
+
+
+def _move(source: str, source_path: Path, target_path: Path) -> None:
+    if not source_path.is_file():
+        raise ObjectNotFound(source)
+    target_path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(source_path, target_path)
+    except FileNotFoundError:
+        raise ObjectNotFound(source) from None
+    _sync_directory(target_path.parent)
+    _sync_directory(source_path.parent)
 
 
 def _unlink(path: Path) -> None:

@@ -48,6 +48,10 @@ class MemoryStorage:
         body, stat = self._get(source)
         self._objects[target] = (body, Stat(stat.size, stat.etag, utcnow()))
 
+    async def move(self, source: str, target: str) -> None:
+        self._objects[target] = self._get(source)
+        del self._objects[source]
+
     async def delete(self, key: str) -> None:
         self._objects.pop(key, None)
 

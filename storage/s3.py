@@ -220,6 +220,11 @@ class S3Storage:
                 Bucket=bucket, Key=target, CopySource={"Bucket": bucket, "Key": source}
             )
 
+    async def move(self, source: str, target: str) -> None:
+        # S3 has no rename; a single CopyObject takes objects up to 5 GiB.
+        await self.copy(source, target)
+        await self.delete(source)
+
     async def delete(self, key: str) -> None:
         s3 = await self._s3()
         with _errors(key):

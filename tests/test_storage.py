@@ -186,6 +186,21 @@ async def test_copy_is_independent_of_its_source(backend: Backend) -> None:
     assert await backend.leftovers() == backend_files(backend, KEY, target)
 
 
+async def test_move_gives_the_object_a_new_key(backend: Backend) -> None:
+    target = "u/other/moved"
+    await backend.storage.put(KEY, stream(DATA[: 2 * MiB]))
+    etag = (await backend.storage.stat(KEY)).etag
+    await backend.storage.move(KEY, target)
+    await assert_missing(backend.storage, KEY)
+    assert await read(backend.storage, target) == DATA[: 2 * MiB]
+    # The same bytes keep their ETag: how completeUpload knows nothing changed.
+    assert (await backend.storage.stat(target)).etag == etag
+    with pytest.raises(ObjectNotFound):
+        await backend.storage.move(KEY, "u/other/never")
+    await assert_missing(backend.storage, "u/other/never")
+    assert await backend.leftovers() == backend_files(backend, target)
+
+
 async def test_delete_twice(backend: Backend) -> None:
     await backend.storage.put(KEY, stream(b"bytes"))
     await backend.storage.delete(KEY)
