@@ -98,6 +98,9 @@ async def create_ticket(
     size = check_size(size, max_upload_bytes)
     sha256 = check_sha256(sha256)
     media = check_content_type(content_type)
+    # The owner's abandoned tickets give their bytes back before new ones are
+    # reserved, so a quota never stays held by uploads nobody will finish.
+    await expire_tickets(db, storage, utcnow(), owner_id)
     await ensure_path_free(db, owner_id, path)
     key = storage_key(owner_id)
     request = await storage.upload_request(
@@ -272,11 +275,18 @@ async def _abandon(db: AsyncSession, storage: Storage, upload: Upload | _Ending)
         await db.rollback()
 
 
-async def expire_tickets(db: AsyncSession, storage: Storage, now: datetime) -> int:
-    """End every ticket that expired before ``now`` uncompleted; for periodic maintenance."""
-    found = await db.exec(
-        select(Upload).where(col(Upload.completed_at).is_(None), col(Upload.expires_at) <= now)
-    )
+async def expire_tickets(
+    db: AsyncSession, storage: Storage, now: datetime, owner_id: uuid.UUID | None = None
+) -> int:
+    """End every ticket (of ``owner_id``, or everyone's) that expired uncompleted by ``now``.
+
+    Releases their reservations and deletes whatever bytes they received.
+    Returns how many ended.
+    """
+    conditions = [col(Upload.completed_at).is_(None), col(Upload.expires_at) <= now]
+    if owner_id is not None:
+        conditions.append(col(Upload.owner_id) == owner_id)
+    found = await db.exec(select(Upload).where(*conditions))
     ended = 0
     for upload in found.all():
         await _abandon(db, storage, upload)

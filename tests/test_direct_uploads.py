@@ -401,6 +401,22 @@ async def test_an_expired_ticket_is_refused_and_released(
     assert await used_bytes(client, ada) == 0
 
 
+async def test_a_new_ticket_releases_the_owners_expired_ones(
+    client: httpx.AsyncClient, ada: dict[str, str], engine: AsyncEngine, settings: Settings
+) -> None:
+    abandoned = await create_upload(client, ada, path="abandoned", size=3)
+    assert (await put_bytes(client, abandoned, b"abc")).status_code == 204
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(Upload).where(col(Upload.path) == "abandoned").values(expires_at=utcnow())
+        )
+    await create_upload(client, ada, path="next", size=5)
+    assert await used_bytes(client, ada) == 5, "only the new ticket holds quota"
+    assert leftover_objects(settings) == [], "the abandoned ticket's bytes are deleted"
+    error = assert_error(await try_complete_upload(client, ada, abandoned["id"]), "CONFLICT")
+    assert "ended" in error["message"]
+
+
 async def test_direct_uploads_need_a_signed_in_user(client: httpx.AsyncClient) -> None:
     assert_error(
         await graphql(client, CREATE_UPLOAD, {"input": {"path": "f", "size": 1}}), "UNAUTHENTICATED"
