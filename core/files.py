@@ -74,12 +74,13 @@ def _require_live(file: File) -> None:
 
 async def _commit_path(db: AsyncSession, file: File) -> None:
     """Commit a row whose path may clash; the unique index has the last word."""
+    path = file.path  # the rollback below expires the row's attributes
     db.add(file)
     try:
         await db.commit()
     except IntegrityError:
         await db.rollback()
-        raise path_taken(file.path) from None
+        raise path_taken(path) from None
 
 
 async def move(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID, path: str) -> File:

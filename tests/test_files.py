@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from unittest.mock import ANY
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import event
@@ -315,6 +316,29 @@ async def test_move_renames_unless_the_path_is_taken(client: httpx.AsyncClient) 
     assert (await _ok(client, MOVE, {"id": first["id"], "path": "docs/c.txt"}, ada))[
         "path"
     ] == "docs/c.txt"
+
+
+async def test_racing_moves_to_one_path_keep_one_file_there(client: httpx.AsyncClient) -> None:
+    ada = await _user(client)
+    racers = [await upload_file(client, ada, f"racer-{n}.txt", b"x") for n in range(5)]
+    answers: list[dict[str, Any]] = []
+
+    async def move(file: dict[str, Any]) -> None:
+        variables = {"id": file["id"], "path": "prize"}
+        answers.append(await graphql(client, MOVE, variables, headers=ada))
+
+    async with anyio.create_task_group() as tasks:
+        for file in racers:
+            tasks.start_soon(move, file)
+
+    winners = [body for body in answers if "errors" not in body]
+    assert len(winners) == 1, answers
+    for body in answers:
+        if "errors" in body:
+            assert_error(body, "CONFLICT")
+    paths = _paths(await _files(client, ada, orderBy={"field": "PATH"}))
+    assert paths.count("prize") == 1
+    assert len(paths) == len(racers)
 
 
 @on_local_and_s3
