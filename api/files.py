@@ -43,23 +43,20 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     )
 
 
-def _claims(request: Request, purpose: Purpose) -> dict[str, object]:
-    """The verified claims of the link's token, or a refusal that says nothing of the key."""
+def _link(request: Request, purpose: Purpose) -> tuple[str, dict[str, object]]:
+    """The storage key and claims of the link's token, or a refusal that says nothing of it."""
     settings = request.state.settings
     signer = LinkSigner(settings.secret, str(settings.public_base_url))
     try:
-        return signer.verify(purpose, request.path_params["token"])
+        claims = signer.verify(purpose, request.path_params["token"])
     except LinkExpired:
         raise _Refused(_error(410, _GONE)) from None
     except LinkInvalid:
         raise _Refused(_error(403, _INVALID)) from None
-
-
-def _claim_str(claims: dict[str, object], name: str) -> str:
-    value = claims.get(name)
-    if not isinstance(value, str):
+    key = claims.get("key")
+    if not isinstance(key, str):
         raise _Refused(_error(403, _INVALID))
-    return value
+    return key, claims
 
 
 # -- downloads --------------------------------------------------------------------
@@ -128,8 +125,7 @@ async def _stream(storage: Storage, key: str, start: int, end: int) -> AsyncIter
 async def download(request: Request) -> Response:
     """GET or HEAD ``/files/download/<token>``: the file as an attachment, ranges included."""
     try:
-        claims = _claims(request, "download")
-        key = _claim_str(claims, "key")
+        key, claims = _link(request, "download")
     except _Refused as refused:
         return refused.response
     name = claims.get("name")
@@ -219,8 +215,7 @@ async def upload(request: Request) -> Response:
     wins); once ``completeUpload`` ended the ticket, its link is gone.
     """
     try:
-        claims = _claims(request, "upload")
-        key = _claim_str(claims, "key")
+        key, claims = _link(request, "upload")
     except _Refused as refused:
         return refused.response
     size = claims.get("size")
