@@ -1,4 +1,4 @@
-"""SQLModel entities: users, their sessions and credentials, files and upload tickets."""
+"""SQLModel entities: users, their sessions and credentials, files, upload tickets and jobs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,19 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, Enum, ForeignKey, Index, Uuid, func, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    Uuid,
+    func,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from core.time import UTCDateTime, utcnow
@@ -130,7 +142,9 @@ class File(SQLModel, table=True):
     meta: dict[str, Any] = Field(
         default_factory=dict, sa_column=Column("metadata", JSON, nullable=False)
     )
-    produced_by_job_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
+    # No foreign key: SQLite cannot add one to an existing table without
+    # rebuilding it; a job's outputs are removed with it by the code that ends it.
+    produced_by_job_id: uuid.UUID | None = Field(default=None, sa_type=Uuid, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     trashed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
@@ -153,3 +167,82 @@ class Upload(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class JobKind(enum.StrEnum):
+    THUMBNAILS = "thumbnails"
+    CONVERT = "convert"
+    ARCHIVE = "archive"
+    EXTRACT = "extract"
+    VERIFY = "verify"
+
+
+class JobStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Job(SQLModel, table=True):
+    """Work on a user's files, done by a worker: the row is the truth about it.
+
+    ``queued → running → succeeded | failed | cancelled``; a running job whose
+    worker stops sending heartbeats is taken over by the next attempt, up to
+    its kind's limit. ``params`` are the kind's checked parameters.
+    """
+
+    __tablename__ = "job"
+    __table_args__ = (
+        Index("ix_job_owner_created", "owner_id", "created_at", "id"),
+        Index("ix_job_status_updated", "status", "updated_at"),
+        # The same key from the same user names the same job.
+        Index("uq_job_owner_idempotency", "owner_id", "idempotency_key", unique=True),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")]
+    )
+    kind: JobKind = Field(sa_type=_enum(JobKind))
+    params: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=_enum(JobStatus))
+    progress: float = Field(default=0.0, sa_column=Column(Float, nullable=False))
+    message: str | None = Field(default=None, max_length=500)
+    error: str | None = Field(default=None, max_length=2000)
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
+    # Attempts allowed before the job fails; a retryJob grants its kind's number again.
+    max_attempts: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # When the message was last handed to the broker (re-sent when it looks lost).
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class JobInput(SQLModel, table=True):
+    """A file a job reads, in the order the job was given them."""
+
+    __tablename__ = "job_input"
+
+    job_id: uuid.UUID = Field(
+        sa_type=Uuid,
+        sa_column_args=[ForeignKey("job.id", ondelete="CASCADE")],
+        primary_key=True,
+    )
+    position: int = Field(primary_key=True)
+    file_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("file.id", ondelete="CASCADE")], index=True
+    )

@@ -160,6 +160,72 @@ class Settings(BaseSettings):
         le=7 * 24 * 60,
         description="How long a direct-upload ticket (`createUpload`) can be used.",
     )
+    worker_threads: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Jobs one process runs at once: the API's own worker threads in the "
+        "embedded mode, each `depot worker` otherwise.",
+    )
+    max_running_jobs_per_user: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Jobs of one user that run at once; the rest wait, queued.",
+    )
+    job_heartbeat_seconds: float = Field(
+        default=5,
+        gt=0,
+        le=600,
+        description="How often a running job tells the database it is alive.",
+    )
+    job_stale_seconds: float = Field(
+        default=60,
+        gt=0,
+        le=86400,
+        description="A running job silent this long lost its worker: its next attempt "
+        "starts, or it fails once its kind's attempts are used up.",
+    )
+    job_resend_after_seconds: float = Field(
+        default=300,
+        gt=0,
+        le=86400,
+        description="A job queued this long without starting is handed to the broker again.",
+    )
+    job_events_retention_seconds: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="How long a finished job's events can be replayed; its final state "
+        "stays in the database.",
+    )
+    trash_days: float = Field(
+        default=30, gt=0, description="Files in the trash longer than this are purged."
+    )
+    maintenance_interval_seconds: float = Field(
+        default=300,
+        gt=0,
+        le=86400,
+        description="How often maintenance runs (trash, tickets, stuck jobs, events, usage).",
+    )
+    image_max_pixels: int = Field(
+        default=50_000_000,
+        ge=1,
+        description="Largest image (width x height) a job opens; larger ones fail as "
+        "possible decompression bombs.",
+    )
+    archive_max_entries: int = Field(
+        default=10_000, ge=1, description="Most entries an archive may have to be extracted."
+    )
+    archive_max_bytes: int = Field(
+        default=10 * 1024**3,
+        ge=0,
+        description="Most bytes an archive may unpack to in all.",
+    )
+    archive_max_ratio: int = Field(
+        default=200,
+        ge=1,
+        description="Highest compression ratio of an archive entry (a zip-bomb guard).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Lowest level that is logged."
     )

@@ -39,7 +39,7 @@ USER_COLUMNS = {
     "created_at",
     "updated_at",
 }
-TABLES = {"alembic_version", "user", "session", "credential", "file", "upload"}
+TABLES = {"alembic_version", "user", "session", "credential", "file", "upload", "job", "job_input"}
 
 
 async def _inspect(engine: AsyncEngine, look: Callable[[Inspector], T]) -> T:
