@@ -34,9 +34,20 @@ from storage.base import Storage
 logger = structlog.get_logger("depot.files")
 
 
-def storage_key(owner_id: uuid.UUID) -> str:
-    """A fresh opaque key for one of ``owner_id``'s objects; never derived from a path."""
+def storage_key(owner_id: uuid.UUID, job_id: uuid.UUID | None = None) -> str:
+    """A fresh opaque key for one of ``owner_id``'s objects; never derived from a path.
+
+    A job's outputs go under ``output_prefix``, so whatever a failed or killed
+    attempt wrote can be found and deleted without a row naming it.
+    """
+    if job_id is not None:
+        return f"{output_prefix(owner_id, job_id)}{uuid.uuid4().hex}"
     return f"u/{owner_id.hex}/{uuid.uuid4().hex}"
+
+
+def output_prefix(owner_id: uuid.UUID, job_id: uuid.UUID) -> str:
+    """The storage prefix (for ``Storage.delete_prefix``) of every output of one job."""
+    return f"u/{owner_id.hex}/j/{job_id.hex}/"
 
 
 def _not_found() -> NotFound:

@@ -1,7 +1,8 @@
 """The Storage protocol: where file bytes live, behind one small interface.
 
-Keys are opaque strings chosen by Depot (``u/<user id>/<uuid>``), never
-derived from a user's path. Every backend makes a write visible only once it
+Keys are opaque strings chosen by Depot (``u/<user id>/<uuid>``, or
+``u/<user id>/j/<job id>/<uuid>`` for a job's outputs), never derived from a
+user's path. Every backend makes a write visible only once it
 is complete, so no reader ever sees half an object, and leaves nothing
 behind when the bytes it is given fail midway.
 """
@@ -43,6 +44,24 @@ class SignedRequest:
     expires_at: datetime | None = None
 
 
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it names a whole "directory" of keys; ``ValueError`` otherwise.
+
+    A prefix must end with ``/`` and be made of key segments, so a bug can
+    never turn ``delete_prefix`` into wiping the bucket (``""``) or a user's
+    other files (``u/ab`` also matches ``u/abc…``).
+    """
+    segments = prefix.split("/")[:-1]
+    if (
+        not prefix.endswith("/")
+        or "\\" in prefix
+        or "\0" in prefix
+        or any(segment in ("", ".", "..") for segment in segments)
+    ):
+        raise ValueError(f"not a storage prefix (non-empty, ending with '/'): {prefix!r}")
+    return prefix
+
+
 class Storage(Protocol):
     async def put(
         self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
@@ -77,6 +96,17 @@ class Storage(Protocol):
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; a key that is already gone is not an error."""
+        ...
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object whose key starts with ``prefix`` (which ends with ``/``).
+
+        Also removes anything a write under it left unfinished (local temp
+        files, S3 pending multipart uploads), which is how the bytes of a
+        writer that died mid-write are reclaimed. Returns how many objects
+        went; a prefix with nothing under it is not an error. ``ValueError``
+        for an empty prefix or one without the trailing ``/`` (``check_prefix``).
+        """
         ...
 
     async def download_url(

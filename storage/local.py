@@ -4,24 +4,38 @@ A write goes to a temporary file in the target's own directory, is flushed to
 disk and renamed over the target, so a reader sees the old object or the new
 one and never half a file. Blocking file calls run in worker threads, in
 large blocks: one thread hop per megabyte, not one per network chunk.
+
+``delete_prefix`` removes a key prefix's directory with whatever a dead writer
+left in it, then the parents it emptied, so directories do not pile up for
+every job ever run. Writers therefore expect a directory they just made to
+vanish, and make it again (``_in_directory``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_ISDIR, S_ISLNK, S_ISREG
+from typing import TypeVar
 
 import anyio
 
 from core.links import LinkSigner
 from core.time import utcnow
-from storage.base import ObjectNotFound, SignedRequest, Stat, StorageError, TooLarge
+from storage.base import (
+    ObjectNotFound,
+    SignedRequest,
+    Stat,
+    StorageError,
+    TooLarge,
+    check_prefix,
+)
 
 BLOCK = 1024 * 1024
 """Bytes per read, and the least buffered before a write goes to a thread."""
@@ -30,6 +44,11 @@ MAX_PARTS = 512
 """Most chunks handed to one ``writev`` (the kernel takes at most 1024)."""
 
 TEMP_PREFIX = ".tmp-"
+
+DIRECTORY_ATTEMPTS = 5
+"""How often a writer makes its directory again when ``delete_prefix`` keeps removing it."""
+
+T = TypeVar("T")
 
 
 def key_path(root: Path, key: str) -> Path:
@@ -136,6 +155,14 @@ class LocalStorage:
         path = key_path(self._root, key)
         await anyio.to_thread.run_sync(_unlink, path)
 
+    async def delete_prefix(self, prefix: str) -> int:
+        """Delete the prefix's directory, temporary files of dead writers included."""
+        directory = key_path(self._root, check_prefix(prefix).removesuffix("/"))
+        try:
+            return await anyio.to_thread.run_sync(_delete_directory, self._root, directory)
+        except OSError as exc:
+            raise StorageError(f"cannot delete {prefix!r}: {exc.strerror or exc}") from exc
+
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta
     ) -> str:
@@ -165,9 +192,29 @@ class LocalStorage:
 
 def _create_temp(target: Path) -> tuple[int, Path]:
     """An empty, private file next to ``target``: same file system, so the rename is atomic."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+    fd, name = _in_directory(
+        target.parent, lambda: tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX)
+    )
     return fd, Path(name)
+
+
+def _in_directory(directory: Path, create: Callable[[], T]) -> T:
+    """Make ``directory``, then ``create`` something in it.
+
+    A concurrent ``delete_prefix`` may remove the directory, emptied, between
+    the two steps; ``create`` then fails with ``FileNotFoundError`` and is
+    tried again. If the directory is there, the error is ``create``'s own
+    (a missing source) and propagates.
+    """
+    for _ in range(DIRECTORY_ATTEMPTS - 1):
+        directory.mkdir(parents=True, exist_ok=True)
+        try:
+            return create()
+        except FileNotFoundError:
+            if directory.is_dir():
+                raise
+    directory.mkdir(parents=True, exist_ok=True)
+    return create()
 
 
 def _write(fd: int, parts: list[bytes]) -> None:
@@ -222,9 +269,8 @@ def _probe(root: Path) -> None:
 def _move(source: str, source_path: Path, target_path: Path) -> None:
     if not source_path.is_file():
         raise ObjectNotFound(source)
-    target_path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.replace(source_path, target_path)
+        _in_directory(target_path.parent, lambda: os.replace(source_path, target_path))
     except FileNotFoundError:
         raise ObjectNotFound(source) from None
     _sync_directory(target_path.parent)
@@ -238,6 +284,61 @@ def _unlink(path: Path) -> None:
         pass
     except IsADirectoryError:
         raise StorageError(f"{path} is a directory") from None
+
+
+def _delete_directory(root: Path, directory: Path) -> int:
+    """Delete ``directory`` (under ``root``) with all it holds, then the parents it emptied.
+
+    Returns how many objects went; temporary files go too but are not objects.
+    A symbolic link on the way from ``root`` is refused, and links inside are
+    removed, never followed: nothing outside ``root`` is touched.
+    """
+    current = root
+    for segment in directory.relative_to(root).parts:
+        current = current / segment
+        try:
+            mode = os.lstat(current).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return 0  # nothing was ever stored under the prefix
+        if S_ISLNK(mode):
+            raise StorageError(f"{current} is a symbolic link; not following it out of storage")
+        if not S_ISDIR(mode):
+            return 0  # an object whose key is the prefix without its "/": not under it
+    count = _delete_contents(directory)
+    current = directory
+    while current != root and _remove_if_empty(current):
+        current = current.parent
+    return count
+
+
+def _delete_contents(directory: Path) -> int:
+    count = 0
+    with os.scandir(directory) as scan:
+        entries = list(scan)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir(follow_symlinks=False):
+            count += _delete_contents(path)
+            _remove_if_empty(path)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()  # a symbolic link itself, never its target
+            if not entry.name.startswith(TEMP_PREFIX):
+                count += 1
+    return count
+
+
+def _remove_if_empty(directory: Path) -> bool:
+    """Remove ``directory`` unless something is in it; ``True`` if it is gone."""
+    try:
+        directory.rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+            return False  # a concurrent write, or a parent holding other keys
+        raise
+    return True
 
 
 def _sync_directory(path: Path) -> None:

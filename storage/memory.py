@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from core.links import LinkSigner
 from core.time import utcnow
-from storage.base import ObjectNotFound, SignedRequest, Stat, TooLarge
+from storage.base import ObjectNotFound, SignedRequest, Stat, TooLarge, check_prefix
 
 CHUNK = 64 * 1024
 
@@ -54,6 +54,14 @@ class MemoryStorage:
 
     async def delete(self, key: str) -> None:
         self._objects.pop(key, None)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Drop the keys under ``prefix``; an unfinished put only ever lived in its own frame."""
+        check_prefix(prefix)
+        doomed = [key for key in self._objects if key.startswith(prefix)]
+        for key in doomed:
+            del self._objects[key]
+        return len(doomed)
 
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta

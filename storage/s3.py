@@ -28,13 +28,23 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 
 from core.content import content_disposition
 from core.time import utcnow
-from storage.base import ObjectNotFound, SignedRequest, Stat, StorageError, TooLarge
+from storage.base import (
+    ObjectNotFound,
+    SignedRequest,
+    Stat,
+    StorageError,
+    TooLarge,
+    check_prefix,
+)
 
 PART_SIZE = 8 * 1024 * 1024
 """Bytes buffered per multipart part (S3 needs at least 5 MiB for all but the last)."""
 
 CHUNK = 1024 * 1024
 """Bytes per chunk when streaming an object out."""
+
+DELETE_BATCH = 1000
+"""Keys per DeleteObjects request (S3 takes at most 1000), and per listed page."""
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 
@@ -229,6 +239,57 @@ class S3Storage:
         s3 = await self._s3()
         with _errors(key):
             await s3.delete_object(Bucket=self._location.bucket, Key=key)
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Abort the prefix's pending multipart uploads, then delete its objects in batches.
+
+        Uploads first: a dead writer's parts are billed but never listed as
+        objects, and aborting them leaves no upload that could still complete.
+        """
+        check_prefix(prefix)
+        s3 = await self._s3()
+        bucket = self._location.bucket
+        pages = {"Bucket": bucket, "Prefix": prefix, "PaginationConfig": {"PageSize": DELETE_BATCH}}
+        with _errors(prefix):
+            async for page in s3.get_paginator("list_multipart_uploads").paginate(**pages):
+                for upload in page.get("Uploads", []):
+                    await self._abort(upload["Key"], upload["UploadId"])
+            deleted = 0
+            batch: list[str] = []
+            async for page in s3.get_paginator("list_objects_v2").paginate(**pages):
+                batch += [item["Key"] for item in page.get("Contents", [])]
+                while len(batch) >= DELETE_BATCH:
+                    deleted += await self._delete_batch(batch[:DELETE_BATCH])
+                    del batch[:DELETE_BATCH]
+            if batch:
+                deleted += await self._delete_batch(batch)
+        return deleted
+
+    async def _abort(self, key: str, upload_id: str) -> None:
+        s3 = await self._s3()
+        try:
+            await s3.abort_multipart_upload(
+                Bucket=self._location.bucket, Key=key, UploadId=upload_id
+            )
+        except ClientError as exc:
+            if _code(exc) != "NoSuchUpload":  # completed or aborted since it was listed
+                raise
+
+    async def _delete_batch(self, keys: list[str]) -> int:
+        """Delete up to 1000 keys in one request; a key S3 would not delete is a StorageError."""
+        s3 = await self._s3()
+        response = await s3.delete_objects(
+            Bucket=self._location.bucket,
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        errors = response.get("Errors", [])
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"S3 kept {len(errors)} of {len(keys)} objects, e.g. {first.get('Key')!r}: "
+                f"{first.get('Code')} {first.get('Message')}"
+            )
+        return len(keys)
 
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta

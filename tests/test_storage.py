@@ -8,7 +8,10 @@ directory, pending multipart uploads in the bucket.
 
 from __future__ import annotations
 
+import os
 import random
+import tempfile
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,13 +24,15 @@ import httpx
 import pytest
 
 from core.content import content_disposition
+from core.files import output_prefix, storage_key
 from core.links import LinkSigner
 from core.settings import Settings
 from storage import ObjectNotFound, Storage, StorageError, TooLarge, open_storage
-from storage.local import LocalStorage
+from storage.local import TEMP_PREFIX, LocalStorage, _in_directory
 from storage.memory import MemoryStorage
 from storage.s3 import S3Storage, parse_s3_url
 from tests.conftest import S3Server, make_settings
+from tests.support import _s3_client, leftover_objects
 
 pytestmark = pytest.mark.anyio
 
@@ -255,6 +260,186 @@ async def test_cancellation_midway_leaves_nothing(backend: Backend) -> None:
         group.cancel_scope.cancel()
     await assert_missing(backend.storage, KEY)
     assert await backend.leftovers() == []
+
+
+PREFIX = "u/a/j/b/"
+UNDER = ["u/a/j/b/1", "u/a/j/b/2", "u/a/j/b/deeper/3"]
+BESIDE = ["u/a/j/bc/1", "u/a/x", "u/a/j/c/1"]
+"""Keys that share the prefix's characters (``u/a/j/b`` + ``c``) but not its "directory"."""
+
+
+async def put_all(storage: Storage, keys: list[str]) -> None:
+    for key in keys:
+        await storage.put(key, stream(key.encode()))
+
+
+async def test_delete_prefix_removes_exactly_the_objects_under_it(backend: Backend) -> None:
+    await put_all(backend.storage, UNDER + BESIDE)
+    assert await backend.storage.delete_prefix(PREFIX) == len(UNDER)
+    for key in UNDER:
+        await assert_missing(backend.storage, key)
+    for key in BESIDE:
+        assert await read(backend.storage, key) == key.encode()
+    assert await backend.leftovers() == backend_files(backend, *BESIDE)
+    assert await backend.storage.delete_prefix(PREFIX) == 0
+
+    # An object whose key is the prefix without its "/" is not under it.
+    assert await backend.storage.delete_prefix("u/a/x/") == 0
+    assert await read(backend.storage, "u/a/x") == b"u/a/x"
+    if backend.root is not None:
+        assert not (backend.root / "u/a/j/b").exists()
+        assert (backend.root / "u/a/j").is_dir()  # still holds bc/ and c/
+
+
+async def test_delete_prefix_of_nothing_is_not_an_error(backend: Backend) -> None:
+    assert await backend.storage.delete_prefix("u/nobody/j/nothing/") == 0
+    await put_all(backend.storage, BESIDE)
+    assert await backend.storage.delete_prefix(PREFIX) == 0
+    assert await backend.leftovers() == backend_files(backend, *BESIDE)
+
+
+async def test_delete_prefix_refuses_what_is_not_a_whole_prefix(backend: Backend) -> None:
+    await put_all(backend.storage, UNDER)
+    for bad in ["", "u/a/j/b", "u/a/j/b/1", "/", "/u/a/", "u//", "u/../", "u/./a/", "u\\a/"]:
+        with pytest.raises(ValueError, match="not a storage prefix"):
+            await backend.storage.delete_prefix(bad)
+    for key in UNDER:
+        assert await read(backend.storage, key) == key.encode()
+
+
+async def test_delete_prefix_takes_a_jobs_outputs_and_nothing_else(backend: Backend) -> None:
+    owner, job, other_job = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    outputs = [storage_key(owner, job) for _ in range(3)]
+    kept = [storage_key(owner), storage_key(owner, other_job), storage_key(uuid.uuid4(), job)]
+    assert all(key.startswith(f"u/{owner.hex}/j/{job.hex}/") for key in outputs)
+    assert not kept[0].startswith(f"u/{owner.hex}/j/")
+    await put_all(backend.storage, outputs + kept)
+    assert await backend.storage.delete_prefix(output_prefix(owner, job)) == 3
+    assert await backend.leftovers() == backend_files(backend, *kept)
+    for key in kept:
+        assert await read(backend.storage, key) == key.encode()
+
+
+async def test_delete_prefix_removes_the_directories_it_emptied(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    storage = open_storage(make_settings(tmp_path, storage_url=root.as_uri()))
+    await put_all(storage, UNDER + BESIDE)
+    for prefix in [PREFIX, "u/a/j/bc/", "u/a/j/c/"]:
+        await storage.delete_prefix(prefix)
+    assert sorted(path.relative_to(root).as_posix() for path in root.rglob("*")) == [
+        "u",
+        "u/a",
+        "u/a/x",
+    ]
+    assert await storage.delete_prefix("u/") == 1
+    assert list(root.iterdir()) == []  # the root itself stays
+    await storage.put("u/a/j/b/again", stream(b"the directories come back"))
+    assert await read(storage, "u/a/j/b/again") == b"the directories come back"
+    await storage.aclose()
+
+
+def dead_writers_temp_file(directory: Path) -> Path:
+    """What a ``put`` killed mid-write leaves: a temporary file named as ``put`` names them."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+    os.write(fd, b"half an output")
+    os.close(fd)
+    return Path(name)
+
+
+async def test_local_delete_prefix_removes_a_dead_writers_temp_files(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    storage = open_storage(make_settings(tmp_path, storage_url=root.as_uri()))
+    await put_all(storage, ["u/a/j/b/finished", "u/a/j/bc/1"])
+    dead = [dead_writers_temp_file(root / "u/a/j/b"), dead_writers_temp_file(root / "u/a/j/b/d")]
+    alive = dead_writers_temp_file(root / "u/a/j/bc")
+    only_temp = dead_writers_temp_file(root / "u/a/j/e")
+
+    # Temporary files go, but only objects are counted.
+    assert await storage.delete_prefix(PREFIX) == 1
+    assert await storage.delete_prefix("u/a/j/e/") == 0
+    await storage.aclose()
+    assert not any(path.exists() for path in [*dead, only_temp])
+    assert sorted(path.relative_to(root) for path in root.rglob("*") if path.is_file()) == sorted(
+        [Path("u/a/j/bc/1"), alive.relative_to(root)]
+    )
+
+
+async def test_local_delete_prefix_never_follows_links_out_of_storage(tmp_path: Path) -> None:
+    root = tmp_path / "storage"
+    outside = tmp_path / "outside"
+    (outside / "j/b").mkdir(parents=True)
+    precious = outside / "j/b/precious"
+    precious.write_bytes(b"not Depot's")
+    storage = open_storage(make_settings(tmp_path, storage_url=root.as_uri()))
+    await put_all(storage, ["u/a/j/b/1"])
+    (root / "u/a/j/b/dir-link").symlink_to(outside, target_is_directory=True)
+    (root / "u/a/j/b/file-link").symlink_to(precious)
+    (root / "u/evil").symlink_to(outside, target_is_directory=True)
+
+    await storage.delete_prefix(PREFIX)
+    assert not (root / "u/a").exists()
+    with pytest.raises(StorageError, match="symbolic link"):
+        await storage.delete_prefix("u/evil/j/b/")
+    await storage.aclose()
+    assert precious.read_bytes() == b"not Depot's"
+
+
+def test_a_writer_makes_its_directory_again_if_delete_prefix_removed_it(tmp_path: Path) -> None:
+    """The race between ``put``'s mkdir and its temp file, with a real rmdir in between."""
+    directory = tmp_path / "u/a/j/b"
+    removals = []
+
+    def create_after_a_concurrent_delete() -> tuple[int, str]:
+        if not removals:
+            removals.append(directory)
+            directory.rmdir()  # what delete_prefix does to a directory it emptied
+        return tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX)
+
+    fd, name = _in_directory(directory, create_after_a_concurrent_delete)
+    os.close(fd)
+    assert removals == [directory]
+    assert Path(name).parent == directory
+    with pytest.raises(FileNotFoundError):  # a missing source is still reported
+        _in_directory(directory, lambda: os.replace(tmp_path / "missing", directory / "x"))
+
+
+async def test_s3_delete_prefix_aborts_a_dead_writers_multipart_uploads(
+    s3_url: str, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, storage_url=s3_url)
+    bucket = parse_s3_url(s3_url).bucket
+    with _s3_client(settings) as s3:
+        for key in ["u/a/j/b/dying", "u/a/j/b/d/dying", "u/a/j/bc/alive"]:
+            upload = s3.create_multipart_upload(Bucket=bucket, Key=key)
+            s3.upload_part(
+                Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"part"
+            )
+    storage = open_storage(settings)
+    try:
+        await put_all(storage, ["u/a/j/b/finished"])
+        assert await storage.delete_prefix(PREFIX) == 1
+    finally:
+        await storage.aclose()
+    with _s3_client(settings) as s3:
+        assert s3.list_multipart_uploads(Bucket=bucket, Prefix=PREFIX).get("Uploads", []) == []
+    assert leftover_objects(settings) == ["u/a/j/bc/alive (pending multipart upload)"]
+
+
+async def test_s3_delete_prefix_pages_and_batches(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More objects than one listing page and one DeleteObjects call hold (2 here, 1000 live)."""
+    monkeypatch.setattr("storage.s3.DELETE_BATCH", 2)
+    settings = make_settings(tmp_path, storage_url=s3_url)
+    under = [f"{PREFIX}{n}" for n in range(7)]
+    storage = open_storage(settings)
+    try:
+        await put_all(storage, under + BESIDE)
+        assert await storage.delete_prefix(PREFIX) == len(under)
+    finally:
+        await storage.aclose()
+    assert leftover_objects(settings) == sorted(BESIDE)
 
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
