@@ -1,0 +1,426 @@
+"""The event bus: ordered, replayable streams of events, delivered live.
+
+A stream holds one job's events (``job:<id>``) or one user's (``user:<id>``).
+Each event gets a cursor, ``<milliseconds>-<sequence>`` like a Redis Streams
+id; cursors order the events of one stream. :func:`follow` gives a subscriber
+every event after a cursor and then the live ones, with no gap and no
+duplicate, whatever happens between the two.
+
+Two backends share that contract. :class:`MemoryEventLog` serves the embedded
+mode: the API and its in-process workers run on different threads, so it is
+thread-safe. :class:`RedisEventLog` keeps streams in Redis Streams (``XADD``
+and ``PUBLISH`` in one script); each process holds one Pub/Sub connection and
+fans events out to its own subscribers, so a subscriber on any replica sees
+events written by any worker. When that connection drops, subscribers re-read
+their streams from their last cursor once it is back.
+
+The log is transport, not the truth: a job's final state is in the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+logger = structlog.get_logger("depot.events")
+
+# Events a slow subscriber may fall behind before it re-reads the log instead.
+LISTENER_BACKLOG: Final = 256
+PAGE: Final = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    cursor: str
+    data: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return parse_cursor(self.cursor)
+
+
+class BadCursor(ValueError):
+    """A cursor that no stream ever handed out."""
+
+
+def parse_cursor(cursor: str) -> tuple[int, int]:
+    """``"<ms>-<seq>"`` as a comparable pair, or :class:`BadCursor`."""
+    ms, sep, seq = cursor.partition("-")
+    if not sep or not ms.isdigit() or not seq.isdigit() or len(cursor) > 41:
+        raise BadCursor(f"{cursor!r} is not an event cursor.")
+    return int(ms), int(seq)
+
+
+class _Resync:
+    """Tells a listener that events may have been missed: re-read the log."""
+
+
+RESYNC: Final = _Resync()
+
+
+class Listener:
+    """One live subscription to a stream, read on the event loop that opened it.
+
+    Events may be delivered from any thread. A listener that falls
+    ``LISTENER_BACKLOG`` events behind drops them and is told to re-read the
+    log, so a stalled client costs bounded memory and loses nothing.
+    """
+
+    __slots__ = ("_loop", "queue")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[Event | _Resync] = asyncio.Queue(LISTENER_BACKLOG)
+
+    def deliver(self, item: Event | _Resync) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
+            self._loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: Event | _Resync) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(RESYNC)
+
+
+class _Fanout:
+    """This process's listeners, by stream; safe to use from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._listeners: dict[str, set[Listener]] = {}
+
+    def add(self, stream: str, listener: Listener) -> None:
+        with self._lock:
+            self._listeners.setdefault(stream, set()).add(listener)
+
+    def remove(self, stream: str, listener: Listener) -> None:
+        with self._lock:
+            listeners = self._listeners.get(stream)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[stream]
+
+    def dispatch(self, stream: str, item: Event | _Resync) -> None:
+        with self._lock:
+            listeners = list(self._listeners.get(stream, ()))
+        for listener in listeners:
+            listener.deliver(item)
+
+    def resync_all(self) -> None:
+        with self._lock:
+            listeners = [lis for group in self._listeners.values() for lis in group]
+        for listener in listeners:
+            listener.deliver(RESYNC)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return sum(len(group) for group in self._listeners.values())
+
+
+class EventLog(Protocol):
+    """Ordered, replayable event streams with live delivery."""
+
+    async def append(
+        self, stream: str, data: Mapping[str, Any], *, max_len: int | None = None
+    ) -> Event:
+        """Add an event at the end of ``stream`` (trimmed to about ``max_len``)."""
+        ...
+
+    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Event]:
+        """Up to ``limit`` events after cursor ``after`` (from the start when None)."""
+        ...
+
+    async def last(self, stream: str) -> str | None:
+        """The cursor of the newest event of ``stream``; None when it has none."""
+        ...
+
+    async def expire(self, stream: str, seconds: int) -> None:
+        """Forget ``stream`` ``seconds`` from now."""
+        ...
+
+    async def trim(self, stream: str, before_ms: int) -> None:
+        """Drop the events of ``stream`` older than ``before_ms`` (Unix milliseconds)."""
+        ...
+
+    async def prune(self) -> int:
+        """Forget the streams whose time is up; returns how many."""
+        ...
+
+    def listen(self, stream: str) -> contextlib.AbstractAsyncContextManager[Listener]:
+        """Live events of ``stream`` while the context lasts."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+async def follow(
+    log: EventLog,
+    stream: str,
+    after: str | None = None,
+    *,
+    caught_up: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
+) -> AsyncIterator[Event]:
+    """Every event of ``stream`` after ``after``, in order, then each live one.
+
+    The listener is registered before the log is read, so an event written
+    in between arrives both ways; cursors drop the second copy. Each time the
+    log has been read to its end (at the start, and after a lost connection),
+    ``caught_up`` may supply one more event from elsewhere — the database's
+    final state of a job whose events are gone; it gets the next cursor.
+    """
+    last = parse_cursor(after) if after is not None else (-1, -1)
+    cursor = after
+    async with log.listen(stream) as listener:
+        while True:
+            while True:
+                page = await log.read(stream, cursor)
+                for event in page:
+                    if event.key > last:
+                        last, cursor = event.key, event.cursor
+                        yield event
+                if len(page) < PAGE:
+                    break
+            if caught_up is not None:
+                data = await caught_up()
+                if data is not None:
+                    last = (max(last[0], 0), last[1] + 1)
+                    cursor = f"{last[0]}-{last[1]}"
+                    yield Event(cursor, data)
+            while True:
+                item = await listener.queue.get()
+                if isinstance(item, _Resync):
+                    break
+                if item.key > last:
+                    last, cursor = item.key, item.cursor
+                    yield item
+
+
+class _Stream:
+    __slots__ = ("events", "expires_at", "last")
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self.last = (0, 0)
+        self.expires_at: float | None = None
+
+
+class MemoryEventLog:
+    """Streams in this process's memory: the embedded mode's bus."""
+
+    def __init__(self, clock: Any = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._streams: dict[str, _Stream] = {}
+        self._fanout = _Fanout()
+
+    def _live(self, stream: str) -> _Stream | None:
+        found = self._streams.get(stream)
+        if found is not None and found.expires_at is not None and found.expires_at <= self._clock():
+            del self._streams[stream]
+            return None
+        return found
+
+    async def append(
+        self, stream: str, data: Mapping[str, Any], *, max_len: int | None = None
+    ) -> Event:
+        with self._lock:
+            found = self._live(stream)
+            if found is None:
+                found = self._streams[stream] = _Stream()
+            ms = int(self._clock() * 1000)
+            key = (ms, 0) if ms > found.last[0] else (found.last[0], found.last[1] + 1)
+            found.last = key
+            event = Event(f"{key[0]}-{key[1]}", dict(data))
+            found.events.append(event)
+            if max_len is not None and len(found.events) > max_len:
+                del found.events[: len(found.events) - max_len]
+        self._fanout.dispatch(stream, event)
+        return event
+
+    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Event]:
+        last = parse_cursor(after) if after is not None else (-1, -1)
+        with self._lock:
+            found = self._live(stream)
+            events = list(found.events) if found is not None else []
+        # Cursors grow along the list: skip what the reader has seen by bisection.
+        lo, hi = 0, len(events)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if events[mid].key <= last:
+                lo = mid + 1
+            else:
+                hi = mid
+        return events[lo : lo + limit]
+
+    async def last(self, stream: str) -> str | None:
+        with self._lock:
+            found = self._live(stream)
+            return found.events[-1].cursor if found is not None and found.events else None
+
+    async def expire(self, stream: str, seconds: int) -> None:
+        with self._lock:
+            found = self._streams.get(stream)
+            if found is not None:
+                found.expires_at = self._clock() + seconds
+
+    async def trim(self, stream: str, before_ms: int) -> None:
+        with self._lock:
+            found = self._live(stream)
+            if found is not None:
+                found.events = [e for e in found.events if e.key[0] >= before_ms]
+
+    async def prune(self) -> int:
+        with self._lock:
+            names = list(self._streams)
+            return sum(1 for name in names if self._live(name) is None)
+
+    def streams(self) -> list[str]:
+        """Names of the streams held (for maintenance)."""
+        with self._lock:
+            return list(self._streams)
+
+    @contextlib.asynccontextmanager
+    async def listen(self, stream: str) -> AsyncIterator[Listener]:
+        listener = Listener()
+        self._fanout.add(stream, listener)
+        try:
+            yield listener
+        finally:
+            self._fanout.remove(stream, listener)
+
+    async def aclose(self) -> None:
+        return None
+
+
+# XADD and PUBLISH as one step: a subscriber never sees an event the log lacks,
+# nor misses one the log has (it re-reads the log after reconnecting).
+_APPEND = """
+local id
+if tonumber(ARGV[2]) > 0 then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'd', ARGV[1])
+else
+  id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[1])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\\n' .. id .. '\\n' .. ARGV[1])
+return id
+"""
+
+KEY_PREFIX: Final = "depot:events:"
+CHANNEL: Final = "depot:events"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event(cursor: bytes | str | None, fields: Mapping[Any, Any] | None) -> Event:
+    assert cursor is not None
+    assert fields is not None
+    return Event(_text(cursor), json.loads(fields[b"d"]))
+
+
+class RedisEventLog:
+    """Streams in Redis Streams, delivered live through one Pub/Sub connection.
+
+    The Pub/Sub reader starts with the first listener, so a process that only
+    writes (a worker) never opens one.
+    """
+
+    def __init__(self, redis: Redis, *, reconnect_delay: float = 0.5) -> None:
+        self._redis = redis
+        self._append = redis.register_script(_APPEND)
+        self._fanout = _Fanout()
+        self._reader: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+        self._reconnect_delay = reconnect_delay
+
+    async def append(
+        self, stream: str, data: Mapping[str, Any], *, max_len: int | None = None
+    ) -> Event:
+        payload = json.dumps(data, separators=(",", ":"))
+        cursor = await self._append(
+            keys=[KEY_PREFIX + stream], args=[payload, max_len or 0, CHANNEL, stream]
+        )
+        return Event(_text(cursor), dict(data))
+
+    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Event]:
+        if after is not None:
+            parse_cursor(after)
+        start = "-" if after is None else f"({after}"
+        rows = await self._redis.xrange(KEY_PREFIX + stream, min=start, max="+", count=limit)
+        return [_event(cursor, fields) for cursor, fields in rows or ()]
+
+    async def last(self, stream: str) -> str | None:
+        rows = await self._redis.xrevrange(KEY_PREFIX + stream, max="+", min="-", count=1)
+        return _text(rows[0][0] or b"") if rows else None
+
+    async def expire(self, stream: str, seconds: int) -> None:
+        await self._redis.expire(KEY_PREFIX + stream, seconds)
+
+    async def trim(self, stream: str, before_ms: int) -> None:
+        await self._redis.xtrim(KEY_PREFIX + stream, minid=f"{before_ms}-0", approximate=False)
+
+    async def prune(self) -> int:
+        return 0  # Redis forgets expired streams itself
+
+    @contextlib.asynccontextmanager
+    async def listen(self, stream: str) -> AsyncIterator[Listener]:
+        if self._reader is None or self._reader.done():
+            self._subscribed.clear()
+            self._reader = asyncio.create_task(self._read_forever(), name="depot-event-reader")
+        await self._subscribed.wait()
+        listener = Listener()
+        self._fanout.add(stream, listener)
+        try:
+            yield listener
+        finally:
+            self._fanout.remove(stream, listener)
+
+    async def _read_forever(self) -> None:
+        first = True
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    if not first:
+                        logger.info("event bus reconnected")
+                        self._fanout.resync_all()
+                    first = False
+                    self._subscribed.set()
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            self._dispatch(message["data"])
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                logger.warning("event bus connection lost; reconnecting", error=str(exc))
+                await asyncio.sleep(self._reconnect_delay)
+
+    def _dispatch(self, raw: bytes | str) -> None:
+        stream, cursor, payload = _text(raw).split("\n", 2)
+        self._fanout.dispatch(stream, Event(cursor, json.loads(payload)))
+
+    async def aclose(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+
+
+def open_event_log(redis: Redis | None) -> EventLog:
+    """Redis Streams when Redis is configured, else this process's memory."""
+    return RedisEventLog(redis) if redis is not None else MemoryEventLog()
