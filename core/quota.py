@@ -30,7 +30,7 @@ async def reserve(db: AsyncSession, user_id: uuid.UUID, size: int) -> None:
     )
     await db.commit()
     if result.rowcount != 1:
-        raise QuotaExceeded("This upload would go over your storage quota.")
+        raise QuotaExceeded("This file would go over your storage quota.")
 
 
 async def release(db: AsyncSession, user_id: uuid.UUID, size: int) -> None:

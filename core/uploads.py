@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from sqlalchemy.exc import IntegrityError
@@ -86,8 +86,13 @@ async def store_upload(
     owner_id: uuid.UUID,
     path: str | None,
     incoming: IncomingFile,
+    *,
+    produced_by: uuid.UUID | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> models.File:
     """Store ``incoming`` as ``owner_id``'s file at ``path`` (default: its filename).
+
+    A job's output names the job (``produced_by``) and may carry ``meta``.
 
     Raises ``BAD_USER_INPUT`` for a bad path, ``CONFLICT`` for a path in use,
     ``QUOTA_EXCEEDED`` past the quota or ``settings.max_upload_bytes``, and
@@ -96,7 +101,7 @@ async def store_upload(
     path = normalize_path(incoming.filename or "" if path is None else path)
     # Checked again by the unique index on insert; this spares a doomed transfer.
     await ensure_path_free(db, owner_id, path)
-    key = storage_key(owner_id)
+    key = storage_key(owner_id, job_id=produced_by)
     reservation = _Reservation(db, owner_id)
     chunks = reservation.through(incoming)
     fingerprint = Fingerprint(chunks)
@@ -117,6 +122,8 @@ async def store_upload(
             content_type=fingerprint.content_type,
             sha256=fingerprint.sha256,
             storage_key=key,
+            produced_by_job_id=produced_by,
+            meta=meta or {},
         )
         db.add(file)
         try:

@@ -1,0 +1,485 @@
+"""A job's life in the database, which is the truth about it.
+
+``queued → running → succeeded | failed | cancelled``. Every change is one
+conditional UPDATE on the state it was decided from, so two workers handed
+the same message (Dramatiq delivers at least once), a worker and a
+``cancelJob``, or maintenance and a late worker cannot both win: each job
+reaches exactly one final status. The broker and the event log are transport;
+whoever changes a job publishes the change after committing it.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+import structlog
+from sqlalchemy import func, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import files
+from core.errors import BadUserInput, Conflict, NotFound
+from core.events import Event, EventLog
+from core.models import FINAL_STATUSES, File, Job, JobInput, JobKind, JobStatus
+from core.time import utcnow
+from storage.base import Storage, StorageError
+
+logger = structlog.get_logger("depot.jobs")
+
+# Events a user's own stream keeps (older ones are trimmed as new ones come).
+USER_STREAM_LENGTH: Final = 1000
+MAX_IDEMPOTENCY_KEY: Final = 255
+
+
+def job_stream(job_id: uuid.UUID) -> str:
+    return f"job:{job_id}"
+
+
+def user_stream(user_id: uuid.UUID) -> str:
+    return f"user:{user_id}"
+
+
+def _not_found() -> NotFound:
+    return NotFound("No such job.")
+
+
+# ----------------------------------------------------------------- events
+
+
+def status_data(job: Job, at: datetime | None = None) -> dict[str, Any]:
+    """A job event: the job's state as it is now."""
+    return {
+        "type": "JOB_STATUS",
+        "jobId": str(job.id),
+        "status": job.status.value,
+        "progress": job.progress,
+        "message": job.message,
+        "at": (at or utcnow()).isoformat(),
+    }
+
+
+async def publish_status(events: EventLog, job: Job, *, retention_seconds: int) -> Event:
+    """Tell the job's and its owner's subscribers; a final event starts the retention clock."""
+    data = status_data(job)
+    event = await events.append(job_stream(job.id), data)
+    await events.append(user_stream(job.owner_id), data, max_len=USER_STREAM_LENGTH)
+    if job.status.is_final:
+        await events.expire(job_stream(job.id), retention_seconds)
+    return event
+
+
+async def publish_file(events: EventLog, file: File, *, deleted: bool) -> None:
+    """Tell the owner's subscribers that one of their files was created or deleted."""
+    await events.append(
+        user_stream(file.owner_id),
+        {
+            "type": "FILE_DELETED" if deleted else "FILE_CREATED",
+            "fileId": str(file.id),
+            "path": file.path,
+            "jobId": str(file.produced_by_job_id) if file.produced_by_job_id else None,
+            "at": utcnow().isoformat(),
+        },
+        max_len=USER_STREAM_LENGTH,
+    )
+
+
+# ----------------------------------------------------------------- the API side
+
+
+async def get_owned_job(db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -> Job:
+    """``owner_id``'s job, or ``NOT_FOUND`` (for another user's job too)."""
+    job = await db.get(Job, job_id, populate_existing=True)
+    if job is None or job.owner_id != owner_id:
+        raise _not_found()
+    return job
+
+
+async def _by_key(db: AsyncSession, owner_id: uuid.UUID, key: str) -> Job | None:
+    found = await db.exec(
+        select(Job).where(col(Job.owner_id) == owner_id, col(Job.idempotency_key) == key)
+    )
+    return found.first()
+
+
+async def create_job(
+    db: AsyncSession,
+    owner_id: uuid.UUID,
+    kind: JobKind,
+    params: dict[str, Any],
+    input_ids: Sequence[uuid.UUID],
+    *,
+    max_attempts: int,
+    idempotency_key: str | None = None,
+) -> tuple[Job, bool]:
+    """Record a queued job reading the owner's live files ``input_ids``; commits.
+
+    Returns ``(job, created)``: with an idempotency key already used by the
+    owner, the job it named and ``False``. An input that is missing, someone
+    else's or in the trash is ``NOT_FOUND`` / ``CONFLICT``.
+    """
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+            raise BadUserInput(
+                f"An idempotency key has 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+                field="idempotencyKey",
+            )
+        existing = await _by_key(db, owner_id, idempotency_key)
+        if existing is not None:
+            return existing, False
+    for file_id in input_ids:
+        file = await files.get_owned_file(db, owner_id, file_id)
+        if file.trashed_at is not None:
+            raise Conflict(f"The file {file.path!r} is in the trash; restore it first.")
+    job = Job(
+        owner_id=owner_id,
+        kind=kind,
+        params=params,
+        idempotency_key=idempotency_key,
+        max_attempts=max_attempts,
+    )
+    db.add(job)
+    try:
+        # The job row first: JobInput's foreign key needs it (no relationship() orders them).
+        await db.flush()
+        db.add_all(
+            JobInput(job_id=job.id, position=i, file_id=file_id)
+            for i, file_id in enumerate(input_ids)
+        )
+        await db.commit()
+    except IntegrityError:
+        # Another request with the same key won the race: answer with its job.
+        await db.rollback()
+        if idempotency_key is not None:
+            existing = await _by_key(db, owner_id, idempotency_key)
+            if existing is not None:
+                return existing, False
+        raise
+    return job, True
+
+
+async def mark_sent(db: AsyncSession, job_ids: Sequence[uuid.UUID]) -> None:
+    """Remember that the broker has these jobs' messages; commits."""
+    await db.exec(update(Job).where(col(Job.id).in_(job_ids)).values(sent_at=utcnow()))
+    await db.commit()
+
+
+async def cancel_job(db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -> tuple[Job, bool]:
+    """Cancel a job; commits. Returns ``(job, now_cancelled)``.
+
+    A queued job is cancelled at once and never starts. A running one is asked
+    to stop: its worker cancels it at its next progress point. Cancelling a
+    cancelled job changes nothing; a job that succeeded or failed is
+    ``CONFLICT``.
+    """
+    job = await get_owned_job(db, owner_id, job_id)
+    now = utcnow()
+    if job.status is JobStatus.QUEUED:
+        result = await db.exec(
+            update(Job)
+            .where(col(Job.id) == job.id, col(Job.status) == JobStatus.QUEUED)
+            .values(
+                status=JobStatus.CANCELLED,
+                cancel_requested_at=now,
+                finished_at=now,
+                updated_at=now,
+                message="Cancelled before it started.",
+            )
+        )
+        await db.commit()
+        if result.rowcount == 1:
+            return await get_owned_job(db, owner_id, job_id), True
+        # It started meanwhile: ask its worker instead.
+        job = await get_owned_job(db, owner_id, job_id)
+    if job.status is JobStatus.RUNNING:
+        await db.exec(
+            update(Job)
+            .where(col(Job.id) == job.id, col(Job.cancel_requested_at).is_(None))
+            .values(cancel_requested_at=now)
+        )
+        await db.commit()
+        return await get_owned_job(db, owner_id, job_id), False
+    if job.status is JobStatus.CANCELLED:
+        return job, False
+    raise Conflict(f"The job already {job.status.value}; there is nothing to cancel.")
+
+
+async def retry_job(
+    db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID, *, max_attempts: int
+) -> Job:
+    """Queue a failed or cancelled job again as a new attempt; commits.
+
+    ``CONFLICT`` for a job that is queued, running or succeeded.
+    """
+    job = await get_owned_job(db, owner_id, job_id)
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise Conflict(f"Only a failed or cancelled job can be retried; this one is {job.status}.")
+    result = await db.exec(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.status) == job.status)
+        .values(
+            status=JobStatus.QUEUED,
+            progress=0.0,
+            message=None,
+            error=None,
+            cancel_requested_at=None,
+            finished_at=None,
+            heartbeat_at=None,
+            sent_at=None,
+            max_attempts=col(Job.attempts) + max_attempts,
+            updated_at=utcnow(),
+        )
+    )
+    await db.commit()
+    if result.rowcount != 1:
+        raise Conflict("The job changed meanwhile; look at it again.")
+    return await get_owned_job(db, owner_id, job_id)
+
+
+# ----------------------------------------------------------------- the worker side
+
+
+class Claim(enum.Enum):
+    RUN = "run"  # this attempt is ours to run
+    SKIP = "skip"  # nothing to do: finished, running elsewhere, or gone
+    DEFER = "defer"  # the owner has too many jobs running: try later
+    END = "end"  # its worker died and it may not run again: end it (outputs first)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """What :func:`claim` decided, with the job when there is one to act on."""
+
+    claim: Claim
+    job: Job | None = None
+    # RUN: the job was running under a worker that died (its outputs are partial).
+    took_over: bool = False
+    # END: how it ends.
+    status: JobStatus | None = None
+    error: str | None = None
+    message: str | None = None
+
+
+def _started(now: datetime) -> dict[str, Any]:
+    return {
+        "status": JobStatus.RUNNING,
+        "attempts": col(Job.attempts) + 1,
+        "progress": 0.0,
+        "message": None,
+        "started_at": now,
+        "heartbeat_at": now,
+        "updated_at": now,
+    }
+
+
+def _running_of_owner(stale_before: datetime, owner_id: Any, besides: Any) -> Any:
+    other = aliased(Job)
+    return (
+        select(func.count())
+        .select_from(other)
+        .where(
+            col(other.owner_id) == owner_id,
+            col(other.status) == JobStatus.RUNNING,
+            col(other.id) != besides,
+            col(other.heartbeat_at) >= stale_before,
+        )
+        .scalar_subquery()
+    )
+
+
+async def claim(
+    db: AsyncSession, job_id: uuid.UUID, *, stale_before: datetime, max_running: int
+) -> Claimed:
+    """Decide what a delivered message for ``job_id`` means, and start the job if it may.
+
+    A queued job starts (one statement, the common case) unless its owner
+    already runs ``max_running`` jobs. A running job silent since before
+    ``stale_before`` lost its worker: it starts again as its next attempt
+    (``took_over``), or, when its attempts are used up or its owner asked to
+    cancel it, must end (``END``) — the caller removes the dead attempt's
+    outputs first, then calls :func:`finish`.
+    """
+    now = utcnow()
+    started = await db.exec(
+        update(Job)
+        .where(
+            col(Job.id) == job_id,
+            col(Job.status) == JobStatus.QUEUED,
+            _running_of_owner(stale_before, Job.owner_id, Job.id) < max_running,
+        )
+        .values(**_started(now))
+        .returning(Job)
+    )
+    job = started.scalars().first()
+    await db.commit()
+    if job is not None:
+        return Claimed(Claim.RUN, job)
+    job = await db.get(Job, job_id, populate_existing=True)
+    if job is None or job.status in FINAL_STATUSES:
+        return Claimed(Claim.SKIP)
+    if job.status is JobStatus.QUEUED:
+        return Claimed(Claim.DEFER)  # the owner is at the limit
+    if job.heartbeat_at is not None and job.heartbeat_at >= stale_before:
+        return Claimed(Claim.SKIP)  # running, alive, elsewhere
+    if job.cancel_requested_at is not None:
+        return Claimed(Claim.END, job, status=JobStatus.CANCELLED, message="Cancelled.")
+    if job.attempts >= job.max_attempts:
+        return Claimed(
+            Claim.END,
+            job,
+            status=JobStatus.FAILED,
+            error=f"Its worker stopped responding during attempt {job.attempts} of "
+            f"{job.max_attempts}; no attempts are left.",
+        )
+    taken = await db.exec(
+        update(Job)
+        .where(
+            col(Job.id) == job.id,
+            col(Job.status) == JobStatus.RUNNING,
+            col(Job.updated_at) == job.updated_at,
+            _running_of_owner(stale_before, job.owner_id, job.id) < max_running,
+        )
+        .values(**_started(now))
+        .returning(Job)
+    )
+    job = taken.scalars().first()
+    await db.commit()
+    if job is None:
+        # Someone else decided first, or the owner is at the limit: look again later.
+        return Claimed(Claim.DEFER)
+    return Claimed(Claim.RUN, job, took_over=True)
+
+
+async def beat(db: AsyncSession, job_id: uuid.UUID, progress: float, message: str | None) -> bool:
+    """Record that a running job is alive, with its progress; commits.
+
+    Returns whether its owner asked to cancel it (or it is no longer ours).
+    """
+    now = utcnow()
+    result = await db.exec(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING)
+        .values(heartbeat_at=now, progress=progress, message=message, updated_at=now)
+        .returning(col(Job.cancel_requested_at))
+    )
+    row = result.first()
+    await db.commit()
+    return row is None or row[0] is not None
+
+
+async def _end(
+    db: AsyncSession,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    message: str | None = None,
+) -> Job | None:
+    now = utcnow()
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "updated_at": now,
+        "error": error,
+    }
+    if message is not None:
+        values["message"] = message
+    if status is JobStatus.SUCCEEDED:
+        values["progress"] = 1.0
+    result = await db.exec(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING)
+        .values(**values)
+        .returning(Job)
+    )
+    job = result.scalars().first()
+    await db.commit()
+    return job
+
+
+async def finish(
+    db: AsyncSession,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    *,
+    error: str | None = None,
+    message: str | None = None,
+) -> Job | None:
+    """End a running job with ``status``; commits. None if it was not running."""
+    return await _end(db, job_id, status, error=error, message=message)
+
+
+async def requeue(db: AsyncSession, job_id: uuid.UUID, message: str) -> Job | None:
+    """Put a running job back in the queue after a transient error; commits."""
+    now = utcnow()
+    result = await db.exec(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING)
+        .values(
+            status=JobStatus.QUEUED,
+            message=message,
+            heartbeat_at=None,
+            sent_at=now,
+            updated_at=now,
+        )
+        .returning(Job)
+    )
+    job = result.scalars().first()
+    await db.commit()
+    return job
+
+
+async def remove_outputs(
+    db: AsyncSession, storage: Storage, job: Job, keep: Sequence[uuid.UUID] = ()
+) -> list[File]:
+    """Delete the files ``job`` produced, bytes and quota too; commits.
+
+    Without ``keep``, also whatever a dead attempt left under the job's
+    storage prefix that no row names (a half-written object, a temp file).
+    """
+    found = await db.exec(select(File).where(col(File.produced_by_job_id) == job.id))
+    removed = []
+    for file in found.all():
+        if file.id in keep:
+            continue
+        try:
+            removed.append(await files.purge(db, storage, job.owner_id, file.id))
+        except NotFound:
+            continue  # removed meanwhile
+    if not keep:
+        try:
+            await storage.delete_prefix(files.output_prefix(job.owner_id, job.id))
+        except StorageError as exc:
+            # Unnamed bytes only cost space; the job's rows are right either way.
+            logger.warning("job leftovers not deleted", job_id=str(job.id), error=str(exc))
+    return removed
+
+
+async def due_for_sending(
+    db: AsyncSession, *, resend_before: datetime, stale_before: datetime
+) -> list[tuple[uuid.UUID, JobKind]]:
+    """Jobs whose message looks lost: queued and not sent since ``resend_before``,
+    or running without a heartbeat since ``stale_before`` (their worker died)."""
+    found = await db.exec(
+        select(col(Job.id), col(Job.kind)).where(
+            or_(
+                (col(Job.status) == JobStatus.QUEUED)
+                & or_(col(Job.sent_at).is_(None), col(Job.sent_at) < resend_before),
+                (col(Job.status) == JobStatus.RUNNING)
+                & or_(col(Job.heartbeat_at).is_(None), col(Job.heartbeat_at) < stale_before),
+            )
+        )
+    )
+    return [(job_id, kind) for job_id, kind in found.all()]
+
+
+async def orphan_running(db: AsyncSession) -> None:
+    """Mark every running job as silent: the embedded mode's only worker just started."""
+    await db.exec(update(Job).where(col(Job.status) == JobStatus.RUNNING).values(heartbeat_at=None))
+    await db.commit()
