@@ -1,0 +1,206 @@
+"""What a running job sees: its parameters, its input files, progress, its outputs.
+
+A kind's ``run`` gets a :class:`JobContext` and nothing else. It reports
+``await ctx.progress(fraction, message)`` as it goes; that is also where a
+cancelled job stops (:class:`JobCancelled`). Progress events are coalesced to
+at most one per ``EVENT_INTERVAL`` per job, the last one always sent; a
+heartbeat records progress in the database and learns of cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import tempfile
+import time
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+import structlog
+from sqlmodel import col, select
+
+from core import jobs
+from core.errors import BadUserInput, Conflict, QuotaExceeded
+from core.events import EventLog
+from core.models import File, Job, JobInput
+from core.settings import Settings
+from core.uploads import store_upload
+from storage.base import ObjectNotFound, Storage
+from workers.errors import JobCancelled, JobFailed
+
+EVENT_INTERVAL: Final = 0.1
+SPOOL_CHUNK: Final = 1024 * 1024
+
+logger = structlog.get_logger("depot.jobs")
+
+
+class _Produced:
+    """A job's output as :func:`store_upload` takes it: bytes that are complete once read."""
+
+    filename: str | None = None
+    content_type: str | None = None
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks.__aiter__()
+
+    async def complete(self) -> None:
+        return None
+
+
+@dataclass
+class Resources:
+    """The long-lived clients a worker process (or thread pool) holds."""
+
+    settings: Settings
+    sessionmaker: Any  # core.db.SessionMaker
+    storage: Storage
+    events: EventLog
+
+
+class JobContext:
+    """One attempt of one job, as its kind's ``run`` sees it."""
+
+    def __init__(self, job: Job, resources: Resources, *, input_count: int) -> None:
+        self.job = job
+        self._input_count = input_count
+        self.params: dict[str, Any] = job.params
+        self.settings = resources.settings
+        self.storage = resources.storage
+        self.sessionmaker = resources.sessionmaker
+        self.events = resources.events
+        self.outputs: list[File] = []
+        self._cancelled = False
+        self._last_event = 0.0
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------- progress
+
+    def check_cancelled(self) -> None:
+        if self._cancelled:
+            raise JobCancelled()
+
+    async def progress(self, fraction: float, message: str | None = None) -> None:
+        """Report how far the job got (0..1); stops here if it was cancelled."""
+        self.check_cancelled()
+        self.job.progress = min(max(float(fraction), 0.0), 1.0)
+        self.job.message = message[:500] if message is not None else None
+        now = time.monotonic()
+        if now - self._last_event >= EVENT_INTERVAL:
+            self._cancel_flush()
+            await self._emit()
+        elif self._flush is None:
+            # Coalesced: the latest value goes out when the interval is up.
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_at(
+                loop.time() + self._last_event + EVENT_INTERVAL - now, self._flush_now
+            )
+
+    def _flush_now(self) -> None:
+        self._flush = None
+        self._flushing = asyncio.create_task(self._emit())
+
+    def _cancel_flush(self) -> None:
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+
+    async def _emit(self) -> None:
+        self._last_event = time.monotonic()
+        try:
+            await self.events.append(jobs.job_stream(self.job.id), jobs.status_data(self.job))
+        except Exception as exc:  # noqa: BLE001 - progress is best effort; statuses are not
+            logger.warning("progress event not sent", job_id=str(self.job.id), error=str(exc))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        """Heartbeats while the body runs; no progress event outlives it."""
+        beating = asyncio.create_task(self._beat_forever())
+        try:
+            yield
+        finally:
+            beating.cancel()
+            self._cancel_flush()
+            if self._flushing is not None:
+                self._flushing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await beating
+
+    async def _beat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.job_heartbeat_seconds)
+            try:
+                async with self.sessionmaker() as db:
+                    if await jobs.beat(db, self.job.id, self.job.progress, self.job.message):
+                        self._cancelled = True
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                logger.warning("heartbeat failed", job_id=str(self.job.id), error=str(exc))
+
+    # ------------------------------------------------------------- files
+
+    async def inputs(self) -> list[File]:
+        """The job's input files, in the order given; ``JobFailed`` if one is gone."""
+        async with self.sessionmaker() as db:
+            found = await db.exec(
+                select(JobInput.file_id, File)
+                .join(File, col(File.id) == col(JobInput.file_id), isouter=True)
+                .where(col(JobInput.job_id) == self.job.id)
+                .order_by(col(JobInput.position))
+            )
+            rows = found.all()
+        files = [file for _, file in rows if file is not None]
+        if len(files) != self._input_count or any(file.trashed_at is not None for file in files):
+            raise JobFailed("An input file was deleted or moved to the trash.")
+        return files
+
+    async def read(
+        self, file: File, start: int = 0, end: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """The bytes of ``file`` as storage hands them over."""
+        try:
+            async for chunk in self.storage.open(file.storage_key, start, end):
+                yield chunk
+        except ObjectNotFound:
+            raise JobFailed(f"The bytes of {file.path!r} are missing from storage.") from None
+
+    @contextlib.asynccontextmanager
+    async def spool(self, file: File) -> AsyncIterator[Path]:
+        """``file``'s bytes in a temporary file, for libraries that need to seek."""
+        with tempfile.TemporaryDirectory(prefix="depot-job-") as directory:
+            path = Path(directory) / "input"
+            async with await anyio.open_file(path, "wb") as out:
+                async for chunk in self.read(file):
+                    await out.write(chunk)
+            yield path
+
+    async def create_output(
+        self, path: str, chunks: AsyncIterable[bytes], *, meta: dict[str, Any] | None = None
+    ) -> File:
+        """Store ``chunks`` as a new file of the owner at ``path``, produced by this job.
+
+        It counts against the owner's quota. A taken path or a full quota
+        fails the job with a message saying so.
+        """
+        self.check_cancelled()
+        async with self.sessionmaker() as db:
+            try:
+                file = await store_upload(
+                    db,
+                    self.storage,
+                    self.settings,
+                    self.job.owner_id,
+                    path,
+                    _Produced(chunks),
+                    produced_by=self.job.id,
+                    meta=meta,
+                )
+            except (BadUserInput, Conflict, QuotaExceeded) as exc:
+                raise JobFailed(exc.message) from None
+        self.outputs.append(file)
+        return file

@@ -1,0 +1,12 @@
+"""Every job kind Depot runs, by name."""
+
+from __future__ import annotations
+
+from core.models import JobKind
+from workers import verify
+from workers.kind import Kind
+
+KINDS: dict[JobKind, Kind] = {
+    kind.name: kind
+    for kind in (verify.KIND,)
+}

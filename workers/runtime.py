@@ -1,0 +1,205 @@
+"""A worker's long-lived clients, and the steps of a job's life that need them.
+
+A :class:`Runtime` is opened on the event loop that runs the actors (Dramatiq's
+event-loop thread), because database and Redis connections belong to one
+loop. The lifecycle middleware calls :meth:`claim` before an actor runs and
+:meth:`conclude` after; the actor itself only calls :meth:`execute`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from redis.asyncio import Redis
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import files, jobs
+from core.db import create_engine, create_sessionmaker
+from core.errors import NotFound
+from core.events import EventLog, RedisEventLog
+from core.models import Job, JobStatus
+from core.redis_client import open_redis
+from core.settings import Settings
+from core.time import utcnow
+from storage import Storage, open_storage
+from workers.context import JobContext, Resources
+from workers.errors import is_transient
+from workers.kind import Kind
+
+logger = structlog.get_logger("depot.jobs")
+
+# How long a status event is retried while the bus is unreachable.
+PUBLISH_PATIENCE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the lifecycle middleware read it."""
+
+    status: JobStatus  # SUCCEEDED, FAILED or CANCELLED
+    error: str | None = None
+    # A failure worth another attempt (a service was unavailable).
+    transient: bool = False
+
+
+class Runtime:
+    """Clients for one worker: database, storage, event bus; opened on the actors' loop."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: Storage | None = None,
+        events: EventLog | None = None,
+    ) -> None:
+        self.settings = settings
+        self._given_storage = storage
+        self._given_events = events
+        self._resources: Resources | None = None
+        self._close: Callable[[], Awaitable[None]] | None = None
+        self._contexts: dict[uuid.UUID, JobContext] = {}
+        # Claimed by ``claim``, about to be run by ``execute`` (same thread, in turn).
+        self._claimed: dict[uuid.UUID, Job] = {}
+
+    @property
+    def resources(self) -> Resources:
+        if self._resources is None:
+            raise RuntimeError("the job runtime is not open")
+        return self._resources
+
+    async def open(self) -> None:
+        engine = create_engine(self.settings)
+        storage = self._given_storage or open_storage(self.settings)
+        redis: Redis | None = None
+        events = self._given_events
+        if events is None:
+            if self.settings.redis_url is None:
+                raise RuntimeError("a worker without Redis shares the API's in-memory event bus")
+            redis = open_redis(self.settings.redis_url)
+            events = RedisEventLog(redis)
+
+        async def close() -> None:
+            if self._given_events is None:
+                await events.aclose()
+            if redis is not None:
+                await redis.aclose()
+            if self._given_storage is None:
+                await storage.aclose()
+            await engine.dispose()
+
+        self._close = close
+        self._resources = Resources(self.settings, create_sessionmaker(engine), storage, events)
+
+    async def close(self) -> None:
+        if self._close is not None:
+            self._resources, close, self._close = None, self._close, None
+            await close()
+
+    # ----------------------------------------------------------------- steps
+
+    async def publish(self, job: Job) -> None:
+        """Announce a status change; retried while the bus is briefly unreachable."""
+        delay, waited = 0.1, 0.0
+        while True:
+            try:
+                await jobs.publish_status(
+                    self.resources.events,
+                    job,
+                    retention_seconds=self.settings.job_events_retention_seconds,
+                )
+                return
+            except Exception as exc:  # noqa: BLE001 - only transient ones are retried
+                if not is_transient(exc) or waited >= PUBLISH_PATIENCE_SECONDS:
+                    # The database has the status; subscribers read it from there.
+                    logger.warning("status event lost", job_id=str(job.id), error=str(exc))
+                    return
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
+
+    async def claim(self, job_id: uuid.UUID) -> jobs.Claim:
+        """Start the job's next attempt if it may run now; see :func:`core.jobs.claim`."""
+        stale_before = utcnow() - timedelta(seconds=self.settings.job_stale_seconds)
+        storage = self.resources.storage
+        async with self.resources.sessionmaker() as db:
+            claimed = await jobs.claim(
+                db,
+                job_id,
+                stale_before=stale_before,
+                max_running=self.settings.max_running_jobs_per_user,
+            )
+            job = claimed.job
+            if job is None:
+                return claimed.claim
+            if claimed.took_over or claimed.claim is jobs.Claim.END:
+                # What a dead attempt wrote is partial: it goes before anything else.
+                await jobs.remove_outputs(db, storage, job)
+            if claimed.claim is jobs.Claim.END:
+                assert claimed.status is not None
+                ended = await jobs.finish(
+                    db, job.id, claimed.status, error=claimed.error, message=claimed.message
+                )
+                if ended is not None:
+                    await self.publish(ended)
+                return jobs.Claim.SKIP
+        self._claimed[job_id] = job
+        await self.publish(job)
+        return claimed.claim
+
+    async def execute(self, kind: Kind, job_id: uuid.UUID) -> None:
+        """Run the job this worker claimed, with heartbeats; keeps its outputs for ``conclude``."""
+        job = self._claimed.pop(job_id, None)
+        if job is None:
+            return  # not claimed here (the claim failed): nothing to run
+        context = JobContext(job, self.resources, input_count=len(kind.inputs(job.params)))
+        self._contexts[job_id] = context
+        async with context.running():
+            await kind.run(context)
+
+    async def conclude(self, job_id: uuid.UUID, outcome: Outcome) -> bool:
+        """Record how the attempt ended and announce it; returns whether to send it again."""
+        context = self._contexts.pop(job_id, None)
+        self._claimed.pop(job_id, None)
+        resources = self.resources
+        async with resources.sessionmaker() as db:
+            job = await db.get(Job, job_id)
+            if job is None:
+                return False
+            if outcome.status is JobStatus.SUCCEEDED:
+                ended = await jobs.finish(db, job_id, JobStatus.SUCCEEDED, message="Done.")
+                if ended is None:
+                    # Not ours any more (taken over, or deleted): keep nothing of this attempt.
+                    if context is not None:
+                        keep = {f.id for f in context.outputs}
+                        await self._remove(db, job, only=keep)
+                    return False
+                for file in context.outputs if context is not None else ():
+                    await jobs.publish_file(resources.events, file, deleted=False)
+                await self.publish(ended)
+                return False
+            await jobs.remove_outputs(db, resources.storage, job)
+            if outcome.transient and job.attempts < job.max_attempts:
+                requeued = await jobs.requeue(
+                    db, job_id, f"Attempt {job.attempts} met a temporary problem; trying again."
+                )
+                if requeued is not None:
+                    await self.publish(requeued)
+                return requeued is not None
+            message = "Cancelled." if outcome.status is JobStatus.CANCELLED else None
+            ended = await jobs.finish(
+                db, job_id, outcome.status, error=outcome.error, message=message
+            )
+            if ended is not None:
+                await self.publish(ended)
+            return False
+
+    async def _remove(self, db: AsyncSession, job: Job, only: set[uuid.UUID]) -> None:
+        for file_id in only:
+            with contextlib.suppress(NotFound):
+                await files.purge(db, self.resources.storage, job.owner_id, file_id)
