@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from core.models import JobKind
-from workers import verify
+from workers import convert, thumbnails, verify
 from workers.kind import Kind
 
 KINDS: dict[JobKind, Kind] = {
     kind.name: kind
-    for kind in (verify.KIND,)
+    for kind in (
+        verify.KIND,
+        thumbnails.KIND,
+        convert.KIND,
+    )
 }

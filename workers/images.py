@@ -1,0 +1,250 @@
+"""What the image kinds share: opening untrusted images safely, and encoding their outputs.
+
+Opening, as ``thumbnails`` and ``convert`` do it (in a worker thread):
+
+- only the formats in :data:`READ_FORMATS` are tried — PNG, JPEG, WebP, GIF
+  and BMP. TIFF is left out on purpose: its many codecs (libtiff) are a large
+  attack surface for little use in a web product;
+- the header's width times height is checked against
+  ``settings.image_max_pixels`` before a single pixel is decoded. Pillow's own
+  decompression-bomb check (its process-wide ``MAX_IMAGE_PIXELS``, left as it
+  is so one app's settings never leak into another's) stays an outer bound, and
+  its warning is an error here too;
+- anything that is not one of those formats, is truncated or corrupt, or is
+  too large fails the job at once with :class:`JobFailed` (never retried);
+- EXIF orientation is applied, and the pixels are brought to one of L, LA,
+  RGB or RGBA (palettes, 1-bit, 16-bit grey and CMYK included), so resizing
+  and encoding need not care where an image came from. Animated GIF and WebP
+  images give their first frame.
+
+Outputs are encoded to a temporary file, then streamed to storage in chunks:
+never a whole output in memory. They carry no EXIF (no location leaks into a
+thumbnail), but keep the source's ICC colour profile.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import anyio
+from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from core.errors import Conflict
+from core.files import ensure_path_free
+from core.models import File
+from workers.context import JobContext
+from workers.errors import JobFailed
+
+READ_FORMATS: Final = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# The formats an output can have, by their GraphQL (lower-case) names.
+WRITE_FORMATS: Final = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+EXTENSIONS: Final = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# Lossy outputs without a quality asked for.
+DEFAULT_QUALITY: Final = 85
+STREAM_CHUNK: Final = 1024 * 1024
+
+# What Pillow raises for bytes it cannot make sense of.
+_UNREADABLE = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    zlib.error,
+)
+# Orientations that swap width and height (transposes and quarter turns).
+_SWAPPING_ORIENTATIONS: Final = frozenset({5, 6, 7, 8})
+
+
+@dataclass
+class Source:
+    """A decoded image, upright, in L, LA, RGB or RGBA.
+
+    ``width`` and ``height`` are the full upright size; ``image`` may be
+    smaller when a JPEG was decoded at reduced scale for small thumbnails.
+    """
+
+    image: Image.Image
+    format: str  # Pillow's name, one of READ_FORMATS
+    width: int
+    height: int
+    icc_profile: bytes | None
+
+
+def format_param(value: object) -> str | None:
+    """An output format as the API passes it (lower case), or None if it is not one."""
+    return value if isinstance(value, str) and value in WRITE_FORMATS else None
+
+
+def default_format(source_format: str) -> str:
+    """The output format for ``source_format`` when none was asked for: itself, else PNG."""
+    name = source_format.lower()
+    return name if name in WRITE_FORMATS else "png"
+
+
+def stem_of(path: str) -> str:
+    """``path`` without the extension of its last segment (``a/cat.jpg`` → ``a/cat``)."""
+    folder, slash, name = path.rpartition("/")
+    base, dot, _ = name.rpartition(".")
+    # A leading dot names a hidden file (".cat"), not an extension.
+    return f"{folder}{slash}{base if dot and base else name}"
+
+
+def decode(path: Path, name: str, max_pixels: int, *, fit: int | None = None) -> Source:
+    """Open and decode the image at ``path`` (shown to the user as ``name``).
+
+    ``fit`` lets a JPEG decode at 1/2, 1/4 or 1/8 scale as long as both sides
+    stay at least that long: thumbnails of a large photo need no more.
+    Blocking: run it in a worker thread.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path, formats=READ_FORMATS) as opened:
+                return _decode(opened, name, max_pixels, fit)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise JobFailed(
+            f"{name!r} is too large to decode safely (a possible decompression bomb)."
+        ) from None
+    except _UNREADABLE as exc:
+        raise JobFailed(f"{name!r} is not an image Depot can read: {_reason(exc)}") from None
+
+
+def _decode(opened: ImageFile.ImageFile, name: str, max_pixels: int, fit: int | None) -> Source:
+    width, height = opened.size
+    if width * height > max_pixels:
+        raise JobFailed(
+            f"{name!r} is {width}x{height} pixels, more than the {max_pixels} pixels an image "
+            "may have (DEPOT_IMAGE_MAX_PIXELS)."
+        )
+    source_format = str(opened.format)
+    icc_profile = opened.info.get("icc_profile")
+    drafted = False
+    if fit is not None and source_format == "JPEG":
+        # A JPEG's EXIF comes before its pixels: the upright size is known now.
+        if opened.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        drafted = opened.draft(None, (fit, fit)) is not None
+    opened.load()
+    upright = ImageOps.exif_transpose(opened)
+    if not drafted:
+        width, height = upright.size
+    return Source(
+        image=_normalise_mode(upright),
+        format=source_format,
+        width=width,
+        height=height,
+        icc_profile=icc_profile if isinstance(icc_profile, bytes) else None,
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "it is not a PNG, JPEG, WebP, GIF or BMP image."
+    detail = str(exc).strip() or type(exc).__name__
+    return f"it is damaged or truncated ({detail})."
+
+
+def _normalise_mode(image: Image.Image) -> Image.Image:
+    """``image`` in L, LA, RGB or RGBA: the modes resizing and every output format handle."""
+    mode = image.mode
+    if mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I"):
+        # 16-bit grey: scale to 8 bits instead of clipping everything above 255 to white.
+        return image.convert("I").point(lambda value: value / 256).convert("L")
+    if image.has_transparency_data:
+        return image.convert("RGBA")
+    return image.convert("RGB")
+
+
+def target_size(width: int, height: int, longest: int) -> tuple[int, int]:
+    """The size of a thumbnail whose longest side is ``longest``; never larger than the image."""
+    scale = min(1.0, longest / max(width, height))
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def resized(source: Source, size: tuple[int, int]) -> Image.Image:
+    """The source's pixels at ``size``. Blocking: run it in a worker thread."""
+    if source.image.size == size:
+        return source.image
+    return source.image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+
+
+def encode(
+    image: Image.Image, output_format: str, out: Path, *, quality: int | None, icc: bytes | None
+) -> None:
+    """Write ``image`` to ``out`` as ``output_format``. Blocking: run it in a worker thread."""
+    image = _for_output(image, output_format)
+    options: dict[str, object] = {}
+    if icc is not None:
+        options["icc_profile"] = icc
+    if output_format in ("jpeg", "webp"):
+        options["quality"] = quality if quality is not None else DEFAULT_QUALITY
+    if output_format == "jpeg":
+        options["optimize"] = True
+    image.save(out, WRITE_FORMATS[output_format], **options)
+
+
+def _for_output(image: Image.Image, output_format: str) -> Image.Image:
+    has_alpha = image.mode in ("LA", "RGBA")
+    if output_format == "jpeg" and has_alpha:
+        # JPEG has no transparency: lay the image on white, as a browser shows it.
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.getchannel("A"))
+        return background
+    if output_format == "webp" and image.mode in ("L", "LA"):
+        return image.convert("RGBA" if has_alpha else "RGB")
+    return image
+
+
+async def chunks_of(path: Path) -> AsyncIterator[bytes]:
+    """The bytes of the file at ``path``, in chunks, read off the event loop."""
+    async with await anyio.open_file(path, "rb") as handle:
+        while chunk := await handle.read(STREAM_CHUNK):
+            yield chunk
+
+
+async def ensure_paths_free(ctx: JobContext, paths: list[str]) -> None:
+    """Fail the job before any work if an output's path is already taken.
+
+    ``create_output`` checks again; this only spares decoding a large image
+    for a job that cannot succeed.
+    """
+    async with ctx.sessionmaker() as db:
+        for path in paths:
+            try:
+                await ensure_path_free(db, ctx.job.owner_id, path)
+            except Conflict as exc:
+                raise JobFailed(exc.message) from None
+
+
+async def store(
+    ctx: JobContext,
+    image: Image.Image,
+    path: str,
+    output_format: str,
+    scratch: Path,
+    *,
+    quality: int | None,
+    icc: bytes | None,
+) -> File:
+    """Encode ``image`` into a temporary file under ``scratch``, then stream it to ``path``."""
+    out = scratch / f"output.{EXTENSIONS[output_format]}"
+    await anyio.to_thread.run_sync(
+        lambda: encode(image, output_format, out, quality=quality, icc=icc)
+    )
+    try:
+        meta = {"width": image.width, "height": image.height}
+        return await ctx.create_output(path, chunks_of(out), meta=meta)
+    finally:
+        out.unlink(missing_ok=True)

@@ -1,0 +1,106 @@
+"""``thumbnails``: resized copies of an image, one new file per size asked for.
+
+Each size is the longest side of its thumbnail; an image is never enlarged, so
+a size beyond the image keeps its dimensions. ``photos/cat.jpg`` at 256 as
+WebP becomes ``photos/cat@256.webp``; without a format, thumbnails keep the
+source's (PNG, JPEG or WebP), and other sources (GIF, BMP) give PNG. A path
+already in use fails the whole job, and what it made so far is removed.
+See :mod:`workers.images` for what is read and how safely.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any, Final
+
+import anyio
+
+from core.errors import BadUserInput
+from core.models import JobKind
+from core.settings import Settings
+from workers.context import JobContext
+from workers.images import (
+    EXTENSIONS,
+    decode,
+    default_format,
+    ensure_paths_free,
+    format_param,
+    resized,
+    stem_of,
+    store,
+    target_size,
+)
+from workers.kind import Kind
+from workers.params import file_id
+
+MAX_SIZES: Final = 10
+MAX_SIDE: Final = 4096
+# The share of the progress bar that reading and decoding the source stands for.
+DECODED: Final = 0.2
+
+
+def check(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    source = file_id(params, "fileId")
+    sizes = params.get("sizes")
+    if not isinstance(sizes, list) or not 1 <= len(sizes) <= MAX_SIZES:
+        raise BadUserInput(f"sizes must list 1 to {MAX_SIZES} sizes.", field="sizes")
+    for size in sizes:
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIDE:
+            raise BadUserInput(
+                f"Each size is a thumbnail's longest side, from 1 to {MAX_SIDE} pixels.",
+                field="sizes",
+            )
+    if len(set(sizes)) != len(sizes):
+        raise BadUserInput("sizes lists a size twice.", field="sizes")
+    output_format = params.get("format")
+    if output_format is not None and format_param(output_format) is None:
+        raise BadUserInput("format must be png, jpeg or webp.", field="format")
+    return {"fileId": str(source), "sizes": sizes, "format": output_format}
+
+
+def inputs(params: dict[str, Any]) -> list[uuid.UUID]:
+    return [uuid.UUID(params["fileId"])]
+
+
+def output_path(source_path: str, size: int, output_format: str) -> str:
+    """Where a thumbnail goes: ``a/cat.jpg`` at 256 → ``a/cat@256.jpg``."""
+    return f"{stem_of(source_path)}@{size}.{EXTENSIONS[output_format]}"
+
+
+async def run(ctx: JobContext) -> None:
+    [file] = await ctx.inputs()
+    sizes: list[int] = ctx.params["sizes"]
+    asked: str | None = ctx.params.get("format")
+    if asked is not None:
+        await ensure_paths_free(ctx, [output_path(file.path, size, asked) for size in sizes])
+    await ctx.progress(0.0, f"Reading {file.name}")
+    max_pixels = ctx.settings.image_max_pixels
+    async with ctx.spool(file) as spooled:
+        source = await anyio.to_thread.run_sync(
+            lambda: decode(spooled, file.path, max_pixels, fit=max(sizes))
+        )
+    output_format = asked or default_format(source.format)
+    paths = [output_path(file.path, size, output_format) for size in sizes]
+    if asked is None:
+        await ensure_paths_free(ctx, paths)
+    await ctx.progress(DECODED, f"Read {file.name} ({source.width}x{source.height})")
+    with tempfile.TemporaryDirectory(prefix="depot-thumbnails-") as scratch:
+        for done, (size, path) in enumerate(zip(sizes, paths, strict=True), start=1):
+            target = target_size(source.width, source.height, size)
+            image = await anyio.to_thread.run_sync(resized, source, target)
+            await store(
+                ctx, image, path, output_format, Path(scratch), quality=None, icc=source.icc_profile
+            )
+            await ctx.progress(DECODED + (1 - DECODED) * done / len(sizes), f"Made {path}")
+
+
+KIND = Kind(
+    name=JobKind.THUMBNAILS,
+    check=check,
+    inputs=inputs,
+    run=run,
+    time_limit_seconds=300,
+    max_attempts=3,
+)
