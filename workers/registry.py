@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.models import JobKind
-from workers import convert, thumbnails, verify
+from workers import archive, convert, extract, thumbnails, verify
 from workers.kind import Kind
 
 KINDS: dict[JobKind, Kind] = {
@@ -12,5 +12,7 @@ KINDS: dict[JobKind, Kind] = {
         verify.KIND,
         thumbnails.KIND,
         convert.KIND,
+        archive.KIND,
+        extract.KIND,
     )
 }
