@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
+import anyio
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -24,13 +25,20 @@ from api.graphql import GraphQLView
 from api.health import healthz, readyz
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
+from core import jobs as job_states
 from core.db import SessionMaker, create_engine, create_sessionmaker
+from core.events import EventLog, open_event_log
 from core.logging import configure_logging
 from core.migrate import prepare_schema
 from core.ratelimit import LoginLimiter, limiter_storage
+from core.redis_client import open_redis
 from core.settings import Settings, load_settings
+from core.time import utcnow
 from schema import build_schema
 from storage import Storage, open_storage
+from workers.broker import Jobs, Worker, embedded_jobs, redis_jobs
+from workers.runtime import Runtime
+from workers.scheduler import Maintenance
 
 logger = structlog.get_logger("depot.app")
 
@@ -44,6 +52,8 @@ class State(TypedDict):
     redis: Redis | None
     login_limiter: LoginLimiter
     storage: Storage
+    events: EventLog
+    jobs: Jobs
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -56,10 +66,22 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         engine = create_engine(settings)
-        redis = Redis.from_url(settings.redis_url) if settings.redis_url else None
+        redis = open_redis(settings.redis_url) if settings.redis_url else None
         storage = open_storage(settings)
+        events = open_event_log(redis)
+        sessionmaker = create_sessionmaker(engine)
+        worker: Worker | None = None
+        jobs: Jobs | None = None
+        maintenance: Maintenance | None = None
         try:
             await prepare_schema(engine, production=settings.is_production)
+            if redis is None:
+                jobs, worker = await _start_embedded_jobs(settings, sessionmaker, storage, events)
+                # With Redis, `depot scheduler` does this; embedded, this process does.
+                maintenance = Maintenance(settings, sessionmaker, storage, events, jobs.send)
+                await maintenance.start()
+            else:
+                jobs = redis_jobs(settings)
             logger.info("depot ready", environment=settings.environment)
             limiter = LoginLimiter(
                 limiter_storage(settings.redis_url, redis),
@@ -69,12 +91,21 @@ def create_app(settings: Settings) -> Starlette:
             yield State(
                 settings=settings,
                 engine=engine,
-                sessionmaker=create_sessionmaker(engine),
+                sessionmaker=sessionmaker,
                 redis=redis,
                 login_limiter=limiter,
                 storage=storage,
+                events=events,
+                jobs=jobs,
             )
         finally:
+            if maintenance is not None:
+                await maintenance.stop()
+            if worker is not None:
+                await anyio.to_thread.run_sync(worker.stop)
+            elif jobs is not None:
+                jobs.broker.close()
+            await events.aclose()
             await storage.aclose()
             await engine.dispose()
             if redis is not None:
@@ -101,6 +132,34 @@ def create_app(settings: Settings) -> Starlette:
         *FILE_ROUTES,
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+async def _start_embedded_jobs(
+    settings: Settings, sessionmaker: SessionMaker, storage: Storage, events: EventLog
+) -> tuple[Jobs, Worker | None]:
+    """Run jobs in this process's own worker threads (the embedded mode).
+
+    The in-memory queue starts empty, so every job the database holds as
+    queued or running (its worker was this process, now gone) is sent again.
+    """
+    # The worker opens its own database and storage clients on its own event
+    # loop; memory storage (tests) exists only as this one object.
+    shared_storage = storage if settings.storage_url.startswith("memory:") else None
+    jobs = embedded_jobs(Runtime(settings, storage=shared_storage, events=events))
+    worker = Worker(jobs, settings.worker_threads)
+    if not await anyio.to_thread.run_sync(worker.start):
+        logger.warning("another app in this process runs the embedded worker; jobs wait here")
+        return jobs, None
+    async with sessionmaker() as db:
+        await job_states.orphan_running(db)
+        now = utcnow()
+        due = await job_states.due_for_sending(db, resend_before=now, stale_before=now)
+        for job_id, kind in due:
+            jobs.send_now(job_id, kind)
+        await job_states.mark_sent(db, [job_id for job_id, _ in due])
+    if due:
+        logger.info("queued jobs sent again", count=len(due))
+    return jobs, worker
 
 
 def create_app_from_env() -> Starlette:

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
@@ -13,7 +14,6 @@ from urllib.parse import urlsplit
 
 import click
 import uvicorn
-from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import migrate as migrations
@@ -23,6 +23,7 @@ from core.errors import DepotError
 from core.logging import configure_logging
 from core.models import Role
 from core.probes import describe, probe_database, probe_redis, probe_storage
+from core.redis_client import open_redis
 from core.settings import Settings, SettingsError, load_settings
 from storage import open_storage
 
@@ -91,6 +92,9 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         "access_log": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": 10,
+        # Events are a few hundred bytes: compression would cost each socket
+        # ~40 KiB of zlib state for nothing.
+        "ws_per_message_deflate": False,
     }
     if reload:
         uvicorn.run("api.app:create_app_from_env", factory=True, reload=True, **options)  # type: ignore[arg-type]
@@ -98,6 +102,86 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         from api.app import create_app
 
         uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+
+
+def _prepare_schema(settings: Settings) -> None:
+    """Migrate in development; in production refuse, in one line, a database behind the code."""
+    try:
+        _with_engine(
+            settings,
+            lambda engine: migrations.prepare_schema(engine, production=settings.is_production),
+        )
+    except migrations.SchemaBehind as exc:
+        click.echo(f"Depot cannot start: {exc}", err=True)
+        sys.exit(1)
+
+
+def _wait_for_stop() -> None:
+    """Block until SIGTERM or SIGINT."""
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda signum, frame: stop.set())
+    while not stop.wait(1):
+        pass
+
+
+@main.command()
+@click.option(
+    "--threads",
+    type=click.IntRange(1, 64),
+    help="Jobs run at once; overrides DEPOT_WORKER_THREADS.",
+)
+@click.option("--log-level", type=LOG_LEVELS, help="Overrides DEPOT_LOG_LEVEL.")
+def worker(threads: int | None, log_level: str | None) -> None:
+    """Run jobs from Redis until SIGTERM or SIGINT (needs DEPOT_REDIS_URL).
+
+    A stop lets running jobs finish their current step; a job cut short is
+    taken over by another worker once its heartbeat goes stale.
+    """
+    settings = _settings(**({"log_level": log_level} if log_level else {}))
+    configure_logging(settings.log_level, json=settings.json_logs)
+    if settings.redis_url is None:
+        click.echo(
+            "depot worker needs DEPOT_REDIS_URL; without Redis, `depot serve` runs jobs itself.",
+            err=True,
+        )
+        sys.exit(2)
+    _prepare_schema(settings)
+    from workers.broker import Worker, redis_jobs
+    from workers.runtime import Runtime
+
+    running = Worker(redis_jobs(settings, Runtime(settings)), threads or settings.worker_threads)
+    running.start()
+    click.echo("Depot worker running; stop it with Ctrl-C or SIGTERM.", err=True)
+    try:
+        _wait_for_stop()
+    finally:
+        running.stop()
+
+
+@main.command()
+@click.option("--log-level", type=LOG_LEVELS, help="Overrides DEPOT_LOG_LEVEL.")
+def scheduler(log_level: str | None) -> None:
+    """Run periodic maintenance until SIGTERM or SIGINT.
+
+    Purges old trash, expires unused upload tickets, sends stuck jobs again,
+    prunes old job events and recounts usage every
+    DEPOT_MAINTENANCE_INTERVAL_SECONDS. With Redis, only one scheduler at a
+    time does the work.
+    """
+    settings = _settings(**({"log_level": log_level} if log_level else {}))
+    configure_logging(settings.log_level, json=settings.json_logs)
+    if settings.redis_url is None:
+        click.echo(
+            "depot scheduler needs DEPOT_REDIS_URL; without Redis, `depot serve` runs "
+            "maintenance itself.",
+            err=True,
+        )
+        sys.exit(2)
+    _prepare_schema(settings)
+    from workers.scheduler import serve as serve_scheduler
+
+    asyncio.run(serve_scheduler(settings))
 
 
 @main.group()
@@ -187,7 +271,7 @@ async def _check_services(settings: Settings) -> list[str]:
     finally:
         await engine.dispose()
     if settings.redis_url:
-        redis = Redis.from_url(settings.redis_url)
+        redis = open_redis(settings.redis_url)
         try:
             await probe_redis(redis)
             click.echo("✓ redis reachable")

@@ -299,6 +299,8 @@ class GraphQLView(GraphQL[Context, None]):
             sessionmaker=request.state.sessionmaker,
             login_limiter=request.state.login_limiter,
             storage=request.state.storage,
+            events=request.state.events,
+            jobs=request.state.jobs,
             request_id=request.state.request_id,
         )
         # A WebSocket authenticates in connection_init (on_ws_connect), not here.

@@ -16,7 +16,9 @@ from schema.admin import AdminMutation, AdminQuery
 from schema.auth import AuthMutation
 from schema.direct_uploads import DirectUploadMutation
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
+from schema.events import Subscription
 from schema.files import File, FileMutation, FileQuery
+from schema.jobs import Job, JobMutation, JobQuery
 from schema.loaders import FreshLoaders
 from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
@@ -24,7 +26,7 @@ from schema.uploads import UploadMutation
 from schema.users import User
 from schema.validation import RequireOperationName
 
-Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery))
+Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, JobQuery))
 Mutation = merge_types(
     "Mutation",
     (
@@ -34,6 +36,7 @@ Mutation = merge_types(
         DirectUploadMutation,
         UploadMutation,
         FileMutation,
+        JobMutation,
     ),
 )
 
@@ -63,7 +66,8 @@ def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.S
     return _Schema(
         query=Query,
         mutation=Mutation,
-        types=[User, AccessToken, File],
+        subscription=Subscription,
+        types=[User, AccessToken, File, Job],
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
     )

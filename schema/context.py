@@ -13,11 +13,13 @@ from starlette.websockets import WebSocket
 from core.auth import Principal
 from core.db import SessionMaker
 from core.errors import Unauthenticated
+from core.events import EventLog
 from core.models import User
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
 from schema.loaders import Loaders
 from storage import Storage
+from workers.broker import Jobs
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Context:
     sessionmaker: SessionMaker
     login_limiter: LoginLimiter
     storage: Storage
+    events: EventLog
+    jobs: Jobs
     request_id: str
     principal: Principal | None = None
     # Why the credentials presented were refused; None when none were presented.

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, or_
 from sqlmodel import col
 from strawberry.scalars import JSON
 
-from core import files, models
+from core import files, jobs, models
 from core.errors import BadUserInput, NotFound
 from core.paths import normalize_path
 from schema.context import Info
@@ -38,6 +38,7 @@ from schema.permissions import IsAuthenticated
 from schema.scalars import BigInt
 
 if TYPE_CHECKING:
+    from schema.jobs import Job
     from schema.users import User
 
 
@@ -56,6 +57,7 @@ class File(Node):
     trashed_at: datetime | None
     owner_id: strawberry.Private[uuid.UUID]
     storage_key: strawberry.Private[str]
+    produced_by_job_id: strawberry.Private[uuid.UUID | None]
 
     @classmethod
     def from_model(cls, file: models.File) -> Self:
@@ -72,6 +74,7 @@ class File(Node):
             trashed_at=file.trashed_at,
             owner_id=file.owner_id,
             storage_key=file.storage_key,
+            produced_by_job_id=file.produced_by_job_id,
         )
 
     @strawberry.field(
@@ -95,6 +98,31 @@ class File(Node):
         if owner is None:  # owners' files go with them (ON DELETE CASCADE)
             raise NotFound("No such user.")
         return User.from_model(owner)
+
+    @strawberry.field(description="The job that made this file; null for an upload.")
+    async def produced_by(
+        self, info: Info
+    ) -> Annotated[Job, strawberry.lazy("schema.jobs")] | None:
+        from schema.jobs import Job
+
+        if self.produced_by_job_id is None:
+            return None
+        job = await info.context.loaders.jobs.load(self.produced_by_job_id)
+        return Job.from_model(job) if job is not None else None
+
+    @strawberry.field(description="Jobs that read this file, oldest first.")
+    async def jobs(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[Annotated[Job, strawberry.lazy("schema.jobs")]]:
+        from schema.jobs import file_jobs
+
+        loader = info.context.loaders.paged("file_jobs", first, after, file_jobs)
+        page: Connection[Job] = await loader.load(self.id_key)
+        return page
+
+    @property
+    def id_key(self) -> uuid.UUID:
+        return decode_id_of("File", self.id)
 
 
 # -- listing -----------------------------------------------------------------------
@@ -283,6 +311,7 @@ class FileMutation:
         key = decode_id_of("File", id)
         async with info.context.sessionmaker() as db:
             file = await files.trash(db, user.id, key)
+        await jobs.publish_file(info.context.events, file, deleted=True)
         return File.from_model(file)
 
     @strawberry.mutation(
@@ -307,4 +336,5 @@ class FileMutation:
         key = decode_id_of("File", id)
         async with info.context.sessionmaker() as db:
             file = await files.purge(db, info.context.storage, user.id, key)
+        await jobs.publish_file(info.context.events, file, deleted=True)
         return strawberry.ID(encode_id("File", file.id))

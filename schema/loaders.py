@@ -10,8 +10,9 @@ WebSocket connection's later operations must not see earlier answers.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -19,7 +20,7 @@ from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 
 from core.db import SessionMaker
-from core.models import File, User
+from core.models import File, Job, JobInput, User
 
 
 @dataclass
@@ -30,11 +31,53 @@ class Loaders:
     users: DataLoader[uuid.UUID, User | None] = field(init=False)
     files: DataLoader[uuid.UUID, File | None] = field(init=False)
     live_file_counts: DataLoader[uuid.UUID, int] = field(init=False)
+    jobs: DataLoader[uuid.UUID, Job | None] = field(init=False)
+    job_inputs: DataLoader[uuid.UUID, list[File]] = field(init=False)
+    _paged: dict[tuple[str, int | None, str | None], DataLoader[Any, Any]] = field(
+        init=False, default_factory=dict
+    )
 
     def __post_init__(self) -> None:
         self.users = DataLoader(load_fn=self._load_users)
         self.files = DataLoader(load_fn=self._load_files)
         self.live_file_counts = DataLoader(load_fn=self._load_live_file_counts)
+        self.jobs = DataLoader(load_fn=self._load_jobs)
+        self.job_inputs = DataLoader(load_fn=self._load_job_inputs)
+
+    def paged(
+        self,
+        name: str,
+        first: int | None,
+        after: str | None,
+        build: Callable[[Loaders, int | None, str | None], DataLoader[Any, Any]],
+    ) -> DataLoader[Any, Any]:
+        """The loader of one page (``first``/``after``) of a to-many field, per parent.
+
+        Parents asking for the same page share one loader, so one query.
+        """
+        key = (name, first, after)
+        if key not in self._paged:
+            self._paged[key] = build(self, first, after)
+        return self._paged[key]
+
+    async def _load_jobs(self, keys: list[uuid.UUID]) -> Sequence[Job | None]:
+        async with self.sessionmaker() as db:
+            rows = await db.exec(select(Job).where(col(Job.id).in_(keys)))
+            by_id = {job.id: job for job in rows}
+        return [by_id.get(key) for key in keys]
+
+    async def _load_job_inputs(self, job_ids: list[uuid.UUID]) -> Sequence[list[File]]:
+        async with self.sessionmaker() as db:
+            rows = await db.exec(
+                select(JobInput.job_id, File)
+                .join(File, col(File.id) == col(JobInput.file_id))
+                .where(col(JobInput.job_id).in_(job_ids))
+                .order_by(col(JobInput.job_id), col(JobInput.position))
+            )
+            found: dict[uuid.UUID, list[File]] = {job_id: [] for job_id in job_ids}
+            for job_id, file in rows:
+                found[job_id].append(file)
+        return [found[job_id] for job_id in job_ids]
 
     async def _load_users(self, keys: list[uuid.UUID]) -> Sequence[User | None]:
         async with self.sessionmaker() as db:

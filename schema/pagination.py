@@ -22,6 +22,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import strawberry
 from sqlalchemy import ColumnElement, func, literal, tuple_
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from sqlmodel.sql.expression import SelectOfScalar
@@ -186,3 +187,68 @@ async def paginate(
         ),
         total_count=int(total),
     )
+
+
+async def paginate_children(
+    db: AsyncSession,
+    model: type[RowT],
+    parent: ColumnElement[uuid.UUID] | Any,
+    parent_ids: list[uuid.UUID],
+    *,
+    join: tuple[Any, ColumnElement[bool]] | None = None,
+    first: int | None,
+    after: str | None,
+    to_node: Callable[[RowT], NodeT],
+    ordering: Ordering = OLDEST_FIRST,
+) -> dict[uuid.UUID, Connection[NodeT]]:
+    """The same page of ``model`` rows for each of many parents, in two statements.
+
+    ``parent`` is the column naming a row's parent (on ``model`` or on the
+    ``join``ed table); a window function numbers each parent's rows, so a list
+    of parents costs as much as one (for dataloaders).
+    """
+    limit = DEFAULT_PAGE if first is None else first
+    if not 0 <= limit <= MAX_PAGE:
+        raise BadUserInput(f"`first` must be between 0 and {MAX_PAGE}.", field="first")
+    sort: ColumnElement[Any] = getattr(model, ordering.key.attribute)
+    key = col(model.id)
+    where: list[ColumnElement[bool]] = [parent.in_(parent_ids)]
+    totals_query = select(parent, func.count()).select_from(model)
+    if join is not None:
+        totals_query = totals_query.join(*join)
+    totals = {
+        parent_id: int(count)
+        for parent_id, count in await db.exec(totals_query.where(*where).group_by(parent))
+    }
+    if after is not None:
+        after_value, after_key = decode_cursor(after, ordering)
+        after_row = tuple_(literal(after_value, sort.type), after_key)
+        row = tuple_(sort, key)
+        where.append(row < after_row if ordering.descending else row > after_row)
+    order_by = (sort.desc(), key.desc()) if ordering.descending else (sort, key)
+    number = func.row_number().over(partition_by=parent, order_by=order_by).label("number")
+    inner_query = select(model, parent.label("parent_id"), number)
+    if join is not None:
+        inner_query = inner_query.join(*join)
+    inner = inner_query.where(*where).subquery()
+    rows = aliased(model, inner)
+    found = await db.exec(
+        select(rows, inner.c.parent_id)
+        .where(inner.c.number <= limit + 1)
+        .order_by(inner.c.parent_id, inner.c.number)
+    )
+    grouped: dict[uuid.UUID, list[RowT]] = {parent_id: [] for parent_id in parent_ids}
+    for found_row, parent_id in found:
+        grouped[parent_id].append(found_row)
+    pages = {}
+    for parent_id, children in grouped.items():
+        edges = [Edge(cursor=encode_cursor(r, ordering), node=to_node(r)) for r in children[:limit]]
+        pages[parent_id] = Connection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=len(children) > limit,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+            total_count=totals.get(parent_id, 0),
+        )
+    return pages

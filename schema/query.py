@@ -11,6 +11,7 @@ from schema.access_tokens import resolve_access_token
 from schema.context import Info
 from schema.files import resolve_file
 from schema.ids import decode_id
+from schema.jobs import resolve_job
 from schema.node import Node
 from schema.users import User, resolve_user
 
@@ -18,6 +19,7 @@ from schema.users import User, resolve_user
 NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] = {
     "AccessToken": resolve_access_token,
     "File": resolve_file,
+    "Job": resolve_job,
     "User": resolve_user,
 }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 from enum import Enum
-from typing import Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 import strawberry
 
@@ -17,6 +17,9 @@ from schema.ids import decode_id, encode_id
 from schema.node import Node
 from schema.pagination import Connection
 from schema.scalars import BigInt
+
+if TYPE_CHECKING:
+    from schema.jobs import Job, JobFilter
 
 
 @strawberry.enum
@@ -88,6 +91,24 @@ class User(Node):
         return await list_files(
             info, key, first=first, after=after, filter=filter, order_by=order_by
         )
+
+    @strawberry.field(
+        description="Your jobs, as the top-level `jobs` lists them; owner only, like `files`."
+    )
+    async def jobs(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filter: Annotated[JobFilter, strawberry.lazy("schema.jobs")] | None = None,
+    ) -> Connection[Annotated[Job, strawberry.lazy("schema.jobs")]]:
+        from schema.jobs import list_jobs
+
+        _, key = decode_id(self.id)
+        if info.context.require_principal().user.id != key:
+            raise Forbidden("Jobs are visible to their owner only.")
+        page: Connection[Job] = await list_jobs(info, key, first=first, after=after, filter=filter)
+        return page
 
 
 async def resolve_user(info: Info, key: uuid.UUID) -> User | None:

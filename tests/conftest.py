@@ -36,6 +36,7 @@ from api.app import create_app
 from core.db import create_engine
 from core.logging import configure_logging
 from core.settings import Settings
+from tests.processes import depot_worker
 from tests.support import STRONG_SECRET, require_service, storage_root
 
 
@@ -290,3 +291,44 @@ def file_storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 on_local_and_s3 = pytest.mark.parametrize("file_storage_url", ["local", "s3"], indirect=True)
 """Run a test whose outcome depends on the storage backend on a directory and on S3."""
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["embedded", pytest.param("redis", marks=pytest.mark.redis)])
+def jobs_mode(request: pytest.FixtureRequest) -> str:
+    """How jobs run: in the API's own threads, or in a ``depot worker`` process over Redis."""
+    mode: str = request.param
+    return mode
+
+
+@pytest.fixture
+def jobs_settings(
+    jobs_mode: str, tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+) -> Settings:
+    """Settings for the job tests: quick heartbeats, storage both processes can reach."""
+    overrides: dict[str, object] = {
+        "database_url": database_url,
+        "storage_url": (tmp_path / "storage").as_uri(),
+        "job_heartbeat_seconds": 0.2,
+        "job_stale_seconds": 3,
+        # As many as run at once, so a user at the limit has every job running.
+        "worker_threads": 2,
+        "max_running_jobs_per_user": 2,
+    }
+    if jobs_mode == "redis":
+        overrides["redis_url"] = require_service("DEPOT_TEST_REDIS_URL", "Redis")
+    return make_settings(tmp_path, **overrides)
+
+
+@pytest.fixture
+async def jobs_client(jobs_settings: Settings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """An app whose jobs run in-process, or in a real ``depot worker`` against Redis."""
+    if jobs_settings.redis_url is None:
+        async with serve_app(jobs_settings) as client:
+            yield client
+        return
+    with depot_worker(jobs_settings, tmp_path / "worker.log"):
+        async with serve_app(jobs_settings) as client:
+            yield client

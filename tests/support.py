@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import boto3
 import httpx
 import jwt
 import pytest
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from sqlalchemy import func, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
@@ -340,3 +344,147 @@ async def follow(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
         return await client.request(method, url, **kwargs)
     async with httpx.AsyncClient() as http:
         return await http.request(method, url, **kwargs)
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+JOB_FIELDS = """
+  id kind status progress message error attempts params createdAt startedAt finishedAt
+  inputs { id path }
+  outputs(first: 100) { totalCount edges { node { id path size contentType sha256 metadata } } }
+"""
+START_JOB = (
+    "mutation Start($input: JobInput!, $key: String) "
+    f"{{ startJob(input: $input, idempotencyKey: $key) {{ {JOB_FIELDS} }} }}"
+)
+JOB = f"query Job($id: ID!) {{ job(id: $id) {{ {JOB_FIELDS} }} }}"
+FINAL_STATUSES = ("SUCCEEDED", "FAILED", "CANCELLED")
+# Long enough for a slow CI machine running jobs beside the suite.
+JOB_TIMEOUT_S = 60
+
+
+async def try_start_job(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    job_input: dict[str, Any],
+    *,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """The response body to ``startJob``, successful or not."""
+    return await graphql(client, START_JOB, {"input": job_input, "key": key}, headers=headers)
+
+
+async def start_job(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    job_input: dict[str, Any],
+    *,
+    key: str | None = None,
+) -> dict[str, Any]:
+    """Start a job (no errors allowed); the ``Job`` as ``startJob`` returned it."""
+    body = await try_start_job(client, headers, job_input, key=key)
+    assert "errors" not in body, body
+    job: dict[str, Any] = body["data"]["startJob"]
+    return job
+
+
+async def get_job(
+    client: httpx.AsyncClient, headers: dict[str, str], job_id: str
+) -> dict[str, Any]:
+    body = await graphql(client, JOB, {"id": job_id}, headers=headers)
+    assert "errors" not in body, body
+    job: dict[str, Any] = body["data"]["job"]
+    return job
+
+
+async def wait_for_job(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    job_id: str,
+    *,
+    statuses: tuple[str, ...] = FINAL_STATUSES,
+    seconds: float = JOB_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Poll ``job(id)`` until its status is one of ``statuses``; the job then."""
+    with anyio.fail_after(seconds):
+        while True:
+            job = await get_job(client, headers, job_id)
+            if job["status"] in statuses:
+                return job
+            await anyio.sleep(0.05)
+
+
+async def run_job(
+    client: httpx.AsyncClient, headers: dict[str, str], job_input: dict[str, Any]
+) -> dict[str, Any]:
+    """Start a job and wait for its final status; the job then."""
+    job = await start_job(client, headers, job_input)
+    return await wait_for_job(client, headers, job["id"])
+
+
+async def signed_in(
+    client: httpx.AsyncClient, email: str = "ada@example.com"
+) -> tuple[str, dict[str, str]]:
+    """A new user's access token, and the headers that send it."""
+    token = str((await register(client, email=email))["accessToken"])
+    return token, bearer(token)
+
+
+def many_entries_zip(count: int) -> bytes:
+    """A zip of ``count`` small text entries: extracting it is a job that takes a while."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for i in range(count):
+            archive.writestr(f"entry-{i:05}.txt", f"entry {i}\n" * 20)
+    return buffer.getvalue()
+
+
+def output_nodes(job: dict[str, Any]) -> list[dict[str, Any]]:
+    return [edge["node"] for edge in job["outputs"]["edges"]]
+
+
+# -- subscriptions ----------------------------------------------------------------------
+
+JOB_EVENTS = (
+    "subscription Events($id: ID!, $after: String) "
+    "{ jobEvents(jobId: $id, after: $after) { cursor jobId status progress message at } }"
+)
+WS_TIMEOUT_S = 30
+
+
+@asynccontextmanager
+async def subscriber(client: httpx.AsyncClient, token: str) -> AsyncIterator[AsyncWebSocketSession]:
+    """A graphql-transport-ws socket signed in with ``token``."""
+    async with aconnect_ws("/graphql", client, subprotocols=["graphql-transport-ws"]) as ws:
+        await ws.send_json({"type": "connection_init", "payload": bearer(token)})
+        assert await ws.receive_json(timeout=WS_TIMEOUT_S) == {"type": "connection_ack"}
+        yield ws
+
+
+async def subscribe(
+    ws: AsyncWebSocketSession, id_: str, query: str, variables: dict[str, Any]
+) -> None:
+    await ws.send_json(
+        {"type": "subscribe", "id": id_, "payload": {"query": query, "variables": variables}}
+    )
+
+
+async def next_message(ws: AsyncWebSocketSession, seconds: float = WS_TIMEOUT_S) -> dict[str, Any]:
+    message: dict[str, Any] = await ws.receive_json(timeout=seconds)
+    return message
+
+
+async def collect_job_events(
+    ws: AsyncWebSocketSession, id_: str, job_id: str, *, after: str | None = None
+) -> list[dict[str, Any]]:
+    """Subscribe to ``jobEvents`` and gather every event until the server completes it."""
+    await subscribe(ws, id_, JOB_EVENTS, {"id": job_id, "after": after})
+    events = []
+    while True:
+        message = await next_message(ws)
+        assert message.get("id") == id_, message
+        if message["type"] == "complete":
+            return events
+        assert message["type"] == "next", message
+        assert "errors" not in message["payload"], message
+        events.append(message["payload"]["data"]["jobEvents"])

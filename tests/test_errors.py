@@ -41,6 +41,7 @@ from core.errors import (
     RateLimited,
     Unauthenticated,
 )
+from core.events import MemoryEventLog
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
 from schema import _Schema
@@ -49,6 +50,8 @@ from schema.ids import encode_id
 from storage import open_storage
 from tests.conftest import make_settings, started
 from tests.support import PASSWORD, bearer, graphql, register
+from workers.broker import embedded_jobs
+from workers.runtime import Runtime
 
 pytestmark = pytest.mark.anyio
 
@@ -87,6 +90,9 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
             "sessionmaker": create_sessionmaker(engine),
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
             "storage": open_storage(settings),
+            "events": MemoryEventLog(),
+            # Jobs are never sent here: a broker nobody consumes from will do.
+            "jobs": embedded_jobs(Runtime(settings)),
         }
 
     return Starlette(

@@ -1,0 +1,143 @@
+"""Subscriptions: a job's events, and everything that happens to the signed-in user.
+
+``jobEvents`` replays the job's events after the client's cursor, then
+streams live ones, and completes after the final status; a client that
+reconnects with the last cursor it saw misses nothing and sees nothing twice.
+Events carry the state they announce, so a subscription never re-reads rows
+(which would cost a query per event and per subscriber).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncGenerator
+from datetime import datetime
+from enum import Enum
+from typing import Any, Self
+
+import strawberry
+
+from core import jobs
+from core.errors import BadUserInput
+from core.events import BadCursor, Event, follow, parse_cursor
+from core.models import Job as JobRow
+from core.models import JobStatus as StatusValue
+from schema.context import Info
+from schema.ids import decode_id_of, encode_id
+from schema.jobs import JobStatus
+from schema.permissions import IsAuthenticated
+
+
+@strawberry.type(description="A change in a job: its status, progress and message at that moment.")
+class JobEvent:
+    cursor: str = strawberry.field(description="Give it as `after` to resume after this event.")
+    job_id: strawberry.ID
+    status: JobStatus
+    progress: float
+    message: str | None
+    at: datetime
+
+    @classmethod
+    def from_event(cls, event: Event) -> Self:
+        data = event.data
+        return cls(
+            cursor=event.cursor,
+            job_id=strawberry.ID(encode_id("Job", uuid.UUID(data["jobId"]))),
+            status=JobStatus(data["status"]),
+            progress=float(data["progress"]),
+            message=data.get("message"),
+            at=datetime.fromisoformat(data["at"]),
+        )
+
+
+@strawberry.enum
+class UserEventType(Enum):
+    JOB_STATUS = "JOB_STATUS"
+    FILE_CREATED = "FILE_CREATED"
+    FILE_DELETED = "FILE_DELETED"
+
+
+@strawberry.type(description="Something that happened to your jobs or files.")
+class UserEvent:
+    cursor: str
+    type: UserEventType
+    at: datetime
+    job_id: strawberry.ID | None = strawberry.field(description="The job concerned, if any.")
+    file_id: strawberry.ID | None = strawberry.field(description="The file concerned, if any.")
+    path: str | None = strawberry.field(description="The file's path, for file events.")
+    status: JobStatus | None = strawberry.field(description="The job's status, for job events.")
+    progress: float | None
+    message: str | None
+
+    @classmethod
+    def from_event(cls, event: Event) -> Self:
+        data = event.data
+        job_id, file_id = data.get("jobId"), data.get("fileId")
+        return cls(
+            cursor=event.cursor,
+            type=UserEventType(data["type"]),
+            at=datetime.fromisoformat(data["at"]),
+            job_id=strawberry.ID(encode_id("Job", uuid.UUID(job_id))) if job_id else None,
+            file_id=strawberry.ID(encode_id("File", uuid.UUID(file_id))) if file_id else None,
+            path=data.get("path"),
+            status=JobStatus(data["status"]) if "status" in data else None,
+            progress=data.get("progress"),
+            message=data.get("message"),
+        )
+
+
+def _check_cursor(after: str | None) -> None:
+    if after is not None:
+        try:
+            parse_cursor(after)
+        except BadCursor as exc:
+            raise BadUserInput(str(exc), field="after") from None
+
+
+@strawberry.type
+class Subscription:
+    @strawberry.subscription(
+        description="A job's events after `after` (all when omitted), then live ones; "
+        "completes after the final status. `NOT_FOUND` for another user's job.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def job_events(
+        self, info: Info, job_id: strawberry.ID, after: str | None = None
+    ) -> AsyncGenerator[JobEvent]:
+        user = info.context.require_principal().user
+        key = decode_id_of("Job", job_id)
+        _check_cursor(after)
+        sessionmaker = info.context.sessionmaker
+        async with sessionmaker() as db:
+            await jobs.get_owned_job(db, user.id, key)
+
+        async def final_state() -> dict[str, Any] | None:
+            # The log may have lost the final event (retention, an outage):
+            # the database has the final state.
+            async with sessionmaker() as db:
+                job = await db.get(JobRow, key)
+            if job is None or not job.status.is_final:
+                return None
+            return jobs.status_data(job, at=job.finished_at)
+
+        stream = jobs.job_stream(key)
+        async for event in follow(info.context.events, stream, after, caught_up=final_state):
+            yield JobEvent.from_event(event)
+            if StatusValue(event.data["status"]).is_final:
+                return
+
+    @strawberry.subscription(
+        description="Your events as they happen: job status changes, files jobs created, "
+        "files deleted. With `after`, the ones since that cursor first (the newest "
+        "1,000 are kept).",
+        permission_classes=[IsAuthenticated],
+    )
+    async def my_events(self, info: Info, after: str | None = None) -> AsyncGenerator[UserEvent]:
+        user = info.context.require_principal().user
+        _check_cursor(after)
+        stream = jobs.user_stream(user.id)
+        events = info.context.events
+        if after is None:
+            after = await events.last(stream)
+        async for event in follow(events, stream, after):
+            yield UserEvent.from_event(event)

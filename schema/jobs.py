@@ -1,0 +1,391 @@
+"""Jobs in GraphQL: starting, finding, cancelling and retrying work on files.
+
+``startJob`` commits the job row first and only then hands its id to the
+broker: the database is the truth, and a message that never reaches the
+broker is sent again by maintenance. A job is its owner's alone; to anyone
+else it does not exist (``NOT_FOUND``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from enum import Enum
+from typing import TYPE_CHECKING, Annotated, Any, Self
+
+import strawberry
+import structlog
+from sqlalchemy import ColumnElement
+from sqlmodel import col
+from strawberry.dataloader import DataLoader
+from strawberry.scalars import JSON
+
+from core import jobs, models
+from core.errors import BadUserInput, NotFound
+from schema.context import Info
+from schema.files import File
+from schema.ids import decode_id_of, encode_id
+from schema.node import Node
+from schema.pagination import Connection, paginate, paginate_children
+from schema.permissions import IsAuthenticated
+from workers.registry import KINDS
+
+if TYPE_CHECKING:
+    from schema.users import User
+
+logger = structlog.get_logger("depot.jobs")
+
+
+@strawberry.enum(description="Where a job is in its life; the last three are final.")
+class JobStatus(Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@strawberry.enum(description="What a job does.")
+class JobKind(Enum):
+    THUMBNAILS = "thumbnails"
+    CONVERT = "convert"
+    ARCHIVE = "archive"
+    EXTRACT = "extract"
+    VERIFY = "verify"
+
+
+@strawberry.enum(description="An image format jobs can write.")
+class ImageFormat(Enum):
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+
+@strawberry.type(description="Work on your files, done by a worker; watch it with `jobEvents`.")
+class Job(Node):
+    kind: JobKind
+    status: JobStatus
+    progress: float = strawberry.field(description="From 0 to 1.")
+    message: str | None = strawberry.field(description="What the job is doing or did.")
+    error: str | None = strawberry.field(description="Why the job failed.")
+    attempts: int = strawberry.field(description="Attempts started so far.")
+    params: JSON = strawberry.field(description="The parameters the job was started with.")
+    created_at: datetime
+    started_at: datetime | None = strawberry.field(description="When the last attempt started.")
+    finished_at: datetime | None
+    owner_id: strawberry.Private[uuid.UUID]
+    key: strawberry.Private[uuid.UUID]
+
+    @classmethod
+    def from_model(cls, job: models.Job) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("Job", job.id)),
+            kind=JobKind(job.kind.value),
+            status=JobStatus(job.status.value),
+            progress=job.progress,
+            message=job.message,
+            error=job.error,
+            attempts=job.attempts,
+            params=JSON(job.params),
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            owner_id=job.owner_id,
+            key=job.id,
+        )
+
+    @strawberry.field(description="The files the job reads, in the order given.")
+    async def inputs(self, info: Info) -> list[File]:
+        found = await info.context.loaders.job_inputs.load(self.key)
+        return [File.from_model(file) for file in found]
+
+    @strawberry.field(description="The files the job made (kept only if it succeeds).")
+    async def outputs(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[File]:
+        loader = info.context.loaders.paged("job_outputs", first, after, _job_outputs)
+        page: Connection[File] = await loader.load(self.key)
+        return page
+
+    @strawberry.field(description="The user the job belongs to.")
+    async def owner(self, info: Info) -> Annotated[User, strawberry.lazy("schema.users")]:
+        from schema.users import User
+
+        owner = await info.context.loaders.users.load(self.owner_id)
+        if owner is None:
+            raise NotFound("No such user.")
+        return User.from_model(owner)
+
+
+def _job_outputs(
+    info_loaders: Any, first: int | None, after: str | None
+) -> DataLoader[uuid.UUID, Connection[File]]:
+    async def load(job_ids: list[uuid.UUID]) -> list[Connection[File]]:
+        async with info_loaders.sessionmaker() as db:
+            pages = await paginate_children(
+                db,
+                models.File,
+                col(models.File.produced_by_job_id),
+                job_ids,
+                first=first,
+                after=after,
+                to_node=File.from_model,
+            )
+        return [pages[job_id] for job_id in job_ids]
+
+    return DataLoader(load_fn=load)
+
+
+def file_jobs(
+    info_loaders: Any, first: int | None, after: str | None
+) -> DataLoader[uuid.UUID, Connection[Job]]:
+    """Jobs that read each file, a page per file, for ``File.jobs``."""
+
+    async def load(file_ids: list[uuid.UUID]) -> list[Connection[Job]]:
+        async with info_loaders.sessionmaker() as db:
+            pages = await paginate_children(
+                db,
+                models.Job,
+                col(models.JobInput.file_id),
+                file_ids,
+                join=(models.JobInput, col(models.JobInput.job_id) == col(models.Job.id)),
+                first=first,
+                after=after,
+                to_node=Job.from_model,
+            )
+        return [pages[file_id] for file_id in file_ids]
+
+    return DataLoader(load_fn=load)
+
+
+# -- inputs ------------------------------------------------------------------------
+
+
+@strawberry.input(description="Resized copies of an image, one file per size.")
+class ThumbnailsInput:
+    file_id: strawberry.ID
+    sizes: list[int] = strawberry.field(description="Longest side of each thumbnail, in pixels.")
+    format: ImageFormat | None = strawberry.field(
+        default=None, description="Default: the image's own format when jobs can write it."
+    )
+
+
+@strawberry.input(description="An image in another format.")
+class ConvertInput:
+    file_id: strawberry.ID
+    format: ImageFormat
+    quality: int | None = strawberry.field(default=None, description="1-100, JPEG and WebP.")
+
+
+@strawberry.input(description="A zip of several files.")
+class ArchiveInput:
+    file_ids: list[strawberry.ID]
+    path: str = strawberry.field(description="Where the zip goes.")
+
+
+@strawberry.input(description="A zip, tar or tar.gz unpacked into files.")
+class ExtractInput:
+    file_id: strawberry.ID
+    path: str = strawberry.field(description="The folder the entries go under.")
+
+
+@strawberry.input(description="Read a file back from storage and check its SHA-256.")
+class VerifyInput:
+    file_id: strawberry.ID
+
+
+@strawberry.input(one_of=True, description="Exactly one kind of job, with its parameters.")
+class JobInput:
+    thumbnails: ThumbnailsInput | None = strawberry.UNSET
+    convert: ConvertInput | None = strawberry.UNSET
+    archive: ArchiveInput | None = strawberry.UNSET
+    extract: ExtractInput | None = strawberry.UNSET
+    verify: VerifyInput | None = strawberry.UNSET
+
+
+def _plain(value: object, field: str) -> object:
+    """An input value as JSON, with file ids decoded and enums as their values."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_plain(item, field) for item in value]
+    if field in ("fileId", "fileIds") and isinstance(value, str):
+        return str(decode_id_of("File", strawberry.ID(value)))
+    return value
+
+
+def job_request(input: JobInput) -> tuple[models.JobKind, dict[str, Any]]:
+    """The kind of job asked for and its parameters as its ``check`` takes them."""
+    for kind in models.JobKind:
+        given = getattr(input, kind.value)
+        if given is not None and given is not strawberry.UNSET:
+            params = {
+                strawberry_name: _plain(getattr(given, name), strawberry_name)
+                for name, strawberry_name in _FIELD_NAMES.items()
+                if hasattr(given, name)
+            }
+            return kind, params
+    raise BadUserInput("Give exactly one kind of job.", field="input")
+
+
+_FIELD_NAMES = {
+    "file_id": "fileId",
+    "file_ids": "fileIds",
+    "sizes": "sizes",
+    "format": "format",
+    "quality": "quality",
+    "path": "path",
+}
+
+
+# -- queries -----------------------------------------------------------------------
+
+
+@strawberry.input(description="Which jobs to list; every condition given must hold.")
+class JobFilter:
+    status: JobStatus | None = None
+    kind: JobKind | None = None
+
+
+def job_conditions(owner_id: uuid.UUID, filter: JobFilter | None) -> list[ColumnElement[bool]]:
+    conditions = [col(models.Job.owner_id) == owner_id]
+    if filter is not None and filter.status is not None:
+        conditions.append(col(models.Job.status) == models.JobStatus(filter.status.value))
+    if filter is not None and filter.kind is not None:
+        conditions.append(col(models.Job.kind) == models.JobKind(filter.kind.value))
+    return conditions
+
+
+async def list_jobs(
+    info: Info,
+    owner_id: uuid.UUID,
+    *,
+    first: int | None,
+    after: str | None,
+    filter: JobFilter | None,
+) -> Connection[Job]:
+    async with info.context.sessionmaker() as db:
+        return await paginate(
+            db,
+            models.Job,
+            job_conditions(owner_id, filter),
+            first=first,
+            after=after,
+            to_node=Job.from_model,
+        )
+
+
+async def resolve_job(info: Info, key: uuid.UUID) -> Job | None:
+    """A job is visible to its owner only (``node(id:)``); None otherwise."""
+    viewer = info.context.user
+    if viewer is None:
+        return None
+    job = await info.context.loaders.jobs.load(key)
+    if job is None or job.owner_id != viewer.id:
+        return None
+    return Job.from_model(job)
+
+
+@strawberry.type
+class JobQuery:
+    @strawberry.field(
+        description="One of your jobs; `NOT_FOUND` for any other id.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def job(self, info: Info, id: strawberry.ID) -> Job:
+        found = await resolve_job(info, decode_id_of("Job", id))
+        if found is None:
+            raise NotFound("No such job.")
+        return found
+
+    @strawberry.field(description="Your jobs, oldest first.", permission_classes=[IsAuthenticated])
+    async def jobs(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filter: JobFilter | None = None,
+    ) -> Connection[Job]:
+        user = info.context.require_principal().user
+        return await list_jobs(info, user.id, first=first, after=after, filter=filter)
+
+
+# -- changes -----------------------------------------------------------------------
+
+
+async def _send(info: Info, job: models.Job) -> None:
+    """Hand a committed job to the broker; if that fails, maintenance sends it later."""
+    try:
+        await info.context.jobs.send(job.id, job.kind)
+    except Exception as exc:  # noqa: BLE001 - the job is safe in the database either way
+        logger.warning("job not handed to the broker yet", job_id=str(job.id), error=str(exc))
+        return
+    async with info.context.sessionmaker() as db:
+        await jobs.mark_sent(db, [job.id])
+
+
+@strawberry.type
+class JobMutation:
+    @strawberry.mutation(
+        description="Start a job; it is returned at once, queued. The same "
+        "`idempotencyKey` from you returns the job it first started.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def start_job(
+        self, info: Info, input: JobInput, idempotency_key: str | None = None
+    ) -> Job:
+        user = info.context.require_principal().user
+        kind_name, raw = job_request(input)
+        kind = KINDS[kind_name]
+        params = kind.check(raw, info.context.settings)
+        async with info.context.sessionmaker() as db:
+            job, created = await jobs.create_job(
+                db,
+                user.id,
+                kind_name,
+                params,
+                kind.inputs(params),
+                max_attempts=kind.max_attempts,
+                idempotency_key=idempotency_key,
+            )
+        if created:
+            await _send(info, job)
+        return Job.from_model(job)
+
+    @strawberry.mutation(
+        description="Cancel a job: a queued one never starts, a running one stops at its "
+        "next step and its partial outputs are removed. `CONFLICT` once it succeeded "
+        "or failed.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def cancel_job(self, info: Info, id: strawberry.ID) -> Job:
+        user = info.context.require_principal().user
+        async with info.context.sessionmaker() as db:
+            job, cancelled = await jobs.cancel_job(db, user.id, decode_id_of("Job", id))
+        if cancelled:
+            await jobs.publish_status(
+                info.context.events,
+                job,
+                retention_seconds=info.context.settings.job_events_retention_seconds,
+            )
+        return Job.from_model(job)
+
+    @strawberry.mutation(
+        description="Start a failed or cancelled job again, as a new attempt.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def retry_job(self, info: Info, id: strawberry.ID) -> Job:
+        user = info.context.require_principal().user
+        key = decode_id_of("Job", id)
+        async with info.context.sessionmaker() as db:
+            found = await jobs.get_owned_job(db, user.id, key)
+            job = await jobs.retry_job(
+                db, user.id, key, max_attempts=KINDS[found.kind].max_attempts
+            )
+        await jobs.publish_status(
+            info.context.events,
+            job,
+            retention_seconds=info.context.settings.job_events_retention_seconds,
+        )
+        await _send(info, job)
+        return Job.from_model(job)

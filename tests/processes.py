@@ -1,0 +1,242 @@
+"""Depot's own commands as real processes, configured like the app under test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import httpx
+import pytest
+import redis
+
+from core.settings import Settings
+
+DEPOT = Path(sys.executable).parent / "depot"
+START_TIMEOUT_S = 30
+STOP_TIMEOUT_S = 30
+
+T = TypeVar("T")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``settings`` as the DEPOT_* variables that recreate them in another process."""
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        elif isinstance(value, list):
+            value = ",".join(value)
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        env[f"DEPOT_{name.upper()}"] = str(value)
+    return env
+
+
+class DepotProcess:
+    """A running ``depot`` command and its combined output."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+        self.process = process
+        self.log = log
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_output(self, text: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.output():
+            if self.process.poll() is not None:
+                pytest.fail(f"depot exited with {self.process.returncode}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"{text!r} not seen within {timeout_s} s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all, as when a machine dies."""
+        self.process.kill()
+        self.process.wait(STOP_TIMEOUT_S)
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (killed if it does not stop in time)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                pytest.fail(f"depot did not stop on SIGTERM:\n{self.output()}")
+        return self.process.returncode
+
+
+@contextlib.contextmanager
+def depot(
+    args: list[str], settings: Settings, log: Path, *, ready: str | None = None
+) -> Iterator[DepotProcess]:
+    """Run ``depot <args>`` with ``settings``; stopped with SIGTERM when the block ends."""
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [str(DEPOT), *args], env=settings_env(settings), stdout=output, stderr=output
+        )
+    running = DepotProcess(process, log)
+    try:
+        if ready is not None:
+            running.wait_for_output(ready)
+        yield running
+    finally:
+        running.stop()
+
+
+@contextlib.contextmanager
+def depot_worker(settings: Settings, log: Path) -> Iterator[DepotProcess]:
+    """A ``depot worker`` process, once it takes jobs."""
+    with depot(["worker"], settings, log, ready="Depot worker running") as worker:
+        yield worker
+
+
+# -- added for the fault tests ------------------------------------------------------
+
+REDIS_START_TIMEOUT_S = 10
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.asynccontextmanager
+async def in_background(blocking: contextlib.AbstractContextManager[T]) -> AsyncIterator[T]:
+    """Enter and leave a blocking context (starting or stopping a process) in a thread.
+
+    The event loop goes on serving meanwhile: an in-process app, its
+    subscriptions and its clients do not stall while a process starts or stops.
+    Leaving is shielded, so a test that times out still stops its processes.
+    """
+    value = await anyio.to_thread.run_sync(blocking.__enter__)
+    try:
+        yield value
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            if not await anyio.to_thread.run_sync(blocking.__exit__, *sys.exc_info()):
+                raise
+    else:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(blocking.__exit__, None, None, None)
+
+
+@contextlib.contextmanager
+def depot_scheduler(settings: Settings, log: Path) -> Iterator[DepotProcess]:
+    """A ``depot scheduler`` process, once its maintenance is scheduled."""
+    with depot(["scheduler"], settings, log, ready="maintenance scheduled") as scheduler:
+        yield scheduler
+
+
+@contextlib.contextmanager
+def depot_serve(settings: Settings, log: Path, port: int) -> Iterator[DepotProcess]:
+    """A ``depot serve`` process on ``port``, once it answers ``/healthz``."""
+    with depot(["serve", "--port", str(port)], settings, log) as server:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if server.process.poll() is not None:
+                pytest.fail(
+                    f"depot serve exited with {server.process.returncode}:\n{server.output()}"
+                )
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"depot serve did not answer within {START_TIMEOUT_S} s:\n{server.output()}"
+                )
+            time.sleep(0.05)
+        yield server
+
+
+class RedisServer:
+    """A private ``redis-server`` on a loopback port, without persistence.
+
+    Stopping it loses everything it held, as a Redis restarted without a disk
+    does: queued messages, event streams, locks. :meth:`start` brings it back,
+    empty, on the same port.
+    """
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert self.process is None or self.process.poll() is not None, "already running"
+        log = self.directory / f"redis-{self.port}.log"
+        with log.open("ab") as output:
+            self.process = subprocess.Popen(
+                [
+                    self.binary,
+                    *("--port", str(self.port), "--bind", "127.0.0.1"),
+                    *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                    *("--dir", str(self.directory)),
+                ],
+                stdout=output,
+                stderr=output,
+            )
+        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
+        with redis.Redis.from_url(self.url) as client:
+            while True:
+                if self.process.poll() is not None:
+                    pytest.fail(f"redis-server exited:\n{log.read_text(errors='replace')}")
+                with contextlib.suppress(redis.ConnectionError):
+                    if client.ping():
+                        return
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not answer within {REDIS_START_TIMEOUT_S} s")
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM: it exits without saving anything (no persistence is configured)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@contextlib.contextmanager
+def redis_server(directory: Path) -> Iterator[RedisServer]:
+    """A fresh ``redis-server`` of the test's own, stopped when the block ends.
+
+    Tests that stop Redis, or whose workers and schedulers must not meet
+    another test's (Dramatiq's queue and the maintenance lock have fixed
+    names), use one. Without ``redis-server`` on PATH: skipped, or failed in CI.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if os.environ.get("CI"):
+            pytest.fail("redis-server is not on PATH, but CI must run the Redis fault tests")
+        pytest.skip("redis-server is not on PATH; install Redis to run the fault tests")
+    directory.mkdir(parents=True, exist_ok=True)
+    server = RedisServer(binary, directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
