@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # Depot's production image: `docker build -t depot .`, or `docker compose up`
-# (see compose.yaml). The same image runs `depot serve` and `depot migrate`.
+# (see compose.yaml). The same image runs `depot serve`, `depot worker`,
+# `depot scheduler` and `depot migrate`.
 
 ARG PYTHON_IMAGE=python:3.11-slim
 

@@ -28,8 +28,15 @@ from storage.s3 import parse_s3_url
 ROOT = Path(__file__).resolve().parent.parent
 ONE_SHOT = {"migrate", "create-bucket"}
 """Services that run to completion; the others stay up and report their health."""
+BACKGROUND = {"worker", "scheduler"}
+"""Services that stay up without serving a port: the image's HTTP healthcheck is not theirs."""
 
-EXPECTED_COMMANDS = {"api": "depot serve", "migrate": "depot migrate upgrade"}
+EXPECTED_COMMANDS = {
+    "api": "depot serve",
+    "migrate": "depot migrate upgrade",
+    "worker": "depot worker",
+    "scheduler": "depot scheduler",
+}
 """The subcommand each service built from the Dockerfile runs."""
 
 
@@ -138,6 +145,9 @@ def test_depot_services_run_a_real_depot_command(name: str, path: str) -> None:
         (["depot", "migrate", "upgrad"], "depot migrate upgrade"),
         (["depot", "migrate", "downgrade"], "depot migrate downgrade"),
         (["depot", "migrate", "upgrade"], "depot serve"),
+        (["depot", "worker", "--threads", "0"], "depot worker"),
+        (["depot", "scheduler", "--interval", "5"], "depot scheduler"),
+        (["depot", "schedule"], "depot scheduler"),
     ],
 )
 def test_the_command_check_rejects_broken_commands(words: list[str], path: str) -> None:
@@ -148,7 +158,13 @@ def test_the_command_check_rejects_broken_commands(words: list[str], path: str) 
 @pytest.mark.parametrize("name", list(_services()))
 def test_long_running_services_report_their_health(name: str) -> None:
     has_healthcheck = bool(_healthcheck(_services()[name]))
-    assert has_healthcheck is (name not in ONE_SHOT)
+    assert has_healthcheck is (name not in ONE_SHOT | BACKGROUND)
+
+
+@pytest.mark.parametrize("name", sorted(BACKGROUND))
+def test_background_services_turn_the_images_healthcheck_off(name: str) -> None:
+    # Left unset, the Dockerfile's HEALTHCHECK (the api's port) would mark them unhealthy.
+    assert _services()[name]["healthcheck"] == {"disable": True}
 
 
 @pytest.mark.parametrize("name", list(_services()))
@@ -162,6 +178,8 @@ def test_services_wait_until_their_dependencies_are_ready(name: str) -> None:
     ("name", "dependencies"),
     [
         ("api", {"postgres", "redis", "migrate", "minio", "create-bucket"}),
+        ("worker", {"postgres", "redis", "migrate", "minio", "create-bucket"}),
+        ("scheduler", {"postgres", "redis", "migrate", "minio", "create-bucket"}),
         ("migrate", {"postgres"}),
         ("create-bucket", {"minio"}),
     ],
@@ -190,6 +208,11 @@ def test_the_api_runs_in_production_on_the_migrated_database() -> None:
     assert api["DEPOT_DATABASE_URL"] == migrate["DEPOT_DATABASE_URL"]
     # `:?` makes compose refuse to start instead of running without a secret.
     assert api["DEPOT_SECRET_KEY"].startswith("${DEPOT_SECRET_KEY:?")
+
+
+@pytest.mark.parametrize("name", sorted(BACKGROUND | {"migrate"}))
+def test_every_depot_process_shares_the_apis_configuration(name: str) -> None:
+    assert _environment(_services()[name]) == _environment(_services()["api"])
 
 
 def test_the_api_stores_files_in_the_minio_bucket_compose_creates() -> None:
