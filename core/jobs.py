@@ -143,6 +143,8 @@ async def create_job(
         params=params,
         idempotency_key=idempotency_key,
         max_attempts=max_attempts,
+        # The caller sends it next (and says so if that fails: ``mark_sent``).
+        sent_at=utcnow(),
     )
     db.add(job)
     try:
@@ -164,9 +166,11 @@ async def create_job(
     return job, True
 
 
-async def mark_sent(db: AsyncSession, job_ids: Sequence[uuid.UUID]) -> None:
-    """Remember that the broker has these jobs' messages; commits."""
-    await db.exec(update(Job).where(col(Job.id).in_(job_ids)).values(sent_at=utcnow()))
+async def mark_sent(db: AsyncSession, job_ids: Sequence[uuid.UUID], *, sent: bool = True) -> None:
+    """Remember that the broker has (or, with ``sent=False``, lacks) these jobs' messages."""
+    await db.exec(
+        update(Job).where(col(Job.id).in_(job_ids)).values(sent_at=utcnow() if sent else None)
+    )
     await db.commit()
 
 
@@ -380,6 +384,7 @@ async def _end(
     *,
     error: str | None = None,
     message: str | None = None,
+    attempt: int | None = None,
 ) -> Job | None:
     now = utcnow()
     values: dict[str, Any] = {
@@ -392,12 +397,10 @@ async def _end(
         values["message"] = message
     if status is JobStatus.SUCCEEDED:
         values["progress"] = 1.0
-    result = await db.exec(
-        update(Job)
-        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING)
-        .values(**values)
-        .returning(Job)
-    )
+    conditions = [col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING]
+    if attempt is not None:
+        conditions.append(col(Job.attempts) == attempt)
+    result = await db.exec(update(Job).where(*conditions).values(**values).returning(Job))
     job = result.scalars().first()
     await db.commit()
     return job
@@ -410,17 +413,26 @@ async def finish(
     *,
     error: str | None = None,
     message: str | None = None,
+    attempt: int | None = None,
 ) -> Job | None:
-    """End a running job with ``status``; commits. None if it was not running."""
-    return await _end(db, job_id, status, error=error, message=message)
+    """End a running job with ``status``; commits.
+
+    None if it was not running (or, given ``attempt``, runs another attempt:
+    a worker whose heartbeat went stale was taken over).
+    """
+    return await _end(db, job_id, status, error=error, message=message, attempt=attempt)
 
 
-async def requeue(db: AsyncSession, job_id: uuid.UUID, message: str) -> Job | None:
-    """Put a running job back in the queue after a transient error; commits."""
+async def requeue(db: AsyncSession, job_id: uuid.UUID, message: str, *, attempt: int) -> Job | None:
+    """Put attempt ``attempt`` of a running job back in the queue (a transient error); commits."""
     now = utcnow()
     result = await db.exec(
         update(Job)
-        .where(col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING)
+        .where(
+            col(Job.id) == job_id,
+            col(Job.status) == JobStatus.RUNNING,
+            col(Job.attempts) == attempt,
+        )
         .values(
             status=JobStatus.QUEUED,
             message=message,

@@ -313,15 +313,14 @@ class JobQuery:
 # -- changes -----------------------------------------------------------------------
 
 
-async def _send(info: Info, job: models.Job) -> None:
+async def _send(info: Info, job: models.Job) -> bool:
     """Hand a committed job to the broker; if that fails, maintenance sends it later."""
     try:
         await info.context.jobs.send(job.id, job.kind)
     except Exception as exc:  # noqa: BLE001 - the job is safe in the database either way
         logger.warning("job not handed to the broker yet", job_id=str(job.id), error=str(exc))
-        return
-    async with info.context.sessionmaker() as db:
-        await jobs.mark_sent(db, [job.id])
+        return False
+    return True
 
 
 @strawberry.type
@@ -348,8 +347,11 @@ class JobMutation:
                 max_attempts=kind.max_attempts,
                 idempotency_key=idempotency_key,
             )
-        if created:
-            await _send(info, job)
+        # The row says "sent" from the start (one write less); if the send
+        # fails, it says "unsent" again so that maintenance sends it soon.
+        if created and not await _send(info, job):
+            async with info.context.sessionmaker() as db:
+                await jobs.mark_sent(db, [job.id], sent=False)
         return Job.from_model(job)
 
     @strawberry.mutation(
@@ -387,5 +389,7 @@ class JobMutation:
             job,
             retention_seconds=info.context.settings.job_events_retention_seconds,
         )
-        await _send(info, job)
+        if await _send(info, job):
+            async with info.context.sessionmaker() as db:
+                await jobs.mark_sent(db, [job.id])
         return Job.from_model(job)

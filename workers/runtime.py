@@ -165,35 +165,47 @@ class Runtime:
     async def conclude(self, job_id: uuid.UUID, outcome: Outcome) -> bool:
         """Record how the attempt ended and announce it; returns whether to send it again."""
         context = self._contexts.pop(job_id, None)
-        self._claimed.pop(job_id, None)
+        claimed = self._claimed.pop(job_id, None)
+        ran = context.job if context is not None else claimed
+        if ran is None:
+            return False
+        attempt = ran.attempts
+        mine = {f.id for f in context.outputs} if context is not None else set()
         resources = self.resources
         async with resources.sessionmaker() as db:
             job = await db.get(Job, job_id)
             if job is None:
                 return False
+            if job.status is not JobStatus.RUNNING or job.attempts != attempt:
+                # Not ours any more (taken over while our heartbeat was stale,
+                # or cancelled meanwhile): keep nothing of this attempt.
+                await self._remove(db, job, only=mine)
+                return False
             if outcome.status is JobStatus.SUCCEEDED:
-                ended = await jobs.finish(db, job_id, JobStatus.SUCCEEDED, message="Done.")
+                ended = await jobs.finish(
+                    db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt
+                )
                 if ended is None:
-                    # Not ours any more (taken over, or deleted): keep nothing of this attempt.
-                    if context is not None:
-                        keep = {f.id for f in context.outputs}
-                        await self._remove(db, job, only=keep)
+                    await self._remove(db, job, only=mine)
                     return False
                 for file in context.outputs if context is not None else ():
                     await jobs.publish_file(resources.events, file, deleted=False)
                 await self.publish(ended)
                 return False
             await jobs.remove_outputs(db, resources.storage, job)
-            if outcome.transient and job.attempts < job.max_attempts:
+            if outcome.transient and attempt < job.max_attempts:
                 requeued = await jobs.requeue(
-                    db, job_id, f"Attempt {job.attempts} met a temporary problem; trying again."
+                    db,
+                    job_id,
+                    f"Attempt {attempt} met a temporary problem; trying again.",
+                    attempt=attempt,
                 )
                 if requeued is not None:
                     await self.publish(requeued)
                 return requeued is not None
             message = "Cancelled." if outcome.status is JobStatus.CANCELLED else None
             ended = await jobs.finish(
-                db, job_id, outcome.status, error=outcome.error, message=message
+                db, job_id, outcome.status, error=outcome.error, message=message, attempt=attempt
             )
             if ended is not None:
                 await self.publish(ended)
