@@ -134,7 +134,8 @@ def state_per_request(app: ASGIApp) -> ASGIApp:
 @asynccontextmanager
 async def started(app: ASGIApp) -> AsyncIterator[ASGIApp]:
     """``app`` with its lifespan running, served like uvicorn would (state per request)."""
-    async with LifespanManager(app) as manager:
+    # Start-up migrates and starts the in-process workers: generous limits for a busy CI machine.
+    async with LifespanManager(app, startup_timeout=60, shutdown_timeout=60) as manager:
         yield state_per_request(manager.app)
 
 

@@ -90,9 +90,29 @@ def _declare(broker: dramatiq.Broker, runtime: Runtime | None) -> None:
         )
 
 
+class _TimeLimit(TimeLimit):
+    """Dramatiq's TimeLimit, whose watchdog thread (it never stops) starts once per process.
+
+    Every broker of the process shares this one instance: a process that
+    builds several apps (tests) would otherwise gather a thread per app.
+    """
+
+    _started = False
+    _lock = threading.Lock()
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        with self._lock:
+            if not _TimeLimit._started:
+                _TimeLimit._started = True
+                super().after_process_boot(broker)  # type: ignore[no-untyped-call]
+
+
+_TIME_LIMIT = _TimeLimit()
+
+
 def _middleware(runtime: Runtime | None) -> list[dramatiq.Middleware]:
     kinds: Mapping[str, Kind] = {actor_name(k.name): k for k in KINDS.values()}
-    middleware: list[dramatiq.Middleware] = [AsyncIO(), TimeLimit()]
+    middleware: list[dramatiq.Middleware] = [AsyncIO(), _TIME_LIMIT]
     if runtime is not None:
         middleware.append(JobLifecycle(runtime, kinds))
     return middleware

@@ -92,10 +92,12 @@ class JobContext:
         self.job.progress = min(max(float(fraction), 0.0), 1.0)
         self.job.message = message[:500] if message is not None else None
         now = time.monotonic()
+        if self._flush is not None:
+            return  # an event is due soon; it will carry this value
         if now - self._last_event >= EVENT_INTERVAL:
-            self._cancel_flush()
+            self._last_event = now
             await self._emit()
-        elif self._flush is None:
+        else:
             # Coalesced: the latest value goes out when the interval is up.
             loop = asyncio.get_running_loop()
             self._flush = loop.call_at(
@@ -104,6 +106,7 @@ class JobContext:
 
     def _flush_now(self) -> None:
         self._flush = None
+        self._last_event = time.monotonic()
         self._flushing = asyncio.create_task(self._emit())
 
     def _cancel_flush(self) -> None:
@@ -112,7 +115,6 @@ class JobContext:
             self._flush = None
 
     async def _emit(self) -> None:
-        self._last_event = time.monotonic()
         try:
             await self.events.append(jobs.job_stream(self.job.id), jobs.status_data(self.job))
         except Exception as exc:  # noqa: BLE001 - progress is best effort; statuses are not

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -23,7 +24,7 @@ from core import files, jobs
 from core.db import create_engine, create_sessionmaker
 from core.errors import NotFound
 from core.events import EventLog, RedisEventLog
-from core.models import Job, JobStatus
+from core.models import File, Job, JobStatus
 from core.redis_client import open_redis
 from core.settings import Settings
 from core.time import utcnow
@@ -34,8 +35,26 @@ from workers.kind import Kind
 
 logger = structlog.get_logger("depot.jobs")
 
-# How long a status event is retried while the bus is unreachable.
+# How long a step is retried while the database or the bus is unreachable.
 PUBLISH_PATIENCE_SECONDS = 30.0
+
+T = TypeVar("T")
+
+
+async def patiently(step: Callable[[], Awaitable[T]]) -> T:
+    """``step()``, tried again while it fails for a transient reason, for up to
+    ``PUBLISH_PATIENCE_SECONDS``."""
+    delay, waited = 0.1, 0.0
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if not is_transient(exc) or waited >= PUBLISH_PATIENCE_SECONDS:
+                raise
+            logger.warning("retrying after a transient error", error=str(exc))
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
 
 
 @dataclass(frozen=True)
@@ -105,23 +124,17 @@ class Runtime:
 
     async def publish(self, job: Job) -> None:
         """Announce a status change; retried while the bus is briefly unreachable."""
-        delay, waited = 0.1, 0.0
-        while True:
-            try:
-                await jobs.publish_status(
+        try:
+            await patiently(
+                lambda: jobs.publish_status(
                     self.resources.events,
                     job,
                     retention_seconds=self.settings.job_events_retention_seconds,
                 )
-                return
-            except Exception as exc:  # noqa: BLE001 - only transient ones are retried
-                if not is_transient(exc) or waited >= PUBLISH_PATIENCE_SECONDS:
-                    # The database has the status; subscribers read it from there.
-                    logger.warning("status event lost", job_id=str(job.id), error=str(exc))
-                    return
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 2.0)
+            )
+        except Exception as exc:  # noqa: BLE001 - the database has the status
+            # Subscribers read the final state from the database.
+            logger.warning("status event lost", job_id=str(job.id), error=str(exc))
 
     async def claim(self, job_id: uuid.UUID) -> jobs.Claim:
         """Start the job's next attempt if it may run now; see :func:`core.jobs.claim`."""
@@ -163,36 +176,67 @@ class Runtime:
             await kind.run(context)
 
     async def conclude(self, job_id: uuid.UUID, outcome: Outcome) -> bool:
-        """Record how the attempt ended and announce it; returns whether to send it again."""
+        """Record how the attempt ended and announce it; returns whether to send it again.
+
+        A database that is briefly unreachable is waited for (a job left
+        running with no worker would wait for maintenance to notice); the
+        announcements go out after the record, never undoing it.
+        """
         context = self._contexts.pop(job_id, None)
         claimed = self._claimed.pop(job_id, None)
         ran = context.job if context is not None else claimed
         if ran is None:
             return False
-        attempt = ran.attempts
+        again, changed = await patiently(lambda: self._record(ran, context, outcome))
+        if changed is not None:
+            if changed.status is JobStatus.SUCCEEDED and context is not None:
+                for file in context.outputs:
+                    await self._announce(file)
+            await self.publish(changed)
+        return again
+
+    async def _announce(self, file: File) -> None:
+        async def send() -> None:
+            await jobs.publish_file(self.resources.events, file, deleted=False)
+
+        try:
+            await patiently(send)
+        except Exception as exc:  # noqa: BLE001 - the file exists either way
+            logger.warning("file event lost", file_id=str(file.id), error=str(exc))
+
+    async def _record(
+        self, ran: Job, context: JobContext | None, outcome: Outcome
+    ) -> tuple[bool, Job | None]:
+        """The database side of ``conclude``: (send again?, the job if its status changed).
+
+        Safe to repeat after a failure midway: a status this attempt already
+        recorded is recognised, not undone.
+        """
+        job_id, attempt = ran.id, ran.attempts
         mine = {f.id for f in context.outputs} if context is not None else set()
-        resources = self.resources
-        async with resources.sessionmaker() as db:
-            job = await db.get(Job, job_id)
+        storage = self.resources.storage
+        async with self.resources.sessionmaker() as db:
+            job = await db.get(Job, job_id, populate_existing=True)
             if job is None:
-                return False
+                return False, None
+            if job.attempts == attempt and job.status is not JobStatus.RUNNING:
+                if job.status is outcome.status:
+                    return False, job  # recorded by an earlier try of this very step
+                if job.status is JobStatus.QUEUED and outcome.transient:
+                    return True, job
             if job.status is not JobStatus.RUNNING or job.attempts != attempt:
-                # Not ours any more (taken over while our heartbeat was stale,
-                # or cancelled meanwhile): keep nothing of this attempt.
+                # Not ours any more (taken over while our heartbeat was stale):
+                # keep nothing of this attempt.
                 await self._remove(db, job, only=mine)
-                return False
+                return False, None
             if outcome.status is JobStatus.SUCCEEDED:
                 ended = await jobs.finish(
                     db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt
                 )
                 if ended is None:
                     await self._remove(db, job, only=mine)
-                    return False
-                for file in context.outputs if context is not None else ():
-                    await jobs.publish_file(resources.events, file, deleted=False)
-                await self.publish(ended)
-                return False
-            await jobs.remove_outputs(db, resources.storage, job)
+                return False, ended
+            await jobs.remove_outputs(db, storage, job)
             if outcome.transient and attempt < job.max_attempts:
                 requeued = await jobs.requeue(
                     db,
@@ -200,16 +244,12 @@ class Runtime:
                     f"Attempt {attempt} met a temporary problem; trying again.",
                     attempt=attempt,
                 )
-                if requeued is not None:
-                    await self.publish(requeued)
-                return requeued is not None
+                return requeued is not None, requeued
             message = "Cancelled." if outcome.status is JobStatus.CANCELLED else None
             ended = await jobs.finish(
                 db, job_id, outcome.status, error=outcome.error, message=message, attempt=attempt
             )
-            if ended is not None:
-                await self.publish(ended)
-            return False
+            return False, ended
 
     async def _remove(self, db: AsyncSession, job: Job, only: set[uuid.UUID]) -> None:
         for file_id in only:
