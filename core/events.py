@@ -127,10 +127,6 @@ class _Fanout:
         for listener in listeners:
             listener.deliver(RESYNC)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return sum(len(group) for group in self._listeners.values())
-
 
 class EventLog(Protocol):
     """Ordered, replayable event streams with live delivery."""
@@ -151,10 +147,6 @@ class EventLog(Protocol):
 
     async def expire(self, stream: str, seconds: int) -> None:
         """Forget ``stream`` ``seconds`` from now."""
-        ...
-
-    async def trim(self, stream: str, before_ms: int) -> None:
-        """Drop the events of ``stream`` older than ``before_ms`` (Unix milliseconds)."""
         ...
 
     async def prune(self) -> int:
@@ -278,21 +270,10 @@ class MemoryEventLog:
             if found is not None:
                 found.expires_at = self._clock() + seconds
 
-    async def trim(self, stream: str, before_ms: int) -> None:
-        with self._lock:
-            found = self._live(stream)
-            if found is not None:
-                found.events = [e for e in found.events if e.key[0] >= before_ms]
-
     async def prune(self) -> int:
         with self._lock:
             names = list(self._streams)
             return sum(1 for name in names if self._live(name) is None)
-
-    def streams(self) -> list[str]:
-        """Names of the streams held (for maintenance)."""
-        with self._lock:
-            return list(self._streams)
 
     @contextlib.asynccontextmanager
     async def listen(self, stream: str) -> AsyncIterator[Listener]:
@@ -371,9 +352,6 @@ class RedisEventLog:
 
     async def expire(self, stream: str, seconds: int) -> None:
         await self._redis.expire(KEY_PREFIX + stream, seconds)
-
-    async def trim(self, stream: str, before_ms: int) -> None:
-        await self._redis.xtrim(KEY_PREFIX + stream, minid=f"{before_ms}-0", approximate=False)
 
     async def prune(self) -> int:
         return 0  # Redis forgets expired streams itself
