@@ -25,6 +25,7 @@ from core.errors import BadUserInput, NotFound
 from schema.context import Info
 from schema.files import File
 from schema.ids import decode_id_of, encode_id
+from schema.loaders import Loaders
 from schema.node import Node
 from schema.pagination import Connection, paginate, paginate_children
 from schema.permissions import IsAuthenticated
@@ -118,10 +119,10 @@ class Job(Node):
 
 
 def _job_outputs(
-    info_loaders: Any, first: int | None, after: str | None
+    loaders: Loaders, first: int | None, after: str | None
 ) -> DataLoader[uuid.UUID, Connection[File]]:
     async def load(job_ids: list[uuid.UUID]) -> list[Connection[File]]:
-        async with info_loaders.sessionmaker() as db:
+        async with loaders.sessionmaker() as db:
             pages = await paginate_children(
                 db,
                 models.File,
@@ -137,12 +138,12 @@ def _job_outputs(
 
 
 def file_jobs(
-    info_loaders: Any, first: int | None, after: str | None
+    loaders: Loaders, first: int | None, after: str | None
 ) -> DataLoader[uuid.UUID, Connection[Job]]:
     """Jobs that read each file, a page per file, for ``File.jobs``."""
 
     async def load(file_ids: list[uuid.UUID]) -> list[Connection[Job]]:
-        async with info_loaders.sessionmaker() as db:
+        async with loaders.sessionmaker() as db:
             pages = await paginate_children(
                 db,
                 models.Job,

@@ -23,6 +23,7 @@ import structlog
 from sqlmodel import col, select
 
 from core import jobs
+from core.db import SessionMaker
 from core.errors import BadUserInput, Conflict, QuotaExceeded
 from core.events import EventLog
 from core.models import File, Job, JobInput
@@ -58,7 +59,7 @@ class Resources:
     """The long-lived clients a worker process (or thread pool) holds."""
 
     settings: Settings
-    sessionmaker: Any  # core.db.SessionMaker
+    sessionmaker: SessionMaker
     storage: Storage
     events: EventLog
 
