@@ -10,6 +10,7 @@ resolver is a bug: it is logged with its traceback and masked as
     ├── Forbidden              signed in, but not allowed to do this
     ├── NotFound               no such object, or it belongs to someone else
     ├── BadUserInput           an argument is invalid; ``field`` names it
+    ├── BadRequest             the request itself is malformed or did not arrive whole
     ├── Conflict               the change clashes with existing state
     ├── QuotaExceeded          the change would exceed a storage quota
     └── RateLimited            too many attempts; ``retry_after`` says when to retry

@@ -7,7 +7,9 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+import unicodedata
 from pathlib import Path
 
 import click
@@ -33,6 +35,12 @@ _CODE = re.compile(r"```.*?```|`[^`\n]+`", re.DOTALL)
 _MAKE_COMMAND = re.compile(r"\bmake((?:[ \t]+-[\w-]+)*(?:[ \t]+[a-z][\w-]*)+)")
 _MAKE_TARGET = re.compile(r"^([A-Za-z][\w-]*)\s*:(?!=)", re.MULTILINE)
 _VARIABLE = re.compile(r"\bDEPOT_[A-Z0-9_]+")
+# Our packages, as docs name their modules: ``core/jobs.py`` or ``core.jobs.claim``.
+PACKAGES = ("api", "bench", "core", "migrations", "schema", "storage", "tests", "workers")
+_DOTTED = re.compile(rf"^(?:{'|'.join(PACKAGES)})(?:\.[A-Za-z_]\w*)+$")
+_PATH = re.compile(rf"^(?:{'|'.join(PACKAGES)}|docs|scripts|\.ci)/[\w./-]*$")
+_LINK = re.compile(r"\]\(([^)\s]*)\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.MULTILINE)
 
 
 def render_readme(text: str) -> str:
@@ -88,6 +96,101 @@ def test_documented_variables_are_real_settings() -> None:
         mentioned = set(_VARIABLE.findall(document.read_text(encoding="utf-8")))
         unknown = mentioned - known
         assert not unknown, f"{document.relative_to(ROOT)} mentions unknown variables {unknown}"
+
+
+def _code_spans(text: str) -> list[str]:
+    return [
+        span.strip("`")
+        for span in re.findall(r"`[^`\n]+`", re.sub(r"```.*?```", "", text, flags=re.DOTALL))
+    ]
+
+
+def resolves(name: str) -> bool:
+    """Whether ``pkg.module.Attr.attr`` names a module and, after it, attributes."""
+    parts = name.split(".")
+    for split in range(len(parts), 0, -1):
+        try:
+            target: object = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            if not hasattr(target, attribute):
+                return False
+            target = getattr(target, attribute)
+        return True
+    return False
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces as dashes."""
+    text = re.sub(r"[`*_]", "", heading).strip().lower()
+    text = "".join(c for c in text if c in "- " or unicodedata.category(c)[0] in "LN")
+    return text.replace(" ", "-")
+
+
+def _anchors(document: Path) -> set[str]:
+    return {anchor(h) for h in _HEADING.findall(document.read_text(encoding="utf-8"))}
+
+
+def _named_thing_exists(span: str) -> bool:
+    """A code span naming a path or a dotted module name: does it exist? Other spans do."""
+    if _PATH.match(span):
+        return (ROOT / span.rstrip("/")).exists()
+    if _DOTTED.match(span):
+        return (ROOT / span).exists() or resolves(span)
+    return True
+
+
+def _link_reaches(document: Path, target: str) -> bool:
+    if "://" in target or target.startswith("mailto:"):
+        return True
+    path, _, fragment = target.partition("#")
+    linked = (document.parent / path) if path else document
+    if not linked.exists():
+        return False
+    return not fragment or linked.suffix != ".md" or fragment in _anchors(linked)
+
+
+def test_modules_classes_and_paths_named_in_docs_exist() -> None:
+    missing = [
+        f"{document.name}: {span}"
+        for document in _documents()
+        for span in _code_spans(document.read_text(encoding="utf-8"))
+        if not _named_thing_exists(span)
+    ]
+    assert missing == [], f"docs name modules, classes or files that do not exist: {missing}"
+
+
+def test_modules_in_the_package_table_exist() -> None:
+    """architecture.md's "Packages" table names each package's modules by file name."""
+    rows = re.findall(
+        r"^\| `(\w+)/` \|(.*)\|$", (ROOT / "docs" / "architecture.md").read_text(), re.M
+    )
+    assert rows, "docs/architecture.md has no package table"
+    missing = [
+        f"{package}/{module}"
+        for package, text in rows
+        for module in re.findall(r"`(\w+\.py)`", text)
+        if not (ROOT / package / module).exists()
+    ]
+    assert missing == [], f"docs/architecture.md's package table names missing modules: {missing}"
+
+
+def test_links_between_docs_reach_their_anchors() -> None:
+    broken = [
+        f"{document.name}: {target}"
+        for document in _documents()
+        for target in _LINK.findall(document.read_text(encoding="utf-8"))
+        if not _link_reaches(document, target)
+    ]
+    assert broken == [], f"docs link to files or sections that do not exist: {broken}"
+
+
+def test_the_doc_checks_see_a_missing_name() -> None:
+    assert resolves("core.jobs.claim")
+    assert not resolves("core.jobs.no_such_function")
+    assert not resolves("core.no_such_module")
+    assert anchor("Global ids and `node(id:)`") == "global-ids-and-nodeid"
 
 
 if __name__ == "__main__":
