@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import unicodedata
 import uuid
 
@@ -16,11 +15,10 @@ from core import passwords
 from core.errors import BadUserInput, Conflict, NotFound
 from core.models import Role, User
 from core.settings import Settings
+from core.text import has_invisible_controls
 from core.time import utcnow
 
 DISPLAY_NAME_MAX = 100
-# Control characters and bidirectional overrides: invisible, and used for spoofing.
-_FORBIDDEN_IN_NAMES = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def normalize_email(email: str, *, field: str = "email") -> str:
@@ -48,7 +46,7 @@ def normalize_display_name(name: str, *, field: str = "displayName") -> str:
         raise BadUserInput(
             f"The display name may have at most {DISPLAY_NAME_MAX} characters.", field=field
         )
-    if _FORBIDDEN_IN_NAMES.search(name):
+    if has_invisible_controls(name):
         raise BadUserInput("The display name contains invisible control characters.", field=field)
     return name
 

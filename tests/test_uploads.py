@@ -130,8 +130,8 @@ async def test_empty_file_is_a_file(
 
 @pytest.mark.parametrize(
     "path",
-    ["..", "a/../b", "./a", "a\0b", "x" * 5000, "", "/"],
-    ids=["dotdot", "inner-dotdot", "dot", "nul", "5000-chars", "empty", "slash"],
+    ["..", "a/../b", "./a", "a\0b", "x" * 5000, "", "/", "invoice\u202efdp.exe", "a\u2067b"],
+    ids=["dotdot", "inner-dotdot", "dot", "nul", "5000-chars", "empty", "slash", "rlo", "rli"],
 )
 async def test_bad_path_is_refused_and_nothing_kept(
     client: httpx.AsyncClient,
