@@ -92,6 +92,9 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         "access_log": False,
         "lifespan": "on",
         "timeout_graceful_shutdown": 10,
+        # Forwarded headers only from the proxies named; uvicorn would trust loopback.
+        "proxy_headers": bool(settings.trusted_proxies),
+        "forwarded_allow_ips": settings.trusted_proxies or None,
         # Events are a few hundred bytes: compression would cost each socket
         # ~40 KiB of zlib state for nothing.
         "ws_per_message_deflate": False,

@@ -7,6 +7,7 @@ request.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -113,6 +114,12 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated browser origins allowed to call the API (HTTP and WebSocket).",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated addresses or networks (`10.0.0.0/8`) of the reverse "
+        "proxies in front of Depot, whose `X-Forwarded-For` and `X-Forwarded-Proto` are "
+        "believed. Empty: nobody's, so a client cannot pose as another address.",
     )
     access_token_minutes: int = Field(
         default=15, ge=1, le=1440, description="How long an access token (JWT) is valid."
@@ -274,6 +281,21 @@ class Settings(BaseSettings):
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _split_proxies(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [proxy.strip() for proxy in value.split(",") if proxy.strip()]
+        if isinstance(value, list):
+            for proxy in value:
+                try:
+                    ipaddress.ip_network(str(proxy))
+                except ValueError:
+                    raise ValueError(
+                        f"{proxy!r} is not an address or network; use e.g. 10.0.0.5,10.1.0.0/16"
+                    ) from None
         return value
 
     @field_validator("login_limit_per_account", "login_limit_per_address")

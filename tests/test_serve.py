@@ -71,7 +71,7 @@ def _wait_until_healthy(server: Server) -> None:
 
 
 @contextlib.contextmanager
-def _serving(directory: Path) -> Iterator[Server]:
+def _serving(directory: Path, **variables: str) -> Iterator[Server]:
     """Run ``depot serve`` in ``directory`` until it answers; kill it afterwards."""
     port = _free_port()
     log = directory / "depot.log"
@@ -79,7 +79,7 @@ def _serving(directory: Path) -> Iterator[Server]:
         process = subprocess.Popen(
             [str(DEPOT), "serve", "--port", str(port)],
             cwd=directory,
-            env=_environment(directory),
+            env=_environment(directory, **variables),
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -171,3 +171,42 @@ def test_production_refuses_an_unmigrated_database(tmp_path: Path) -> None:
     output = completed.stdout + completed.stderr
     assert completed.returncode != 0, output
     assert "run `depot migrate upgrade`" in output
+
+
+_FAILED_LOGIN = {
+    "query": "mutation ($input: LoginInput!) { login(input: $input) { accessToken } }",
+}
+_CHEAP_HASHING = {
+    "DEPOT_PASSWORD_HASH_MEMORY_KIB": "19456",
+    "DEPOT_PASSWORD_HASH_ITERATIONS": "2",
+    "DEPOT_LOGIN_LIMIT_PER_ACCOUNT": "100/minute",
+    "DEPOT_LOGIN_LIMIT_PER_ADDRESS": "3/minute",
+}
+
+
+def _codes_of_failed_logins(server: Server, count: int) -> list[str]:
+    """Failed sign-ins for ``count`` different accounts, each claiming another address."""
+    codes = []
+    for n in range(count):
+        variables = {"input": {"email": f"nobody{n}@example.com", "password": "wrong password"}}
+        response = server.client.post(
+            "/graphql",
+            json={**_FAILED_LOGIN, "variables": variables},
+            headers={"X-Forwarded-For": f"203.0.113.{n + 1}"},
+        )
+        codes.append(response.json()["errors"][0]["extensions"]["code"])
+    return codes
+
+
+def test_forwarded_for_from_an_untrusted_peer_is_ignored(tmp_path: Path) -> None:
+    with _serving(tmp_path, **_CHEAP_HASHING) as server:
+        codes = _codes_of_failed_logins(server, 4)
+    # Every attempt counts against 127.0.0.1, whatever address it claims.
+    assert codes == ["UNAUTHENTICATED"] * 3 + ["RATE_LIMITED"]
+
+
+def test_forwarded_for_from_a_trusted_proxy_names_the_client(tmp_path: Path) -> None:
+    with _serving(tmp_path, DEPOT_TRUSTED_PROXIES="127.0.0.1", **_CHEAP_HASHING) as server:
+        codes = _codes_of_failed_logins(server, 4)
+    # Four clients behind the proxy, one failure each.
+    assert codes == ["UNAUTHENTICATED"] * 4
