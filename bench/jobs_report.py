@@ -1,0 +1,170 @@
+"""What the jobs bench found, and how it is printed: its figures, targets and verdicts.
+
+``bench.jobs`` measures and fills these; :func:`report` turns them into the
+text it prints.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Final
+
+from bench.report import KIB, MIB, environment, ms, percentile, table, times, verdict
+
+LATENCY_TARGET_MS: Final = 20.0
+RATIO_TARGET: Final = 0.3
+SUBSCRIPTION_TARGET_KIB: Final = 50.0
+# One idle subscription in this many is checked to be live (its job is then cancelled).
+SAMPLE_EVERY: Final = 20
+
+
+@dataclass
+class Latencies:
+    """Seconds, one sample per job."""
+
+    first_event: list[float] = field(default_factory=list)  # startJob returned → first event
+    start_job: list[float] = field(default_factory=list)  # startJob's round trip
+    # The same span split at the event's `at` (set when the worker publishes it):
+    to_publish: list[float] = field(default_factory=list)  # → the worker publishes RUNNING
+    to_client: list[float] = field(default_factory=list)  # → the client has it
+    not_running: int = 0  # first events that were not RUNNING
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """``jobs`` done in ``seconds``, ``failed`` of them not successfully."""
+
+    jobs: int
+    seconds: float
+    failed: int
+
+    @property
+    def rate(self) -> float:
+        return self.jobs / self.seconds
+
+
+@dataclass(frozen=True)
+class Memory:
+    """``depot serve``'s RSS around one layout of idle subscriptions."""
+
+    connections: int
+    per_connection: int
+    before: int  # bytes of RSS
+    after: int
+    sampled: int  # subscriptions whose job was then cancelled
+    confirmed: int  # of those, the ones that delivered it: they were live
+
+    @property
+    def subscriptions(self) -> int:
+        return self.connections * self.per_connection
+
+    @property
+    def per_subscription(self) -> float:
+        return (self.after - self.before) / self.subscriptions
+
+
+@dataclass(frozen=True)
+class Results:
+    """One run's figures, with what the run was on."""
+
+    setup: str
+    latencies: Latencies
+    bare: Throughput
+    depot: Throughput
+    clients: int
+    threads: int
+    memories: list[Memory]
+    notes: list[str]
+
+
+def report(results: Results) -> str:
+    lat = results.latencies
+    first = lat.first_event
+    median = statistics.median(first)
+    lines = [
+        results.setup,
+        environment("dramatiq", "strawberry-graphql", "uvicorn"),
+        "",
+        f"1. First event after startJob returns ({len(first)} verify jobs, one at a time)",
+        *table(
+            [
+                ["", "latency", "target"],
+                ["median", ms(median), f"< {LATENCY_TARGET_MS:g} ms"],
+                ["p95", ms(percentile(first, 95)), ""],
+                ["p99", ms(percentile(first, 99)), ""],
+                ["max", ms(max(first)), ""],
+            ],
+            indent="  ",
+        ),
+        f"  medians of the parts: startJob round trip {ms(statistics.median(lat.start_job))}; "
+        f"startJob returned → worker publishes RUNNING {ms(statistics.median(lat.to_publish))}; "
+        f"→ client has it {ms(statistics.median(lat.to_client))}",
+    ]
+    if lat.not_running:
+        lines.append(f"  {lat.not_running} first events were not RUNNING")
+    bare, depot = results.bare, results.depot
+    ratio = depot.rate / bare.rate
+    lines += [
+        "",
+        f"2. Throughput, {results.threads} worker threads in each worker process",
+        *table(
+            [
+                ["path", "jobs", "time", "jobs/s", "vs bare", "target"],
+                [
+                    "bare Dramatiq actor (one INCR)",
+                    str(bare.jobs),
+                    f"{bare.seconds:.2f} s",
+                    f"{bare.rate:.0f}",
+                    times(1),
+                    "",
+                ],
+                [
+                    f"Depot verify jobs, {results.clients} GraphQL clients",
+                    str(depot.jobs),
+                    f"{depot.seconds:.2f} s",
+                    f"{depot.rate:.0f}",
+                    times(ratio),
+                    f">= {times(RATIO_TARGET)}",
+                ],
+            ],
+            indent="  ",
+        ),
+    ]
+    if depot.failed:
+        lines.append(f"  {depot.failed} Depot jobs did not succeed")
+    rows = [["layout", "subscriptions", "RSS before", "RSS after", "each", "live*", "target"]]
+    for memory in results.memories:
+        rows.append(
+            [
+                f"{memory.connections} WebSockets x {memory.per_connection}",
+                str(memory.subscriptions),
+                f"{memory.before / MIB:.1f} MiB",
+                f"{memory.after / MIB:.1f} MiB",
+                f"{memory.per_subscription / KIB:.1f} KiB",
+                f"{memory.confirmed}/{memory.sampled}",
+                f"< {SUBSCRIPTION_TARGET_KIB:g} KiB",
+            ]
+        )
+    lines += [
+        "",
+        "3. Memory per idle subscription (jobEvents of queued jobs; depot serve's RSS, "
+        "fresh process each)",
+        *table(rows, indent="  "),
+        f"  * every {SAMPLE_EVERY}th subscription's job is cancelled afterwards: those that "
+        "deliver it were live",
+        *(f"  {note}" for note in results.notes),
+        "",
+        f"median first-event latency {ms(median)}: {verdict(median * 1000 < LATENCY_TARGET_MS)}",
+        f"throughput ratio {times(ratio)}: {verdict(ratio >= RATIO_TARGET and not depot.failed)}",
+    ]
+    for memory in results.memories:
+        ok = (
+            memory.per_subscription / KIB < SUBSCRIPTION_TARGET_KIB
+            and memory.confirmed == memory.sampled
+        )
+        lines.append(
+            f"{memory.connections} WebSockets x {memory.per_connection}: "
+            f"{memory.per_subscription / KIB:.1f} KiB per subscription: {verdict(ok)}"
+        )
+    return "\n".join(lines)
