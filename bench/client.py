@@ -51,6 +51,11 @@ def data(response: httpx.Response) -> dict[str, Any]:
     return cast(dict[str, Any], result["data"])
 
 
+def graphql(client: httpx.Client, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """One GraphQL request over a blocking client; its ``data`` (see :func:`data`)."""
+    return data(client.post("/graphql", json=payload(query, variables)))
+
+
 def multipart(query: str, variables: dict[str, Any], file_variable: str = "file") -> dict[str, str]:
     """The form fields of a multipart request (GraphQL multipart request spec).
 

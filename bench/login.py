@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
 import secrets
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +29,15 @@ from argon2 import PasswordHasher
 from asgi_lifespan import LifespanManager
 
 from api.app import create_app
+from bench.client import PASSWORD, REGISTER, body, payload, registration
+from bench.report import environment, percentile, table, times
 from core.logging import configure_logging
 from core.passwords import hasher
 from core.settings import Settings
 
 EMAIL = "bench@example.com"
 UNKNOWN_EMAIL = "nobody@example.com"
-# The benchmark account's own throwaway credentials.
-PASSWORD = "benchmark passphrase 7f3a9c"  # noqa: S105
 WRONG_PASSWORD = "benchmark passphrase 0000000"  # noqa: S105
-REGISTER = "mutation Register($input: RegisterInput!) { register(input: $input) { accessToken } }"
 LOGIN = "mutation Login($input: LoginInput!) { login(input: $input) { accessToken } }"
 # Failed sign-ins are the point here, so the brute-force limits must not kick in.
 NO_LIMIT = "1000000/minute"
@@ -102,10 +98,7 @@ def bench_settings(var_dir: Path, cost: Cost) -> Settings:
 
 
 async def post(client: httpx.AsyncClient, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    response = await client.post("/graphql", json={"query": query, "variables": variables})
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
+    return body(await client.post("/graphql", json=payload(query, variables)))
 
 
 async def sign_in(client: httpx.AsyncClient, attempt: Attempt) -> float:
@@ -146,8 +139,7 @@ async def measure(cost: Cost, count: int) -> dict[str, list[float]]:
         async with LifespanManager(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
-                account = {"email": EMAIL, "password": PASSWORD, "displayName": "Bench"}
-                registered = await post(client, REGISTER, {"input": account})
+                registered = await post(client, REGISTER, registration(EMAIL))
                 assert "errors" not in registered, registered
                 for turn in range(count + 1):
                     for kind in kinds[turn % len(kinds) :] + kinds[: turn % len(kinds)]:
@@ -165,19 +157,7 @@ def median_ms(samples: list[float]) -> float:
 
 
 def p95_ms(samples: list[float]) -> float:
-    return statistics.quantiles(samples, n=20, method="inclusive")[18] * 1000
-
-
-def table(rows: list[list[str]]) -> list[str]:
-    """Rows as aligned text: the first column to the left, the others to the right."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
+    return percentile(samples, 95) * 1000
 
 
 def report(results: dict[Cost, dict[str, list[float]]], count: int) -> str:
@@ -200,8 +180,8 @@ def report(results: dict[Cost, dict[str, list[float]]], count: int) -> str:
                 f"{login:.1f} ms",
                 f"{p95_ms(samples['login']):.1f} ms",
                 f"{verify:.1f} ms",
-                f"{login / verify:.2f}x",
-                f"{unknown / wrong:.2f}x",
+                times(login / verify),
+                times(unknown / wrong),
             ]
         )
     production, owasp = (median_ms(samples["login"]) for samples in results.values())
@@ -209,12 +189,11 @@ def report(results: dict[Cost, dict[str, list[float]]], count: int) -> str:
         [
             f"Depot sign-in: {count} of each kind (login, wrong password, unknown email) per "
             "cost, POST /graphql in-process (httpx ASGITransport, SQLite)",
-            f"Python {platform.python_version()}, argon2-cffi {version('argon2-cffi')}, "
-            f"{platform.machine()}, {os.cpu_count()} CPUs",
+            environment("argon2-cffi"),
             "",
             *table(rows),
             "",
-            f"login median, production default / OWASP minimum: {production / owasp:.2f}x",
+            f"login median, production default / OWASP minimum: {times(production / owasp)}",
         ]
     )
 

@@ -24,16 +24,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
-import platform
 import re
-import secrets
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -45,18 +38,17 @@ from typing import Any
 
 import httpx
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
+from bench.client import CSRF, REGISTER, Account, data, graphql, multipart, registration
+from bench.harness import Process, Stack, depot_env, free_port, progress, rss_bytes
+from bench.report import GIB, MIB, environment, table, times, verdict
+
 BLOCK = 4 * MIB
 SAMPLE_SECONDS = 0.05
-# The benchmark account's own throwaway credentials.
+# The benchmark account (its password is bench.client's).
 EMAIL = "bench@example.com"
-PASSWORD = "benchmark passphrase 7f3a9c"  # noqa: S105
-CSRF = {"x-depot-csrf": "1"}
 TARGETS = {"direct upload": 0.5, "GraphQL multipart": 0.3}
 RSS_LIMIT = 64 * MIB
 
-REGISTER = "mutation Register($input: RegisterInput!) { register(input: $input) { accessToken } }"
 CREATE_UPLOAD = """mutation CreateUpload($input: CreateUploadInput!) {
   createUpload(input: $input) { id url method headers }
 }"""
@@ -75,13 +67,6 @@ def parse_size(text: str) -> int:
     if match is None:
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 64MiB or 1GiB)")
     return int(match[1]) * _UNITS[match[2].lower()]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def make_source(path: Path, size: int) -> str:
@@ -111,14 +96,6 @@ def plain_copy(source: Path, target: Path) -> float:
     elapsed = time.perf_counter() - started
     target.unlink()
     return elapsed
-
-
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
 
 
 class RssSampler:
@@ -158,66 +135,27 @@ class RssSampler:
             return max(self._peak, rss_bytes(self._pid))
 
 
-@dataclass(frozen=True)
-class Server:
-    url: str
-    pid: int
-
-
 @contextmanager
-def depot_serve(var_dir: Path, size: int) -> Iterator[Server]:
-    """``depot serve`` in a subprocess, ready to take requests; stopped on exit."""
+def depot_serve(workdir: Path, size: int) -> Iterator[tuple[str, Process]]:
+    """``depot serve`` (its URL and process) on a free port, ready to take requests.
+
+    Its var directory (SQLite, local storage) is ``workdir / "var"``; its log
+    is in ``workdir``. Stopped on exit.
+    """
+    var_dir = workdir / "var"
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {name: value for name, value in os.environ.items() if not name.startswith("DEPOT_")}
-    env.update(
-        DEPOT_ENVIRONMENT="development",
-        DEPOT_VAR_DIR=str(var_dir),
-        DEPOT_STORAGE_URL=(var_dir / "storage").resolve().as_uri(),
-        DEPOT_SECRET_KEY=secrets.token_urlsafe(48),
-        DEPOT_PUBLIC_BASE_URL=url,
-        DEPOT_LOG_LEVEL="WARNING",
+    env = depot_env(
+        var_dir,
+        var_dir / "storage",
+        port,
         DEPOT_MAX_UPLOAD_BYTES=str(size),
         DEPOT_DEFAULT_QUOTA_BYTES=str(4 * size + GIB),
     )
-    # OWASP's minimum Argon2id cost: sign-in speed is not what is measured here.
-    env["DEPOT_PASSWORD_HASH_MEMORY_KIB"] = "19456"  # noqa: S105 - a cost, not a secret
-    env["DEPOT_PASSWORD_HASH_ITERATIONS"] = "2"  # noqa: S105
-    command = [sys.executable, "-c", "from api.cli import main; main()"]
-    process = subprocess.Popen(
-        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)], env=env
-    )
+    stack = Stack(workdir, env, port)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"depot serve exited with status {process.returncode}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("depot serve did not become ready within 60 s")
-            time.sleep(0.1)
-        yield Server(url, process.pid)
+        yield stack.url, stack.start_serve()
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def graphql(client: httpx.Client, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-    response = client.post("/graphql", json={"query": query, "variables": variables})
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    if body.get("errors"):
-        raise RuntimeError(f"GraphQL errors: {body['errors']}")
-    data: dict[str, Any] = body["data"]
-    return data
+        stack.stop()
 
 
 def direct_upload(client: httpx.Client, source: Path, path: str, sha256: str) -> dict[str, Any]:
@@ -245,22 +183,14 @@ def _blocks(handle: Any) -> Iterator[bytes]:
 
 def multipart_upload(client: httpx.Client, source: Path, path: str) -> dict[str, Any]:
     """One ``uploadFile`` request; httpx streams the file object as the part's body."""
-    operations = {"query": UPLOAD_FILE, "variables": {"file": None, "path": path}}
     with source.open("rb") as handle:
         response = client.post(
             "/graphql",
-            data={
-                "operations": json.dumps(operations),
-                "map": json.dumps({"0": ["variables.file"]}),
-            },
+            data=multipart(UPLOAD_FILE, {"path": path}),
             files={"0": (source.name, handle, "application/octet-stream")},
             headers=CSRF,
         )
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    if body.get("errors"):
-        raise RuntimeError(f"GraphQL errors: {body['errors']}")
-    file: dict[str, Any] = body["data"]["uploadFile"]
+    file: dict[str, Any] = data(response)["uploadFile"]
     return file
 
 
@@ -294,7 +224,7 @@ def rate(size: int, seconds: float) -> str:
 
 def report(size: int, copy_seconds: float, results: list[Result], workdir: Path) -> str:
     rows = [["method", "time", "throughput", "vs copy", "target", "RSS growth"]]
-    rows.append(["plain copy + fsync", f"{copy_seconds:.2f} s", rate(size, copy_seconds), "1.00x"])
+    rows.append(["plain copy + fsync", f"{copy_seconds:.2f} s", rate(size, copy_seconds), times(1)])
     rows[-1] += ["", ""]
     verdicts = []
     for result in results:
@@ -310,29 +240,20 @@ def report(size: int, copy_seconds: float, results: list[Result], workdir: Path)
                 result.label,
                 f"{result.seconds:.2f} s",
                 rate(size, result.seconds),
-                f"{ratio:.2f}x",
+                times(ratio),
                 f">= {target:.2f}",
                 f"{result.rss_growth / MIB:.1f} MiB",
             ]
         )
         ok = ratio >= target and result.rss_growth < RSS_LIMIT
-        verdicts.append(f"{result.label}: {'meets' if ok else 'MISSES'} its targets")
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
+        verdicts.append(f"{result.label}: {verdict(ok, 'its targets')}")
     return "\n".join(
         [
             f"Depot uploads: one {size / MIB:.0f} MiB file to local storage under {workdir}, "
             "depot serve (uvicorn) on 127.0.0.1, SQLite",
-            f"Python {platform.python_version()}, httpx {httpx.__version__}, "
-            f"{platform.machine()}, {os.cpu_count()} CPUs",
+            environment("httpx"),
             "",
-            *lines,
+            *table(rows),
             "",
             f"targets: direct >= {TARGETS['direct upload']:.1f}x and multipart >= "
             f"{TARGETS['GraphQL multipart']:.1f}x the copy rate; RSS growth < "
@@ -346,14 +267,13 @@ def run(size: int, parent: Path | None) -> str:
     with tempfile.TemporaryDirectory(prefix="depot-bench-", dir=parent) as name:
         workdir = Path(name)
         source = workdir / "source.bin"
-        print(f"writing a {size / MIB:.0f} MiB source file…", file=sys.stderr)
+        progress(f"writing a {size / MIB:.0f} MiB source file…")
         sha256 = make_source(source, size)
-        with depot_serve(workdir / "var", size) as server:
+        with depot_serve(workdir, size) as (url, server):
             timeout = httpx.Timeout(30, read=max(300, size / MIB))
-            with httpx.Client(base_url=server.url, timeout=timeout) as client:
-                account = {"email": EMAIL, "password": PASSWORD, "displayName": "Bench"}
-                token = graphql(client, REGISTER, {"input": account})["register"]["accessToken"]
-                client.headers["authorization"] = f"Bearer {token}"
+            with httpx.Client(base_url=url, timeout=timeout) as client:
+                account = Account.registered(graphql(client, REGISTER, registration(EMAIL)))
+                client.headers.update(account.headers)
                 # Warm up both paths (imports, first connections) with a small file.
                 small = workdir / "small.bin"
                 small_sha256 = make_source(small, MIB)
@@ -361,10 +281,10 @@ def run(size: int, parent: Path | None) -> str:
                 try:
                     multipart_upload(client, small, "warm/multipart")
                 except (RuntimeError, httpx.HTTPError) as exc:
-                    print(f"multipart warm-up failed: {exc}", file=sys.stderr)
+                    progress(f"multipart warm-up failed: {exc}")
                 with RssSampler(server.pid) as sampler:
                     copies = [plain_copy(source, workdir / "copy.bin")]
-                    print("direct upload…", file=sys.stderr)
+                    progress("direct upload…")
                     direct = measure(
                         sampler,
                         "direct upload",
@@ -372,7 +292,7 @@ def run(size: int, parent: Path | None) -> str:
                         sha256,
                         size,
                     )
-                    print("GraphQL multipart upload…", file=sys.stderr)
+                    progress("GraphQL multipart upload…")
                     multipart = measure(
                         sampler,
                         "GraphQL multipart",
