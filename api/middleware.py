@@ -16,6 +16,25 @@ _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 logger = structlog.get_logger("depot.access")
 
+# Path parameters that are credentials (the signed byte routes' links): an
+# access line shows the route, never the token, whose claims name the owner,
+# the file and its storage key.
+SECRET_PATH_PARAMS = frozenset({"token"})
+REDACTED = "<redacted>"
+
+
+def logged_path(scope: Scope) -> str:
+    """The request's path as the access line shows it: secret path parameters redacted.
+
+    The router records the parameters it matched in ``scope`` (the same
+    dict this middleware passed down), so this is known after the call.
+    """
+    path: str = scope["path"]
+    for name, value in scope.get("path_params", {}).items():
+        if name in SECRET_PATH_PARAMS and value:
+            path = path.replace(str(value), REDACTED)
+    return path
+
 
 def _incoming_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
@@ -58,7 +77,7 @@ class RequestIdMiddleware:
                     logger.info(
                         "request",
                         method=scope["method"],
-                        path=scope["path"],
+                        path=logged_path(scope),
                         status=status,
                         duration_ms=round((time.perf_counter() - started) * 1000, 2),
                     )

@@ -22,13 +22,16 @@ def create_engine(settings: Settings) -> AsyncEngine:
 
     SQLite gets WAL (readers never wait for the writer), foreign keys (off by
     default there) and a busy timeout (a second writer waits instead of
-    failing). PostgreSQL gets a sized, pre-pinged pool.
+    failing). PostgreSQL gets a sized, pre-pinged pool. In production a
+    statement's parameters (emails, token hashes, paths) stay out of error
+    messages, and so out of logged tracebacks.
     """
     url = make_url(settings.database_url)
+    hide_parameters = settings.is_production
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, hide_parameters=hide_parameters)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine
     return create_async_engine(
@@ -36,6 +39,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,
         pool_pre_ping=True,
+        hide_parameters=hide_parameters,
     )
 
 

@@ -101,3 +101,21 @@ async def test_utc_datetime_keeps_null(stamps: AsyncConnection) -> None:
 async def test_utc_datetime_refuses_naive_values(stamps: AsyncConnection) -> None:
     with pytest.raises(StatementError, match="naive datetime given"):
         await _round_trip(stamps, datetime(2030, 1, 2, 3, 4, 5))
+
+
+@pytest.mark.parametrize("environment", ["development", "production"])
+async def test_statement_parameters_stay_out_of_errors_in_production(
+    tmp_path: Path, database_url: str, environment: str
+) -> None:
+    settings = make_settings(tmp_path, database_url=database_url, environment=environment)
+    engine = create_engine(settings)
+    secret = "ada-secret@example.com"
+    try:
+        async with engine.connect() as connection:
+            with pytest.raises(Exception) as raised:  # noqa: PT011 - each driver its own
+                await connection.execute(
+                    text("SELECT * FROM no_such_table WHERE email = :email"), {"email": secret}
+                )
+    finally:
+        await engine.dispose()
+    assert (secret in str(raised.value)) is (environment == "development")

@@ -80,3 +80,20 @@ async def test_access_line_has_the_generated_id(
     [line] = _access_lines(log_stream)
     assert line["request_id"] == response.headers["X-Request-ID"]
     assert (line["method"], line["path"], line["status"]) == ("POST", "/graphql", 200)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("GET", "/files/download/"), ("PUT", "/files/upload/")],
+    ids=["download", "upload"],
+)
+async def test_access_line_hides_the_token_of_a_signed_link(
+    client: httpx.AsyncClient, log_stream: io.StringIO, method: str, path: str
+) -> None:
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJrZXkiOiJ1L3NlY3JldC1rZXkifQ.c2lnbmF0dXJl"
+    await client.request(method, path + token, content=b"")
+    [line] = _access_lines(log_stream)
+    assert line["path"] == path + "<redacted>"
+    # Nothing the server logged carries it (the test's own HTTP client logs its URL).
+    server_lines = [raw for raw in log_stream.getvalue().splitlines() if '"httpx"' not in raw]
+    assert not [raw for raw in server_lines if token in raw]
