@@ -22,6 +22,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from api.files import ROUTES as FILE_ROUTES
 from api.graphql import GraphQLView
+from api.headers import SecurityHeadersMiddleware
 from api.health import healthz, readyz
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
@@ -111,7 +112,10 @@ def create_app(settings: Settings) -> Starlette:
             if redis is not None:
                 await redis.aclose()
 
-    middleware = [Middleware(RequestIdMiddleware)]
+    middleware = [
+        Middleware(RequestIdMiddleware),
+        Middleware(SecurityHeadersMiddleware, https=settings.public_base_url.scheme == "https"),
+    ]
     if settings.cors_origins:
         middleware.append(
             Middleware(
