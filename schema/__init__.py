@@ -24,7 +24,7 @@ from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
 from schema.uploads import UploadMutation
 from schema.users import User
-from schema.validation import RequireOperationName
+from schema.validation import RequestRules
 
 Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, JobQuery))
 Mutation = merge_types(
@@ -59,7 +59,7 @@ def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.S
         lambda: SyntaxSafeParserCache(maxsize=256),
         lambda: QueryDepthLimiter(max_depth=max_depth),
         lambda: ValidationCache(maxsize=256),
-        RequireOperationName,
+        RequestRules,
         FreshLoaders,
         ErrorCodes,
     ]

@@ -1,12 +1,38 @@
-"""Request rules that graphql-core leaves to execution and Strawberry skips."""
+"""Request rules that graphql-core leaves to execution and Strawberry skips.
+
+Each rule is a fixed class, so Strawberry's validation cache still applies:
+a document is validated once, whatever the number of requests sending it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final
 
-from graphql import DocumentNode, GraphQLError, OperationDefinitionNode, ValidationRule
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationDefinitionNode,
+    SelectionSetNode,
+    ValidationRule,
+)
 from strawberry.extensions import SchemaExtension
+
+# Root fields that check a password or a token (each a full Argon2id hash or a
+# guess at a secret): aliases must not multiply them within one request.
+CREDENTIAL_FIELDS: Final = frozenset(
+    {
+        "register",
+        "login",
+        "refreshSession",
+        "logout",
+        "changePassword",
+        "createAccessToken",
+    }
+)
 
 
 class _SingleOperationRule(ValidationRule):
@@ -21,16 +47,53 @@ class _SingleOperationRule(ValidationRule):
             )
 
 
-class RequireOperationName(SchemaExtension):
-    """A document with several operations must say which one to run.
+class _CredentialFieldsOnceRule(ValidationRule):
+    """Each credential field at most once per operation, fragments and aliases included."""
 
-    Strawberry would silently run the first; the GraphQL spec requires an
-    error. Added as a validation rule, so the request is refused with 400; the
-    rule is a fixed class, so the validation cache still applies.
+    def enter_operation_definition(self, node: OperationDefinitionNode, *_args: Any) -> None:
+        seen: dict[str, FieldNode] = {}
+        for field in self._root_fields(node.selection_set, set()):
+            name = field.name.value
+            if name not in CREDENTIAL_FIELDS:
+                continue
+            if name in seen:
+                self.report_error(
+                    GraphQLError(
+                        f"An operation may contain `{name}` only once; send one request each.",
+                        [seen[name], field],
+                    )
+                )
+                return
+            seen[name] = field
+
+    def _root_fields(self, selections: SelectionSetNode, spread: set[str]) -> Iterator[FieldNode]:
+        for selection in selections.selections:
+            if isinstance(selection, FieldNode):
+                yield selection
+            elif isinstance(selection, InlineFragmentNode):
+                yield from self._root_fields(selection.selection_set, spread)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.context.get_fragment(name)
+                if fragment is not None and name not in spread:
+                    yield from self._root_fields(fragment.selection_set, spread | {name})
+
+
+class RequestRules(SchemaExtension):
+    """Rules every request meets before anything runs.
+
+    - A document with several operations must say which one to run:
+      Strawberry would silently run the first; the GraphQL spec requires an
+      error (400).
+    - Each credential field (:data:`CREDENTIAL_FIELDS`) appears at most once in
+      an operation, so ten aliased ``login``s cannot cost ten password hashes
+      or make ten sessions.
     """
 
     def on_operation(self) -> Iterator[None]:
         context = self.execution_context
+        rules: tuple[type[ValidationRule], ...] = (_CredentialFieldsOnceRule,)
         if context.operation_name is None:
-            context.validation_rules = (*context.validation_rules, _SingleOperationRule)
+            rules = (_SingleOperationRule, *rules)
+        context.validation_rules = (*context.validation_rules, *rules)
         yield

@@ -381,3 +381,91 @@ async def test_unknown_email_takes_as_long_as_a_wrong_password(
     unknown = await _median_login_s(client, "nobody@example.com", PASSWORD)
     wrong = await _median_login_s(client, "ada@example.com", "not the password")
     assert 0.5 < unknown / wrong < 2, (unknown, wrong)
+
+
+# -- credential fields once per operation ------------------------------------------
+
+
+def _aliased(field: str, arguments: str, selection: str, count: int) -> str:
+    return (
+        "mutation { "
+        + " ".join(
+            f"a{n}: {field}({arguments.replace('<n>', str(n))}) {selection}" for n in range(count)
+        )
+        + " }"
+    )
+
+
+async def _post(client: httpx.AsyncClient, document: str) -> httpx.Response:
+    return await client.post(
+        "/graphql",
+        json={"query": document},
+        headers={"accept": "application/graphql-response+json"},
+    )
+
+
+async def test_aliased_logins_are_refused_before_any_password_is_hashed(
+    client: httpx.AsyncClient,
+) -> None:
+    await register(client, "ada@example.com")
+    document = _aliased(
+        "login",
+        f'input: {{email: "ada@example.com", password: "{PASSWORD}"}}',
+        "{ accessToken }",
+        10,
+    )
+    started = time.perf_counter()
+    response = await _post(client, document)
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 400
+    error = only_error(response.json())
+    assert error["extensions"]["code"] == "GRAPHQL_VALIDATION_FAILED"
+    assert "`login` only once" in error["message"]
+    assert "data" not in response.json()
+    # Refused before execution: not ten Argon2id hashes' worth of time.
+    assert elapsed < 2
+
+
+async def test_aliased_registrations_make_no_account(client: httpx.AsyncClient) -> None:
+    document = _aliased(
+        "register",
+        'input: {email: "mallory<n>@example.com", password: "' + PASSWORD + '", displayName: "M"}',
+        "{ accessToken }",
+        20,
+    )
+    response = await _post(client, document)
+    assert response.status_code == 400
+    for n in (0, 19):
+        body = await graphql(
+            client,
+            "mutation ($input: LoginInput!) { login(input: $input) { accessToken } }",
+            {"input": {"email": f"mallory{n}@example.com", "password": PASSWORD}},
+        )
+        assert_error(body, "UNAUTHENTICATED")
+
+
+async def test_fragments_do_not_hide_a_second_credential_field(
+    client: httpx.AsyncClient,
+) -> None:
+    login = f'login(input: {{email: "ada@example.com", password: "{PASSWORD}"}})'
+    document = (
+        "mutation { ...A ... on Mutation { b: " + login + " { accessToken } } }"
+        " fragment A on Mutation { a: " + login + " { accessToken } }"
+    )
+    response = await _post(client, document)
+    assert response.status_code == 400
+    assert "`login` only once" in only_error(response.json())["message"]
+
+
+async def test_different_credential_fields_may_share_an_operation(
+    client: httpx.AsyncClient,
+) -> None:
+    document = (
+        'mutation { register(input: {email: "ada@example.com", password: "'
+        + PASSWORD
+        + '", displayName: "Ada"}) { accessToken } '
+        'logout(refreshToken: "dpr_unknown") }'
+    )
+    body = (await _post(client, document)).json()
+    assert "errors" not in body, body
+    assert body["data"]["logout"] is False
