@@ -1,34 +1,62 @@
-"""Personal access tokens: long-lived, named, revocable credentials for scripts."""
+"""Personal access tokens: long-lived, named, revocable credentials for scripts.
+
+Every token expires (``DEPOT_PERSONAL_TOKEN_DEFAULT_DAYS`` unless its owner
+asks for less or more, never past ``DEPOT_PERSONAL_TOKEN_MAX_DAYS``), a user
+holds at most ``DEPOT_PERSONAL_TOKENS_PER_USER`` live ones, and account
+recovery (a password change, signing out everywhere) revokes them all.
+"""
 
 from __future__ import annotations
 
 import uuid
 from datetime import timedelta
 
+from sqlalchemy import ColumnElement, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import tokens
-from core.errors import BadUserInput, NotFound, Unauthenticated
+from core.errors import BadUserInput, Conflict, NotFound, Unauthenticated
 from core.models import Credential, CredentialKind, User
+from core.settings import Settings
 from core.time import utcnow
 
 NAME_MAX = 100
-MAX_DAYS = 366
 # Recording every use would write on every request; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
+def _live(user_id: uuid.UUID) -> list[ColumnElement[bool]]:
+    now = utcnow()
+    return [
+        col(Credential.user_id) == user_id,
+        col(Credential.kind) == CredentialKind.PERSONAL,
+        col(Credential.revoked_at).is_(None),
+        or_(col(Credential.expires_at).is_(None), col(Credential.expires_at) > now),
+    ]
+
+
 async def create_access_token(
-    db: AsyncSession, user: User, name: str, expires_in_days: int | None
+    db: AsyncSession, settings: Settings, user: User, name: str, expires_in_days: int | None
 ) -> tuple[Credential, str]:
-    """Add a token (not yet committed); the secret is returned once and never stored."""
+    """Add a token (not yet committed); the secret is returned once and never stored.
+
+    Without ``expires_in_days`` it lasts the default lifetime.
+    """
     name = name.strip()
     if not name or len(name) > NAME_MAX:
         raise BadUserInput(f"Give the token a name of 1 to {NAME_MAX} characters.", field="name")
-    if expires_in_days is not None and not 1 <= expires_in_days <= MAX_DAYS:
-        raise BadUserInput(
-            f"Tokens expire after 1 to {MAX_DAYS} days, or never.", field="expiresInDays"
+    most = settings.personal_token_max_days
+    if expires_in_days is None:
+        expires_in_days = min(settings.personal_token_default_days, most)
+    if not 1 <= expires_in_days <= most:
+        raise BadUserInput(f"Tokens expire after 1 to {most} days.", field="expiresInDays")
+    held = (
+        await db.exec(select(func.count()).select_from(Credential).where(*_live(user.id)))
+    ).one()
+    if held >= settings.personal_tokens_per_user:
+        raise Conflict(
+            f"You hold {held} access tokens, the most allowed; revoke one you no longer use."
         )
     now = utcnow()
     secret = tokens.new_opaque_token(tokens.PERSONAL_PREFIX)
@@ -38,7 +66,7 @@ async def create_access_token(
         token_hash=tokens.token_hash(secret),
         name=name,
         created_at=now,
-        expires_at=now + timedelta(days=expires_in_days) if expires_in_days else None,
+        expires_at=now + timedelta(days=expires_in_days),
     )
     db.add(credential)
     await db.flush()
@@ -72,6 +100,20 @@ async def revoke_access_token(
     credential.revoked_at = utcnow()
     db.add(credential)
     return credential
+
+
+async def revoke_all_access_tokens(db: AsyncSession, user_id: uuid.UUID) -> int:
+    """Revoke every live personal token of the user (account recovery); returns how many."""
+    result = await db.exec(
+        update(Credential)
+        .where(
+            col(Credential.user_id) == user_id,
+            col(Credential.kind) == CredentialKind.PERSONAL,
+            col(Credential.revoked_at).is_(None),
+        )
+        .values(revoked_at=utcnow())
+    )
+    return int(result.rowcount)
 
 
 async def user_of_access_token(db: AsyncSession, secret: str) -> tuple[User, Credential]:

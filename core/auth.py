@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -23,6 +24,8 @@ class Principal:
     user: User
     session_id: uuid.UUID | None = None
     access_token_id: uuid.UUID | None = None
+    # When the session's access token (a JWT) stops being valid.
+    expires_at: datetime | None = None
 
 
 async def authenticate(db: AsyncSession, settings: Settings, authorization: str) -> Principal:
@@ -35,16 +38,23 @@ async def authenticate(db: AsyncSession, settings: Settings, authorization: str)
         user, token = await user_of_access_token(db, credential)
         return Principal(user, access_token_id=token.id)
     claims = tokens.decode_access_token(settings, credential)
-    return Principal(await user_of_session(db, claims), session_id=claims.session_id)
+    return Principal(
+        await user_of_session(db, claims),
+        session_id=claims.session_id,
+        expires_at=claims.expires_at,
+    )
 
 
 async def recheck(db: AsyncSession, principal: Principal) -> None:
     """Raise ``Unauthenticated`` if ``principal``'s credential has ended since it was checked.
 
     For long-lived connections: the session or token revoked, the token
-    expired, or the user deactivated. An access token's own short expiry is
-    not rechecked: it only bounds how long a token may be presented.
+    expired, or the user deactivated. A socket signed in with an access
+    token ends with it too, so its client reconnects with a fresh one (and
+    resumes from its cursor) instead of listening on with a dead credential.
     """
+    if principal.expires_at is not None and tokens.has_expired(principal.expires_at, utcnow()):
+        raise Unauthenticated("The access token has expired; refresh the session.")
     user = await db.get(User, principal.user.id, populate_existing=True)
     if user is None or not user.is_active:
         raise Unauthenticated("This account has been deactivated.")

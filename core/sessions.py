@@ -16,7 +16,7 @@ from sqlalchemy import ColumnElement, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import passwords, tokens, users
+from core import access_tokens, passwords, tokens, users
 from core.errors import Unauthenticated
 from core.models import Credential, CredentialKind, Session, User
 from core.ratelimit import LoginLimiter
@@ -163,7 +163,11 @@ async def change_password(
     new: str,
     keep_session: uuid.UUID | None,
 ) -> None:
-    """Replace the password after checking the current one; end every other session."""
+    """Replace the password after checking the current one; end every other session.
+
+    Personal access tokens are revoked too: whoever knew the old password may
+    have minted some.
+    """
     ph = passwords.hasher(settings.password_hash_memory_kib, settings.password_hash_iterations)
     if not await passwords.verify_password(ph, user.password_hash, current):
         raise Unauthenticated("The current password is wrong.")
@@ -173,6 +177,7 @@ async def change_password(
     db.add(user)
     others = [col(Session.id) != keep_session] if keep_session is not None else []
     await revoke_sessions(db, col(Session.user_id) == user.id, *others)
+    await access_tokens.revoke_all_access_tokens(db, user.id)
 
 
 async def sign_in(

@@ -130,6 +130,24 @@ class Settings(BaseSettings):
         le=365,
         description="How long an unused session lasts; each refresh extends it.",
     )
+    personal_token_default_days: int = Field(
+        default=90,
+        ge=1,
+        le=3660,
+        description="How long a personal access token lasts when its owner gives no lifetime.",
+    )
+    personal_token_max_days: int = Field(
+        default=366,
+        ge=1,
+        le=3660,
+        description="The longest lifetime a personal access token may have; none lasts forever.",
+    )
+    personal_tokens_per_user: int = Field(
+        default=50,
+        ge=1,
+        le=10_000,
+        description="Live personal access tokens one user may hold; more is `CONFLICT`.",
+    )
     password_hash_memory_kib: int = Field(
         default=65536,
         ge=19456,

@@ -12,7 +12,7 @@ import hashlib
 import secrets
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -30,6 +30,7 @@ PERSONAL_PREFIX = "dpt_"
 class AccessClaims:
     user_id: uuid.UUID
     session_id: uuid.UUID
+    expires_at: datetime
 
 
 def issue_access_token(
@@ -60,11 +61,20 @@ def decode_access_token(settings: Settings, token: str) -> AccessClaims:
             leeway=CLOCK_SKEW,
             options={"require": ["iss", "aud", "exp", "iat", "sub", "jti", "sid"]},
         )
-        return AccessClaims(uuid.UUID(claims["sub"]), uuid.UUID(claims["sid"]))
+        return AccessClaims(
+            uuid.UUID(claims["sub"]),
+            uuid.UUID(claims["sid"]),
+            datetime.fromtimestamp(claims["exp"], UTC),
+        )
     except jwt.ExpiredSignatureError:
         raise Unauthenticated("The access token has expired; refresh the session.") from None
     except (jwt.InvalidTokenError, ValueError, TypeError):
         raise Unauthenticated("The access token is invalid.") from None
+
+
+def has_expired(expires_at: datetime, now: datetime) -> bool:
+    """Whether an access token that expires at ``expires_at`` is past it, leeway included."""
+    return expires_at + CLOCK_SKEW <= now
 
 
 def new_opaque_token(prefix: str) -> str:

@@ -15,7 +15,7 @@ from schema.context import Info
 from schema.ids import decode_id_of, encode_id
 from schema.node import Node
 from schema.pagination import Connection, paginate
-from schema.permissions import IsAuthenticated
+from schema.permissions import IsAuthenticated, IsSession
 
 
 @strawberry.type
@@ -74,7 +74,7 @@ class AccessTokenQuery:
 class AccessTokenMutation:
     @strawberry.mutation(
         description="Create a token for scripts, sent as `Authorization: Bearer dpt_…`.",
-        permission_classes=[IsAuthenticated],
+        permission_classes=[IsSession],
     )
     async def create_access_token(
         self, info: Info, name: str, expires_in_days: int | None = None
@@ -82,7 +82,7 @@ class AccessTokenMutation:
         user = info.context.require_principal().user
         async with info.context.sessionmaker() as db:
             credential, secret = await access_tokens.create_access_token(
-                db, user, name, expires_in_days
+                db, info.context.settings, user, name, expires_in_days
             )
             await db.commit()
         return CreatedAccessToken(token=secret, access_token=AccessToken.from_model(credential))

@@ -7,11 +7,11 @@ from datetime import datetime
 import strawberry
 from sqlmodel import col
 
-from core import models, sessions, users
+from core import access_tokens, models, sessions, users
 from core.models import Session
 from core.sessions import Tokens
 from schema.context import Info
-from schema.permissions import IsAuthenticated
+from schema.permissions import IsAuthenticated, IsSession
 from schema.users import User
 
 
@@ -98,12 +98,13 @@ class AuthMutation:
 
     @strawberry.mutation(
         description="End every session of the signed-in user.",
-        permission_classes=[IsAuthenticated],
+        permission_classes=[IsSession],
     )
     async def logout_everywhere(self, info: Info) -> bool:
         user = info.context.require_principal().user
         async with info.context.sessionmaker() as db:
             await sessions.revoke_sessions(db, col(Session.user_id) == user.id)
+            await access_tokens.revoke_all_access_tokens(db, user.id)
             await db.commit()
         return True
 
@@ -123,7 +124,7 @@ class AuthMutation:
 
     @strawberry.mutation(
         description="Change the password; every other session of the user ends.",
-        permission_classes=[IsAuthenticated],
+        permission_classes=[IsSession],
     )
     async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
         principal = info.context.require_principal()

@@ -1,4 +1,4 @@
-"""Permission classes for fields: signed in, and admin."""
+"""Permission classes for fields: signed in, signed in with a session, and admin."""
 
 from __future__ import annotations
 
@@ -17,6 +17,20 @@ class IsAuthenticated(BasePermission):
     def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
         # Raising here, not returning False, keeps the reason (e.g. an expired token).
         info.context.require_principal()
+        return True
+
+
+class IsSession(BasePermission):
+    """The caller signed in with a password (a session's access token).
+
+    What could take over an account — minting tokens, changing the password,
+    ending sessions — is refused to personal access tokens (``FORBIDDEN``),
+    so a leaked script token cannot outlive its revocation or lock its owner out.
+    """
+
+    def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
+        if info.context.require_principal().session_id is None:
+            raise Forbidden("Sign in with your password to do this; access tokens cannot.")
         return True
 
 

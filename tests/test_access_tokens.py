@@ -7,6 +7,7 @@ import hashlib
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,10 +17,21 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col
 
 from core.models import Credential
+from core.settings import Settings
 from core.time import utcnow
 from schema.ids import decode_id_of, encode_id
+from tests.conftest import make_settings, serve_app
 from tests.relay import all_pages, nodes_of
-from tests.support import ME, assert_error, bearer, graphql, me, register, update_user
+from tests.support import (
+    ME,
+    PASSWORD,
+    assert_error,
+    bearer,
+    graphql,
+    me,
+    register,
+    update_user,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -119,11 +131,9 @@ async def test_create_shows_the_secret_once_with_its_metadata(
     assert token["name"] == "deploy bot"
     assert token["lastUsedAt"] is None
     assert abs(when(token["createdAt"]) - utcnow()) < timedelta(minutes=1)
-    if days is None:
-        assert token["expiresAt"] is None
-    else:
-        lifetime = when(token["expiresAt"]) - when(token["createdAt"])
-        assert abs(lifetime - timedelta(days=days)) < timedelta(seconds=1)
+    # No lifetime given: the default (DEPOT_PERSONAL_TOKEN_DEFAULT_DAYS); none is forever.
+    lifetime = when(token["expiresAt"]) - when(token["createdAt"])
+    assert abs(lifetime - timedelta(days=days or 90)) < timedelta(seconds=1)
 
 
 async def test_each_token_has_its_own_secret(
@@ -340,13 +350,68 @@ async def test_unknown_token_is_refused(client: httpx.AsyncClient, secret: str) 
     await assert_refused(client, secret, "invalid")
 
 
-async def test_token_survives_logout_everywhere(
+async def test_logout_everywhere_revokes_personal_tokens(
     client: httpx.AsyncClient, ada: dict[str, str]
 ) -> None:
-    # A personal access token is no session: it ends when revoked, not at logout.
+    # Signing out everywhere is account recovery: a token minted by a thief ends too.
     secret = (await create_token(client, ada))["token"]
     assert await graphql(client, LOGOUT_EVERYWHERE, headers=ada) == {
         "data": {"logoutEverywhere": True}
     }
     assert_error(await graphql(client, ME, headers=ada), "UNAUTHENTICATED")
+    await assert_refused(client, secret, "revoked")
+
+
+CHANGE_PASSWORD = (
+    "mutation ($current: String!, $new: String!) "
+    "{ changePassword(currentPassword: $current, newPassword: $new) }"
+)
+
+
+async def test_a_password_change_revokes_personal_tokens(
+    client: httpx.AsyncClient, ada: dict[str, str]
+) -> None:
+    secret = (await create_token(client, ada))["token"]
+    changed = await graphql(
+        client, CHANGE_PASSWORD, {"current": PASSWORD, "new": "a new horse battery"}, headers=ada
+    )
+    assert changed == {"data": {"changePassword": True}}
+    await assert_refused(client, secret, "revoked")
+    # The session that changed the password goes on.
+    assert await graphql(client, "{ me { email } }", headers=ada) == {
+        "data": {"me": {"email": "ada@example.com"}}
+    }
+
+
+@pytest.mark.parametrize(
+    ("operation", "variables"),
+    [
+        (CREATE, {"name": "another"}),
+        (CHANGE_PASSWORD, {"current": PASSWORD, "new": "a new horse battery"}),
+        (LOGOUT_EVERYWHERE, {}),
+    ],
+    ids=["create-token", "change-password", "logout-everywhere"],
+)
+async def test_a_personal_token_cannot_take_over_its_account(
+    client: httpx.AsyncClient, ada: dict[str, str], operation: str, variables: dict[str, Any]
+) -> None:
+    secret = (await create_token(client, ada))["token"]
+    body = await graphql(client, operation, variables, headers=bearer(secret))
+    error = assert_error(body, "FORBIDDEN")
+    assert "Sign in with your password" in error["message"]
+    # Nothing changed: the token, the session and the password all still work.
     assert await email_of(client, secret) == "ada@example.com"
+    assert "errors" not in await graphql(client, ME, headers=ada)
+    assert listed_names(await token_list(client, ada)) == ["ci"]
+
+
+async def test_a_user_holds_a_bounded_number_of_tokens(tmp_path: Path, settings: Settings) -> None:
+    capped = make_settings(tmp_path, database_url=settings.database_url, personal_tokens_per_user=2)
+    async with serve_app(capped) as client:
+        headers = await signed_in(client, "ada@example.com")
+        first = await create_token(client, headers, name="one")
+        await create_token(client, headers, name="two")
+        body = await graphql(client, CREATE, {"name": "three"}, headers=headers)
+        assert "the most allowed" in assert_error(body, "CONFLICT")["message"]
+        await graphql(client, REVOKE, {"id": first["accessToken"]["id"]}, headers=headers)
+        assert (await create_token(client, headers, name="three"))["token"]

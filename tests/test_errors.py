@@ -133,7 +133,7 @@ async def _personal_token(settings: Settings, engine: AsyncEngine) -> str:
         user = await users.create_user(
             db, settings, email="ada@example.com", password=PASSWORD, display_name="Ada"
         )
-        _, secret = await access_tokens.create_access_token(db, user, "errors", None)
+        _, secret = await access_tokens.create_access_token(db, settings, user, "errors", None)
         await db.commit()
     return secret
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -342,3 +344,24 @@ async def test_listed_origin_is_accepted(tmp_path: Path) -> None:
         token = await _token(client)
         async with _connect(client, origin=APP_ORIGIN) as ws:
             await _acknowledged(ws, token)
+
+
+async def _silent_until_closed(ws: AsyncWebSocketSession) -> None:
+    """Wait, however long, for the server to close ``ws``; no message may come first."""
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await ws.receive_json(timeout=TIMEOUT_S)
+            pytest.fail("the socket received a message instead of closing")
+
+
+async def test_a_socket_ends_when_its_access_token_expires(watched: httpx.AsyncClient) -> None:
+    # A token valid for two more seconds (plus the 10 s leeway every check allows).
+    token = resigned(await _token(watched), exp=int(time.time()) + 2)
+    async with _connect(watched) as ws:
+        await _acknowledged(ws, token)
+        await _still_answers(ws, "q1")
+        with pytest.raises(WebSocketDisconnect) as closed, anyio.fail_after(30):
+            await _silent_until_closed(ws)
+        code, reason = closed.value.code, closed.value.reason
+    assert code == 4403
+    assert reason == "Forbidden: The access token has expired; refresh the session."
