@@ -86,8 +86,10 @@ def create_app(settings: Settings) -> Starlette:
             logger.info("depot ready", environment=settings.environment)
             limiter = LoginLimiter(
                 limiter_storage(settings.redis_url, redis),
-                per_account=settings.login_limit_per_account,
+                per_account_and_address=settings.login_limit_per_account_and_address,
                 per_address=settings.login_limit_per_address,
+                slowdown_per_account=settings.login_slowdown_per_account,
+                max_delay_seconds=settings.login_max_delay_seconds,
             )
             yield State(
                 settings=settings,

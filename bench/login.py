@@ -92,7 +92,8 @@ def bench_settings(var_dir: Path, cost: Cost) -> Settings:
         secret_key=secrets.token_urlsafe(48),
         password_hash_memory_kib=cost.memory_kib,
         password_hash_iterations=cost.iterations,
-        login_limit_per_account=NO_LIMIT,
+        login_limit_per_account_and_address=NO_LIMIT,
+        login_slowdown_per_account=NO_LIMIT,
         login_limit_per_address=NO_LIMIT,
     )
 

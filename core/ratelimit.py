@@ -1,4 +1,12 @@
-"""Brute-force protection for sign-in: failures limited per account and per address.
+"""Brute-force protection for sign-in, as OWASP's authentication cheat sheet has it.
+
+- Failures are limited per account *and* address: one address guessing one
+  account is refused (``RATE_LIMITED``) once it used up its attempts.
+- Failures are limited per address, whatever the accounts.
+- An account that many addresses fail on is slowed down, not locked: each
+  attempt on it waits a delay that doubles with every further failure, up to
+  a ceiling. Nobody can lock its owner out, and a correct password from an
+  address that has not been failing still signs in.
 
 Counters live in memory in the embedded mode and in Redis when it is
 configured, so every API replica shares them.
@@ -8,9 +16,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any
+from typing import Any, Final
 
-from limits import RateLimitItem, parse_many
+from limits import RateLimitItem, parse, parse_many
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
@@ -30,22 +38,41 @@ def limiter_storage(redis_url: str | None, redis: Redis | None) -> Storage:
     return storage
 
 
-class LoginLimiter:
-    """Counts failed sign-ins; refuses further attempts once a limit is reached."""
+# Counts an account's failures in the slow-down window without ever saturating.
+_UNCOUNTED: Final = 1_000_000_000
+# The first slowed-down attempt waits this long; each further failure doubles it.
+FIRST_DELAY_SECONDS: Final = 0.25
 
-    def __init__(self, storage: Storage, per_account: str, per_address: str) -> None:
+
+class LoginLimiter:
+    """Counts failed sign-ins: refuses a pair or an address past its limit, slows an account."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        per_account_and_address: str,
+        per_address: str,
+        *,
+        slowdown_per_account: str = "5/15minutes",
+        max_delay_seconds: float = 10.0,
+    ) -> None:
         self._limiter = MovingWindowRateLimiter(storage)
         self._limits: dict[str, list[RateLimitItem]] = {
-            "account": parse_many(per_account),
+            "pair": parse_many(per_account_and_address),
             "address": parse_many(per_address),
         }
+        slowdown = parse(slowdown_per_account)
+        self._slow_after = slowdown.amount
+        self._account_window = type(slowdown)(_UNCOUNTED, slowdown.multiples)
+        self._max_delay = max_delay_seconds
 
     def _keys(self, account: str, address: str) -> list[tuple[RateLimitItem, str, str]]:
-        keys = {"account": account, "address": address}
+        keys = {"pair": f"{account}|{address}", "address": address}
         return [(item, kind, keys[kind]) for kind, items in self._limits.items() for item in items]
 
-    async def check(self, account: str, address: str) -> None:
-        """Raise ``RATE_LIMITED`` with a retry hint if either limit is used up."""
+    async def check(self, account: str, address: str) -> float:
+        """Raise ``RATE_LIMITED`` with a retry hint if the pair's or the address's limit
+        is used up; else the seconds this attempt must wait first (0 for most)."""
         for item, kind, key in self._keys(account, address):
             if not await self._limiter.test(item, "login", kind, key):
                 stats = await self._limiter.get_window_stats(item, "login", kind, key)
@@ -54,7 +81,15 @@ class LoginLimiter:
                     f"Too many failed sign-ins; try again in {retry_after} seconds.",
                     retry_after=retry_after,
                 )
+        stats = await self._limiter.get_window_stats(
+            self._account_window, "login", "account", account
+        )
+        failures = _UNCOUNTED - stats.remaining
+        if failures < self._slow_after:
+            return 0.0
+        return float(min(self._max_delay, FIRST_DELAY_SECONDS * 2 ** (failures - self._slow_after)))
 
     async def failed(self, account: str, address: str) -> None:
         for item, kind, key in self._keys(account, address):
             await self._limiter.hit(item, "login", kind, key)
+        await self._limiter.hit(self._account_window, "login", "account", account)

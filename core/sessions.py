@@ -8,6 +8,7 @@ their session id, so revoking a session ends its access tokens at once.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -189,15 +190,18 @@ async def sign_in(
     password: str,
     address: str,
 ) -> tuple[User, Tokens]:
-    """Check credentials (rate-limited per account and address) and open a session.
+    """Check credentials (rate-limited: see :mod:`core.ratelimit`) and open a session.
 
     An unknown email and a wrong password take the same time and get the same
-    answer, so sign-in does not reveal which accounts exist.
+    answer, so sign-in does not reveal which accounts exist. An account under
+    attack answers slower, for everyone, but refuses nobody.
     """
     account = users.account_key(email)
     # An invalid address still counts against the limits, under its raw form.
     limit_key = account or email.strip().lower()
-    await limiter.check(limit_key, address)
+    delay = await limiter.check(limit_key, address)
+    if delay:
+        await asyncio.sleep(delay)
     user = await users.find_by_email(db, account) if account else None
     ph = passwords.hasher(settings.password_hash_memory_kib, settings.password_hash_iterations)
     acceptable = len(password) <= passwords.MAX_LENGTH

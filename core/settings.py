@@ -156,13 +156,26 @@ class Settings(BaseSettings):
     password_hash_iterations: int = Field(
         default=3, ge=2, le=20, description="Argon2id time cost (OWASP minimum 2)."
     )
-    login_limit_per_account: str = Field(
+    login_limit_per_account_and_address: str = Field(
         default="10/15minutes",
-        description="Failed sign-ins allowed per account (`limits` notation).",
+        description="Failed sign-ins allowed for one account from one client address "
+        "(`limits` notation); past it that address waits, others do not.",
     )
     login_limit_per_address: str = Field(
         default="50/15minutes",
-        description="Failed sign-ins allowed per client address (`limits` notation).",
+        description="Failed sign-ins allowed per client address, whatever the accounts.",
+    )
+    login_slowdown_per_account: str = Field(
+        default="5/15minutes",
+        description="Failed sign-ins on one account, from anywhere, after which each "
+        "attempt on it waits 0.25 s, doubling with every further failure: slowed "
+        "down, never locked, so nobody can lock its owner out.",
+    )
+    login_max_delay_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=60,
+        description="The longest an attempt on a slowed-down account waits.",
     )
     default_quota_bytes: int = Field(
         default=10 * 1024**3, ge=0, description="Storage quota of a new account."
@@ -316,7 +329,7 @@ class Settings(BaseSettings):
                     ) from None
         return value
 
-    @field_validator("login_limit_per_account", "login_limit_per_address")
+    @field_validator("login_limit_per_account_and_address", "login_limit_per_address")
     @classmethod
     def _check_limit(cls, value: str) -> str:
         try:
@@ -325,6 +338,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "use limits notation such as 10/15minutes or 5/minute;100/day"
             ) from None
+        return value
+
+    @field_validator("login_slowdown_per_account")
+    @classmethod
+    def _check_slowdown(cls, value: str) -> str:
+        try:
+            single = len(parse_many(value)) == 1
+        except ValueError:
+            single = False
+        if not single:
+            raise ValueError("use one limit in limits notation, such as 5/15minutes")
         return value
 
     @field_validator("storage_url")

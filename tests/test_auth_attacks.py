@@ -8,13 +8,15 @@ accepted (the first test).
 from __future__ import annotations
 
 import base64
+import contextlib
 import gc
 import hmac
 import json
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ import jwt
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import make_settings, serve_app
+from api.app import create_app
+from core.settings import Settings
+from tests.conftest import make_settings, serve_app, started
 from tests.support import (
     PASSWORD,
     STRONG_SECRET,
@@ -318,7 +322,8 @@ def _assert_rate_limited(body: dict[str, Any], window_s: int) -> None:
 
 
 async def _assert_account_limit(client: httpx.AsyncClient, ada: str, bob: str) -> None:
-    """With 3 failures allowed per account, ``ada`` is locked out and ``bob`` is not."""
+    """With 3 failures allowed per account and address, this address may no longer try
+    ``ada``, and may still try ``bob``."""
     await register(client, email=ada)
     await register(client, email=bob, display_name="Bob")
     # Three failures, one in another case: it is the same account.
@@ -328,7 +333,7 @@ async def _assert_account_limit(client: httpx.AsyncClient, ada: str, bob: str) -
 
 
 async def test_failed_logins_are_limited_per_account(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, login_limit_per_account="3/minute")
+    settings = make_settings(tmp_path, login_limit_per_account_and_address="3/minute")
     async with serve_app(settings) as client:
         await _assert_account_limit(client, "ada@example.com", "bob@example.com")
 
@@ -337,7 +342,7 @@ async def test_failed_logins_are_limited_per_account_in_redis(tmp_path: Path) ->
     settings = make_settings(
         tmp_path,
         redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
-        login_limit_per_account="3/minute",
+        login_limit_per_account_and_address="3/minute",
         # Redis outlives the test, and every test client has one address: a limit
         # of its own keeps this test's failures out of every other counter.
         login_limit_per_address="1000003/hour",
@@ -359,6 +364,47 @@ async def test_failed_logins_are_limited_per_address(tmp_path: Path) -> None:
         await register(client)
         await _fail_logins(client, [f"nobody-{n}@example.com" for n in range(3)])
         _assert_rate_limited(await try_login(client, "ada@example.com", PASSWORD), window_s=60)
+
+
+@asynccontextmanager
+async def _from_addresses(
+    settings: Settings, *addresses: str
+) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """One started app, and a client for it from each of ``addresses``."""
+    async with started(create_app(settings)) as app, contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app, client=(address, 40000)),
+                    base_url="http://depot.test",
+                )
+            )
+            for address in addresses
+        ]
+        yield clients
+
+
+async def test_failures_from_elsewhere_slow_the_owner_down_but_never_lock_them_out(
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        login_limit_per_account_and_address="3/minute",
+        login_slowdown_per_account="2/minute",
+        login_max_delay_seconds=0.5,
+    )
+    async with _from_addresses(settings, "198.51.100.7", "203.0.113.9") as (attacker, owner):
+        await register(owner)
+        await _fail_logins(attacker, ["ada@example.com"] * 3)
+        # The guessing address is done with this account, even with the right password ...
+        _assert_rate_limited(await try_login(attacker, "ada@example.com", PASSWORD), 60)
+        # ... while the owner, elsewhere, signs in: slowed down (0.25 s, doubled once).
+        started_at = time.perf_counter()
+        await sign_in(owner)
+        assert time.perf_counter() - started_at >= 0.5
+        # A wrong password of the owner's own is no lockout either.
+        assert_error(await try_login(owner, "ada@example.com", "typo"), "UNAUTHENTICATED")
+        await sign_in(owner)
 
 
 SAMPLES = 5
