@@ -12,50 +12,44 @@ On top of Strawberry it adds:
   (``api.multipart``), refused (400) without a CSRF-proof header;
 * every refusal as a JSON body of GraphQL errors with ``extensions.code``,
   never a plain-text or 500 answer.
+
+The same view serves WebSockets, with the protocol handlers and sign-in of
+``api.websocket``; the context of both is built by ``api.context``. Where
+the view leans on Strawberry beyond its documented hooks,
+``tests/test_strawberry_internals.py`` says so and fails when that changes.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
-from datetime import timedelta
 from typing import cast
 
 import anyio
-import structlog
-from cross_web import AsyncHTTPRequestAdapter, HTTPException
+import strawberry
+from cross_web import AsyncHTTPRequestAdapter, HTTPException, StarletteRequestAdapter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
-from strawberry.http.async_base_view import AsyncWebSocketAdapter
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import InvalidOperationTypeError
-from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
-from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
-    BaseGraphQLTransportWSHandler,
-)
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
-from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
-from strawberry.subscriptions.protocols.graphql_ws.types import (
-    ConnectionInitMessage as LegacyConnectionInitMessage,
-)
 from strawberry.types import ExecutionResult
-from strawberry.types.unset import UNSET, UnsetType
+from strawberry.types.unset import UnsetType
 
+from api.context import build_context
 from api.multipart import CSRF_ADVICE, MultipartUploads, Refused, has_csrf_header
-from core.auth import authenticate, recheck
-from core.errors import Unauthenticated
+from api.websocket import (
+    CONNECTION_INIT_TIMEOUT,
+    LegacyWSHandler,
+    TransportWSHandler,
+    sign_in_socket,
+    subscription_protocols,
+)
 from core.settings import Settings
 from schema.context import Context
 from schema.errors import internal_error
-
-logger = structlog.get_logger("depot.graphql")
 
 GRAPHQL_RESPONSE_JSON = "application/graphql-response+json"
 JSON = "application/json"
@@ -74,13 +68,6 @@ _HTTP_ERROR_CODES = {
 def _is_multipart(request: Request) -> bool:
     content_type, _ = parse_content_type(request.headers.get("content-type", ""))
     return request.method == "POST" and content_type.lower() == MULTIPART
-
-
-def _starlette_request(request: AsyncHTTPRequestAdapter) -> Request:
-    """The Starlette request behind Strawberry's adapter."""
-    inner = getattr(request, "_request", None)
-    assert isinstance(inner, Request), "GraphQLView serves Starlette requests only"
-    return inner
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -111,120 +98,32 @@ def negotiate(accept: str | None) -> str | None:
     return best
 
 
-async def _authenticate(context: Context, authorization: str) -> None:
-    """Resolve the caller; a refused credential is kept to explain later errors."""
-    async with context.sessionmaker() as db:
-        try:
-            context.principal = await authenticate(db, context.settings, authorization)
-        except Unauthenticated as exc:
-            context.auth_error = exc
+class RequestAdapter(StarletteRequestAdapter):
+    """Strawberry's view of a Starlette request, with the request itself in reach.
 
-
-# A WebSocket close reason may have at most 123 bytes.
-_MAX_CLOSE_REASON = 123
-
-
-async def watch_credential(
-    context: Context, close: Callable[[int, str], Awaitable[None]], interval_s: float
-) -> None:
-    """Close a signed-in socket with 4403 once its credential ends, ending its operations.
-
-    Rechecks every ``interval_s`` seconds on any replica, whoever revoked the
-    credential. A database that cannot be reached keeps the socket open: a
-    failed recheck is not a refusal.
-    """
-    principal = context.principal
-    assert principal is not None, "only a signed-in socket is watched"
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            async with context.sessionmaker() as db:
-                await recheck(db, principal)
-        except Unauthenticated as exc:
-            reason = f"Forbidden: {exc}".encode()[:_MAX_CLOSE_REASON]
-            await close(4403, reason.decode(errors="ignore"))
-            return
-        except Exception:
-            logger.warning("websocket credential recheck failed", exc_info=True)
-
-
-class _Watched:
-    """Starts ``watch_credential`` once a socket is acknowledged; stops it on shutdown."""
-
-    context: Context
-    websocket: AsyncWebSocketAdapter
-    _watch: asyncio.Task[None] | None = None
-
-    def start_watching(self) -> None:
-        if self.context.principal is None or self._watch is not None:
-            return
-        interval = self.context.settings.ws_auth_recheck_seconds
-        self._watch = asyncio.create_task(
-            watch_credential(self.context, self.websocket.close, interval)
-        )
-
-    async def stop_watching(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._watch
-
-
-class _TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None]):
-    """graphql-transport-ws with Depot's close codes for sign-in.
-
-    No ``authorization`` in ``connection_init`` closes with 4401 Unauthorized;
-    a refused one with 4403 Forbidden (Strawberry's rejection code), as does a
-    credential that ends while the socket is open.
+    Installed as the view's ``request_adapter_class`` (Strawberry's documented
+    hook), so ``parse_multipart`` finds the streaming parser that
+    ``_run_multipart`` put in the request's scope.
     """
 
-    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        payload = message.get("payload")
-        if (
-            not self.connection_init_received
-            and isinstance(payload, dict | None)
-            and not (payload or {}).get("authorization")
-        ):
-            await self.websocket.close(
-                code=4401, reason='Unauthorized: send {"authorization": "Bearer <token>"}'
-            )
-            return
-        await super().handle_connection_init(message)
-        if self.connection_acknowledged:
-            self.start_watching()
-
-    async def shutdown(self) -> None:
-        await self.stop_watching()
-        await super().shutdown()
-
-
-class _LegacyWSHandler(_Watched, BaseGraphQLWSHandler[Context, None]):
-    """The legacy graphql-ws protocol, with the same credential watch."""
-
-    async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
-        await super().handle_connection_init(message)
-        self.start_watching()
-
-    async def cleanup(self) -> None:
-        await self.stop_watching()
-        await super().cleanup()
+    def __init__(self, request: Request) -> None:
+        super().__init__(request)
+        self.request = request
 
 
 class GraphQLView(GraphQL[Context, None]):
     """Strawberry's ASGI view with Depot's context and HTTP semantics."""
 
-    graphql_transport_ws_handler_class = _TransportWSHandler
-    graphql_ws_handler_class = _LegacyWSHandler
+    request_adapter_class = RequestAdapter
+    graphql_transport_ws_handler_class = TransportWSHandler
+    graphql_ws_handler_class = LegacyWSHandler
 
     def __init__(self, schema: BaseSchema, settings: Settings) -> None:
-        protocols = [GRAPHQL_TRANSPORT_WS_PROTOCOL]
-        if settings.graphql_ws_legacy:
-            protocols.append(GRAPHQL_WS_PROTOCOL)
         super().__init__(
             schema,
             graphql_ide="graphiql" if settings.graphiql else None,
-            subscription_protocols=protocols,
-            connection_init_wait_timeout=timedelta(seconds=10),
+            subscription_protocols=subscription_protocols(settings),
+            connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
             allowed_origins=settings.cors_origins,
             # Parsed by api.multipart as the body streams in, not by Strawberry's form reader.
             multipart_uploads_enabled=True,
@@ -292,32 +191,12 @@ class GraphQLView(GraphQL[Context, None]):
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
-        context = Context(
-            request=request,
-            response=response,
-            settings=self.settings,
-            sessionmaker=request.state.sessionmaker,
-            login_limiter=request.state.login_limiter,
-            storage=request.state.storage,
-            events=request.state.events,
-            jobs=request.state.jobs,
-            request_id=request.state.request_id,
-        )
-        # A WebSocket authenticates in connection_init (on_ws_connect), not here.
-        authorization = request.headers.get("authorization")
-        if isinstance(request, Request) and authorization:
-            await _authenticate(context, authorization)
-        return context
+        return await build_context(request, response, self.settings)
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """Authenticate a WebSocket from its ``connection_init`` payload (4403 if refused)."""
-        authorization = (context.connection_params or {}).get("authorization")
-        if not isinstance(authorization, str):
-            raise ConnectionRejectionError()
-        await _authenticate(context, authorization)
-        if context.principal is None:
-            raise ConnectionRejectionError()
-        return cast(UnsetType, UNSET)
+        await sign_in_socket(context)
+        return cast(UnsetType, strawberry.UNSET)
 
     async def get_sub_response(self, request: Request | WebSocket) -> Response:
         response = await super().get_sub_response(request)
@@ -343,7 +222,8 @@ class GraphQLView(GraphQL[Context, None]):
         Returns as soon as ``operations`` and ``map`` are in: the files are
         still arriving while the operation runs.
         """
-        uploads: MultipartUploads = _starlette_request(request).scope[_UPLOADS_KEY]
+        assert isinstance(request, RequestAdapter), "GraphQLView serves Starlette requests only"
+        uploads: MultipartUploads = request.request.scope[_UPLOADS_KEY]
         try:
             operations = await uploads.operations()
         except Refused as exc:

@@ -1,0 +1,53 @@
+"""Building the GraphQL context of a request, from the lifespan state and the caller's credentials.
+
+The ``Context`` type itself is ``schema.context.Context``: what resolvers may
+use. Here is where its values come from, which only the API knows: the
+long-lived clients the app's lifespan put in ``request.state``, the request id
+from ``RequestIdMiddleware``, and the principal behind ``Authorization``.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.websockets import WebSocket
+
+from core.auth import authenticate
+from core.errors import Unauthenticated
+from core.settings import Settings
+from schema.context import Context
+
+
+async def build_context(
+    request: Request | WebSocket, response: Response | WebSocket, settings: Settings
+) -> Context:
+    """The context of one HTTP request, or of one WebSocket connection.
+
+    An HTTP request is signed in from its ``Authorization`` header here; a
+    WebSocket signs in later, from ``connection_init`` (``api.websocket``).
+    """
+    state = request.state
+    context = Context(
+        request=request,
+        response=response,
+        settings=settings,
+        sessionmaker=state.sessionmaker,
+        login_limiter=state.login_limiter,
+        storage=state.storage,
+        events=state.events,
+        jobs=state.jobs,
+        request_id=state.request_id,
+    )
+    authorization = request.headers.get("authorization")
+    if isinstance(request, Request) and authorization:
+        await sign_in(context, authorization)
+    return context
+
+
+async def sign_in(context: Context, authorization: str) -> None:
+    """Resolve the caller; a refused credential is kept to explain later errors."""
+    async with context.sessionmaker() as db:
+        try:
+            context.principal = await authenticate(db, context.settings, authorization)
+        except Unauthenticated as exc:
+            context.auth_error = exc
