@@ -1,0 +1,515 @@
+"""Every place Depot leans on Strawberry beyond its documented API, pinned.
+
+Strawberry documents a few hooks of its ASGI view (``get_context``,
+``process_result``, ``encode_json``, ``on_ws_connect``, …) and of schema
+extensions. Depot also overrides undocumented view methods, subclasses the
+WebSocket protocol handlers, reads attributes they set, imports from modules
+Strawberry does not advertise and relies on ``cross_web``, the package
+Strawberry's views are built on. Each of those is checked here, so that a
+Strawberry upgrade that moves one fails with a message naming what broke and
+where Depot uses it, instead of as a puzzling failure far away.
+
+Documented hooks appear where an override's signature must still match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from collections.abc import AsyncGenerator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import cross_web
+import pytest
+import strawberry
+from graphql import DocumentNode
+from starlette.requests import Request
+from starlette.responses import Response
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.extensions import ParserCache, SchemaExtension
+from strawberry.file_uploads.scalars import UploadDefinition
+from strawberry.http import GraphQLRequestData, async_base_view
+from strawberry.http.async_base_view import AsyncBaseHTTPView, AsyncWebSocketAdapter
+from strawberry.http.parse_content_type import parse_content_type
+from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.types import ExecutionContext
+from strawberry.types.scalar import ScalarDefinition
+from strawberry.types.unset import UnsetType
+
+from api.graphql import GraphQLView, RequestAdapter
+from api.websocket import LegacyWSHandler, TransportWSHandler
+from schema import _Schema
+from schema.errors import ErrorCodes, SyntaxSafeParserCache
+from schema.scalars import SCALARS, BigInt
+from schema.validation import RequireOperationName
+
+pytestmark = pytest.mark.anyio
+
+
+def _parameters(function: Callable[..., Any]) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+def _assert_overrides(ours: type, theirs: type, name: str, where: str) -> None:
+    """``ours.name`` overrides ``theirs.name``, which still exists with the same parameters."""
+    original = getattr(theirs, name, None)
+    assert original is not None, (
+        f"Strawberry's {theirs.__qualname__}.{name} is gone, so {where} overrides nothing: "
+        "find what replaced it in the installed Strawberry and move the override there."
+    )
+    assert _parameters(getattr(ours, name)) == _parameters(original), (
+        f"Strawberry's {theirs.__qualname__}.{name} now takes {_parameters(original)}; "
+        f"{where} still takes {_parameters(getattr(ours, name))}: update the override."
+    )
+
+
+# -- api/graphql.py: the view ---------------------------------------------------
+
+# Methods GraphQLView overrides; the undocumented ones carry Depot's HTTP rules.
+VIEW_OVERRIDES = {
+    "__call__": "undocumented: negotiation, 406, the CSRF check and multipart streaming",
+    "parse_http_body": "undocumented: 415 for a body neither JSON nor multipart",
+    "parse_multipart": "undocumented: operations from api.multipart's streaming parser",
+    "get_sub_response": "undocumented for ASGI: carries the negotiated media type",
+    "create_response": "undocumented for ASGI: Content-Type and status 400 in spec mode",
+    "get_context": "documented",
+    "process_result": "documented",
+    "on_ws_connect": "documented",
+}
+
+
+@pytest.mark.parametrize("name", sorted(VIEW_OVERRIDES))
+def test_view_overrides_match_strawberry(name: str) -> None:
+    _assert_overrides(
+        GraphQLView, GraphQL, name, f"api.graphql.GraphQLView.{name} ({VIEW_OVERRIDES[name]})"
+    )
+
+
+def test_view_calls_strawberry_methods_with_the_arguments_it_gives() -> None:
+    # GraphQLView calls self.run(request) and self.encode_json(body).
+    assert _parameters(GraphQL.run)[:2] == ["self", "request"], (
+        "Strawberry's view `run` no longer takes the request first: "
+        "api.graphql.GraphQLView._respond calls self.run(request)."
+    )
+    assert _parameters(GraphQL.encode_json) == ["self", "data"], (
+        "Strawberry's view `encode_json(data)` changed: GraphQLView._error_response uses it."
+    )
+
+
+def test_view_constructor_takes_the_options_depot_gives() -> None:
+    given = {
+        "graphql_ide",
+        "subscription_protocols",
+        "connection_init_wait_timeout",
+        "allowed_origins",
+        "multipart_uploads_enabled",
+    }
+    missing = given - set(_parameters(GraphQL.__init__))
+    assert not missing, f"strawberry.asgi.GraphQL() no longer takes {sorted(missing)}"
+
+
+def test_view_class_attributes_depot_sets_still_exist() -> None:
+    for name in (
+        "request_adapter_class",
+        "graphql_transport_ws_handler_class",
+        "graphql_ws_handler_class",
+    ):
+        assert hasattr(GraphQL, name), (
+            f"Strawberry's view no longer has `{name}`: api.graphql.GraphQLView sets it."
+        )
+
+
+def test_request_adapter_extends_strawberrys_own() -> None:
+    # RequestAdapter (installed with the documented `request_adapter_class`)
+    # only adds `.request`; anything else must stay as Strawberry's default.
+    assert GraphQL.request_adapter_class is cross_web.StarletteRequestAdapter, (
+        "Strawberry's ASGI view no longer adapts requests with "
+        "cross_web.StarletteRequestAdapter: api.graphql.RequestAdapter extends that one."
+    )
+    assert _parameters(cross_web.StarletteRequestAdapter.__init__) == ["self", "request"], (
+        "cross_web.StarletteRequestAdapter(request) changed: api.graphql.RequestAdapter calls it."
+    )
+    adapter = RequestAdapter(_request("POST", content_type="multipart/form-data; boundary=x"))
+    assert isinstance(adapter, cross_web.AsyncHTTPRequestAdapter)
+    assert adapter.method == "POST"
+    assert adapter.content_type == "multipart/form-data; boundary=x"
+
+
+def test_strawberry_raises_the_http_exception_depot_catches() -> None:
+    assert async_base_view.HTTPException is cross_web.HTTPException, (
+        "Strawberry's view no longer raises cross_web.HTTPException: "
+        "api.graphql.GraphQLView._respond catches that one to answer refusals as JSON."
+    )
+    refusal = cross_web.HTTPException(400, "why")
+    assert (refusal.status_code, refusal.reason) == (400, "why")
+
+
+def test_content_types_are_parsed_as_strawberry_dispatches_them() -> None:
+    # GraphQLView's 415 check and _is_multipart must agree with the parser
+    # Strawberry's parse_http_body dispatches on.
+    assert async_base_view.parse_content_type is parse_content_type, (
+        "Strawberry's view no longer parses Content-Type with "
+        "strawberry.http.parse_content_type: make api.graphql use what it uses now."
+    )
+    assert parse_content_type("application/json; charset=utf-8") == (
+        "application/json",
+        {"charset": "utf-8"},
+    )
+
+
+def test_unset_is_strawberrys_unset_type() -> None:
+    # on_ws_connect returns UNSET so that connection_ack carries no payload.
+    assert isinstance(strawberry.UNSET, UnsetType), (
+        "strawberry.UNSET is no longer a strawberry.types.unset.UnsetType: "
+        "api.graphql.GraphQLView.on_ws_connect relies on it."
+    )
+
+
+@strawberry.type
+class _Query:
+    @strawberry.field
+    def hello(self) -> str:
+        return "hi"
+
+
+@strawberry.type
+class _Mutation:
+    @strawberry.mutation
+    def poke(self) -> bool:
+        return True
+
+
+_SCHEMA = strawberry.Schema(query=_Query, mutation=_Mutation)
+
+
+def _request(method: str, *, query_string: bytes = b"", content_type: str | None = None) -> Request:
+    headers = [(b"content-type", content_type.encode())] if content_type else []
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": "/graphql",
+        "query_string": query_string,
+        "headers": headers,
+    }
+    return Request(scope)
+
+
+async def test_a_mutation_over_get_is_refused_from_invalid_operation_type() -> None:
+    # GraphQLView._respond answers 405 when the refusal's cause is this error.
+    view = GraphQL[None, None](_SCHEMA)
+    with pytest.raises(cross_web.HTTPException) as refused:
+        await view.run(_request("GET", query_string=b"query=mutation+%7B+poke+%7D"))
+    assert isinstance(refused.value.__cause__, InvalidOperationTypeError), (
+        "Strawberry no longer refuses a mutation over GET with an HTTPException raised from "
+        "InvalidOperationTypeError: api.graphql.GraphQLView._respond maps that to 405."
+    )
+
+
+async def test_multipart_bodies_reach_parse_multipart_through_the_request_adapter() -> None:
+    seen: list[cross_web.AsyncHTTPRequestAdapter] = []
+
+    class View(GraphQL[None, None]):
+        request_adapter_class = RequestAdapter
+
+        async def parse_multipart(self, request: cross_web.AsyncHTTPRequestAdapter) -> Any:
+            seen.append(request)
+            return {"query": "{ hello }"}
+
+    request = _request("POST", content_type="multipart/form-data; boundary=x")
+    response = await View(_SCHEMA, multipart_uploads_enabled=True).run(request)
+    assert response.status_code == 200
+    assert len(seen) == 1
+    assert isinstance(seen[0], RequestAdapter), (
+        "Strawberry no longer reads a multipart body with self.parse_multipart(adapter), "
+        "the adapter built by request_adapter_class: api.graphql.GraphQLView.parse_multipart "
+        "is how streamed uploads reach the operation."
+    )
+    assert seen[0].request is request
+
+
+async def test_parse_http_body_returns_request_data() -> None:
+    # GraphQLView.parse_http_body refuses other content types, then defers to it.
+    view = GraphQL[None, None](_SCHEMA)
+    adapter = RequestAdapter(_request("GET", query_string=b"query=%7B+hello+%7D"))
+    data = await view.parse_http_body(adapter)
+    assert isinstance(data, GraphQLRequestData)
+    assert data.query == "{ hello }"
+
+
+async def test_the_sub_response_is_a_starlette_response_copied_into_the_answer() -> None:
+    # GraphQLView.get_sub_response stores the media type on it; create_response reads it.
+    view = GraphQL[None, None](_SCHEMA)
+    sub_response = await view.get_sub_response(_request("GET"))
+    assert isinstance(sub_response, Response), (
+        "Strawberry's ASGI sub-response is no longer a Starlette Response: "
+        "api.graphql.GraphQLView keeps the negotiated media type on it."
+    )
+    sub_response.headers["x-check"] = "1"
+    sub_response.status_code = 418
+    response = view.create_response({"data": None}, sub_response)
+    assert response.headers["x-check"] == "1"
+    assert response.status_code == 418
+
+
+async def test_process_result_has_a_data_entry_to_drop() -> None:
+    # GraphQLView.process_result pops `data` from a request that never executed.
+    processed = await GraphQL[None, None](_SCHEMA).process_result(
+        _request("GET"), await _SCHEMA.execute("{ hello }")
+    )
+    assert processed == {"data": {"hello": "hi"}}
+
+
+# -- api/websocket.py: the protocol handlers ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "name"),
+    [
+        (TransportWSHandler, BaseGraphQLTransportWSHandler, "handle_connection_init"),
+        (TransportWSHandler, BaseGraphQLTransportWSHandler, "shutdown"),
+        (LegacyWSHandler, BaseGraphQLWSHandler, "handle_connection_init"),
+        (LegacyWSHandler, BaseGraphQLWSHandler, "cleanup"),
+    ],
+)
+def test_handler_overrides_match_strawberry(ours: type, theirs: type, name: str) -> None:
+    _assert_overrides(ours, theirs, name, f"api.websocket.{ours.__name__}.{name}")
+
+
+def test_handlers_extend_strawberrys_defaults() -> None:
+    defaults = {
+        "graphql_transport_ws_handler_class": BaseGraphQLTransportWSHandler,
+        "graphql_ws_handler_class": BaseGraphQLWSHandler,
+    }
+    for attribute, handler in defaults.items():
+        default = getattr(AsyncBaseHTTPView, attribute)
+        assert (typing.get_origin(default) or default) is handler, (
+            f"Strawberry's default {attribute} is no longer {handler.__qualname__}: "
+            "api.websocket's handlers subclass that one."
+        )
+
+
+def test_the_socket_close_depot_calls_takes_a_code_and_a_reason() -> None:
+    # watch_credential is handed `websocket.close` and calls close(4403, reason).
+    assert _parameters(AsyncWebSocketAdapter.close) == ["self", "code", "reason"], (
+        "Strawberry's AsyncWebSocketAdapter.close(code, reason) changed: "
+        "api.websocket.watch_credential closes sockets with it."
+    )
+
+
+@dataclass
+class _Context:
+    """Like schema.context.Context: an object with a ``connection_params`` attribute."""
+
+    connection_params: dict[str, Any] | None = None
+
+
+@dataclass
+class _Socket(AsyncWebSocketAdapter):
+    """A socket that records what the handler sends and how it closes."""
+
+    view: Any = None
+    incoming: list[dict[str, object]] = field(default_factory=list)
+    sent: list[Mapping[str, object]] = field(default_factory=list)
+    closed: tuple[int, str] | None = None
+
+    async def iter_json(
+        self, *, ignore_parsing_errors: bool = False
+    ) -> AsyncGenerator[object, None]:
+        for message in self.incoming:
+            yield message
+
+    async def send_json(self, message: Mapping[str, object]) -> None:
+        self.sent.append(message)
+
+    async def close(self, code: int, reason: str) -> None:
+        self.closed = (code, reason)
+
+
+class _View:
+    """The part of the view a handler calls: ``on_ws_connect``."""
+
+    def __init__(self, reject: bool = False) -> None:
+        self.reject = reject
+        self.seen: list[dict[str, Any] | None] = []
+
+    async def on_ws_connect(self, context: _Context) -> UnsetType:
+        self.seen.append(context.connection_params)
+        if self.reject:
+            raise ConnectionRejectionError()
+        return strawberry.UNSET
+
+
+def _transport(view: _View, socket: _Socket, context: _Context) -> Any:
+    return BaseGraphQLTransportWSHandler[Any, None](
+        view=view,  # type: ignore[arg-type]
+        websocket=socket,
+        context=context,
+        root_value=None,
+        schema=_SCHEMA,
+        connection_init_wait_timeout=timedelta(seconds=10),
+    )
+
+
+def _legacy(view: _View, socket: _Socket, context: _Context) -> Any:
+    return BaseGraphQLWSHandler[Any, None](
+        view=view,  # type: ignore[arg-type]
+        websocket=socket,
+        context=context,
+        root_value=None,
+        schema=_SCHEMA,
+        keep_alive=False,
+        keep_alive_interval=None,
+    )
+
+
+@pytest.mark.parametrize("make", [_transport, _legacy], ids=["transport-ws", "legacy-ws"])
+async def test_connection_init_hands_its_payload_to_on_ws_connect(
+    make: Callable[[_View, _Socket, _Context], Any],
+) -> None:
+    # api.websocket.sign_in_socket reads context.connection_params, an attribute
+    # of Depot's Context (not a dict key), set by the handler before on_ws_connect.
+    view, socket, context = _View(), _Socket(), _Context()
+    handler = make(view, socket, context)
+    payload = {"authorization": "Bearer x"}
+    await handler.handle_connection_init({"type": "connection_init", "payload": payload})
+    message = (
+        "Strawberry's handler no longer sets context.connection_params (an attribute) "
+        "before calling on_ws_connect: api.websocket.sign_in_socket reads the token there."
+    )
+    assert view.seen == [payload], message
+    assert context.connection_params == payload, message
+    assert socket.sent == [{"type": "connection_ack"}]
+    # TransportWSHandler and _Watched read these attributes of the handler.
+    assert handler.connection_acknowledged is True
+    assert handler.websocket is socket
+    assert handler.context is context
+
+
+async def test_a_rejected_transport_ws_connection_closes_with_4403() -> None:
+    # docs/api.md promises 4403 for a refused credential: Strawberry's rejection code.
+    socket = _Socket()
+    handler = _transport(_View(reject=True), socket, _Context())
+    await handler.handle_connection_init({"type": "connection_init", "payload": {}})
+    assert socket.closed == (4403, "Forbidden"), (
+        "Strawberry no longer closes a rejected graphql-transport-ws connection with 4403: "
+        "api.websocket promises that code for a refused credential."
+    )
+    assert handler.connection_init_received is True
+    assert handler.connection_acknowledged is False
+
+
+async def test_handlers_end_with_the_hook_that_stops_the_watch() -> None:
+    # The credential watch stops in TransportWSHandler.shutdown / LegacyWSHandler.cleanup.
+    calls: list[str] = []
+
+    class Transport(BaseGraphQLTransportWSHandler[Any, None]):
+        async def shutdown(self) -> None:
+            calls.append("shutdown")
+            await super().shutdown()
+
+    class Legacy(BaseGraphQLWSHandler[Any, None]):
+        async def cleanup(self) -> None:
+            calls.append("cleanup")
+            await super().cleanup()
+
+    common: dict[str, Any] = {"view": _View(), "context": _Context(), "root_value": None}
+    await Transport(
+        websocket=_Socket(),
+        schema=_SCHEMA,
+        connection_init_wait_timeout=timedelta(seconds=10),
+        **common,
+    ).handle()
+    await Legacy(
+        websocket=_Socket(), schema=_SCHEMA, keep_alive=False, keep_alive_interval=None, **common
+    ).handle()
+    assert calls == ["shutdown", "cleanup"], (
+        "Strawberry's handlers no longer end with shutdown() (graphql-transport-ws) and "
+        "cleanup() (graphql-ws): api.websocket stops the credential watch there."
+    )
+
+
+# -- schema/: the schema and its extensions ---------------------------------------
+
+
+def test_schema_process_errors_override_matches_strawberry() -> None:
+    _assert_overrides(_Schema, strawberry.Schema, "process_errors", "schema._Schema")
+
+
+@pytest.mark.parametrize(
+    ("ours", "name"),
+    [
+        (ErrorCodes, "on_operation"),
+        (ErrorCodes, "on_stream_result"),
+        (SyntaxSafeParserCache, "on_parse"),
+        (RequireOperationName, "on_operation"),
+    ],
+)
+def test_extension_hooks_match_strawberry(ours: type, name: str) -> None:
+    _assert_overrides(ours, SchemaExtension, name, f"{ours.__module__}.{ours.__name__}.{name}")
+
+
+def test_execution_context_has_the_fields_extensions_use() -> None:
+    used = {
+        "query": "SyntaxSafeParserCache parses it",
+        "parse_options": "SyntaxSafeParserCache parses with them",
+        "graphql_document": "SyntaxSafeParserCache stores the parsed document",
+        "operation_name": "RequireOperationName checks it",
+        "validation_rules": "RequireOperationName adds a rule to them",
+        "result": "ErrorCodes rewrites its errors",
+        "context": "ErrorCodes and FreshLoaders read Depot's Context",
+    }
+    fields = {f.name for f in dataclasses.fields(ExecutionContext)}
+    for name, why in used.items():
+        assert name in fields or hasattr(ExecutionContext, name), (
+            f"Strawberry's ExecutionContext has no `{name}` any more: {why}."
+        )
+
+
+def test_parser_cache_keeps_its_cached_parse() -> None:
+    # SyntaxSafeParserCache.on_parse calls the cache ParserCache.__init__ builds.
+    cache = ParserCache(maxsize=8)
+    parse = getattr(cache, "cached_parse_document", None)
+    assert callable(parse), (
+        "ParserCache no longer has `cached_parse_document`: "
+        "schema.errors.SyntaxSafeParserCache.on_parse calls it."
+    )
+    assert isinstance(parse("{ hello }"), DocumentNode)
+
+
+async def test_parser_cache_still_lets_syntax_errors_escape_extensions() -> None:
+    # Why SyntaxSafeParserCache exists; when this fails, Strawberry's own cache may do.
+    schema = strawberry.Schema(
+        query=_Query, extensions=[lambda: ParserCache(maxsize=8), ErrorCodes]
+    )
+    result = await schema.execute("{ hello ")
+    assert result.errors
+    assert not result.errors[0].extensions, (
+        "Strawberry's ParserCache now lets extensions see syntax errors: "
+        "schema.errors.SyntaxSafeParserCache may be replaced by ParserCache."
+    )
+
+
+def test_custom_scalars_are_scalar_definitions() -> None:
+    # schema/scalars.py types SCALARS with strawberry.types.scalar.ScalarDefinition.
+    assert isinstance(SCALARS[BigInt], ScalarDefinition), (
+        "strawberry.scalar(name=...) no longer returns a ScalarDefinition: "
+        "schema.scalars.SCALARS (StrawberryConfig.scalar_map) is typed with it."
+    )
+
+
+def test_upload_values_reach_resolvers_as_they_are() -> None:
+    # api.multipart puts IncomingPart objects where the files go; resolvers get them.
+    part = object()
+    assert UploadDefinition.parse_value is not None
+    assert UploadDefinition.parse_value(part) is part, (
+        "Strawberry's Upload scalar no longer passes values through: "
+        "api.multipart's streamed parts would not reach schema.uploads as they are."
+    )
