@@ -49,7 +49,7 @@ from api.websocket import LegacyWSHandler, TransportWSHandler
 from schema import _Schema
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
 from schema.scalars import SCALARS, BigInt
-from schema.validation import RequireOperationName
+from schema.validation import RequestRules
 
 pytestmark = pytest.mark.anyio
 
@@ -449,7 +449,7 @@ def test_schema_process_errors_override_matches_strawberry() -> None:
         (ErrorCodes, "on_operation"),
         (ErrorCodes, "on_stream_result"),
         (SyntaxSafeParserCache, "on_parse"),
-        (RequireOperationName, "on_operation"),
+        (RequestRules, "on_operation"),
     ],
 )
 def test_extension_hooks_match_strawberry(ours: type, name: str) -> None:
@@ -461,8 +461,8 @@ def test_execution_context_has_the_fields_extensions_use() -> None:
         "query": "SyntaxSafeParserCache parses it",
         "parse_options": "SyntaxSafeParserCache parses with them",
         "graphql_document": "SyntaxSafeParserCache stores the parsed document",
-        "operation_name": "RequireOperationName checks it",
-        "validation_rules": "RequireOperationName adds a rule to them",
+        "operation_name": "RequestRules checks it",
+        "validation_rules": "RequestRules adds a rule to them",
         "result": "ErrorCodes rewrites its errors",
         "context": "ErrorCodes and FreshLoaders read Depot's Context",
     }
