@@ -21,6 +21,7 @@ from starlette.responses import RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 
 from api.files import ROUTES as FILE_ROUTES
+from api.files import RouteLinks
 from api.graphql import GraphQLView
 from api.headers import SecurityHeadersMiddleware
 from api.health import healthz, readyz
@@ -29,6 +30,7 @@ from api.middleware import RequestIdMiddleware
 from core import jobs as job_states
 from core.db import SessionMaker, create_engine, create_sessionmaker
 from core.events import EventLog, open_event_log
+from core.links import LinkSigner
 from core.logging import configure_logging
 from core.migrate import prepare_schema
 from core.ratelimit import LoginLimiter, limiter_storage
@@ -53,6 +55,7 @@ class State(TypedDict):
     redis: Redis | None
     login_limiter: LoginLimiter
     storage: Storage
+    links: RouteLinks
     events: EventLog
     jobs: Jobs
 
@@ -63,12 +66,13 @@ def create_app(settings: Settings) -> Starlette:
         max_depth=settings.graphql_max_depth, max_tokens=settings.graphql_max_tokens
     )
     graphql = GraphQLView(schema, settings)
+    links = RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url))
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         engine = create_engine(settings)
         redis = open_redis(settings.redis_url) if settings.redis_url else None
-        storage = open_storage(settings)
+        storage = open_storage(settings.storage_url, links=links)
         events = open_event_log(redis)
         sessionmaker = create_sessionmaker(engine)
         worker: Worker | None = None
@@ -98,6 +102,7 @@ def create_app(settings: Settings) -> Starlette:
                 redis=redis,
                 login_limiter=limiter,
                 storage=storage,
+                links=links,
                 events=events,
                 jobs=jobs,
             )

@@ -284,7 +284,7 @@ async def _check_services(settings: Settings) -> list[str]:
             )
         finally:
             await redis.aclose()
-    storage = open_storage(settings)
+    storage = open_storage(settings.storage_url, links=None)
     try:
         await probe_storage(storage)
         click.echo(f"✓ storage usable ({urlsplit(settings.storage_url).scheme})")

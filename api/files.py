@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from email.utils import format_datetime, parsedate_to_datetime
+from urllib.parse import urljoin
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -23,7 +26,11 @@ from starlette.routing import Route
 from core.content import OCTET_STREAM, content_disposition
 from core.direct_uploads import open_ticket
 from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
-from storage.base import ObjectNotFound, Stat, Storage, TooLarge
+from storage.base import Stat, Storage
+from storage.errors import ObjectNotFound, TooLarge
+
+PATHS: dict[Purpose, str] = {"download": "/files/download/", "upload": "/files/upload/"}
+"""Where each purpose's route lives; a link is its path followed by its token."""
 
 _INVALID = "This link is not valid."
 _GONE = "This link has expired; ask for a new one."
@@ -43,12 +50,35 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     )
 
 
+@dataclass(frozen=True)
+class RouteLinks:
+    """Signed links to the routes below, at ``base_url``: what local and memory
+    storage hand out as download and upload URLs (``storage.Links``).
+
+    Built once by the app, which gives it to storage and to these routes,
+    so the links storage signs are the ones the routes verify.
+    """
+
+    signer: LinkSigner
+    base_url: str
+
+    def url(self, purpose: Purpose, expires_at: datetime, **claims: str | int) -> str:
+        """The link to ``purpose``'s route carrying ``claims`` until ``expires_at``."""
+        token = self.signer.sign(purpose, expires_at, **claims)
+        return urljoin(self.base_url, PATHS[purpose] + token)
+
+    def download(self, key: str, *, filename: str, content_type: str, expires_at: datetime) -> str:
+        return self.url("download", expires_at, key=key, name=filename, type=content_type)
+
+    def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
+        return self.url("upload", expires_at, key=key, size=size)
+
+
 def _link(request: Request, purpose: Purpose) -> tuple[str, dict[str, object]]:
     """The storage key and claims of the link's token, or a refusal that says nothing of it."""
-    settings = request.state.settings
-    signer = LinkSigner(settings.secret, str(settings.public_base_url))
+    links: RouteLinks = request.state.links
     try:
-        claims = signer.verify(purpose, request.path_params["token"])
+        claims = links.signer.verify(purpose, request.path_params["token"])
     except LinkExpired:
         raise _Refused(_error(410, _GONE)) from None
     except LinkInvalid:
@@ -247,6 +277,6 @@ async def upload(request: Request) -> Response:
 
 
 ROUTES = [
-    Route("/files/download/{token}", download, methods=["GET", "HEAD"]),
-    Route("/files/upload/{token}", upload, methods=["PUT"]),
+    Route(PATHS["download"] + "{token}", download, methods=["GET", "HEAD"]),
+    Route(PATHS["upload"] + "{token}", upload, methods=["PUT"]),
 ]

@@ -33,7 +33,8 @@ from core.files import ensure_path_free, storage_key
 from core.models import File, Upload
 from core.paths import file_name, normalize_path
 from core.time import utcnow
-from storage.base import ObjectNotFound, SignedRequest, Storage
+from storage.base import SignedRequest, Storage
+from storage.errors import ObjectNotFound
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 # type "/" subtype, optional parameters; no spaces, quotes or control characters around them.

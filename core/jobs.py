@@ -29,7 +29,8 @@ from core.errors import BadUserInput, Conflict, NotFound
 from core.events import Event, EventLog
 from core.models import FINAL_STATUSES, File, Job, JobInput, JobKind, JobStatus
 from core.time import utcnow
-from storage.base import Storage, StorageError
+from storage.base import Storage
+from storage.errors import StorageError
 
 logger = structlog.get_logger("depot.jobs")
 

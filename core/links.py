@@ -1,8 +1,9 @@
-"""Signed, expiring links to Depot's own byte routes (local and memory storage).
+"""Signed, expiring tokens that let the holder of a link do one thing to one object.
 
-A link is a JWT in the URL path, signed with the secret key, for one purpose
-(``download`` or ``upload``) and one storage key. S3 needs none of this: it
-presigns its own URLs.
+A token is a JWT signed with the secret key, for one purpose (``download`` or
+``upload``) and carrying the storage key it is for. Which route a token goes
+in, and at what address, is the API's business (``api.files``); S3 needs
+none of this: it presigns its own URLs.
 """
 
 from __future__ import annotations
@@ -10,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
-from urllib.parse import urljoin
 
 import jwt
 
 Purpose = Literal["download", "upload"]
-ROUTES: dict[Purpose, str] = {"download": "/files/download/", "upload": "/files/upload/"}
 _ALGORITHM = "HS256"
 
 
@@ -29,20 +28,21 @@ class LinkExpired(Exception):
 
 @dataclass(frozen=True)
 class LinkSigner:
-    """Signs and verifies links for one secret and one public base URL."""
+    """Signs and verifies link tokens with one secret; build one per process."""
 
     secret: str
-    base_url: str
 
     def sign(self, purpose: Purpose, expires_at: datetime, **claims: str | int) -> str:
-        token = jwt.encode(
+        """A token for ``purpose`` carrying ``claims`` (``key`` among them) until ``expires_at``."""
+        return jwt.encode(
             {**claims, "aud": f"depot-{purpose}", "exp": expires_at},
             self.secret,
             algorithm=_ALGORITHM,
         )
-        return urljoin(self.base_url, ROUTES[purpose] + token)
 
     def verify(self, purpose: Purpose, token: str) -> dict[str, object]:
+        """The claims of a genuine, unexpired ``purpose`` token; ``LinkInvalid`` or
+        ``LinkExpired`` otherwise."""
         try:
             claims: dict[str, object] = jwt.decode(
                 token,

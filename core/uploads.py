@@ -24,7 +24,8 @@ from core.errors import QuotaExceeded
 from core.files import ensure_path_free, path_taken, storage_key
 from core.paths import file_name, normalize_path
 from core.settings import Settings
-from storage.base import Storage, TooLarge
+from storage.base import Storage
+from storage.errors import TooLarge
 
 # Quota is reserved for the bytes received so far each time this many more
 # have arrived (and once at the end): one UPDATE per 8 MiB, not per chunk,

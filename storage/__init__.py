@@ -1,24 +1,21 @@
-"""Where file bytes live: the ``Storage`` protocol and its backends, chosen by URL."""
+"""Where file bytes live: the ``Storage`` protocol and its backends, chosen by URL.
+
+Storage knows its URL and nothing else of Depot's configuration: the links
+local and memory storage hand out come from the caller (``Links``), which
+owns the routes they lead to.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import urlsplit
-from urllib.request import url2pathname
 
-from core.links import LinkSigner
-from core.settings import Settings
-from storage.base import (
-    ObjectNotFound,
-    SignedRequest,
-    Stat,
-    Storage,
-    StorageError,
-    TooLarge,
-)
+from storage.base import Links, NoLinks, SignedRequest, Stat, Storage
+from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 __all__ = [
+    "Links",
     "ObjectNotFound",
+    "PermanentStorageError",
     "SignedRequest",
     "Stat",
     "Storage",
@@ -28,28 +25,26 @@ __all__ = [
 ]
 
 
-def open_storage(settings: Settings) -> Storage:
-    """The backend ``DEPOT_STORAGE_URL`` names: ``file://``, ``s3://`` or ``memory://``."""
-    links = LinkSigner(settings.secret, str(settings.public_base_url))
-    scheme = urlsplit(settings.storage_url).scheme
+def open_storage(url: str, *, links: Links | None) -> Storage:
+    """The backend ``url`` names: ``file://``, ``s3://`` or ``memory://``.
+
+    ``links`` signs the download and upload URLs of local and memory storage;
+    a process that serves no byte routes (a worker, the CLI) passes ``None``,
+    and asking its storage for such a URL then fails loudly. S3 presigns its
+    own and never uses it.
+    """
+    scheme = urlsplit(url).scheme
+    route_links = NoLinks() if links is None else links
     if scheme == "memory":
         from storage.memory import MemoryStorage
 
-        return MemoryStorage(links)
+        return MemoryStorage(route_links)
     if scheme == "file":
-        from storage.local import LocalStorage
+        from storage.local import LocalStorage, file_url_path
 
-        return LocalStorage(file_url_path(settings.storage_url), links)
+        return LocalStorage(file_url_path(url), route_links)
     if scheme == "s3":
         from storage.s3 import S3Storage, parse_s3_url
 
-        return S3Storage(parse_s3_url(settings.storage_url))
+        return S3Storage(parse_s3_url(url))
     raise ValueError(f"unknown storage backend {scheme!r}")
-
-
-def file_url_path(url: str) -> Path:
-    """The directory a ``file://`` URL names (``file:///srv/depot`` or ``file:relative``)."""
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise ValueError(f"file:// storage must be on this host, not {parts.netloc!r}")
-    return Path(url2pathname(parts.path))

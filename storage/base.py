@@ -15,18 +15,6 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 
-class StorageError(Exception):
-    """Storage could not do what was asked (unreachable, refused, …): transient."""
-
-
-class ObjectNotFound(StorageError):
-    """No object under that key."""
-
-
-class TooLarge(StorageError):
-    """A stream went past the number of bytes it was allowed."""
-
-
 @dataclass(frozen=True)
 class Stat:
     size: int
@@ -42,6 +30,43 @@ class SignedRequest:
     method: str
     headers: dict[str, str] = field(default_factory=dict)
     expires_at: datetime | None = None
+
+
+class Links(Protocol):
+    """Signed links to the byte routes of the process serving them (``api.files``).
+
+    Local and memory storage cannot presign URLs as S3 does, so they hand out
+    these instead; which routes, paths and host are the API's to say, not
+    storage's.
+    """
+
+    def download(self, key: str, *, filename: str, content_type: str, expires_at: datetime) -> str:
+        """A URL that serves ``key`` as ``filename`` until ``expires_at``."""
+        ...
+
+    def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
+        """A URL that takes a PUT of exactly ``size`` bytes for ``key`` until ``expires_at``."""
+        ...
+
+
+class NoLinks:
+    """``Links`` for a process that serves no byte routes (a worker, the CLI).
+
+    Asking it for a link is a bug in the caller, so it says so.
+    """
+
+    def download(self, key: str, *, filename: str, content_type: str, expires_at: datetime) -> str:
+        raise self._unserved()
+
+    def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
+        raise self._unserved()
+
+    @staticmethod
+    def _unserved() -> RuntimeError:
+        return RuntimeError(
+            "this process serves no byte routes: only the API hands out links to "
+            "local or memory storage (open_storage(url, links=…) in api/app.py)"
+        )
 
 
 def check_prefix(prefix: str) -> str:

@@ -23,19 +23,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import TypeVar
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
 
 import anyio
 
-from core.links import LinkSigner
 from core.time import utcnow
-from storage.base import (
-    ObjectNotFound,
-    SignedRequest,
-    Stat,
-    StorageError,
-    TooLarge,
-    check_prefix,
-)
+from storage.base import Links, SignedRequest, Stat, check_prefix
+from storage.errors import ObjectNotFound, StorageError, TooLarge
 
 BLOCK = 1024 * 1024
 """Bytes per read, and the least buffered before a write goes to a thread."""
@@ -49,6 +44,14 @@ DIRECTORY_ATTEMPTS = 5
 """How often a writer makes its directory again when ``delete_prefix`` keeps removing it."""
 
 T = TypeVar("T")
+
+
+def file_url_path(url: str) -> Path:
+    """The directory a ``file://`` URL names (``file:///srv/depot`` or ``file:relative``)."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise ValueError(f"file:// storage must be on this host, not {parts.netloc!r}")
+    return Path(url2pathname(parts.path))
 
 
 def key_path(root: Path, key: str) -> Path:
@@ -70,7 +73,9 @@ def key_path(root: Path, key: str) -> Path:
 
 
 class LocalStorage:
-    def __init__(self, root: Path, links: LinkSigner) -> None:
+    """Objects as files under ``root``; download and upload URLs lead to ``links``' routes."""
+
+    def __init__(self, root: Path, links: Links) -> None:
         self._root = root
         self._links = links
 
@@ -167,15 +172,16 @@ class LocalStorage:
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta
     ) -> str:
         key_path(self._root, key)
-        expires_at = utcnow() + expires_in
-        return self._links.sign("download", expires_at, key=key, name=filename, type=content_type)
+        return self._links.download(
+            key, filename=filename, content_type=content_type, expires_at=utcnow() + expires_in
+        )
 
     async def upload_request(
         self, key: str, *, size: int, content_type: str, expires_in: timedelta
     ) -> SignedRequest:
         key_path(self._root, key)
         expires_at = utcnow() + expires_in
-        url = self._links.sign("upload", expires_at, key=key, size=size)
+        url = self._links.upload(key, size=size, expires_at=expires_at)
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return SignedRequest(url, "PUT", headers, expires_at)
 

@@ -6,15 +6,17 @@ import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
 
-from core.links import LinkSigner
 from core.time import utcnow
-from storage.base import ObjectNotFound, SignedRequest, Stat, TooLarge, check_prefix
+from storage.base import Links, SignedRequest, Stat, check_prefix
+from storage.errors import ObjectNotFound, TooLarge
 
 CHUNK = 64 * 1024
 
 
 class MemoryStorage:
-    def __init__(self, links: LinkSigner) -> None:
+    """Objects in a dict; download and upload URLs lead to ``links``' routes."""
+
+    def __init__(self, links: Links) -> None:
         self._objects: dict[str, tuple[bytes, Stat]] = {}
         self._links = links
 
@@ -66,14 +68,15 @@ class MemoryStorage:
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta
     ) -> str:
-        expires_at = utcnow() + expires_in
-        return self._links.sign("download", expires_at, key=key, name=filename, type=content_type)
+        return self._links.download(
+            key, filename=filename, content_type=content_type, expires_at=utcnow() + expires_in
+        )
 
     async def upload_request(
         self, key: str, *, size: int, content_type: str, expires_in: timedelta
     ) -> SignedRequest:
         expires_at = utcnow() + expires_in
-        url = self._links.sign("upload", expires_at, key=key, size=size)
+        url = self._links.upload(key, size=size, expires_at=expires_at)
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return SignedRequest(url, "PUT", headers, expires_at)
 

@@ -28,14 +28,8 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 
 from core.content import content_disposition
 from core.time import utcnow
-from storage.base import (
-    ObjectNotFound,
-    SignedRequest,
-    Stat,
-    StorageError,
-    TooLarge,
-    check_prefix,
-)
+from storage.base import SignedRequest, Stat, check_prefix
+from storage.errors import ObjectNotFound, StorageError, TooLarge
 
 PART_SIZE = 8 * 1024 * 1024
 """Bytes buffered per multipart part (S3 needs at least 5 MiB for all but the last)."""
@@ -76,7 +70,8 @@ def parse_s3_url(url: str) -> S3Location:
 
 @contextlib.contextmanager
 def _errors(key: str) -> Iterator[None]:
-    """S3's "no such key" becomes ObjectNotFound; any other S3 or network failure StorageError."""
+    """S3's "no such key" becomes ObjectNotFound; any other S3 or network failure a
+    (transient) StorageError."""
     try:
         yield
     except ClientError as exc:

@@ -26,8 +26,7 @@ from sqlmodel import col, select
 from core.db import create_engine, create_sessionmaker
 from core.models import File, User
 from core.settings import Settings
-from storage import file_url_path
-from storage.local import key_path
+from storage.local import file_url_path, key_path
 from storage.s3 import parse_s3_url
 
 STRONG_SECRET = "test-secret-0123456789-abcdefghijklmnopqrstuvwxyz"

@@ -14,6 +14,7 @@ import httpx
 import jwt
 import pytest
 
+from api.files import RouteLinks
 from core.links import LinkSigner, Purpose
 from core.settings import Settings
 from core.time import utcnow
@@ -53,9 +54,9 @@ def claims_of(url: str) -> dict[str, Any]:
 
 def signed(settings: Settings, purpose: Purpose, **claims: Any) -> str:
     """A link of ours, signed with the app's secret, with exactly these claims."""
-    signer = LinkSigner(STRONG_SECRET, str(settings.public_base_url))
+    links = RouteLinks(LinkSigner(STRONG_SECRET), str(settings.public_base_url))
     expires_at = claims.pop("expires_at", utcnow() + timedelta(minutes=5))
-    return signer.sign(purpose, expires_at, **claims)
+    return links.url(purpose, expires_at, **claims)
 
 
 async def test_a_download_streams_the_file_with_safe_headers(
@@ -152,7 +153,8 @@ async def test_a_link_forged_with_another_secret_is_forbidden(
     client: httpx.AsyncClient, file: dict[str, Any], settings: Settings
 ) -> None:
     claims = claims_of(file["downloadUrl"])
-    forged = LinkSigner("another-secret-" + "x" * 40, str(settings.public_base_url)).sign(
+    forger = RouteLinks(LinkSigner("another-secret-" + "x" * 40), str(settings.public_base_url))
+    forged = forger.url(
         "download", utcnow() + timedelta(minutes=5), key=claims["key"], name="a", type="text/plain"
     )
     response = await client.get(forged)

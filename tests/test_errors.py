@@ -89,7 +89,7 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
         yield {
             "sessionmaker": create_sessionmaker(engine),
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
-            "storage": open_storage(settings),
+            "storage": open_storage(settings.storage_url, links=None),
             "events": MemoryEventLog(),
             # Jobs are never sent here: a broker nobody consumes from will do.
             "jobs": embedded_jobs(Runtime(settings)),

@@ -23,11 +23,19 @@ import anyio
 import httpx
 import pytest
 
+from api.files import RouteLinks
 from core.content import content_disposition
 from core.files import output_prefix, storage_key
 from core.links import LinkSigner
 from core.settings import Settings
-from storage import ObjectNotFound, Storage, StorageError, TooLarge, open_storage
+from storage import (
+    ObjectNotFound,
+    PermanentStorageError,
+    Storage,
+    StorageError,
+    TooLarge,
+    open_storage,
+)
 from storage.local import TEMP_PREFIX, LocalStorage, _in_directory
 from storage.memory import MemoryStorage
 from storage.s3 import S3Storage, parse_s3_url
@@ -42,6 +50,12 @@ DATA = random.Random(20261123).randbytes(  # noqa: S311 - test bytes, not secret
     20 * MiB + 12345
 )
 """Not a multiple of any chunk or part size, so every boundary is crossed unevenly."""
+
+
+def opened(settings: Settings) -> Storage:
+    """``settings``' storage, handing out links to the API's byte routes as the app's does."""
+    links = RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url))
+    return open_storage(settings.storage_url, links=links)
 
 
 @dataclass
@@ -79,7 +93,7 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         url = request.getfixturevalue("s3_url")
         s3 = request.getfixturevalue("s3_server")
     settings = make_settings(tmp_path, storage_url=url)
-    storage = open_storage(settings)
+    storage = opened(settings)
     try:
         yield Backend(request.param, storage, settings, root, s3)
     finally:
@@ -115,14 +129,39 @@ async def test_open_storage_picks_the_backend_from_the_url(tmp_path: Path) -> No
         "s3://depot?endpoint_url=http://127.0.0.1:9&region=eu-west-1": S3Storage,
     }
     for url, kind in kinds.items():
-        storage = open_storage(make_settings(tmp_path, storage_url=url))
+        storage = open_storage(url, links=None)
         assert isinstance(storage, kind), url
         await storage.aclose()
 
 
+@pytest.mark.parametrize("url", ["memory://", "file:///nowhere/depot"])
+async def test_storage_without_links_refuses_to_sign_one(url: str) -> None:
+    """A worker's storage serves no routes: asking it for a link is a bug, said loudly."""
+    storage = open_storage(url, links=None)
+    with pytest.raises(RuntimeError, match="serves no byte routes"):
+        await storage.download_url(
+            KEY, filename="a.txt", content_type="text/plain", expires_in=timedelta(minutes=1)
+        )
+    with pytest.raises(RuntimeError, match="serves no byte routes"):
+        await storage.upload_request(
+            KEY, size=1, content_type="text/plain", expires_in=timedelta(minutes=1)
+        )
+    await storage.aclose()
+
+
+def test_storage_errors_say_whether_to_try_again() -> None:
+    """Outages are worth another attempt; a missing object or too many bytes never are."""
+    assert StorageError("S3 unreachable").transient
+    assert not ObjectNotFound(KEY).transient
+    assert not TooLarge("more than 1 bytes").transient
+    assert issubclass(ObjectNotFound, PermanentStorageError)
+    assert issubclass(TooLarge, PermanentStorageError)
+    assert issubclass(PermanentStorageError, StorageError)
+
+
 async def test_the_default_is_a_directory_under_var(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, storage_url="")
-    storage = open_storage(settings)
+    storage = opened(settings)
     assert isinstance(storage, LocalStorage)
     await storage.put("u/a/b", stream(b"hello"))
     await storage.aclose()
@@ -322,7 +361,7 @@ async def test_delete_prefix_takes_a_jobs_outputs_and_nothing_else(backend: Back
 
 async def test_delete_prefix_removes_the_directories_it_emptied(tmp_path: Path) -> None:
     root = tmp_path / "storage"
-    storage = open_storage(make_settings(tmp_path, storage_url=root.as_uri()))
+    storage = opened(make_settings(tmp_path, storage_url=root.as_uri()))
     await put_all(storage, UNDER + BESIDE)
     for prefix in [PREFIX, "u/a/j/bc/", "u/a/j/c/"]:
         await storage.delete_prefix(prefix)
@@ -349,7 +388,7 @@ def dead_writers_temp_file(directory: Path) -> Path:
 
 async def test_local_delete_prefix_removes_a_dead_writers_temp_files(tmp_path: Path) -> None:
     root = tmp_path / "storage"
-    storage = open_storage(make_settings(tmp_path, storage_url=root.as_uri()))
+    storage = opened(make_settings(tmp_path, storage_url=root.as_uri()))
     await put_all(storage, ["u/a/j/b/finished", "u/a/j/bc/1"])
     dead = [dead_writers_temp_file(root / "u/a/j/b"), dead_writers_temp_file(root / "u/a/j/b/d")]
     alive = dead_writers_temp_file(root / "u/a/j/bc")
@@ -371,7 +410,7 @@ async def test_local_delete_prefix_never_follows_links_out_of_storage(tmp_path: 
     (outside / "j/b").mkdir(parents=True)
     precious = outside / "j/b/precious"
     precious.write_bytes(b"not Depot's")
-    storage = open_storage(make_settings(tmp_path, storage_url=root.as_uri()))
+    storage = opened(make_settings(tmp_path, storage_url=root.as_uri()))
     await put_all(storage, ["u/a/j/b/1"])
     (root / "u/a/j/b/dir-link").symlink_to(outside, target_is_directory=True)
     (root / "u/a/j/b/file-link").symlink_to(precious)
@@ -415,7 +454,7 @@ async def test_s3_delete_prefix_aborts_a_dead_writers_multipart_uploads(
             s3.upload_part(
                 Bucket=bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"part"
             )
-    storage = open_storage(settings)
+    storage = opened(settings)
     try:
         await put_all(storage, ["u/a/j/b/finished"])
         assert await storage.delete_prefix(PREFIX) == 1
@@ -433,7 +472,7 @@ async def test_s3_delete_prefix_pages_and_batches(
     monkeypatch.setattr("storage.s3.DELETE_BATCH", 2)
     settings = make_settings(tmp_path, storage_url=s3_url)
     under = [f"{PREFIX}{n}" for n in range(7)]
-    storage = open_storage(settings)
+    storage = opened(settings)
     try:
         await put_all(storage, under + BESIDE)
         assert await storage.delete_prefix(PREFIX) == len(under)
@@ -447,8 +486,8 @@ async def test_links_to_depot_routes_are_signed_for_one_key(kind: str, tmp_path:
     """Memory and local storage hand out links to Depot's own routes; S3 presigns its own."""
     url = "memory://" if kind == "memory" else (tmp_path / "storage").as_uri()
     settings = make_settings(tmp_path, storage_url=url)
-    storage = open_storage(settings)
-    links = LinkSigner(settings.secret, str(settings.public_base_url))
+    storage = opened(settings)
+    links = LinkSigner(settings.secret)
     download = await storage.download_url(
         KEY, filename="report.pdf", content_type="application/pdf", expires_in=timedelta(minutes=5)
     )
@@ -470,7 +509,7 @@ async def test_links_to_depot_routes_are_signed_for_one_key(kind: str, tmp_path:
 
 
 async def test_local_storage_refuses_keys_that_leave_its_directory(tmp_path: Path) -> None:
-    storage = open_storage(make_settings(tmp_path, storage_url=(tmp_path / "s").as_uri()))
+    storage = open_storage((tmp_path / "s").as_uri(), links=None)
     for key in ["/etc/passwd", "u/../../x", "u//x", "", "u/./x", "u/x/", "..", "u\\..\\x"]:
         with pytest.raises(ValueError, match="not a storage key"):
             await storage.put(key, stream(b"x"))
@@ -481,7 +520,7 @@ async def test_local_storage_refuses_keys_that_leave_its_directory(tmp_path: Pat
 
 @pytest.fixture
 async def s3_storage(s3_url: str, tmp_path: Path) -> AsyncIterator[Storage]:
-    storage = open_storage(make_settings(tmp_path, storage_url=s3_url))
+    storage = opened(make_settings(tmp_path, storage_url=s3_url))
     try:
         yield storage
     finally:
@@ -531,7 +570,7 @@ async def test_s3_presigns_for_the_endpoint_clients_reach(
     """Depot may reach S3 as ``minio:9000`` while clients reach it as ``localhost:9000``."""
     public = s3_server.endpoint_url.replace("127.0.0.1", "localhost")
     url = f"{s3_url}&public_endpoint_url={public}"
-    storage = open_storage(make_settings(tmp_path, storage_url=url))
+    storage = opened(make_settings(tmp_path, storage_url=url))
     try:
         await storage.put(KEY, stream(b"through the front door"))
         download = await storage.download_url(
@@ -553,16 +592,17 @@ async def test_s3_failures_other_than_not_found_are_storage_errors(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
     missing_bucket = s3_server.storage_url("no-such-bucket")
-    storage = open_storage(make_settings(tmp_path, storage_url=missing_bucket))
+    storage = opened(make_settings(tmp_path, storage_url=missing_bucket))
     try:
         with pytest.raises(StorageError) as raised:
             await storage.put(KEY, stream(b"x"))
         assert not isinstance(raised.value, ObjectNotFound)
+        assert raised.value.transient
     finally:
         await storage.aclose()
 
     unreachable = "s3://depot?endpoint_url=http://127.0.0.1:9&region=us-east-1"
-    storage = open_storage(make_settings(tmp_path, storage_url=unreachable))
+    storage = opened(make_settings(tmp_path, storage_url=unreachable))
     try:
         with pytest.raises(StorageError):
             await storage.stat(KEY)

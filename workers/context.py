@@ -29,7 +29,8 @@ from core.events import EventLog
 from core.models import File, Job, JobInput
 from core.settings import Settings
 from core.uploads import store_upload
-from storage.base import ObjectNotFound, Storage
+from storage.base import Storage
+from storage.errors import ObjectNotFound
 from workers.errors import JobCancelled, JobFailed
 
 EVENT_INTERVAL: Final = 0.1

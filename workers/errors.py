@@ -9,7 +9,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from storage.base import ObjectNotFound, StorageError
+from storage.errors import StorageError
 
 
 class JobFailed(Exception):
@@ -26,11 +26,12 @@ class JobCancelled(Exception):
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says a service was unavailable, so a later attempt may succeed.
 
-    Storage or database outages and timeouts are; bad input and bugs are not.
+    Storage or database outages and timeouts are; bad input and bugs are not. A
+    storage error says so itself (``storage.errors``): a missing object is not.
     """
-    if isinstance(exc, ObjectNotFound):
-        return False
-    if isinstance(exc, StorageError | RedisConnectionError | RedisTimeoutError | PoolTimeout):
+    if isinstance(exc, StorageError):
+        return exc.transient
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | PoolTimeout):
         return True
     if isinstance(exc, OperationalError):
         return True

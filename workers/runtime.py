@@ -94,7 +94,7 @@ class Runtime:
 
     async def open(self) -> None:
         engine = create_engine(self.settings)
-        storage = self._given_storage or open_storage(self.settings)
+        storage = self._given_storage or open_storage(self.settings.storage_url, links=None)
         redis: Redis | None = None
         events = self._given_events
         if events is None:

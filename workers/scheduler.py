@@ -220,7 +220,7 @@ async def serve(settings: Settings) -> None:
             "without Redis, `depot serve` runs maintenance itself."
         )
     engine = create_engine(settings)
-    storage = open_storage(settings)
+    storage = open_storage(settings.storage_url, links=None)
     redis = open_redis(settings.redis_url)
     events = RedisEventLog(redis)
     jobs = redis_jobs(settings)
