@@ -41,6 +41,7 @@ from storage.memory import MemoryStorage
 from storage.s3 import S3Storage, parse_s3_url
 from tests.conftest import S3Server, make_settings
 from tests.support import _s3_client, leftover_objects
+from workers.errors import is_transient
 
 pytestmark = pytest.mark.anyio
 
@@ -157,6 +158,10 @@ def test_storage_errors_say_whether_to_try_again() -> None:
     assert issubclass(ObjectNotFound, PermanentStorageError)
     assert issubclass(TooLarge, PermanentStorageError)
     assert issubclass(PermanentStorageError, StorageError)
+    # A job attempt asks the error's family, not a list of leaves.
+    assert is_transient(StorageError("S3 unreachable"))
+    assert not is_transient(ObjectNotFound(KEY))
+    assert not is_transient(TooLarge("more than 1 bytes"))
 
 
 async def test_the_default_is_a_directory_under_var(tmp_path: Path) -> None:
