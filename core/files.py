@@ -16,10 +16,12 @@ row without its bytes is not).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from typing import Any, Final
 
 import anyio
 import structlog
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -67,15 +69,47 @@ async def get_owned_file(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UU
     return file
 
 
+# How many paths one query looks up: far below any database's bound-parameter limit.
+_PATHS_PER_QUERY: Final = 500
+
+
+async def first_taken_path(
+    db: AsyncSession, owner_id: uuid.UUID, paths: Sequence[str]
+) -> str | None:
+    """The first of ``paths`` (in their order) a live file of the owner already has.
+
+    Looked up in batches, so a job checking thousands of outputs before it
+    writes one (``extract``) costs a handful of queries, not one per path.
+    """
+    for start in range(0, len(paths), _PATHS_PER_QUERY):
+        batch = paths[start : start + _PATHS_PER_QUERY]
+        found = await db.exec(
+            select(File.path).where(
+                col(File.owner_id) == owner_id,
+                col(File.path).in_(batch),
+                col(File.trashed_at).is_(None),
+            )
+        )
+        taken = set(found.all())
+        if taken:
+            return next(path for path in batch if path in taken)
+    return None
+
+
 async def ensure_path_free(db: AsyncSession, owner_id: uuid.UUID, path: str) -> None:
     """``CONFLICT`` if a live file of the owner already has ``path`` (an early check)."""
-    found = await db.exec(
-        select(File.id).where(
-            col(File.owner_id) == owner_id, col(File.path) == path, col(File.trashed_at).is_(None)
-        )
-    )
-    if found.first() is not None:
+    if await first_taken_path(db, owner_id, [path]) is not None:
         raise path_taken(path)
+
+
+async def set_meta(db: AsyncSession, file_id: uuid.UUID, meta: dict[str, Any]) -> None:
+    """Replace a file's metadata (what a job learnt about it); commits.
+
+    One UPDATE by id, so a job whose copy of the row is old changes nothing
+    else about the file (its path may have moved meanwhile).
+    """
+    await db.exec(update(File).where(col(File.id) == file_id).values(meta=meta))
+    await db.commit()
 
 
 def _require_live(file: File) -> None:

@@ -19,6 +19,12 @@ from core.errors import QuotaExceeded
 from core.models import User
 
 
+async def free_bytes(db: AsyncSession, user_id: uuid.UUID) -> int:
+    """What the user may still store (0 for a user who is gone)."""
+    user = await db.get(User, user_id)
+    return 0 if user is None else user.quota_bytes - user.used_bytes
+
+
 async def reserve(db: AsyncSession, user_id: uuid.UUID, size: int) -> None:
     """Add ``size`` bytes to the user's usage, or raise ``QUOTA_EXCEEDED``; commits."""
     if size <= 0:
