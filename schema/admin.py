@@ -10,11 +10,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from core import models, sessions, users
 from core.errors import BadUserInput
 from schema.context import Info
+from schema.enums import Role
 from schema.ids import decode_id_of
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAdmin
 from schema.scalars import BigInt
-from schema.users import Role, User
+from schema.users import User
 
 
 @strawberry.input

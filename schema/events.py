@@ -23,8 +23,8 @@ from core.events import BadCursor, Event, follow, parse_cursor
 from core.models import Job as JobRow
 from core.models import JobStatus as StatusValue
 from schema.context import Info
+from schema.enums import JobStatus
 from schema.ids import decode_id_of, encode_id
-from schema.jobs import JobStatus
 from schema.permissions import IsAuthenticated
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 import strawberry
 import structlog
@@ -21,45 +20,23 @@ from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
 from core import jobs, models
-from core.errors import BadUserInput, NotFound
+from core.errors import NotFound
 from schema.context import Info
+from schema.enums import JobKind, JobStatus
 from schema.files import File
 from schema.ids import decode_id_of, encode_id
+from schema.job_inputs import JobInput, job_request
 from schema.loaders import Loaders
 from schema.node import Node
 from schema.pagination import Connection, paginate, paginate_children
 from schema.permissions import IsAuthenticated
+from workers.params import dump
 from workers.registry import KINDS
 
 if TYPE_CHECKING:
     from schema.users import User
 
 logger = structlog.get_logger("depot.jobs")
-
-
-@strawberry.enum(description="Where a job is in its life; the last three are final.")
-class JobStatus(Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-@strawberry.enum(description="What a job does.")
-class JobKind(Enum):
-    THUMBNAILS = "thumbnails"
-    CONVERT = "convert"
-    ARCHIVE = "archive"
-    EXTRACT = "extract"
-    VERIFY = "verify"
-
-
-@strawberry.enum(description="An image format jobs can write.")
-class ImageFormat(Enum):
-    PNG = "png"
-    JPEG = "jpeg"
-    WEBP = "webp"
 
 
 @strawberry.type(description="Work on your files, done by a worker; watch it with `jobEvents`.")
@@ -81,8 +58,8 @@ class Job(Node):
     def from_model(cls, job: models.Job) -> Self:
         return cls(
             id=strawberry.ID(encode_id("Job", job.id)),
-            kind=JobKind(job.kind.value),
-            status=JobStatus(job.status.value),
+            kind=JobKind(job.kind),
+            status=job.status,
             progress=job.progress,
             message=job.message,
             error=job.error,
@@ -159,86 +136,6 @@ def file_jobs(
     return DataLoader(load_fn=load)
 
 
-# -- inputs ------------------------------------------------------------------------
-
-
-@strawberry.input(description="Resized copies of an image, one file per size.")
-class ThumbnailsInput:
-    file_id: strawberry.ID
-    sizes: list[int] = strawberry.field(description="Longest side of each thumbnail, in pixels.")
-    format: ImageFormat | None = strawberry.field(
-        default=None, description="Default: the image's own format when jobs can write it."
-    )
-
-
-@strawberry.input(description="An image in another format.")
-class ConvertInput:
-    file_id: strawberry.ID
-    format: ImageFormat
-    quality: int | None = strawberry.field(default=None, description="1-100, JPEG and WebP.")
-
-
-@strawberry.input(description="A zip of several files.")
-class ArchiveInput:
-    file_ids: list[strawberry.ID]
-    path: str = strawberry.field(description="Where the zip goes.")
-
-
-@strawberry.input(description="A zip, tar or tar.gz unpacked into files.")
-class ExtractInput:
-    file_id: strawberry.ID
-    path: str = strawberry.field(description="The folder the entries go under.")
-
-
-@strawberry.input(description="Read a file back from storage and check its SHA-256.")
-class VerifyInput:
-    file_id: strawberry.ID
-
-
-@strawberry.input(one_of=True, description="Exactly one kind of job, with its parameters.")
-class JobInput:
-    thumbnails: ThumbnailsInput | None = strawberry.UNSET
-    convert: ConvertInput | None = strawberry.UNSET
-    archive: ArchiveInput | None = strawberry.UNSET
-    extract: ExtractInput | None = strawberry.UNSET
-    verify: VerifyInput | None = strawberry.UNSET
-
-
-def _plain(value: object, field: str) -> object:
-    """An input value as JSON, with file ids decoded and enums as their values."""
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, list):
-        return [_plain(item, field) for item in value]
-    if field in ("fileId", "fileIds") and isinstance(value, str):
-        return str(decode_id_of("File", strawberry.ID(value)))
-    return value
-
-
-def job_request(input: JobInput) -> tuple[models.JobKind, dict[str, Any]]:
-    """The kind of job asked for and its parameters as its ``check`` takes them."""
-    for kind in models.JobKind:
-        given = getattr(input, kind.value)
-        if given is not None and given is not strawberry.UNSET:
-            params = {
-                strawberry_name: _plain(getattr(given, name), strawberry_name)
-                for name, strawberry_name in _FIELD_NAMES.items()
-                if hasattr(given, name)
-            }
-            return kind, params
-    raise BadUserInput("Give exactly one kind of job.", field="input")
-
-
-_FIELD_NAMES = {
-    "file_id": "fileId",
-    "file_ids": "fileIds",
-    "sizes": "sizes",
-    "format": "format",
-    "quality": "quality",
-    "path": "path",
-}
-
-
 # -- queries -----------------------------------------------------------------------
 
 
@@ -251,9 +148,9 @@ class JobFilter:
 def job_conditions(owner_id: uuid.UUID, filter: JobFilter | None) -> list[ColumnElement[bool]]:
     conditions = [col(models.Job.owner_id) == owner_id]
     if filter is not None and filter.status is not None:
-        conditions.append(col(models.Job.status) == models.JobStatus(filter.status.value))
+        conditions.append(col(models.Job.status) == filter.status)
     if filter is not None and filter.kind is not None:
-        conditions.append(col(models.Job.kind) == models.JobKind(filter.kind.value))
+        conditions.append(col(models.Job.kind) == filter.kind.value)
     return conditions
 
 
@@ -335,14 +232,13 @@ class JobMutation:
         self, info: Info, input: JobInput, idempotency_key: str | None = None
     ) -> Job:
         user = info.context.require_principal().user
-        kind_name, raw = job_request(input)
-        kind = KINDS[kind_name]
-        params = kind.check(raw, info.context.settings)
+        kind, requested = job_request(input)
+        params = dump(kind.check(requested, info.context.settings))
         async with info.context.sessionmaker() as db:
             job, created = await jobs.create_job(
                 db,
                 user.id,
-                kind_name,
+                kind.name,
                 params,
                 kind.inputs(params),
                 max_attempts=kind.max_attempts,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Self
 
 import strawberry
@@ -12,6 +11,7 @@ import strawberry
 from core import models
 from core.errors import Forbidden
 from schema.context import Info
+from schema.enums import Role
 from schema.files import File, FileFilter, FileOrder, list_files
 from schema.ids import decode_id, encode_id
 from schema.node import Node
@@ -20,12 +20,6 @@ from schema.scalars import BigInt
 
 if TYPE_CHECKING:
     from schema.jobs import Job, JobFilter
-
-
-@strawberry.enum
-class Role(Enum):
-    USER = "user"
-    ADMIN = "admin"
 
 
 @strawberry.type
@@ -61,7 +55,7 @@ class User(Node):
             id=strawberry.ID(encode_id("User", user.id)),
             email=user.email,
             display_name=user.display_name,
-            role=Role(user.role.value),
+            role=user.role,
             is_active=user.is_active,
             created_at=user.created_at,
             usage=Usage(

@@ -21,21 +21,23 @@ simply stops it. At most a chunk and its compressed form are held at a time.
 from __future__ import annotations
 
 import contextlib
-import uuid
+import dataclasses
 import zipfile
 import zlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from functools import partial
-from typing import IO, Any, Final
+from typing import IO, Annotated, Final
 
 import anyio
 
-from core.models import File, JobKind
+from core.models import File
 from core.settings import Settings
 from workers import params
 from workers.context import JobContext
 from workers.errors import JobFailed
 from workers.kind import Kind
+from workers.params import Doc, FileId
 
 MAX_FILES: Final = 1000
 # zipfile itself switches at 1/1.05 of ZIP64_LIMIT; saying so outright is clearer.
@@ -77,17 +79,21 @@ _RAW_MEDIA: Final = frozenset(
 )
 
 
-def check(given: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    ids = params.file_ids(given, "fileIds", most=MAX_FILES)
-    path = params.path(given, "path")
+@dataclass(frozen=True)
+class Params:
+    """A zip of several files."""
+
+    file_ids: list[FileId]
+    path: Annotated[str, Doc("Where the zip goes.")]
+
+
+def check(given: Params, settings: Settings) -> Params:
+    params.distinct_files(given.file_ids, "fileIds", most=MAX_FILES)
+    path = params.path(given.path, "path")
     if not path.lower().endswith(".zip"):
         # Normalised again: the suffix may take the path over its length limit.
-        path = params.path({"path": f"{path}.zip"}, "path")
-    return {"fileIds": [str(file_id) for file_id in ids], "path": path}
-
-
-def inputs(given: dict[str, Any]) -> list[uuid.UUID]:
-    return [uuid.UUID(file_id) for file_id in given["fileIds"]]
+        path = params.path(f"{path}.zip", "path")
+    return dataclasses.replace(given, path=path)
 
 
 def entry_names(names: list[str]) -> list[str]:
@@ -209,16 +215,16 @@ def _abandon(archive: zipfile.ZipFile, entry: IO[bytes] | None) -> None:
 
 async def run(ctx: JobContext) -> None:
     files = await ctx.inputs()
-    path = ctx.params["path"]
+    path = params.load(Params, ctx.params).path
     await ctx.progress(0.0, f"Packing {len(files)} files into {path}")
     await ctx.create_output(path, zip_stream(ctx, files), meta={"entries": len(files)})
 
 
 KIND = Kind(
-    name=JobKind.ARCHIVE,
-    check=check,
-    inputs=inputs,
+    name="archive",
+    params=Params,
     run=run,
+    check=check,
     # Up to 1,000 files of up to DEPOT_MAX_UPLOAD_BYTES each: bytes, not CPU, set the pace.
     time_limit_seconds=4 * 3600,
     max_attempts=3,

@@ -43,7 +43,7 @@ REDIS_HEARTBEAT_TIMEOUT_MS: Final = 15_000
 
 
 def actor_name(kind: JobKind) -> str:
-    return f"depot.{kind.value}"
+    return f"depot.{kind}"
 
 
 @dataclass(frozen=True)

@@ -10,44 +10,43 @@ to JPEG and WebP only. See :mod:`workers.images` for what is read and how.
 from __future__ import annotations
 
 import tempfile
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Final
 
 import anyio
 
 from core.errors import BadUserInput
-from core.models import JobKind
 from core.settings import Settings
 from workers.context import JobContext
-from workers.images import EXTENSIONS, decode, ensure_paths_free, format_param, stem_of, store
+from workers.images import EXTENSIONS, ImageFormat, decode, ensure_paths_free, stem_of, store
 from workers.kind import Kind
-from workers.params import file_id
+from workers.params import Doc, FileId, load
 
-LOSSY: Final = ("jpeg", "webp")
+LOSSY: Final = (ImageFormat.JPEG, ImageFormat.WEBP)
 # The share of the progress bar that reading and decoding the source stands for.
 DECODED: Final = 0.5
 
 
-def check(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    source = file_id(params, "fileId")
-    output_format = format_param(params.get("format"))
-    if output_format is None:
-        raise BadUserInput("format must be png, jpeg or webp.", field="format")
-    quality = params.get("quality")
-    if quality is not None:
-        if output_format not in LOSSY:
+@dataclass(frozen=True)
+class Params:
+    """An image in another format."""
+
+    file_id: FileId
+    format: ImageFormat
+    quality: Annotated[int | None, Doc("1-100, JPEG and WebP.")] = None
+
+
+def check(params: Params, settings: Settings) -> Params:
+    if params.quality is not None:
+        if params.format not in LOSSY:
             raise BadUserInput("quality applies to jpeg and webp only.", field="quality")
-        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+        if not 1 <= params.quality <= 100:
             raise BadUserInput("quality must be from 1 to 100.", field="quality")
-    return {"fileId": str(source), "format": output_format, "quality": quality}
+    return params
 
 
-def inputs(params: dict[str, Any]) -> list[uuid.UUID]:
-    return [uuid.UUID(params["fileId"])]
-
-
-def output_path(source_path: str, output_format: str) -> str:
+def output_path(source_path: str, output_format: ImageFormat) -> str:
     """``a/cat.png`` → ``a/cat.webp``; the same path again → ``a/cat (converted).png``."""
     stem, extension = stem_of(source_path), EXTENSIONS[output_format]
     converted = f"{stem}.{extension}"
@@ -56,7 +55,8 @@ def output_path(source_path: str, output_format: str) -> str:
 
 async def run(ctx: JobContext) -> None:
     [file] = await ctx.inputs()
-    output_format: str = ctx.params["format"]
+    params = load(Params, ctx.params)
+    output_format = params.format
     path = output_path(file.path, output_format)
     await ensure_paths_free(ctx, [path])
     await ctx.progress(0.0, f"Reading {file.name}")
@@ -71,17 +71,17 @@ async def run(ctx: JobContext) -> None:
             path,
             output_format,
             Path(scratch),
-            quality=ctx.params.get("quality"),
+            quality=params.quality,
             icc=source.icc_profile,
         )
     await ctx.progress(1.0, f"Made {path}")
 
 
 KIND = Kind(
-    name=JobKind.CONVERT,
-    check=check,
-    inputs=inputs,
+    name="convert",
+    params=Params,
     run=run,
+    check=check,
     time_limit_seconds=300,
     max_attempts=3,
 )

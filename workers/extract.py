@@ -13,36 +13,35 @@ path prefixes.
 from __future__ import annotations
 
 import bz2
+import dataclasses
 import gzip
 import lzma
 import os
 import stat
 import struct
 import tarfile
-import uuid
 import zipfile
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Annotated, Final, TypeVar
 
 import anyio
-from sqlmodel import col, select
 
 from core.errors import BadUserInput
-from core.models import File, JobKind, User
+from core.files import first_taken_path
+from core.quota import free_bytes
 from core.settings import Settings
 from workers import params
 from workers.archives import EntryType, IndexCheck, Limits
 from workers.context import JobContext
 from workers.errors import JobFailed
 from workers.kind import Kind
+from workers.params import Doc, FileId
 
 CHUNK: Final = 1024 * 1024
-# How many paths one query checks for files already there.
-_PATHS_PER_QUERY: Final = 500
 # What the libraries raise for bytes that are not a well-formed archive.
 _UNREADABLE = (
     tarfile.TarError,
@@ -62,12 +61,16 @@ _ZIP_METHODS: Final = frozenset(
 T = TypeVar("T")
 
 
-def check(given: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    return {"fileId": str(params.file_id(given, "fileId")), "path": params.path(given, "path")}
+@dataclass(frozen=True)
+class Params:
+    """A zip, tar or tar.gz unpacked into files."""
+
+    file_id: FileId
+    path: Annotated[str, Doc("The folder the entries go under.")]
 
 
-def inputs(given: dict[str, Any]) -> list[uuid.UUID]:
-    return [uuid.UUID(given["fileId"])]
+def check(given: Params, settings: Settings) -> Params:
+    return dataclasses.replace(given, path=params.path(given.path, "path"))
 
 
 @dataclass(frozen=True)
@@ -284,42 +287,28 @@ async def entry_chunks(
         stream.close()
 
 
-async def _free_quota(ctx: JobContext) -> int:
-    async with ctx.sessionmaker() as db:
-        owner = await db.get(User, ctx.job.owner_id)
-    return 0 if owner is None else owner.quota_bytes - owner.used_bytes
-
-
 async def _ensure_free(ctx: JobContext, paths: list[str]) -> None:
     """``JobFailed`` naming the first target path a live file already has."""
     async with ctx.sessionmaker() as db:
-        for start in range(0, len(paths), _PATHS_PER_QUERY):
-            batch = paths[start : start + _PATHS_PER_QUERY]
-            found = await db.exec(
-                select(File.path).where(
-                    col(File.owner_id) == ctx.job.owner_id,
-                    col(File.path).in_(batch),
-                    col(File.trashed_at).is_(None),
-                )
-            )
-            taken = found.first()
-            if taken is not None:
-                raise JobFailed(f"A file already exists at {taken!r}; nothing was extracted.")
+        taken = await first_taken_path(db, ctx.job.owner_id, paths)
+    if taken is not None:
+        raise JobFailed(f"A file already exists at {taken!r}; nothing was extracted.")
 
 
 def _target(folder: str, member: Member) -> str:
     try:
-        return params.path({"path": f"{folder}/{member.path}"}, "path")
+        return params.path(f"{folder}/{member.path}", "path")
     except BadUserInput as exc:
         raise JobFailed(f"Cannot extract {member.path!r} under {folder!r}: {exc.message}") from None
 
 
 async def run(ctx: JobContext) -> None:
     [file] = await ctx.inputs()
-    folder: str = ctx.params["path"]
+    folder = params.load(Params, ctx.params).path
     await ctx.progress(0.0, f"Reading {file.name}")
     async with ctx.spool(file) as local:
-        limits = Limits.of(ctx.settings, await _free_quota(ctx))
+        async with ctx.sessionmaker() as db:
+            limits = Limits.of(ctx.settings, await free_bytes(db, ctx.job.owner_id))
         await ctx.progress(0.0, f"Checking {file.name}")
         archive = await anyio.to_thread.run_sync(open_archive, local, file.path, limits)
         try:
@@ -334,10 +323,10 @@ async def run(ctx: JobContext) -> None:
 
 
 KIND = Kind(
-    name=JobKind.EXTRACT,
-    check=check,
-    inputs=inputs,
+    name="extract",
+    params=Params,
     run=run,
+    check=check,
     time_limit_seconds=4 * 3600,
     max_attempts=3,
 )

@@ -24,6 +24,7 @@ thumbnail), but keep the source's ICC colour profile.
 
 from __future__ import annotations
 
+import enum
 import struct
 import warnings
 import zlib
@@ -35,16 +36,24 @@ from typing import Final
 import anyio
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from core.errors import Conflict
-from core.files import ensure_path_free
+from core.files import first_taken_path, path_taken
 from core.models import File
 from workers.context import JobContext
 from workers.errors import JobFailed
 
+
+class ImageFormat(enum.StrEnum):
+    """An image format jobs can write."""
+
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+
 READ_FORMATS: Final = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-# The formats an output can have, by their GraphQL (lower-case) names.
-WRITE_FORMATS: Final = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-EXTENSIONS: Final = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+# Pillow's name for each format an output can have.
+WRITE_FORMATS: Final = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WEBP"}
+EXTENSIONS: Final = {ImageFormat.PNG: "png", ImageFormat.JPEG: "jpg", ImageFormat.WEBP: "webp"}
 # Lossy outputs without a quality asked for.
 DEFAULT_QUALITY: Final = 85
 STREAM_CHUNK: Final = 1024 * 1024
@@ -78,15 +87,10 @@ class Source:
     icc_profile: bytes | None
 
 
-def format_param(value: object) -> str | None:
-    """An output format as the API passes it (lower case), or None if it is not one."""
-    return value if isinstance(value, str) and value in WRITE_FORMATS else None
-
-
-def default_format(source_format: str) -> str:
+def default_format(source_format: str) -> ImageFormat:
     """The output format for ``source_format`` when none was asked for: itself, else PNG."""
     name = source_format.lower()
-    return name if name in WRITE_FORMATS else "png"
+    return ImageFormat(name) if name in WRITE_FORMATS else ImageFormat.PNG
 
 
 def stem_of(path: str) -> str:
@@ -181,28 +185,33 @@ def resized(source: Source, size: tuple[int, int]) -> Image.Image:
 
 
 def encode(
-    image: Image.Image, output_format: str, out: Path, *, quality: int | None, icc: bytes | None
+    image: Image.Image,
+    output_format: ImageFormat,
+    out: Path,
+    *,
+    quality: int | None,
+    icc: bytes | None,
 ) -> None:
     """Write ``image`` to ``out`` as ``output_format``. Blocking: run it in a worker thread."""
     image = _for_output(image, output_format)
     options: dict[str, object] = {}
     if icc is not None:
         options["icc_profile"] = icc
-    if output_format in ("jpeg", "webp"):
+    if output_format in (ImageFormat.JPEG, ImageFormat.WEBP):
         options["quality"] = quality if quality is not None else DEFAULT_QUALITY
-    if output_format == "jpeg":
+    if output_format is ImageFormat.JPEG:
         options["optimize"] = True
     image.save(out, WRITE_FORMATS[output_format], **options)
 
 
-def _for_output(image: Image.Image, output_format: str) -> Image.Image:
+def _for_output(image: Image.Image, output_format: ImageFormat) -> Image.Image:
     has_alpha = image.mode in ("LA", "RGBA")
-    if output_format == "jpeg" and has_alpha:
+    if output_format is ImageFormat.JPEG and has_alpha:
         # JPEG has no transparency: lay the image on white, as a browser shows it.
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image.convert("RGBA"), mask=image.getchannel("A"))
         return background
-    if output_format == "webp" and image.mode in ("L", "LA"):
+    if output_format is ImageFormat.WEBP and image.mode in ("L", "LA"):
         return image.convert("RGBA" if has_alpha else "RGB")
     return image
 
@@ -221,18 +230,16 @@ async def ensure_paths_free(ctx: JobContext, paths: list[str]) -> None:
     for a job that cannot succeed.
     """
     async with ctx.sessionmaker() as db:
-        for path in paths:
-            try:
-                await ensure_path_free(db, ctx.job.owner_id, path)
-            except Conflict as exc:
-                raise JobFailed(exc.message) from None
+        taken = await first_taken_path(db, ctx.job.owner_id, paths)
+    if taken is not None:
+        raise JobFailed(path_taken(taken).message)
 
 
 async def store(
     ctx: JobContext,
     image: Image.Image,
     path: str,
-    output_format: str,
+    output_format: ImageFormat,
     scratch: Path,
     *,
     quality: int | None,

@@ -1,4 +1,9 @@
-"""What every job kind declares: how it checks its parameters, how it runs, its limits."""
+"""What every job kind declares: its parameters, how it checks and runs them, its limits.
+
+A new kind is one module under ``workers/`` ending in ``KIND = Kind(...)`` and
+one line in ``workers/registry.py``; its GraphQL input, its ``JobKind`` value
+and its actor follow from the registry.
+"""
 
 from __future__ import annotations
 
@@ -7,27 +12,45 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.models import JobKind
+from workers.params import input_files
 
 if TYPE_CHECKING:
     from core.settings import Settings
     from workers.context import JobContext
 
 
+def accept(params: Any, settings: Settings) -> Any:
+    """The ``check`` of a kind whose declared types say all there is to check."""
+    return params
+
+
 @dataclass(frozen=True)
 class Kind:
     """One kind of job.
 
-    ``check`` turns the client's parameters into the stored ones, raising
-    ``BadUserInput`` for a bad value, and names the files the job reads
-    (``inputs``); ``run`` does the work. An attempt longer than
+    ``name`` is its ``JobInput`` field, its ``JobKind`` value (upper case) and
+    what the job row stores. ``params`` is the dataclass of its parameters
+    (see :mod:`workers.params`); ``check`` takes them as the client gave them
+    and returns them as the job keeps them, raising ``BadUserInput`` for a bad
+    value; ``run`` does the work. An attempt longer than
     ``time_limit_seconds`` fails; one that meets a transient error is tried
     again, up to ``max_attempts`` in all.
     """
 
-    name: JobKind
-    check: Callable[[dict[str, Any], Settings], dict[str, Any]]
-    inputs: Callable[[dict[str, Any]], list[uuid.UUID]]
+    name: str
+    params: type[Any]
     run: Callable[[JobContext], Awaitable[None]]
+    check: Callable[[Any, Settings], Any] = accept
     time_limit_seconds: float = 600
     max_attempts: int = 3
+
+    def __post_init__(self) -> None:
+        # The job row's column holds 16 characters; GraphQL names need an identifier.
+        if not (self.name.isidentifier() and self.name.islower() and len(self.name) <= 16):
+            raise ValueError(
+                f"A kind's name is a lower-case identifier of up to 16 characters: {self.name!r}"
+            )
+
+    def inputs(self, stored: dict[str, Any]) -> list[uuid.UUID]:
+        """The files a job of this kind reads, from its stored parameters, in order."""
+        return input_files(self.params, stored)

@@ -11,29 +11,28 @@ See :mod:`workers.images` for what is read and how safely.
 from __future__ import annotations
 
 import tempfile
-import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Annotated, Final
 
 import anyio
 
 from core.errors import BadUserInput
-from core.models import JobKind
 from core.settings import Settings
 from workers.context import JobContext
 from workers.images import (
     EXTENSIONS,
+    ImageFormat,
     decode,
     default_format,
     ensure_paths_free,
-    format_param,
     resized,
     stem_of,
     store,
     target_size,
 )
 from workers.kind import Kind
-from workers.params import file_id
+from workers.params import Doc, FileId, load
 
 MAX_SIZES: Final = 10
 MAX_SIDE: Final = 4096
@@ -41,38 +40,40 @@ MAX_SIDE: Final = 4096
 DECODED: Final = 0.2
 
 
-def check(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    source = file_id(params, "fileId")
-    sizes = params.get("sizes")
-    if not isinstance(sizes, list) or not 1 <= len(sizes) <= MAX_SIZES:
+@dataclass(frozen=True)
+class Params:
+    """Resized copies of an image, one file per size."""
+
+    file_id: FileId
+    sizes: Annotated[list[int], Doc("Longest side of each thumbnail, in pixels.")]
+    format: Annotated[
+        ImageFormat | None, Doc("Default: the image's own format when jobs can write it.")
+    ] = None
+
+
+def check(params: Params, settings: Settings) -> Params:
+    sizes = params.sizes
+    if not 1 <= len(sizes) <= MAX_SIZES:
         raise BadUserInput(f"sizes must list 1 to {MAX_SIZES} sizes.", field="sizes")
-    for size in sizes:
-        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_SIDE:
-            raise BadUserInput(
-                f"Each size is a thumbnail's longest side, from 1 to {MAX_SIDE} pixels.",
-                field="sizes",
-            )
+    if not all(1 <= size <= MAX_SIDE for size in sizes):
+        raise BadUserInput(
+            f"Each size is a thumbnail's longest side, from 1 to {MAX_SIDE} pixels.",
+            field="sizes",
+        )
     if len(set(sizes)) != len(sizes):
         raise BadUserInput("sizes lists a size twice.", field="sizes")
-    output_format = params.get("format")
-    if output_format is not None and format_param(output_format) is None:
-        raise BadUserInput("format must be png, jpeg or webp.", field="format")
-    return {"fileId": str(source), "sizes": sizes, "format": output_format}
+    return params
 
 
-def inputs(params: dict[str, Any]) -> list[uuid.UUID]:
-    return [uuid.UUID(params["fileId"])]
-
-
-def output_path(source_path: str, size: int, output_format: str) -> str:
+def output_path(source_path: str, size: int, output_format: ImageFormat) -> str:
     """Where a thumbnail goes: ``a/cat.jpg`` at 256 → ``a/cat@256.jpg``."""
     return f"{stem_of(source_path)}@{size}.{EXTENSIONS[output_format]}"
 
 
 async def run(ctx: JobContext) -> None:
     [file] = await ctx.inputs()
-    sizes: list[int] = ctx.params["sizes"]
-    asked: str | None = ctx.params.get("format")
+    params = load(Params, ctx.params)
+    sizes, asked = params.sizes, params.format
     if asked is not None:
         await ensure_paths_free(ctx, [output_path(file.path, size, asked) for size in sizes])
     await ctx.progress(0.0, f"Reading {file.name}")
@@ -97,10 +98,10 @@ async def run(ctx: JobContext) -> None:
 
 
 KIND = Kind(
-    name=JobKind.THUMBNAILS,
-    check=check,
-    inputs=inputs,
+    name="thumbnails",
+    params=Params,
     run=run,
+    check=check,
     time_limit_seconds=300,
     max_attempts=3,
 )

@@ -7,28 +7,23 @@ fails the job saying so; a match records when the file was last verified.
 from __future__ import annotations
 
 import hashlib
-import uuid
-from typing import Any
+from dataclasses import dataclass
 
 import anyio
-from sqlalchemy import update
-from sqlmodel import col
 
-from core.models import File, JobKind
-from core.settings import Settings
+from core.files import set_meta
 from core.time import utcnow
 from workers.context import JobContext
 from workers.errors import JobFailed
 from workers.kind import Kind
-from workers.params import file_id
+from workers.params import FileId
 
 
-def check(params: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    return {"fileId": str(file_id(params, "fileId"))}
+@dataclass(frozen=True)
+class Params:
+    """Read a file back from storage and check its SHA-256."""
 
-
-def inputs(params: dict[str, Any]) -> list[uuid.UUID]:
-    return [uuid.UUID(params["fileId"])]
+    file_id: FileId
 
 
 async def run(ctx: JobContext) -> None:
@@ -44,8 +39,7 @@ async def run(ctx: JobContext) -> None:
     corrupt = size != file.size or digest.hexdigest() != file.sha256
     meta = {**file.meta, "corrupt": corrupt, "verifiedAt": utcnow().isoformat()}
     async with ctx.sessionmaker() as db:
-        await db.exec(update(File).where(col(File.id) == file.id).values(meta=meta))
-        await db.commit()
+        await set_meta(db, file.id, meta)
     if corrupt:
         raise JobFailed(
             f"{file.path!r} is corrupt: its bytes in storage ({size} bytes, SHA-256 "
@@ -54,4 +48,4 @@ async def run(ctx: JobContext) -> None:
         )
 
 
-KIND = Kind(name=JobKind.VERIFY, check=check, inputs=inputs, run=run, time_limit_seconds=3600)
+KIND = Kind(name="verify", params=Params, run=run, time_limit_seconds=3600)

@@ -1,0 +1,34 @@
+"""The schema's enums over the Python enums they stand for, so no enum is mirrored.
+
+``JobStatus`` and ``Role`` are the models' own; ``JobKind`` has a value per
+kind in ``workers/registry.py`` (its name in upper case), so a new kind needs
+no edit here. Enums a kind's parameters use are made by ``schema/job_inputs.py``.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING
+
+import strawberry
+
+from core import models
+from workers.registry import KINDS
+
+# Aliases, so the models' enums are the schema's types; ``strawberry.enum``
+# marks the very class it is given.
+JobStatus = models.JobStatus
+Role = models.Role
+strawberry.enum(JobStatus, description="Where a job is in its life; the last three are final.")
+strawberry.enum(Role)
+
+if TYPE_CHECKING:
+
+    class JobKind(enum.StrEnum):
+        """A kind's name; the members are the registry's kinds."""
+
+else:
+    JobKind = strawberry.enum(
+        enum.StrEnum("JobKind", [(name.upper(), name) for name in KINDS]),
+        description="What a job does.",
+    )
