@@ -59,7 +59,8 @@ def type_name(kind: Kind) -> str:
     return "".join(word.capitalize() for word in kind.name.split("_")) + "Input"
 
 
-def _input_type(kind: Kind) -> type:
+def input_type(kind: Kind) -> type:
+    """The GraphQL input type of ``kind``'s ``Params`` (``<Name>Input``)."""
     annotations: dict[str, Any] = {}
     namespace: dict[str, Any] = {"__annotations__": annotations, "__module__": __name__}
     for param in declared(kind.params):
@@ -73,7 +74,7 @@ def _input_type(kind: Kind) -> type:
 
 
 def _job_input() -> type:
-    inputs = {name: _input_type(kind) for name, kind in KINDS.items()}
+    inputs = {name: input_type(kind) for name, kind in KINDS.items()}
     namespace: dict[str, Any] = {
         "__annotations__": {name: made | None for name, made in inputs.items()},
         "__module__": __name__,
@@ -108,14 +109,19 @@ def _decoded(hint: Any, value: Any) -> Any:
     return value
 
 
+def params_of(kind: Kind, given: object) -> Any:
+    """``kind``'s ``Params`` from its input object as Strawberry hands it over."""
+    values = {
+        param.name: _decoded(param.type, getattr(given, param.name))
+        for param in declared(kind.params)
+    }
+    return kind.params(**values)
+
+
 def job_request(input: JobInput) -> tuple[Kind, Any]:
     """The kind of job asked for and its parameters (its ``Params``, ids decoded)."""
     for name, kind in KINDS.items():
         given = getattr(input, name, strawberry.UNSET)
         if given is not None and given is not strawberry.UNSET:
-            values = {
-                param.name: _decoded(param.type, getattr(given, param.name))
-                for param in declared(kind.params)
-            }
-            return kind, kind.params(**values)
+            return kind, params_of(kind, given)
     raise BadUserInput("Give exactly one kind of job.", field="input")
