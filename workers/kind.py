@@ -1,7 +1,7 @@
 """What every job kind declares: its parameters, how it checks and runs them, its limits.
 
 A new kind is one module under ``workers/`` ending in ``KIND = Kind(...)`` and
-one line in ``workers/registry.py``; its GraphQL input, its ``JobKind`` value
+one entry in ``workers/registry.py``; its GraphQL input, its ``JobKind`` value
 and its actor follow from the registry.
 """
 
