@@ -6,7 +6,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxTokensLimiter, QueryDepthLimiter, ValidationCache
+from strawberry.extensions import MaxTokensLimiter, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
@@ -24,7 +24,7 @@ from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
 from schema.uploads import UploadMutation
 from schema.users import User
-from schema.validation import RequestRules
+from schema.validation import RequestRules, depth_limit
 
 Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, JobQuery))
 Mutation = merge_types(
@@ -53,11 +53,12 @@ class _Schema(strawberry.Schema):
 def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.Schema:
     """The schema with its safety limits and caches."""
     # Factories, so each operation gets fresh extension state; the parser and
-    # validation caches live at module level in Strawberry and are shared.
+    # validation caches live at module level in Strawberry and are shared. Their
+    # keys must not change between operations: see `depth_limit`.
     extensions: list[Any] = [
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         lambda: SyntaxSafeParserCache(maxsize=256),
-        lambda: QueryDepthLimiter(max_depth=max_depth),
+        depth_limit(max_depth),
         lambda: ValidationCache(maxsize=256),
         RequestRules,
         FreshLoaders,

@@ -23,14 +23,20 @@ from datetime import timedelta
 from typing import Any
 
 import cross_web
+import graphql
 import pytest
 import strawberry
-from graphql import DocumentNode
+from graphql import DocumentNode, ValidationRule
 from starlette.requests import Request
 from starlette.responses import Response
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.extensions import ParserCache, SchemaExtension
+from strawberry.extensions import (
+    AddValidationRules,
+    ParserCache,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
 from strawberry.file_uploads.scalars import UploadDefinition
 from strawberry.http import GraphQLRequestData, async_base_view
 from strawberry.http.async_base_view import AsyncBaseHTTPView, AsyncWebSocketAdapter
@@ -482,6 +488,31 @@ def test_parser_cache_keeps_its_cached_parse() -> None:
         "schema.errors.SyntaxSafeParserCache.on_parse calls it."
     )
     assert isinstance(parse("{ hello }"), DocumentNode)
+
+
+def test_depth_limiter_keeps_its_rule_classes_where_depth_limit_reads_them() -> None:
+    # schema.validation.depth_limit builds QueryDepthLimiter once and reuses its rules.
+    limiter = QueryDepthLimiter(max_depth=3)
+    assert isinstance(limiter, AddValidationRules), (
+        "QueryDepthLimiter is no longer an AddValidationRules: "
+        "schema.validation.depth_limit hands its rules to one."
+    )
+    rules = limiter.validation_rules
+    assert rules, "QueryDepthLimiter's `validation_rules` is empty: depth_limit reads them."
+    assert all(issubclass(rule, ValidationRule) for rule in rules), (
+        "QueryDepthLimiter no longer keeps its rule classes in `validation_rules`: "
+        "schema.validation.depth_limit reads them."
+    )
+
+
+def test_validation_goes_through_graphql_validate_by_its_module_name() -> None:
+    # tests/test_validation_cache.py counts validations by patching this name.
+    from strawberry.schema import schema as schema_module
+
+    assert schema_module.validate is graphql.validate, (
+        "strawberry.schema.schema no longer validates with graphql-core's `validate`: "
+        "tests/test_validation_cache.py patches it there to count validations."
+    )
 
 
 async def test_parser_cache_still_lets_syntax_errors_escape_extensions() -> None:
