@@ -36,7 +36,7 @@ format: $(STAMP) ## Fix lint findings and format the code
 schema: $(STAMP) ## Write the schema SDL to schema.graphql after changing the schema
 	$(BIN)/depot export-schema --output schema.graphql
 
-docs: $(STAMP) ## Regenerate the README's configuration table from the settings
+docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the settings
 	$(BIN)/python -m tests.test_docs
 
 services: ## Start PostgreSQL and Redis for the tests; eval the output

@@ -455,6 +455,21 @@ def _describe(error: object) -> str:
     return f"{ENV_PREFIX}{location[0].upper()}: {message}"
 
 
+def env_example() -> str:
+    """``.env.example``, generated from :class:`Settings`: every variable, commented out
+    at its default, under its description."""
+    lines = [
+        "# Depot's settings, each at its default. Copy to .env and uncomment what you change.",
+        "# Generated from core/settings.py by `make docs`; the README's table says the same.",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default)
+        lines += ["", f"# {field.description}", f"# {ENV_PREFIX}{name.upper()}={default or ''}"]
+    return "\n".join(lines) + "\n"
+
+
 def settings_table() -> str:
     """The README's configuration table, generated from :class:`Settings`."""
     lines = ["| Variable | Default | Description |", "| --- | --- | --- |"]

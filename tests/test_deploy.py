@@ -188,6 +188,19 @@ def test_services_depend_on_what_they_use(name: str, dependencies: set[str]) -> 
     assert dependencies <= set(_services()[name]["depends_on"])
 
 
+def _outside_images() -> list[str]:
+    return [name for name, service in _services().items() if "build" not in service]
+
+
+@pytest.mark.parametrize("name", _outside_images())
+def test_outside_images_are_pinned_to_a_version(name: str) -> None:
+    """``compose up`` a year from now runs what was tested, not whatever ``latest`` became."""
+    image: str = _services()[name]["image"]
+    tag = image.rpartition("/")[2].partition(":")[2]
+    assert tag, f"{name}: pin {image} to a version tag"
+    assert tag != "latest", f"{name}: pin {image} to a version tag"
+
+
 def test_named_volumes_are_declared() -> None:
     declared = set(_compose().get("volumes") or {})
     for service in _services().values():

@@ -15,10 +15,11 @@ from pathlib import Path
 import click
 
 from api.cli import main
-from core.settings import ENV_PREFIX, Settings, settings_table
+from core.settings import ENV_PREFIX, Settings, env_example, settings_table
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+ENV_EXAMPLE = ROOT / ".env.example"
 TABLE_START = "<!-- settings-table:start -->"
 TABLE_END = "<!-- settings-table:end -->"
 
@@ -60,6 +61,12 @@ def test_readme_settings_table_is_current() -> None:
     text = README.read_text(encoding="utf-8")
     assert render_readme(text) == text, (
         "README.md's configuration table differs from core.settings; run `make docs`"
+    )
+
+
+def test_env_example_is_current() -> None:
+    assert ENV_EXAMPLE.read_text(encoding="utf-8") == env_example(), (
+        ".env.example differs from core.settings; run `make docs`"
     )
 
 
@@ -194,6 +201,9 @@ def test_the_doc_checks_see_a_missing_name() -> None:
 
 
 if __name__ == "__main__":
+    if not ENV_EXAMPLE.exists() or ENV_EXAMPLE.read_text(encoding="utf-8") != env_example():
+        ENV_EXAMPLE.write_text(env_example(), encoding="utf-8")
+        print(".env.example: regenerated")
     current = README.read_text(encoding="utf-8")
     rendered = render_readme(current)
     if rendered != current:
