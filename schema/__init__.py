@@ -17,13 +17,13 @@ from schema.auth import AuthMutation
 from schema.direct_uploads import DirectUploadMutation
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
 from schema.events import Subscription
-from schema.files import File, FileMutation, FileQuery
-from schema.jobs import Job, JobMutation, JobQuery
+from schema.files import FileMutation, FileQuery
+from schema.jobs import JobMutation, JobQuery
 from schema.loaders import FreshLoaders
+from schema.nodes import File, Job, User
 from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
 from schema.uploads import UploadMutation
-from schema.users import User
 from schema.validation import RequestRules, depth_limit
 
 Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, JobQuery))

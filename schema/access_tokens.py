@@ -32,6 +32,7 @@ class AccessToken(Node):
         assert credential.name is not None
         return cls(
             id=strawberry.ID(encode_id("AccessToken", credential.id)),
+            key=credential.id,
             name=credential.name,
             created_at=credential.created_at,
             last_used_at=credential.last_used_at,

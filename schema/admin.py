@@ -12,10 +12,10 @@ from core.errors import BadUserInput
 from schema.context import Info
 from schema.enums import Role
 from schema.ids import decode_id_of
+from schema.nodes import User
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAdmin
 from schema.scalars import BigInt
-from schema.users import User
 
 
 @strawberry.input

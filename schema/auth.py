@@ -11,8 +11,8 @@ from core import access_tokens, models, sessions, users
 from core.models import Session
 from core.sessions import Tokens
 from schema.context import Info
+from schema.nodes import User
 from schema.permissions import IsAuthenticated, IsSession
-from schema.users import User
 
 
 @strawberry.input

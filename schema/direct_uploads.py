@@ -9,8 +9,8 @@ from strawberry.scalars import JSON
 
 from core import direct_uploads
 from schema.context import Info
-from schema.files import File
 from schema.ids import decode_id_of, encode_id
+from schema.nodes import File
 from schema.permissions import IsAuthenticated
 from schema.scalars import BigInt
 

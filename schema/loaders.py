@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import func
 from sqlmodel import col, select
@@ -23,25 +23,52 @@ from core.db import SessionMaker
 from core.models import File, Job, JobInput, User
 
 
+class _Keyed(Protocol):
+    id: uuid.UUID
+
+
+Row = TypeVar("Row", bound=_Keyed)
+
+
+class ByIdLoader(DataLoader[uuid.UUID, Row | None], Generic[Row]):
+    """Rows of one table by primary key, None for a key with no row.
+
+    The one loader for every to-one hop: all loads of one tick are one
+    ``WHERE id IN (...)`` query. It remembers its ``model``, so a caller can
+    name what was not found.
+    """
+
+    def __init__(self, sessionmaker: SessionMaker, model: type[Row]) -> None:
+        self.model = model
+
+        async def load(keys: list[uuid.UUID]) -> Sequence[Row | None]:
+            async with sessionmaker() as db:
+                rows = await db.exec(select(model).where(col(model.id).in_(keys)))
+                by_id = {row.id: row for row in rows}
+            return [by_id.get(key) for key in keys]
+
+        super().__init__(load_fn=load)
+
+
 @dataclass
 class Loaders:
     """The dataloaders of one operation, all reading through ``sessionmaker``."""
 
     sessionmaker: SessionMaker
-    users: DataLoader[uuid.UUID, User | None] = field(init=False)
-    files: DataLoader[uuid.UUID, File | None] = field(init=False)
+    users: ByIdLoader[User] = field(init=False)
+    files: ByIdLoader[File] = field(init=False)
     live_file_counts: DataLoader[uuid.UUID, int] = field(init=False)
-    jobs: DataLoader[uuid.UUID, Job | None] = field(init=False)
+    jobs: ByIdLoader[Job] = field(init=False)
     job_inputs: DataLoader[uuid.UUID, list[File]] = field(init=False)
     _paged: dict[tuple[str, int | None, str | None], DataLoader[Any, Any]] = field(
         init=False, default_factory=dict
     )
 
     def __post_init__(self) -> None:
-        self.users = DataLoader(load_fn=self._load_users)
-        self.files = DataLoader(load_fn=self._load_files)
+        self.users = ByIdLoader(self.sessionmaker, User)
+        self.files = ByIdLoader(self.sessionmaker, File)
         self.live_file_counts = DataLoader(load_fn=self._load_live_file_counts)
-        self.jobs = DataLoader(load_fn=self._load_jobs)
+        self.jobs = ByIdLoader(self.sessionmaker, Job)
         self.job_inputs = DataLoader(load_fn=self._load_job_inputs)
 
     def paged(
@@ -60,12 +87,6 @@ class Loaders:
             self._paged[key] = build(self, first, after)
         return self._paged[key]
 
-    async def _load_jobs(self, keys: list[uuid.UUID]) -> Sequence[Job | None]:
-        async with self.sessionmaker() as db:
-            rows = await db.exec(select(Job).where(col(Job.id).in_(keys)))
-            by_id = {job.id: job for job in rows}
-        return [by_id.get(key) for key in keys]
-
     async def _load_job_inputs(self, job_ids: list[uuid.UUID]) -> Sequence[list[File]]:
         async with self.sessionmaker() as db:
             rows = await db.exec(
@@ -78,18 +99,6 @@ class Loaders:
             for job_id, file in rows:
                 found[job_id].append(file)
         return [found[job_id] for job_id in job_ids]
-
-    async def _load_users(self, keys: list[uuid.UUID]) -> Sequence[User | None]:
-        async with self.sessionmaker() as db:
-            rows = await db.exec(select(User).where(col(User.id).in_(keys)))
-            by_id = {user.id: user for user in rows}
-        return [by_id.get(key) for key in keys]
-
-    async def _load_files(self, keys: list[uuid.UUID]) -> Sequence[File | None]:
-        async with self.sessionmaker() as db:
-            rows = await db.exec(select(File).where(col(File.id).in_(keys)))
-            by_id = {file.id: file for file in rows}
-        return [by_id.get(key) for key in keys]
 
     async def _load_live_file_counts(self, owner_ids: list[uuid.UUID]) -> Sequence[int]:
         async with self.sessionmaker() as db:

@@ -1,14 +1,19 @@
-"""Permission classes for fields: signed in, signed in with a session, and admin."""
+"""Who may see what: permission classes for fields, and ``owned`` for objects by key."""
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import Any, TypeVar
 
 from strawberry.permission import BasePermission
 
-from core.errors import Forbidden
+from core import models
+from core.errors import Forbidden, NotFound
 from core.models import Role
 from schema.context import Info
+from schema.loaders import ByIdLoader
+
+Owned = TypeVar("Owned", models.File, models.Job, models.User)
 
 
 class IsAuthenticated(BasePermission):
@@ -41,3 +46,23 @@ class IsAdmin(BasePermission):
         if info.context.require_principal().user.role is not Role.ADMIN:
             raise Forbidden("Only admins may do this.")
         return True
+
+
+def _visible(row: models.File | models.Job | models.User, viewer: models.User) -> bool:
+    if isinstance(row, models.User):  # an account: its own user, and admins
+        return row.id == viewer.id or viewer.role is Role.ADMIN
+    return row.owner_id == viewer.id
+
+
+async def owned(loader: ByIdLoader[Owned], viewer: models.User | None, key: uuid.UUID) -> Owned:
+    """The row ``key`` of ``loader`` if ``viewer`` may see it; ``NOT_FOUND`` otherwise.
+
+    Files and jobs are their owner's, a user is visible to themselves and to
+    admins. Someone else's object gets the very answer an id never issued
+    gets, so an id leaks nothing; ``node(id:)`` turns it into null. Nothing is
+    read for a signed-out viewer.
+    """
+    row = await loader.load(key) if viewer is not None else None
+    if row is None or viewer is None or not _visible(row, viewer):
+        raise NotFound(f"No such {loader.model.__name__.lower()}.")
+    return row

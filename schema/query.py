@@ -1,4 +1,4 @@
-"""The root ``Query`` type."""
+"""The root ``Query`` type: ``node(id:)`` and ``me``."""
 
 from __future__ import annotations
 
@@ -7,20 +7,34 @@ from collections.abc import Awaitable, Callable
 
 import strawberry
 
+from core.errors import NotFound
 from schema.access_tokens import resolve_access_token
 from schema.context import Info
-from schema.files import resolve_file
 from schema.ids import decode_id
-from schema.jobs import resolve_job
 from schema.node import Node
-from schema.users import User, resolve_user
+from schema.nodes import File, Job, User
+from schema.permissions import owned
 
-# How each Node type is fetched by key; each function applies its own visibility rules.
+
+async def _file(info: Info, key: uuid.UUID) -> File:
+    return File.from_model(await owned(info.context.loaders.files, info.context.user, key))
+
+
+async def _job(info: Info, key: uuid.UUID) -> Job:
+    return Job.from_model(await owned(info.context.loaders.jobs, info.context.user, key))
+
+
+async def _user(info: Info, key: uuid.UUID) -> User:
+    return User.from_model(await owned(info.context.loaders.users, info.context.user, key))
+
+
+# How each Node type is fetched by key, with its visibility rules; an object the
+# viewer may not see is None or NOT_FOUND, and ``node`` answers null for both.
 NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] = {
     "AccessToken": resolve_access_token,
-    "File": resolve_file,
-    "Job": resolve_job,
-    "User": resolve_user,
+    "File": _file,
+    "Job": _job,
+    "User": _user,
 }
 
 
@@ -30,7 +44,12 @@ class Query:
     async def node(self, info: Info, id: strawberry.ID) -> Node | None:
         type_name, key = decode_id(id)
         resolve = NODE_RESOLVERS.get(type_name)
-        return await resolve(info, key) if resolve is not None else None
+        if resolve is None:
+            return None
+        try:
+            return await resolve(info, key)
+        except NotFound:
+            return None
 
     @strawberry.field(
         description="The signed-in user; null when signed out, an error when the "

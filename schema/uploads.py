@@ -8,7 +8,7 @@ from strawberry.file_uploads import Upload
 from core.errors import BadUserInput
 from core.uploads import IncomingFile, store_upload
 from schema.context import Info
-from schema.files import File
+from schema.nodes import File
 from schema.permissions import IsAuthenticated
 
 

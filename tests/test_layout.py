@@ -106,3 +106,106 @@ def test_the_checker_sees_imports_inside_functions(tmp_path: Path) -> None:
     module = tmp_path / "lazy.py"
     module.write_text("def f():\n    from api.app import create_app\n    import schema.query\n")
     assert imported_packages(module) == {"api", "schema"}
+
+
+# -- no import cycles --------------------------------------------------------------
+
+
+def project_modules(root: Path) -> dict[str, Path]:
+    """Every module of the packages under ``root``, by dotted name (a package by its own)."""
+    modules: dict[str, Path] = {}
+    for init in sorted(root.glob("*/__init__.py")):
+        for path in sorted(init.parent.rglob("*.py")):
+            parts = path.relative_to(root).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    """Which project modules each project module imports, anywhere in its code.
+
+    Imports inside functions and under ``TYPE_CHECKING`` count too: they hide a
+    cycle rather than remove it. ``from a import b`` is an edge to ``a.b`` when
+    that is a module, else to ``a``; the package ``a`` a module lives in is not
+    an edge of its own (Python sets a package up before running its
+    ``__init__``, so a package importing its submodules is no cycle).
+    """
+    modules = project_modules(root)
+
+    def known(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(known(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets.update(known(f"{base}.{alias.name}") for alias in node.names)
+        graph[name] = {target for target in targets if target is not None and target != name}
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            group = [stack.pop()]
+            while group[-1] != module:
+                group.append(stack.pop())
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return sorted(found)
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    graph = import_graph(ROOT)
+    assert {"schema.nodes", "core.models", "tests.support"} <= graph.keys()
+    assert cycles(graph) == []
+
+
+def test_the_cycle_checker_sees_cycles_however_hidden(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("from pkg import a\n")
+    (package / "a.py").write_text("from pkg.b import thing\n")
+    (package / "b.py").write_text("def thing():\n    from . import c\n")
+    (package / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a.x\n"
+    )
+    (package / "d.py").write_text("import pkg.a\n")
+    graph = import_graph(tmp_path)
+    assert graph == {
+        "pkg": {"pkg.a"},
+        "pkg.a": {"pkg.b"},
+        "pkg.b": {"pkg.c"},
+        "pkg.c": {"pkg.a"},
+        "pkg.d": {"pkg.a"},
+    }
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]

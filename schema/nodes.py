@@ -1,0 +1,337 @@
+"""The node types — ``File``, ``Job``, ``User`` — and the fields that lead from one to another.
+
+They refer to each other (a file's owner and jobs, a job's inputs, outputs and
+owner, a user's files and jobs), so they live in one module that the query
+and mutation modules import; nothing here imports those. Every hop goes
+through the operation's dataloaders, so a page of nodes costs the same number
+of queries whatever its length. Each node keeps its row's primary key as
+``key`` (``Node``), next to the global ``id`` clients see.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Self
+
+import strawberry
+from sqlmodel import col
+from strawberry.dataloader import DataLoader
+from strawberry.scalars import JSON
+
+from core import models
+from core.errors import Forbidden, NotFound
+from schema.context import Info
+from schema.enums import JobKind, JobStatus, Role
+from schema.filters import (
+    FileFilter,
+    FileOrder,
+    JobFilter,
+    file_conditions,
+    file_ordering,
+    job_conditions,
+)
+from schema.ids import encode_id
+from schema.loaders import Loaders
+from schema.node import Node
+from schema.pagination import Connection, paginate, paginate_children
+from schema.scalars import BigInt
+
+# -- users -------------------------------------------------------------------------
+
+
+@strawberry.type
+class Usage:
+    used_bytes: BigInt = strawberry.field(
+        description="Bytes held by your files (trash included) and open uploads."
+    )
+    quota_bytes: BigInt
+    owner_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field(
+        description="How many live files you have; files in the trash are not counted "
+        "(their bytes still are, in usedBytes, until they are purged)."
+    )
+    async def file_count(self, info: Info) -> int:
+        return await info.context.loaders.live_file_counts.load(self.owner_id)
+
+
+@strawberry.type
+class User(Node):
+    """A Depot account, visible to itself and to admins."""
+
+    email: str
+    display_name: str
+    role: Role
+    is_active: bool
+    created_at: datetime
+    usage: Usage
+
+    @classmethod
+    def from_model(cls, user: models.User) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("User", user.id)),
+            key=user.id,
+            email=user.email,
+            display_name=user.display_name,
+            role=user.role,
+            is_active=user.is_active,
+            created_at=user.created_at,
+            usage=Usage(
+                used_bytes=BigInt(user.used_bytes),
+                quota_bytes=BigInt(user.quota_bytes),
+                owner_id=user.id,
+            ),
+        )
+
+    @strawberry.field(
+        description="Your files, as the top-level `files` lists them. Files are visible "
+        "to their owner only: an admin asking for another user's gets `FORBIDDEN`."
+    )
+    async def files(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filter: FileFilter | None = None,
+        order_by: FileOrder | None = None,
+    ) -> Connection[File]:
+        # Owner only, as everywhere for files; it also keeps this one listing per
+        # operation, where a list of users would cost one query per user.
+        if info.context.require_principal().user.id != self.key:
+            raise Forbidden("Files are visible to their owner only.")
+        return await list_files(
+            info, self.key, first=first, after=after, filter=filter, order_by=order_by
+        )
+
+    @strawberry.field(
+        description="Your jobs, as the top-level `jobs` lists them; owner only, like `files`."
+    )
+    async def jobs(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        filter: JobFilter | None = None,
+    ) -> Connection[Job]:
+        if info.context.require_principal().user.id != self.key:
+            raise Forbidden("Jobs are visible to their owner only.")
+        return await list_jobs(info, self.key, first=first, after=after, filter=filter)
+
+
+async def _owner(info: Info, owner_id: uuid.UUID) -> User:
+    owner = await info.context.loaders.users.load(owner_id)
+    if owner is None:  # owners' files and jobs go with them (ON DELETE CASCADE)
+        raise NotFound("No such user.")
+    return User.from_model(owner)
+
+
+# -- files -------------------------------------------------------------------------
+
+
+@strawberry.type
+class File(Node):
+    """A file owned by one user; to anyone else it does not exist."""
+
+    path: str
+    name: str
+    size: BigInt
+    content_type: str
+    sha256: str
+    metadata: JSON
+    created_at: datetime
+    updated_at: datetime
+    trashed_at: datetime | None
+    owner_id: strawberry.Private[uuid.UUID]
+    storage_key: strawberry.Private[str]
+    produced_by_job_id: strawberry.Private[uuid.UUID | None]
+
+    @classmethod
+    def from_model(cls, file: models.File) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("File", file.id)),
+            key=file.id,
+            path=file.path,
+            name=file.name,
+            size=BigInt(file.size),
+            content_type=file.content_type,
+            sha256=file.sha256,
+            metadata=JSON(file.meta),
+            created_at=file.created_at,
+            updated_at=file.updated_at,
+            trashed_at=file.trashed_at,
+            owner_id=file.owner_id,
+            storage_key=file.storage_key,
+            produced_by_job_id=file.produced_by_job_id,
+        )
+
+    @strawberry.field(
+        description="A link that downloads the bytes until it expires "
+        "(`DEPOT_DOWNLOAD_URL_MINUTES`); ask again for a fresh one."
+    )
+    async def download_url(self, info: Info) -> str:
+        settings = info.context.settings
+        return await info.context.storage.download_url(
+            self.storage_key,
+            filename=self.name,
+            content_type=self.content_type,
+            expires_in=timedelta(minutes=settings.download_url_minutes),
+        )
+
+    @strawberry.field(description="The user the file belongs to.")
+    async def owner(self, info: Info) -> User:
+        return await _owner(info, self.owner_id)
+
+    @strawberry.field(description="The job that made this file; null for an upload.")
+    async def produced_by(self, info: Info) -> Job | None:
+        if self.produced_by_job_id is None:
+            return None
+        job = await info.context.loaders.jobs.load(self.produced_by_job_id)
+        return Job.from_model(job) if job is not None else None
+
+    @strawberry.field(description="Jobs that read this file, oldest first.")
+    async def jobs(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[Job]:
+        loader = info.context.loaders.paged("file_jobs", first, after, _file_jobs)
+        page: Connection[Job] = await loader.load(self.key)
+        return page
+
+
+async def list_files(
+    info: Info,
+    owner_id: uuid.UUID,
+    *,
+    first: int | None,
+    after: str | None,
+    filter: FileFilter | None,
+    order_by: FileOrder | None,
+) -> Connection[File]:
+    """One page of ``owner_id``'s files: the same listing for ``files`` and ``User.files``."""
+    conditions = file_conditions(owner_id, filter)
+    async with info.context.sessionmaker() as db:
+        return await paginate(
+            db,
+            models.File,
+            conditions,
+            first=first,
+            after=after,
+            to_node=File.from_model,
+            ordering=file_ordering(order_by),
+        )
+
+
+def _file_jobs(
+    loaders: Loaders, first: int | None, after: str | None
+) -> DataLoader[uuid.UUID, Connection[Job]]:
+    """Jobs that read each file, a page per file, for ``File.jobs``."""
+
+    async def load(file_ids: list[uuid.UUID]) -> list[Connection[Job]]:
+        async with loaders.sessionmaker() as db:
+            pages = await paginate_children(
+                db,
+                models.Job,
+                col(models.JobInput.file_id),
+                file_ids,
+                join=(models.JobInput, col(models.JobInput.job_id) == col(models.Job.id)),
+                first=first,
+                after=after,
+                to_node=Job.from_model,
+            )
+        return [pages[file_id] for file_id in file_ids]
+
+    return DataLoader(load_fn=load)
+
+
+# -- jobs --------------------------------------------------------------------------
+
+
+@strawberry.type(description="Work on your files, done by a worker; watch it with `jobEvents`.")
+class Job(Node):
+    kind: JobKind
+    status: JobStatus
+    progress: float = strawberry.field(description="From 0 to 1.")
+    message: str | None = strawberry.field(description="What the job is doing or did.")
+    error: str | None = strawberry.field(description="Why the job failed.")
+    attempts: int = strawberry.field(description="Attempts started so far.")
+    params: JSON = strawberry.field(description="The parameters the job was started with.")
+    created_at: datetime
+    started_at: datetime | None = strawberry.field(description="When the last attempt started.")
+    finished_at: datetime | None
+    owner_id: strawberry.Private[uuid.UUID]
+
+    @classmethod
+    def from_model(cls, job: models.Job) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("Job", job.id)),
+            key=job.id,
+            kind=JobKind(job.kind),
+            status=job.status,
+            progress=job.progress,
+            message=job.message,
+            error=job.error,
+            attempts=job.attempts,
+            params=JSON(job.params),
+            created_at=job.created_at,
+            started_at=job.started_at,
+            finished_at=job.finished_at,
+            owner_id=job.owner_id,
+        )
+
+    @strawberry.field(description="The files the job reads, in the order given.")
+    async def inputs(self, info: Info) -> list[File]:
+        found = await info.context.loaders.job_inputs.load(self.key)
+        return [File.from_model(file) for file in found]
+
+    @strawberry.field(description="The files the job made (kept only if it succeeds).")
+    async def outputs(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[File]:
+        loader = info.context.loaders.paged("job_outputs", first, after, _job_outputs)
+        page: Connection[File] = await loader.load(self.key)
+        return page
+
+    @strawberry.field(description="The user the job belongs to.")
+    async def owner(self, info: Info) -> User:
+        return await _owner(info, self.owner_id)
+
+
+async def list_jobs(
+    info: Info,
+    owner_id: uuid.UUID,
+    *,
+    first: int | None,
+    after: str | None,
+    filter: JobFilter | None,
+) -> Connection[Job]:
+    """One page of ``owner_id``'s jobs: the same listing for ``jobs`` and ``User.jobs``."""
+    async with info.context.sessionmaker() as db:
+        return await paginate(
+            db,
+            models.Job,
+            job_conditions(owner_id, filter),
+            first=first,
+            after=after,
+            to_node=Job.from_model,
+        )
+
+
+def _job_outputs(
+    loaders: Loaders, first: int | None, after: str | None
+) -> DataLoader[uuid.UUID, Connection[File]]:
+    """Files each job made, a page per job, for ``Job.outputs``."""
+
+    async def load(job_ids: list[uuid.UUID]) -> list[Connection[File]]:
+        async with loaders.sessionmaker() as db:
+            pages = await paginate_children(
+                db,
+                models.File,
+                col(models.File.produced_by_job_id),
+                job_ids,
+                first=first,
+                after=after,
+                to_node=File.from_model,
+            )
+        return [pages[job_id] for job_id in job_ids]
+
+    return DataLoader(load_fn=load)
