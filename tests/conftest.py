@@ -7,19 +7,24 @@ cancel scopes of asgi-lifespan and httpx-ws require.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import io
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import boto3
@@ -35,9 +40,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from api.app import create_app
 from core.db import create_engine
 from core.logging import configure_logging
+from core.migrate import upgrade
 from core.settings import Settings
 from tests.processes import depot_worker
 from tests.support import STRONG_SECRET, require_service, storage_root
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="session")
@@ -54,27 +62,107 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Give each xdist worker a Redis database of its own.
+
+    Dramatiq's queue and the maintenance lock have fixed names, so two workers
+    sharing a database would take each other's jobs; a database per worker
+    keeps them apart. (Pub/Sub channels are global to a Redis server, but
+    every event names a stream by a random UUID, so a worker never hears
+    another's.)
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    url = os.environ.get("DEPOT_TEST_REDIS_URL")
+    if worker is None or not url:
+        return
+    number = int(urlsplit(url).path.strip("/") or 0) + 1 + int(worker.removeprefix("gw"))
+    if number > 15:
+        raise pytest.UsageError(
+            f"xdist worker {worker} needs Redis database {number}, beyond 15: "
+            "point DEPOT_TEST_REDIS_URL at a lower database or run fewer workers"
+        )
+    os.environ["DEPOT_TEST_REDIS_URL"] = urlsplit(url)._replace(path=f"/{number}").geturl()
+
+
+def _run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run ``main`` on an event loop of its own, off the test's (session fixtures are sync)."""
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, main()).result()
+
+
+async def _migrate(database_url: str, directory: Path) -> None:
+    engine = create_engine(make_settings(directory, database_url=database_url))
+    try:
+        await upgrade(engine)
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def _sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per session; tests get a copy of it."""
+    directory = tmp_path_factory.mktemp("sqlite-template")
+    path = directory / "template.db"
+    _run_async(lambda: _migrate(f"sqlite:///{path}", directory))
+    # Disposing the engine checkpointed the WAL: the one file holds the whole database.
+    assert not path.with_name(path.name + "-wal").exists()
+    return path
+
+
+@pytest.fixture(scope="session")
+def _postgres_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per session (and xdist worker).
+
+    ``CREATE DATABASE … TEMPLATE`` copies it, which is much cheaper than
+    running every migration again; nobody may be connected to it meanwhile,
+    so each xdist worker has its own.
+    """
+    template = postgres_database()
+    url = _run_async(template.__aenter__)
+    try:
+        _run_async(lambda: _migrate(url, tmp_path_factory.mktemp("postgres-template")))
+        yield template.name
+    finally:
+        _run_async(template.drop)
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """A URL to an empty database of each kind; PostgreSQL gets a database per test."""
+    """A URL to a database of each kind, migrated to head; PostgreSQL gets one per test.
+
+    Each is a copy of a database migrated once per session, so the app's own
+    start finds its schema current. Tests marked ``empty_database`` (those
+    about migrating) get a really empty one instead.
+    """
+    empty = request.node.get_closest_marker("empty_database") is not None
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'depot.db'}"
+        path = tmp_path / "depot.db"
+        if not empty:
+            shutil.copyfile(request.getfixturevalue("_sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
-    async with postgres_database() as url:
+    require_service("DEPOT_TEST_POSTGRES_URL", "PostgreSQL")
+    template = None if empty else request.getfixturevalue("_postgres_template")
+    async with postgres_database(template=template) as url:
         yield url
 
 
 class postgres_database:  # noqa: N801 - used like a function
-    """``async with postgres_database() as url``: a throwaway PostgreSQL database."""
+    """``async with postgres_database() as url``: a throwaway PostgreSQL database.
 
-    def __init__(self) -> None:
+    Empty, or a copy of the database named ``template``.
+    """
+
+    def __init__(self, *, template: str | None = None) -> None:
         self.admin_url = require_service("DEPOT_TEST_POSTGRES_URL", "PostgreSQL")
         self.name = f"depot_test_{uuid.uuid4().hex[:16]}"
+        self.template = template
 
     async def __aenter__(self) -> str:
         admin = await asyncpg.connect(_plain(self.admin_url))
+        copy = "" if self.template is None else f' TEMPLATE "{self.template}"'
         try:
-            await admin.execute(f'CREATE DATABASE "{self.name}"')
+            await admin.execute(f'CREATE DATABASE "{self.name}"{copy}')
         finally:
             await admin.close()
         return make_url(self.admin_url).set(database=self.name).render_as_string(False)

@@ -183,6 +183,7 @@ def test_migrate_history_lists_every_revision() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.empty_database
 async def test_migrate_round_trip(database_url: str) -> None:
     env = {"DEPOT_DATABASE_URL": database_url}
     head = migrate.head_revision()

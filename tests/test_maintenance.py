@@ -11,7 +11,6 @@ import contextlib
 import io
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -78,15 +76,14 @@ MY_EVENTS = "subscription { myEvents { type fileId path } }"
 
 @pytest.fixture
 def redis_url() -> Iterator[str]:
-    """An empty database of the test Redis, so schedulers and queues of other tests stay apart."""
-    base = urlsplit(require_service("DEPOT_TEST_REDIS_URL", "Redis"))
-    for number in random.sample(range(1, 16), 15):
-        url = base._replace(path=f"/{number}").geturl()
-        with redis.Redis.from_url(url) as client:
-            if client.dbsize() == 0:
-                break
-    else:
-        pytest.fail("every database of the test Redis is in use")
+    """The test Redis database, emptied, so no queue or lock of an earlier test is left.
+
+    It is this test run's own (each xdist worker has its own: see conftest's
+    ``pytest_configure``), so emptying it touches nobody else.
+    """
+    url = require_service("DEPOT_TEST_REDIS_URL", "Redis")
+    with redis.Redis.from_url(url) as client:
+        client.flushdb()
     yield url
     with redis.Redis.from_url(url) as client:
         for pattern in (LOCK_KEY, "dramatiq:*", "depot:*"):

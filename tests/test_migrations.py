@@ -23,7 +23,8 @@ from core.models import User
 from core.settings import Settings
 from tests.conftest import make_settings
 
-pytestmark = pytest.mark.anyio
+# Every test here starts from a really empty database, not the migrated copy.
+pytestmark = [pytest.mark.anyio, pytest.mark.empty_database]
 
 T = TypeVar("T")
 
