@@ -14,10 +14,8 @@ import io
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +43,7 @@ from core.db import create_engine
 from core.logging import configure_logging
 from core.migrate import upgrade
 from core.settings import Settings
-from tests.processes import depot_worker
+from tests.processes import answers_http, depot_worker, free_port, wait_until_ready
 from tests.support import STRONG_SECRET, require_service, storage_root
 
 T = TypeVar("T")
@@ -319,9 +317,7 @@ def s3_server() -> Iterator[S3Server]:
         if os.environ.get("CI"):
             pytest.fail("moto[server] is not installed, but CI must run the S3 tests")
         pytest.skip("moto[server] is not installed; pip install 'moto[server]' to run S3 tests")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     endpoint_url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -329,7 +325,7 @@ def s3_server() -> Iterator[S3Server]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_until_answering(endpoint_url, process)
+        wait_until_ready(process, answers_http(f"{endpoint_url}/", None), "moto's S3 server")
         with pytest.MonkeyPatch.context() as patch:
             for name in (
                 "AWS_PROFILE",
@@ -348,20 +344,6 @@ def s3_server() -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-
-
-def _wait_until_answering(endpoint_url: str, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"moto's S3 server exited with {process.returncode}")
-        try:
-            httpx.get(f"{endpoint_url}/", timeout=1)
-        except httpx.TransportError:
-            time.sleep(0.1)
-        else:
-            return
-    pytest.fail(f"moto's S3 server did not answer at {endpoint_url} within 30 s")
 
 
 @pytest.fixture

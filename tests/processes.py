@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,49 @@ def settings_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def wait_until_ready(
+    process: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    what: str,
+    *,
+    timeout_s: float = START_TIMEOUT_S,
+    output: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``ready`` until it holds: the one "start a process and wait until it answers".
+
+    Fails the test, with the process's ``output``, if the process exits first
+    or ``timeout_s`` passes.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not ready():
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited with {process.returncode}:\n{output()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not answer within {timeout_s} s:\n{output()}")
+        time.sleep(0.02)
+
+
+def answers_http(url: str, status: int | None = 200) -> Callable[[], bool]:
+    """A ``ready`` check: ``url`` answers a GET with ``status`` (``None``: with anything)."""
+
+    def ready() -> bool:
+        try:
+            answer = httpx.get(url, timeout=1)
+        except httpx.TransportError:
+            return False
+        return status is None or answer.status_code == status
+
+    return ready
+
+
+def free_port() -> int:
+    """A loopback TCP port nobody listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 class DepotProcess:
     """A running ``depot`` command and its combined output."""
 
@@ -56,13 +99,13 @@ class DepotProcess:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
     def wait_for_output(self, text: str, timeout_s: float = START_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while text not in self.output():
-            if self.process.poll() is not None:
-                pytest.fail(f"depot exited with {self.process.returncode}:\n{self.output()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"{text!r} not seen within {timeout_s} s:\n{self.output()}")
-            time.sleep(0.05)
+        wait_until_ready(
+            self.process,
+            lambda: text in self.output(),
+            f"depot (for {text!r})",
+            timeout_s=timeout_s,
+            output=self.output,
+        )
 
     def kill(self) -> None:
         """SIGKILL: no cleanup at all, as when a machine dies."""
@@ -112,14 +155,6 @@ def depot_worker(settings: Settings, log: Path) -> Iterator[DepotProcess]:
 REDIS_START_TIMEOUT_S = 10
 
 
-def free_port() -> int:
-    """A loopback TCP port nobody listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextlib.asynccontextmanager
 async def in_background(blocking: contextlib.AbstractContextManager[T]) -> AsyncIterator[T]:
     """Enter and leave a blocking context (starting or stopping a process) in a thread.
@@ -151,20 +186,8 @@ def depot_scheduler(settings: Settings, log: Path) -> Iterator[DepotProcess]:
 def depot_serve(settings: Settings, log: Path, port: int) -> Iterator[DepotProcess]:
     """A ``depot serve`` process on ``port``, once it answers ``/healthz``."""
     with depot(["serve", "--port", str(port)], settings, log) as server:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if server.process.poll() is not None:
-                pytest.fail(
-                    f"depot serve exited with {server.process.returncode}:\n{server.output()}"
-                )
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"depot serve did not answer within {START_TIMEOUT_S} s:\n{server.output()}"
-                )
-            time.sleep(0.05)
+        healthz = answers_http(f"http://127.0.0.1:{port}/healthz")
+        wait_until_ready(server.process, healthz, "depot serve", output=server.output)
         yield server
 
 
@@ -197,17 +220,21 @@ class RedisServer:
                 stdout=output,
                 stderr=output,
             )
-        deadline = time.monotonic() + REDIS_START_TIMEOUT_S
         with redis.Redis.from_url(self.url) as client:
-            while True:
-                if self.process.poll() is not None:
-                    pytest.fail(f"redis-server exited:\n{log.read_text(errors='replace')}")
-                with contextlib.suppress(redis.ConnectionError):
-                    if client.ping():
-                        return
-                if time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not answer within {REDIS_START_TIMEOUT_S} s")
-                time.sleep(0.02)
+
+            def answers() -> bool:
+                try:
+                    return bool(client.ping())
+                except redis.ConnectionError:
+                    return False
+
+            wait_until_ready(
+                self.process,
+                answers,
+                "redis-server",
+                timeout_s=REDIS_START_TIMEOUT_S,
+                output=lambda: log.read_text(errors="replace"),
+            )
 
     def stop(self) -> None:
         """SIGTERM: it exits without saving anything (no persistence is configured)."""

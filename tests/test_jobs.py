@@ -20,6 +20,8 @@ from core.models import File, Job
 from core.settings import Settings
 from schema.ids import decode_id
 from tests.support import (
+    FINAL_STATUSES,
+    JOB_TIMEOUT_S,
     collect_job_events,
     get_job,
     graphql,
@@ -126,7 +128,13 @@ async def test_reconnecting_with_a_cursor_misses_nothing_and_repeats_nothing(
             assert message["type"] == "next", message
             seen.append(message["payload"]["data"]["jobEvents"])
     # The socket is gone; the job goes on. A new one resumes from the last cursor.
-    await anyio.sleep(0.3)
+    # Until it has made progress no open socket saw.
+    with anyio.fail_after(JOB_TIMEOUT_S):
+        while True:
+            now = await get_job(jobs_client, headers, job["id"])
+            if now["progress"] > seen[-1]["progress"] or now["status"] in FINAL_STATUSES:
+                break
+            await anyio.sleep(0.02)
     async with subscriber(jobs_client, token) as ws:
         rest = await collect_job_events(ws, "1", job["id"], after=seen[-1]["cursor"])
     async with subscriber(jobs_client, token) as ws:

@@ -10,11 +10,9 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import answers_http, free_port, wait_until_ready
 from tests.support import STRONG_SECRET
 
 DEPOT = Path(sys.executable).parent / "depot"
@@ -51,29 +50,10 @@ def _environment(directory: Path, **variables: str) -> dict[str, str]:
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_until_healthy(server: Server) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"depot serve exited with {server.process.returncode}:\n{server.output()}")
-        with contextlib.suppress(httpx.TransportError):
-            if server.client.get("/healthz", timeout=1).status_code == 200:
-                return
-        time.sleep(0.1)
-    pytest.fail(f"depot serve did not answer within {START_TIMEOUT_S} s:\n{server.output()}")
-
-
 @contextlib.contextmanager
 def _serving(directory: Path, **variables: str) -> Iterator[Server]:
     """Run ``depot serve`` in ``directory`` until it answers; kill it afterwards."""
-    port = _free_port()
+    port = free_port()
     log = directory / "depot.log"
     with log.open("wb") as output:
         process = subprocess.Popen(
@@ -86,7 +66,10 @@ def _serving(directory: Path, **variables: str) -> Iterator[Server]:
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
             server = Server(process, client, directory, log)
-            _wait_until_healthy(server)
+            healthz = answers_http(f"http://127.0.0.1:{port}/healthz")
+            wait_until_ready(
+                process, healthz, "depot serve", timeout_s=START_TIMEOUT_S, output=server.output
+            )
             yield server
     finally:
         if process.poll() is None:
@@ -97,7 +80,7 @@ def _serving(directory: Path, **variables: str) -> Iterator[Server]:
 def _run_serve(directory: Path, **variables: str) -> subprocess.CompletedProcess[str]:
     """``depot serve`` that is expected to stop by itself."""
     return subprocess.run(
-        [str(DEPOT), "serve", "--port", str(_free_port())],
+        [str(DEPOT), "serve", "--port", str(free_port())],
         cwd=directory,
         env=_environment(directory, **variables),
         capture_output=True,
