@@ -6,7 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
-# pytest-xdist workers: one per core; 0 runs the suite in this one process.
+# pytest-xdist workers: one per core (an idle one takes tests from a busy one);
+# 0 runs the suite in this one process.
 PYTEST_WORKERS ?= auto
 
 .PHONY: install run test lint format schema docs services services-stop clean
@@ -24,7 +25,7 @@ run: $(STAMP) ## Serve Depot on the embedded defaults: http://localhost:8000/gra
 	$(BIN)/depot serve
 
 test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip without them)
-	$(BIN)/pytest --numprocesses=$(PYTEST_WORKERS) --maxprocesses=8 $(PYTEST_ARGS)
+	$(BIN)/pytest --numprocesses=$(PYTEST_WORKERS) --maxprocesses=8 --dist=worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Lint, check formatting and type-check (strict)
 	$(BIN)/ruff check .
