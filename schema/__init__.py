@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import strawberry
@@ -50,8 +51,15 @@ class _Schema(strawberry.Schema):
         pass
 
 
+@functools.cache
 def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.Schema:
-    """The schema with its safety limits and caches."""
+    """The schema with its safety limits and caches, built once per set of limits.
+
+    Building one takes about a third of an app's start. A built schema holds
+    no per-app state (its extensions are factories, called per operation), so
+    every app of a process with the same limits shares it: tests start
+    hundreds of apps.
+    """
     # Factories, so each operation gets fresh extension state; the parser and
     # validation caches live at module level in Strawberry and are shared. Their
     # keys must not change between operations: see `depth_limit`.

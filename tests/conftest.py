@@ -12,7 +12,6 @@ cancel scopes of asgi-lifespan and httpx-ws require.
 from __future__ import annotations
 
 import asyncio
-import functools
 import importlib.util
 import io
 import logging
@@ -40,8 +39,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-import api.app
-import schema
 from api.app import create_app
 from core.db import create_engine
 from core.logging import configure_logging
@@ -65,19 +62,6 @@ def _hermetic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if name.startswith("DEPOT_") and not name.startswith("DEPOT_TEST_"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _one_schema_per_limits() -> Iterator[None]:
-    """Build the GraphQL schema once per pair of limits, not once per app.
-
-    Building it takes about a third of an app's start, and the suite starts
-    hundreds of apps. A built schema holds no per-app state (its extensions
-    are factories, called per operation), so apps may share one.
-    """
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(api.app, "build_schema", functools.cache(schema.build_schema))
-        yield
 
 
 def pytest_configure(config: pytest.Config) -> None:
