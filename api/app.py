@@ -63,7 +63,11 @@ class State(TypedDict):
 def create_app(settings: Settings) -> Starlette:
     """Depot's ASGI application for ``settings``."""
     schema = build_schema(
-        max_depth=settings.graphql_max_depth, max_tokens=settings.graphql_max_tokens
+        max_depth=settings.graphql_max_depth,
+        max_tokens=settings.graphql_max_tokens,
+        max_aliases=settings.graphql_max_aliases,
+        max_directives=settings.graphql_max_directives,
+        max_cost=settings.graphql_max_cost,
     )
     graphql = GraphQLView(schema, settings)
     links = RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url))

@@ -284,10 +284,43 @@ class Settings(BaseSettings):
         description="Also accept the legacy `graphql-ws` WebSocket protocol.",
     )
     graphql_max_depth: int = Field(
-        default=15, ge=2, le=100, description="Deepest selection a query may nest."
+        default=10,
+        ge=2,
+        le=100,
+        description="Deepest selection an operation may nest, and deepest chain of fragments. "
+        "10, not graphql-armor's 6: a Relay connection takes two levels (`edges { node }`), so "
+        "`files → jobs → inputs` with its fields is 7 and the deepest query the tests send is 9. "
+        "Introspection fields are not counted (graphql-core's introspection-depth rule bounds "
+        "them), so GraphiQL's introspection query passes.",
     )
     graphql_max_tokens: int = Field(
-        default=5000, ge=100, description="Most tokens a GraphQL document may have."
+        default=1000,
+        ge=100,
+        description="Most tokens a GraphQL document may have. graphql-armor's 1,000: the "
+        "standard introspection query has about 185 and the largest query the tests send 65; "
+        "it also bounds the quadratic overlapping-fields check.",
+    )
+    graphql_max_aliases: int = Field(
+        default=15,
+        ge=1,
+        description="Most aliases in an operation, counted where fragments are spread. "
+        "graphql-armor's 15: aliases exist to ask for one field twice (the tests use 2).",
+    )
+    graphql_max_directives: int = Field(
+        default=20,
+        ge=1,
+        description="Most directives in an operation, counted where fragments are spread. "
+        "20, stricter than graphql-armor's 50: the schema offers only `@skip` and `@include`, "
+        "one per conditional field.",
+    )
+    graphql_max_cost: int = Field(
+        default=5000,
+        ge=1,
+        description="Highest static cost of an operation, refused with `QUERY_TOO_COMPLEX` "
+        "before anything runs: 1 per object, 0 per scalar, times `first` for a connection "
+        "and 1,000 for `Job.inputs` (an archive's most files). graphql-armor's 5,000: a "
+        "job with its inputs and 100 outputs costs 1,203, a page of 100 files with their "
+        "owners 301.",
     )
 
     @field_validator("database_url")

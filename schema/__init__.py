@@ -20,12 +20,13 @@ from schema.errors import ErrorCodes, SyntaxSafeParserCache
 from schema.events import Subscription
 from schema.files import FileMutation, FileQuery
 from schema.jobs import JobMutation, JobQuery
+from schema.limits import Limits, limit_rules, query_cost
 from schema.loaders import FreshLoaders
 from schema.nodes import File, Job, User
 from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
 from schema.uploads import UploadMutation
-from schema.validation import RequestRules, depth_limit
+from schema.validation import RequestRules
 
 Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, JobQuery))
 Mutation = merge_types(
@@ -52,22 +53,31 @@ class _Schema(strawberry.Schema):
 
 
 @functools.cache
-def build_schema(*, max_depth: int = 15, max_tokens: int = 5000) -> strawberry.Schema:
-    """The schema with its safety limits and caches, built once per set of limits.
+def build_schema(
+    *,
+    max_depth: int = 10,
+    max_tokens: int = 1000,
+    max_aliases: int = 15,
+    max_directives: int = 20,
+    max_cost: int = 5000,
+) -> strawberry.Schema:
+    """The schema with its limits (``schema.limits``) and caches, built once per set of limits.
 
     Building one takes about a third of an app's start. A built schema holds
     no per-app state (its extensions are factories, called per operation), so
     every app of a process with the same limits shares it: tests start
     hundreds of apps.
     """
+    limits = Limits(max_depth=max_depth, max_aliases=max_aliases, max_directives=max_directives)
     # Factories, so each operation gets fresh extension state; the parser and
     # validation caches live at module level in Strawberry and are shared. Their
-    # keys must not change between operations: see `depth_limit`.
+    # keys must not change between operations: see `limit_rules`.
     extensions: list[Any] = [
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         lambda: SyntaxSafeParserCache(maxsize=256),
-        depth_limit(max_depth),
+        limit_rules(limits),
         lambda: ValidationCache(maxsize=256),
+        query_cost(max_cost),
         RequestRules,
         FreshLoaders,
         ErrorCodes,

@@ -19,6 +19,7 @@ from strawberry.extensions import ParserCache, SchemaExtension
 from strawberry.types.execution import ExecutionResult, StreamExecutionResult
 
 from core.errors import DepotError
+from schema.limits import bound_errors
 
 logger = structlog.get_logger("depot.graphql")
 
@@ -37,13 +38,13 @@ class ErrorCodes(SchemaExtension):
         # A streamed result was mapped before it was sent; mapping it twice
         # would turn its coded errors into INTERNAL_SERVER_ERROR.
         if not self._streamed and result is not None and result.errors:
-            result.errors = [self._map(error) for error in result.errors]
+            result.errors = bound_errors([self._map(error) for error in result.errors])
 
     def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
         # WebSocket operations send each result before on_operation resumes.
         self._streamed = True
         if isinstance(result, ExecutionResult) and result.errors:
-            result.errors = [self._map(error) for error in result.errors]
+            result.errors = bound_errors([self._map(error) for error in result.errors])
         yield
 
     def _map(self, error: GraphQLError) -> GraphQLError:
@@ -53,7 +54,9 @@ class ErrorCodes(SchemaExtension):
         if isinstance(error, GraphQLSyntaxError):
             return _with_extensions(error, error.message, {"code": "GRAPHQL_PARSE_FAILED"})
         if error.path is None and (original is None or isinstance(original, _REQUEST_ERRORS)):
-            return _with_extensions(error, error.message, {"code": "GRAPHQL_VALIDATION_FAILED"})
+            # A limit's refusal (schema.limits) brings its own code.
+            code = (error.extensions or {}).get("code", "GRAPHQL_VALIDATION_FAILED")
+            return _with_extensions(error, error.message, {"code": code})
         request_id = getattr(self.execution_context.context, "request_id", None)
         return internal_error(error, request_id)
 

@@ -6,8 +6,7 @@ a document is validated once, whatever the number of requests sending it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Iterator
 from typing import Any, Final
 
 from graphql import (
@@ -20,7 +19,7 @@ from graphql import (
     SelectionSetNode,
     ValidationRule,
 )
-from strawberry.extensions import AddValidationRules, QueryDepthLimiter, SchemaExtension
+from strawberry.extensions import SchemaExtension
 
 # Root fields that check a password or a token (each a full Argon2id hash or a
 # guess at a secret): aliases must not multiply them within one request.
@@ -98,16 +97,3 @@ class RequestRules(SchemaExtension):
             rules = (_SingleOperationRule, *rules)
         context.validation_rules = (*context.validation_rules, *rules)
         yield
-
-
-def depth_limit(max_depth: int) -> Callable[[], SchemaExtension]:
-    """Strawberry's ``QueryDepthLimiter`` as a factory whose rule class is made once.
-
-    ``QueryDepthLimiter`` makes a new rule class each time it is constructed.
-    Constructed per operation, that class changes every time, and so does the
-    key Strawberry's ``ValidationCache`` looks documents up by: the cache never
-    hit and every request was validated again. Here the class is made once per
-    schema; each operation still gets a fresh extension that adds it.
-    """
-    rules = QueryDepthLimiter(max_depth=max_depth).validation_rules
-    return partial(AddValidationRules, rules)

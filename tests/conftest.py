@@ -394,6 +394,9 @@ def jobs_settings(
     }
     if jobs_mode == "redis":
         overrides["redis_url"] = require_service("DEPOT_TEST_REDIS_URL", "Redis")
+    marker = request.node.get_closest_marker("settings")
+    if marker is not None:
+        overrides.update(marker.kwargs)
     return make_settings(tmp_path, **overrides)
 
 

@@ -34,7 +34,6 @@ from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import (
     AddValidationRules,
     ParserCache,
-    QueryDepthLimiter,
     SchemaExtension,
 )
 from strawberry.file_uploads.scalars import UploadDefinition
@@ -490,18 +489,16 @@ def test_parser_cache_keeps_its_cached_parse() -> None:
     assert isinstance(parse("{ hello }"), DocumentNode)
 
 
-def test_depth_limiter_keeps_its_rule_classes_where_depth_limit_reads_them() -> None:
-    # schema.validation.depth_limit builds QueryDepthLimiter once and reuses its rules.
-    limiter = QueryDepthLimiter(max_depth=3)
-    assert isinstance(limiter, AddValidationRules), (
-        "QueryDepthLimiter is no longer an AddValidationRules: "
-        "schema.validation.depth_limit hands its rules to one."
-    )
-    rules = limiter.validation_rules
-    assert rules, "QueryDepthLimiter's `validation_rules` is empty: depth_limit reads them."
-    assert all(issubclass(rule, ValidationRule) for rule in rules), (
-        "QueryDepthLimiter no longer keeps its rule classes in `validation_rules`: "
-        "schema.validation.depth_limit reads them."
+def test_add_validation_rules_takes_the_rule_classes_limit_rules_makes_once() -> None:
+    # schema.limits.limit_rules makes its rule class once per schema and hands it,
+    # per operation, to AddValidationRules (as QueryDepthLimiter did internally).
+    class Rule(ValidationRule):
+        pass
+
+    extension = AddValidationRules([Rule])
+    assert list(extension.validation_rules) == [Rule], (
+        "AddValidationRules no longer keeps the rule classes it is given: "
+        "schema.limits.limit_rules hands its rule to it."
     )
 
 
