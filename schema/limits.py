@@ -5,9 +5,11 @@ here bound what a small document can still ask for:
 
 * depth: the deepest chain of fields with selections (introspection fields
   aside, as Strawberry's ``QueryDepthLimiter`` counted; graphql-core's
-  ``MaxIntrospectionDepthRule`` bounds introspection), and how deep fragments
-  spread inside fragments;
-* aliases and directives, counted where fragments are spread;
+  ``MaxIntrospectionDepthRule``, one of its specified rules, bounds
+  introspection), and how deep fragments spread inside fragments;
+* aliases and directives, counted where fragments are spread, and how often
+  one response name repeats in a selection (the overlapping-fields check
+  compares every pair);
 * cost: what resolving the operation may take, from its variables, so it is
   checked per request after the (cached) validation. See :func:`operation_cost`.
 
@@ -54,7 +56,6 @@ from graphql import (
     get_operation_ast,
     is_leaf_type,
 )
-from graphql.validation import MaxIntrospectionDepthRule
 from graphql.validation.validate import ValidationAbortedError
 from strawberry.extensions import AddValidationRules, SchemaExtension
 
@@ -197,7 +198,7 @@ def limit_rules(limits: Limits) -> Callable[[], SchemaExtension]:
                 if isinstance(operation, OperationDefinitionNode):
                     _check(operation, _tally(operation.selection_set, tallies), limits)
 
-    return partial(AddValidationRules, [_LimitsRule, MaxIntrospectionDepthRule])
+    return partial(AddValidationRules, [_LimitsRule])
 
 
 def _check(operation: OperationDefinitionNode, tally: _Tally, limits: Limits) -> None:
