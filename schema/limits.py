@@ -63,7 +63,7 @@ from schema.pagination import DEFAULT_PAGE, MAX_PAGE
 from workers.archive import MAX_FILES as ARCHIVE_MAX_FILES
 
 # Most errors one response carries; the rest are summed up in one last error.
-MAX_ERRORS: Final = 100
+MAX_ERRORS: Final = 20
 # Longest error message, so an input echoed in a coercion error stays small.
 MAX_MESSAGE_CHARS: Final = 1000
 
