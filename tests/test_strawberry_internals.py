@@ -26,7 +26,16 @@ import cross_web
 import graphql
 import pytest
 import strawberry
-from graphql import DocumentNode, ValidationRule
+from graphql import (
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    ValidationRule,
+    parse,
+    specified_rules,
+    validate,
+)
+from graphql.validation.validate import ValidationAbortedError
 from starlette.requests import Request
 from starlette.responses import Response
 from strawberry.asgi import GraphQL
@@ -53,6 +62,7 @@ from api.graphql import GraphQLView, RequestAdapter
 from api.websocket import LegacyWSHandler, TransportWSHandler
 from schema import _Schema
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
+from schema.limits import QueryCost
 from schema.scalars import SCALARS, BigInt
 from schema.validation import RequestRules
 
@@ -455,6 +465,7 @@ def test_schema_process_errors_override_matches_strawberry() -> None:
         (ErrorCodes, "on_stream_result"),
         (SyntaxSafeParserCache, "on_parse"),
         (RequestRules, "on_operation"),
+        (QueryCost, "on_validate"),
     ],
 )
 def test_extension_hooks_match_strawberry(ours: type, name: str) -> None:
@@ -470,6 +481,9 @@ def test_execution_context_has_the_fields_extensions_use() -> None:
         "validation_rules": "RequestRules adds a rule to them",
         "result": "ErrorCodes rewrites its errors",
         "context": "ErrorCodes and FreshLoaders read Depot's Context",
+        "variables": "QueryCost reads `first` from them",
+        "pre_execution_errors": "QueryCost refuses through them",
+        "schema": "QueryCost reads the GraphQL schema from it",
     }
     fields = {f.name for f in dataclasses.fields(ExecutionContext)}
     for name, why in used.items():
@@ -522,6 +536,51 @@ async def test_parser_cache_still_lets_syntax_errors_escape_extensions() -> None
     assert not result.errors[0].extensions, (
         "Strawberry's ParserCache now lets extensions see syntax errors: "
         "schema.errors.SyntaxSafeParserCache may be replaced by ParserCache."
+    )
+
+
+async def test_errors_set_before_validation_skip_validation_and_execution() -> None:
+    # QueryCost (after ValidationCache) refuses by setting pre_execution_errors in
+    # on_validate; Strawberry must then neither validate again nor execute.
+    ran: list[str] = []
+
+    @strawberry.type
+    class Query:
+        @strawberry.field
+        def hello(self) -> str:
+            ran.append("hello")
+            return "hi"
+
+    class Refuse(SchemaExtension):
+        def on_validate(self) -> typing.Iterator[None]:
+            self.execution_context.pre_execution_errors = [GraphQLError("refused")]
+            yield
+
+    result = await strawberry.Schema(query=Query, extensions=[Refuse]).execute("{ hello }")
+    assert [error.message for error in (result.errors or [])] == ["refused"], (
+        "Strawberry ignores pre_execution_errors set in on_validate: "
+        "schema.limits.QueryCost no longer refuses costly operations."
+    )
+    assert result.data is None
+    assert ran == []
+    assert isinstance(strawberry.Schema(query=Query)._schema, GraphQLSchema), (
+        "strawberry.Schema._schema is not graphql-core's schema: QueryCost reads it."
+    )
+
+
+def test_a_rule_raising_validation_aborted_ends_validation_with_its_error() -> None:
+    # schema.limits' rule refuses this way, so no other rule runs on the document.
+    class Refuse(ValidationRule):
+        def enter_document(self, *_args: Any) -> None:
+            raise ValidationAbortedError("refused", extensions={"code": "X"})
+
+    schema = strawberry.Schema(query=_Query)._schema
+    errors = validate(schema, parse("{ a: hello a: hello(x: 1) nope }"), [Refuse, *specified_rules])
+    assert [(error.message, error.extensions) for error in errors] == [
+        ("refused", {"code": "X"})
+    ], (
+        "graphql-core's validate no longer ends at a raised ValidationAbortedError: "
+        "schema.limits refuses documents that way."
     )
 
 
