@@ -187,18 +187,24 @@ async def test_overlapping_fields_are_refused_before_the_quadratic_check(
 ) -> None:
     # 450 fields of one response name with different arguments: graphql-core
     # compares every pair (1.8 s of CPU aliased; 4.4 s without aliases).
-    query = "{ " + " ".join(f"{alias}files(first: {i}) {{ totalCount }}" for i in range(450)) + " }"
+    def query(offset: int) -> str:  # a new document each time: no cache helps
+        fields = (f"{alias}files(first: {offset + i}) {{ totalCount }}" for i in range(450))
+        return "{ " + " ".join(fields) + " }"
+
     for app in (client, lenient_client):
-        started = time.process_time()
-        response = await _post(app, query)
-        spent = time.process_time() - started
-        assert response.status_code == 400
-        assert error_codes(response.json()) in (
-            ["GRAPHQL_PARSE_FAILED"],  # the default token limit
-            ["GRAPHQL_VALIDATION_FAILED"],
-        )
-        assert spent < 0.3
-    [error] = (await _post(lenient_client, query)).json()["errors"]
+        spent = []
+        # The least of three, so another thread's CPU (a test's worker) does not count.
+        for offset in range(3):
+            started = time.process_time()
+            response = await _post(app, query(offset * 1000))
+            spent.append(time.process_time() - started)
+            assert response.status_code == 400
+            assert error_codes(response.json()) in (
+                ["GRAPHQL_PARSE_FAILED"],  # the default token limit
+                ["GRAPHQL_VALIDATION_FAILED"],
+            )
+        assert min(spent) < 0.3, spent
+    [error] = (await _post(lenient_client, query(0))).json()["errors"]
     assert "DEPOT_GRAPHQL_MAX_ALIASES" in error["message"]
 
 
