@@ -11,11 +11,15 @@ from core import models, sessions, users
 from core.errors import BadUserInput
 from schema.context import Info
 from schema.enums import Role
+from schema.filters import contains_pattern
 from schema.ids import decode_id_of
 from schema.nodes import User
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAdmin
 from schema.scalars import BigInt
+
+# The longest email address there can be (RFC 5321's path limit).
+EMAIL_MAX = 254
 
 
 @strawberry.input
@@ -30,10 +34,10 @@ def _conditions(filter: UserFilter | None) -> list[ColumnElement[bool]]:
         return []
     conditions: list[ColumnElement[bool]] = []
     if filter.email_contains:
-        # Escaped, so `%` and `_` in the search match themselves.
-        pattern = filter.email_contains.lower().replace("\\", "\\\\")
-        pattern = pattern.replace("%", "\\%").replace("_", "\\_")
-        conditions.append(func.lower(col(models.User.email)).like(f"%{pattern}%", escape="\\"))
+        pattern = contains_pattern(
+            filter.email_contains.lower(), field="filter.emailContains", most=EMAIL_MAX
+        )
+        conditions.append(func.lower(col(models.User.email)).like(pattern, escape="\\"))
     if filter.role is not None:
         conditions.append(col(models.User.role) == models.Role(filter.role.value))
     if filter.is_active is not None:

@@ -16,7 +16,7 @@ from sqlmodel import col
 
 from core import models
 from core.errors import BadUserInput
-from core.paths import normalize_path
+from core.paths import MAX_PATH_BYTES, normalize_path
 from schema.enums import JobKind, JobStatus
 from schema.pagination import CREATED_AT, OrderDirection, Ordering, SortKey, load_int
 
@@ -69,6 +69,18 @@ def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+def contains_pattern(text: str, *, field: str, most: int) -> str:
+    """A LIKE pattern (escape ``\\``) matching values that contain ``text`` literally.
+
+    Longer than ``most`` — more than any value it could match holds — is
+    ``BAD_USER_INPUT``: SQLite refuses very long patterns ("pattern too
+    complex"), and no database should scan for the impossible.
+    """
+    if len(text) > most:
+        raise BadUserInput(f"Search for at most {most} characters.", field=field)
+    return f"%{_escape_like(text)}%"
+
+
 def file_conditions(owner_id: uuid.UUID, filter: FileFilter | None) -> list[ColumnElement[bool]]:
     """The WHERE conditions for ``owner_id``'s files matching ``filter``."""
     filter = filter or FileFilter()
@@ -82,7 +94,9 @@ def file_conditions(owner_id: uuid.UUID, filter: FileFilter | None) -> list[Colu
         path = col(models.File.path)
         conditions.append(or_(path == prefix, path.like(_escape_like(prefix) + "/%", escape="\\")))
     if filter.name_contains:
-        pattern = f"%{_escape_like(filter.name_contains)}%"
+        pattern = contains_pattern(
+            filter.name_contains, field="filter.nameContains", most=MAX_PATH_BYTES
+        )
         conditions.append(col(models.File.name).ilike(pattern, escape="\\"))
     if filter.content_type is not None:
         wanted = filter.content_type.strip().lower()

@@ -192,6 +192,13 @@ async def test_users_filter(
     assert await emails_listed(client, admin, filter) == expected
 
 
+async def test_an_overlong_email_search_is_bad_user_input(
+    client: httpx.AsyncClient, admin: dict[str, str]
+) -> None:
+    body = await graphql(client, USERS, {"filter": {"emailContains": "a%" * 25_000}}, headers=admin)
+    assert_error(body, "BAD_USER_INPUT", field="filter.emailContains")
+
+
 # -- changing users ---------------------------------------------------------------
 
 
