@@ -1,7 +1,7 @@
 """The Starlette application, built in one place from plain lists.
 
-Its lifespan owns the long-lived clients (the database engine, Redis) and
-hands them to requests through the lifespan state.
+Its lifespan opens the long-lived clients (:func:`workers.resources.open_resources`)
+and hands them to requests through the lifespan state.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
-import anyio
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -28,19 +27,19 @@ from api.health import healthz, readyz
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
 from core import jobs as job_states
-from core.db import SessionMaker, create_engine, create_sessionmaker
-from core.events import EventLog, open_event_log
+from core.db import SessionMaker
+from core.events import EventLog
 from core.links import LinkSigner
 from core.logging import configure_logging
 from core.migrate import prepare_schema
 from core.ratelimit import LoginLimiter, limiter_storage
-from core.redis_client import open_redis
 from core.settings import Settings, load_settings
 from core.time import utcnow
 from schema import build_schema
-from storage import Storage, open_storage
-from workers.broker import Jobs, Worker, embedded_jobs, redis_jobs
-from workers.runtime import Runtime
+from storage import Storage
+from workers.broker import Jobs
+from workers.lifecycle import embedded_jobs
+from workers.resources import Resources, open_resources
 from workers.scheduler import Maintenance
 
 logger = structlog.get_logger("depot.app")
@@ -74,54 +73,39 @@ def create_app(settings: Settings) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        engine = create_engine(settings)
-        redis = open_redis(settings.redis_url) if settings.redis_url else None
-        storage = open_storage(settings.storage_url, links=links)
-        events = open_event_log(redis)
-        sessionmaker = create_sessionmaker(engine)
-        worker: Worker | None = None
-        jobs: Jobs | None = None
-        maintenance: Maintenance | None = None
-        try:
-            await prepare_schema(engine, production=settings.is_production)
-            if redis is None:
-                jobs, worker = await _start_embedded_jobs(settings, sessionmaker, storage, events)
-                # With Redis, `depot scheduler` does this; embedded, this process does.
-                maintenance = Maintenance(settings, sessionmaker, storage, events, jobs.send)
-                await maintenance.start()
-            else:
-                jobs = redis_jobs(settings)
-            logger.info("depot ready", environment=settings.environment)
-            limiter = LoginLimiter(
-                limiter_storage(settings.redis_url, redis),
-                per_account_and_address=settings.login_limit_per_account_and_address,
-                per_address=settings.login_limit_per_address,
-                slowdown_per_account=settings.login_slowdown_per_account,
-                max_delay_seconds=settings.login_max_delay_seconds,
-            )
-            yield State(
-                settings=settings,
-                engine=engine,
-                sessionmaker=sessionmaker,
-                redis=redis,
-                login_limiter=limiter,
-                storage=storage,
-                links=links,
-                events=events,
-                jobs=jobs,
-            )
-        finally:
-            if maintenance is not None:
-                await maintenance.stop()
-            if worker is not None:
-                await anyio.to_thread.run_sync(worker.stop)
-            elif jobs is not None:
-                jobs.broker.close()
-            await events.aclose()
-            await storage.aclose()
-            await engine.dispose()
-            if redis is not None:
-                await redis.aclose()
+        # Embedded, this process runs the jobs too (threads started by the first one sent).
+        run_jobs = embedded_jobs if settings.redis_url is None else None
+        async with open_resources(settings, links=links, jobs=run_jobs) as r:
+            await prepare_schema(r.engine, production=settings.is_production)
+            maintenance: Maintenance | None = None
+            try:
+                if r.redis is None:
+                    await _resend_unfinished(r)
+                    # With Redis, `depot scheduler` does this; embedded, this process does.
+                    maintenance = Maintenance(r)
+                    await maintenance.start()
+                logger.info("depot ready", environment=settings.environment)
+                limiter = LoginLimiter(
+                    limiter_storage(settings.redis_url, r.redis),
+                    per_account_and_address=settings.login_limit_per_account_and_address,
+                    per_address=settings.login_limit_per_address,
+                    slowdown_per_account=settings.login_slowdown_per_account,
+                    max_delay_seconds=settings.login_max_delay_seconds,
+                )
+                yield State(
+                    settings=settings,
+                    engine=r.engine,
+                    sessionmaker=r.sessionmaker,
+                    redis=r.redis,
+                    login_limiter=limiter,
+                    storage=r.storage,
+                    links=links,
+                    events=r.events,
+                    jobs=r.jobs,
+                )
+            finally:
+                if maintenance is not None:
+                    await maintenance.stop()
 
     middleware = [
         Middleware(RequestIdMiddleware),
@@ -149,32 +133,23 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 
-async def _start_embedded_jobs(
-    settings: Settings, sessionmaker: SessionMaker, storage: Storage, events: EventLog
-) -> tuple[Jobs, Worker | None]:
-    """Run jobs in this process's own worker threads (the embedded mode).
+async def _resend_unfinished(resources: Resources) -> None:
+    """Send again every job the database holds as queued or running (the embedded mode).
 
-    The in-memory queue starts empty, so every job the database holds as
-    queued or running (its worker was this process, now gone) is sent again.
+    The in-memory queue starts empty, and a running job's worker was this
+    process, now gone. Sending the first one starts the worker threads; with
+    none due they wait for the first job started.
     """
-    # The worker opens its own database and storage clients on its own event
-    # loop; memory storage (tests) exists only as this one object.
-    shared_storage = storage if settings.storage_url.startswith("memory:") else None
-    jobs = embedded_jobs(Runtime(settings, storage=shared_storage, events=events))
-    worker = Worker(jobs, settings.worker_threads)
-    if not await anyio.to_thread.run_sync(worker.start):
-        logger.warning("another app in this process runs the embedded worker; jobs wait here")
-        return jobs, None
-    async with sessionmaker() as db:
+    async with resources.sessionmaker() as db:
         await job_states.orphan_running(db)
         now = utcnow()
         due = await job_states.due_for_sending(db, resend_before=now, stale_before=now)
+        if not due:
+            return
         for job_id, kind in due:
-            jobs.send_now(job_id, kind)
+            await resources.jobs.send(job_id, kind)
         await job_states.mark_sent(db, [job_id for job_id, _ in due])
-    if due:
-        logger.info("queued jobs sent again", count=len(due))
-    return jobs, worker
+    logger.info("queued jobs sent again", count=len(due))
 
 
 def create_app_from_env() -> Starlette:

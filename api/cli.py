@@ -23,9 +23,7 @@ from core.errors import DepotError
 from core.logging import configure_logging
 from core.models import Role
 from core.probes import describe, probe_database, probe_redis, probe_storage
-from core.redis_client import open_redis
 from core.settings import Settings, SettingsError, load_settings
-from storage import open_storage
 
 T = TypeVar("T")
 
@@ -150,10 +148,11 @@ def worker(threads: int | None, log_level: str | None) -> None:
         )
         sys.exit(2)
     _prepare_schema(settings)
-    from workers.broker import Worker, redis_jobs
-    from workers.runtime import Runtime
+    from workers.broker import Worker
+    from workers.lifecycle import worker_jobs
 
-    running = Worker(redis_jobs(settings, Runtime(settings)), threads or settings.worker_threads)
+    jobs = worker_jobs(settings)
+    running = Worker(jobs.broker, jobs.queue, threads or settings.worker_threads)
     running.start()
     click.echo("Depot worker running; stop it with Ctrl-C or SIGTERM.", err=True)
     try:
@@ -255,43 +254,38 @@ def check() -> None:
 
 
 async def _check_services(settings: Settings) -> list[str]:
+    from workers.resources import open_resources
+
     problems: list[str] = []
-    engine = create_engine(settings)
-    try:
-        await probe_database(engine)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
-        problems.append(f"database unreachable at {engine.url!r}: {describe(exc)}")
-    else:
-        click.echo(f"✓ database reachable ({engine.url.get_backend_name()})")
+    async with open_resources(settings) as resources:
+        engine = resources.engine
         try:
-            await migrations.ensure_current(engine)
-            click.echo("✓ database schema is at the latest migration")
-        except migrations.SchemaBehind as exc:
-            if settings.is_production:
-                problems.append(str(exc))
-            else:
-                click.echo("• database schema is behind; `depot serve` applies it at start")
-    finally:
-        await engine.dispose()
-    if settings.redis_url:
-        redis = open_redis(settings.redis_url)
+            await probe_database(engine)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one readable line
+            problems.append(f"database unreachable at {engine.url!r}: {describe(exc)}")
+        else:
+            click.echo(f"✓ database reachable ({engine.url.get_backend_name()})")
+            try:
+                await migrations.ensure_current(engine)
+                click.echo("✓ database schema is at the latest migration")
+            except migrations.SchemaBehind as exc:
+                if settings.is_production:
+                    problems.append(str(exc))
+                else:
+                    click.echo("• database schema is behind; `depot serve` applies it at start")
+        if settings.redis_url and resources.redis is not None:
+            try:
+                await probe_redis(resources.redis)
+                click.echo("✓ redis reachable")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(
+                    f"redis unreachable at {_hide_password(settings.redis_url)}: {describe(exc)}"
+                )
         try:
-            await probe_redis(redis)
-            click.echo("✓ redis reachable")
+            await probe_storage(resources.storage)
+            click.echo(f"✓ storage usable ({urlsplit(settings.storage_url).scheme})")
         except Exception as exc:  # noqa: BLE001
-            problems.append(
-                f"redis unreachable at {_hide_password(settings.redis_url)}: {describe(exc)}"
-            )
-        finally:
-            await redis.aclose()
-    storage = open_storage(settings.storage_url, links=None)
-    try:
-        await probe_storage(storage)
-        click.echo(f"✓ storage usable ({urlsplit(settings.storage_url).scheme})")
-    except Exception as exc:  # noqa: BLE001
-        problems.append(f"storage unusable: {describe(exc)}")
-    finally:
-        await storage.aclose()
+            problems.append(f"storage unusable: {describe(exc)}")
     return problems
 
 

@@ -19,8 +19,9 @@ from dramatiq.brokers.redis import RedisBroker
 from bench import bare_dramatiq
 from core.events import KEY_PREFIX
 from core.jobs import user_stream
+from core.settings import Settings
 from schema.ids import decode_id
-from workers.broker import QUEUE
+from workers.broker import queue_name
 
 # A Dramatiq worker touches Redis at least this often (heartbeats) while it runs.
 IN_USE_WINDOW_MS: Final = 15_000
@@ -75,7 +76,10 @@ def release_redis(url: str, known: set[bytes], user_ids: list[str]) -> None:
 
 def flush_queues(url: str) -> None:
     """Drop the messages left in Depot's queue and the baseline's (their jobs are gone)."""
-    for namespace, queue in (("dramatiq", QUEUE), (bare_dramatiq.NAMESPACE, bare_dramatiq.QUEUE)):
+    # The bench runs Depot with the default Redis prefix.
+    depot_queue = queue_name(Settings.model_fields["redis_prefix"].default)
+    queues = (("dramatiq", depot_queue), (bare_dramatiq.NAMESPACE, bare_dramatiq.QUEUE))
+    for namespace, queue in queues:
         broker = RedisBroker(url=url, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
         try:
             broker.flush(queue)

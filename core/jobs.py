@@ -378,7 +378,7 @@ async def beat(db: AsyncSession, job_id: uuid.UUID, progress: float, message: st
     return row is None or row[0] is not None
 
 
-async def _end(
+async def finish(
     db: AsyncSession,
     job_id: uuid.UUID,
     status: JobStatus,
@@ -387,6 +387,11 @@ async def _end(
     message: str | None = None,
     attempt: int | None = None,
 ) -> Job | None:
+    """End a running job with ``status``; commits.
+
+    None if it was not running (or, given ``attempt``, runs another attempt:
+    a worker whose heartbeat went stale was taken over).
+    """
     now = utcnow()
     values: dict[str, Any] = {
         "status": status,
@@ -405,23 +410,6 @@ async def _end(
     job = result.scalars().first()
     await db.commit()
     return job
-
-
-async def finish(
-    db: AsyncSession,
-    job_id: uuid.UUID,
-    status: JobStatus,
-    *,
-    error: str | None = None,
-    message: str | None = None,
-    attempt: int | None = None,
-) -> Job | None:
-    """End a running job with ``status``; commits.
-
-    None if it was not running (or, given ``attempt``, runs another attempt:
-    a worker whose heartbeat went stale was taken over).
-    """
-    return await _end(db, job_id, status, error=error, message=message, attempt=attempt)
 
 
 async def requeue(db: AsyncSession, job_id: uuid.UUID, message: str, *, attempt: int) -> Job | None:

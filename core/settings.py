@@ -8,6 +8,7 @@ request.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
@@ -28,6 +29,8 @@ ENV_PREFIX = "DEPOT_"
 SECRET_KEY_FILE = "secret_key"  # noqa: S105 - a file name, not a secret
 MIN_SECRET_LENGTH = 32
 _GENERATE_SECRET = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"  # noqa: S105
+
+_REDIS_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 _DRIVERS = {
     "postgres": "postgresql+asyncpg",
@@ -100,6 +103,12 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None,
         description="`redis://host:6379/0`. Unset means everything runs in-process.",
+    )
+    redis_prefix: str = Field(
+        default="depot",
+        description="Starts the name of everything Depot keeps in Redis (job queue, "
+        "maintenance lock, event streams), so installations sharing one Redis stay "
+        "apart. Letters, digits, `.`, `_` and `-`.",
     )
     secret_key: SecretStr | None = Field(
         default=None,
@@ -397,6 +406,16 @@ class Settings(BaseSettings):
         if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
             raise ValueError("use redis://host:6379/0, rediss://… or unix://…")
         return value or None
+
+    @field_validator("redis_prefix")
+    @classmethod
+    def _check_redis_prefix(cls, value: str) -> str:
+        if not _REDIS_PREFIX.fullmatch(value):
+            raise ValueError(
+                "use 1 to 64 letters, digits, `.`, `_` or `-`, starting with a letter or "
+                "digit, such as depot or depot-staging"
+            )
+        return value
 
     @model_validator(mode="after")
     def _complete(self) -> Settings:

@@ -50,8 +50,7 @@ from schema.ids import encode_id
 from storage import open_storage
 from tests.conftest import make_settings, started
 from tests.support import PASSWORD, bearer, graphql, register
-from workers.broker import embedded_jobs
-from workers.runtime import Runtime
+from workers.broker import sender
 
 pytestmark = pytest.mark.anyio
 
@@ -92,7 +91,7 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
             "storage": open_storage(settings.storage_url, links=None),
             "events": MemoryEventLog(),
             # Jobs are never sent here: a broker nobody consumes from will do.
-            "jobs": embedded_jobs(Runtime(settings)),
+            "jobs": sender(settings),
         }
 
     return Starlette(

@@ -57,9 +57,9 @@ from tests.support import (
     write_object,
 )
 from tests.test_direct_uploads import COMPLETE_UPLOAD, create_upload, put_bytes
-from workers.broker import QUEUE
+from workers.broker import queue_name
 from workers.maintenance import run_all
-from workers.scheduler import LOCK_KEY
+from workers.scheduler import lock_key
 
 pytestmark = pytest.mark.anyio
 
@@ -86,7 +86,7 @@ def redis_url() -> Iterator[str]:
         client.flushdb()
     yield url
     with redis.Redis.from_url(url) as client:
-        for pattern in (LOCK_KEY, "dramatiq:*", "depot:*"):
+        for pattern in (lock_key("depot"), "dramatiq:*", "depot:*"):
             for key in client.scan_iter(match=pattern):
                 client.delete(key)
 
@@ -354,7 +354,7 @@ async def test_a_job_whose_message_was_lost_is_sent_again_and_runs(
     job = await start_job(client, headers, {"verify": {"fileId": file["id"]}})
     # The message is lost (Redis lost it, or the send after the commit failed).
     with redis.Redis.from_url(redis_url) as queues:
-        keys = list(queues.scan_iter(match=f"dramatiq:{QUEUE}*"))
+        keys = list(queues.scan_iter(match=f"dramatiq:{queue_name(settings.redis_prefix)}*"))
         assert keys, "the job's message never reached Redis"
         queues.delete(*keys)
     async with engine.begin() as connection:

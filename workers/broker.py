@@ -1,20 +1,21 @@
-"""The Dramatiq broker, its actors (one per job kind), and sending jobs to them.
+"""The Dramatiq broker: its names in Redis, sending jobs, and the worker threads.
 
 With ``DEPOT_REDIS_URL`` the broker is a ``RedisBroker`` and ``depot worker``
 processes run the actors. Without it (the embedded mode) a ``StubBroker``
-keeps messages in memory and the API process runs them in its own worker
-threads (:class:`EmbeddedWorker`), started and stopped by its lifespan.
+keeps messages in memory and the API process runs them in its own
+:class:`Worker` threads, started when the first job is sent.
 
-Each call builds its own broker, so one process may hold several apps (tests).
-Actors are ``async def`` and receive only the job id.
+A :class:`Jobs` is the handle the rest of Depot sends jobs through; the
+brokers whose workers run jobs (with :class:`workers.lifecycle.JobLifecycle`)
+are built in :mod:`workers.lifecycle`. Each call builds its own broker, so
+one process may hold several apps (tests). Actors receive only the job id.
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Final
 
 import anyio
@@ -22,19 +23,13 @@ import dramatiq
 import structlog
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
-from dramatiq.middleware import AsyncIO, TimeLimit
+from dramatiq.middleware import AsyncIO, CurrentMessage, TimeLimit
 
 from core.models import JobKind
 from core.settings import Settings
-from workers.errors import JobCancelled, JobFailed
-from workers.kind import Kind
-from workers.lifecycle import JobLifecycle
-from workers.registry import KINDS
-from workers.runtime import Runtime
 
 logger = structlog.get_logger("depot.jobs")
 
-QUEUE: Final = "depot-jobs"
 # How long an idle worker waits between looks at Redis (Dramatiq polls it):
 # the worst-case delay before a new job starts.
 POLL_MS: Final = 10
@@ -42,22 +37,40 @@ POLL_MS: Final = 10
 REDIS_HEARTBEAT_TIMEOUT_MS: Final = 15_000
 
 
+def queue_name(prefix: str) -> str:
+    """The Dramatiq queue of an installation whose Redis names start with ``prefix``.
+
+    ``depot-jobs`` for the default prefix, the name every release so far used.
+    """
+    return f"{prefix}-jobs"
+
+
 def actor_name(kind: JobKind) -> str:
     return f"depot.{kind}"
 
 
-@dataclass(frozen=True)
 class Jobs:
-    """A broker with Depot's actors declared on it."""
+    """How this process hands jobs on: a broker and the queue its workers read.
 
-    broker: dramatiq.Broker
-    runtime: Runtime | None
+    With a ``worker`` (the embedded mode), the first job sent starts its
+    threads, so an app that never runs a job never pays for them.
+    """
+
+    def __init__(
+        self, broker: dramatiq.Broker, queue: str, *, worker: Worker | None = None
+    ) -> None:
+        self.broker = broker
+        self.queue = queue
+        self._worker = worker
+        broker.declare_queue(queue)
 
     def send_now(self, job_id: uuid.UUID, kind: JobKind) -> None:
-        """Hand a job's message to the broker (blocking on Redis)."""
+        """Hand a job's message to the broker (blocking on Redis, or while threads start)."""
+        if self._worker is not None:
+            self._worker.start()
         self.broker.enqueue(
             dramatiq.Message(
-                queue_name=QUEUE,
+                queue_name=self.queue,
                 actor_name=actor_name(kind),
                 args=(str(job_id),),
                 kwargs={},
@@ -69,25 +82,30 @@ class Jobs:
         """Hand a job's message to the broker without blocking the event loop."""
         await anyio.to_thread.run_sync(self.send_now, job_id, kind)
 
+    async def aclose(self) -> None:
+        """Stop the embedded worker's threads if they started (their jobs finish their
+        current step first), and close the broker."""
+        if self._worker is not None:
+            await anyio.to_thread.run_sync(self._worker.stop)
+        else:
+            self.broker.close()
 
-def _declare(broker: dramatiq.Broker, runtime: Runtime | None) -> None:
-    for kind in KINDS.values():
 
-        async def run(job_id: str, kind: Kind = kind) -> None:
-            assert runtime is not None, "this broker only sends messages"
-            await runtime.execute(kind, uuid.UUID(job_id))
+def redis_broker(settings: Settings, middleware: Sequence[dramatiq.Middleware] = ()) -> RedisBroker:
+    """A broker over ``DEPOT_REDIS_URL``; without ``middleware`` it only sends."""
+    assert settings.redis_url is not None
+    return RedisBroker(  # type: ignore[no-untyped-call]
+        url=settings.redis_url,
+        middleware=list(middleware),
+        heartbeat_timeout=REDIS_HEARTBEAT_TIMEOUT_MS,
+    )
 
-        dramatiq.Actor(
-            run,  # type: ignore[arg-type]  # Dramatiq's ParamSpec typing cannot see defaults
-            broker=broker,
-            actor_name=actor_name(kind.name),
-            queue_name=QUEUE,
-            priority=0,
-            options={
-                "time_limit": int(kind.time_limit_seconds * 1000),
-                "throws": (JobFailed, JobCancelled),
-            },
-        )
+
+def sender(settings: Settings) -> Jobs:
+    """Jobs for a process that sends but never runs them: over Redis, or into a
+    memory queue nobody reads (a scheduler or CLI command without Redis)."""
+    broker = redis_broker(settings) if settings.redis_url else StubBroker(middleware=[])
+    return Jobs(broker, queue_name(settings.redis_prefix))
 
 
 class _TimeLimit(TimeLimit):
@@ -110,31 +128,10 @@ class _TimeLimit(TimeLimit):
 _TIME_LIMIT = _TimeLimit()
 
 
-def _middleware(runtime: Runtime | None) -> list[dramatiq.Middleware]:
-    kinds: Mapping[str, Kind] = {actor_name(k.name): k for k in KINDS.values()}
-    middleware: list[dramatiq.Middleware] = [AsyncIO(), _TIME_LIMIT]
-    if runtime is not None:
-        middleware.append(JobLifecycle(runtime, kinds))
-    return middleware
-
-
-def redis_jobs(settings: Settings, runtime: Runtime | None = None) -> Jobs:
-    """Jobs over Redis; with a ``runtime`` this process can also run them (``depot worker``)."""
-    assert settings.redis_url is not None
-    broker = RedisBroker(  # type: ignore[no-untyped-call]
-        url=settings.redis_url,
-        middleware=_middleware(runtime),
-        heartbeat_timeout=REDIS_HEARTBEAT_TIMEOUT_MS,
-    )
-    _declare(broker, runtime)
-    return Jobs(broker, runtime)
-
-
-def embedded_jobs(runtime: Runtime) -> Jobs:
-    """Jobs kept in this process's memory, for an :class:`EmbeddedWorker` to run."""
-    broker = StubBroker(middleware=_middleware(runtime))
-    _declare(broker, runtime)
-    return Jobs(broker, runtime)
+def running_middleware() -> list[dramatiq.Middleware]:
+    """What a broker whose workers run actors needs before Depot's own middleware:
+    the actors' event loop, time limits, and the message each worker thread runs."""
+    return [AsyncIO(), _TIME_LIMIT, CurrentMessage()]
 
 
 # Dramatiq keeps the actors' event loop in a global: one worker per process.
@@ -143,32 +140,46 @@ _started_lock = threading.Lock()
 
 
 class Worker:
-    """Dramatiq worker threads running the actors of ``jobs`` in this process."""
+    """Dramatiq worker threads running the actors of ``broker`` in this process."""
 
-    def __init__(self, jobs: Jobs, threads: int) -> None:
-        self._jobs = jobs
+    def __init__(self, broker: dramatiq.Broker, queue: str, threads: int) -> None:
+        self._broker = broker
         self._worker = dramatiq.Worker(
-            jobs.broker, queues={QUEUE}, worker_threads=threads, worker_timeout=POLL_MS
+            broker, queues={queue}, worker_threads=threads, worker_timeout=POLL_MS
         )
+        self._lock = threading.Lock()
+        self._state: bool | None = None  # started (True), refused (False), not tried
 
     def start(self) -> bool:
-        """Start the threads; False when this process already runs a worker."""
+        """Start the threads unless they run already; False when another worker
+        of this process runs instead (Dramatiq allows one)."""
         global _started
-        with _started_lock:
-            if _started is not None:
+        with self._lock:
+            if self._state is not None:
+                return self._state
+            with _started_lock:
+                self._state = _started is None
+                if self._state:
+                    _started = self
+            if not self._state:
+                logger.warning(
+                    "another app in this process runs the embedded worker; jobs wait here"
+                )
                 return False
-            _started = self
-        self._jobs.broker.emit_after("process_boot")
-        self._worker.start()
-        return True
+            self._broker.emit_after("process_boot")
+            self._worker.start()
+            return True
 
     def stop(self, timeout_ms: int = 30_000) -> None:
-        """Let running jobs finish their current step, then stop (and close the runtime)."""
+        """Let running jobs finish their current step, then stop, and close the broker."""
         global _started
-        try:
-            self._worker.stop(timeout=timeout_ms)
-            self._jobs.broker.close()
-        finally:
-            with _started_lock:
-                if _started is self:
-                    _started = None
+        with self._lock:
+            try:
+                if self._state:
+                    self._worker.stop(timeout=timeout_ms)
+                self._broker.close()
+            finally:
+                self._state = False
+                with _started_lock:
+                    if _started is self:
+                        _started = None

@@ -14,7 +14,6 @@ import contextlib
 import tempfile
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -23,15 +22,12 @@ import structlog
 from sqlmodel import col, select
 
 from core import jobs
-from core.db import SessionMaker
 from core.errors import BadUserInput, Conflict, QuotaExceeded
-from core.events import EventLog
 from core.models import File, Job, JobInput
-from core.settings import Settings
 from core.uploads import store_upload
-from storage.base import Storage
 from storage.errors import ObjectNotFound
 from workers.errors import JobCancelled, JobFailed
+from workers.resources import Resources
 
 EVENT_INTERVAL: Final = 0.1
 SPOOL_CHUNK: Final = 1024 * 1024
@@ -53,16 +49,6 @@ class _Produced:
 
     async def complete(self) -> None:
         return None
-
-
-@dataclass
-class Resources:
-    """The long-lived clients a worker process (or thread pool) holds."""
-
-    settings: Settings
-    sessionmaker: SessionMaker
-    storage: Storage
-    events: EventLog
 
 
 class JobContext:

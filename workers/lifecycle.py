@@ -1,30 +1,57 @@
-"""The one Dramatiq middleware that owns a job's status, attempts, timing and errors.
+"""The one Dramatiq middleware that owns a job attempt: its clients, status, timing, errors.
 
-Actors only do their kind's work. Before one runs, this middleware claims the
-job in the database (a redelivered message for a finished or running job is
-skipped; a user at their running-jobs limit waits); after it ran, it records
-how the attempt ended: succeeded, cancelled, failed with a message, or — for
-a transient error with attempts left — queued again with a backoff.
+Actors only do their kind's work. Before one runs, :class:`JobLifecycle`
+claims the job in the database (a redelivered message for a finished or
+running job is skipped; a user at their running-jobs limit waits); the actor
+runs the attempt it claimed; afterwards the middleware records how the
+attempt ended (an :data:`Outcome`): succeeded, cancelled, failed with a
+message, or — for a transient error with attempts left — queued again with a
+backoff. It opens the worker's clients (:func:`workers.resources.open_resources`)
+on the actors' event loop when the worker boots and closes them when it
+stops; an attempt's state lives here, by message id, from claim to record.
+
+Brokers whose workers run jobs are built here too: :func:`worker_jobs`
+(``depot worker``, over Redis) and :func:`embedded_jobs` (threads of the API
+process, started by the first job sent).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Awaitable, Mapping
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any, ClassVar, Final, TypeVar
 
 import dramatiq
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
+from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import compute_backoff
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.jobs import Claim
-from core.models import JobStatus
+from core import files, jobs
+from core.errors import NotFound
+from core.models import File, Job, JobStatus
+from core.settings import Settings
+from core.time import utcnow
+from workers.broker import (
+    Jobs,
+    Worker,
+    actor_name,
+    queue_name,
+    redis_broker,
+    running_middleware,
+)
+from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailed, is_transient
 from workers.kind import Kind
-from workers.runtime import Outcome, Runtime
+from workers.registry import KINDS
+from workers.resources import Resources, Shared, open_resources
 
 logger = structlog.get_logger("depot.jobs")
 
@@ -34,6 +61,233 @@ T = TypeVar("T")
 DEFER_MS: Final = 1000
 RETRY_MIN_BACKOFF_MS: Final = 1000
 RETRY_MAX_BACKOFF_MS: Final = 60_000
+# How long a step is retried while the database or the bus is unreachable.
+PUBLISH_PATIENCE_SECONDS = 30.0
+
+
+# ----------------------------------------------------------------- outcomes
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    """The kind's ``run`` returned."""
+
+    status: ClassVar[JobStatus] = JobStatus.SUCCEEDED
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """The owner cancelled the job and its ``run`` stopped at a progress point."""
+
+    status: ClassVar[JobStatus] = JobStatus.CANCELLED
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The attempt cannot succeed; ``error`` is what its owner reads."""
+
+    error: str
+    status: ClassVar[JobStatus] = JobStatus.FAILED
+
+
+@dataclass(frozen=True)
+class Unavailable(Failed):
+    """A service was unavailable: worth another attempt while attempts are left."""
+
+
+@dataclass(frozen=True)
+class Crashed(Failed):
+    """A bug stopped the attempt; the owner reads a generic error, the log has the rest."""
+
+    error: str = "An internal error stopped the job."
+
+
+Outcome = Succeeded | Cancelled | Failed
+
+
+def read_outcome(kind: Kind | None, exception: BaseException | None) -> Outcome:
+    """What an attempt's exception (or its absence) means for the job."""
+    if exception is None:
+        return Succeeded()
+    if isinstance(exception, JobCancelled):
+        return Cancelled()
+    if isinstance(exception, JobFailed):
+        return Failed(str(exception))
+    if isinstance(exception, TimeLimitExceeded):
+        limit = kind.time_limit_seconds if kind is not None else 0
+        return Failed(f"The job took longer than {limit:g} s, the limit for its kind.")
+    if is_transient(exception):
+        return Unavailable(f"A service was unavailable: {type(exception).__name__}.")
+    return Crashed()
+
+
+# ----------------------------------------------------------------- steps
+
+
+async def patiently(step: Callable[[], Awaitable[T]]) -> T:
+    """``step()``, tried again while it fails for a transient reason, for up to
+    ``PUBLISH_PATIENCE_SECONDS``."""
+    delay, waited = 0.1, 0.0
+    while True:
+        try:
+            return await step()
+        except Exception as exc:
+            if not is_transient(exc) or waited >= PUBLISH_PATIENCE_SECONDS:
+                raise
+            logger.warning("retrying after a transient error", error=str(exc))
+            await asyncio.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 2.0)
+
+
+async def _publish_status(resources: Resources, job: Job) -> None:
+    """Announce a status change; retried while the bus is briefly unreachable."""
+    try:
+        await patiently(
+            lambda: jobs.publish_status(
+                resources.events,
+                job,
+                retention_seconds=resources.settings.job_events_retention_seconds,
+            )
+        )
+    except Exception as exc:  # noqa: BLE001 - the database has the status
+        # Subscribers read the final state from the database.
+        logger.warning("status event lost", job_id=str(job.id), error=str(exc))
+
+
+async def _publish_file(resources: Resources, file: File) -> None:
+    """Announce an output file of a job that succeeded."""
+
+    async def send() -> None:
+        await jobs.publish_file(resources.events, file, deleted=False)
+
+    try:
+        await patiently(send)
+    except Exception as exc:  # noqa: BLE001 - the file exists either way
+        logger.warning("file event lost", file_id=str(file.id), error=str(exc))
+
+
+@dataclass
+class _Attempt:
+    """One claimed attempt, from the claim to the record of how it ended."""
+
+    job: Job
+    kind: Kind
+    # Once the actor started it (it holds what the attempt produced).
+    context: JobContext | None = None
+
+
+async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, Job | None]:
+    """Start the job's next attempt if it may run now; see :func:`core.jobs.claim`."""
+    settings = resources.settings
+    stale_before = utcnow() - timedelta(seconds=settings.job_stale_seconds)
+    async with resources.sessionmaker() as db:
+        claimed = await jobs.claim(
+            db, job_id, stale_before=stale_before, max_running=settings.max_running_jobs_per_user
+        )
+        job = claimed.job
+        if job is None:
+            return claimed.claim, None
+        if claimed.took_over or claimed.claim is jobs.Claim.END:
+            # What a dead attempt wrote is partial: it goes before anything else.
+            await jobs.remove_outputs(db, resources.storage, job)
+        if claimed.claim is jobs.Claim.END:
+            assert claimed.status is not None
+            ended = await jobs.finish(
+                db, job.id, claimed.status, error=claimed.error, message=claimed.message
+            )
+            if ended is not None:
+                await _publish_status(resources, ended)
+            return jobs.Claim.SKIP, None
+    await _publish_status(resources, job)
+    return claimed.claim, job
+
+
+async def _execute(resources: Resources, attempt: _Attempt) -> None:
+    """Run the claimed attempt's kind, with heartbeats."""
+    job, kind = attempt.job, attempt.kind
+    context = JobContext(job, resources, input_count=len(kind.inputs(job.params)))
+    attempt.context = context
+    async with context.running():
+        await kind.run(context)
+
+
+async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -> bool:
+    """Record how the attempt ended and announce it; returns whether to send it again.
+
+    A database that is briefly unreachable is waited for (a job left running
+    with no worker would wait for maintenance to notice); the announcements
+    go out after the record, never undoing it.
+    """
+    outputs = attempt.context.outputs if attempt.context is not None else []
+    again, changed = await patiently(lambda: _record(resources, attempt.job, outputs, outcome))
+    if changed is not None:
+        if isinstance(outcome, Succeeded):
+            for file in outputs:
+                await _publish_file(resources, file)
+        await _publish_status(resources, changed)
+    return again
+
+
+async def _record(
+    resources: Resources, ran: Job, outputs: list[File], outcome: Outcome
+) -> tuple[bool, Job | None]:
+    """The database side of ``_conclude``: (send again?, the job if its status changed).
+
+    Safe to repeat after a failure midway: a status this attempt already
+    recorded is recognised, not undone.
+    """
+    job_id, attempt = ran.id, ran.attempts
+    mine = {f.id for f in outputs}
+    storage = resources.storage
+    async with resources.sessionmaker() as db:
+        job = await db.get(Job, job_id, populate_existing=True)
+        if job is None:
+            return False, None
+        if job.attempts == attempt and job.status is not JobStatus.RUNNING:
+            if job.status is outcome.status:
+                return False, job  # recorded by an earlier try of this very step
+            if job.status is JobStatus.QUEUED and isinstance(outcome, Unavailable):
+                return True, job
+        if job.status is not JobStatus.RUNNING or job.attempts != attempt:
+            # Not ours any more (taken over while our heartbeat was stale):
+            # keep nothing of this attempt.
+            await _remove(db, resources, job, only=mine)
+            return False, None
+        if isinstance(outcome, Succeeded):
+            ended = await jobs.finish(
+                db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt
+            )
+            if ended is None:
+                await _remove(db, resources, job, only=mine)
+            return False, ended
+        await jobs.remove_outputs(db, storage, job)
+        if isinstance(outcome, Unavailable) and attempt < job.max_attempts:
+            requeued = await jobs.requeue(
+                db,
+                job_id,
+                f"Attempt {attempt} met a temporary problem; trying again.",
+                attempt=attempt,
+            )
+            return requeued is not None, requeued
+        ended = await jobs.finish(
+            db,
+            job_id,
+            outcome.status,
+            error=outcome.error if isinstance(outcome, Failed) else None,
+            message="Cancelled." if isinstance(outcome, Cancelled) else None,
+            attempt=attempt,
+        )
+        return False, ended
+
+
+async def _remove(db: AsyncSession, resources: Resources, job: Job, only: set[uuid.UUID]) -> None:
+    for file_id in only:
+        with contextlib.suppress(NotFound):
+            await files.purge(db, resources.storage, job.owner_id, file_id)
+
+
+# ----------------------------------------------------------------- the middleware
 
 
 def _run(coro: Awaitable[T]) -> T:
@@ -47,67 +301,76 @@ def job_id_of(message: dramatiq.Message[Any] | dramatiq.MessageProxy) -> uuid.UU
     return uuid.UUID(str(message.args[0]))
 
 
-def read_outcome(kind: Kind | None, exception: BaseException | None) -> Outcome:
-    """What an attempt's exception (or its absence) means for the job."""
-    if exception is None:
-        return Outcome(JobStatus.SUCCEEDED)
-    if isinstance(exception, JobCancelled):
-        return Outcome(JobStatus.CANCELLED)
-    if isinstance(exception, JobFailed):
-        return Outcome(JobStatus.FAILED, error=str(exception))
-    if isinstance(exception, TimeLimitExceeded):
-        limit = kind.time_limit_seconds if kind is not None else 0
-        return Outcome(
-            JobStatus.FAILED,
-            error=f"The job took longer than {limit:g} s, the limit for its kind.",
-        )
-    if is_transient(exception):
-        return Outcome(
-            JobStatus.FAILED,
-            error=f"A service was unavailable: {type(exception).__name__}.",
-            transient=True,
-        )
-    return Outcome(JobStatus.FAILED, error="An internal error stopped the job.")
-
-
 class JobLifecycle(Middleware):
-    """Claims jobs before their actor runs and records how each attempt ended."""
+    """Claims jobs before their actor runs and records how each attempt ended.
 
-    def __init__(self, runtime: Runtime, kinds: Mapping[str, Kind]) -> None:
-        self.runtime = runtime
+    ``shared``: the clients of this process that the worker's loop uses
+    instead of opening its own (see :class:`workers.resources.Shared`).
+    """
+
+    def __init__(self, settings: Settings, shared: Shared | None = None) -> None:
+        self._settings = settings
+        self._shared = shared or Shared()
         # By actor name.
-        self.kinds = kinds
+        self._kinds: dict[str, Kind] = {actor_name(k.name): k for k in KINDS.values()}
+        self._clients = contextlib.AsyncExitStack()
+        self._resources: Resources | None = None
+        # By message id: claimed in ``before_process_message``, run by the
+        # actor, recorded in ``after_process_message`` (one worker thread, in turn).
+        self._attempts: dict[str, _Attempt] = {}
 
     @property
     def actor_options(self) -> set[str]:
         return {"throws"}
 
+    @property
+    def resources(self) -> Resources:
+        if self._resources is None:
+            raise RuntimeError("the worker has not booted: its clients are not open")
+        return self._resources
+
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Before the worker threads start taking messages (a backlog waits at
         # boot); the AsyncIO middleware, listed first, has started the loop.
-        _run(self.runtime.open())
+        shared = self._shared
+        if shared.jobs is None:
+            shared = replace(shared, jobs=Jobs(broker, queue_name(self._settings.redis_prefix)))
+        self._resources = _run(
+            self._clients.enter_async_context(open_resources(self._settings, shared=shared))
+        )
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Worker threads have finished their messages; ``after_*`` hooks run in
         # reverse order, so this comes before the AsyncIO middleware stops the loop.
-        _run(self.runtime.close())
+        self._resources = None
+        _run(self._clients.aclose())
 
     def before_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
         job_id = job_id_of(message)
+        kind = self._kinds[message.actor_name]
         try:
-            claim = _run(self.runtime.claim(job_id))
+            claim, job = _run(_claim(self.resources, job_id))
         except Exception as exc:
             if not is_transient(exc):
                 logger.exception("job claim failed", job_id=str(job_id))
                 raise SkipMessage() from exc
             logger.warning("job claim failed; trying later", job_id=str(job_id), error=str(exc))
-            claim = Claim.DEFER
-        if claim is Claim.DEFER:
+            claim, job = jobs.Claim.DEFER, None
+        if claim is jobs.Claim.DEFER:
             broker.enqueue(message.copy(), delay=DEFER_MS)
-        if claim is not Claim.RUN:
+        if claim is not jobs.Claim.RUN or job is None:
             raise SkipMessage()
+        self._attempts[message.message_id] = _Attempt(job, kind)
+
+    def run_current(self) -> None:
+        """The actors' body: run the attempt claimed for the message this thread handles."""
+        message = CurrentMessage.get_current_message()
+        attempt = self._attempts.get(message.message_id) if message is not None else None
+        if attempt is None:
+            return  # not claimed here: nothing to run
+        _run(_execute(self.resources, attempt))
 
     def after_process_message(
         self,
@@ -117,16 +380,53 @@ class JobLifecycle(Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        job_id = job_id_of(message)
-        kind = self.kinds.get(message.actor_name)
-        outcome = read_outcome(kind, exception)
-        if outcome.error == "An internal error stopped the job.":
-            logger.error("job failed unexpectedly", job_id=str(job_id), exc_info=exception)
-        again = _run(self.runtime.conclude(job_id, outcome))
-        if again:
-            attempt = int(message.options.get("depot_attempt", 0)) + 1
+        attempt = self._attempts.pop(message.message_id, None)
+        if attempt is None:
+            return
+        outcome = read_outcome(attempt.kind, exception)
+        if isinstance(outcome, Crashed):
+            logger.error("job failed unexpectedly", job_id=str(attempt.job.id), exc_info=exception)
+        if _run(_conclude(self.resources, attempt, outcome)):
+            tries = int(message.options.get("depot_attempt", 0)) + 1
             _, backoff = compute_backoff(
-                attempt, factor=RETRY_MIN_BACKOFF_MS, max_backoff=RETRY_MAX_BACKOFF_MS
+                tries, factor=RETRY_MIN_BACKOFF_MS, max_backoff=RETRY_MAX_BACKOFF_MS
             )
-            retry = message.copy(options={**message.options, "depot_attempt": attempt})
+            retry = message.copy(options={**message.options, "depot_attempt": tries})
             broker.enqueue(retry, delay=backoff)
+
+
+def _declare_actors(broker: dramatiq.Broker, queue: str, lifecycle: JobLifecycle) -> None:
+    def run(job_id: str) -> None:
+        lifecycle.run_current()
+
+    for kind in KINDS.values():
+        dramatiq.Actor(
+            run,
+            broker=broker,
+            actor_name=actor_name(kind.name),
+            queue_name=queue,
+            priority=0,
+            options={
+                "time_limit": int(kind.time_limit_seconds * 1000),
+                "throws": (JobFailed, JobCancelled),
+            },
+        )
+
+
+def worker_jobs(settings: Settings) -> Jobs:
+    """Jobs over Redis that this process runs too, in a :class:`Worker` (``depot worker``)."""
+    lifecycle = JobLifecycle(settings)
+    broker = redis_broker(settings, [*running_middleware(), lifecycle])
+    queue = queue_name(settings.redis_prefix)
+    _declare_actors(broker, queue, lifecycle)
+    return Jobs(broker, queue)
+
+
+def embedded_jobs(settings: Settings, shared: Shared) -> Jobs:
+    """Jobs kept in this process's memory and run by its own worker threads, which
+    start with the first job sent; their loop uses the in-memory clients ``shared``."""
+    lifecycle = JobLifecycle(settings, shared)
+    broker = StubBroker(middleware=[*running_middleware(), lifecycle])
+    queue = queue_name(settings.redis_prefix)
+    _declare_actors(broker, queue, lifecycle)
+    return Jobs(broker, queue, worker=Worker(broker, queue, settings.worker_threads))

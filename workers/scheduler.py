@@ -8,10 +8,11 @@ does the work, and it keeps the lock until it stops, so the runs of two
 schedulers never fall in the same interval. Without Redis there is only the
 one process, and no lock.
 
-    maintenance = Maintenance(settings, sessionmaker, storage, events, jobs.send, redis)
-    await maintenance.start()
-    ...
-    await maintenance.stop()
+    async with open_resources(settings) as resources:
+        maintenance = Maintenance(resources)
+        await maintenance.start()
+        ...
+        await maintenance.stop()
 """
 
 from __future__ import annotations
@@ -29,18 +30,20 @@ from apscheduler.triggers.interval import IntervalTrigger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.db import SessionMaker, create_engine, create_sessionmaker
-from core.events import EventLog, RedisEventLog
-from core.redis_client import open_redis
 from core.settings import Settings
 from core.time import utcnow
-from storage import Storage, open_storage
-from workers.broker import redis_jobs
-from workers.maintenance import SendJob, UsageSuspects, run_all
+from workers.maintenance import UsageSuspects, run_all
+from workers.resources import Resources, open_resources
 
 logger = structlog.get_logger("depot.maintenance")
 
-LOCK_KEY: Final = "depot:maintenance:lock"
+
+def lock_key(prefix: str) -> str:
+    """The maintenance lock of an installation whose Redis names start with ``prefix``
+    (``depot:maintenance:lock`` for the default prefix, as every release so far)."""
+    return f"{prefix}:maintenance:lock"
+
+
 # A holder that dies gives the lock up this long after its last renewal.
 LOCK_TTL_SECONDS: Final = 30.0
 LOCK_RENEW_SECONDS: Final = LOCK_TTL_SECONDS / 3
@@ -68,7 +71,7 @@ return 0
 class RedisLock:
     """A lock in Redis that its holder keeps by renewing it before it expires."""
 
-    def __init__(self, redis: Redis, key: str = LOCK_KEY, ttl_seconds: float = LOCK_TTL_SECONDS):
+    def __init__(self, redis: Redis, key: str, ttl_seconds: float = LOCK_TTL_SECONDS):
         self._redis = redis
         self._key = key
         self._ttl_ms = int(ttl_seconds * 1000)
@@ -111,26 +114,19 @@ class RedisLock:
 
 
 class Maintenance:
-    """Maintenance every ``settings.maintenance_interval_seconds``, on this event loop.
+    """Maintenance every ``settings.maintenance_interval_seconds``, on this event loop,
+    with the clients of ``resources``.
 
-    With ``redis``, only while holding the maintenance lock.
+    With Redis, only while holding the maintenance lock.
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        sessionmaker: SessionMaker,
-        storage: Storage,
-        events: EventLog,
-        send: SendJob,
-        redis: Redis | None = None,
-    ) -> None:
-        self._settings = settings
-        self._sessionmaker = sessionmaker
-        self._storage = storage
-        self._events = events
-        self._send = send
-        self._lock = RedisLock(redis) if redis is not None else None
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+        self._settings = resources.settings
+        redis = resources.redis
+        self._lock = (
+            RedisLock(redis, lock_key(self._settings.redis_prefix)) if redis is not None else None
+        )
         self._scheduler: AsyncIOScheduler | None = None
         self._running: asyncio.Task[object] | None = None
         # Users whose usage looked off in the last run (see recount_usage).
@@ -172,12 +168,13 @@ class Maintenance:
             return
         self._running = asyncio.current_task()
         try:
+            resources = self._resources
             await run_all(
-                self._sessionmaker,
-                self._storage,
-                self._events,
+                resources.sessionmaker,
+                resources.storage,
+                resources.events,
                 self._settings,
-                self._send,
+                resources.jobs.send,
                 usage_suspects=self._usage_suspects,
             )
         except asyncio.CancelledError:
@@ -219,29 +216,20 @@ async def serve(settings: Settings) -> None:
             "depot scheduler needs DEPOT_REDIS_URL (its jobs and events go through Redis); "
             "without Redis, `depot serve` runs maintenance itself."
         )
-    engine = create_engine(settings)
-    storage = open_storage(settings.storage_url, links=None)
-    redis = open_redis(settings.redis_url)
-    events = RedisEventLog(redis)
-    jobs = redis_jobs(settings)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     signals = (signal.SIGTERM, signal.SIGINT)
     for signum in signals:
         loop.add_signal_handler(signum, stopping.set)
-    maintenance = Maintenance(
-        settings, create_sessionmaker(engine), storage, events, jobs.send, redis
-    )
     try:
-        await maintenance.start()
-        await stopping.wait()
-        logger.info("scheduler stopping")
+        async with open_resources(settings) as resources:
+            maintenance = Maintenance(resources)
+            try:
+                await maintenance.start()
+                await stopping.wait()
+                logger.info("scheduler stopping")
+            finally:
+                await maintenance.stop()
     finally:
-        await maintenance.stop()
         for signum in signals:
             loop.remove_signal_handler(signum)
-        jobs.broker.close()
-        await events.aclose()
-        await redis.aclose()
-        await storage.aclose()
-        await engine.dispose()
