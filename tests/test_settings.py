@@ -233,6 +233,28 @@ def test_redis_url_scheme_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "redis://" in problem
 
 
+def test_redis_names_keep_their_names_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.broker import queue_name
+    from workers.scheduler import lock_key
+
+    prefix = load_settings().redis_prefix
+    assert (queue_name(prefix), lock_key(prefix)) == ("depot-jobs", "depot:maintenance:lock")
+    monkeypatch.setenv("DEPOT_REDIS_PREFIX", "depot-staging")
+    prefix = load_settings().redis_prefix
+    assert (queue_name(prefix), lock_key(prefix)) == (
+        "depot-staging-jobs",
+        "depot-staging:maintenance:lock",
+    )
+
+
+@pytest.mark.parametrize("given", ["", "-depot", "de pot", "depot:x", "d" * 65])
+def test_redis_prefix_is_checked(monkeypatch: pytest.MonkeyPatch, given: str) -> None:
+    monkeypatch.setenv("DEPOT_REDIS_PREFIX", given)
+    [problem] = _problems()
+    assert problem.startswith("DEPOT_REDIS_PREFIX: ")
+    assert "letters, digits" in problem
+
+
 @pytest.mark.parametrize(
     ("environment", "log_format", "json_logs"),
     [
