@@ -18,12 +18,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import migrate as migrations
 from core import users
-from core.db import create_engine, create_sessionmaker
+from core.db import create_sessionmaker
 from core.errors import DepotError
 from core.logging import configure_logging
 from core.models import Role
 from core.probes import describe, probe_database, probe_redis, probe_storage
 from core.settings import Settings, SettingsError, load_settings
+from workers.resources import open_resources
 
 T = TypeVar("T")
 
@@ -42,12 +43,11 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _with_engine(settings: Settings, action: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """``action(engine)`` on a fresh event loop, the clients opened and closed around it."""
+
     async def run() -> T:
-        engine = create_engine(settings)
-        try:
-            return await action(engine)
-        finally:
-            await engine.dispose()
+        async with open_resources(settings) as resources:
+            return await action(resources.engine)
 
     return asyncio.run(run())
 
@@ -254,8 +254,6 @@ def check() -> None:
 
 
 async def _check_services(settings: Settings) -> list[str]:
-    from workers.resources import open_resources
-
     problems: list[str] = []
     async with open_resources(settings) as resources:
         engine = resources.engine
