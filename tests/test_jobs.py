@@ -7,12 +7,14 @@ tested in test_jobs_images.py and test_jobs_archives.py.
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
 import anyio
 import httpx
 import pytest
+from dramatiq.worker import ConsumerThread, WorkerThread
 from sqlmodel import select
 
 from core.db import create_engine, create_sessionmaker
@@ -395,3 +397,20 @@ async def test_my_events_tell_of_jobs_and_files(jobs_client: httpx.AsyncClient) 
     assert {e["jobId"] for e in seen} == {job["id"]}
     assert deleted["type"] == "FILE_DELETED"
     assert deleted["fileId"] == archive["id"]
+
+
+# -- the embedded worker ------------------------------------------------------------
+
+
+def _dramatiq_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if isinstance(t, WorkerThread | ConsumerThread)]
+
+
+async def test_the_embedded_worker_starts_with_the_first_job(client: httpx.AsyncClient) -> None:
+    # An app that runs no job (most tests) never starts the worker's threads.
+    _, headers = await signed_in(client)
+    file = await upload_file(client, headers, "a.bin", b"abc")
+    assert _dramatiq_threads() == []
+    job = await run_job(client, headers, {"verify": {"fileId": file["id"]}})
+    assert job["status"] == "SUCCEEDED"
+    assert _dramatiq_threads() != []
