@@ -172,7 +172,8 @@ class _Attempt:
     """One claimed attempt, from the claim to the record of how it ended."""
 
     job: Job
-    kind: Kind
+    # None for an actor this worker does not declare (Dramatiq then fails the message).
+    kind: Kind | None
     # Once the actor started it (it holds what the attempt produced).
     context: JobContext | None = None
 
@@ -206,6 +207,7 @@ async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, J
 async def _execute(resources: Resources, attempt: _Attempt) -> None:
     """Run the claimed attempt's kind, with heartbeats."""
     job, kind = attempt.job, attempt.kind
+    assert kind is not None, "only declared actors run"
     context = JobContext(job, resources, input_count=len(kind.inputs(job.params)))
     attempt.context = context
     async with context.running():
@@ -349,7 +351,7 @@ class JobLifecycle(Middleware):
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
         job_id = job_id_of(message)
-        kind = self._kinds[message.actor_name]
+        kind = self._kinds.get(message.actor_name)
         try:
             claim, job = _run(_claim(self.resources, job_id))
         except Exception as exc:
