@@ -28,7 +28,7 @@ from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
 from core import jobs as job_states
 from core.db import SessionMaker
-from core.events import EventLog
+from core.eventlog import EventLog
 from core.links import LinkSigner
 from core.logging import configure_logging
 from core.migrate import prepare_schema

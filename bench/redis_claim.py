@@ -17,7 +17,7 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from bench import bare_dramatiq
-from core.events import KEY_PREFIX
+from core.eventlog import KEY_PREFIX
 from core.jobs import user_stream
 from core.settings import Settings
 from schema.ids import decode_id

@@ -26,7 +26,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import files
 from core.errors import BadUserInput, Conflict, NotFound
-from core.events import Event, EventLog
+from core.eventlog import Event, EventLog
 from core.models import FINAL_STATUSES, File, Job, JobInput, JobKind, JobStatus
 from core.time import utcnow
 from storage.base import Storage

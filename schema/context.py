@@ -13,7 +13,7 @@ from starlette.websockets import WebSocket
 from core.auth import Principal
 from core.db import SessionMaker
 from core.errors import Unauthenticated
-from core.events import EventLog
+from core.eventlog import EventLog
 from core.models import User
 from core.ratelimit import LoginLimiter
 from core.settings import Settings

@@ -19,7 +19,7 @@ import strawberry
 
 from core import jobs
 from core.errors import BadUserInput
-from core.events import BadCursor, Event, follow, parse_cursor
+from core.eventlog import BadCursor, Event, follow, parse_cursor
 from core.models import Job as JobRow
 from core.models import JobStatus as StatusValue
 from schema.context import Info

@@ -41,7 +41,7 @@ from core.errors import (
     RateLimited,
     Unauthenticated,
 )
-from core.events import MemoryEventLog
+from core.eventlog import MemoryEventLog
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
 from schema import _Schema

@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import col, select
 
 from core.db import create_engine, create_sessionmaker
-from core.events import MemoryEventLog
+from core.eventlog import MemoryEventLog
 from core.migrate import prepare_schema
 from core.models import File, Job, JobKind, Upload
 from core.settings import Settings

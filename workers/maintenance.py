@@ -21,7 +21,7 @@ from sqlmodel import col, select
 from core import direct_uploads, files, jobs
 from core.db import SessionMaker
 from core.errors import NotFound
-from core.events import EventLog
+from core.eventlog import EventLog
 from core.models import File, JobKind, Upload, User
 from core.settings import Settings
 from core.time import utcnow

@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import SessionMaker, create_engine, create_sessionmaker
-from core.events import EventLog, MemoryEventLog, RedisEventLog
+from core.eventlog import EventLog, MemoryEventLog, RedisEventLog
 from core.redis_client import open_redis
 from core.settings import Settings
 from storage import Links, Storage, open_storage
