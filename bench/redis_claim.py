@@ -17,8 +17,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from bench import bare_dramatiq
-from core.eventlog import KEY_PREFIX
-from core.jobs import user_stream
+from core.eventlog import stream_key
+from core.events import user_stream
 from core.settings import Settings
 from schema.ids import decode_id
 from workers.broker import queue_name
@@ -68,7 +68,7 @@ def release_redis(url: str, known: set[bytes], user_ids: list[str]) -> None:
             if ours:
                 client.zrem(key, *ours)
         # Job streams expire by themselves (the retention is set to a minute).
-        streams = [KEY_PREFIX + user_stream(decode_id(user_id)[1]) for user_id in user_ids]
+        streams = [stream_key(user_stream(decode_id(user_id)[1])) for user_id in user_ids]
         client.delete(bare_dramatiq.COUNT_KEY, *streams)
     finally:
         client.close()

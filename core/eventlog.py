@@ -1,10 +1,11 @@
-"""The event bus: ordered, replayable streams of events, delivered live.
+"""The event log: ordered, replayable streams of entries, delivered live.
 
-A stream holds one job's events (``job:<id>``) or one user's (``user:<id>``).
-Each event gets a cursor, ``<milliseconds>-<sequence>`` like a Redis Streams
-id; cursors order the events of one stream. :func:`follow` gives a subscriber
-every event after a cursor and then the live ones, with no gap and no
-duplicate, whatever happens between the two.
+What an entry says, and which stream it goes to, is :mod:`core.events`; this
+module only carries JSON payloads. Each entry gets a cursor,
+``<milliseconds>-<sequence>`` like a Redis Streams id; cursors order the
+entries of one stream. :func:`follow` gives a subscriber every entry after a
+cursor and then the live ones, with no gap and no duplicate, whatever happens
+between the two.
 
 Two backends share that contract. :class:`MemoryEventLog` serves the embedded
 mode: the API and its in-process workers run on different threads, so it is
@@ -41,7 +42,9 @@ PAGE: Final = 500
 
 
 @dataclass(frozen=True, slots=True)
-class Event:
+class Entry:
+    """One event as the log holds it: its cursor and its JSON payload."""
+
     cursor: str
     data: dict[str, Any]
 
@@ -81,13 +84,13 @@ class Listener:
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Event | _Resync] = asyncio.Queue(LISTENER_BACKLOG)
+        self.queue: asyncio.Queue[Entry | _Resync] = asyncio.Queue(LISTENER_BACKLOG)
 
-    def deliver(self, item: Event | _Resync) -> None:
+    def deliver(self, item: Entry | _Resync) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
             self._loop.call_soon_threadsafe(self._put, item)
 
-    def _put(self, item: Event | _Resync) -> None:
+    def _put(self, item: Entry | _Resync) -> None:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -115,7 +118,7 @@ class _Fanout:
                 if not listeners:
                     del self._listeners[stream]
 
-    def dispatch(self, stream: str, item: Event | _Resync) -> None:
+    def dispatch(self, stream: str, item: Entry | _Resync) -> None:
         with self._lock:
             listeners = list(self._listeners.get(stream, ()))
         for listener in listeners:
@@ -133,11 +136,11 @@ class EventLog(Protocol):
 
     async def append(
         self, stream: str, data: Mapping[str, Any], *, max_len: int | None = None
-    ) -> Event:
+    ) -> Entry:
         """Add an event at the end of ``stream`` (trimmed to about ``max_len``)."""
         ...
 
-    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Event]:
+    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Entry]:
         """Up to ``limit`` events after cursor ``after`` (from the start when None)."""
         ...
 
@@ -166,7 +169,7 @@ async def follow(
     after: str | None = None,
     *,
     caught_up: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
-) -> AsyncIterator[Event]:
+) -> AsyncIterator[Entry]:
     """Every event of ``stream`` after ``after``, in order, then each live one.
 
     The listener is registered before the log is read, so an event written
@@ -192,7 +195,7 @@ async def follow(
                 if data is not None:
                     last = (max(last[0], 0), last[1] + 1)
                     cursor = f"{last[0]}-{last[1]}"
-                    yield Event(cursor, data)
+                    yield Entry(cursor, data)
             while True:
                 item = await listener.queue.get()
                 if isinstance(item, _Resync):
@@ -206,7 +209,7 @@ class _Stream:
     __slots__ = ("events", "expires_at", "last")
 
     def __init__(self) -> None:
-        self.events: list[Event] = []
+        self.events: list[Entry] = []
         self.last = (0, 0)
         self.expires_at: float | None = None
 
@@ -229,7 +232,7 @@ class MemoryEventLog:
 
     async def append(
         self, stream: str, data: Mapping[str, Any], *, max_len: int | None = None
-    ) -> Event:
+    ) -> Entry:
         with self._lock:
             found = self._live(stream)
             if found is None:
@@ -237,14 +240,14 @@ class MemoryEventLog:
             ms = int(self._clock() * 1000)
             key = (ms, 0) if ms > found.last[0] else (found.last[0], found.last[1] + 1)
             found.last = key
-            event = Event(f"{key[0]}-{key[1]}", dict(data))
+            event = Entry(f"{key[0]}-{key[1]}", dict(data))
             found.events.append(event)
             if max_len is not None and len(found.events) > max_len:
                 del found.events[: len(found.events) - max_len]
         self._fanout.dispatch(stream, event)
         return event
 
-    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Event]:
+    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Entry]:
         last = parse_cursor(after) if after is not None else (-1, -1)
         with self._lock:
             found = self._live(stream)
@@ -301,29 +304,39 @@ redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\\n' .. id .. '\\n' .. ARGV[1])
 return id
 """
 
-KEY_PREFIX: Final = "depot:events:"
-CHANNEL: Final = "depot:events"
+# One installation's keys are ``<prefix>:events:<stream>``, its channel ``<prefix>:events``.
+DEFAULT_PREFIX: Final = "depot"
+
+
+def stream_key(stream: str, prefix: str = DEFAULT_PREFIX) -> str:
+    """The Redis key that holds ``stream`` for the installation named ``prefix``."""
+    return f"{prefix}:events:{stream}"
 
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _event(cursor: bytes | str | None, fields: Mapping[Any, Any] | None) -> Event:
+def _event(cursor: bytes | str | None, fields: Mapping[Any, Any] | None) -> Entry:
     assert cursor is not None
     assert fields is not None
-    return Event(_text(cursor), json.loads(fields[b"d"]))
+    return Entry(_text(cursor), json.loads(fields[b"d"]))
 
 
 class RedisEventLog:
     """Streams in Redis Streams, delivered live through one Pub/Sub connection.
 
     The Pub/Sub reader starts with the first listener, so a process that only
-    writes (a worker) never opens one.
+    writes (a worker) never opens one. ``prefix`` names its keys and channel,
+    so that two installations can share one Redis without hearing each other.
     """
 
-    def __init__(self, redis: Redis, *, reconnect_delay: float = 0.5) -> None:
+    def __init__(
+        self, redis: Redis, *, prefix: str = DEFAULT_PREFIX, reconnect_delay: float = 0.5
+    ) -> None:
         self._redis = redis
+        self._prefix = prefix
+        self._channel = f"{prefix}:events"
         self._append = redis.register_script(_APPEND)
         self._fanout = _Fanout()
         self._reader: asyncio.Task[None] | None = None
@@ -332,26 +345,31 @@ class RedisEventLog:
 
     async def append(
         self, stream: str, data: Mapping[str, Any], *, max_len: int | None = None
-    ) -> Event:
+    ) -> Entry:
         payload = json.dumps(data, separators=(",", ":"))
         cursor = await self._append(
-            keys=[KEY_PREFIX + stream], args=[payload, max_len or 0, CHANNEL, stream]
+            keys=[stream_key(stream, self._prefix)],
+            args=[payload, max_len or 0, self._channel, stream],
         )
-        return Event(_text(cursor), dict(data))
+        return Entry(_text(cursor), dict(data))
 
-    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Event]:
+    async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Entry]:
         if after is not None:
             parse_cursor(after)
         start = "-" if after is None else f"({after}"
-        rows = await self._redis.xrange(KEY_PREFIX + stream, min=start, max="+", count=limit)
+        rows = await self._redis.xrange(
+            stream_key(stream, self._prefix), min=start, max="+", count=limit
+        )
         return [_event(cursor, fields) for cursor, fields in rows or ()]
 
     async def last(self, stream: str) -> str | None:
-        rows = await self._redis.xrevrange(KEY_PREFIX + stream, max="+", min="-", count=1)
+        rows = await self._redis.xrevrange(
+            stream_key(stream, self._prefix), max="+", min="-", count=1
+        )
         return _text(rows[0][0] or b"") if rows else None
 
     async def expire(self, stream: str, seconds: int) -> None:
-        await self._redis.expire(KEY_PREFIX + stream, seconds)
+        await self._redis.expire(stream_key(stream, self._prefix), seconds)
 
     async def prune(self) -> int:
         return 0  # Redis forgets expired streams itself
@@ -374,7 +392,7 @@ class RedisEventLog:
         while True:
             try:
                 async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self._channel)
                     if not first:
                         logger.info("event bus reconnected")
                         self._fanout.resync_all()
@@ -389,7 +407,7 @@ class RedisEventLog:
 
     def _dispatch(self, raw: bytes | str) -> None:
         stream, cursor, payload = _text(raw).split("\n", 2)
-        self._fanout.dispatch(stream, Event(cursor, json.loads(payload)))
+        self._fanout.dispatch(stream, Entry(cursor, json.loads(payload)))
 
     async def aclose(self) -> None:
         if self._reader is not None:
@@ -399,6 +417,6 @@ class RedisEventLog:
             self._reader = None
 
 
-def open_event_log(redis: Redis | None) -> EventLog:
+def open_event_log(redis: Redis | None, *, prefix: str = DEFAULT_PREFIX) -> EventLog:
     """Redis Streams when Redis is configured, else this process's memory."""
-    return RedisEventLog(redis) if redis is not None else MemoryEventLog()
+    return RedisEventLog(redis, prefix=prefix) if redis is not None else MemoryEventLog()

@@ -5,7 +5,8 @@ conditional UPDATE on the state it was decided from, so two workers handed
 the same message (Dramatiq delivers at least once), a worker and a
 ``cancelJob``, or maintenance and a late worker cannot both win: each job
 reaches exactly one final status. The broker and the event log are transport;
-whoever changes a job publishes the change after committing it.
+whoever changes a job announces the change after committing it
+(:func:`core.events.announce`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import files
 from core.errors import BadUserInput, Conflict, NotFound
-from core.eventlog import Event, EventLog
 from core.models import FINAL_STATUSES, File, Job, JobInput, JobKind, JobStatus
 from core.time import utcnow
 from storage.base import Storage
@@ -34,61 +34,11 @@ from storage.errors import StorageError
 
 logger = structlog.get_logger("depot.jobs")
 
-# Events a user's own stream keeps (older ones are trimmed as new ones come).
-USER_STREAM_LENGTH: Final = 1000
 MAX_IDEMPOTENCY_KEY: Final = 255
-
-
-def job_stream(job_id: uuid.UUID) -> str:
-    return f"job:{job_id}"
-
-
-def user_stream(user_id: uuid.UUID) -> str:
-    return f"user:{user_id}"
 
 
 def _not_found() -> NotFound:
     return NotFound("No such job.")
-
-
-# ----------------------------------------------------------------- events
-
-
-def status_data(job: Job, at: datetime | None = None) -> dict[str, Any]:
-    """A job event: the job's state as it is now."""
-    return {
-        "type": "JOB_STATUS",
-        "jobId": str(job.id),
-        "status": job.status.value,
-        "progress": job.progress,
-        "message": job.message,
-        "at": (at or utcnow()).isoformat(),
-    }
-
-
-async def publish_status(events: EventLog, job: Job, *, retention_seconds: int) -> Event:
-    """Tell the job's and its owner's subscribers; a final event starts the retention clock."""
-    data = status_data(job)
-    event = await events.append(job_stream(job.id), data)
-    await events.append(user_stream(job.owner_id), data, max_len=USER_STREAM_LENGTH)
-    if job.status.is_final:
-        await events.expire(job_stream(job.id), retention_seconds)
-    return event
-
-
-async def publish_file(events: EventLog, file: File, *, deleted: bool) -> None:
-    """Tell the owner's subscribers that one of their files was created or deleted."""
-    await events.append(
-        user_stream(file.owner_id),
-        {
-            "type": "FILE_DELETED" if deleted else "FILE_CREATED",
-            "fileId": str(file.id),
-            "path": file.path,
-            "jobId": str(file.produced_by_job_id) if file.produced_by_job_id else None,
-            "at": utcnow().isoformat(),
-        },
-        max_len=USER_STREAM_LENGTH,
-    )
 
 
 # ----------------------------------------------------------------- the API side

@@ -19,9 +19,16 @@ import strawberry
 
 from core import jobs
 from core.errors import BadUserInput
-from core.eventlog import BadCursor, Event, follow, parse_cursor
+from core.eventlog import BadCursor, follow, parse_cursor
+from core.events import (
+    FileCreated,
+    FileDeleted,
+    JobStatusChanged,
+    from_data,
+    job_stream,
+    user_stream,
+)
 from core.models import Job as JobRow
-from core.models import JobStatus as StatusValue
 from schema.context import Info
 from schema.enums import JobStatus
 from schema.ids import decode_id_of, encode_id
@@ -38,15 +45,14 @@ class JobEvent:
     at: datetime
 
     @classmethod
-    def from_event(cls, event: Event) -> Self:
-        data = event.data
+    def from_event(cls, cursor: str, event: JobStatusChanged) -> Self:
         return cls(
-            cursor=event.cursor,
-            job_id=strawberry.ID(encode_id("Job", uuid.UUID(data["jobId"]))),
-            status=JobStatus(data["status"]),
-            progress=float(data["progress"]),
-            message=data.get("message"),
-            at=datetime.fromisoformat(data["at"]),
+            cursor=cursor,
+            job_id=strawberry.ID(encode_id("Job", event.job_id)),
+            status=JobStatus(event.status.value),
+            progress=event.progress,
+            message=event.message,
+            at=event.at,
         )
 
 
@@ -70,20 +76,34 @@ class UserEvent:
     message: str | None
 
     @classmethod
-    def from_event(cls, event: Event) -> Self:
-        data = event.data
-        job_id, file_id = data.get("jobId"), data.get("fileId")
+    def from_event(cls, cursor: str, event: JobStatusChanged | FileCreated | FileDeleted) -> Self:
+        if isinstance(event, JobStatusChanged):
+            return cls(
+                cursor=cursor,
+                type=UserEventType.JOB_STATUS,
+                at=event.at,
+                job_id=_id("Job", event.job_id),
+                file_id=None,
+                path=None,
+                status=JobStatus(event.status.value),
+                progress=event.progress,
+                message=event.message,
+            )
         return cls(
-            cursor=event.cursor,
-            type=UserEventType(data["type"]),
-            at=datetime.fromisoformat(data["at"]),
-            job_id=strawberry.ID(encode_id("Job", uuid.UUID(job_id))) if job_id else None,
-            file_id=strawberry.ID(encode_id("File", uuid.UUID(file_id))) if file_id else None,
-            path=data.get("path"),
-            status=JobStatus(data["status"]) if "status" in data else None,
-            progress=data.get("progress"),
-            message=data.get("message"),
+            cursor=cursor,
+            type=UserEventType(event.TYPE),
+            at=event.at,
+            job_id=_id("Job", event.job_id),
+            file_id=_id("File", event.file_id),
+            path=event.path,
+            status=None,
+            progress=None,
+            message=None,
         )
+
+
+def _id(type_name: str, key: uuid.UUID | None) -> strawberry.ID | None:
+    return strawberry.ID(encode_id(type_name, key)) if key is not None else None
 
 
 def _check_cursor(after: str | None) -> None:
@@ -118,12 +138,13 @@ class Subscription:
                 job = await db.get(JobRow, key)
             if job is None or not job.status.is_final:
                 return None
-            return jobs.status_data(job, at=job.finished_at)
+            return JobStatusChanged.of(job, at=job.finished_at).to_data()
 
-        stream = jobs.job_stream(key)
-        async for event in follow(info.context.events, stream, after, caught_up=final_state):
-            yield JobEvent.from_event(event)
-            if StatusValue(event.data["status"]).is_final:
+        entries = follow(info.context.events, job_stream(key), after, caught_up=final_state)
+        async for entry in entries:
+            event = JobStatusChanged.from_data(entry.data)
+            yield JobEvent.from_event(entry.cursor, event)
+            if event.status.is_final:
                 return
 
     @strawberry.subscription(
@@ -135,9 +156,9 @@ class Subscription:
     async def my_events(self, info: Info, after: str | None = None) -> AsyncGenerator[UserEvent]:
         user = info.context.require_principal().user
         _check_cursor(after)
-        stream = jobs.user_stream(user.id)
+        stream = user_stream(user.id)
         events = info.context.events
         if after is None:
             after = await events.last(stream)
-        async for event in follow(events, stream, after):
-            yield UserEvent.from_event(event)
+        async for entry in follow(events, stream, after):
+            yield UserEvent.from_event(entry.cursor, from_data(entry.data))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import strawberry
 
-from core import files, jobs
+from core import files
+from core.events import FileDeleted, announce
 from schema.context import Info
 from schema.filters import FileFilter, FileOrder
 from schema.ids import decode_id_of, encode_id
@@ -84,7 +85,7 @@ class FileMutation:
         key = decode_id_of("File", id)
         async with info.context.sessionmaker() as db:
             file = await files.trash(db, user.id, key)
-        await jobs.publish_file(info.context.events, file, deleted=True)
+        await announce(info.context.events, FileDeleted.of(file), owner_id=file.owner_id)
         return File.from_model(file)
 
     @strawberry.mutation(
@@ -109,5 +110,5 @@ class FileMutation:
         key = decode_id_of("File", id)
         async with info.context.sessionmaker() as db:
             file = await files.purge(db, info.context.storage, user.id, key)
-        await jobs.publish_file(info.context.events, file, deleted=True)
+        await announce(info.context.events, FileDeleted.of(file), owner_id=file.owner_id)
         return strawberry.ID(encode_id("File", file.id))

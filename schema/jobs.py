@@ -13,6 +13,7 @@ import strawberry
 import structlog
 
 from core import jobs, models
+from core.events import JobStatusChanged, announce
 from schema.context import Info
 from schema.filters import JobFilter
 from schema.ids import decode_id_of
@@ -102,9 +103,10 @@ class JobMutation:
         async with info.context.sessionmaker() as db:
             job, cancelled = await jobs.cancel_job(db, user.id, decode_id_of("Job", id))
         if cancelled:
-            await jobs.publish_status(
+            await announce(
                 info.context.events,
-                job,
+                JobStatusChanged.of(job),
+                owner_id=job.owner_id,
                 retention_seconds=info.context.settings.job_events_retention_seconds,
             )
         return Job.from_model(job)
@@ -121,9 +123,10 @@ class JobMutation:
             job = await jobs.retry_job(
                 db, user.id, key, max_attempts=KINDS[found.kind].max_attempts
             )
-        await jobs.publish_status(
+        await announce(
             info.context.events,
-            job,
+            JobStatusChanged.of(job),
+            owner_id=job.owner_id,
             retention_seconds=info.context.settings.job_events_retention_seconds,
         )
         if await _send(info, job):

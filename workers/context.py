@@ -23,6 +23,7 @@ from sqlmodel import col, select
 
 from core import jobs
 from core.errors import BadUserInput, Conflict, QuotaExceeded
+from core.events import JobProgressed, announce
 from core.models import File, Job, JobInput
 from core.uploads import store_upload
 from storage.errors import ObjectNotFound
@@ -103,10 +104,7 @@ class JobContext:
             self._flush = None
 
     async def _emit(self) -> None:
-        try:
-            await self.events.append(jobs.job_stream(self.job.id), jobs.status_data(self.job))
-        except Exception as exc:  # noqa: BLE001 - progress is best effort; statuses are not
-            logger.warning("progress event not sent", job_id=str(self.job.id), error=str(exc))
+        await announce(self.events, JobProgressed.of(self.job), owner_id=self.job.owner_id)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

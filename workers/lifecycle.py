@@ -36,6 +36,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import files, jobs
 from core.errors import NotFound
+from core.events import FileCreated, JobStatusChanged, announce
 from core.models import File, Job, JobStatus
 from core.settings import Settings
 from core.time import utcnow
@@ -141,30 +142,28 @@ async def patiently(step: Callable[[], Awaitable[T]]) -> T:
 
 
 async def _publish_status(resources: Resources, job: Job) -> None:
-    """Announce a status change; retried while the bus is briefly unreachable."""
-    try:
-        await patiently(
-            lambda: jobs.publish_status(
-                resources.events,
-                job,
-                retention_seconds=resources.settings.job_events_retention_seconds,
-            )
-        )
-    except Exception as exc:  # noqa: BLE001 - the database has the status
-        # Subscribers read the final state from the database.
-        logger.warning("status event lost", job_id=str(job.id), error=str(exc))
+    """Announce a status change, patiently while the bus is briefly unreachable.
+
+    Lost for good, it costs nothing worse: subscribers read the final state
+    from the database.
+    """
+    await announce(
+        resources.events,
+        JobStatusChanged.of(job),
+        owner_id=job.owner_id,
+        retention_seconds=resources.settings.job_events_retention_seconds,
+        patience=PUBLISH_PATIENCE_SECONDS,
+    )
 
 
 async def _publish_file(resources: Resources, file: File) -> None:
     """Announce an output file of a job that succeeded."""
-
-    async def send() -> None:
-        await jobs.publish_file(resources.events, file, deleted=False)
-
-    try:
-        await patiently(send)
-    except Exception as exc:  # noqa: BLE001 - the file exists either way
-        logger.warning("file event lost", file_id=str(file.id), error=str(exc))
+    await announce(
+        resources.events,
+        FileCreated.of(file),
+        owner_id=file.owner_id,
+        patience=PUBLISH_PATIENCE_SECONDS,
+    )
 
 
 @dataclass

@@ -22,6 +22,7 @@ from core import direct_uploads, files, jobs
 from core.db import SessionMaker
 from core.errors import NotFound
 from core.eventlog import EventLog
+from core.events import FileDeleted, announce
 from core.models import File, JobKind, Upload, User
 from core.settings import Settings
 from core.time import utcnow
@@ -73,17 +74,10 @@ async def purge_trash(
                 except NotFound:
                     continue
                 purged += 1
-                await _announce_deleted(events, file)
+                await announce(events, FileDeleted.of(file), owner_id=file.owner_id)
         if len(batch) < BATCH:
             return purged
         after = batch[-1][0]
-
-
-async def _announce_deleted(events: EventLog, file: File) -> None:
-    try:
-        await jobs.publish_file(events, file, deleted=True)
-    except Exception as exc:  # noqa: BLE001 - the file is gone either way; only the news is lost
-        logger.warning("file deletion not announced", file_id=str(file.id), error=str(exc))
 
 
 async def expire_tickets(

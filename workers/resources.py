@@ -34,7 +34,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import SessionMaker, create_engine, create_sessionmaker
-from core.eventlog import EventLog, MemoryEventLog, RedisEventLog
+from core.eventlog import EventLog, open_event_log
 from core.redis_client import open_redis
 from core.settings import Settings
 from storage import Links, Storage, open_storage
@@ -106,8 +106,7 @@ async def open_resources(
             stack.push_async_callback(storage.aclose)
         events = shared.events
         if events is None:
-            # TODO(events): pass prefix=settings.redis_prefix once RedisEventLog takes it.
-            events = RedisEventLog(redis) if redis is not None else MemoryEventLog()
+            events = open_event_log(redis, prefix=settings.redis_prefix)
             stack.push_async_callback(events.aclose)
         in_memory = Shared(
             events=events if redis is None else None,

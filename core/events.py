@@ -1,0 +1,223 @@
+"""What Depot announces, to which streams, and the one way to announce it.
+
+Every event is a frozen dataclass whose payload is JSON (:meth:`to_data`,
+read back by :func:`from_data`); :mod:`core.eventlog` carries the payloads.
+A job's subscribers read ``job:<id>``; a user's read ``user:<id>``, which
+keeps the newest ``USER_STREAM_LENGTH`` events:
+
+==================  ====================================  =====================
+event               told to                               ``type`` in the data
+==================  ====================================  =====================
+JobStatusChanged    the job's stream and its owner's      ``JOB_STATUS``
+JobProgressed       the job's stream only                 ``JOB_STATUS``
+FileCreated         the owner's stream                    ``FILE_CREATED``
+FileDeleted         the owner's stream                    ``FILE_DELETED``
+==================  ====================================  =====================
+
+The database is the truth and the log is transport, so :func:`announce` is
+called after the change has committed and never raises: an event it cannot
+deliver is logged and lost, and subscribers fall back on the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Final, Self
+
+import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from core.eventlog import EventLog
+from core.models import File, Job, JobStatus
+from core.time import utcnow
+
+logger = structlog.get_logger("depot.events")
+
+# Events a user's own stream keeps (older ones are trimmed as new ones come).
+USER_STREAM_LENGTH: Final = 1000
+
+# What says the bus was briefly unreachable, so that trying again may help.
+_UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
+
+
+def job_stream(job_id: uuid.UUID) -> str:
+    """The stream a job's subscribers (``jobEvents``) read."""
+    return f"job:{job_id}"
+
+
+def user_stream(user_id: uuid.UUID) -> str:
+    """The stream a user's subscribers (``myEvents``) read."""
+    return f"user:{user_id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobStatusChanged:
+    """A job's state at one moment; the last one of a job has a final status."""
+
+    TYPE: ClassVar[str] = "JOB_STATUS"
+
+    job_id: uuid.UUID
+    status: JobStatus
+    progress: float
+    message: str | None
+    at: datetime
+
+    @classmethod
+    def of(cls, job: Job, at: datetime | None = None) -> Self:
+        """``job`` as it is now (or as it was ``at``, for a state read back later)."""
+        return cls(
+            job_id=job.id,
+            status=job.status,
+            progress=job.progress,
+            message=job.message,
+            at=at or utcnow(),
+        )
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "jobId": str(self.job_id),
+            "status": self.status.value,
+            "progress": self.progress,
+            "message": self.message,
+            "at": self.at.isoformat(),
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> JobStatusChanged:
+        return JobStatusChanged(
+            job_id=uuid.UUID(data["jobId"]),
+            status=JobStatus(data["status"]),
+            progress=float(data["progress"]),
+            message=data.get("message"),
+            at=datetime.fromisoformat(data["at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobProgressed(JobStatusChanged):
+    """A running job's progress: its subscribers hear it, its owner's stream does not.
+
+    The owner's stream keeps only so many events; progress would push out
+    the ones worth replaying. It reads back as a :class:`JobStatusChanged`.
+    """
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _FileEvent:
+    TYPE: ClassVar[str]
+
+    file_id: uuid.UUID
+    path: str
+    job_id: uuid.UUID | None  # the job that produced the file, if one did
+    at: datetime
+
+    @classmethod
+    def of(cls, file: File) -> Self:
+        return cls(file_id=file.id, path=file.path, job_id=file.produced_by_job_id, at=utcnow())
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "fileId": str(self.file_id),
+            "path": self.path,
+            "jobId": str(self.job_id) if self.job_id else None,
+            "at": self.at.isoformat(),
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Self:
+        job_id = data.get("jobId")
+        return cls(
+            file_id=uuid.UUID(data["fileId"]),
+            path=data["path"],
+            job_id=uuid.UUID(job_id) if job_id else None,
+            at=datetime.fromisoformat(data["at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileCreated(_FileEvent):
+    """A job wrote a file for its owner (told once the job has succeeded)."""
+
+    TYPE: ClassVar[str] = "FILE_CREATED"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileDeleted(_FileEvent):
+    """A file went to the trash or was purged, by its owner or by maintenance."""
+
+    TYPE: ClassVar[str] = "FILE_DELETED"
+
+
+Event = JobStatusChanged | FileCreated | FileDeleted
+"""Whatever a stream can hold (a :class:`JobProgressed` is a status change)."""
+
+_BY_TYPE: Final[dict[str, type[JobStatusChanged] | type[FileCreated] | type[FileDeleted]]] = {
+    kind.TYPE: kind for kind in (JobStatusChanged, FileCreated, FileDeleted)
+}
+
+
+def from_data(data: Mapping[str, Any]) -> Event:
+    """The event a payload read from a stream describes."""
+    return _BY_TYPE[data["type"]].from_data(data)
+
+
+async def announce(
+    log: EventLog,
+    event: Event,
+    *,
+    owner_id: uuid.UUID,
+    retention_seconds: int | None = None,
+    patience: float = 0.0,
+) -> bool:
+    """Tell ``event``'s streams, best effort; returns whether they were told.
+
+    Call it after the change the event describes has committed: a failure is
+    logged as one warning and swallowed, because the change stands either way
+    (subscribers read a job's final state from the database). While the bus
+    is unreachable it tries again for up to ``patience`` seconds: a worker can
+    afford to wait, a request cannot. A final status starts the job stream's
+    ``retention_seconds`` clock, after which it can no longer be replayed.
+    """
+    delay, waited = 0.1, 0.0
+    while True:
+        try:
+            await _append(log, event, owner_id, retention_seconds)
+        except Exception as exc:  # noqa: BLE001 - the change has committed; only the news is lost
+            if isinstance(exc, _UNREACHABLE) and waited < patience:
+                logger.info("event bus unreachable; trying again", error=str(exc))
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
+                continue
+            logger.warning("event not announced", **_about(event), error=str(exc))
+            return False
+        return True
+
+
+async def _append(
+    log: EventLog, event: Event, owner_id: uuid.UUID, retention_seconds: int | None
+) -> None:
+    data = event.to_data()
+    if isinstance(event, JobStatusChanged):
+        stream = job_stream(event.job_id)
+        await log.append(stream, data)
+        if isinstance(event, JobProgressed):
+            return
+        await log.append(user_stream(owner_id), data, max_len=USER_STREAM_LENGTH)
+        if event.status.is_final and retention_seconds is not None:
+            await log.expire(stream, retention_seconds)
+    else:
+        await log.append(user_stream(owner_id), data, max_len=USER_STREAM_LENGTH)
+
+
+def _about(event: Event) -> dict[str, str]:
+    if isinstance(event, JobStatusChanged):
+        return {"event": event.TYPE, "job_id": str(event.job_id)}
+    return {"event": event.TYPE, "file_id": str(event.file_id)}
