@@ -219,5 +219,5 @@ async def _append(
 
 def _about(event: Event) -> dict[str, str]:
     if isinstance(event, JobStatusChanged):
-        return {"event": event.TYPE, "job_id": str(event.job_id)}
-    return {"event": event.TYPE, "file_id": str(event.file_id)}
+        return {"type": event.TYPE, "job_id": str(event.job_id)}
+    return {"type": event.TYPE, "file_id": str(event.file_id)}

@@ -16,10 +16,13 @@ from unittest.mock import ANY
 import anyio
 import httpx
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from structlog.testing import capture_logs
 
+from core.eventlog import Entry, MemoryEventLog
 from core.models import Role
 from core.settings import Settings
 from schema.ids import encode_id
@@ -475,6 +478,34 @@ async def test_purge_frees_the_bytes_for_good(
     # Only Bob's object is left in storage.
     [key] = leftover_objects(settings)
     assert read_object(settings, key) == b"bob"
+
+
+async def test_a_change_stands_when_the_bus_fails_after_it(
+    client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ada = await _user(client)
+    binned = await upload_file(client, ada, "binned.txt", b"1234567")
+    gone = await upload_file(client, ada, "gone.txt", b"12345")
+
+    async def unreachable(*_args: Any, **_kwargs: Any) -> Entry:
+        raise RedisConnectionError("the bus is down")
+
+    # On the class: it reaches the app's log, built inside its lifespan.
+    monkeypatch.setattr(MemoryEventLog, "append", unreachable)
+    with capture_logs() as logs:
+        trashed = await _ok(client, DELETE, {"id": binned["id"]}, ada)
+        purged = await _ok(client, PURGE, {"id": gone["id"]}, ada)
+
+    # Both changes committed; only their news was lost, and said so once each.
+    assert trashed["trashedAt"] is not None
+    assert purged == gone["id"]
+    assert _paths(await _files(client, ada, filter={"trashed": True})) == ["binned.txt"]
+    assert (await _usage(client, ada))["usedBytes"] == 7
+    lost = [log for log in logs if log["event"] == "event not announced"]
+    assert [(log["log_level"], log["file_id"]) for log in lost] == [
+        ("warning", ANY),
+        ("warning", ANY),
+    ]
 
 
 @pytest.mark.parametrize(

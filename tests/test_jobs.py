@@ -18,6 +18,7 @@ from dramatiq.worker import ConsumerThread, WorkerThread
 from sqlmodel import select
 
 from core.db import create_engine, create_sessionmaker
+from core.eventlog import Entry, MemoryEventLog, RedisEventLog
 from core.models import File, Job
 from core.settings import Settings
 from schema.ids import decode_id
@@ -270,6 +271,32 @@ async def test_a_corrupt_file_fails_verify_and_a_retry_is_a_new_attempt(
     assert only_error(body)["extensions"]["code"] == "CONFLICT"
     body = await graphql(jobs_client, query, {"id": file["id"]}, headers=headers)
     assert body["data"]["file"]["metadata"]["corrupt"] is False
+
+
+async def test_a_retry_stands_when_the_bus_fails_after_it(
+    jobs_client: httpx.AsyncClient, jobs_settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    data = b"the original bytes"
+    file = await upload_file(jobs_client, headers, "a.txt", data)
+    key = await _storage_key(jobs_settings, file["id"])
+    write_object(jobs_settings, key, b"the damaged bytes!")
+    failed = await run_job(jobs_client, headers, {"verify": {"fileId": file["id"]}})
+    assert failed["status"] == "FAILED"
+    write_object(jobs_settings, key, data)
+
+    async def broken(*_args: Any, **_kwargs: Any) -> Entry:
+        raise RuntimeError("the bus is broken")
+
+    # On the classes: they reach the app's log, built inside its lifespan.
+    monkeypatch.setattr(MemoryEventLog, "append", broken)
+    monkeypatch.setattr(RedisEventLog, "append", broken)
+    retry = "mutation R($id: ID!) { retryJob(id: $id) { id status attempts error } }"
+    body = await graphql(jobs_client, retry, {"id": failed["id"]}, headers=headers)
+    assert "errors" not in body, body
+    assert body["data"]["retryJob"]["status"] == "QUEUED"
+    done = await wait_for_job(jobs_client, headers, failed["id"])
+    assert (done["status"], done["attempts"]) == ("SUCCEEDED", 2)
 
 
 async def test_cancelling_queued_and_running_jobs(
