@@ -49,7 +49,7 @@ class JobEvent:
         return cls(
             cursor=cursor,
             job_id=strawberry.ID(encode_id("Job", event.job_id)),
-            status=JobStatus(event.status.value),
+            status=event.status,
             progress=event.progress,
             message=event.message,
             at=event.at,
@@ -85,7 +85,7 @@ class UserEvent:
                 job_id=_id("Job", event.job_id),
                 file_id=None,
                 path=None,
-                status=JobStatus(event.status.value),
+                status=event.status,
                 progress=event.progress,
                 message=event.message,
             )
