@@ -31,6 +31,11 @@ T = TypeVar("T")
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
 
 
+# A request line and headers fit in 16 KiB (nginx's default header buffers
+# hold 4 x 8 KiB); a browser's rarely pass 4 KiB.
+MAX_HEADER_BYTES = 16 * 1024
+
+
 def _settings(**overrides: object) -> Settings:
     """Load the settings, or print one line per bad value and exit with status 2."""
     try:
@@ -96,6 +101,10 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         # Events are a few hundred bytes: compression would cost each socket
         # ~40 KiB of zlib state for nothing.
         "ws_per_message_deflate": False,
+        # httptools reads headers without any bound; h11 refuses (400) a request
+        # whose line and headers pass this size, which also bounds their count.
+        "http": "h11",
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
     }
     if reload:
         uvicorn.run("api.app:create_app_from_env", factory=True, reload=True, **options)  # type: ignore[arg-type]

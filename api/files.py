@@ -23,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from api.bodies import BodySilent, body_chunks
 from core.content import OCTET_STREAM, content_disposition
 from core.direct_uploads import open_ticket
 from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
@@ -265,8 +266,12 @@ async def upload(request: Request) -> Response:
     if ticket is None:
         return _error(410, _GONE)
     storage: Storage = request.state.storage
+    silence_s: float = request.state.settings.body_timeout_seconds
+    body = body_chunks(request, silence_s=silence_s)
     try:
-        await storage.put(key, _exactly(request.stream(), size), max_size=size)
+        await storage.put(key, _exactly(body, size), max_size=size)
+    except BodySilent as silent:
+        return _error(408, silent.message)
     except TooLarge:
         return _error(413, f"This upload takes exactly {size} bytes; more were sent.")
     except _ShortBody:

@@ -8,6 +8,8 @@ On top of Strawberry it adds:
   never reached execution (syntax, validation, variables), 200 otherwise;
 * 405 with ``Allow: POST`` for a mutation sent over GET, 415 for a body that is
   neither JSON nor a multipart upload;
+* 413 for a JSON body over ``DEPOT_MAX_REQUEST_BYTES`` (declared or received,
+  the rest never read), 408 for a body that stops arriving (``api.bodies``);
 * GraphQL multipart requests (file uploads) parsed as they stream in
   (``api.multipart``), refused (400) without a CSRF-proof header;
 * every refusal as a JSON body of GraphQL errors with ``extensions.code``,
@@ -38,6 +40,7 @@ from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
+from api.bodies import BodyRefused, read_body
 from api.context import build_context
 from api.multipart import CSRF_ADVICE, MultipartUploads, Refused, has_csrf_header
 from api.websocket import (
@@ -61,6 +64,8 @@ _HTTP_ERROR_CODES = {
     404: "NOT_FOUND",
     405: "METHOD_NOT_ALLOWED",
     406: "NOT_ACCEPTABLE",
+    408: "REQUEST_TIMEOUT",
+    413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
 }
 
@@ -149,14 +154,25 @@ class GraphQLView(GraphQL[Context, None]):
             elif _is_multipart(request):
                 response = await self._run_multipart(request, media_type)
             else:
-                response = await self._respond(request, media_type)
+                response = await self._read_and_respond(request, media_type)
         await response(scope, receive, send)
+
+    async def _read_and_respond(self, request: Request, media_type: str) -> Response:
+        """Read a POST body within its bounds first, then answer; Strawberry finds it read."""
+        if request.method == "POST":
+            settings = self.settings
+            try:
+                silence_s, limit = settings.body_timeout_seconds, settings.max_request_bytes
+                await read_body(request, silence_s=silence_s, limit=limit)
+            except BodyRefused as refused:
+                return self._error_response(refused.status, refused.message, media_type)
+        return await self._respond(request, media_type)
 
     async def _run_multipart(self, request: Request, media_type: str) -> Response:
         """Run a multipart request while a background task parses its body as it arrives."""
         # In the scope itself: per request whether or not the server copies the
         # lifespan state for each request, as the ASGI spec asks.
-        uploads = request.scope[_UPLOADS_KEY] = MultipartUploads(request)
+        uploads = request.scope[_UPLOADS_KEY] = MultipartUploads(request, self.settings)
         try:
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(uploads.parse)
@@ -164,7 +180,10 @@ class GraphQLView(GraphQL[Context, None]):
                 # What no resolver read by now will never be read: stop receiving it.
                 tasks.cancel_scope.cancel()
         finally:
-            uploads.close()
+            await uploads.aclose()
+        if uploads.status is not None and response.status_code < 400:
+            # A body that timed out or overflowed mid-file: say so in the status too.
+            response.status_code = uploads.status
         return response
 
     async def _respond(self, request: Request, media_type: str) -> Response:
@@ -191,7 +210,12 @@ class GraphQLView(GraphQL[Context, None]):
     async def get_context(
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
-        return await build_context(request, response, self.settings)
+        context = await build_context(request, response, self.settings)
+        uploads: MultipartUploads | None = request.scope.get(_UPLOADS_KEY)
+        if uploads is not None and context.user is not None:
+            # Files spooled for later are paid for from this user's quota.
+            uploads.owner_id = context.user.id
+        return context
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
         """Authenticate a WebSocket from its ``connection_init`` payload (4403 if refused)."""
@@ -227,7 +251,7 @@ class GraphQLView(GraphQL[Context, None]):
         try:
             operations = await uploads.operations()
         except Refused as exc:
-            raise HTTPException(400, exc.message) from exc
+            raise HTTPException(exc.status, exc.message) from exc
         return cast(dict[str, str], operations)
 
     async def process_result(

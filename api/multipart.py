@@ -13,11 +13,23 @@ another reader is waiting for the parser — reading a part further on, or in
 ``complete()`` — (then spools *j* to a temporary file, on disk beyond 1 MiB, for
 later). Once the operation has finished, the parser is cancelled: nobody will
 read what is left.
+
+Bounds, each refused as soon as it is passed: ``operations`` and ``map`` may
+have ``DEPOT_MAX_REQUEST_BYTES`` each and the request ``DEPOT_MAX_UPLOAD_FILES``
+files (413); a body silent for ``DEPOT_BODY_TIMEOUT_SECONDS`` is refused with
+408 (``api.bodies``). A spooled part is paid for before it is written: its
+bytes are reserved on the signed-in user's quota (``core.quota``, one
+conditional UPDATE, so parallel requests of one user cannot together spool
+more than the quota) and may not pass ``DEPOT_MAX_UPLOAD_BYTES``. When its
+reader starts, the reservation is handed back and ``core.uploads`` reserves
+the same bytes again as it stores them; what nobody read is released when
+the request ends.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from tempfile import SpooledTemporaryFile
 from typing import IO, Any, Literal
@@ -29,7 +41,17 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from core.errors import BadRequest
+from api.bodies import BodyRefused, body_chunks
+from core import quota
+from core.errors import (
+    BadRequest,
+    DepotError,
+    PayloadTooLarge,
+    QuotaExceeded,
+    RequestTimeout,
+    Unauthenticated,
+)
+from core.settings import Settings
 
 logger = structlog.get_logger("depot.multipart")
 
@@ -40,11 +62,14 @@ CSRF_ADVICE = (
     "Multipart requests must carry the header `x-depot-csrf: 1` "
     "(or `Apollo-Require-Preflight: true`) to prove they are not a cross-site form post."
 )
-MAX_FIELD_BYTES = 1024 * 1024
 SPOOL_IN_MEMORY = 1024 * 1024
 READ_CHUNK = 256 * 1024
 # Chunks in flight between the parser and a streaming reader.
 STREAM_BUFFER = 4
+# Quota is reserved for a spooled part this much ahead of its bytes (or just
+# what they need, near the end of the quota): one UPDATE per MiB spooled.
+SPOOL_RESERVE_STEP = 1024 * 1024
+_ERRORS: dict[int, type[BadRequest]] = {408: RequestTimeout, 413: PayloadTooLarge}
 
 
 def has_csrf_header(headers: Mapping[str, str]) -> bool:
@@ -53,11 +78,12 @@ def has_csrf_header(headers: Mapping[str, str]) -> bool:
 
 
 class Refused(Exception):
-    """The multipart request cannot be executed at all (a 400 answer)."""
+    """The multipart request cannot be executed at all (a 400 answer, or ``status``)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.message = message
+        self.status = status
 
 
 Mode = Literal["stream", "spool", "discard"]
@@ -72,10 +98,11 @@ class IncomingPart:
         self.content_type: str | None = None
         self.mode: Mode | None = None  # None until the parser reaches the part
         self.ended = False
-        self.error: BadRequest | None = None
+        self.error: DepotError | None = None
         self.iterating = False
         self.spool: IO[bytes] | None = None
         self.spooled = 0
+        self.reserved = 0  # quota held for the spool
         self._uploads = uploads
         send, receive = anyio.create_memory_object_stream[bytes](STREAM_BUFFER)
         self.send: MemoryObjectSendStream[bytes] = send
@@ -97,6 +124,8 @@ class IncomingPart:
                     yield chunk
             elif self.mode == "spool":
                 await uploads.wait_for(lambda: self.ended or self.error is not None)
+                # The reader pays for what it stores: hand the spool's reservation back.
+                await uploads.release(self)
                 if self.error is None and self.spool is not None:
                     async for chunk in self._read_spool(self.spool):
                         yield chunk
@@ -134,11 +163,16 @@ class IncomingPart:
 class MultipartUploads:
     """The state of one multipart request: its operations, its files, its parser."""
 
-    def __init__(self, request: Request) -> None:
+    def __init__(self, request: Request, settings: Settings) -> None:
         self.request = request
+        self.settings = settings
         self.parts: dict[str, IncomingPart] = {}
         self.done = False
-        self.error: BadRequest | None = None
+        self.error: DepotError | None = None
+        # The HTTP status of a failure that is the transport's (408, 413), else None.
+        self.status: int | None = None
+        # Whose quota pays for spooled parts: set once the request is signed in.
+        self.owner_id: uuid.UUID | None = None
         self._operations: Any = None
         self._refusal: Refused | None = None
         self._ready = anyio.Event()
@@ -181,13 +215,45 @@ class MultipartUploads:
             raise self._refusal
         return self._operations
 
-    def close(self) -> None:
-        """Free spools and streams once the request is answered."""
-        for part in self.parts.values():
-            part.send.close()
-            part.receive.close()
-            if part.spool is not None:
-                part.spool.close()
+    async def aclose(self) -> None:
+        """Free spools, streams and their quota once the request is answered."""
+        with anyio.CancelScope(shield=True):
+            for part in self.parts.values():
+                part.send.close()
+                part.receive.close()
+                if part.spool is not None:
+                    part.spool.close()
+                await self.release(part)
+
+    async def release(self, part: IncomingPart) -> None:
+        """Give back the quota held for ``part``'s spool."""
+        if part.reserved and self.owner_id is not None:
+            with anyio.CancelScope(shield=True):
+                async with self.request.state.sessionmaker() as db:
+                    await quota.release(db, self.owner_id, part.reserved)
+                    await db.commit()
+        part.reserved = 0
+
+    async def _pay_for_spool(self, part: IncomingPart) -> None:
+        """Reserve quota for ``part.spooled`` bytes, or refuse them before they are written."""
+        limit = self.settings.max_upload_bytes
+        if part.spooled > limit:
+            raise QuotaExceeded(
+                f"A file may have at most {limit} bytes (DEPOT_MAX_UPLOAD_BYTES); "
+                "this one has more."
+            )
+        if part.spooled <= part.reserved:
+            return
+        if self.owner_id is None:
+            raise Unauthenticated("Sign in to upload files.")
+        needed = part.spooled - part.reserved
+        async with self.request.state.sessionmaker() as db:
+            try:
+                await quota.reserve(db, self.owner_id, max(needed, SPOOL_RESERVE_STEP))
+                part.reserved += max(needed, SPOOL_RESERVE_STEP)
+            except QuotaExceeded:
+                await quota.reserve(db, self.owner_id, needed)
+                part.reserved += needed
 
     # -- parsing --------------------------------------------------------------
 
@@ -195,8 +261,10 @@ class MultipartUploads:
         """Read the whole body, feeding readers; never raises (errors go to readers)."""
         try:
             await self._parse()
-        except Refused as exc:
-            self._fail(exc.message)
+        except (Refused, BodyRefused) as exc:
+            self._fail(exc.message, exc.status)
+        except DepotError as exc:
+            self._fail(str(exc), error=exc)
         except ClientDisconnect:
             self._fail("The client disconnected before the whole request arrived.")
         except MultipartParseError as exc:
@@ -205,10 +273,13 @@ class MultipartUploads:
             logger.exception("multipart parsing failed")
             self._fail("The multipart body could not be read.")
 
-    def _fail(self, message: str) -> None:
-        error = BadRequest(message)
+    def _fail(self, message: str, status: int = 400, *, error: DepotError | None = None) -> None:
+        if error is None:
+            error = _ERRORS.get(status, BadRequest)(message)
+        if status != 400:
+            self.status = status
         if not self._ready.is_set():
-            self._refusal = Refused(message)
+            self._refusal = Refused(message, status)
             self._ready.set()
         self.error = error
         for part in self.parts.values():
@@ -244,7 +315,8 @@ class MultipartUploads:
                 "on_end": notice("end"),
             },
         )
-        async for chunk in self.request.stream():
+        silence_s = self.settings.body_timeout_seconds
+        async for chunk in body_chunks(self.request, silence_s=silence_s):
             if not chunk:
                 continue
             parser.write(chunk)
@@ -261,6 +333,13 @@ class MultipartUploads:
         elif kind == "part_begin":
             self._index += 1
             self._headers = {}
+            files = self.settings.max_upload_files
+            if self._index >= 2 + files:
+                raise Refused(
+                    f"A multipart request may carry at most {files} files "
+                    "(DEPOT_MAX_UPLOAD_FILES); send the rest in another request.",
+                    413,
+                )
         elif kind == "header_field":
             self._header_field += data
         elif kind == "header_value":
@@ -319,9 +398,12 @@ class MultipartUploads:
     async def _data(self, data: bytes) -> None:
         if self._mode == "field":
             self._field += data
-            if len(self._field) > MAX_FIELD_BYTES:
+            limit = self.settings.max_request_bytes
+            if len(self._field) > limit:
                 raise Refused(
-                    f"The `operations` and `map` fields may have at most {MAX_FIELD_BYTES} bytes."
+                    f"The `operations` and `map` fields may have at most {limit} bytes each "
+                    "(DEPOT_MAX_REQUEST_BYTES).",
+                    413,
                 )
         elif self._mode == "stream":
             assert self._current is not None
@@ -335,6 +417,7 @@ class MultipartUploads:
             assert part is not None
             assert part.spool is not None
             part.spooled += len(data)
+            await self._pay_for_spool(part)
             if part.spooled > SPOOL_IN_MEMORY:
                 # On disk by now: keep blocking writes off the event loop.
                 await anyio.to_thread.run_sync(part.spool.write, data)
@@ -385,6 +468,13 @@ def _substitute(uploads: MultipartUploads, operations: Any, file_map: Any) -> No
         for paths in file_map.values()
     ):
         raise Refused('The `map` field must be a JSON object like {"0": ["variables.file"]}.')
+    files = uploads.settings.max_upload_files
+    if len(file_map) > files:
+        raise Refused(
+            f"A multipart request may carry at most {files} files (DEPOT_MAX_UPLOAD_FILES); "
+            f"this `map` names {len(file_map)}.",
+            413,
+        )
     for name, paths in file_map.items():
         # Registered at once, so that close() frees it even if a later path is refused.
         part = uploads.parts[name] = IncomingPart(uploads, name)

@@ -11,6 +11,8 @@ resolver is a bug: it is logged with its traceback and masked as
     ├── NotFound               no such object, or it belongs to someone else
     ├── BadUserInput           an argument is invalid; ``field`` names it
     ├── BadRequest             the request itself is malformed or did not arrive whole
+    │   ├── RequestTimeout     its body stopped arriving (HTTP 408)
+    │   └── PayloadTooLarge    it, or a part of it, is over a size or count limit (413)
     ├── Conflict               the change clashes with existing state
     ├── QuotaExceeded          the change would exceed a storage quota
     └── RateLimited            too many attempts; ``retry_after`` says when to retry
@@ -73,6 +75,18 @@ class BadRequest(DepotError):
     """Raised when the request itself was malformed or did not arrive whole (multipart)."""
 
     code = "BAD_REQUEST"
+
+
+class RequestTimeout(BadRequest):
+    """Raised when a request body stopped arriving before it was whole (HTTP 408)."""
+
+    code = "REQUEST_TIMEOUT"
+
+
+class PayloadTooLarge(BadRequest):
+    """Raised when a request, or a part of it, is over its size or count limit (HTTP 413)."""
+
+    code = "PAYLOAD_TOO_LARGE"
 
 
 class Conflict(DepotError):

@@ -198,6 +198,30 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         default=5 * 1024**3, ge=0, description="Largest file one upload may create."
     )
+    max_request_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="Largest GraphQL JSON body, and largest `operations` or `map` field of a "
+        "multipart upload; past it the request is refused (413) without reading the rest. "
+        "1 MiB is some 40 times the longest document the token limit admits: only a client "
+        "sending files inside JSON (use uploads) or a flood meets it.",
+    )
+    max_upload_files: int = Field(
+        default=100,
+        ge=1,
+        le=10_000,
+        description="Most files one multipart request may carry (413 past it); a client "
+        "uploading more sends several requests.",
+    )
+    body_timeout_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=3600,
+        description="A request body (JSON, multipart or direct-upload PUT) that stops arriving "
+        "for this long is refused with 408 and what came of it discarded. No working "
+        "network goes silent this long mid-body; header timeouts are the reverse proxy's.",
+    )
     download_url_minutes: int = Field(
         default=15, ge=1, le=7 * 24 * 60, description="How long a download link works."
     )

@@ -1,0 +1,98 @@
+"""Reading a request body with bounds: no more than a limit, no long silence.
+
+Every route that reads a body reads it through :func:`body_chunks`: the
+GraphQL JSON body (bounded by ``DEPOT_MAX_REQUEST_BYTES``), the multipart
+stream (its fields bounded in ``api.multipart``) and the direct-upload PUT
+(bounded by its ticket). A client that declares or sends more than the limit
+is refused at once, without reading the rest; one that stops sending for
+``DEPOT_BODY_TIMEOUT_SECONDS`` is refused with 408. Header-read timeouts are
+the reverse proxy's (``deploy/nginx.conf``): by the time a route runs, the
+headers are in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+from starlette.requests import Request
+
+
+class BodyRefused(Exception):
+    """The body cannot be read: ``status`` and ``code`` say why, ``message`` how to fix it."""
+
+    status = 400
+    code = "BAD_REQUEST"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class BodyTooLarge(BodyRefused):
+    """Raised when the declared or received body passes its limit (413)."""
+
+    status = 413
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class BodySilent(BodyRefused):
+    """Raised when the client sent nothing for the whole timeout (408)."""
+
+    status = 408
+    code = "REQUEST_TIMEOUT"
+
+
+def too_large(limit: int, what: str = "A GraphQL request body") -> BodyTooLarge:
+    """The refusal of a body over ``limit`` bytes, naming the setting."""
+    return BodyTooLarge(
+        f"{what} may have at most {limit} bytes (DEPOT_MAX_REQUEST_BYTES); send files "
+        "as multipart uploads or with createUpload."
+    )
+
+
+def check_declared_length(request: Request, limit: int | None) -> None:
+    """Refuse a ``Content-Length`` over ``limit`` before a byte of the body is read."""
+    declared = request.headers.get("content-length", "")
+    if limit is not None and declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+
+
+async def body_chunks(
+    request: Request, *, silence_s: float, limit: int | None = None
+) -> AsyncIterator[bytes]:
+    """``request.stream()``, refused past ``limit`` bytes or after ``silence_s`` s without one.
+
+    Raises :class:`BodyTooLarge`, :class:`BodySilent`, or Starlette's
+    ``ClientDisconnect`` when the client goes away.
+    """
+    check_declared_length(request, limit)
+    received = 0
+    chunks = request.stream().__aiter__()
+    try:
+        while True:
+            try:
+                with anyio.fail_after(silence_s):
+                    chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise BodySilent(
+                    f"The request body stopped arriving for {silence_s:g} s "
+                    "(DEPOT_BODY_TIMEOUT_SECONDS); nothing of it was kept."
+                ) from None
+            received += len(chunk)
+            if limit is not None and received > limit:
+                raise too_large(limit)
+            yield chunk
+    finally:
+        await chunks.aclose()  # type: ignore[attr-defined]
+
+
+async def read_body(request: Request, *, silence_s: float, limit: int) -> bytes:
+    """The whole body, under the same bounds; kept as ``request.body()`` will return it."""
+    chunks = body_chunks(request, silence_s=silence_s, limit=limit)
+    body = b"".join([chunk async for chunk in chunks])
+    # Starlette's own cache: later request.body() calls return these bytes.
+    request._body = body
+    return body
