@@ -32,6 +32,9 @@ T = TypeVar("T")
 def settings_env(settings: Settings) -> dict[str, str]:
     """``settings`` as the DEPOT_* variables that recreate them in another process."""
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp")}
+    if "PYTHONPATH" in os.environ:
+        # A checkout other than the installed one (a git worktree) runs its own code.
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     for name, value in settings.model_dump().items():
         if value is None:
             continue
