@@ -10,7 +10,10 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import os
 import shlex
+import shutil
+import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -280,3 +283,41 @@ def test_dockerignore_keeps_what_the_image_copies() -> None:
     assert "README.md" in copied
     for source in copied:
         assert not any(fnmatch.fnmatch(source, pattern) for pattern in ignored), source
+
+
+# -- deploy/nginx.conf ----------------------------------------------------------------
+
+NGINX_CONF = ROOT / "deploy" / "nginx.conf"
+
+
+def test_nginx_configuration_is_valid(tmp_path: Path) -> None:
+    """``nginx -t`` accepts the shipped proxy configuration (CI installs nginx)."""
+    nginx = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+    if nginx is None:
+        if os.environ.get("CI"):
+            pytest.fail("nginx is not installed, but CI must check deploy/nginx.conf")
+        pytest.skip("nginx is not installed; apt-get install nginx to check deploy/nginx.conf")
+    checked = subprocess.run(
+        [nginx, "-t", "-q", "-p", str(tmp_path), "-e", "stderr", "-c", str(NGINX_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stderr
+
+
+def test_nginx_configuration_does_what_the_readme_says() -> None:
+    conf = NGINX_CONF.read_text()
+    for directive in (
+        "client_header_timeout",
+        "client_body_timeout",
+        "client_max_body_size",
+        "large_client_header_buffers",
+        "proxy_set_header Upgrade $http_upgrade",
+        "proxy_request_buffering off",
+        "proxy_buffering off",
+        "X-Forwarded-For $proxy_add_x_forwarded_for",
+        "DEPOT_TRUSTED_PROXIES",
+    ):
+        assert directive in conf, f"deploy/nginx.conf lacks {directive!r}"
