@@ -20,6 +20,7 @@ import anyio
 import anyio.lowlevel
 import httpx
 import pytest
+from httpx_ws import WebSocketDisconnect, connect_ws
 from httpx_ws.transport import ASGIWebSocketTransport
 from starlette.types import ASGIApp, Message
 
@@ -386,3 +387,16 @@ def test_serve_caps_header_size_and_count(served: int, headers: str) -> None:
         answer = sock.recv(65536)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
     assert httpx.get(f"http://127.0.0.1:{served}/healthz").status_code == 200
+
+
+def test_serve_still_upgrades_websockets(served: int) -> None:
+    # The h11 server (chosen for its header bound) hands /graphql sockets over
+    # as before: the protocol runs, and refuses an anonymous connection_init.
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{served}") as client,
+        connect_ws("/graphql", client, subprotocols=["graphql-transport-ws"]) as ws,
+    ):
+        ws.send_json({"type": "connection_init", "payload": {}})
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json(timeout=5)
+    assert closed.value.code == 4401
