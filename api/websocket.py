@@ -3,9 +3,9 @@
 Strawberry's protocol handlers do the protocol; Depot adds, for both
 ``graphql-transport-ws`` and the legacy ``graphql-ws``:
 
-* sign-in from the ``authorization`` in ``connection_init`` (the view's
-  ``on_ws_connect`` calls :func:`sign_in_socket`): none closes with 4401, a
-  refused one with 4403;
+* sign-in from the ``Authorization`` in ``connection_init`` (the view's
+  ``on_ws_connect`` calls :func:`sign_in_socket`; see :func:`connection_authorization`
+  for the payload shapes): none closes with 4401, a refused one with 4403;
 * once acknowledged, a watch that rechecks the credential and closes the
   socket with 4403 when it ends (a revoked session, a deactivated user).
 
@@ -55,9 +55,35 @@ def subscription_protocols(settings: Settings) -> list[str]:
     return protocols
 
 
+def connection_authorization(payload: object) -> object:
+    """The ``Authorization`` a ``connection_init`` payload carries (None if none).
+
+    Clients put it in one of two shapes, and header names are case-insensitive,
+    so any case is accepted in both: ``{"Authorization": "Bearer …"}`` (what
+    GraphiQL sends from its headers pane; graphql-ws's ``connectionParams``)
+    and ``{"headers": {"Authorization": "Bearer …"}}`` (clients that mirror
+    their HTTP headers). The value is returned as sent: one that is not a
+    string is a refused credential (4403), not a missing one (4401).
+    """
+    if not isinstance(payload, dict):
+        return None
+    found = _header(payload)
+    headers = payload.get("headers")
+    if found is None and isinstance(headers, dict):
+        found = _header(headers)
+    return found
+
+
+def _header(mapping: dict[object, object]) -> object:
+    for key, value in mapping.items():
+        if isinstance(key, str) and key.lower() == "authorization":
+            return value
+    return None
+
+
 async def sign_in_socket(context: Context) -> None:
     """Sign a socket in from its ``connection_init`` payload; refuse it (4403) otherwise."""
-    authorization = (context.connection_params or {}).get("authorization")
+    authorization = connection_authorization(context.connection_params)
     if not isinstance(authorization, str):
         raise ConnectionRejectionError()
     await sign_in(context, authorization)
@@ -114,7 +140,7 @@ class _Watched:
 class TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None]):
     """graphql-transport-ws with Depot's close codes for sign-in.
 
-    No ``authorization`` in ``connection_init`` closes with 4401 Unauthorized;
+    No ``Authorization`` in ``connection_init`` closes with 4401 Unauthorized;
     a refused one with 4403 Forbidden (Strawberry's rejection code), as does a
     credential that ends while the socket is open.
     """
@@ -124,7 +150,7 @@ class TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None])
         if (
             not self.connection_init_received
             and isinstance(payload, dict | None)
-            and not (payload or {}).get("authorization")
+            and not connection_authorization(payload)
         ):
             await self.websocket.close(
                 code=4401, reason='Unauthorized: send {"authorization": "Bearer <token>"}'

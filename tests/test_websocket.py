@@ -226,6 +226,55 @@ async def test_legacy_protocol_needs_a_token_too(tmp_path: Path, payload: dict[s
     assert code == 1011
 
 
+# -- payload shapes: GraphiQL's headers pane and header-mirroring clients ------------
+
+PAYLOAD_SHAPES = {
+    "GraphiQL": lambda token: {"Authorization": f"Bearer {token}"},
+    "upper-case": lambda token: {"AUTHORIZATION": f"Bearer {token}"},
+    "headers": lambda token: {"headers": {"Authorization": f"Bearer {token}"}},
+    "headers-mixed-case": lambda token: {"headers": {"aUtHoRiZaTiOn": f"Bearer {token}"}},
+}
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+@pytest.mark.parametrize("shape", list(PAYLOAD_SHAPES))
+async def test_authorization_in_any_case_and_shape_signs_in(
+    tmp_path: Path, protocol: str, shape: str
+) -> None:
+    async with _legacy(tmp_path) as (client, token), _connect(client, protocol) as ws:
+        payload = PAYLOAD_SHAPES[shape](token)
+        await ws.send_json({"type": "connection_init", "payload": payload})
+        # Both protocols refuse a socket they could not sign in (see above).
+        assert await _receive(ws) == {"type": "connection_ack"}
+        if protocol == TRANSPORT_WS:  # the legacy one runs subscriptions only
+            await _still_answers(ws, "q1")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"headers": {}}, {"headers": "Authorization: Bearer x"}, {"Authorization": ""}],
+    ids=["empty-headers", "headers-not-an-object", "blank"],
+)
+async def test_no_authorization_in_either_shape_closes_with_4401(
+    client: httpx.AsyncClient, payload: dict[str, Any]
+) -> None:
+    async with _connect(client) as ws:
+        await ws.send_json({"type": "connection_init", "payload": payload})
+        code, _ = await _closed(ws)
+    assert code == 4401
+
+
+@pytest.mark.parametrize("protocol", [TRANSPORT_WS, LEGACY_WS])
+async def test_refused_authorization_in_headers_is_refused(tmp_path: Path, protocol: str) -> None:
+    async with _legacy(tmp_path) as (client, _), _connect(client, protocol) as ws:
+        payload = {"headers": {"Authorization": "Bearer not-a-token"}}
+        await ws.send_json({"type": "connection_init", "payload": payload})
+        if protocol == LEGACY_WS:
+            assert (await _receive(ws))["type"] == "connection_error"
+        code, _ = await _closed(ws)
+    assert code == (4403 if protocol == TRANSPORT_WS else 1011)
+
+
 # -- credentials that end while a socket is open ----------------------------------
 
 # Rechecks this often in these tests; TIMEOUT_S leaves room for many rechecks.
