@@ -67,6 +67,8 @@ def create_app(settings: Settings) -> Starlette:
         max_aliases=settings.graphql_max_aliases,
         max_directives=settings.graphql_max_directives,
         max_cost=settings.graphql_max_cost,
+        introspection=settings.graphql_introspection,
+        suggestions=settings.graphql_suggestions,
     )
     graphql = GraphQLView(schema, settings)
     links = RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url))

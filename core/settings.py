@@ -57,6 +57,12 @@ def normalize_database_url(url: str) -> str:
     return f"{driver}://{rest}"
 
 
+# Development aids, each on by default in development and off in production,
+# where they only help an attacker map the API: clients there build against
+# the published `schema.graphql`.
+DEVELOPMENT_AIDS = ("graphiql", "graphql_introspection", "graphql_suggestions")
+
+
 def _is_weak(secret: str) -> bool:
     return len(secret) < MIN_SECRET_LENGTH or len(set(secret)) < 10
 
@@ -304,7 +310,22 @@ class Settings(BaseSettings):
         default="auto",
         description="`auto` is JSON in production and readable text in development.",
     )
-    graphiql: bool = Field(default=True, description="Serve GraphiQL at `/graphql`.")
+    graphiql: bool = Field(
+        default=True,
+        description="Serve GraphiQL to a browser opening `/graphql`; off, that is a 404. "
+        "Default: on in development, off in production.",
+    )
+    graphql_introspection: bool = Field(
+        default=True,
+        description="Answer introspection (`__schema`, `__type`); off, such a query is "
+        "`GRAPHQL_VALIDATION_FAILED`. Default: on in development, off in production, "
+        "where clients build against the published `schema.graphql`.",
+    )
+    graphql_suggestions: bool = Field(
+        default=True,
+        description='Add "Did you mean …?" to validation errors, which reveals field '
+        "and type names. Default: on in development, off in production.",
+    )
     ws_auth_recheck_seconds: float = Field(
         default=10,
         gt=0,
@@ -355,6 +376,16 @@ class Settings(BaseSettings):
         "job with its inputs and 100 outputs costs 1,203, a page of 100 files with their "
         "owners 301.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _development_aids_follow_the_environment(cls, data: object) -> object:
+        # Before validation, so a value given (variable, .env, argument) wins and
+        # the field keeps a plain bool type. (A default factory reading the
+        # environment would add an error of its own whenever another value is bad.)
+        if isinstance(data, dict) and data.get("environment") == "production":
+            data = dict.fromkeys(DEVELOPMENT_AIDS, False) | data
+        return data
 
     @field_validator("database_url")
     @classmethod
@@ -539,6 +570,7 @@ def env_example() -> str:
         "# Generated from core/settings.py by `make docs`; the README's table says the same.",
     ]
     for name, field in Settings.model_fields.items():
+        # A development aid is shown at its development default.
         default = field.get_default(call_default_factory=True)
         if isinstance(default, list):
             default = ",".join(default)
@@ -554,5 +586,7 @@ def settings_table() -> str:
         if isinstance(default, list):
             default = ",".join(default)
         shown = f"`{default}`" if default not in (None, "") else "—"
+        if name in DEVELOPMENT_AIDS:
+            shown = f"{shown} (production: `False`)"
         lines.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(lines) + "\n"

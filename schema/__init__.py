@@ -7,7 +7,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import MaxTokensLimiter, ValidationCache
+from strawberry.extensions import DisableIntrospection, MaxTokensLimiter, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
@@ -60,13 +60,17 @@ def build_schema(
     max_aliases: int = 15,
     max_directives: int = 20,
     max_cost: int = 5000,
+    introspection: bool = True,
+    suggestions: bool = True,
 ) -> strawberry.Schema:
     """The schema with its limits (``schema.limits``) and caches, built once per set of limits.
 
     Building one takes about a third of an app's start. A built schema holds
     no per-app state (its extensions are factories, called per operation), so
     every app of a process with the same limits shares it: tests start
-    hundreds of apps.
+    hundreds of apps. ``introspection`` and ``suggestions`` are development
+    aids that production turns off (``DEPOT_GRAPHQL_INTROSPECTION``,
+    ``DEPOT_GRAPHQL_SUGGESTIONS``); they are part of the cache's key too.
     """
     limits = Limits(max_depth=max_depth, max_aliases=max_aliases, max_directives=max_directives)
     # Factories, so each operation gets fresh extension state; the parser and
@@ -79,8 +83,10 @@ def build_schema(
         lambda: ValidationCache(maxsize=256),
         query_cost(max_cost),
         RequestRules,
+        # A fixed rule class, so the validation cache key stays the same.
+        *([] if introspection else [DisableIntrospection]),
         FreshLoaders,
-        ErrorCodes,
+        ErrorCodes if suggestions else ErrorCodes.without_suggestions,
     ]
     return _Schema(
         query=Query,

@@ -10,6 +10,7 @@ sees ``INTERNAL_SERVER_ERROR`` with that request id and nothing more.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,10 +27,28 @@ logger = structlog.get_logger("depot.graphql")
 # Exceptions graphql-core raises while coercing a client's literals and
 # variables; they describe the request, not a failure of ours.
 _REQUEST_ERRORS = (GraphQLError, ValueError, TypeError)
+# graphql-core's `did_you_mean` text, " Did you mean 'a', 'b', or 'c'?", in the
+# message of a validation or variable-coercion error (last, or before the
+# echoed "Found: …" value). Names cannot contain "?", so it ends at the first.
+_SUGGESTION = re.compile(r" ?Did you mean [^?]*\?")
 
 
 class ErrorCodes(SchemaExtension):
-    """Give every error an ``extensions.code``; mask and log unexpected ones."""
+    """Give every error an ``extensions.code``; mask and log unexpected ones.
+
+    :meth:`without_suggestions` also drops graphql-core's "Did you mean …?"
+    from request errors: in production it would spell out the schema to
+    someone guessing at it with introspection turned off.
+    """
+
+    suggestions = True
+
+    @classmethod
+    def without_suggestions(cls) -> ErrorCodes:
+        """The extension for a schema whose errors suggest no names."""
+        extension = cls()
+        extension.suggestions = False
+        return extension
 
     def on_operation(self) -> Iterator[None]:
         self._streamed = False
@@ -56,7 +75,8 @@ class ErrorCodes(SchemaExtension):
         if error.path is None and (original is None or isinstance(original, _REQUEST_ERRORS)):
             # A limit's refusal (schema.limits) brings its own code.
             code = (error.extensions or {}).get("code", "GRAPHQL_VALIDATION_FAILED")
-            return _with_extensions(error, error.message, {"code": code})
+            message = error.message if self.suggestions else _SUGGESTION.sub("", error.message)
+            return _with_extensions(error, message, {"code": code})
         request_id = getattr(self.execution_context.context, "request_id", None)
         return internal_error(error, request_id)
 
