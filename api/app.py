@@ -44,6 +44,25 @@ from workers.scheduler import Maintenance
 
 logger = structlog.get_logger("depot.app")
 
+# What a page on another origin may send: GET and POST to /graphql, GET and
+# HEAD to a download link, PUT to a direct-upload ticket. The preflight
+# (OPTIONS) itself is answered by the middleware; a tus route adds PATCH
+# and DELETE here when it lands.
+CORS_METHODS = ["GET", "HEAD", "POST", "PUT"]
+# Response headers such a page may read: a download's name, validator, size
+# and range; and tus's, for resumable uploads.
+CORS_EXPOSED_HEADERS = [
+    "Content-Disposition",
+    "ETag",
+    "Content-Length",
+    "Content-Range",
+    "Accept-Ranges",
+    "Location",
+    "Tus-Resumable",
+    "Upload-Offset",
+    "Upload-Length",
+]
+
 
 class State(TypedDict):
     """What every request finds in ``request.state``."""
@@ -118,9 +137,9 @@ def create_app(settings: Settings) -> Starlette:
             Middleware(
                 CORSMiddleware,
                 allow_origins=settings.cors_origins,
-                allow_methods=["GET", "POST"],
+                allow_methods=CORS_METHODS,
                 allow_headers=["*"],
-                expose_headers=[REQUEST_ID_HEADER],
+                expose_headers=[*CORS_EXPOSED_HEADERS, REQUEST_ID_HEADER],
                 max_age=600,
             )
         )
