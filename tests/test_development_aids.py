@@ -16,8 +16,6 @@ import httpx
 import pytest
 from httpx_ws import aconnect_ws
 
-from core import migrate
-from core.db import create_engine
 from core.settings import load_settings
 from schema import build_schema
 from tests.conftest import make_settings, serve_app
@@ -57,14 +55,9 @@ def test_production_may_turn_each_back_on(
 
 
 @asynccontextmanager
-async def _production(tmp_path: Path, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    """A production app (on a migrated database, as production requires)."""
-    settings = make_settings(tmp_path, environment="production", **overrides)
-    engine = create_engine(settings)
-    try:
-        await migrate.upgrade(engine)
-    finally:
-        await engine.dispose()
+async def _production(tmp_path: Path, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """A production app, on a migrated database as production requires."""
+    settings = make_settings(tmp_path, environment="production", database_url=database_url)
     async with serve_app(settings) as client:
         yield client
 
@@ -75,8 +68,8 @@ async def _post(client: httpx.AsyncClient, query: str) -> dict[str, Any]:
     return body
 
 
-async def test_production_hides_the_schema(tmp_path: Path) -> None:
-    async with _production(tmp_path) as client:
+async def test_production_hides_the_schema(tmp_path: Path, database_url: str) -> None:
+    async with _production(tmp_path, database_url) as client:
         for query in (INTROSPECTION, TYPE_INTROSPECTION):
             body = await _post(client, query)
             # One error per introspection field (`__schema`, then `queryType`).
