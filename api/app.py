@@ -90,7 +90,13 @@ def create_app(settings: Settings) -> Starlette:
         suggestions=settings.graphql_suggestions,
     )
     graphql = GraphQLView(schema, settings)
-    links = RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url))
+    links = RouteLinks(
+        LinkSigner(settings.secret),
+        str(settings.public_base_url),
+        # In development, links lead back to wherever the page reached Depot.
+        follow_request=not settings.is_production
+        and "public_base_url" not in settings.model_fields_set,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:

@@ -2,7 +2,8 @@
 
 The ``Context`` type itself is ``schema.context.Context``: what resolvers may
 use. Here is where its values come from, which only the API knows: the
-long-lived clients the app's lifespan put in ``request.state``, the request id
+long-lived clients the app's lifespan put in ``request.state``, the links to
+the byte routes (at the request's own host in development), the request id
 from ``RequestIdMiddleware``, and the principal behind ``Authorization``.
 """
 
@@ -34,6 +35,7 @@ async def build_context(
         sessionmaker=state.sessionmaker,
         login_limiter=state.login_limiter,
         storage=state.storage,
+        links=state.links.for_request(request),
         events=state.events,
         jobs=state.jobs,
         request_id=state.request_id,

@@ -1,10 +1,17 @@
 """Depot's own byte routes, behind signed links: downloads, and direct-upload PUTs.
 
-S3 presigns its own URLs; these routes serve local (and memory) storage. A
-link is verified before anything else is looked at, and every refusal of a
-link has the same body whatever key it names, so a link reveals nothing about
-files its holder may not see: 403 for a link that is not ours (tampered,
-another purpose), 410 for one that expired or whose object is gone.
+Every download link is Depot's, whatever the storage: it is verified, then
+checked against the database on every request (``core.downloads``: the file
+neither trashed nor purged, its owner active, the credential that asked for
+it still live), and only then served: streamed from local (and memory)
+storage, or redirected (307) to an S3 URL presigned for
+``REDIRECT_SECONDS``, so no link outlives the file or the credential. Upload
+links are ours for local storage only; S3 presigns its own PUTs.
+
+Every refusal of a link has the same body whatever key it names, so a link
+reveals nothing about files its holder may not see: 403 for a link that is
+not ours (tampered, another purpose), 410 for one that expired, whose file
+is gone or trashed, whose owner was deactivated or whose credential ended.
 
 Bytes stream both ways: a download reads the requested range in blocks, an
 upload writes the request body as it arrives. Neither holds a file in memory.
@@ -14,24 +21,29 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import urljoin
 
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.requests import ClientDisconnect, HTTPConnection, Request
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from api.bodies import BodySilent, body_chunks
 from core.content import OCTET_STREAM, content_disposition
 from core.direct_uploads import open_ticket
+from core.downloads import may_download
 from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
 from storage.base import Stat, Storage
 from storage.errors import ObjectNotFound, TooLarge
 
 PATHS: dict[Purpose, str] = {"download": "/files/download/", "upload": "/files/upload/"}
 """Where each purpose's route lives; a link is its path followed by its token."""
+
+REDIRECT_SECONDS = 60
+"""How long the presigned S3 URL a checked download link redirects to stays valid:
+long enough to start the download, too short to pass around."""
 
 _INVALID = "This link is not valid."
 _GONE = "This link has expired; ask for a new one."
@@ -53,23 +65,43 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 
 @dataclass(frozen=True)
 class RouteLinks:
-    """Signed links to the routes below, at ``base_url``: what local and memory
-    storage hand out as download and upload URLs (``storage.Links``).
+    """Signed links to the routes below, at ``base_url`` (``storage.Links``): every
+    download URL, and local and memory storage's upload URLs.
 
     Built once by the app, which gives it to storage and to these routes,
-    so the links storage signs are the ones the routes verify.
+    so the links storage signs are the ones the routes verify. With
+    ``follow_request`` (development, no ``DEPOT_PUBLIC_BASE_URL`` set), each
+    request's links point at the host it was sent to (``for_request``).
     """
 
     signer: LinkSigner
     base_url: str
+    follow_request: bool = False
+
+    def for_request(self, connection: HTTPConnection) -> RouteLinks:
+        """These links as ``connection``'s client should be given them.
+
+        Following the request, the base is its scheme and ``Host`` (``ws``
+        read as ``http``), which uvicorn resolved through
+        ``DEPOT_TRUSTED_PROXIES`` only; otherwise ``base_url`` as configured.
+        """
+        if not self.follow_request:
+            return self
+        base = connection.base_url
+        scheme = {"ws": "http", "wss": "https"}.get(base.scheme, base.scheme)
+        return replace(self, base_url=str(base.replace(scheme=scheme)))
 
     def url(self, purpose: Purpose, expires_at: datetime, **claims: str | int) -> str:
         """The link to ``purpose``'s route carrying ``claims`` until ``expires_at``."""
         token = self.signer.sign(purpose, expires_at, **claims)
         return urljoin(self.base_url, PATHS[purpose] + token)
 
-    def download(self, key: str, *, filename: str, content_type: str, expires_at: datetime) -> str:
-        return self.url("download", expires_at, key=key, name=filename, type=content_type)
+    def download(
+        self, key: str, *, filename: str, content_type: str, expires_at: datetime, credential: str
+    ) -> str:
+        return self.url(
+            "download", expires_at, key=key, name=filename, type=content_type, cred=credential
+        )
 
     def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
         return self.url("upload", expires_at, key=key, size=size)
@@ -154,14 +186,34 @@ async def _stream(storage: Storage, key: str, start: int, end: int) -> AsyncIter
 
 
 async def download(request: Request) -> Response:
-    """GET or HEAD ``/files/download/<token>``: the file as an attachment, ranges included."""
+    """GET or HEAD ``/files/download/<token>``: the file as an attachment, ranges included.
+
+    Checked on every request, before storage is asked anything (one query);
+    on S3 the answer is a redirect to a presigned URL, which serves ranges itself.
+    """
     try:
         key, claims = _link(request, "download")
     except _Refused as refused:
         return refused.response
     name = claims.get("name")
     media = claims.get("type")
+    credential = claims.get("cred")
+    filename = name if isinstance(name, str) else ""
+    content_type = media if isinstance(media, str) and _MEDIA_TYPE.fullmatch(media) else None
+    if not isinstance(credential, str):
+        return _error(410, _GONE)
+    async with request.state.sessionmaker() as db:
+        if not await may_download(db, key, credential):
+            return _error(410, _GONE)
     storage: Storage = request.state.storage
+    presigned = await storage.download_url(
+        key,
+        filename=filename,
+        content_type=content_type or OCTET_STREAM,
+        expires_in=timedelta(seconds=REDIRECT_SECONDS),
+    )
+    if presigned is not None:
+        return RedirectResponse(presigned, status_code=307, headers={"Cache-Control": "no-store"})
     try:
         stat = await storage.stat(key)
     except ObjectNotFound:
@@ -174,9 +226,8 @@ async def download(request: Request) -> Response:
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-transform",
         "X-Content-Type-Options": "nosniff",
-        "Content-Disposition": content_disposition(name if isinstance(name, str) else ""),
+        "Content-Disposition": content_disposition(filename),
     }
-    content_type = media if isinstance(media, str) and _MEDIA_TYPE.fullmatch(media) else None
     if_none_match = request.headers.get("if-none-match")
     if if_none_match is not None:
         if _etag_matches(if_none_match, etag):

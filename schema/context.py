@@ -18,7 +18,7 @@ from core.models import User
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
 from schema.loaders import Loaders
-from storage import Storage
+from storage import Links, Storage
 from workers.broker import Jobs
 
 
@@ -32,6 +32,8 @@ class Context:
     sessionmaker: SessionMaker
     login_limiter: LoginLimiter
     storage: Storage
+    # Depot's signed links (every download URL), pointed at this request's host in development.
+    links: Links
     events: EventLog
     jobs: Jobs
     request_id: str

@@ -20,7 +20,9 @@ from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
 from core import models
+from core.downloads import credential_of
 from core.errors import Forbidden, NotFound
+from core.time import utcnow
 from schema.context import Info
 from schema.enums import JobKind, JobStatus, Role
 from schema.filters import (
@@ -170,12 +172,15 @@ class File(Node):
         "(`DEPOT_DOWNLOAD_URL_MINUTES`); ask again for a fresh one."
     )
     async def download_url(self, info: Info) -> str:
-        settings = info.context.settings
-        return await info.context.storage.download_url(
+        # Depot's own link on every backend, bound to the caller's credential:
+        # the download route checks the file and the credential on each request.
+        context = info.context
+        return context.links.download(
             self.storage_key,
             filename=self.name,
             content_type=self.content_type,
-            expires_in=timedelta(minutes=settings.download_url_minutes),
+            expires_at=utcnow() + timedelta(minutes=context.settings.download_url_minutes),
+            credential=credential_of(context.require_principal()),
         )
 
     @strawberry.field(description="The user the file belongs to.")

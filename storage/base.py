@@ -35,13 +35,18 @@ class SignedRequest:
 class Links(Protocol):
     """Signed links to the byte routes of the process serving them (``api.files``).
 
-    Local and memory storage cannot presign URLs as S3 does, so they hand out
-    these instead; which routes, paths and host are the API's to say, not
-    storage's.
+    Every download link is one of these, whatever the backend: the route
+    checks the file and the credential on each request, then streams the
+    bytes or (S3) redirects to a short-lived presigned URL. Local and memory
+    storage, which cannot presign, also hand out upload links from here.
+    Which routes, paths and host are the API's to say, not storage's.
     """
 
-    def download(self, key: str, *, filename: str, content_type: str, expires_at: datetime) -> str:
-        """A URL that serves ``key`` as ``filename`` until ``expires_at``."""
+    def download(
+        self, key: str, *, filename: str, content_type: str, expires_at: datetime, credential: str
+    ) -> str:
+        """A URL that serves ``key`` as ``filename`` until ``expires_at``, while
+        ``credential`` (``core.downloads.credential_of``) stays live."""
         ...
 
     def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
@@ -55,7 +60,9 @@ class NoLinks:
     Asking it for a link is a bug in the caller, so it says so.
     """
 
-    def download(self, key: str, *, filename: str, content_type: str, expires_at: datetime) -> str:
+    def download(
+        self, key: str, *, filename: str, content_type: str, expires_at: datetime, credential: str
+    ) -> str:
         raise self._unserved()
 
     def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
@@ -136,8 +143,13 @@ class Storage(Protocol):
 
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta
-    ) -> str:
-        """A URL that serves ``key`` as an attachment named ``filename`` until it expires."""
+    ) -> str | None:
+        """A presigned URL that serves ``key`` as an attachment named ``filename`` until it
+        expires, or None when clients cannot reach storage itself (local, memory).
+
+        Only Depot's download route asks, for a few seconds, once it has checked
+        the link: clients are never given one, so none outlives the file.
+        """
         ...
 
     async def upload_request(

@@ -67,10 +67,9 @@ class MemoryStorage:
 
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta
-    ) -> str:
-        return self._links.download(
-            key, filename=filename, content_type=content_type, expires_at=utcnow() + expires_in
-        )
+    ) -> str | None:
+        """None: no client reaches these bytes but through Depot's download route."""
+        return None
 
     async def upload_request(
         self, key: str, *, size: int, content_type: str, expires_in: timedelta

@@ -337,10 +337,14 @@ async def follow(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
     """Send a request to a link Depot handed out, wherever it points.
 
     Depot's own routes are reached through ``client`` (the app in-process); a
-    presigned S3 URL goes over the network to S3 itself, as a browser's would.
+    presigned S3 URL (a direct upload's, or where a download link redirects)
+    goes over the network to S3 itself, as a browser's would.
     """
     if "X-Amz-Signature" not in httpx.URL(url).params:
-        return await client.request(method, url, **kwargs)
+        response = await client.request(method, url, **kwargs)
+        if response.status_code != 307:
+            return response
+        url = response.headers["location"]
     async with httpx.AsyncClient() as http:
         return await http.request(method, url, **kwargs)
 

@@ -1,5 +1,6 @@
 """Download links: Depot's signed route (headers, ranges, conditional requests, refused
-links) on memory and local storage, and presigned S3 URLs, fetched from S3 itself.
+links) on memory and local storage; on S3 the same link, redirecting to a short
+presigned URL fetched from S3 itself; and the host links lead to.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import jwt
 import pytest
 
 from api.files import RouteLinks
+from core import migrate
+from core.db import create_engine
 from core.links import LinkSigner, Purpose
 from core.settings import Settings
 from core.time import utcnow
 from tests.conftest import S3Server, make_settings, serve_app
-from tests.support import STRONG_SECRET
+from tests.support import STRONG_SECRET, graphql
 from tests.test_direct_uploads import direct_upload, signed_in
 
 pytestmark = pytest.mark.anyio
@@ -219,6 +222,7 @@ async def test_a_link_with_a_hostile_name_claim_cannot_inject_headers(
         key=key,
         name='../evil"\r\nSet-Cookie: a=b\x00.html',
         type="text/html\r\nX-Evil: 1",
+        cred=claims_of(file["downloadUrl"])["cred"],
     )
     response = await client.get(link)
     assert response.status_code == 200
@@ -231,7 +235,7 @@ async def test_a_link_with_a_hostile_name_claim_cannot_inject_headers(
     assert "\n" not in disposition
 
 
-async def test_on_s3_the_link_is_presigned_and_s3_serves_the_named_file(
+async def test_on_s3_the_link_is_depots_and_redirects_to_a_short_presigned_url(
     tmp_path: Path, database_url: str, s3_server: S3Server, s3_url: str
 ) -> None:
     settings = make_settings(
@@ -241,15 +245,28 @@ async def test_on_s3_the_link_is_presigned_and_s3_serves_the_named_file(
         ada = await signed_in(client)
         file = await direct_upload(client, ada, 'dir/na"me café ✓.txt', DATA)
         url: str = file["downloadUrl"]
-    # The app is gone: the link needs S3 alone.
-
-    assert url.startswith(f"{s3_server.endpoint_url}/")
-    query = parse_qs(urlsplit(url).query)
+        # Depot's own link, so every request is checked before S3 is reached...
+        assert url.startswith("http://depot.test/files/download/")
+        assert claims_of(url)["exp"] - utcnow().timestamp() > 6 * 60
+        redirect = await client.get(url)
+        head = await client.head(url)
+        # ...and a trashed file's link is refused by Depot, with no way round to S3.
+        trash = "mutation Trash($id: ID!) { deleteFile(id: $id) { id } }"
+        await graphql(client, trash, {"id": file["id"]}, headers=ada)
+        trashed = await client.get(url)
+    assert redirect.status_code == head.status_code == 307
+    assert redirect.headers["cache-control"] == "no-store"
+    presigned = redirect.headers["location"]
+    assert presigned.startswith(f"{s3_server.endpoint_url}/")
+    query = parse_qs(urlsplit(presigned).query)
     assert "X-Amz-Signature" in query
-    assert query["X-Amz-Expires"] == ["420"]
+    assert query["X-Amz-Expires"] == ["60"]
+    assert trashed.status_code == 410
+    assert "location" not in trashed.headers
+
     async with httpx.AsyncClient() as http:
-        response = await http.get(url)
-        ranged = await http.get(url, headers={"Range": "bytes=70000-200000"})
+        response = await http.get(presigned)
+        ranged = await http.get(presigned, headers={"Range": "bytes=70000-200000"})
     assert response.status_code == 200
     assert response.content == DATA
     assert response.headers["content-type"] == "application/octet-stream"
@@ -258,3 +275,47 @@ async def test_on_s3_the_link_is_presigned_and_s3_serves_the_named_file(
     assert unquote(disposition.partition("UTF-8''")[2]) == "name café ✓.txt"
     assert ranged.status_code == 206
     assert ranged.content == DATA[70000:200001]
+
+
+DOWNLOAD = "query Download($id: ID!) { file(id: $id) { downloadUrl } }"
+
+
+async def _link_via(client: httpx.AsyncClient, headers: dict[str, str], file_id: str) -> str:
+    body = await graphql(client, DOWNLOAD, {"id": file_id}, headers=headers)
+    assert "errors" not in body, body
+    url: str = body["data"]["file"]["downloadUrl"]
+    return url
+
+
+async def test_in_development_links_lead_to_the_host_the_request_reached(
+    client: httpx.AsyncClient, ada: dict[str, str], file: dict[str, Any]
+) -> None:
+    """A page served from elsewhere gets links it can load, not ``localhost:8000``'s."""
+    assert file["downloadUrl"].startswith("http://depot.test/files/download/")
+    elsewhere = await _link_via(client, {**ada, "host": "thumbs.example:5173"}, file["id"])
+    assert elsewhere.startswith("http://thumbs.example:5173/files/download/")
+    response = await client.get(elsewhere)
+    assert response.content == DATA
+
+
+@pytest.mark.parametrize("environment", ["development", "production"])
+async def test_a_configured_public_base_url_is_what_links_lead_to(
+    tmp_path: Path, database_url: str, environment: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        environment=environment,
+        public_base_url="https://depot.example.com",
+    )
+    engine = create_engine(settings)
+    try:
+        await migrate.upgrade(engine)  # production refuses to start on an unmigrated database
+    finally:
+        await engine.dispose()
+    async with serve_app(settings) as client:
+        ada = await signed_in(client)
+        file = await direct_upload(client, ada, "a.bin", b"abc")
+        elsewhere = await _link_via(client, {**ada, "host": "thumbs.example"}, file["id"])
+    assert file["downloadUrl"].startswith("https://depot.example.com/files/download/")
+    assert elsewhere.startswith("https://depot.example.com/files/download/")

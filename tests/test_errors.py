@@ -28,6 +28,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.routing import Route, WebSocketRoute
 
+from api.files import RouteLinks
 from api.graphql import GraphQLView
 from api.middleware import RequestIdMiddleware
 from core import access_tokens, migrate, users
@@ -42,6 +43,7 @@ from core.errors import (
     Unauthenticated,
 )
 from core.eventlog import MemoryEventLog
+from core.links import LinkSigner
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
 from schema import _Schema
@@ -89,6 +91,7 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
             "sessionmaker": create_sessionmaker(engine),
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
             "storage": open_storage(settings.storage_url, links=None),
+            "links": RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url)),
             "events": MemoryEventLog(),
             # Jobs are never sent here: a broker nobody consumes from will do.
             "jobs": sender(settings),

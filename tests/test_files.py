@@ -29,14 +29,17 @@ from schema.ids import encode_id
 from tests.conftest import make_settings, on_local_and_s3
 from tests.relay import all_pages, nodes_of
 from tests.support import (
+    PASSWORD,
     assert_error,
     bearer,
     delete_object,
+    follow,
     graphql,
     leftover_objects,
     only_error,
     read_object,
     register,
+    sign_in,
     update_user,
     upload_file,
 )
@@ -506,6 +509,117 @@ async def test_a_change_stands_when_the_bus_fails_after_it(
         ("warning", ANY),
         ("warning", ANY),
     ]
+
+
+# -- download links live only as long as the file and the credential -----------------
+
+DOWNLOAD = "query Download($id: ID!) { file(id: $id) { downloadUrl } }"
+GONE = {"error": "This link has expired; ask for a new one."}
+
+
+async def _link(client: httpx.AsyncClient, headers: dict[str, str], file_id: str) -> str:
+    url: str = (await _ok(client, DOWNLOAD, {"id": file_id}, headers))["downloadUrl"]
+    return url
+
+
+async def _serves(client: httpx.AsyncClient, url: str, data: bytes) -> bool:
+    """Whether ``url`` serves ``data`` (through S3's redirect when on S3)."""
+    response = await follow(client, "GET", url)
+    return response.status_code == 200 and response.content == data
+
+
+async def _assert_gone(client: httpx.AsyncClient, url: str) -> None:
+    """410 with the body of any other refusal, from Depot itself: no redirect to S3."""
+    response = await client.get(url)
+    assert response.status_code == 410, response.headers
+    assert response.json() == GONE
+    assert "location" not in response.headers
+
+
+@on_local_and_s3
+async def test_a_download_link_dies_in_the_trash_and_lives_again_on_restore(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await _user(client)
+    file = await upload_file(client, ada, "a.txt", b"bytes")
+    url = await _link(client, ada, file["id"])
+    assert await _serves(client, url, b"bytes")
+
+    await _ok(client, DELETE, {"id": file["id"]}, ada)
+    await _assert_gone(client, url)
+    await _ok(client, RESTORE, {"id": file["id"]}, ada)
+    assert await _serves(client, url, b"bytes"), "not expired, so restored is served again"
+
+    await _ok(client, PURGE, {"id": file["id"]}, ada)
+    await _assert_gone(client, url)
+
+
+@on_local_and_s3
+async def test_a_download_link_dies_with_its_owners_account(
+    client: httpx.AsyncClient, engine: AsyncEngine
+) -> None:
+    auth = await register(client)
+    ada = bearer(auth["accessToken"])
+    file = await upload_file(client, ada, "a.txt", b"bytes")
+    url = await _link(client, ada, file["id"])
+    admin = await _user(client, "admin@example.com")
+    await update_user(engine, "admin@example.com", role=Role.ADMIN)
+
+    await _ok(
+        client,
+        "mutation Off($id: ID!) { setUserActive(id: $id, active: false) { id } }",
+        {"id": auth["user"]["id"]},
+        admin,
+    )
+    await _assert_gone(client, url)
+
+
+@on_local_and_s3
+async def test_a_download_link_dies_with_the_session_that_asked_for_it(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await _user(client)
+    laptop = bearer((await sign_in(client))["accessToken"])
+    file = await upload_file(client, ada, "a.txt", b"bytes")
+    own, laptops = await _link(client, ada, file["id"]), await _link(client, laptop, file["id"])
+    assert await _serves(client, laptops, b"bytes")
+
+    await _ok(
+        client,
+        "mutation ($c: String!, $n: String!)"
+        " { changePassword(currentPassword: $c, newPassword: $n) }",
+        {"c": PASSWORD, "n": "another long passphrase"},
+        ada,
+    )
+    await _assert_gone(client, laptops)
+    assert await _serves(client, own, b"bytes"), "the session that changed it goes on"
+
+    await _ok(client, "mutation { logoutEverywhere }", {}, ada)
+    await _assert_gone(client, own)
+
+
+@on_local_and_s3
+async def test_a_download_link_dies_with_the_personal_token_that_asked_for_it(
+    client: httpx.AsyncClient,
+) -> None:
+    ada = await _user(client)
+    file = await upload_file(client, ada, "a.txt", b"bytes")
+    created = await _ok(
+        client,
+        'mutation { createAccessToken(name: "script") { token accessToken { id } } }',
+        {},
+        ada,
+    )
+    url = await _link(client, bearer(created["token"]), file["id"])
+    assert await _serves(client, url, b"bytes")
+
+    await _ok(
+        client,
+        "mutation Revoke($id: ID!) { revokeAccessToken(id: $id) { id } }",
+        {"id": created["accessToken"]["id"]},
+        ada,
+    )
+    await _assert_gone(client, url)
 
 
 @pytest.mark.parametrize(

@@ -137,12 +137,15 @@ async def test_open_storage_picks_the_backend_from_the_url(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("url", ["memory://", "file:///nowhere/depot"])
 async def test_storage_without_links_refuses_to_sign_one(url: str) -> None:
-    """A worker's storage serves no routes: asking it for a link is a bug, said loudly."""
+    """A worker's storage serves no routes: asking it for a link is a bug, said loudly.
+
+    It presigns no downloads either: only Depot's download route serves these bytes.
+    """
     storage = open_storage(url, links=None)
-    with pytest.raises(RuntimeError, match="serves no byte routes"):
-        await storage.download_url(
-            KEY, filename="a.txt", content_type="text/plain", expires_in=timedelta(minutes=1)
-        )
+    no_download = await storage.download_url(
+        KEY, filename="a.txt", content_type="text/plain", expires_in=timedelta(minutes=1)
+    )
+    assert no_download is None
     with pytest.raises(RuntimeError, match="serves no byte routes"):
         await storage.upload_request(
             KEY, size=1, content_type="text/plain", expires_in=timedelta(minutes=1)
@@ -488,13 +491,23 @@ async def test_s3_delete_prefix_pages_and_batches(
 
 @pytest.mark.parametrize("kind", ["memory", "local"])
 async def test_links_to_depot_routes_are_signed_for_one_key(kind: str, tmp_path: Path) -> None:
-    """Memory and local storage hand out links to Depot's own routes; S3 presigns its own."""
+    """Memory and local storage hand out upload links to Depot's own routes, and presign
+    no download (Depot's route streams it); S3 presigns its own."""
     url = "memory://" if kind == "memory" else (tmp_path / "storage").as_uri()
     settings = make_settings(tmp_path, storage_url=url)
     storage = opened(settings)
     links = LinkSigner(settings.secret)
     download = await storage.download_url(
         KEY, filename="report.pdf", content_type="application/pdf", expires_in=timedelta(minutes=5)
+    )
+    assert download is None
+    route_links = RouteLinks(links, str(settings.public_base_url))
+    download = route_links.download(
+        KEY,
+        filename="report.pdf",
+        content_type="application/pdf",
+        expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        credential="s:00000000-0000-0000-0000-000000000000",
     )
     assert download.startswith("http://localhost:8000/files/download/")
     claims = links.verify("download", download.rsplit("/", 1)[1])
@@ -540,6 +553,7 @@ async def test_s3_download_url_serves_the_bytes_as_a_named_attachment(
     url = await s3_storage.download_url(
         KEY, filename=name, content_type="application/pdf", expires_in=timedelta(minutes=5)
     )
+    assert url is not None
     assert "X-Amz-Signature" in parse_qs(urlsplit(url).query)
     async with httpx.AsyncClient() as http:
         response = await http.get(url)
@@ -586,6 +600,7 @@ async def test_s3_presigns_for_the_endpoint_clients_reach(
         )
     finally:
         await storage.aclose()
+    assert download is not None
     assert download.startswith(f"{public}/")
     assert upload.url.startswith(f"{public}/")
     async with httpx.AsyncClient() as http:
