@@ -102,7 +102,7 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         # Embedded, this process runs the jobs too (threads started by the first one sent).
         run_jobs = embedded_jobs if settings.redis_url is None else None
-        async with open_resources(settings, links=links, jobs=run_jobs) as r:
+        async with open_resources(settings, jobs=run_jobs) as r:
             await prepare_schema(r.engine, production=settings.is_production)
             maintenance: Maintenance | None = None
             try:

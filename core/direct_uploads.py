@@ -33,7 +33,7 @@ from core.files import ensure_path_free, storage_key
 from core.models import File, Upload
 from core.paths import file_name, normalize_path
 from core.time import utcnow
-from storage.base import SignedRequest, Storage
+from storage.base import Links, SignedRequest, Storage
 from storage.errors import ObjectNotFound
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -81,6 +81,7 @@ def check_size(size: int, max_upload_bytes: int, *, field: str = "size") -> int:
 async def create_ticket(
     db: AsyncSession,
     storage: Storage,
+    links: Links,
     owner_id: uuid.UUID,
     *,
     path: str,
@@ -93,7 +94,8 @@ async def create_ticket(
     """Validate the future file, reserve its bytes and open a ticket; commits.
 
     Raises ``BAD_USER_INPUT``, ``CONFLICT`` (path taken) or ``QUOTA_EXCEEDED``
-    before anything is reserved or stored.
+    before anything is reserved or stored. The request is storage's presigned
+    one (S3), or a PUT to Depot's upload route through ``links``.
     """
     path = normalize_path(path)
     size = check_size(size, max_upload_bytes)
@@ -104,10 +106,15 @@ async def create_ticket(
     await expire_tickets(db, storage, utcnow(), owner_id)
     await ensure_path_free(db, owner_id, path)
     key = storage_key(owner_id)
+    now = utcnow()
     request = await storage.upload_request(
         key, size=size, content_type=media, expires_in=expires_in
+    ) or SignedRequest(
+        links.upload(key, size=size, expires_at=now + expires_in),
+        "PUT",
+        {"Content-Type": media, "Content-Length": str(size)},
+        now + expires_in,
     )
-    now = utcnow()
     upload = Upload(
         owner_id=owner_id,
         path=path,

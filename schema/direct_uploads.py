@@ -55,6 +55,7 @@ class DirectUploadMutation:
             ticket = await direct_uploads.create_ticket(
                 db,
                 info.context.storage,
+                info.context.links,
                 user.id,
                 path=input.path,
                 size=input.size,

@@ -1,15 +1,15 @@
 """Where file bytes live: the ``Storage`` protocol and its backends, chosen by URL.
 
-Storage knows its URL and nothing else of Depot's configuration: the links
-local and memory storage hand out come from the caller (``Links``), which
-owns the routes they lead to.
+Storage knows its URL and nothing else of Depot's configuration. What it
+cannot presign (every download; local and memory storage's uploads) clients
+reach through Depot's own routes, whose ``Links`` the API hands out itself.
 """
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from storage.base import Links, NoLinks, SignedRequest, Stat, Storage
+from storage.base import Links, SignedRequest, Stat, Storage
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 __all__ = [
@@ -25,24 +25,17 @@ __all__ = [
 ]
 
 
-def open_storage(url: str, *, links: Links | None) -> Storage:
-    """The backend ``url`` names: ``file://``, ``s3://`` or ``memory://``.
-
-    ``links`` signs the download and upload URLs of local and memory storage;
-    a process that serves no byte routes (a worker, the CLI) passes ``None``,
-    and asking its storage for such a URL then fails loudly. S3 presigns its
-    own and never uses it.
-    """
+def open_storage(url: str) -> Storage:
+    """The backend ``url`` names: ``file://``, ``s3://`` or ``memory://``."""
     scheme = urlsplit(url).scheme
-    route_links = NoLinks() if links is None else links
     if scheme == "memory":
         from storage.memory import MemoryStorage
 
-        return MemoryStorage(route_links)
+        return MemoryStorage()
     if scheme == "file":
         from storage.local import LocalStorage, file_url_path
 
-        return LocalStorage(file_url_path(url), route_links)
+        return LocalStorage(file_url_path(url))
     if scheme == "s3":
         from storage.s3 import S3Storage, parse_s3_url
 

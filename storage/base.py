@@ -33,13 +33,14 @@ class SignedRequest:
 
 
 class Links(Protocol):
-    """Signed links to the byte routes of the process serving them (``api.files``).
+    """Signed links to Depot's byte routes (``api.files``), for what storage cannot presign.
 
     Every download link is one of these, whatever the backend: the route
     checks the file and the credential on each request, then streams the
-    bytes or (S3) redirects to a short-lived presigned URL. Local and memory
-    storage, which cannot presign, also hand out upload links from here.
-    Which routes, paths and host are the API's to say, not storage's.
+    bytes or (S3) redirects to a short-lived presigned URL. Uploads to local
+    and memory storage, which presign nothing (``upload_request`` is None),
+    go through one too. Storage never holds these: which routes, paths and
+    host are the API's to say, per request.
     """
 
     def download(
@@ -52,28 +53,6 @@ class Links(Protocol):
     def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
         """A URL that takes a PUT of exactly ``size`` bytes for ``key`` until ``expires_at``."""
         ...
-
-
-class NoLinks:
-    """``Links`` for a process that serves no byte routes (a worker, the CLI).
-
-    Asking it for a link is a bug in the caller, so it says so.
-    """
-
-    def download(
-        self, key: str, *, filename: str, content_type: str, expires_at: datetime, credential: str
-    ) -> str:
-        raise self._unserved()
-
-    def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
-        raise self._unserved()
-
-    @staticmethod
-    def _unserved() -> RuntimeError:
-        return RuntimeError(
-            "this process serves no byte routes: only the API hands out links to "
-            "local or memory storage (open_storage(url, links=…) in api/app.py)"
-        )
 
 
 def check_prefix(prefix: str) -> str:
@@ -154,8 +133,10 @@ class Storage(Protocol):
 
     async def upload_request(
         self, key: str, *, size: int, content_type: str, expires_in: timedelta
-    ) -> SignedRequest:
-        """A request that lets a client write exactly ``size`` bytes to ``key``."""
+    ) -> SignedRequest | None:
+        """A presigned request that lets a client write exactly ``size`` bytes to
+        ``key``, or None when clients cannot reach storage itself (local, memory):
+        then they send the bytes to Depot's upload route (``Links.upload``)."""
         ...
 
     async def probe(self) -> None:

@@ -28,8 +28,7 @@ from urllib.request import url2pathname
 
 import anyio
 
-from core.time import utcnow
-from storage.base import Links, SignedRequest, Stat, check_prefix
+from storage.base import SignedRequest, Stat, check_prefix
 from storage.errors import ObjectNotFound, StorageError, TooLarge
 
 BLOCK = 1024 * 1024
@@ -73,11 +72,10 @@ def key_path(root: Path, key: str) -> Path:
 
 
 class LocalStorage:
-    """Objects as files under ``root``; download and upload URLs lead to ``links``' routes."""
+    """Objects as files under ``root``; clients reach them only through Depot's routes."""
 
-    def __init__(self, root: Path, links: Links) -> None:
+    def __init__(self, root: Path) -> None:
         self._root = root
-        self._links = links
 
     @property
     def root(self) -> Path:
@@ -176,12 +174,9 @@ class LocalStorage:
 
     async def upload_request(
         self, key: str, *, size: int, content_type: str, expires_in: timedelta
-    ) -> SignedRequest:
-        key_path(self._root, key)
-        expires_at = utcnow() + expires_in
-        url = self._links.upload(key, size=size, expires_at=expires_at)
-        headers = {"Content-Type": content_type, "Content-Length": str(size)}
-        return SignedRequest(url, "PUT", headers, expires_at)
+    ) -> SignedRequest | None:
+        """None: clients send these bytes through Depot's upload route."""
+        return None
 
     async def probe(self) -> None:
         """The directory exists (or can be made) and takes a file."""

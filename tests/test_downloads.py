@@ -23,7 +23,7 @@ from core.settings import Settings
 from core.time import utcnow
 from tests.conftest import S3Server, make_settings, serve_app
 from tests.support import STRONG_SECRET, graphql
-from tests.test_direct_uploads import direct_upload, signed_in
+from tests.test_direct_uploads import create_upload, direct_upload, signed_in
 
 pytestmark = pytest.mark.anyio
 
@@ -294,6 +294,8 @@ async def test_in_development_links_lead_to_the_host_the_request_reached(
     assert file["downloadUrl"].startswith("http://depot.test/files/download/")
     elsewhere = await _link_via(client, {**ada, "host": "thumbs.example:5173"}, file["id"])
     assert elsewhere.startswith("http://thumbs.example:5173/files/download/")
+    ticket = await create_upload(client, {**ada, "host": "thumbs.example:5173"}, path="b", size=1)
+    assert ticket["url"].startswith("http://thumbs.example:5173/files/upload/")
     response = await client.get(elsewhere)
     assert response.content == DATA
 

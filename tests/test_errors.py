@@ -90,7 +90,7 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
         yield {
             "sessionmaker": create_sessionmaker(engine),
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
-            "storage": open_storage(settings.storage_url, links=None),
+            "storage": open_storage(settings.storage_url),
             "links": RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url)),
             "events": MemoryEventLog(),
             # Jobs are never sent here: a broker nobody consumes from will do.

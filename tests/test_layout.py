@@ -21,8 +21,8 @@ FORBIDDEN = {
 
 
 # Modules a package may not reach, directly or through anything it imports.
-# Storage is handed its URL and links (``open_storage(url, links=…)``), never
-# the whole configuration, so it can be opened and tested with no Settings.
+# Storage is handed its URL (``open_storage(url)``), never the whole
+# configuration, so it can be opened and tested with no Settings.
 UNREACHABLE = {
     "storage": {"core.settings"},
 }

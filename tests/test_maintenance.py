@@ -489,7 +489,7 @@ async def test_one_failing_task_does_not_stop_the_others(
     # A broken table: both tasks that read tickets fail.
     async with engine.begin() as connection:
         await connection.execute(text("ALTER TABLE upload RENAME TO upload_broken"))
-    storage = open_storage(settings.storage_url, links=None)
+    storage = open_storage(settings.storage_url)
     sent: list[uuid.UUID] = []
 
     async def send(job_id: uuid.UUID, kind: JobKind) -> None:

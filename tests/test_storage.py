@@ -54,9 +54,8 @@ DATA = random.Random(20261123).randbytes(  # noqa: S311 - test bytes, not secret
 
 
 def opened(settings: Settings) -> Storage:
-    """``settings``' storage, handing out links to the API's byte routes as the app's does."""
-    links = RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url))
-    return open_storage(settings.storage_url, links=links)
+    """``settings``' storage, opened as the app opens it."""
+    return open_storage(settings.storage_url)
 
 
 @dataclass
@@ -130,26 +129,23 @@ async def test_open_storage_picks_the_backend_from_the_url(tmp_path: Path) -> No
         "s3://depot?endpoint_url=http://127.0.0.1:9&region=eu-west-1": S3Storage,
     }
     for url, kind in kinds.items():
-        storage = open_storage(url, links=None)
+        storage = open_storage(url)
         assert isinstance(storage, kind), url
         await storage.aclose()
 
 
 @pytest.mark.parametrize("url", ["memory://", "file:///nowhere/depot"])
-async def test_storage_without_links_refuses_to_sign_one(url: str) -> None:
-    """A worker's storage serves no routes: asking it for a link is a bug, said loudly.
-
-    It presigns no downloads either: only Depot's download route serves these bytes.
-    """
-    storage = open_storage(url, links=None)
+async def test_storage_that_cannot_presign_says_so(url: str) -> None:
+    """Local and memory storage presign nothing: clients go through Depot's routes."""
+    storage = open_storage(url)
     no_download = await storage.download_url(
         KEY, filename="a.txt", content_type="text/plain", expires_in=timedelta(minutes=1)
     )
     assert no_download is None
-    with pytest.raises(RuntimeError, match="serves no byte routes"):
-        await storage.upload_request(
-            KEY, size=1, content_type="text/plain", expires_in=timedelta(minutes=1)
-        )
+    no_upload = await storage.upload_request(
+        KEY, size=1, content_type="text/plain", expires_in=timedelta(minutes=1)
+    )
+    assert no_upload is None
     await storage.aclose()
 
 
@@ -489,45 +485,32 @@ async def test_s3_delete_prefix_pages_and_batches(
     assert leftover_objects(settings) == sorted(BESIDE)
 
 
-@pytest.mark.parametrize("kind", ["memory", "local"])
-async def test_links_to_depot_routes_are_signed_for_one_key(kind: str, tmp_path: Path) -> None:
-    """Memory and local storage hand out upload links to Depot's own routes, and presign
-    no download (Depot's route streams it); S3 presigns its own."""
-    url = "memory://" if kind == "memory" else (tmp_path / "storage").as_uri()
-    settings = make_settings(tmp_path, storage_url=url)
-    storage = opened(settings)
+def test_links_to_depot_routes_are_signed_for_one_key(tmp_path: Path) -> None:
+    """What local and memory storage cannot presign goes through Depot's routes, whose
+    links (``api.files.RouteLinks``) carry the key and what the route needs."""
+    settings = make_settings(tmp_path)
     links = LinkSigner(settings.secret)
-    download = await storage.download_url(
-        KEY, filename="report.pdf", content_type="application/pdf", expires_in=timedelta(minutes=5)
-    )
-    assert download is None
     route_links = RouteLinks(links, str(settings.public_base_url))
+    expires_at = datetime.now(UTC) + timedelta(minutes=5)
     download = route_links.download(
         KEY,
         filename="report.pdf",
         content_type="application/pdf",
-        expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        expires_at=expires_at,
         credential="s:00000000-0000-0000-0000-000000000000",
     )
     assert download.startswith("http://localhost:8000/files/download/")
     claims = links.verify("download", download.rsplit("/", 1)[1])
     assert (claims["key"], claims["name"], claims["type"]) == (KEY, "report.pdf", "application/pdf")
 
-    upload = await storage.upload_request(
-        KEY, size=1234, content_type="text/plain", expires_in=timedelta(minutes=5)
-    )
-    await storage.aclose()
-    assert upload.method == "PUT"
-    assert upload.url.startswith("http://localhost:8000/files/upload/")
-    assert upload.headers == {"Content-Type": "text/plain", "Content-Length": "1234"}
-    claims = links.verify("upload", upload.url.rsplit("/", 1)[1])
+    upload = route_links.upload(KEY, size=1234, expires_at=expires_at)
+    assert upload.startswith("http://localhost:8000/files/upload/")
+    claims = links.verify("upload", upload.rsplit("/", 1)[1])
     assert (claims["key"], claims["size"]) == (KEY, 1234)
-    assert upload.expires_at is not None
-    assert upload.expires_at > datetime.now(UTC) + timedelta(minutes=4)
 
 
 async def test_local_storage_refuses_keys_that_leave_its_directory(tmp_path: Path) -> None:
-    storage = open_storage((tmp_path / "s").as_uri(), links=None)
+    storage = open_storage((tmp_path / "s").as_uri())
     for key in ["/etc/passwd", "u/../../x", "u//x", "", "u/./x", "u/x/", "..", "u\\..\\x"]:
         with pytest.raises(ValueError, match="not a storage key"):
             await storage.put(key, stream(b"x"))

@@ -37,7 +37,7 @@ from core.db import SessionMaker, create_engine, create_sessionmaker
 from core.eventlog import EventLog, open_event_log
 from core.redis_client import open_redis
 from core.settings import Settings
-from storage import Links, Storage, open_storage
+from storage import Storage, open_storage
 from workers.broker import Jobs, sender
 
 
@@ -79,15 +79,12 @@ async def open_resources(
     settings: Settings,
     *,
     shared: Shared | None = None,
-    links: Links | None = None,
     jobs: JobsOpener | None = None,
 ) -> AsyncIterator[Resources]:
     """Open the clients ``settings`` name, on this event loop; close them on exit.
 
     ``shared``: what another loop of this process already opened (used, not
-    closed). ``links``: how local and memory storage sign the URLs of the
-    byte routes, for the API; other processes serve none and pass nothing.
-    ``jobs``: how to build the jobs handle unless ``shared`` has one; by
+    closed). ``jobs``: how to build the jobs handle unless ``shared`` has one; by
     default it only sends (over Redis, or into a memory queue no worker
     reads) — the API's embedded mode passes one that runs them in threads.
     """
@@ -102,7 +99,7 @@ async def open_resources(
         stack.push_async_callback(engine.dispose)
         storage = shared.storage
         if storage is None:
-            storage = open_storage(settings.storage_url, links=links)
+            storage = open_storage(settings.storage_url)
             stack.push_async_callback(storage.aclose)
         events = shared.events
         if events is None:
