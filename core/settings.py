@@ -124,7 +124,8 @@ class Settings(BaseSettings):
     )
     public_base_url: AnyHttpUrl = Field(
         default=AnyHttpUrl("http://localhost:8000"),
-        description="The URL clients reach Depot at; used to build links.",
+        description="The URL clients reach Depot at; used to build links. Left unset in "
+        "development, links lead to the host each request reached instead.",
     )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
