@@ -23,6 +23,7 @@ the view leans on Strawberry beyond its documented hooks,
 
 from __future__ import annotations
 
+import json
 from typing import cast
 
 import anyio
@@ -134,6 +135,15 @@ class GraphQLView(GraphQL[Context, None]):
             multipart_uploads_enabled=True,
         )
         self.settings = settings
+
+    def decode_json(self, data: str | bytes) -> object:
+        """JSON as Strawberry decodes it (bodies, GET parameters, WebSocket messages),
+        except that nesting too deep to decode is a decode error — 400 over HTTP,
+        4400 over WebSocket — instead of a RecursionError answered 500."""
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise json.JSONDecodeError("The JSON is nested too deeply.", "", 0) from None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

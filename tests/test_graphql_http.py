@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import json
+
 import httpx
 import pytest
 
@@ -197,3 +200,37 @@ async def test_huge_documents_are_refused(client: httpx.AsyncClient) -> None:
     body = response.json()
     assert error_codes(body) == ["GRAPHQL_PARSE_FAILED"]
     assert "tokens" in body["errors"][0]["message"]
+
+
+_DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(
+    ("method", "content", "params"),
+    [
+        ("POST", '{"query": "{ __typename }", "variables": {"a": ' + _DEEP + "}}", None),
+        ("POST", '{"query": "{ __typename }", "extensions": {"a": ' + _DEEP + "}}", None),
+        ("POST", _DEEP, None),
+        ("GET", None, {"query": "{ __typename }", "variables": '{"a": ' + _DEEP + "}"}),
+    ],
+    ids=["variables", "extensions", "body", "get-variables"],
+)
+async def test_json_nested_too_deeply_is_a_bad_request(
+    client: httpx.AsyncClient,
+    log_stream: io.StringIO,
+    method: str,
+    content: str | None,
+    params: dict[str, str] | None,
+) -> None:
+    response = await client.request(
+        method,
+        "/graphql",
+        content=content,
+        params=params,
+        headers={"content-type": "application/json", "accept": GRAPHQL_RESPONSE},
+    )
+    assert response.status_code == 400
+    assert error_codes(response.json()) == ["BAD_REQUEST"]
+    # The access line, and nothing louder.
+    records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
+    assert [r["level"] for r in records if r["logger"].startswith("depot")] == ["info"]

@@ -95,6 +95,7 @@ VIEW_OVERRIDES = {
     "parse_multipart": "undocumented: operations from api.multipart's streaming parser",
     "get_sub_response": "undocumented for ASGI: carries the negotiated media type",
     "create_response": "undocumented for ASGI: Content-Type and status 400 in spec mode",
+    "decode_json": "documented; also decodes WebSocket messages (a too-deep one is 4400)",
     "get_context": "documented",
     "process_result": "documented",
     "on_ws_connect": "documented",

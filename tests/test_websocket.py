@@ -414,3 +414,15 @@ async def test_a_socket_ends_when_its_access_token_expires(watched: httpx.AsyncC
         code, reason = closed.value.code, closed.value.reason
     assert code == 4403
     assert reason == "Forbidden: The access token has expired; refresh the session."
+
+
+async def test_a_message_nested_too_deeply_closes_the_socket_as_unreadable(
+    client: httpx.AsyncClient,
+) -> None:
+    token = await _token(client)
+    async with _connect(client) as ws:
+        await _acknowledged(ws, token)
+        deep = "[" * 5000 + "]" * 5000
+        await ws.send_text('{"type": "subscribe", "id": "q1", "payload": ' + deep + "}")
+        code, _ = await _closed(ws)
+    assert code == 4400
