@@ -25,7 +25,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -117,6 +117,16 @@ class _Fanout:
                 listeners.discard(listener)
                 if not listeners:
                     del self._listeners[stream]
+
+    @contextlib.contextmanager
+    def listening(self, stream: str) -> Iterator[Listener]:
+        """A new listener of ``stream`` (on the running loop) until the block ends."""
+        listener = Listener()
+        self.add(stream, listener)
+        try:
+            yield listener
+        finally:
+            self.remove(stream, listener)
 
     def dispatch(self, stream: str, item: Entry | _Resync) -> None:
         with self._lock:
@@ -280,12 +290,8 @@ class MemoryEventLog:
 
     @contextlib.asynccontextmanager
     async def listen(self, stream: str) -> AsyncIterator[Listener]:
-        listener = Listener()
-        self._fanout.add(stream, listener)
-        try:
+        with self._fanout.listening(stream) as listener:
             yield listener
-        finally:
-            self._fanout.remove(stream, listener)
 
     async def aclose(self) -> None:
         return None
@@ -380,12 +386,8 @@ class RedisEventLog:
             self._subscribed.clear()
             self._reader = asyncio.create_task(self._read_forever(), name="depot-event-reader")
         await self._subscribed.wait()
-        listener = Listener()
-        self._fanout.add(stream, listener)
-        try:
+        with self._fanout.listening(stream) as listener:
             yield listener
-        finally:
-            self._fanout.remove(stream, listener)
 
     async def _read_forever(self) -> None:
         first = True
