@@ -15,6 +15,7 @@ import dataclasses
 import enum
 import inspect
 import typing
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import strawberry
@@ -22,7 +23,7 @@ import strawberry
 from core.errors import BadUserInput
 from schema.ids import decode_id_of
 from workers.kind import Kind
-from workers.params import FileId, declared, optional_of
+from workers.params import FileId, declared, optional_of, typed
 from workers.registry import KINDS
 
 _PLAIN: typing.Final = (int, float, str, bool)
@@ -95,24 +96,14 @@ else:
     JobInput = _job_input()
 
 
-def _decoded(hint: Any, value: Any) -> Any:
-    if value is None:
-        return None
-    inner = optional_of(hint)
-    if inner is not None:
-        return _decoded(inner, value)
-    if hint is FileId:
-        return FileId(decode_id_of("File", value))
-    if typing.get_origin(hint) is list:
-        [item] = typing.get_args(hint)
-        return [_decoded(item, each) for each in value]
-    return value
+def _file_key(global_id: Any) -> uuid.UUID:
+    return decode_id_of("File", global_id)
 
 
 def params_of(kind: Kind, given: object) -> Any:
     """``kind``'s ``Params`` from its input object as Strawberry hands it over."""
     values = {
-        param.name: _decoded(param.type, getattr(given, param.name))
+        param.name: typed(param.type, getattr(given, param.name), file_id=_file_key)
         for param in declared(kind.params)
     }
     return kind.params(**values)

@@ -28,7 +28,7 @@ import enum
 import types
 import typing
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, NewType, TypeVar
 
@@ -102,17 +102,20 @@ def dump(params: object) -> dict[str, Any]:
     return {param.key: _plain(getattr(params, param.name)) for param in declared(type(params))}
 
 
-def _typed(hint: Any, value: Any) -> Any:
+def typed(hint: Any, value: Any, *, file_id: Callable[[Any], uuid.UUID]) -> Any:
+    """``value`` as the declared type ``hint`` holds it: optionals, lists and enums
+    followed, each file id read by ``file_id`` (a stored UUID string, or a
+    global id from the API)."""
     if value is None:
         return None
     inner = optional_of(hint)
     if inner is not None:
-        return _typed(inner, value)
+        return typed(inner, value, file_id=file_id)
     if hint is FileId:
-        return FileId(uuid.UUID(value))
+        return FileId(file_id(value))
     if typing.get_origin(hint) is list:
         [item] = typing.get_args(hint)
-        return [_typed(item, each) for each in value]
+        return [typed(item, each, file_id=file_id) for each in value]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint(value)
     return value
@@ -122,7 +125,7 @@ def load(params: type[P], stored: dict[str, Any]) -> P:
     """The stored JSON of a job back as its kind's ``params`` class."""
     return params(
         **{
-            param.name: _typed(param.type, stored.get(param.key))
+            param.name: typed(param.type, stored.get(param.key), file_id=uuid.UUID)
             for param in declared(params)
             if param.key in stored
         }
