@@ -19,6 +19,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 
+from api.drain import Drain
 from api.files import ROUTES as FILE_ROUTES
 from api.files import RouteLinks
 from api.graphql import GraphQLView
@@ -76,10 +77,16 @@ class State(TypedDict):
     links: RouteLinks
     events: EventLog
     jobs: Jobs
+    drain: Drain
 
 
-def create_app(settings: Settings) -> Starlette:
-    """Depot's ASGI application for ``settings``."""
+def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
+    """Depot's ASGI application for ``settings``.
+
+    ``drain``: what ``/readyz`` reads to say this process is going away
+    (:class:`api.drain.DrainingServer` begins it on SIGTERM).
+    """
+    drain = drain or Drain()
     schema = build_schema(
         max_depth=settings.graphql_max_depth,
         max_tokens=settings.graphql_max_tokens,
@@ -129,6 +136,7 @@ def create_app(settings: Settings) -> Starlette:
                     links=links,
                     events=r.events,
                     jobs=r.jobs,
+                    drain=drain,
                 )
             finally:
                 if maintenance is not None:

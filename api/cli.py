@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -34,6 +35,9 @@ LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=
 # A request line and headers fit in 16 KiB (nginx's default header buffers
 # hold 4 x 8 KiB); a browser's rarely pass 4 KiB.
 MAX_HEADER_BYTES = 16 * 1024
+# How long a stopping worker waits, past its grace period, for an interrupted
+# job to reach its next progress point.
+STOP_MARGIN_S = 15
 
 
 def _settings(**overrides: object) -> Settings:
@@ -94,7 +98,7 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         "log_config": None,
         "access_log": False,
         "lifespan": "on",
-        "timeout_graceful_shutdown": 10,
+        "timeout_graceful_shutdown": settings.shutdown_grace_seconds,
         # Forwarded headers only from the proxies named; uvicorn would trust loopback.
         "proxy_headers": bool(settings.trusted_proxies),
         "forwarded_allow_ips": settings.trusted_proxies or None,
@@ -110,8 +114,12 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         uvicorn.run("api.app:create_app_from_env", factory=True, reload=True, **options)  # type: ignore[arg-type]
     else:
         from api.app import create_app
+        from api.drain import Drain, DrainingServer
 
-        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+        drain = Drain()
+        app = functools.partial(create_app, settings, drain)
+        config = uvicorn.Config(app, factory=True, **options)  # type: ignore[arg-type]
+        DrainingServer(config, drain, settings.drain_delay_seconds).run()
 
 
 def _prepare_schema(settings: Settings) -> None:
@@ -145,8 +153,9 @@ def _wait_for_stop() -> None:
 def worker(threads: int | None, log_level: str | None) -> None:
     """Run jobs from Redis until SIGTERM or SIGINT (needs DEPOT_REDIS_URL).
 
-    A stop lets running jobs finish their current step; a job cut short is
-    taken over by another worker once its heartbeat goes stale.
+    A stop takes no new job and gives running ones DEPOT_WORKER_STOP_GRACE_SECONDS
+    to finish; one still running then stops at its next progress point and goes
+    back to the queue for another worker, the attempt not counted.
     """
     settings = _settings(**({"log_level": log_level} if log_level else {}))
     configure_logging(settings.log_level, json=settings.json_logs)
@@ -167,7 +176,8 @@ def worker(threads: int | None, log_level: str | None) -> None:
     try:
         _wait_for_stop()
     finally:
-        running.stop()
+        # Time for the grace period and for a job to reach its next progress point.
+        running.stop(timeout_ms=int((settings.worker_stop_grace_seconds + STOP_MARGIN_S) * 1000))
 
 
 @main.command()

@@ -19,6 +19,10 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def readyz(request: Request) -> JSONResponse:
+    if request.state.drain.draining:
+        # Going away (SIGTERM): out of the load balancer's rotation at once,
+        # whatever the services say. See api/drain.py.
+        return JSONResponse({"status": "draining"}, status_code=503)
     probes: dict[str, Awaitable[None]] = {
         "database": probe_database(request.state.engine),
         "storage": probe_storage(request.state.storage),

@@ -362,9 +362,16 @@ async def finish(
     return job
 
 
-async def requeue(db: AsyncSession, job_id: uuid.UUID, message: str, *, attempt: int) -> Job | None:
-    """Put attempt ``attempt`` of a running job back in the queue (a transient error); commits."""
+async def requeue(
+    db: AsyncSession, job_id: uuid.UUID, message: str, *, attempt: int, refund: bool = False
+) -> Job | None:
+    """Put attempt ``attempt`` of a running job back in the queue (a transient error); commits.
+
+    ``refund``: the attempt does not count against the job's attempts (its
+    worker stopped, through no fault of the job's).
+    """
     now = utcnow()
+    refunded: dict[str, Any] = {"attempts": col(Job.attempts) - 1} if refund else {}
     result = await db.exec(
         update(Job)
         .where(
@@ -378,6 +385,7 @@ async def requeue(db: AsyncSession, job_id: uuid.UUID, message: str, *, attempt:
             heartbeat_at=None,
             sent_at=now,
             updated_at=now,
+            **refunded,
         )
         .returning(Job)
     )

@@ -229,6 +229,24 @@ class Settings(BaseSettings):
         "for this long is refused with 408 and what came of it discarded. No working "
         "network goes silent this long mid-body; header timeouts are the reverse proxy's.",
     )
+    drain_delay_seconds: float = Field(
+        default=0,
+        ge=0,
+        le=300,
+        description="After SIGTERM, `depot serve` answers `/readyz` with 503 at once but keeps "
+        "serving for this long before it stops taking connections, so a load balancer takes it "
+        "out of rotation first. 0 stops at once, right for one process on a laptop; behind a "
+        "balancer set a little more than its probe period (the Kubernetes manifests set 5).",
+    )
+    shutdown_grace_seconds: float = Field(
+        default=10,
+        gt=0,
+        le=3600,
+        description="Once `depot serve` stops taking connections, how long requests in flight "
+        "have to finish before they are cut; WebSockets are closed at once with code 1012 and "
+        "their clients resume elsewhere. Keep delay plus grace under the orchestrator's own "
+        "(Kubernetes: `terminationGracePeriodSeconds`, 30 by default).",
+    )
     download_url_minutes: int = Field(
         default=15, ge=1, le=7 * 24 * 60, description="How long a download link works."
     )
@@ -244,6 +262,15 @@ class Settings(BaseSettings):
         le=64,
         description="Jobs one process runs at once: the API's own worker threads in the "
         "embedded mode, each `depot worker` otherwise.",
+    )
+    worker_stop_grace_seconds: float = Field(
+        default=15,
+        ge=0,
+        le=3600,
+        description="On SIGTERM a worker takes no new job and gives its running ones this "
+        "long to finish; one still running then stops at its next progress point and goes "
+        "back to the queue (the attempt not counted), for another worker to run at once. "
+        "15 fits Kubernetes' default 30 s termination grace period.",
     )
     max_running_jobs_per_user: int = Field(
         default=4,

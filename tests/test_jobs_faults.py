@@ -257,6 +257,59 @@ async def test_a_job_out_of_attempts_when_its_worker_dies_fails_saying_so(
         _assert_one_final_status(await _all_events(client, token, job["id"]), "FAILED")
 
 
+# -- a worker stopped mid-job -------------------------------------------------------
+
+
+async def test_a_stopping_worker_hands_its_job_back_to_the_queue_at_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(private_redis(tmp_path))
+        # No takeover of a stale job for ten minutes: only the hand-back explains
+        # another worker running it now.
+        settings = fault_settings(
+            tmp_path,
+            database_url,
+            redis.url,
+            worker_stop_grace_seconds=0.2,
+            job_stale_seconds=600,
+            job_resend_after_seconds=600,
+        )
+        client = await stack.enter_async_context(serve_app(settings))
+        worker_a = await stack.enter_async_context(
+            in_background(depot_worker(settings, tmp_path / "worker-a.log"))
+        )
+        token, headers = await signed_in(client)
+        archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
+        job = await start_job(
+            client, headers, {"extract": {"fileId": archive["id"], "path": "out"}}
+        )
+        await _wait_until(
+            client,
+            headers,
+            job["id"],
+            lambda j: j["status"] == "RUNNING" and j["outputs"]["totalCount"] >= MADE_BEFORE_KILL,
+        )
+        assert await anyio.to_thread.run_sync(worker_a.stop) == 0
+        assert "job interrupted: its worker is stopping" in worker_a.output()
+        handed_back = await _progress(client, headers, job["id"])
+        assert handed_back["status"] == "QUEUED", handed_back
+        assert handed_back["attempts"] == 0, "the interrupted attempt is not counted"
+        assert handed_back["outputs"]["totalCount"] == 0, "its partial outputs are gone"
+
+        await stack.enter_async_context(
+            in_background(depot_worker(settings, tmp_path / "worker-b.log"))
+        )
+        done = await wait_for_job(client, headers, job["id"], seconds=WAIT_S)
+        assert done["status"] == "SUCCEEDED", done
+        assert done["attempts"] == 1
+        assert done["outputs"]["totalCount"] == ENTRIES
+        await _assert_storage_matches_rows(client, headers, settings)
+        events = await _all_events(client, token, job["id"])
+        assert "QUEUED" in [e["status"] for e in events]
+        _assert_one_final_status(events, "SUCCEEDED")
+
+
 # -- the API restarted under a subscriber ------------------------------------------
 
 # Enough entries that the job outlives stopping and starting ``depot serve``.
@@ -264,15 +317,19 @@ RESTART_ENTRIES = 600
 
 
 async def _read_until_gone(ws: AsyncWebSocketSession) -> list[dict[str, Any]]:
-    """Events the server still sends on ``ws`` until it closes the connection."""
+    """Events the server still sends on ``ws`` until it closes the connection,
+    which it must do as a service restart (1012), so the client reconnects."""
     events: list[dict[str, Any]] = []
-    try:
-        while True:
+    while True:
+        try:
             message = await next_message(ws)
-            assert message["type"] == "next", f"the job ended before the API stopped: {message}"
-            events.append(message["payload"]["data"]["jobEvents"])
-    except (WebSocketDisconnect, WebSocketNetworkError):
-        return events
+        except WebSocketDisconnect as closed:
+            code = closed.code
+            break
+        assert message["type"] == "next", f"the job ended before the API stopped: {message}"
+        events.append(message["payload"]["data"]["jobEvents"])
+    assert code == 1012, f"closed with {code}, not as a service restart"
+    return events
 
 
 async def test_a_subscriber_resumes_from_its_cursor_when_the_api_restarts(

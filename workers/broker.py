@@ -83,8 +83,8 @@ class Jobs:
         await anyio.to_thread.run_sync(self.send_now, job_id, kind)
 
     async def aclose(self) -> None:
-        """Stop the embedded worker's threads if they started (their jobs finish their
-        current step first), and close the broker."""
+        """Stop the embedded worker's threads if they started (their jobs have the
+        grace period to finish, then go back to the queue), and close the broker."""
         if self._worker is not None:
             await anyio.to_thread.run_sync(self._worker.stop)
         else:
@@ -171,7 +171,9 @@ class Worker:
             return True
 
     def stop(self, timeout_ms: int = 30_000) -> None:
-        """Let running jobs finish their current step, then stop, and close the broker."""
+        """Let running jobs finish (those still running after the grace period are
+        interrupted, see :class:`workers.lifecycle.JobLifecycle`), then stop, and
+        close the broker."""
         global _started
         with self._lock:
             try:

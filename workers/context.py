@@ -27,7 +27,7 @@ from core.events import JobProgressed, announce
 from core.models import File, Job, JobInput
 from core.uploads import store_upload
 from storage.errors import ObjectNotFound
-from workers.errors import JobCancelled, JobFailed
+from workers.errors import JobCancelled, JobFailed, JobInterrupted
 from workers.resources import Resources
 
 EVENT_INTERVAL: Final = 0.1
@@ -65,6 +65,8 @@ class JobContext:
         self.events = resources.events
         self.outputs: list[File] = []
         self._cancelled = False
+        # Set from another thread by ``interrupt`` (the worker is stopping).
+        self._interrupted = False
         self._last_event = 0.0
         self._flush: asyncio.TimerHandle | None = None
         self._flushing: asyncio.Task[None] | None = None
@@ -74,6 +76,12 @@ class JobContext:
     def check_cancelled(self) -> None:
         if self._cancelled:
             raise JobCancelled()
+        if self._interrupted:
+            raise JobInterrupted()
+
+    def interrupt(self) -> None:
+        """Stop at the next progress point, to run again elsewhere (the worker is stopping)."""
+        self._interrupted = True
 
     async def progress(self, fraction: float, message: str | None = None) -> None:
         """Report how far the job got (0..1); stops here if it was cancelled."""

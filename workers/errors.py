@@ -23,6 +23,11 @@ class JobCancelled(Exception):
     """The owner cancelled the job; raised at its next progress point."""
 
 
+class JobInterrupted(Exception):
+    """Its worker is stopping and the job did not finish in the grace period; raised at
+    its next progress point. The job goes back to the queue, the attempt not counted."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` says a service was unavailable, so a later attempt may succeed.
 

@@ -6,9 +6,10 @@ running job is skipped; a user at their running-jobs limit waits); the actor
 runs the attempt it claimed; afterwards the middleware records how the
 attempt ended (an :data:`Outcome`): succeeded, cancelled, failed with a
 message, or — for a transient error with attempts left — queued again with a
-backoff. It opens the worker's clients (:func:`workers.resources.open_resources`)
-on the actors' event loop when the worker boots and closes them when it
-stops; an attempt's state lives here, by message id, from claim to record.
+backoff; cut short by its worker stopping, queued again at once. It opens
+the worker's clients (:func:`workers.resources.open_resources`) on the
+actors' event loop when the worker boots and closes them when it stops; an
+attempt's state lives here, by message id, from claim to record.
 
 Brokers whose workers run jobs are built here too: :func:`worker_jobs`
 (``depot worker``, over Redis) and :func:`embedded_jobs` (threads of the API
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -49,7 +51,7 @@ from workers.broker import (
     running_middleware,
 )
 from workers.context import JobContext
-from workers.errors import JobCancelled, JobFailed, is_transient
+from workers.errors import JobCancelled, JobFailed, JobInterrupted, is_transient
 from workers.kind import Kind
 from workers.registry import KINDS
 from workers.resources import Resources, Shared, open_resources
@@ -84,6 +86,14 @@ class Cancelled:
 
 
 @dataclass(frozen=True)
+class Interrupted:
+    """Its worker stopped before the attempt finished: it goes back to the queue at once,
+    the attempt not counted (``worker_stop_grace_seconds``)."""
+
+    status: ClassVar[JobStatus] = JobStatus.QUEUED
+
+
+@dataclass(frozen=True)
 class Failed:
     """The attempt cannot succeed; ``error`` is what its owner reads."""
 
@@ -103,7 +113,7 @@ class Crashed(Failed):
     error: str = "An internal error stopped the job."
 
 
-Outcome = Succeeded | Cancelled | Failed
+Outcome = Succeeded | Cancelled | Interrupted | Failed
 
 
 def read_outcome(kind: Kind | None, exception: BaseException | None) -> Outcome:
@@ -112,6 +122,8 @@ def read_outcome(kind: Kind | None, exception: BaseException | None) -> Outcome:
         return Succeeded()
     if isinstance(exception, JobCancelled):
         return Cancelled()
+    if isinstance(exception, JobInterrupted):
+        return Interrupted()
     if isinstance(exception, JobFailed):
         return Failed(str(exception))
     if isinstance(exception, TimeLimitExceeded):
@@ -248,7 +260,7 @@ async def _record(
         if job.attempts == attempt and job.status is not JobStatus.RUNNING:
             if job.status is outcome.status:
                 return False, job  # recorded by an earlier try of this very step
-            if job.status is JobStatus.QUEUED and isinstance(outcome, Unavailable):
+            if job.status is JobStatus.QUEUED and isinstance(outcome, Unavailable | Interrupted):
                 return True, job
         if job.status is not JobStatus.RUNNING or job.attempts != attempt:
             # Not ours any more (taken over while our heartbeat was stale):
@@ -263,6 +275,15 @@ async def _record(
                 await _remove(db, resources, job, only=mine)
             return False, ended
         await jobs.remove_outputs(db, storage, job)
+        if isinstance(outcome, Interrupted):
+            requeued = await jobs.requeue(
+                db,
+                job_id,
+                "Its worker stopped; another one takes it over.",
+                attempt=attempt,
+                refund=True,
+            )
+            return requeued is not None, requeued
         if isinstance(outcome, Unavailable) and attempt < job.max_attempts:
             requeued = await jobs.requeue(
                 db,
@@ -319,6 +340,8 @@ class JobLifecycle(Middleware):
         # By message id: claimed in ``before_process_message``, run by the
         # actor, recorded in ``after_process_message`` (one worker thread, in turn).
         self._attempts: dict[str, _Attempt] = {}
+        # Interrupts what still runs once the grace after a stop is up.
+        self._grace: threading.Timer | None = None
 
     @property
     def actor_options(self) -> set[str]:
@@ -340,9 +363,24 @@ class JobLifecycle(Middleware):
             self._clients.enter_async_context(open_resources(self._settings, shared=shared))
         )
 
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        # No new message starts now; running attempts get the grace period, then stop
+        # at their next progress point and go back to the queue.
+        self._grace = threading.Timer(self._settings.worker_stop_grace_seconds, self._interrupt)
+        self._grace.daemon = True
+        self._grace.start()
+
+    def _interrupt(self) -> None:
+        for attempt in self._attempts.copy().values():  # copied atomically; threads add
+            if attempt.context is not None:
+                logger.info("job interrupted: its worker is stopping", job_id=str(attempt.job.id))
+                attempt.context.interrupt()
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Worker threads have finished their messages; ``after_*`` hooks run in
         # reverse order, so this comes before the AsyncIO middleware stops the loop.
+        if self._grace is not None:
+            self._grace.cancel()
         self._resources = None
         _run(self._clients.aclose())
 
@@ -387,7 +425,11 @@ class JobLifecycle(Middleware):
         outcome = read_outcome(attempt.kind, exception)
         if isinstance(outcome, Crashed):
             logger.error("job failed unexpectedly", job_id=str(attempt.job.id), exc_info=exception)
-        if _run(_conclude(self.resources, attempt, outcome)):
+        if not _run(_conclude(self.resources, attempt, outcome)):
+            return
+        if isinstance(outcome, Interrupted):
+            broker.enqueue(message.copy())  # for another worker, now
+        else:
             tries = int(message.options.get("depot_attempt", 0)) + 1
             _, backoff = compute_backoff(
                 tries, factor=RETRY_MIN_BACKOFF_MS, max_backoff=RETRY_MAX_BACKOFF_MS
