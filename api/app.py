@@ -28,6 +28,7 @@ from api.health import healthz, readyz
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
 from core import jobs as job_states
+from core import tracing
 from core.db import SessionMaker
 from core.eventlog import EventLog
 from core.links import LinkSigner
@@ -95,6 +96,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         max_cost=settings.graphql_max_cost,
         introspection=settings.graphql_introspection,
         suggestions=settings.graphql_suggestions,
+        traced=tracing.enabled(),
     )
     graphql = GraphQLView(schema, settings)
     links = RouteLinks(
@@ -143,6 +145,8 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                     await maintenance.stop()
 
     middleware = [
+        # Outermost, so the request id's log lines carry the server span's ids.
+        *([_server_spans()] if tracing.enabled() else []),
         Middleware(RequestIdMiddleware),
         Middleware(SecurityHeadersMiddleware, https=settings.public_base_url.scheme == "https"),
     ]
@@ -187,8 +191,25 @@ async def _resend_unfinished(resources: Resources) -> None:
     logger.info("queued jobs sent again", count=len(due))
 
 
+def _server_spans() -> Middleware:
+    """OpenTelemetry's ASGI middleware: a server span per request and WebSocket.
+
+    No spans per body chunk or WebSocket message (an upload would make
+    thousands), none for the probes; the request-id middleware redacts
+    secret path parameters from the span (:func:`core.tracing.redact_server_span`).
+    """
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    return Middleware(
+        OpenTelemetryMiddleware,
+        excluded_urls="/healthz,/readyz,/metrics",
+        exclude_spans=["receive", "send"],
+    )
+
+
 def create_app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory``: settings and logging from the environment."""
     settings = load_settings()
     configure_logging(settings.log_level, json=settings.json_logs)
+    tracing.configure_tracing("depot-api")
     return create_app(settings)

@@ -18,7 +18,7 @@ import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core import migrate as migrations
-from core import users
+from core import tracing, users
 from core.db import create_sessionmaker
 from core.errors import DepotError
 from core.logging import configure_logging
@@ -48,6 +48,15 @@ def _settings(**overrides: object) -> Settings:
         click.echo("Depot's configuration is invalid:", err=True)
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
+        sys.exit(2)
+
+
+def _start_tracing(service: str) -> None:
+    """Traces as ``OTEL_TRACES_EXPORTER`` asks (off by default), before any client opens."""
+    try:
+        tracing.configure_tracing(service)
+    except tracing.TracingConfigError as exc:
+        click.echo(f"Depot's configuration is invalid: {exc}", err=True)
         sys.exit(2)
 
 
@@ -82,6 +91,7 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         os.environ["DEPOT_LOG_LEVEL"] = log_level.upper()
     settings = _settings()
     configure_logging(settings.log_level, json=settings.json_logs)
+    _start_tracing("depot-api")
     if settings.is_production:
         # The lifespan refuses too, but as a traceback; say it in one line first.
         try:
@@ -165,6 +175,7 @@ def worker(threads: int | None, log_level: str | None) -> None:
             err=True,
         )
         sys.exit(2)
+    _start_tracing("depot-worker")
     _prepare_schema(settings)
     from workers.broker import Worker
     from workers.lifecycle import worker_jobs
@@ -199,6 +210,7 @@ def scheduler(log_level: str | None) -> None:
             err=True,
         )
         sys.exit(2)
+    _start_tracing("depot-scheduler")
     _prepare_schema(settings)
     from workers.scheduler import serve as serve_scheduler
 

@@ -10,6 +10,8 @@ import structlog
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.tracing import redact_server_span
+
 HEADER = "X-Request-ID"
 # An id from outside is trusted only if it is short and plain: it ends up in logs.
 _VALID_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -67,6 +69,8 @@ class RequestIdMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 MutableHeaders(scope=message).append(HEADER, request_id)
+                # Routed by now, and the server span ends with the body: redact it here.
+                redact_server_span(scope["method"], scope["path"], logged_path(scope))
             await send(message)
 
         with structlog.contextvars.bound_contextvars(request_id=request_id):

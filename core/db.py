@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext import asyncio as sa_asyncio
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.settings import Settings
@@ -31,10 +32,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, hide_parameters=hide_parameters)
+        # Looked up on the module: traced once core.tracing instrumented it.
+        engine = sa_asyncio.create_async_engine(url, hide_parameters=hide_parameters)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
         return engine
-    return create_async_engine(
+    return sa_asyncio.create_async_engine(
         url,
         pool_size=settings.database_pool_size,
         max_overflow=settings.database_max_overflow,

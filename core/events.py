@@ -35,6 +35,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from core.eventlog import EventLog
 from core.models import File, Job, JobStatus
 from core.time import utcnow
+from core.tracing import trace_id_of
 
 logger = structlog.get_logger("depot.events")
 
@@ -66,6 +67,8 @@ class JobStatusChanged:
     progress: float
     message: str | None
     at: datetime
+    # The trace of the request that started the job (core.tracing), if traced.
+    trace_id: str | None = None
 
     @classmethod
     def of(cls, job: Job, at: datetime | None = None) -> Self:
@@ -76,6 +79,7 @@ class JobStatusChanged:
             progress=job.progress,
             message=job.message,
             at=at or utcnow(),
+            trace_id=trace_id_of(job.traceparent),
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -86,6 +90,7 @@ class JobStatusChanged:
             "progress": self.progress,
             "message": self.message,
             "at": self.at.isoformat(),
+            **({"traceId": self.trace_id} if self.trace_id else {}),
         }
 
     @classmethod
@@ -96,6 +101,7 @@ class JobStatusChanged:
             progress=float(data["progress"]),
             message=data.get("message"),
             at=datetime.fromisoformat(data["at"]),
+            trace_id=data.get("traceId"),
         )
 
 

@@ -68,12 +68,14 @@ async def create_job(
     *,
     max_attempts: int,
     idempotency_key: str | None = None,
+    traceparent: str | None = None,
 ) -> tuple[Job, bool]:
     """Record a queued job reading the owner's live files ``input_ids``; commits.
 
     Returns ``(job, created)``: with an idempotency key already used by the
     owner, the job it named and ``False``. An input that is missing, someone
-    else's or in the trash is ``NOT_FOUND`` / ``CONFLICT``.
+    else's or in the trash is ``NOT_FOUND`` / ``CONFLICT``. ``traceparent``:
+    the trace of the request starting it, which its attempts continue.
     """
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -94,6 +96,7 @@ async def create_job(
         params=params,
         idempotency_key=idempotency_key,
         max_attempts=max_attempts,
+        traceparent=traceparent,
         # The caller sends it next (and says so if that fails: ``mark_sent``).
         sent_at=utcnow(),
     )
@@ -166,12 +169,19 @@ async def cancel_job(db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -
 
 
 async def retry_job(
-    db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID, *, max_attempts: int
+    db: AsyncSession,
+    owner_id: uuid.UUID,
+    job_id: uuid.UUID,
+    *,
+    max_attempts: int,
+    traceparent: str | None = None,
 ) -> Job:
     """Queue a failed or cancelled job again as a new attempt; commits.
 
-    ``CONFLICT`` for a job that is queued, running or succeeded.
+    ``CONFLICT`` for a job that is queued, running or succeeded. Its next
+    attempts continue the retrying request's trace, when it has one.
     """
+    retraced: dict[str, Any] = {"traceparent": traceparent} if traceparent else {}
     job = await get_owned_job(db, owner_id, job_id)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise Conflict(f"Only a failed or cancelled job can be retried; this one is {job.status}.")
@@ -189,6 +199,7 @@ async def retry_job(
             sent_at=None,
             max_attempts=col(Job.attempts) + max_attempts,
             updated_at=utcnow(),
+            **retraced,
         )
     )
     await db.commit()

@@ -2,7 +2,8 @@
 
 Everything goes through the standard library's root logger, so uvicorn's,
 SQLAlchemy's and Strawberry's records come out in the same format, and every
-line carries the ``request_id`` bound by the request-id middleware.
+line carries the ``request_id`` bound by the request-id middleware (and,
+when tracing is on, the ``trace_id`` and ``span_id`` of the current span).
 """
 
 from __future__ import annotations
@@ -14,11 +15,15 @@ from typing import TextIO
 import structlog
 from structlog.typing import Processor
 
+from core.tracing import add_trace_ids
+
 
 def configure_logging(level: str, *, json: bool, stream: TextIO | None = None) -> None:
     """Route every log record through structlog, rendered as JSON or text."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
+        # The current span's ids, beside the request id (core.tracing).
+        add_trace_ids,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -228,6 +228,9 @@ class Job(SQLModel, table=True):
     heartbeat_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     cancel_requested_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The W3C trace context of the request that started (or retried) it: each
+    # attempt's span is its child, and its events carry its trace id.
+    traceparent: str | None = Field(default=None, max_length=55)
 
 
 class JobInput(SQLModel, table=True):

@@ -13,11 +13,18 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
+from core import tracing
+
 RETRIES: Final = 3
 
 
 def open_redis(url: str) -> Redis:
     """A client for ``url`` whose commands survive a dropped connection."""
-    return Redis.from_url(
+    client = Redis.from_url(
         url, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), RETRIES)
     )
+    if tracing.enabled():
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        RedisInstrumentor.instrument_client(client)
+    return client

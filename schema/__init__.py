@@ -25,6 +25,7 @@ from schema.loaders import FreshLoaders
 from schema.nodes import File, Job, User
 from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
+from schema.tracing import OperationSpan
 from schema.uploads import UploadMutation
 from schema.validation import RequestRules
 
@@ -62,6 +63,7 @@ def build_schema(
     max_cost: int = 5000,
     introspection: bool = True,
     suggestions: bool = True,
+    traced: bool = False,
 ) -> strawberry.Schema:
     """The schema with its limits (``schema.limits``) and caches, built once per set of limits.
 
@@ -71,12 +73,15 @@ def build_schema(
     hundreds of apps. ``introspection`` and ``suggestions`` are development
     aids that production turns off (``DEPOT_GRAPHQL_INTROSPECTION``,
     ``DEPOT_GRAPHQL_SUGGESTIONS``); they are part of the cache's key too.
+    ``traced`` adds a span per operation (:mod:`schema.tracing`), for a
+    process that traces (:func:`core.tracing.configure_tracing`).
     """
     limits = Limits(max_depth=max_depth, max_aliases=max_aliases, max_directives=max_directives)
     # Factories, so each operation gets fresh extension state; the parser and
     # validation caches live at module level in Strawberry and are shared. Their
     # keys must not change between operations: see `limit_rules`.
     extensions: list[Any] = [
+        *([OperationSpan] if traced else []),
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         lambda: SyntaxSafeParserCache(maxsize=256),
         limit_rules(limits),

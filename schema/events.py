@@ -43,6 +43,9 @@ class JobEvent:
     progress: float
     message: str | None
     at: datetime
+    trace_id: str | None = strawberry.field(
+        description="The job's trace (`Job.traceId`); null when tracing is off."
+    )
 
     @classmethod
     def from_event(cls, cursor: str, event: JobStatusChanged) -> Self:
@@ -53,6 +56,7 @@ class JobEvent:
             progress=event.progress,
             message=event.message,
             at=event.at,
+            trace_id=event.trace_id,
         )
 
 

@@ -14,6 +14,7 @@ import structlog
 
 from core import jobs, models
 from core.events import JobStatusChanged, announce
+from core.tracing import current_traceparent
 from schema.context import Info
 from schema.filters import JobFilter
 from schema.ids import decode_id_of
@@ -84,6 +85,7 @@ class JobMutation:
                 kind.inputs(params),
                 max_attempts=kind.max_attempts,
                 idempotency_key=idempotency_key,
+                traceparent=current_traceparent(),
             )
         # The row says "sent" from the start (one write less); if the send
         # fails, it says "unsent" again so that maintenance sends it soon.
@@ -121,7 +123,11 @@ class JobMutation:
         async with info.context.sessionmaker() as db:
             found = await jobs.get_owned_job(db, user.id, key)
             job = await jobs.retry_job(
-                db, user.id, key, max_attempts=KINDS[found.kind].max_attempts
+                db,
+                user.id,
+                key,
+                max_attempts=KINDS[found.kind].max_attempts,
+                traceparent=current_traceparent(),
             )
         await announce(
             info.context.events,

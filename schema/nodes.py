@@ -23,6 +23,7 @@ from core import models
 from core.downloads import credential_of
 from core.errors import Forbidden, NotFound
 from core.time import utcnow
+from core.tracing import trace_id_of
 from schema.context import Info
 from schema.enums import JobKind, JobStatus, Role
 from schema.filters import (
@@ -263,6 +264,10 @@ class Job(Node):
     created_at: datetime
     started_at: datetime | None = strawberry.field(description="When the last attempt started.")
     finished_at: datetime | None
+    trace_id: str | None = strawberry.field(
+        description="The OpenTelemetry trace of the request that started (or last retried) "
+        "the job, which each attempt's span continues; null when tracing is off."
+    )
     owner_id: strawberry.Private[uuid.UUID]
 
     @classmethod
@@ -280,6 +285,7 @@ class Job(Node):
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
+            trace_id=trace_id_of(job.traceparent),
             owner_id=job.owner_id,
         )
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -130,12 +130,21 @@ class DepotProcess:
 
 @contextlib.contextmanager
 def depot(
-    args: list[str], settings: Settings, log: Path, *, ready: str | None = None
+    args: list[str],
+    settings: Settings,
+    log: Path,
+    *,
+    ready: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[DepotProcess]:
-    """Run ``depot <args>`` with ``settings``; stopped with SIGTERM when the block ends."""
+    """Run ``depot <args>`` with ``settings`` (and the variables ``env``, such as
+    ``OTEL_*``); stopped with SIGTERM when the block ends."""
     with log.open("ab") as output:
         process = subprocess.Popen(
-            [str(DEPOT), *args], env=settings_env(settings), stdout=output, stderr=output
+            [str(DEPOT), *args],
+            env={**settings_env(settings), **(env or {})},
+            stdout=output,
+            stderr=output,
         )
     running = DepotProcess(process, log)
     try:
@@ -147,9 +156,11 @@ def depot(
 
 
 @contextlib.contextmanager
-def depot_worker(settings: Settings, log: Path) -> Iterator[DepotProcess]:
+def depot_worker(
+    settings: Settings, log: Path, env: Mapping[str, str] | None = None
+) -> Iterator[DepotProcess]:
     """A ``depot worker`` process, once it takes jobs."""
-    with depot(["worker"], settings, log, ready="Depot worker running") as worker:
+    with depot(["worker"], settings, log, ready="Depot worker running", env=env) as worker:
         yield worker
 
 
@@ -186,9 +197,11 @@ def depot_scheduler(settings: Settings, log: Path) -> Iterator[DepotProcess]:
 
 
 @contextlib.contextmanager
-def depot_serve(settings: Settings, log: Path, port: int) -> Iterator[DepotProcess]:
+def depot_serve(
+    settings: Settings, log: Path, port: int, env: Mapping[str, str] | None = None
+) -> Iterator[DepotProcess]:
     """A ``depot serve`` process on ``port``, once it answers ``/healthz``."""
-    with depot(["serve", "--port", str(port)], settings, log) as server:
+    with depot(["serve", "--port", str(port)], settings, log, env=env) as server:
         healthz = answers_http(f"http://127.0.0.1:{port}/healthz")
         wait_until_ready(server.process, healthz, "depot serve", output=server.output)
         yield server

@@ -478,10 +478,16 @@ async def next_message(ws: AsyncWebSocketSession, seconds: float = WS_TIMEOUT_S)
 
 
 async def collect_job_events(
-    ws: AsyncWebSocketSession, id_: str, job_id: str, *, after: str | None = None
+    ws: AsyncWebSocketSession,
+    id_: str,
+    job_id: str,
+    *,
+    after: str | None = None,
+    query: str = JOB_EVENTS,
 ) -> list[dict[str, Any]]:
-    """Subscribe to ``jobEvents`` and gather every event until the server completes it."""
-    await subscribe(ws, id_, JOB_EVENTS, {"id": job_id, "after": after})
+    """Subscribe to ``jobEvents`` (``query``) and gather every event until the server
+    completes it."""
+    await subscribe(ws, id_, query, {"id": job_id, "after": after})
     events = []
     while True:
         message = await next_message(ws)

@@ -34,9 +34,11 @@ from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
+from opentelemetry import trace
+from opentelemetry.trace import Span, Status, StatusCode
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import files, jobs
+from core import files, jobs, tracing
 from core.errors import NotFound
 from core.events import FileCreated, JobStatusChanged, announce
 from core.models import File, Job, JobStatus
@@ -185,6 +187,8 @@ class _Attempt:
     job: Job
     # None for an actor this worker does not declare (Dramatiq then fails the message).
     kind: Kind | None
+    # The attempt's span, a child of the request that started the job (core.tracing).
+    span: Span
     # Once the actor started it (it holds what the attempt produced).
     context: JobContext | None = None
 
@@ -221,8 +225,9 @@ async def _execute(resources: Resources, attempt: _Attempt) -> None:
     assert kind is not None, "only declared actors run"
     context = JobContext(job, resources, input_count=len(kind.inputs(job.params)))
     attempt.context = context
-    async with context.running():
-        await kind.run(context)
+    with trace.use_span(attempt.span, end_on_exit=False):
+        async with context.running():
+            await kind.run(context)
 
 
 async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -> bool:
@@ -233,12 +238,13 @@ async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -
     go out after the record, never undoing it.
     """
     outputs = attempt.context.outputs if attempt.context is not None else []
-    again, changed = await patiently(lambda: _record(resources, attempt.job, outputs, outcome))
-    if changed is not None:
-        if isinstance(outcome, Succeeded):
-            for file in outputs:
-                await _publish_file(resources, file)
-        await _publish_status(resources, changed)
+    with trace.use_span(attempt.span, end_on_exit=False):
+        again, changed = await patiently(lambda: _record(resources, attempt.job, outputs, outcome))
+        if changed is not None:
+            if isinstance(outcome, Succeeded):
+                for file in outputs:
+                    await _publish_file(resources, file)
+            await _publish_status(resources, changed)
     return again
 
 
@@ -401,7 +407,16 @@ class JobLifecycle(Middleware):
             broker.enqueue(message.copy(), delay=DEFER_MS)
         if claim is not jobs.Claim.RUN or job is None:
             raise SkipMessage()
-        self._attempts[message.message_id] = _Attempt(job, kind)
+        span = tracing.start_attempt_span(
+            f"job {job.kind}",
+            job.traceparent,
+            {
+                "depot.job.id": str(job.id),
+                "depot.job.kind": job.kind,
+                "depot.job.attempt": job.attempts,
+            },
+        )
+        self._attempts[message.message_id] = _Attempt(job, kind, span)
 
     def run_current(self) -> None:
         """The actors' body: run the attempt claimed for the message this thread handles."""
@@ -424,8 +439,18 @@ class JobLifecycle(Middleware):
             return
         outcome = read_outcome(attempt.kind, exception)
         if isinstance(outcome, Crashed):
-            logger.error("job failed unexpectedly", job_id=str(attempt.job.id), exc_info=exception)
-        if not _run(_conclude(self.resources, attempt, outcome)):
+            with trace.use_span(attempt.span, end_on_exit=False):
+                logger.error(
+                    "job failed unexpectedly", job_id=str(attempt.job.id), exc_info=exception
+                )
+        try:
+            again = _run(_conclude(self.resources, attempt, outcome))
+        finally:
+            attempt.span.set_attribute("depot.job.outcome", type(outcome).__name__.lower())
+            if isinstance(outcome, Failed):
+                attempt.span.set_status(Status(StatusCode.ERROR, outcome.error))
+            attempt.span.end()
+        if not again:
             return
         if isinstance(outcome, Interrupted):
             broker.enqueue(message.copy())  # for another worker, now

@@ -1,0 +1,151 @@
+"""OpenTelemetry traces, set up from the standard ``OTEL_*`` variables; off by default.
+
+``OTEL_TRACES_EXPORTER`` chooses where spans go: ``otlp`` (OTLP over
+HTTP/protobuf to ``OTEL_EXPORTER_OTLP_ENDPOINT``, by default
+``http://localhost:4318``), ``console`` (JSON on stdout), or ``none`` — the
+default here, unlike the SDK's, so a process nobody set up for tracing
+exports nothing and installs nothing: every span is then OpenTelemetry's
+no-op one. The SDK itself reads the rest: ``OTEL_SERVICE_NAME``,
+``OTEL_RESOURCE_ATTRIBUTES``, sampling (``OTEL_TRACES_SAMPLER`` and
+``OTEL_TRACES_SAMPLER_ARG``), batching (``OTEL_BSP_*``) and the exporter's
+``OTEL_EXPORTER_OTLP_*`` options.
+
+Switched on, a process traces its HTTP requests (``api.middleware``), its
+GraphQL operations (``schema.tracing``), its SQL (every engine from
+:func:`core.db.create_engine`), its Redis commands (the client from
+:func:`core.redis_client.open_redis`; not the broker's polling) and its S3
+calls.
+
+**A job carries its trace through the queue.** The request that starts a job
+stores its span's W3C ``traceparent`` on the job row
+(:func:`current_traceparent`); the worker's span for each attempt is a child
+of it (:func:`start_attempt_span`), the job's events carry its trace id, and so
+does ``Job.traceId``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from structlog.typing import EventDict, WrappedLogger
+
+EXPORTERS: Final = ("otlp", "console", "none")
+_PROPAGATOR: Final = TraceContextTextMapPropagator()
+_tracer = trace.get_tracer("depot")
+
+
+class TracingConfigError(ValueError):
+    """``OTEL_TRACES_EXPORTER`` names an exporter Depot does not ship."""
+
+
+def configure_tracing(default_service_name: str) -> bool:
+    """Install a tracer provider for this process if ``OTEL_TRACES_EXPORTER`` asks for one.
+
+    Call it once, when a process starts, before it opens a database or
+    Redis client. ``default_service_name`` is used unless ``OTEL_SERVICE_NAME``
+    says otherwise. Returns whether traces are on.
+    """
+    name = os.environ.get("OTEL_TRACES_EXPORTER", "none").strip().lower() or "none"
+    if name == "none":
+        return False
+    if name not in EXPORTERS:
+        raise TracingConfigError(
+            f"OTEL_TRACES_EXPORTER={name!r} is not one Depot ships; use one of "
+            f"{', '.join(EXPORTERS)}."
+        )
+    # Imported only when on: the SDK and the instrumentations cost start-up time.
+    from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
+    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import (
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+
+    service = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    exporter: SpanExporter
+    if name == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter()
+    else:
+        exporter = ConsoleSpanExporter()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    # Engines created from now on (through sqlalchemy.ext.asyncio's module
+    # attribute, see core.db) are traced; S3 through aiobotocore.
+    # It declares SQLAlchemy < 2.1 and refuses 2.1 by default; the engine
+    # events it listens to are the same (tests/test_tracing.py shows the spans).
+    SQLAlchemyInstrumentor().instrument(skip_dep_check=True)
+    BotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    return True
+
+
+def enabled() -> bool:
+    """Whether this process installed a tracer provider (:func:`configure_tracing`)."""
+    return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
+
+
+def current_traceparent() -> str | None:
+    """The current span's W3C ``traceparent``, to hand on; None when nothing is traced."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    """The 32-hex-digit trace id a ``traceparent`` names (``00-<trace id>-<span id>-<flags>``)."""
+    if traceparent is None:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 and len(parts[1]) == 32 else None
+
+
+def start_attempt_span(name: str, traceparent: str | None, attributes: Mapping[str, Any]) -> Span:
+    """A span for one job attempt, the child of the request span ``traceparent`` names.
+
+    Started, not made current, and ended by the caller: an attempt spans
+    several worker hooks; the code that runs on its behalf makes it current
+    with ``trace.use_span(span, end_on_exit=False)``.
+    """
+    parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
+    return _tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes)
+
+
+def add_trace_ids(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    """structlog processor: ``trace_id`` and ``span_id`` of the current span, if one records."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event.setdefault("trace_id", format(context.trace_id, "032x"))
+        event.setdefault("span_id", format(context.span_id, "016x"))
+    return event
+
+
+def redact_server_span(method: str, raw_path: str, path: str) -> None:
+    """Rename the current server span and put ``path`` for ``raw_path`` in its attributes.
+
+    The ASGI instrumentation records the raw path when a request starts;
+    secret path parameters (signed download tokens) are only known once the
+    router matched them, so the request-id middleware redacts them here, at
+    the end, before the span is exported.
+    """
+    span = trace.get_current_span()
+    if raw_path == path or not span.is_recording():
+        return
+    span.update_name(f"{method} {path}")
+    recorded: Mapping[str, Any] = getattr(span, "attributes", None) or {}
+    span.set_attributes(
+        {
+            key: value.replace(raw_path, path)
+            for key, value in recorded.items()
+            if isinstance(value, str) and raw_path in value
+        }
+    )

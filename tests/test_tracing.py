@@ -1,0 +1,263 @@
+"""One trace from ``startJob`` through the worker's attempt to the job's last event.
+
+Real processes export over OTLP/HTTP to a real receiver on loopback (the
+protocol's protobuf, decoded with ``opentelemetry-proto``): ``depot serve``
+alone (in-process jobs), and ``depot serve`` with a ``depot worker`` over Redis.
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from tests.conftest import make_settings
+from tests.processes import depot_serve, depot_worker, free_port, in_background, redis_server
+from tests.support import (
+    collect_job_events,
+    graphql,
+    signed_in,
+    subscriber,
+    upload_file,
+)
+
+pytestmark = pytest.mark.anyio
+
+START_VERIFY = "mutation StartVerify($input: JobInput!) { startJob(input: $input) { id traceId } }"
+TRACED_EVENTS = (
+    "subscription Events($id: ID!, $after: String) "
+    "{ jobEvents(jobId: $id, after: $after) { cursor status traceId } }"
+)
+JOB = "query Job($id: ID!) { job(id: $id) { status traceId } }"
+DOWNLOAD_URL = "query Url($id: ID!) { file(id: $id) { downloadUrl } }"
+SPANS_TIMEOUT_S = 20
+
+
+@dataclass(frozen=True)
+class Span:
+    name: str
+    service: str
+    trace_id: str
+    span_id: str
+    parent_id: str
+    attributes: dict[str, Any]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Receiver
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(body)
+        self.server.take(request)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+class _Receiver(ThreadingHTTPServer):
+    """An OTLP/HTTP traces endpoint that keeps every span it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.spans: list[Span] = []
+        self._lock = threading.Lock()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def take(self, request: ExportTraceServiceRequest) -> None:
+        with self._lock:
+            for resource_spans in request.resource_spans:
+                resource = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+                for scope_spans in resource_spans.scope_spans:
+                    for span in scope_spans.spans:
+                        self.spans.append(
+                            Span(
+                                name=span.name,
+                                service=resource.get("service.name", ""),
+                                trace_id=span.trace_id.hex(),
+                                span_id=span.span_id.hex(),
+                                parent_id=span.parent_span_id.hex(),
+                                attributes={a.key: _value(a.value) for a in span.attributes},
+                            )
+                        )
+
+    def wait_for(self, name: str, trace_id: str) -> Span:
+        deadline = time.monotonic() + SPANS_TIMEOUT_S
+        while time.monotonic() < deadline:
+            with self._lock:
+                for span in self.spans:
+                    if span.name == name and span.trace_id == trace_id:
+                        return span
+            time.sleep(0.05)
+        names = sorted({(s.name, s.trace_id) for s in self.spans})
+        pytest.fail(f"no span {name!r} in trace {trace_id}; got {names}")
+
+    def in_trace(self, trace_id: str) -> list[Span]:
+        with self._lock:
+            return [s for s in self.spans if s.trace_id == trace_id]
+
+
+def _value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    return getattr(value, kind) if kind else None
+
+
+@contextmanager
+def otlp_receiver() -> Iterator[_Receiver]:
+    receiver = _Receiver()
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield receiver
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+
+
+def otel_env(receiver: _Receiver) -> dict[str, str]:
+    return {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+
+
+@asynccontextmanager
+async def _traced_job(
+    client: httpx.AsyncClient, receiver: _Receiver
+) -> AsyncIterator[tuple[dict[str, Any], list[dict[str, Any]], Span, Span]]:
+    """Start a ``verify`` job, follow it to the end; (job, its events, startJob's span,
+    the attempt's span)."""
+    token, headers = await signed_in(client)
+    uploaded = await upload_file(client, headers, "a.bin", b"checked bytes")
+    body = await graphql(
+        client, START_VERIFY, {"input": {"verify": {"fileId": uploaded["id"]}}}, headers=headers
+    )
+    assert "errors" not in body, body
+    started = body["data"]["startJob"]
+    trace_id = started["traceId"]
+    assert trace_id is not None, started
+    assert len(trace_id) == 32, started
+    async with subscriber(client, token) as ws:
+        events = await collect_job_events(ws, "1", started["id"], query=TRACED_EVENTS)
+    job = (await graphql(client, JOB, {"id": started["id"]}, headers=headers))["data"]["job"]
+    assert job["status"] == "SUCCEEDED", job
+    operation = await anyio.to_thread.run_sync(receiver.wait_for, "mutation StartVerify", trace_id)
+    attempt = await anyio.to_thread.run_sync(receiver.wait_for, "job verify", trace_id)
+    yield job, events, operation, attempt
+
+
+def _assert_one_trace(
+    receiver: _Receiver,
+    job: dict[str, Any],
+    events: list[dict[str, Any]],
+    operation: Span,
+    attempt: Span,
+) -> None:
+    trace_id = job["traceId"]
+    assert operation.service == "depot-api"
+    assert operation.attributes["graphql.operation.type"] == "mutation"
+    assert attempt.parent_id == operation.span_id, "the attempt continues startJob's span"
+    assert attempt.attributes["depot.job.kind"] == "verify"
+    assert attempt.attributes["depot.job.outcome"] == "succeeded"
+    spans = receiver.in_trace(trace_id)
+    [server] = [s for s in spans if s.span_id == operation.parent_id]
+    assert server.name == "POST /graphql", server
+    sql = [s for s in spans if s.parent_id == attempt.span_id and s.service == attempt.service]
+    assert any("db.system" in s.attributes or "db.system.name" in s.attributes for s in sql), (
+        "the attempt's SQL nests under it"
+    )
+    assert [e["traceId"] for e in events] == [trace_id] * len(events)
+    assert events[-1]["status"] == "SUCCEEDED"
+
+
+async def test_one_trace_from_start_job_to_the_last_event_in_process(tmp_path: Path) -> None:
+    port = free_port()
+    settings = make_settings(tmp_path, storage_url=(tmp_path / "files").as_uri())
+    with otlp_receiver() as receiver:
+        async with (
+            in_background(
+                depot_serve(settings, tmp_path / "serve.log", port, env=otel_env(receiver))
+            ) as api,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+            _traced_job(client, receiver) as (job, events, operation, attempt),
+        ):
+            _assert_one_trace(receiver, job, events, operation, attempt)
+            assert attempt.service == "depot-api", "in-process jobs"
+
+            # A download's signed token stays out of the span, as out of the log.
+            _, headers = await signed_in(client, "grace@example.com")
+            uploaded = await upload_file(client, headers, "b.bin", b"bytes")
+            body = await graphql(client, DOWNLOAD_URL, {"id": uploaded["id"]}, headers=headers)
+            url = body["data"]["file"]["downloadUrl"]
+            # The process was given DEPOT_PUBLIC_BASE_URL (localhost:8000): its path, here.
+            assert (await client.get(urlsplit(url).path)).status_code == 200
+            secret = url.rpartition("/")[2]
+            download = await anyio.to_thread.run_sync(_wait_for_download, receiver)
+            assert download.name == "GET /files/download/<redacted>"
+            assert not [v for v in download.attributes.values() if secret in str(v)]
+            log = api.output()
+        assert f"trace_id={job['traceId']}" in log, "log lines carry the trace id"
+
+
+def _wait_for_download(receiver: _Receiver) -> Span:
+    deadline = time.monotonic() + SPANS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = [s for s in receiver.spans if s.name.startswith("GET /files/download")]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    pytest.fail("no download span")
+
+
+@pytest.mark.redis
+async def test_the_trace_goes_through_the_queue_to_a_worker(
+    tmp_path: Path, database_url: str
+) -> None:
+    port = free_port()
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(in_background(redis_server(tmp_path / "redis")))
+        settings = make_settings(
+            tmp_path,
+            database_url=database_url,
+            redis_url=redis.url,
+            storage_url=(tmp_path / "files").as_uri(),
+        )
+        receiver = stack.enter_context(otlp_receiver())
+        env = otel_env(receiver)
+        await stack.enter_async_context(
+            in_background(depot_serve(settings, tmp_path / "serve.log", port, env=env))
+        )
+        await stack.enter_async_context(
+            in_background(depot_worker(settings, tmp_path / "worker.log", env=env))
+        )
+        client = await stack.enter_async_context(
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
+        )
+        job, events, operation, attempt = await stack.enter_async_context(
+            _traced_job(client, receiver)
+        )
+        _assert_one_trace(receiver, job, events, operation, attempt)
+        assert attempt.service == "depot-worker"
