@@ -31,8 +31,8 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from api.bodies import BodySilent, body_chunks
-from core.content import OCTET_STREAM, content_disposition
-from core.direct_uploads import open_ticket
+from core.content import OCTET_STREAM, Fingerprint, content_disposition
+from core.direct_uploads import open_ticket, record_seen
 from core.downloads import may_download
 from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
 from storage.base import Stat, Storage
@@ -319,8 +319,11 @@ async def upload(request: Request) -> Response:
     storage: Storage = request.state.storage
     silence_s: float = request.state.settings.body_timeout_seconds
     body = body_chunks(request, silence_s=silence_s)
+    # Hashed and sniffed as it streams in, so completeUpload need not read it again.
+    fingerprint = Fingerprint(_exactly(body, size))
     try:
-        await storage.put(key, _exactly(body, size), max_size=size)
+        await storage.put(key, fingerprint, max_size=size)
+        stored = await storage.stat(key)
     except BodySilent as silent:
         return _error(408, silent.message)
     except TooLarge:
@@ -329,6 +332,8 @@ async def upload(request: Request) -> Response:
         return _error(400, f"The body ended before {size} bytes; nothing was stored.")
     except ClientDisconnect:
         return _error(400, "The client went away before the upload ended; nothing was stored.")
+    async with request.state.sessionmaker() as db:
+        await record_seen(db, key, fingerprint, stored.etag)
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
 

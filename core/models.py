@@ -167,6 +167,13 @@ class Upload(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
     completed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # What Depot's own PUT route hashed and sniffed as the bytes streamed in,
+    # and the ETag of the object they made: completing the ticket trusts them
+    # while the object still has that ETag, instead of reading it all again.
+    # (S3's presigned PUTs bypass Depot: those bytes are read at completion.)
+    seen_sha256: str | None = Field(default=None, max_length=64)
+    seen_content_type: str | None = Field(default=None, max_length=255)
+    seen_etag: str | None = Field(default=None, max_length=255)
 
 
 # A job kind's name ("verify", "thumbnails", ...). The kinds are declared in

@@ -138,9 +138,11 @@ class LocalStorage:
             raise ObjectNotFound(key)
         return Stat(
             size=result.st_size,
-            # Size and modification time change whenever the bytes do: a strong ETag
+            # Every put renames a new file into place: its inode, size and
+            # modification time change whenever the bytes do (two puts within
+            # one tick of the clock still differ by inode). A strong ETag
             # without hashing the file.
-            etag=f'"{result.st_size:x}-{result.st_mtime_ns:x}"',
+            etag=f'"{result.st_ino:x}-{result.st_size:x}-{result.st_mtime_ns:x}"',
             modified_at=datetime.fromtimestamp(result.st_mtime_ns / 1e9, UTC),
         )
 

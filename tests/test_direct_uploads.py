@@ -434,3 +434,32 @@ async def test_a_second_put_replaces_the_first(
     assert "errors" not in body, body
     file = body["data"]["completeUpload"]
     assert (await follow(client, "GET", file["downloadUrl"])).content == b"right"
+
+
+@on_local_and_s3
+async def test_bytes_replaced_after_the_put_are_checked_again(
+    client: httpx.AsyncClient, ada: dict[str, str], settings: Settings
+) -> None:
+    """The PUT route's own hash stands only for the object it wrote: the same number
+    of other bytes put in its place behind Depot's back are read and refused."""
+    ticket = await create_upload(client, ada, path="f", size=5, sha256=sha256(b"right"))
+    assert (await put_bytes(client, ticket, b"right")).is_success
+    write_object(settings, ticket_key(ticket), b"wrong")
+    error = assert_error(
+        await try_complete_upload(client, ada, ticket["id"]), "BAD_USER_INPUT", field="id"
+    )
+    assert "SHA-256" in error["message"]
+    assert leftover_objects(settings) == []
+
+
+async def test_the_put_routes_hash_and_type_are_the_files(
+    client: httpx.AsyncClient, ada: dict[str, str]
+) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(200)
+    ticket = await create_upload(client, ada, path="i.png", size=len(png))
+    assert (await put_bytes(client, ticket, png)).is_success
+    body = await try_complete_upload(client, ada, ticket["id"])
+    assert "errors" not in body, body
+    file = body["data"]["completeUpload"]
+    assert file["sha256"] == sha256(png)
+    assert file["contentType"] == "image/png"
