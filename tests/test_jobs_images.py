@@ -317,7 +317,10 @@ async def test_what_is_not_a_readable_image_fails_at_once_leaving_nothing(
     whole = noise_png((64, 64))
     bad = {
         "truncated.png": (whole[: len(whole) // 2], "damaged or truncated"),
-        "notes.png": (b"Not a picture, just some text.\n", "not a PNG, JPEG, WebP, GIF or BMP"),
+        "notes.png": (
+            b"Not a picture, just some text.\n",
+            "not a PNG, JPEG, WebP, GIF, BMP, HEIC or AVIF",
+        ),
         "scan.tiff": (encoded(Image.new("RGB", (8, 8)), "TIFF"), "not a PNG, JPEG"),
     }
     sources = {

@@ -1,10 +1,11 @@
-"""``convert``: an image re-encoded as PNG, JPEG or WebP, upright and full size.
+"""``convert``: an image re-encoded as PNG, JPEG, WebP or AVIF, upright and full size.
 
 ``photos/cat.png`` to WebP becomes ``photos/cat.webp``. Converting to the
 format the path already names (re-encoding a JPEG at another quality, or to
 apply its EXIF orientation) writes ``photos/cat (converted).jpg`` beside it.
 A path already in use fails the job. ``quality`` (1..100, default 85) applies
-to JPEG and WebP only. See :mod:`workers.images` for what is read and how.
+to JPEG, WebP and AVIF only. HEIC and AVIF photos are read too. See
+:mod:`workers.images` for what is read and how.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ import anyio
 from core.errors import BadUserInput
 from core.settings import Settings
 from workers.context import JobContext
-from workers.images import EXTENSIONS, ImageFormat, decode, ensure_paths_free, stem_of, store
+from workers.images import EXTENSIONS, LOSSY, ImageFormat, decode, ensure_paths_free, stem_of, store
 from workers.kind import Kind
 from workers.params import Doc, FileId, load
 
-LOSSY: Final = (ImageFormat.JPEG, ImageFormat.WEBP)
 # The share of the progress bar that reading and decoding the source stands for.
 DECODED: Final = 0.5
 
@@ -34,13 +34,13 @@ class Params:
 
     file_id: FileId
     format: ImageFormat
-    quality: Annotated[int | None, Doc("1-100, JPEG and WebP.")] = None
+    quality: Annotated[int | None, Doc("1-100, JPEG, WebP and AVIF.")] = None
 
 
 def check(params: Params, settings: Settings) -> Params:
     if params.quality is not None:
         if params.format not in LOSSY:
-            raise BadUserInput("quality applies to jpeg and webp only.", field="quality")
+            raise BadUserInput("quality applies to jpeg, webp and avif only.", field="quality")
         if not 1 <= params.quality <= 100:
             raise BadUserInput("quality must be from 1 to 100.", field="quality")
     return params

@@ -2,9 +2,11 @@
 
 Opening, as ``thumbnails`` and ``convert`` do it (in a worker thread):
 
-- only the formats in :data:`READ_FORMATS` are tried — PNG, JPEG, WebP, GIF
-  and BMP. TIFF is left out on purpose: its many codecs (libtiff) are a large
-  attack surface for little use in a web product;
+- only the formats in :data:`READ_FORMATS` are tried — PNG, JPEG, WebP, GIF,
+  BMP, HEIF/HEIC (phone photos, through pillow-heif's bundled libheif) and
+  AVIF (Pillow's own, bundled libavif). TIFF is left out on purpose: its
+  many codecs (libtiff) are a large attack surface for little use in a web
+  product;
 - the header's width times height is checked against
   ``settings.image_max_pixels`` before a single pixel is decoded. Pillow's own
   decompression-bomb check (its process-wide ``MAX_IMAGE_PIXELS``, left as it
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Final
 
 import anyio
+import pillow_heif
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core.files import first_taken_path, path_taken
@@ -48,12 +51,30 @@ class ImageFormat(enum.StrEnum):
     PNG = "png"
     JPEG = "jpeg"
     WEBP = "webp"
+    AVIF = "avif"
 
 
-READ_FORMATS: Final = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+# HEIF/HEIC through pillow-heif, registered with Pillow once per process (its
+# plugin registry is process-wide; registering only adds a format).
+pillow_heif.register_heif_opener()
+
+READ_FORMATS: Final = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "HEIF", "AVIF")
 # Pillow's name for each format an output can have.
-WRITE_FORMATS: Final = {ImageFormat.PNG: "PNG", ImageFormat.JPEG: "JPEG", ImageFormat.WEBP: "WEBP"}
-EXTENSIONS: Final = {ImageFormat.PNG: "png", ImageFormat.JPEG: "jpg", ImageFormat.WEBP: "webp"}
+WRITE_FORMATS: Final = {
+    ImageFormat.PNG: "PNG",
+    ImageFormat.JPEG: "JPEG",
+    ImageFormat.WEBP: "WEBP",
+    ImageFormat.AVIF: "AVIF",
+}
+EXTENSIONS: Final = {
+    ImageFormat.PNG: "png",
+    ImageFormat.JPEG: "jpg",
+    ImageFormat.WEBP: "webp",
+    ImageFormat.AVIF: "avif",
+}
+LOSSY: Final = (ImageFormat.JPEG, ImageFormat.WEBP, ImageFormat.AVIF)
+# Sources whose own format no browser shows everywhere: photos, as JPEG.
+_PHOTO_SOURCES: Final = ("HEIF", "PDF", "VIDEO")
 # Lossy outputs without a quality asked for.
 DEFAULT_QUALITY: Final = 85
 STREAM_CHUNK: Final = 1024 * 1024
@@ -81,14 +102,17 @@ class Source:
     """
 
     image: Image.Image
-    format: str  # Pillow's name, one of READ_FORMATS
+    format: str  # Pillow's name, one of READ_FORMATS; or PDF, or VIDEO (workers.visuals)
     width: int
     height: int
     icc_profile: bytes | None
 
 
 def default_format(source_format: str) -> ImageFormat:
-    """The output format for ``source_format`` when none was asked for: itself, else PNG."""
+    """The output format for ``source_format`` when none was asked for: itself; JPEG for
+    a HEIC photo, a PDF page or a video frame; else PNG."""
+    if source_format in _PHOTO_SOURCES:
+        return ImageFormat.JPEG
     name = source_format.lower()
     return ImageFormat(name) if name in WRITE_FORMATS else ImageFormat.PNG
 
@@ -151,7 +175,7 @@ def _decode(opened: ImageFile.ImageFile, name: str, max_pixels: int, fit: int | 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, UnidentifiedImageError):
-        return "it is not a PNG, JPEG, WebP, GIF or BMP image."
+        return "it is not a PNG, JPEG, WebP, GIF, BMP, HEIC or AVIF image."
     detail = str(exc).strip() or type(exc).__name__
     return f"it is damaged or truncated ({detail})."
 
@@ -197,7 +221,7 @@ def encode(
     options: dict[str, object] = {}
     if icc is not None:
         options["icc_profile"] = icc
-    if output_format in (ImageFormat.JPEG, ImageFormat.WEBP):
+    if output_format in LOSSY:
         options["quality"] = quality if quality is not None else DEFAULT_QUALITY
     if output_format is ImageFormat.JPEG:
         options["optimize"] = True
@@ -211,7 +235,7 @@ def _for_output(image: Image.Image, output_format: ImageFormat) -> Image.Image:
         background = Image.new("RGB", image.size, (255, 255, 255))
         background.paste(image.convert("RGBA"), mask=image.getchannel("A"))
         return background
-    if output_format is ImageFormat.WEBP and image.mode in ("L", "LA"):
+    if output_format in (ImageFormat.WEBP, ImageFormat.AVIF) and image.mode in ("L", "LA"):
         return image.convert("RGBA" if has_alpha else "RGB")
     return image
 

@@ -1,11 +1,15 @@
-"""``thumbnails``: resized copies of an image, one new file per size asked for.
+"""``thumbnails``: resized copies of an image, a PDF page or a video frame, one new
+file per size asked for.
 
-Each size is the longest side of its thumbnail; an image is never enlarged, so
-a size beyond the image keeps its dimensions. ``photos/cat.jpg`` at 256 as
-WebP becomes ``photos/cat@256.webp``; without a format, thumbnails keep the
-source's (PNG, JPEG or WebP), and other sources (GIF, BMP) give PNG. A path
-already in use fails the whole job, and what it made so far is removed.
-See :mod:`workers.images` for what is read and how safely.
+Each size is the longest side of its thumbnail; a picture is never enlarged,
+so a size beyond it keeps its dimensions. ``photos/cat.jpg`` at 256 as WebP
+becomes ``photos/cat@256.webp``; without a format, thumbnails keep the
+source's (PNG, JPEG, WebP or AVIF), HEIC photos, PDFs and videos give JPEG,
+and other images (GIF, BMP) PNG. ``page`` picks a PDF's page (the first by
+default), ``atSeconds`` a video's frame (by default a tenth of the way in). A
+path already in use fails the whole job, and what it made so far is removed.
+See :mod:`workers.images` and :mod:`workers.visuals` for what is read and how
+safely.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ from workers.context import JobContext
 from workers.images import (
     EXTENSIONS,
     ImageFormat,
-    decode,
     default_format,
     ensure_paths_free,
     resized,
@@ -33,9 +36,12 @@ from workers.images import (
 )
 from workers.kind import Kind
 from workers.params import Doc, FileId, load
+from workers.visuals import decode_visual
 
 MAX_SIZES: Final = 10
 MAX_SIDE: Final = 4096
+# A week of video: beyond any file a job would read.
+MAX_AT_SECONDS: Final = 7 * 24 * 3600
 # The share of the progress bar that reading and decoding the source stands for.
 DECODED: Final = 0.2
 
@@ -47,7 +53,12 @@ class Params:
     file_id: FileId
     sizes: Annotated[list[int], Doc("Longest side of each thumbnail, in pixels.")]
     format: Annotated[
-        ImageFormat | None, Doc("Default: the image's own format when jobs can write it.")
+        ImageFormat | None,
+        Doc("Default: the image's own format when jobs can write it; JPEG for HEIC, PDF, video."),
+    ] = None
+    page: Annotated[int | None, Doc("A PDF's page, from 1. Default: the first.")] = None
+    at_seconds: Annotated[
+        float | None, Doc("A video's frame, in seconds from the start. Default: a tenth of it.")
     ] = None
 
 
@@ -62,6 +73,12 @@ def check(params: Params, settings: Settings) -> Params:
         )
     if len(set(sizes)) != len(sizes):
         raise BadUserInput("sizes lists a size twice.", field="sizes")
+    if params.page is not None and params.page < 1:
+        raise BadUserInput("page counts from 1.", field="page")
+    if params.at_seconds is not None and not 0 <= params.at_seconds <= MAX_AT_SECONDS:
+        raise BadUserInput(
+            f"atSeconds is a time from 0 to {MAX_AT_SECONDS} seconds.", field="atSeconds"
+        )
     return params
 
 
@@ -80,7 +97,14 @@ async def run(ctx: JobContext) -> None:
     max_pixels = ctx.settings.image_max_pixels
     async with ctx.spool(file) as spooled:
         source = await anyio.to_thread.run_sync(
-            lambda: decode(spooled, file.path, max_pixels, fit=max(sizes))
+            lambda: decode_visual(
+                spooled,
+                file.path,
+                max_pixels,
+                fit=max(sizes),
+                page=params.page,
+                at_seconds=params.at_seconds,
+            )
         )
     output_format = asked or default_format(source.format)
     paths = [output_path(file.path, size, output_format) for size in sizes]

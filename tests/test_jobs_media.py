@@ -1,0 +1,223 @@
+"""Thumbnails and conversions of what is not a plain web image: HEIC and AVIF photos,
+PDF pages and video frames, through GraphQL.
+
+Every file is made here: HEIC with pillow-heif, AVIF with Pillow, PDFs with
+Pillow's PDF writer (one page per colour), videos with PyAV (H.264 in MP4, a
+black first second, then colours). Outputs are downloaded through their
+``downloadUrl`` and opened with Pillow.
+"""
+
+from __future__ import annotations
+
+import io
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pillow_heif
+import pytest
+from PIL import Image
+
+from core.settings import Settings
+from tests.conftest import make_settings
+from tests.support import (
+    bearer,
+    follow,
+    graphql,
+    output_nodes,
+    register,
+    run_job,
+    try_start_job,
+    upload_file,
+)
+
+pytestmark = pytest.mark.anyio
+
+FILE = "query File($id: ID!) { file(id: $id) { path contentType downloadUrl } }"
+RED, GREEN, BLUE, BLACK = (255, 0, 0), (0, 160, 0), (0, 0, 255), (0, 0, 0)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(
+        tmp_path, database_url=database_url, storage_url=(tmp_path / "files").as_uri()
+    )
+
+
+def heic(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    pillow_heif.from_pillow(Image.new("RGB", size, colour)).save(out, quality=90)
+    return out.getvalue()
+
+
+def avif(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "AVIF", quality=90)
+    return out.getvalue()
+
+
+def pdf(*colours: tuple[int, int, int], size: tuple[int, int] = (300, 400)) -> bytes:
+    """A PDF with one page per colour, each ``size`` points at 72 dpi."""
+    pages = [Image.new("RGB", size, colour) for colour in colours]
+    out = io.BytesIO()
+    pages[0].save(out, "PDF", resolution=72.0, save_all=True, append_images=pages[1:])
+    return out.getvalue()
+
+
+def video(path: Path, seconds: int = 4, fps: int = 10, size: tuple[int, int] = (160, 120)) -> bytes:
+    """An H.264 MP4: black for the first second, then red, green, blue… a second each."""
+    colours = [BLACK, RED, GREEN, BLUE]
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, fps)
+        for index in range(seconds * fps):
+            colour = colours[(index // fps) % len(colours)]
+            frame = av.VideoFrame.from_image(Image.new("RGB", size, colour))
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path.read_bytes()
+
+
+async def sign_up(client: httpx.AsyncClient) -> dict[str, str]:
+    return bearer((await register(client))["accessToken"])
+
+
+async def picture(client: httpx.AsyncClient, headers: dict[str, str], file_id: str) -> Image.Image:
+    body = await graphql(client, FILE, {"id": file_id}, headers=headers)
+    response = await follow(client, "GET", body["data"]["file"]["downloadUrl"])
+    assert response.status_code == 200, response.text
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return image
+
+
+def near(pixel: Any, colour: tuple[int, ...], tolerance: int = 48) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=False))
+
+
+def centre(image: Image.Image) -> Any:
+    return image.convert("RGB").getpixel((image.width // 2, image.height // 2))
+
+
+# -- photos ---------------------------------------------------------------------------
+
+
+async def test_a_heic_photo_gets_jpeg_thumbnails(client: httpx.AsyncClient) -> None:
+    headers = await sign_up(client)
+    source = await upload_file(client, headers, "IMG_0001.HEIC", heic((400, 300), RED))
+    assert source["contentType"] in ("image/heic", "image/heif"), source
+    job = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [100]}})
+    assert job["status"] == "SUCCEEDED", job
+    [output] = output_nodes(job)
+    assert (output["path"], output["contentType"]) == ("IMG_0001@100.jpg", "image/jpeg")
+    assert output["metadata"] == {"width": 100, "height": 75}
+    image = await picture(client, headers, output["id"])
+    assert (image.format, image.size) == ("JPEG", (100, 75))
+    assert near(centre(image), RED)
+
+
+async def test_avif_in_and_out(client: httpx.AsyncClient) -> None:
+    headers = await sign_up(client)
+    source = await upload_file(client, headers, "a/sky.avif", avif((64, 32), BLUE))
+    assert source["contentType"] == "image/avif", source
+    thumbs = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [16]}})
+    assert thumbs["status"] == "SUCCEEDED", thumbs
+    [thumb] = output_nodes(thumbs)
+    assert (thumb["path"], thumb["contentType"]) == ("a/sky@16.avif", "image/avif")
+    assert near(centre(await picture(client, headers, thumb["id"])), BLUE)
+
+    photo = await upload_file(client, headers, "b/leaf.heic", heic((40, 40), GREEN))
+    job = await run_job(
+        client, headers, {"convert": {"fileId": photo["id"], "format": "AVIF", "quality": 70}}
+    )
+    assert job["status"] == "SUCCEEDED", job
+    [converted] = output_nodes(job)
+    assert (converted["path"], converted["contentType"]) == ("b/leaf.avif", "image/avif")
+    image = await picture(client, headers, converted["id"])
+    assert (image.format, image.size) == ("AVIF", (40, 40))
+    assert near(centre(image), GREEN)
+
+
+# -- PDFs -------------------------------------------------------------------------------
+
+
+async def test_a_pdf_page_becomes_a_thumbnail(client: httpx.AsyncClient) -> None:
+    headers = await sign_up(client)
+    source = await upload_file(client, headers, "docs/report.pdf", pdf(RED, BLUE, GREEN))
+    assert source["contentType"] == "application/pdf"
+    first = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [200]}})
+    assert first["status"] == "SUCCEEDED", first
+    [output] = output_nodes(first)
+    assert (output["path"], output["contentType"]) == ("docs/report@200.jpg", "image/jpeg")
+    # A 300x400 pt page, longest side 200.
+    assert output["metadata"] == {"width": 150, "height": 200}
+    assert near(centre(await picture(client, headers, output["id"])), RED)
+
+    second = await run_job(
+        client,
+        headers,
+        {"thumbnails": {"fileId": source["id"], "sizes": [64], "page": 2, "format": "PNG"}},
+    )
+    assert second["status"] == "SUCCEEDED", second
+    [page_two] = output_nodes(second)
+    assert near(centre(await picture(client, headers, page_two["id"])), BLUE)
+
+
+async def test_a_missing_page_or_a_broken_pdf_fails_the_job(client: httpx.AsyncClient) -> None:
+    headers = await sign_up(client)
+    source = await upload_file(client, headers, "one.pdf", pdf(RED))
+    job = await run_job(
+        client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [64], "page": 3}}
+    )
+    assert job["status"] == "FAILED", job
+    assert "has 1 page(s); there is no page 3" in job["error"]
+    broken = await upload_file(client, headers, "broken.pdf", pdf(RED)[:200])
+    job = await run_job(client, headers, {"thumbnails": {"fileId": broken["id"], "sizes": [64]}})
+    assert job["status"] == "FAILED", job
+    assert "not a PDF Depot can read" in job["error"]
+    assert job["outputs"]["totalCount"] == 0
+    body = await try_start_job(
+        client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [64], "page": 0}}
+    )
+    assert body["errors"][0]["extensions"] == {"code": "BAD_USER_INPUT", "field": "page"}
+
+
+# -- videos -------------------------------------------------------------------------------
+
+
+async def test_a_video_poster_avoids_the_black_first_frame(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    headers = await sign_up(client)
+    # 10 s: black for 1 s, so a tenth of the way in (1.0 s) is the first red frame.
+    data = video(tmp_path / "clip.mp4", seconds=10)
+    source = await upload_file(client, headers, "clips/holiday.mp4", data)
+    assert source["contentType"] == "video/mp4"
+    job = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [80]}})
+    assert job["status"] == "SUCCEEDED", job
+    [poster] = output_nodes(job)
+    assert (poster["path"], poster["contentType"]) == ("clips/holiday@80.jpg", "image/jpeg")
+    assert poster["metadata"] == {"width": 80, "height": 60}
+    assert near(centre(await picture(client, headers, poster["id"])), RED)
+
+    at = await run_job(
+        client,
+        headers,
+        {"thumbnails": {"fileId": source["id"], "sizes": [40], "atSeconds": 2.5, "format": "PNG"}},
+    )
+    assert at["status"] == "SUCCEEDED", at
+    [frame] = output_nodes(at)
+    assert near(centre(await picture(client, headers, frame["id"])), GREEN)
+
+    late = await run_job(
+        client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [40], "atSeconds": 60}}
+    )
+    assert late["status"] == "FAILED", late
+    assert "there is nothing at 60" in late["error"]
