@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from urllib.parse import urljoin
 
+import anyio
 from starlette.requests import ClientDisconnect, HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -35,6 +36,7 @@ from core.content import OCTET_STREAM, Fingerprint, content_disposition
 from core.direct_uploads import open_ticket, record_seen
 from core.downloads import may_download
 from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
+from core.probe import Sample, probe
 from storage.base import Stat, Storage
 from storage.errors import ObjectNotFound, TooLarge
 
@@ -321,8 +323,9 @@ async def upload(request: Request) -> Response:
     body = body_chunks(request, silence_s=silence_s)
     # Hashed and sniffed as it streams in, so completeUpload need not read it again.
     fingerprint = Fingerprint(_exactly(body, size))
+    sample = Sample(fingerprint)
     try:
-        await storage.put(key, fingerprint, max_size=size)
+        await storage.put(key, sample, max_size=size)
         stored = await storage.stat(key)
     except BodySilent as silent:
         return _error(408, silent.message)
@@ -332,8 +335,9 @@ async def upload(request: Request) -> Response:
         return _error(400, f"The body ended before {size} bytes; nothing was stored.")
     except ClientDisconnect:
         return _error(400, "The client went away before the upload ended; nothing was stored.")
+    meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)
     async with request.state.sessionmaker() as db:
-        await record_seen(db, key, fingerprint, stored.etag)
+        await record_seen(db, key, fingerprint, meta, stored.etag)
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
 

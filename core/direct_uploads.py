@@ -19,6 +19,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import anyio
 from sqlalchemy import update
@@ -32,6 +33,7 @@ from core.errors import BadUserInput, Conflict, NotFound
 from core.files import ensure_path_free, storage_key
 from core.models import File, Upload
 from core.paths import file_name, normalize_path
+from core.probe import Sample, probe
 from core.time import utcnow
 from storage.base import Links, SignedRequest, Storage
 from storage.errors import ObjectNotFound
@@ -147,16 +149,19 @@ async def open_ticket(db: AsyncSession, key: str) -> Upload | None:
     return upload
 
 
-async def record_seen(db: AsyncSession, key: str, fingerprint: Fingerprint, etag: str) -> None:
-    """Remember what the PUT route hashed as the bytes of object ``key`` (ETag ``etag``)
-    streamed in; commits. :func:`complete_ticket` trusts it while the object keeps
-    that ETag, and reads the object again otherwise."""
+async def record_seen(
+    db: AsyncSession, key: str, fingerprint: Fingerprint, meta: dict[str, Any], etag: str
+) -> None:
+    """Remember what the PUT route hashed (and probed: ``meta``) as the bytes of object
+    ``key`` (ETag ``etag``) streamed in; commits. :func:`complete_ticket` trusts it
+    while the object keeps that ETag, and reads the object again otherwise."""
     await db.exec(
         update(Upload)
         .where(col(Upload.storage_key) == key, col(Upload.completed_at).is_(None))
         .values(
             seen_sha256=fingerprint.sha256,
             seen_content_type=fingerprint.content_type,
+            seen_meta=meta,
             seen_etag=etag,
         )
     )
@@ -201,13 +206,16 @@ async def complete_ticket(
         # Hashed by Depot's PUT route as the bytes came in: no second read.
         sha256 = upload.seen_sha256
         sniffed = upload.seen_content_type or OCTET_STREAM
+        meta = upload.seen_meta or {}
     else:
         fingerprint = Fingerprint(storage.open(upload.storage_key))
-        async for _ in fingerprint:
+        sample = Sample(fingerprint)
+        async for _ in sample:
             pass
         # A size other than the stat's: replaced while being read, refused below.
         sha256 = fingerprint.sha256 if fingerprint.size == upload.size else None
         sniffed = fingerprint.content_type
+        meta = await anyio.to_thread.run_sync(probe, sample, sniffed)
     if sha256 is None or (upload.sha256 is not None and sha256 != upload.sha256):
         await _abandon(db, storage, upload)
         raise BadUserInput(
@@ -224,6 +232,7 @@ async def complete_ticket(
         content_type=_content_type(sniffed, upload.content_type),
         sha256=sha256,
         storage_key=storage_key(owner_id),
+        meta=meta,
     )
     ending = _Ending.of(upload)
     moved = False

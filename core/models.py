@@ -174,6 +174,7 @@ class Upload(SQLModel, table=True):
     seen_sha256: str | None = Field(default=None, max_length=64)
     seen_content_type: str | None = Field(default=None, max_length=255)
     seen_etag: str | None = Field(default=None, max_length=255)
+    seen_meta: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
 # A job kind's name ("verify", "thumbnails", ...). The kinds are declared in

@@ -23,6 +23,7 @@ from core.content import Fingerprint
 from core.errors import QuotaExceeded
 from core.files import ensure_path_free, path_taken, storage_key
 from core.paths import file_name, normalize_path
+from core.probe import Sample, probe
 from core.settings import Settings
 from storage.base import Storage
 from storage.errors import TooLarge
@@ -93,7 +94,9 @@ async def store_upload(
 ) -> models.File:
     """Store ``incoming`` as ``owner_id``'s file at ``path`` (default: its filename).
 
-    A job's output names the job (``produced_by``) and may carry ``meta``.
+    A job's output names the job (``produced_by``) and may carry ``meta``;
+    without it, the file gets what the probe of its headers finds
+    (:mod:`core.probe`).
 
     Raises ``BAD_USER_INPUT`` for a bad path, ``CONFLICT`` for a path in use,
     ``QUOTA_EXCEEDED`` past the quota or ``settings.max_upload_bytes``, and
@@ -106,15 +109,18 @@ async def store_upload(
     reservation = _Reservation(db, owner_id)
     chunks = reservation.through(incoming)
     fingerprint = Fingerprint(chunks)
+    sample = Sample(fingerprint)
     try:
         try:
-            size = await storage.put(key, fingerprint, max_size=settings.max_upload_bytes)
+            size = await storage.put(key, sample, max_size=settings.max_upload_bytes)
         except TooLarge:
             raise QuotaExceeded(
                 f"A file may have at most {settings.max_upload_bytes} bytes "
                 "(DEPOT_MAX_UPLOAD_BYTES); this one has more."
             ) from None
         await incoming.complete()
+        if meta is None:
+            meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)
         file = models.File(
             owner_id=owner_id,
             path=path,
@@ -124,7 +130,7 @@ async def store_upload(
             sha256=fingerprint.sha256,
             storage_key=key,
             produced_by_job_id=produced_by,
-            meta=meta or {},
+            meta=meta,
         )
         db.add(file)
         try:

@@ -36,11 +36,11 @@ from pathlib import Path
 from typing import Final
 
 import anyio
-import pillow_heif
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from core.files import first_taken_path, path_taken
 from core.models import File
+from core.probe import IMAGE_FORMATS
 from workers.context import JobContext
 from workers.errors import JobFailed
 
@@ -54,11 +54,8 @@ class ImageFormat(enum.StrEnum):
     AVIF = "avif"
 
 
-# HEIF/HEIC through pillow-heif, registered with Pillow once per process (its
-# plugin registry is process-wide; registering only adds a format).
-pillow_heif.register_heif_opener()
-
-READ_FORMATS: Final = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "HEIF", "AVIF")
+# HEIF/HEIC among them: importing core.probe registers pillow-heif with Pillow.
+READ_FORMATS: Final = IMAGE_FORMATS
 # Pillow's name for each format an output can have.
 WRITE_FORMATS: Final = {
     ImageFormat.PNG: "PNG",
