@@ -27,6 +27,7 @@ from api.headers import SecurityHeadersMiddleware
 from api.health import healthz, readyz
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
+from api.websocket import OpenSockets
 from core import jobs as job_states
 from core import tracing
 from core.db import SessionMaker
@@ -34,7 +35,7 @@ from core.eventlog import EventLog
 from core.links import LinkSigner
 from core.logging import configure_logging
 from core.migrate import prepare_schema
-from core.ratelimit import LoginLimiter, limiter_storage
+from core.ratelimit import Action, ActionLimit, ActionLimiter, LoginLimiter, limiter_storage
 from core.settings import Settings, load_settings
 from core.time import utcnow
 from schema import build_schema
@@ -74,6 +75,8 @@ class State(TypedDict):
     sessionmaker: SessionMaker
     redis: Redis | None
     login_limiter: LoginLimiter
+    action_limiter: ActionLimiter
+    sockets: OpenSockets
     storage: Storage
     links: RouteLinks
     events: EventLog
@@ -121,8 +124,9 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                     maintenance = Maintenance(r)
                     await maintenance.start()
                 logger.info("depot ready", environment=settings.environment)
+                counters = limiter_storage(settings.redis_url, r.redis)
                 limiter = LoginLimiter(
-                    limiter_storage(settings.redis_url, r.redis),
+                    counters,
                     per_account_and_address=settings.login_limit_per_account_and_address,
                     per_address=settings.login_limit_per_address,
                     slowdown_per_account=settings.login_slowdown_per_account,
@@ -134,6 +138,11 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                     sessionmaker=r.sessionmaker,
                     redis=r.redis,
                     login_limiter=limiter,
+                    action_limiter=ActionLimiter(counters, _action_limits(settings)),
+                    sockets=OpenSockets(
+                        per_user=settings.ws_connections_per_user,
+                        per_address=settings.ws_connections_per_address,
+                    ),
                     storage=r.storage,
                     links=links,
                     events=r.events,
@@ -170,6 +179,24 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         *FILE_ROUTES,
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
+
+
+def _action_limits(settings: Settings) -> dict[Action, ActionLimit]:
+    """Each counted action's windows, from its settings."""
+    return {
+        Action.REGISTER: ActionLimit(per_address=settings.register_limit_per_address),
+        Action.UPLOAD: ActionLimit(
+            settings.upload_limit_per_user, settings.upload_limit_per_address
+        ),
+        Action.JOB: ActionLimit(settings.job_limit_per_user, settings.job_limit_per_address),
+        Action.ACCESS_TOKEN: ActionLimit(
+            settings.access_token_limit_per_user, settings.access_token_limit_per_address
+        ),
+        Action.REFRESH_FAILURE: ActionLimit(per_address=settings.refresh_failure_limit_per_address),
+        Action.PASSWORD_FAILURE: ActionLimit(
+            settings.password_failure_limit_per_user, settings.password_failure_limit_per_address
+        ),
+    }
 
 
 async def _resend_unfinished(resources: Resources) -> None:

@@ -34,6 +34,7 @@ async def build_context(
         settings=settings,
         sessionmaker=state.sessionmaker,
         login_limiter=state.login_limiter,
+        action_limiter=state.action_limiter,
         storage=state.storage,
         links=state.links.for_request(request),
         events=state.events,

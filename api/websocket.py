@@ -6,8 +6,15 @@ Strawberry's protocol handlers do the protocol; Depot adds, for both
 * sign-in from the ``Authorization`` in ``connection_init`` (the view's
   ``on_ws_connect`` calls :func:`sign_in_socket`; see :func:`connection_authorization`
   for the payload shapes): none closes with 4401, a refused one with 4403;
-* once acknowledged, a watch that rechecks the credential and closes the
-  socket with 4403 when it ends (a revoked session, a deactivated user).
+* caps on open sockets per client address and per user, on this replica
+  (:class:`OpenSockets`): one too many is closed with 4429, the code
+  graphql-transport-ws gives "too many" (it mirrors HTTP's 429);
+* once acknowledged, a watch that closes the socket with 4403 when its
+  credential ends (a revoked session or token, a deactivated user). A
+  revocation is announced on the event bus (``core.events.CredentialsRevoked``)
+  and every socket of that user rechecks at once; a rare poll
+  (``DEPOT_WS_AUTH_RECHECK_SECONDS``) covers an event lost in transit, and
+  the watch also wakes when the access token expires.
 
 The legacy protocol is served only with ``DEPOT_GRAPHQL_WS_LEGACY``
 (:func:`subscription_protocols`): it has had auth-bypass bugs elsewhere.
@@ -16,8 +23,9 @@ The legacy protocol is served only with ``DEPOT_GRAPHQL_WS_LEGACY``
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from contextlib import AsyncExitStack, suppress
 from datetime import timedelta
 
 import structlog
@@ -34,9 +42,13 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 
 from api.context import sign_in
-from core.auth import recheck
+from core.auth import Principal, recheck
 from core.errors import Unauthenticated
+from core.eventlog import Listener
+from core.events import credentials_stream
 from core.settings import Settings
+from core.time import utcnow
+from core.tokens import CLOCK_SKEW
 from schema.context import Context
 
 logger = structlog.get_logger("depot.graphql")
@@ -45,6 +57,39 @@ logger = structlog.get_logger("depot.graphql")
 CONNECTION_INIT_TIMEOUT = timedelta(seconds=10)
 # A WebSocket close reason may have at most 123 bytes.
 _MAX_CLOSE_REASON = 123
+# How long a socket waits for the event bus to listen before it only polls.
+LISTEN_PATIENCE_S = 5.0
+# graphql-transport-ws's "too many" (its codes mirror HTTP statuses: 429).
+TOO_MANY = 4429
+
+
+class TooManySockets(Exception):
+    """Raised during sign-in when the user already holds as many sockets as allowed."""
+
+
+class OpenSockets:
+    """This replica's open WebSockets, counted per client address and per user.
+
+    Counts live in the process: a cap guards the replica that holds the
+    sockets, and a crashed replica leaves no count behind (a count kept in
+    Redis would). Taking and releasing a place is a dict update.
+    """
+
+    def __init__(self, *, per_user: int, per_address: int) -> None:
+        self._limits = {"user": per_user, "address": per_address}
+        self._open: Counter[tuple[str, str]] = Counter()
+
+    def take(self, kind: str, key: str) -> bool:
+        """Take a place for a socket of ``key`` (an address or a user id); False if full."""
+        if self._open[kind, key] >= self._limits[kind]:
+            return False
+        self._open[kind, key] += 1
+        return True
+
+    def release(self, kind: str, key: str) -> None:
+        self._open[kind, key] -= 1
+        if self._open[kind, key] <= 0:
+            del self._open[kind, key]
 
 
 def subscription_protocols(settings: Settings) -> list[str]:
@@ -81,14 +126,41 @@ def _header(mapping: dict[object, object]) -> object:
     return None
 
 
+def _sockets(context: Context) -> OpenSockets:
+    sockets: OpenSockets = context.request.state.sockets
+    return sockets
+
+
+def _release_user(context: Context) -> None:
+    """Give back the user's place this socket holds, if it holds one."""
+    state = context.request.state
+    held: str | None = getattr(state, "socket_user", None)
+    if held is not None:
+        _sockets(context).release("user", held)
+        state.socket_user = None
+
+
 async def sign_in_socket(context: Context) -> None:
-    """Sign a socket in from its ``connection_init`` payload; refuse it (4403) otherwise."""
+    """Sign a socket in from its ``connection_init`` payload; refuse it (4403) otherwise.
+
+    A user who already holds ``DEPOT_WS_CONNECTIONS_PER_USER`` sockets here
+    gets :class:`TooManySockets` (4429) instead; the place taken is released
+    by the handler when the socket ends (or by a later sign-in on the legacy
+    protocol, which allows several).
+    """
+    _release_user(context)
+    context.principal = None
     authorization = connection_authorization(context.connection_params)
     if not isinstance(authorization, str):
         raise ConnectionRejectionError()
     await sign_in(context, authorization)
     if context.principal is None:
         raise ConnectionRejectionError()
+    user = str(context.principal.user.id)
+    if not _sockets(context).take("user", user):
+        context.principal = None
+        raise TooManySockets("Too many open WebSockets for this user; close one first.")
+    context.request.state.socket_user = user
 
 
 async def watch_credential(
@@ -102,25 +174,82 @@ async def watch_credential(
     """
     principal = context.principal
     assert principal is not None, "only a signed-in socket is watched"
-    while True:
-        await asyncio.sleep(interval_s)
-        try:
-            async with context.sessionmaker() as db:
-                await recheck(db, principal)
-        except Unauthenticated as exc:
-            reason = f"Forbidden: {exc}".encode()[:_MAX_CLOSE_REASON]
-            await close(4403, reason.decode(errors="ignore"))
-            return
-        except Exception:
-            logger.warning("websocket credential recheck failed", exc_info=True)
+    async with AsyncExitStack() as stack:
+        listener = await _listen(context, stack, principal, min(interval_s, LISTEN_PATIENCE_S))
+        while True:
+            await _wait(listener, min(interval_s, _until_expiry(principal)))
+            try:
+                async with context.sessionmaker() as db:
+                    await recheck(db, principal)
+            except Unauthenticated as exc:
+                reason = f"Forbidden: {exc}".encode()[:_MAX_CLOSE_REASON]
+                await close(4403, reason.decode(errors="ignore"))
+                return
+            except Exception:
+                logger.warning("websocket credential recheck failed", exc_info=True)
+
+
+async def _listen(
+    context: Context, stack: AsyncExitStack, principal: Principal, patience_s: float
+) -> Listener | None:
+    """Listen to the user's revocations; None (poll only) if the bus does not answer in time."""
+    try:
+        async with asyncio.timeout(patience_s):
+            return await stack.enter_async_context(
+                context.events.listen(credentials_stream(principal.user.id))
+            )
+    except Exception:
+        logger.warning("websocket not listening for revocations; polling", exc_info=True)
+        return None
+
+
+async def _wait(listener: Listener | None, seconds: float) -> None:
+    """Until a revocation (or a lost-event warning) arrives, or ``seconds`` pass."""
+    if listener is None:
+        await asyncio.sleep(seconds)
+        return
+    with suppress(TimeoutError):
+        await asyncio.wait_for(listener.queue.get(), seconds)
+    # Several revocations at once need one recheck.
+    while not listener.queue.empty():
+        listener.queue.get_nowait()
+
+
+def _until_expiry(principal: Principal) -> float:
+    """Seconds until the socket's access token has expired, leeway included."""
+    if principal.expires_at is None:
+        return float("inf")
+    left = (principal.expires_at + CLOCK_SKEW - utcnow()).total_seconds()
+    return max(0.0, left) + 0.05
 
 
 class _Watched:
-    """Starts ``watch_credential`` once a socket is acknowledged; stops it on shutdown."""
+    """Counts a socket against its caps; watches its credential once acknowledged."""
 
     context: Context
     websocket: AsyncWebSocketAdapter
     _watch: asyncio.Task[None] | None = None
+
+    async def handle(self) -> None:
+        sockets = _sockets(self.context)
+        address = self.context.client_address
+        if not sockets.take("address", address):
+            await self.websocket.close(
+                TOO_MANY, "Too many open WebSockets from this address; close one first."
+            )
+            return
+        try:
+            await super().handle()  # type: ignore[misc]
+        finally:
+            sockets.release("address", address)
+            _release_user(self.context)
+
+    async def _init(self, init: Awaitable[None]) -> None:
+        """Run the protocol's ``connection_init``, closing with 4429 past the user's cap."""
+        try:
+            await init
+        except TooManySockets as exc:
+            await self.websocket.close(TOO_MANY, str(exc))
 
     def start_watching(self) -> None:
         if self.context.principal is None or self._watch is not None:
@@ -156,7 +285,7 @@ class TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None])
                 code=4401, reason='Unauthorized: send {"authorization": "Bearer <token>"}'
             )
             return
-        await super().handle_connection_init(message)
+        await self._init(super().handle_connection_init(message))
         if self.connection_acknowledged:
             self.start_watching()
 
@@ -169,7 +298,7 @@ class LegacyWSHandler(_Watched, BaseGraphQLWSHandler[Context, None]):
     """The legacy graphql-ws protocol, with the same credential watch."""
 
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
-        await super().handle_connection_init(message)
+        await self._init(super().handle_connection_init(message))
         self.start_watching()
 
     async def cleanup(self) -> None:

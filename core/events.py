@@ -12,7 +12,12 @@ JobStatusChanged    the job's stream and its owner's      ``JOB_STATUS``
 JobProgressed       the job's stream only                 ``JOB_STATUS``
 FileCreated         the owner's stream                    ``FILE_CREATED``
 FileDeleted         the owner's stream                    ``FILE_DELETED``
+CredentialsRevoked  the user's ``credentials:<id>``        ``CREDENTIALS_REVOKED``
 ==================  ====================================  =====================
+
+``CredentialsRevoked`` tells the user's open WebSockets to recheck their
+credential now (``api.websocket``); nobody replays it, so its stream keeps
+one event, for ``CREDENTIALS_STREAM_SECONDS``.
 
 The database is the truth and the log is transport, so :func:`announce` is
 called after the change has committed and never raises: an event it cannot
@@ -42,6 +47,10 @@ logger = structlog.get_logger("depot.events")
 # Events a user's own stream keeps (older ones are trimmed as new ones come).
 USER_STREAM_LENGTH: Final = 1000
 
+# How long a user's credentials stream is kept after its last event: listeners
+# hear an event live, nobody replays them.
+CREDENTIALS_STREAM_SECONDS: Final = 60
+
 # What says the bus was briefly unreachable, so that trying again may help.
 _UNREACHABLE: Final = (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError)
 
@@ -54,6 +63,11 @@ def job_stream(job_id: uuid.UUID) -> str:
 def user_stream(user_id: uuid.UUID) -> str:
     """The stream a user's subscribers (``myEvents``) read."""
     return f"user:{user_id}"
+
+
+def credentials_stream(user_id: uuid.UUID) -> str:
+    """The stream a user's open WebSockets listen to for revocations."""
+    return f"credentials:{user_id}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -161,8 +175,30 @@ class FileDeleted(_FileEvent):
     TYPE: ClassVar[str] = "FILE_DELETED"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CredentialsRevoked:
+    """Some of a user's credentials ended: sessions, access tokens, or the account itself.
+
+    It names no credential: each socket rechecks its own against the
+    database, which is the truth, so a socket whose credential still holds
+    stays open.
+    """
+
+    TYPE: ClassVar[str] = "CREDENTIALS_REVOKED"
+
+    user_id: uuid.UUID
+    at: datetime
+
+    @classmethod
+    def of(cls, user_id: uuid.UUID) -> Self:
+        return cls(user_id=user_id, at=utcnow())
+
+    def to_data(self) -> dict[str, Any]:
+        return {"type": self.TYPE, "userId": str(self.user_id), "at": self.at.isoformat()}
+
+
 Event = JobStatusChanged | FileCreated | FileDeleted
-"""Whatever a stream can hold (a :class:`JobProgressed` is a status change)."""
+"""Whatever a user's or a job's stream can hold (a :class:`JobProgressed` is a status change)."""
 
 _BY_TYPE: Final[dict[str, type[JobStatusChanged] | type[FileCreated] | type[FileDeleted]]] = {
     kind.TYPE: kind for kind in (JobStatusChanged, FileCreated, FileDeleted)
@@ -176,7 +212,7 @@ def from_data(data: Mapping[str, Any]) -> Event:
 
 async def announce(
     log: EventLog,
-    event: Event,
+    event: Event | CredentialsRevoked,
     *,
     owner_id: uuid.UUID,
     retention_seconds: int | None = None,
@@ -208,7 +244,10 @@ async def announce(
 
 
 async def _append(
-    log: EventLog, event: Event, owner_id: uuid.UUID, retention_seconds: int | None
+    log: EventLog,
+    event: Event | CredentialsRevoked,
+    owner_id: uuid.UUID,
+    retention_seconds: int | None,
 ) -> None:
     data = event.to_data()
     if isinstance(event, JobStatusChanged):
@@ -219,11 +258,17 @@ async def _append(
         await log.append(user_stream(owner_id), data, max_len=USER_STREAM_LENGTH)
         if event.status.is_final and retention_seconds is not None:
             await log.expire(stream, retention_seconds)
+    elif isinstance(event, CredentialsRevoked):
+        stream = credentials_stream(event.user_id)
+        await log.append(stream, data, max_len=1)
+        await log.expire(stream, CREDENTIALS_STREAM_SECONDS)
     else:
         await log.append(user_stream(owner_id), data, max_len=USER_STREAM_LENGTH)
 
 
-def _about(event: Event) -> dict[str, str]:
+def _about(event: Event | CredentialsRevoked) -> dict[str, str]:
     if isinstance(event, JobStatusChanged):
         return {"type": event.TYPE, "job_id": str(event.job_id)}
+    if isinstance(event, CredentialsRevoked):
+        return {"type": event.TYPE, "user_id": str(event.user_id)}
     return {"type": event.TYPE, "file_id": str(event.file_id)}

@@ -1,4 +1,6 @@
-"""Brute-force protection for sign-in, as OWASP's authentication cheat sheet has it.
+"""Rate limits: brute-force protection for sign-in, and counts of costly actions.
+
+Sign-in (:class:`LoginLimiter`) follows OWASP's authentication cheat sheet:
 
 - Failures are limited per account *and* address: one address guessing one
   account is refused (``RATE_LIMITED``) once it used up its attempts.
@@ -8,14 +10,23 @@
   a ceiling. Nobody can lock its owner out, and a correct password from an
   address that has not been failing still signs in.
 
+Other actions that cost a password hash, a row or a job — registering,
+uploading, starting jobs, creating access tokens, refused refreshes, wrong
+current passwords — are counted per user and per address by
+:class:`ActionLimiter`, with limits sized so that a person never meets them.
+
 Counters live in memory in the embedded mode and in Redis when it is
-configured, so every API replica shares them.
+configured, so every API replica shares them; both limiters share one store.
 """
 
 from __future__ import annotations
 
 import math
 import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Final
 
 from limits import RateLimitItem, parse, parse_many
@@ -93,3 +104,92 @@ class LoginLimiter:
         for item, kind, key in self._keys(account, address):
             await self._limiter.hit(item, "login", kind, key)
         await self._limiter.hit(self._account_window, "login", "account", account)
+
+
+class Action(StrEnum):
+    """What :class:`ActionLimiter` counts: each a field (or a field's failures) of the API."""
+
+    REGISTER = "register"  # register, per address
+    UPLOAD = "upload"  # uploadFile and createUpload
+    JOB = "job"  # startJob and retryJob
+    ACCESS_TOKEN = "access_token"  # noqa: S105 - createAccessToken
+    REFRESH_FAILURE = "refresh_failure"  # refreshSession refused, per address
+    PASSWORD_FAILURE = "password_failure"  # noqa: S105 - changePassword, wrong current password
+
+
+@dataclass(frozen=True, slots=True)
+class ActionLimit:
+    """An action's limits in ``limits`` notation; None where it is not counted that way."""
+
+    per_user: str | None = None
+    per_address: str | None = None
+
+
+class ActionLimiter:
+    """Counts actions per user and per address, each in windows of its own.
+
+    A resolver calls :meth:`hit` once per field it resolves, so aliases and
+    batched operations count one each. Failures-only limits (a refresh token
+    or a current password that was wrong) :meth:`check` before the attempt and
+    count with :meth:`failed` after it, as :class:`LoginLimiter` does. Each
+    call costs one counter operation per window (a dict lookup in memory, one
+    Redis round trip with Redis).
+    """
+
+    def __init__(self, storage: Storage, limits: Mapping[Action, ActionLimit]) -> None:
+        self._limiter = MovingWindowRateLimiter(storage)
+        self._limits = {
+            action: (
+                parse_many(limit.per_user) if limit.per_user else [],
+                parse_many(limit.per_address) if limit.per_address else [],
+            )
+            for action, limit in limits.items()
+        }
+
+    def _keys(
+        self, action: Action, user: uuid.UUID | None, address: str
+    ) -> list[tuple[RateLimitItem, str, str]]:
+        per_user, per_address = self._limits.get(action, ([], []))
+        keys = [(item, "address", address) for item in per_address]
+        if user is not None:
+            keys += [(item, "user", str(user)) for item in per_user]
+        return keys
+
+    async def _refuse(self, item: RateLimitItem, action: Action, kind: str, key: str) -> None:
+        stats = await self._limiter.get_window_stats(item, action.value, kind, key)
+        retry_after = max(1, math.ceil(stats.reset_time - time.time()))
+        raise RateLimited(
+            f"Too many requests ({_WHAT[action]}); try again in {retry_after} seconds.",
+            retry_after=retry_after,
+        )
+
+    async def hit(self, action: Action, *, user: uuid.UUID | None, address: str) -> None:
+        """Count one ``action``; ``RATE_LIMITED`` once one of its windows is used up.
+
+        Each window is tested and counted in one atomic step, so concurrent
+        requests cannot all slip through between a test and a count.
+        """
+        for item, kind, key in self._keys(action, user, address):
+            if not await self._limiter.hit(item, action.value, kind, key):
+                await self._refuse(item, action, kind, key)
+
+    async def check(self, action: Action, *, user: uuid.UUID | None, address: str) -> None:
+        """``RATE_LIMITED`` if the failures of ``action`` used up a window; counts nothing."""
+        for item, kind, key in self._keys(action, user, address):
+            if not await self._limiter.test(item, action.value, kind, key):
+                await self._refuse(item, action, kind, key)
+
+    async def failed(self, action: Action, *, user: uuid.UUID | None, address: str) -> None:
+        """Count one failure of ``action``."""
+        for item, kind, key in self._keys(action, user, address):
+            await self._limiter.hit(item, action.value, kind, key)
+
+
+_WHAT: Final = {
+    Action.REGISTER: "accounts registered",
+    Action.UPLOAD: "uploads",
+    Action.JOB: "jobs started",
+    Action.ACCESS_TOKEN: "access tokens created",
+    Action.REFRESH_FAILURE: "refused session refreshes",
+    Action.PASSWORD_FAILURE: "wrong current passwords",
+}

@@ -121,20 +121,20 @@ async def revoke_sessions(db: AsyncSession, *conditions: ColumnElement[bool]) ->
     return int(result.rowcount)
 
 
-async def end_session_of_refresh_token(db: AsyncSession, refresh_token: str) -> bool:
-    """Log out: revoke the session a refresh token belongs to."""
-    session_id = (
+async def end_session_of_refresh_token(db: AsyncSession, refresh_token: str) -> uuid.UUID | None:
+    """Log out: revoke the session a refresh token belongs to; its user's id, if any."""
+    row = (
         await db.exec(
-            select(Credential.session_id).where(
+            select(Credential.session_id, Credential.user_id).where(
                 Credential.token_hash == tokens.token_hash(refresh_token),
                 Credential.kind == CredentialKind.REFRESH,
             )
         )
     ).first()
-    if session_id is None:
-        return False
-    await revoke_sessions(db, col(Session.id) == session_id)
-    return True
+    if row is None:
+        return None
+    await revoke_sessions(db, col(Session.id) == row[0])
+    return row[1]
 
 
 async def user_of_session(db: AsyncSession, claims: tokens.AccessClaims) -> User:

@@ -193,6 +193,56 @@ class Settings(BaseSettings):
         le=60,
         description="The longest an attempt on a slowed-down account waits.",
     )
+    register_limit_per_address: str = Field(
+        default="20/hour",
+        description="Accounts one client address may register (`limits` notation). A person "
+        "makes one; 20 an hour leaves room for a class or an office behind one address, "
+        "while each registration costs a password hash and a row.",
+    )
+    upload_limit_per_user: str = Field(
+        default="300/minute",
+        description="Uploads (`uploadFile`, `createUpload`) one user may start. A folder of "
+        "300 files dropped at once fits in one minute; the quota bounds the bytes, this the "
+        "rows and requests.",
+    )
+    upload_limit_per_address: str = Field(
+        default="600/minute",
+        description="Uploads from one client address, whoever signs them: two such folders.",
+    )
+    job_limit_per_user: str = Field(
+        default="300/minute",
+        description="Jobs (`startJob`, `retryJob`) one user may start: one per file of a "
+        "300-file folder a minute, as fast as uploads may come.",
+    )
+    job_limit_per_address: str = Field(
+        default="600/minute",
+        description="Jobs started from one client address, whoever signs them.",
+    )
+    access_token_limit_per_user: str = Field(
+        default="20/hour",
+        description="Personal access tokens one user may create: a person makes one per "
+        "script, a few a year; 20 an hour allows setting up many at once.",
+    )
+    access_token_limit_per_address: str = Field(
+        default="60/hour",
+        description="Personal access tokens created from one client address.",
+    )
+    refresh_failure_limit_per_address: str = Field(
+        default="20/15minutes",
+        description="Refused `refreshSession` calls per client address. A client fails one "
+        "now and then (two tabs racing, a stale token); 20 stops guessing, which costs a "
+        "query each.",
+    )
+    password_failure_limit_per_user: str = Field(
+        default="5/15minutes",
+        description="Wrong current passwords in `changePassword` per user; each costs a full "
+        "password hash. A person mistypes it two or three times.",
+    )
+    password_failure_limit_per_address: str = Field(
+        default="20/15minutes",
+        description="Wrong current passwords in `changePassword` per client address, "
+        "whatever the users.",
+    )
     default_quota_bytes: int = Field(
         default=10 * 1024**3, ge=0, description="Storage quota of a new account."
     )
@@ -355,11 +405,25 @@ class Settings(BaseSettings):
         "and type names. Default: on in development, off in production.",
     )
     ws_auth_recheck_seconds: float = Field(
-        default=10,
+        default=300,
         gt=0,
         le=3600,
-        description="How often an open WebSocket rechecks its credential; a socket whose "
-        "session or token was revoked, or whose user was deactivated, closes with 4403.",
+        description="How often an open WebSocket rechecks its credential in the database. "
+        "A revocation (sign-out, password change, token revoked, user deactivated) closes "
+        "the user's sockets at once through the event bus, so this is only the fallback for "
+        "an event lost in transit: at 5 minutes, 500 idle sockets make under 2 rechecks a second.",
+    )
+    ws_connections_per_user: int = Field(
+        default=20,
+        ge=1,
+        description="Open WebSockets one user may hold on one API replica; more are closed "
+        "with 4429. A browser holds one per tab: 20 covers many tabs and devices.",
+    )
+    ws_connections_per_address: int = Field(
+        default=100,
+        ge=1,
+        description="Open WebSockets one client address may hold on one API replica, signed "
+        "in or not; more are closed with 4429. Room for an office behind one address.",
     )
     graphql_ws_legacy: bool = Field(
         default=False,
@@ -454,7 +518,20 @@ class Settings(BaseSettings):
                     ) from None
         return value
 
-    @field_validator("login_limit_per_account_and_address", "login_limit_per_address")
+    @field_validator(
+        "login_limit_per_account_and_address",
+        "login_limit_per_address",
+        "register_limit_per_address",
+        "upload_limit_per_user",
+        "upload_limit_per_address",
+        "job_limit_per_user",
+        "job_limit_per_address",
+        "access_token_limit_per_user",
+        "access_token_limit_per_address",
+        "refresh_failure_limit_per_address",
+        "password_failure_limit_per_user",
+        "password_failure_limit_per_address",
+    )
     @classmethod
     def _check_limit(cls, value: str) -> str:
         try:

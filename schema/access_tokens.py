@@ -10,12 +10,15 @@ import strawberry
 from sqlmodel import col
 
 from core import access_tokens
+from core.events import CredentialsRevoked, announce
 from core.models import Credential, CredentialKind
+from core.ratelimit import Action
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
 from schema.node import Node
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAuthenticated, IsSession
+from schema.ratelimits import count
 
 
 @strawberry.type
@@ -81,6 +84,7 @@ class AccessTokenMutation:
         self, info: Info, name: str, expires_in_days: int | None = None
     ) -> CreatedAccessToken:
         user = info.context.require_principal().user
+        await count(info.context, Action.ACCESS_TOKEN)
         async with info.context.sessionmaker() as db:
             credential, secret = await access_tokens.create_access_token(
                 db, info.context.settings, user, name, expires_in_days
@@ -98,6 +102,7 @@ class AccessTokenMutation:
         async with info.context.sessionmaker() as db:
             credential = await access_tokens.revoke_access_token(db, user.id, key)
             await db.commit()
+        await announce(info.context.events, CredentialsRevoked.of(user.id), owner_id=user.id)
         return AccessToken.from_model(credential)
 
 

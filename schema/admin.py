@@ -9,6 +9,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import models, sessions, users
 from core.errors import BadUserInput
+from core.events import CredentialsRevoked, announce
 from schema.context import Info
 from schema.enums import Role
 from schema.filters import contains_pattern
@@ -102,7 +103,10 @@ class AdminMutation:
             user.is_active = active
             if not active:
                 await sessions.revoke_sessions(db, col(models.Session.user_id) == user.id)
-            return await _save(db, user)
+            saved = await _save(db, user)
+        if not active:
+            await announce(info.context.events, CredentialsRevoked.of(user.id), owner_id=user.id)
+        return saved
 
     @strawberry.mutation(description="Set a user's storage quota.", permission_classes=[IsAdmin])
     async def set_user_quota(self, info: Info, id: strawberry.ID, quota_bytes: BigInt) -> User:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 import strawberry
 from sqlmodel import col
 
 from core import access_tokens, models, sessions, users
+from core.errors import Unauthenticated
+from core.events import CredentialsRevoked, announce
 from core.models import Session
+from core.ratelimit import Action
 from core.sessions import Tokens
-from schema.context import Info
+from schema.context import Context, Info
 from schema.nodes import User
 from schema.permissions import IsAuthenticated, IsSession
+from schema.ratelimits import check_failures, count, failed
 
 
 @strawberry.input
@@ -47,11 +52,17 @@ def _payload(user: models.User, tokens: Tokens) -> AuthPayload:
     )
 
 
+async def _revoked(context: Context, user_id: uuid.UUID) -> None:
+    """Tell the user's open sockets, once committed, to recheck their credentials now."""
+    await announce(context.events, CredentialsRevoked.of(user_id), owner_id=user_id)
+
+
 @strawberry.type
 class AuthMutation:
     @strawberry.mutation(description="Create an account and sign in.")
     async def register(self, info: Info, input: RegisterInput) -> AuthPayload:
         context = info.context
+        await count(context, Action.REGISTER)
         async with context.sessionmaker() as db:
             user = await users.create_user(
                 db,
@@ -84,17 +95,26 @@ class AuthMutation:
     )
     async def refresh_session(self, info: Info, refresh_token: str) -> AuthPayload:
         context = info.context
-        async with context.sessionmaker() as db:
-            user, tokens = await sessions.refresh_session(db, context.settings, refresh_token)
-            await db.commit()
+        # Refused refreshes are counted per address: guessing costs a query each.
+        await check_failures(context, Action.REFRESH_FAILURE)
+        try:
+            async with context.sessionmaker() as db:
+                user, tokens = await sessions.refresh_session(db, context.settings, refresh_token)
+                await db.commit()
+        except Unauthenticated:
+            await failed(context, Action.REFRESH_FAILURE)
+            raise
         return _payload(user, tokens)
 
     @strawberry.mutation(description="End the session a refresh token belongs to.")
     async def logout(self, info: Info, refresh_token: str) -> bool:
         async with info.context.sessionmaker() as db:
-            ended = await sessions.end_session_of_refresh_token(db, refresh_token)
+            user_id = await sessions.end_session_of_refresh_token(db, refresh_token)
             await db.commit()
-        return ended
+        if user_id is None:
+            return False
+        await _revoked(info.context, user_id)
+        return True
 
     @strawberry.mutation(
         description="End every session of the signed-in user.",
@@ -106,6 +126,7 @@ class AuthMutation:
             await sessions.revoke_sessions(db, col(Session.user_id) == user.id)
             await access_tokens.revoke_all_access_tokens(db, user.id)
             await db.commit()
+        await _revoked(info.context, user.id)
         return True
 
     @strawberry.mutation(
@@ -128,15 +149,22 @@ class AuthMutation:
     )
     async def change_password(self, info: Info, current_password: str, new_password: str) -> bool:
         principal = info.context.require_principal()
+        # Each wrong current password costs a full hash: counted per user and address.
+        await check_failures(info.context, Action.PASSWORD_FAILURE)
         async with info.context.sessionmaker() as db:
             user = await users.get_user(db, principal.user.id)
-            await sessions.change_password(
-                db,
-                info.context.settings,
-                user,
-                current_password,
-                new_password,
-                keep_session=principal.session_id,
-            )
+            try:
+                await sessions.change_password(
+                    db,
+                    info.context.settings,
+                    user,
+                    current_password,
+                    new_password,
+                    keep_session=principal.session_id,
+                )
+            except Unauthenticated:
+                await failed(info.context, Action.PASSWORD_FAILURE)
+                raise
             await db.commit()
+        await _revoked(info.context, user.id)
         return True

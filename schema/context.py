@@ -15,7 +15,7 @@ from core.db import SessionMaker
 from core.errors import Unauthenticated
 from core.eventlog import EventLog
 from core.models import User
-from core.ratelimit import LoginLimiter
+from core.ratelimit import ActionLimiter, LoginLimiter
 from core.settings import Settings
 from schema.loaders import Loaders
 from storage import Links, Storage
@@ -31,6 +31,7 @@ class Context:
     settings: Settings
     sessionmaker: SessionMaker
     login_limiter: LoginLimiter
+    action_limiter: ActionLimiter
     storage: Storage
     # Depot's signed links (every download URL), pointed at this request's host in development.
     links: Links

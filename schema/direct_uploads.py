@@ -8,10 +8,12 @@ import strawberry
 from strawberry.scalars import JSON
 
 from core import direct_uploads
+from core.ratelimit import Action
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
+from schema.ratelimits import count
 from schema.scalars import BigInt
 
 
@@ -51,6 +53,7 @@ class DirectUploadMutation:
     async def create_upload(self, info: Info, input: CreateUploadInput) -> UploadTicket:
         user = info.context.require_principal().user
         settings = info.context.settings
+        await count(info.context, Action.UPLOAD)
         async with info.context.sessionmaker() as db:
             ticket = await direct_uploads.create_ticket(
                 db,

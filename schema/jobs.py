@@ -14,6 +14,7 @@ import structlog
 
 from core import jobs, models
 from core.events import JobStatusChanged, announce
+from core.ratelimit import Action
 from core.tracing import current_traceparent
 from schema.context import Info
 from schema.filters import JobFilter
@@ -22,6 +23,7 @@ from schema.job_inputs import JobInput, job_request
 from schema.nodes import Job, list_jobs
 from schema.pagination import Connection
 from schema.permissions import IsAuthenticated, owned
+from schema.ratelimits import count
 from workers.params import dump
 from workers.registry import KINDS
 
@@ -74,6 +76,7 @@ class JobMutation:
         self, info: Info, input: JobInput, idempotency_key: str | None = None
     ) -> Job:
         user = info.context.require_principal().user
+        await count(info.context, Action.JOB)
         kind, requested = job_request(input)
         params = dump(kind.check(requested, info.context.settings))
         async with info.context.sessionmaker() as db:
@@ -119,6 +122,7 @@ class JobMutation:
     )
     async def retry_job(self, info: Info, id: strawberry.ID) -> Job:
         user = info.context.require_principal().user
+        await count(info.context, Action.JOB)
         key = decode_id_of("Job", id)
         async with info.context.sessionmaker() as db:
             found = await jobs.get_owned_job(db, user.id, key)

@@ -6,10 +6,12 @@ import strawberry
 from strawberry.file_uploads import Upload
 
 from core.errors import BadUserInput
+from core.ratelimit import Action
 from core.uploads import IncomingFile, store_upload
 from schema.context import Info
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
+from schema.ratelimits import count
 
 
 @strawberry.type
@@ -30,6 +32,7 @@ class UploadMutation:
                 field="file",
             )
         principal = info.context.require_principal()
+        await count(info.context, Action.UPLOAD)
         async with info.context.sessionmaker() as db:
             row = await store_upload(
                 db, info.context.storage, info.context.settings, principal.user.id, path, incoming

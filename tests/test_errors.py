@@ -44,7 +44,8 @@ from core.errors import (
 )
 from core.eventlog import MemoryEventLog
 from core.links import LinkSigner
-from core.ratelimit import LoginLimiter
+from api.websocket import OpenSockets
+from core.ratelimit import ActionLimiter, LoginLimiter
 from core.settings import Settings
 from schema import _Schema
 from schema.errors import ErrorCodes
@@ -90,6 +91,8 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
         yield {
             "sessionmaker": create_sessionmaker(engine),
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
+            "action_limiter": ActionLimiter(MemoryStorage(), {}),
+            "sockets": OpenSockets(per_user=10, per_address=10),
             "storage": open_storage(settings.storage_url),
             "links": RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url)),
             "events": MemoryEventLog(),

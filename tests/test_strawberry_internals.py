@@ -291,7 +291,9 @@ async def test_process_result_has_a_data_entry_to_drop() -> None:
     [
         (TransportWSHandler, BaseGraphQLTransportWSHandler, "handle_connection_init"),
         (TransportWSHandler, BaseGraphQLTransportWSHandler, "shutdown"),
+        (TransportWSHandler, BaseGraphQLTransportWSHandler, "handle"),
         (LegacyWSHandler, BaseGraphQLWSHandler, "handle_connection_init"),
+        (LegacyWSHandler, BaseGraphQLWSHandler, "handle"),
         (LegacyWSHandler, BaseGraphQLWSHandler, "cleanup"),
     ],
 )
