@@ -31,6 +31,7 @@ from starlette.routing import Route, WebSocketRoute
 from api.files import RouteLinks
 from api.graphql import GraphQLView
 from api.middleware import RequestIdMiddleware
+from api.websocket import OpenSockets
 from core import access_tokens, migrate, users
 from core.db import create_engine, create_sessionmaker
 from core.errors import (
@@ -44,7 +45,6 @@ from core.errors import (
 )
 from core.eventlog import MemoryEventLog
 from core.links import LinkSigner
-from api.websocket import OpenSockets
 from core.ratelimit import ActionLimiter, LoginLimiter
 from core.settings import Settings
 from schema import _Schema
