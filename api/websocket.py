@@ -78,18 +78,41 @@ class OpenSockets:
     def __init__(self, *, per_user: int, per_address: int) -> None:
         self._limits = {"user": per_user, "address": per_address}
         self._open: Counter[tuple[str, str]] = Counter()
+        # The user each signed-in socket (by its context's id) holds a place for.
+        self._users: dict[int, str] = {}
 
-    def take(self, kind: str, key: str) -> bool:
-        """Take a place for a socket of ``key`` (an address or a user id); False if full."""
+    def _take(self, kind: str, key: str) -> bool:
         if self._open[kind, key] >= self._limits[kind]:
             return False
         self._open[kind, key] += 1
         return True
 
-    def release(self, kind: str, key: str) -> None:
+    def _release(self, kind: str, key: str) -> None:
         self._open[kind, key] -= 1
         if self._open[kind, key] <= 0:
             del self._open[kind, key]
+
+    def enter(self, address: str) -> bool:
+        """Take a place for a socket from ``address``; False when it holds all it may."""
+        return self._take("address", address)
+
+    def leave(self, address: str, socket: object) -> None:
+        """Give back the places a socket held (its address's, and its user's if signed in)."""
+        self._release("address", address)
+        self.sign_out(socket)
+
+    def sign_in(self, socket: object, user: str) -> bool:
+        """Take a place for ``user`` on ``socket``; False when the user holds all they may."""
+        self.sign_out(socket)  # the legacy protocol may sign a socket in again
+        if not self._take("user", user):
+            return False
+        self._users[id(socket)] = user
+        return True
+
+    def sign_out(self, socket: object) -> None:
+        user = self._users.pop(id(socket), None)
+        if user is not None:
+            self._release("user", user)
 
 
 def subscription_protocols(settings: Settings) -> list[str]:
@@ -131,15 +154,6 @@ def _sockets(context: Context) -> OpenSockets:
     return sockets
 
 
-def _release_user(context: Context) -> None:
-    """Give back the user's place this socket holds, if it holds one."""
-    state = context.request.state
-    held: str | None = getattr(state, "socket_user", None)
-    if held is not None:
-        _sockets(context).release("user", held)
-        state.socket_user = None
-
-
 async def sign_in_socket(context: Context) -> None:
     """Sign a socket in from its ``connection_init`` payload; refuse it (4403) otherwise.
 
@@ -148,7 +162,7 @@ async def sign_in_socket(context: Context) -> None:
     by the handler when the socket ends (or by a later sign-in on the legacy
     protocol, which allows several).
     """
-    _release_user(context)
+    _sockets(context).sign_out(context)
     context.principal = None
     authorization = connection_authorization(context.connection_params)
     if not isinstance(authorization, str):
@@ -156,11 +170,9 @@ async def sign_in_socket(context: Context) -> None:
     await sign_in(context, authorization)
     if context.principal is None:
         raise ConnectionRejectionError()
-    user = str(context.principal.user.id)
-    if not _sockets(context).take("user", user):
+    if not _sockets(context).sign_in(context, str(context.principal.user.id)):
         context.principal = None
         raise TooManySockets("Too many open WebSockets for this user; close one first.")
-    context.request.state.socket_user = user
 
 
 async def watch_credential(
@@ -233,7 +245,7 @@ class _Watched:
     async def handle(self) -> None:
         sockets = _sockets(self.context)
         address = self.context.client_address
-        if not sockets.take("address", address):
+        if not sockets.enter(address):
             await self.websocket.close(
                 TOO_MANY, "Too many open WebSockets from this address; close one first."
             )
@@ -241,8 +253,7 @@ class _Watched:
         try:
             await super().handle()  # type: ignore[misc]
         finally:
-            sockets.release("address", address)
-            _release_user(self.context)
+            sockets.leave(address, self.context)
 
     async def _init(self, init: Awaitable[None]) -> None:
         """Run the protocol's ``connection_init``, closing with 4429 past the user's cap."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,12 +17,15 @@ import pytest
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 
 from core.db import create_engine
+from core.models import Role
 from tests.conftest import make_settings, serve_app
 from tests.support import (
+    PASSWORD,
     bearer,
     expired,
     graphql,
     register,
+    require_service,
     resigned,
     sign_in,
     update_user,
@@ -367,6 +372,172 @@ async def test_revoking_a_personal_access_token_closes_its_socket(
         assert await _closed(ws) == (4403, "Forbidden: The access token has been revoked.")
 
 
+# -- revocations pushed through the event bus ----------------------------------------
+
+CHANGE_PASSWORD = (
+    "mutation ($new: String!) "
+    f'{{ changePassword(currentPassword: "{PASSWORD}", newPassword: $new) }}'
+)
+LOGOUT = "mutation ($token: String!) { logout(refreshToken: $token) }"
+SET_ACTIVE = "mutation ($id: ID!) { setUserActive(id: $id, active: false) { isActive } }"
+ENDED = (4403, "Forbidden: The session has ended; sign in again.")
+
+
+@pytest.fixture
+async def pushed(tmp_path: Path, database_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An app whose sockets poll their credential only hourly: only a pushed event is fast."""
+    settings = make_settings(tmp_path, database_url=database_url, ws_auth_recheck_seconds=3600)
+    async with serve_app(settings) as client:
+        yield client
+
+
+async def test_logging_out_everywhere_closes_the_socket_at_once(
+    pushed: httpx.AsyncClient,
+) -> None:
+    token = await _token(pushed)
+    async with _connect(pushed) as ws:
+        await _acknowledged(ws, token)
+        assert "errors" not in await graphql(pushed, LOGOUT_EVERYWHERE, headers=bearer(token))
+        assert await _closed(ws) == ENDED
+
+
+async def test_changing_the_password_closes_other_sessions_sockets_at_once(
+    pushed: httpx.AsyncClient,
+) -> None:
+    token = await _token(pushed)
+    other = await sign_in(pushed)
+    async with _connect(pushed) as ws, _connect(pushed) as kept:
+        await _acknowledged(ws, token)
+        await _acknowledged(kept, other["accessToken"])
+        variables = {"new": "a brand new passphrase"}
+        changed = await graphql(
+            pushed, CHANGE_PASSWORD, variables, headers=bearer(other["accessToken"])
+        )
+        assert changed == {"data": {"changePassword": True}}
+        assert await _closed(ws) == ENDED
+        # The session that changed the password keeps its socket.
+        await _still_answers(kept, "q1")
+
+
+async def test_logging_a_session_out_closes_its_socket_at_once(
+    pushed: httpx.AsyncClient,
+) -> None:
+    ada = await register(pushed)
+    other = await sign_in(pushed)
+    async with _connect(pushed) as ws, _connect(pushed) as kept:
+        await _acknowledged(ws, ada["accessToken"])
+        await _acknowledged(kept, other["accessToken"])
+        ended = await graphql(pushed, LOGOUT, {"token": ada["refreshToken"]})
+        assert ended == {"data": {"logout": True}}
+        assert await _closed(ws) == ENDED
+        await _still_answers(kept, "q1")
+
+
+async def test_revoking_a_personal_access_token_closes_its_socket_at_once(
+    pushed: httpx.AsyncClient,
+) -> None:
+    owner = bearer(await _token(pushed))
+    created = (await graphql(pushed, CREATE_TOKEN, headers=owner))["data"]["createAccessToken"]
+    async with _connect(pushed) as ws:
+        await _acknowledged(ws, created["token"])
+        revoked = await graphql(
+            pushed, REVOKE_TOKEN, {"id": created["accessToken"]["id"]}, headers=owner
+        )
+        assert "errors" not in revoked, revoked
+        assert await _closed(ws) == (4403, "Forbidden: The access token has been revoked.")
+
+
+async def test_deactivating_a_user_closes_their_socket_at_once(
+    pushed: httpx.AsyncClient, tmp_path: Path, database_url: str
+) -> None:
+    ada = await register(pushed)
+    root = await register(pushed, email="root@example.com", display_name="Root")
+    engine = create_engine(make_settings(tmp_path, database_url=database_url))
+    try:
+        await update_user(engine, "root@example.com", role=Role.ADMIN)
+    finally:
+        await engine.dispose()
+    async with _connect(pushed) as ws:
+        await _acknowledged(ws, ada["accessToken"])
+        body = await graphql(
+            pushed, SET_ACTIVE, {"id": ada["user"]["id"]}, headers=bearer(root["accessToken"])
+        )
+        assert body == {"data": {"setUserActive": {"isActive": False}}}, body
+        assert await _closed(ws) == (4403, "Forbidden: This account has been deactivated.")
+
+
+async def test_a_revocation_on_one_replica_closes_a_socket_on_another(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path,
+        redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
+        # Installations on one Redis hear only their own events.
+        redis_prefix=f"ws-{uuid.uuid4().hex[:12]}",
+        ws_auth_recheck_seconds=3600,
+    )
+    async with serve_app(settings) as one, serve_app(settings) as two:
+        token = await _token(one)
+        async with _connect(one) as ws:
+            await _acknowledged(ws, token)
+            assert "errors" not in await graphql(two, LOGOUT_EVERYWHERE, headers=bearer(token))
+            assert await _closed(ws) == ENDED
+    # A Redis connection the apps left open warns now, in this test, not in a later one.
+    gc.collect()
+
+
+# -- caps on open sockets -----------------------------------------------------------
+
+
+async def _open(ws: AsyncWebSocketSession) -> None:
+    """Wait until the server handles ``ws`` (it answers a ping), so it holds its place."""
+    await ws.send_json({"type": "ping"})
+    assert await _receive(ws) == {"type": "pong"}
+
+
+async def _eventually_acknowledged(client: httpx.AsyncClient, token: str) -> None:
+    """A socket for ``token`` is acknowledged once closed sockets gave their places back."""
+    with anyio.fail_after(TIMEOUT_S):
+        while True:
+            async with _connect(client) as ws:
+                await ws.send_json(_init(token))
+                with contextlib.suppress(WebSocketDisconnect):
+                    if await _receive(ws) == {"type": "connection_ack"}:
+                        return
+            await anyio.sleep(0.05)
+
+
+async def test_open_sockets_are_capped_per_address(tmp_path: Path) -> None:
+    async with serve_app(make_settings(tmp_path, ws_connections_per_address=2)) as client:
+        token = await _token(client)
+        async with _connect(client) as one, _connect(client) as two:
+            await _open(one)
+            await _open(two)
+            async with _connect(client) as three:
+                assert await _closed(three) == (
+                    4429,
+                    "Too many open WebSockets from this address; close one first.",
+                )
+        await _eventually_acknowledged(client, token)
+
+
+async def test_open_sockets_are_capped_per_user(tmp_path: Path) -> None:
+    async with serve_app(make_settings(tmp_path, ws_connections_per_user=1)) as client:
+        ada = await _token(client)
+        bob = (await register(client, email="bob@example.com", display_name="Bob"))["accessToken"]
+        async with _connect(client) as first:
+            await _acknowledged(first, ada)
+            async with _connect(client) as second:
+                await second.send_json(_init(ada))
+                assert await _closed(second) == (
+                    4429,
+                    "Too many open WebSockets for this user; close one first.",
+                )
+            async with _connect(client) as bobs:
+                await _acknowledged(bobs, bob)
+            # The refused socket took no place: the first still answers.
+            await _still_answers(first, "q1")
+        await _eventually_acknowledged(client, ada)
+
+
 # -- origins ------------------------------------------------------------------------
 
 
@@ -403,10 +574,11 @@ async def _silent_until_closed(ws: AsyncWebSocketSession) -> None:
             pytest.fail("the socket received a message instead of closing")
 
 
-async def test_a_socket_ends_when_its_access_token_expires(watched: httpx.AsyncClient) -> None:
-    # A token valid for two more seconds (plus the 10 s leeway every check allows).
-    token = resigned(await _token(watched), exp=int(time.time()) + 2)
-    async with _connect(watched) as ws:
+async def test_a_socket_ends_when_its_access_token_expires(pushed: httpx.AsyncClient) -> None:
+    # A token valid for two more seconds (plus the 10 s leeway every check allows); the
+    # poll is an hour away, so only the watch's wake-up at expiry can close it.
+    token = resigned(await _token(pushed), exp=int(time.time()) + 2)
+    async with _connect(pushed) as ws:
         await _acknowledged(ws, token)
         await _still_answers(ws, "q1")
         with pytest.raises(WebSocketDisconnect) as closed, anyio.fail_after(30):
