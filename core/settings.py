@@ -194,10 +194,10 @@ class Settings(BaseSettings):
         description="The longest an attempt on a slowed-down account waits.",
     )
     register_limit_per_address: str = Field(
-        default="20/hour",
+        default="50/hour",
         description="Accounts one client address may register (`limits` notation). A person "
-        "makes one; 20 an hour leaves room for a class or an office behind one address, "
-        "while each registration costs a password hash and a row.",
+        "makes one; 50 an hour leaves room for a workshop or an office signing up together "
+        "behind one address, while each registration costs a password hash and a row.",
     )
     upload_limit_per_user: str = Field(
         default="300/minute",
@@ -229,9 +229,9 @@ class Settings(BaseSettings):
     )
     refresh_failure_limit_per_address: str = Field(
         default="20/15minutes",
-        description="Refused `refreshSession` calls per client address. A client fails one "
-        "now and then (two tabs racing, a stale token); 20 stops guessing, which costs a "
-        "query each.",
+        description="Refused `refreshSession` calls, and `logout`s with an unknown refresh "
+        "token, per client address. A client fails one now and then (two tabs racing, a "
+        "stale token); 20 stops guessing, which costs a query each.",
     )
     password_failure_limit_per_user: str = Field(
         default="5/15minutes",

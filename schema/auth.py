@@ -108,10 +108,13 @@ class AuthMutation:
 
     @strawberry.mutation(description="End the session a refresh token belongs to.")
     async def logout(self, info: Info, refresh_token: str) -> bool:
+        # An unknown refresh token is a guess, as in `refreshSession`.
+        await check_failures(info.context, Action.REFRESH_FAILURE)
         async with info.context.sessionmaker() as db:
             user_id = await sessions.end_session_of_refresh_token(db, refresh_token)
             await db.commit()
         if user_id is None:
+            await failed(info.context, Action.REFRESH_FAILURE)
             return False
         await _revoked(info.context, user_id)
         return True

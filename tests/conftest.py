@@ -186,6 +186,16 @@ def _plain(url: str) -> str:
     return make_url(url).set(drivername="postgresql").render_as_string(False)
 
 
+_PER_ADDRESS_LIMITS = (
+    "register_limit_per_address",
+    "upload_limit_per_address",
+    "job_limit_per_address",
+    "access_token_limit_per_address",
+    "refresh_failure_limit_per_address",
+    "password_failure_limit_per_address",
+)
+
+
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "var_dir": tmp_path / "var",
@@ -195,6 +205,11 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "password_hash_iterations": 2,
         # Tests about files choose their backend; the rest need none in particular.
         "storage_url": "memory://",
+        # Redis outlives a test and every test client has one address (127.0.0.1): its
+        # per-address counters would add up over the whole run. Tests of a limit set it.
+        **(
+            dict.fromkeys(_PER_ADDRESS_LIMITS, "1000000/hour") if overrides.get("redis_url") else {}
+        ),
         **overrides,
     }
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

@@ -43,6 +43,7 @@ VERIFY = "startJob(input: {verify: {fileId: $file}}) { id }"
 THREE_JOBS = f"mutation ($file: ID!) {{ a: {VERIFY} b: {VERIFY} c: {VERIFY} }}"
 RETRY = "mutation ($id: ID!) { retryJob(id: $id) { id } }"
 JOBS = "{ jobs { totalCount edges { node { id } } } }"
+LOGOUT = "mutation ($token: String!) { logout(refreshToken: $token) }"
 
 
 def _assert_limited(body: dict[str, Any]) -> None:
@@ -190,6 +191,16 @@ async def test_refused_refreshes_are_limited_per_address(tmp_path: Path) -> None
         _assert_limited(await refresh(client, token))
 
 
+async def test_logouts_with_unknown_refresh_tokens_count_as_guesses(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, refresh_failure_limit_per_address="2/minute")
+    async with serve_app(settings) as client:
+        ada = await register(client)
+        for _ in range(2):
+            body = await graphql(client, LOGOUT, {"token": f"dpr_guess-{uuid.uuid4().hex}"})
+            assert body == {"data": {"logout": False}}
+        _assert_limited(await graphql(client, LOGOUT, {"token": ada["refreshToken"]}))
+
+
 # -- wrong current passwords ------------------------------------------------------------
 
 
@@ -237,9 +248,6 @@ async def test_limits_are_shared_by_replicas_through_redis(tmp_path: Path) -> No
         tmp_path,
         redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
         upload_limit_per_user="2/minute",
-        # Redis outlives the test and every test client has one address: a limit of
-        # its own keeps this test's uploads out of every other per-address counter.
-        upload_limit_per_address="1000007/hour",
     )
     ticket = {"input": {"path": "c.txt", "size": 1}}
     async with serve_app(settings) as client:
