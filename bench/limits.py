@@ -18,7 +18,11 @@ its files and verifications, as in issue 11's repro):
    over the same database whose schema has the ``QueryCost`` extension
    replaced by one that does nothing (:func:`serve_without_cost`), in
    interleaved rounds of sequential requests; the ratio on / off (target:
-   under 1.05), and :func:`operation_cost`'s own time per call in process. ::
+   under 1.05), and :func:`operation_cost`'s own time per call in process.
+3. **Idle WebSockets.** ``--sockets`` signed-in sockets (500) left idle on a
+   fresh ``depot serve`` (socket caps lifted): the server's CPU over
+   ``--seconds``, with the credential poll every 10 s (the default before
+   revocations were pushed) and at the default ``DEPOT_WS_AUTH_RECHECK_SECONDS``. ::
 
     python -m bench.limits                          # 10 s per load, 5 rounds of 200
     python -m bench.limits --seconds 2 --rounds 1 --requests 20   # a smoke run
@@ -29,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import statistics
 import tempfile
 import time
@@ -40,7 +45,7 @@ from typing import Any, Final
 import httpx
 from graphql import OperationDefinitionNode, parse
 
-from bench.client import Account, Api, payload
+from bench.client import Account, Api, open_socket, payload
 from bench.harness import Process, Stack, depot_env, free_port, progress
 from bench.report import environment, ms, percentile, table, times, verdict
 
@@ -267,6 +272,48 @@ def cost_call_seconds(query: str, variables: dict[str, Any], n: int = 2000) -> f
     return (time.perf_counter() - started) / n
 
 
+# -- idle sockets -------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used (``/proc/<pid>/stat``; Linux only)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def idle_sockets(workdir: Path, sockets: int, seconds: float, recheck: str | None) -> float:
+    """The share of a core a fresh ``depot serve`` spends on ``sockets`` idle sockets."""
+    port = free_port()
+    settings = {
+        "DEPOT_WS_CONNECTIONS_PER_USER": str(sockets),
+        "DEPOT_WS_CONNECTIONS_PER_ADDRESS": str(sockets),
+    }
+    if recheck is not None:
+        settings["DEPOT_WS_AUTH_RECHECK_SECONDS"] = recheck
+    name = f"idle-{recheck or 'default'}"
+    env = depot_env(workdir / name / "var", workdir / name / "storage", port, **settings)
+    stack = Stack(workdir, env, port)
+    try:
+        serve = await asyncio.to_thread(stack.start_serve)
+        api = Api(stack.url)
+        try:
+            account = await api.register(f"idle-{time.time_ns()}@example.com")
+        finally:
+            await api.aclose()
+        opened = [await open_socket(stack.ws_url, account) for _ in range(sockets)]
+        try:
+            await asyncio.sleep(2)  # let the sign-ins settle
+            used, started = cpu_seconds(serve.pid), time.monotonic()
+            await asyncio.sleep(seconds)
+            return (cpu_seconds(serve.pid) - used) / (time.monotonic() - started)
+        finally:
+            for ws in opened:
+                await ws.close()
+    finally:
+        await asyncio.to_thread(stack.stop)
+
+
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -318,6 +365,7 @@ def report(
     loaded: Loaded,
     ratios: dict[str, list[float]],
     per_call: dict[str, float],
+    idle: dict[str, float],
 ) -> str:
     heavy = candidates[0]
     lines = [
@@ -380,6 +428,16 @@ def report(
             for name, r in ratios.items()
         ],
     ]
+    if idle:
+        lines += [
+            "",
+            f"{args.sockets} idle signed-in WebSockets, server CPU over {args.seconds:g} s:",
+            *table(
+                [["credential poll", "share of a core"]]
+                + [[name, f"{share * 100:.1f} %"] for name, share in idle.items()],
+                "  ",
+            ),
+        ]
     if args.note:
         lines += ["", f"Note: {args.note}"]
     return "\n".join(lines)
@@ -421,11 +479,21 @@ async def run(args: argparse.Namespace) -> str:
             if off is not None:
                 await asyncio.to_thread(off.stop)
             await asyncio.to_thread(stack.stop)
+        idle: dict[str, float] = {}
+        if args.sockets:
+            progress(f"{args.sockets} idle sockets, polling every 10 s, then at the default")
+            idle["every 10 s (before)"] = await idle_sockets(
+                workdir, args.sockets, args.seconds, "10"
+            )
+            default = Settings.model_fields["ws_auth_recheck_seconds"].default
+            idle[f"every {default:g} s (default), revocations pushed"] = await idle_sockets(
+                workdir, args.sockets, args.seconds, None
+            )
     per_call = {
         "{ __typename }": cost_call_seconds(TYPENAME, {}),
         "files(first: 20) page": cost_call_seconds(PAGE, {}),
     }
-    return report(args, max_cost, candidates, loaded, ratios, per_call)
+    return report(args, max_cost, candidates, loaded, ratios, per_call, idle)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -437,6 +505,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--requests", type=int, default=200, help="requests per side per round (200)"
     )
+    parser.add_argument("--sockets", type=int, default=500, help="idle sockets; 0 skips (500)")
     parser.add_argument("--files", type=int, default=30, help="files seeded (30)")
     parser.add_argument("--jobs", type=int, default=10, help="jobs seeded (10)")
     parser.add_argument(
