@@ -183,13 +183,28 @@ class Stack:
             self.serve = None
 
 
+# The action limits (core.ratelimit.ActionLimiter) every bench's Depot lifts.
+RATE_LIMITS: Final = tuple(
+    f"DEPOT_{kind}_LIMIT_PER_{who}"
+    for kind, who in (
+        ("REGISTER", "ADDRESS"),
+        ("UPLOAD", "USER"),
+        ("UPLOAD", "ADDRESS"),
+        ("JOB", "USER"),
+        ("JOB", "ADDRESS"),
+        ("ACCESS_TOKEN", "USER"),
+        ("ACCESS_TOKEN", "ADDRESS"),
+    )
+)
+
+
 def depot_env(var_dir: Path, storage_dir: Path, port: int, **settings: str) -> dict[str, str]:
     """This environment without its ``DEPOT_*``, plus what every bench's Depot shares.
 
     ``settings`` are further variables by their full names
     (``DEPOT_REDIS_URL=...``). A fresh secret key each run; sign-in at OWASP's
     minimum Argon2id cost, since sign-in speed is not what these measure
-    (``bench.login`` sets its costs itself).
+    (``bench.login`` sets its costs itself); rate limits and socket caps lifted.
     """
     env = {name: value for name, value in os.environ.items() if not name.startswith("DEPOT_")}
     env.update(
@@ -202,6 +217,10 @@ def depot_env(var_dir: Path, storage_dir: Path, port: int, **settings: str) -> d
     )
     env["DEPOT_PASSWORD_HASH_MEMORY_KIB"] = "19456"  # noqa: S105 - a cost, not a secret
     env["DEPOT_PASSWORD_HASH_ITERATIONS"] = "2"  # noqa: S105
+    # A bench's one account on one address makes a crowd's load: a person's rate
+    # limits and socket caps would stop it. Throughput, not the limits, is measured.
+    env.update(dict.fromkeys(RATE_LIMITS, "1000000/minute"))
+    env["DEPOT_WS_CONNECTIONS_PER_USER"] = env["DEPOT_WS_CONNECTIONS_PER_ADDRESS"] = "100000"
     env.update(settings)
     return env
 
