@@ -200,23 +200,23 @@ class Settings(BaseSettings):
         "behind one address, while each registration costs a password hash and a row.",
     )
     upload_limit_per_user: str = Field(
-        default="300/minute",
-        description="Uploads (`uploadFile`, `createUpload`) one user may start. A folder of "
-        "300 files dropped at once fits in one minute; the quota bounds the bytes, this the "
-        "rows and requests.",
+        default="600/minute",
+        description="Uploads (`uploadFile`, `createUpload`) one user may start. A client "
+        "sending a folder of small files, a few at a time, makes about 5 a second: this is "
+        "twice that. The quota bounds the bytes; this bounds the requests and rows.",
     )
     upload_limit_per_address: str = Field(
-        default="600/minute",
-        description="Uploads from one client address, whoever signs them: two such folders.",
+        default="1200/minute",
+        description="Uploads from one client address, whoever signs them: two such users.",
     )
     job_limit_per_user: str = Field(
-        default="300/minute",
-        description="Jobs (`startJob`, `retryJob`) one user may start: one per file of a "
-        "300-file folder a minute, as fast as uploads may come.",
+        default="600/minute",
+        description="Jobs (`startJob`, `retryJob`) one user may start: one per uploaded "
+        "file, as fast as uploads may come.",
     )
     job_limit_per_address: str = Field(
-        default="600/minute",
-        description="Jobs started from one client address, whoever signs them.",
+        default="1200/minute",
+        description="Jobs started from one client address, whoever signs them: two such users.",
     )
     access_token_limit_per_user: str = Field(
         default="20/hour",
