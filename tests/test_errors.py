@@ -52,7 +52,7 @@ from schema.errors import ErrorCodes
 from schema.ids import encode_id
 from storage import open_storage
 from tests.conftest import make_settings, started
-from tests.support import PASSWORD, bearer, graphql, register
+from tests.support import PASSWORD, WS_TIMEOUT_S, bearer, graphql, register
 from workers.broker import sender
 
 pytestmark = pytest.mark.anyio
@@ -247,10 +247,10 @@ async def test_errors_over_websocket_are_coded_and_masked(
         "/graphql", tiny_client, subprotocols=["graphql-transport-ws"], headers=headers
     ) as ws:
         await ws.send_json({"type": "connection_init", "payload": bearer(token)})
-        assert await ws.receive_json(timeout=5) == {"type": "connection_ack"}
+        assert await ws.receive_json(timeout=WS_TIMEOUT_S) == {"type": "connection_ack"}
         payload = {"query": FAIL, "variables": {"kind": kind}}
         await ws.send_json({"type": "subscribe", "id": "1", "payload": payload})
-        message = await ws.receive_json(timeout=5)
+        message = await ws.receive_json(timeout=WS_TIMEOUT_S)
     assert SECRET not in json.dumps(message)
     assert message["type"] == "next"
     [error] = message["payload"]["errors"]
