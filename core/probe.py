@@ -198,9 +198,9 @@ def _media(file: _Sparse) -> dict[str, Any]:
             video = container.streams.video[0]
             found["width"] = video.codec_context.width or None
             found["height"] = video.codec_context.height or None
-            found["videoCodec"] = video.codec_context.name
+            found["videoCodec"] = video.codec_context.codec.canonical_name
             rate = video.average_rate or video.guessed_rate
             found["frameRate"] = round(float(rate), 3) if rate else None
         if container.streams.audio:
-            found["audioCodec"] = container.streams.audio[0].codec_context.name
+            found["audioCodec"] = container.streams.audio[0].codec_context.codec.canonical_name
         return found

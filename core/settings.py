@@ -368,6 +368,12 @@ class Settings(BaseSettings):
         description="Largest image (width x height) a job opens; larger ones fail as "
         "possible decompression bombs.",
     )
+    media_max_seconds: float = Field(
+        default=4 * 3600,
+        gt=0,
+        description="Longest video or sound a `transcode` job takes on: four hours covers a "
+        "film or a recorded meeting, and bounds what one job can make a worker spend.",
+    )
     archive_max_entries: int = Field(
         default=10_000, ge=1, description="Most entries an archive may have to be extracted."
     )

@@ -6,7 +6,7 @@ follow it.
 
 from __future__ import annotations
 
-from workers import archive, convert, extract, thumbnails, verify
+from workers import archive, convert, extract, thumbnails, transcode, verify
 from workers.kind import Kind
 
 KINDS: dict[str, Kind] = {
@@ -14,6 +14,7 @@ KINDS: dict[str, Kind] = {
     for kind in (
         thumbnails.KIND,
         convert.KIND,
+        transcode.KIND,
         archive.KIND,
         extract.KIND,
         verify.KIND,
