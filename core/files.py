@@ -15,6 +15,7 @@ row without its bytes is not).
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Sequence
 from typing import Any, Final
@@ -73,14 +74,13 @@ async def get_owned_file(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UU
 _PATHS_PER_QUERY: Final = 500
 
 
-async def first_taken_path(
-    db: AsyncSession, owner_id: uuid.UUID, paths: Sequence[str]
-) -> str | None:
-    """The first of ``paths`` (in their order) a live file of the owner already has.
+async def taken_paths(db: AsyncSession, owner_id: uuid.UUID, paths: Sequence[str]) -> set[str]:
+    """Those of ``paths`` a live file of the owner already has.
 
     Looked up in batches, so a job checking thousands of outputs before it
     writes one (``extract``) costs a handful of queries, not one per path.
     """
+    taken: set[str] = set()
     for start in range(0, len(paths), _PATHS_PER_QUERY):
         batch = paths[start : start + _PATHS_PER_QUERY]
         found = await db.exec(
@@ -90,10 +90,16 @@ async def first_taken_path(
                 col(File.trashed_at).is_(None),
             )
         )
-        taken = set(found.all())
-        if taken:
-            return next(path for path in batch if path in taken)
-    return None
+        taken.update(found.all())
+    return taken
+
+
+async def first_taken_path(
+    db: AsyncSession, owner_id: uuid.UUID, paths: Sequence[str]
+) -> str | None:
+    """The first of ``paths`` (in their order) a live file of the owner already has."""
+    taken = await taken_paths(db, owner_id, paths)
+    return next((path for path in paths if path in taken), None)
 
 
 async def ensure_path_free(db: AsyncSession, owner_id: uuid.UUID, path: str) -> None:
@@ -179,28 +185,93 @@ async def copy(
     return copied
 
 
-async def trash(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID) -> File:
+async def derivatives(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID) -> list[File]:
+    """Every file derived from ``file_id``, directly or from another derivative
+    (a thumbnail of a conversion), nearest first; one query per generation."""
+    found: list[File] = []
+    seen, generation = {file_id}, [file_id]
+    while generation:
+        rows = await db.exec(
+            select(File).where(
+                col(File.owner_id) == owner_id, col(File.derived_from_id).in_(generation)
+            )
+        )
+        children = [row for row in rows.all() if row.id not in seen]
+        seen.update(child.id for child in children)
+        found.extend(children)
+        generation = [child.id for child in children]
+    return found
+
+
+async def trash(
+    db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID, *, follow: bool = False
+) -> list[File]:
     """Move a file to the trash, freeing its path (its bytes still count); commits.
 
-    Trashing a trashed file changes nothing.
+    With ``follow``, its live derivatives go with it, at the same moment (so
+    :func:`restore` knows them). Returns the files trashed now, the one asked
+    for first (also when it already was: trashing it again changes nothing).
+    """
+    file = await get_owned_file(db, owner_id, file_id)
+    targets = [file, *(await derivatives(db, owner_id, file_id) if follow else [])]
+    now = utcnow()
+    trashed = [target for target in targets if target.trashed_at is None]
+    for target in trashed:
+        target.trashed_at = target.updated_at = now
+        db.add(target)
+    if trashed:
+        await db.commit()
+    return [file, *(target for target in trashed if target is not file)]
+
+
+async def restore(
+    db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID, *, follow: bool = False
+) -> list[File]:
+    """Bring a file back from the trash at its path (``CONFLICT`` if now taken); commits.
+
+    With ``follow``, the derivatives trashed with it come back too, each whose
+    path is still free and whose own source came back (one whose path was
+    taken meanwhile stays in the trash, and so does what was made from it).
+    Returns the files restored, the one asked for first.
     """
     file = await get_owned_file(db, owner_id, file_id)
     if file.trashed_at is None:
-        file.trashed_at = file.updated_at = utcnow()
-        db.add(file)
-        await db.commit()
-    return file
-
-
-async def restore(db: AsyncSession, owner_id: uuid.UUID, file_id: uuid.UUID) -> File:
-    """Bring a file back from the trash at its path (``CONFLICT`` if now taken); commits."""
-    file = await get_owned_file(db, owner_id, file_id)
-    if file.trashed_at is None:
-        return file
+        return [file]
     await ensure_path_free(db, owner_id, file.path)
-    file.trashed_at, file.updated_at = None, utcnow()
+    trashed_at, now = file.trashed_at, utcnow()
+    along: list[File] = []
+    if follow:
+        candidates = [
+            d for d in await derivatives(db, owner_id, file_id) if d.trashed_at == trashed_at
+        ]
+        taken = await taken_paths(db, owner_id, [d.path for d in candidates])
+        back = {file.id}
+        for derived in candidates:  # nearest first: a source before what was made from it
+            if derived.path not in taken and derived.derived_from_id in back:
+                back.add(derived.id)
+                along.append(derived)
+    for target in (file, *along):
+        target.trashed_at, target.updated_at = None, now
+        db.add(target)
     await _commit_path(db, file)
-    return file
+    return [file, *along]
+
+
+async def purge_following(
+    db: AsyncSession, storage: Storage, owner_id: uuid.UUID, file_id: uuid.UUID
+) -> list[File]:
+    """Purge a file and everything derived from it, the farthest derivatives first.
+
+    Each goes as :func:`purge` takes it (row and quota, then bytes), so a
+    failure midway leaves no file without its bytes. Returns the files
+    purged, the one asked for first.
+    """
+    await get_owned_file(db, owner_id, file_id)
+    gone = []
+    for derived in reversed(await derivatives(db, owner_id, file_id)):
+        with contextlib.suppress(NotFound):  # purged meanwhile
+            gone.append(await purge(db, storage, owner_id, derived.id))
+    return [await purge(db, storage, owner_id, file_id), *reversed(gone)]
 
 
 async def purge(

@@ -145,6 +145,9 @@ class File(SQLModel, table=True):
     # No foreign key: SQLite cannot add one to an existing table without
     # rebuilding it; a job's outputs are removed with it by the code that ends it.
     produced_by_job_id: uuid.UUID | None = Field(default=None, sa_type=Uuid, index=True)
+    # The file a thumbnail, conversion or transcode was made from (no foreign
+    # key, as above): trashing, restoring or purging it takes this one along.
+    derived_from_id: uuid.UUID | None = Field(default=None, sa_type=Uuid, index=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     trashed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -368,6 +368,12 @@ class Settings(BaseSettings):
         description="Largest image (width x height) a job opens; larger ones fail as "
         "possible decompression bombs.",
     )
+    derivatives_follow_source: bool = Field(
+        default=True,
+        description="Trashing, restoring or purging a file does the same to the files made "
+        "from it (thumbnails, conversions, transcodes), so none outlives or misrepresents its "
+        "source. Off, derivatives stay as they are.",
+    )
     media_max_seconds: float = Field(
         default=4 * 3600,
         gt=0,

@@ -90,11 +90,13 @@ async def store_upload(
     incoming: IncomingFile,
     *,
     produced_by: uuid.UUID | None = None,
+    derived_from: uuid.UUID | None = None,
     meta: dict[str, Any] | None = None,
 ) -> models.File:
     """Store ``incoming`` as ``owner_id``'s file at ``path`` (default: its filename).
 
-    A job's output names the job (``produced_by``) and may carry ``meta``;
+    A job's output names the job (``produced_by``), maybe the file it was made
+    from (``derived_from``), and may carry ``meta``;
     without it, the file gets what the probe of its headers finds
     (:mod:`core.probe`).
 
@@ -130,6 +132,7 @@ async def store_upload(
             sha256=fingerprint.sha256,
             storage_key=key,
             produced_by_job_id=produced_by,
+            derived_from_id=derived_from,
             meta=meta,
         )
         db.add(file)

@@ -83,9 +83,11 @@ class FileMutation:
     async def delete_file(self, info: Info, id: strawberry.ID) -> File:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
+        follow = info.context.settings.derivatives_follow_source
         async with info.context.sessionmaker() as db:
-            file = await files.trash(db, user.id, key)
-        await announce(info.context.events, FileDeleted.of(file), owner_id=file.owner_id)
+            file, *along = await files.trash(db, user.id, key, follow=follow)
+        for gone in (file, *along):
+            await announce(info.context.events, FileDeleted.of(gone), owner_id=gone.owner_id)
         return File.from_model(file)
 
     @strawberry.mutation(
@@ -96,8 +98,9 @@ class FileMutation:
     async def restore_file(self, info: Info, id: strawberry.ID) -> File:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
+        follow = info.context.settings.derivatives_follow_source
         async with info.context.sessionmaker() as db:
-            file = await files.restore(db, user.id, key)
+            file, *_ = await files.restore(db, user.id, key, follow=follow)
         return File.from_model(file)
 
     @strawberry.mutation(
@@ -108,7 +111,12 @@ class FileMutation:
     async def purge_file(self, info: Info, id: strawberry.ID) -> strawberry.ID:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
+        storage = info.context.storage
         async with info.context.sessionmaker() as db:
-            file = await files.purge(db, info.context.storage, user.id, key)
-        await announce(info.context.events, FileDeleted.of(file), owner_id=file.owner_id)
+            if info.context.settings.derivatives_follow_source:
+                file, *along = await files.purge_following(db, storage, user.id, key)
+            else:
+                file, along = await files.purge(db, storage, user.id, key), []
+        for gone in (file, *along):
+            await announce(info.context.events, FileDeleted.of(gone), owner_id=gone.owner_id)
         return strawberry.ID(encode_id("File", file.id))

@@ -11,8 +11,9 @@ of queries whatever its length. Each node keeps its row's primary key as
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Self
+from typing import Any, Self
 
 import strawberry
 from sqlmodel import col
@@ -148,6 +149,7 @@ class File(Node):
     owner_id: strawberry.Private[uuid.UUID]
     storage_key: strawberry.Private[str]
     produced_by_job_id: strawberry.Private[uuid.UUID | None]
+    derived_from_id: strawberry.Private[uuid.UUID | None]
 
     @classmethod
     def from_model(cls, file: models.File) -> Self:
@@ -166,6 +168,7 @@ class File(Node):
             owner_id=file.owner_id,
             storage_key=file.storage_key,
             produced_by_job_id=file.produced_by_job_id,
+            derived_from_id=file.derived_from_id,
         )
 
     @strawberry.field(
@@ -194,6 +197,27 @@ class File(Node):
             return None
         job = await info.context.loaders.jobs.load(self.produced_by_job_id)
         return Job.from_model(job) if job is not None else None
+
+    @strawberry.field(
+        description="The file this one was made from (a thumbnail's, conversion's or "
+        "transcode's source); null for an upload, or once the source is purged."
+    )
+    async def derived_from(self, info: Info) -> File | None:
+        if self.derived_from_id is None:
+            return None
+        source = await info.context.loaders.files.load(self.derived_from_id)
+        return File.from_model(source) if source is not None else None
+
+    @strawberry.field(
+        description="Files made from this one, oldest first. Trashing, restoring or purging "
+        "this file does the same to them (`DEPOT_DERIVATIVES_FOLLOW_SOURCE`)."
+    )
+    async def derivatives(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[File]:
+        loader = info.context.loaders.paged("derivatives", first, after, _derivatives)
+        page: Connection[File] = await loader.load(self.key)
+        return page
 
     @strawberry.field(description="Jobs that read this file, oldest first.")
     async def jobs(
@@ -327,22 +351,30 @@ async def list_jobs(
         )
 
 
-def _job_outputs(
-    loaders: Loaders, first: int | None, after: str | None
-) -> DataLoader[uuid.UUID, Connection[File]]:
-    """Files each job made, a page per job, for ``Job.outputs``."""
+def _files_under(parent: Any) -> Callable[[Loaders, int | None, str | None], FilePages]:
+    """A page of files per parent, for a connection of files whose ``parent`` column
+    names that parent (``Job.outputs``, ``File.derivatives``)."""
 
-    async def load(job_ids: list[uuid.UUID]) -> list[Connection[File]]:
-        async with loaders.sessionmaker() as db:
-            pages = await paginate_children(
-                db,
-                models.File,
-                col(models.File.produced_by_job_id),
-                job_ids,
-                first=first,
-                after=after,
-                to_node=File.from_model,
-            )
-        return [pages[job_id] for job_id in job_ids]
+    def loader(loaders: Loaders, first: int | None, after: str | None) -> FilePages:
+        async def load(parent_ids: list[uuid.UUID]) -> list[Connection[File]]:
+            async with loaders.sessionmaker() as db:
+                pages = await paginate_children(
+                    db,
+                    models.File,
+                    parent,
+                    parent_ids,
+                    first=first,
+                    after=after,
+                    to_node=File.from_model,
+                )
+            return [pages[parent_id] for parent_id in parent_ids]
 
-    return DataLoader(load_fn=load)
+        return DataLoader(load_fn=load)
+
+    return loader
+
+
+FilePages = DataLoader[uuid.UUID, Connection[File]]
+# Files each job made; files made from each file.
+_job_outputs = _files_under(col(models.File.produced_by_job_id))
+_derivatives = _files_under(col(models.File.derived_from_id))

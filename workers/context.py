@@ -176,9 +176,15 @@ class JobContext:
             yield path
 
     async def create_output(
-        self, path: str, chunks: AsyncIterable[bytes], *, meta: dict[str, Any] | None = None
+        self,
+        path: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        meta: dict[str, Any] | None = None,
+        derived_from: File | None = None,
     ) -> File:
-        """Store ``chunks`` as a new file of the owner at ``path``, produced by this job.
+        """Store ``chunks`` as a new file of the owner at ``path``, produced by this job
+        (and made from the file ``derived_from``, which it then follows).
 
         It counts against the owner's quota. A taken path or a full quota
         fails the job with a message saying so.
@@ -194,6 +200,7 @@ class JobContext:
                     path,
                     _Produced(chunks),
                     produced_by=self.job.id,
+                    derived_from=derived_from.id if derived_from is not None else None,
                     meta=meta,
                 )
             except (BadUserInput, Conflict, QuotaExceeded) as exc:

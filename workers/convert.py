@@ -73,6 +73,7 @@ async def run(ctx: JobContext) -> None:
             Path(scratch),
             quality=params.quality,
             icc=source.icc_profile,
+            derived_from=file,
         )
     await ctx.progress(1.0, f"Made {path}")
 

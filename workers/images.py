@@ -265,14 +265,16 @@ async def store(
     *,
     quality: int | None,
     icc: bytes | None,
+    derived_from: File,
 ) -> File:
-    """Encode ``image`` into a temporary file under ``scratch``, then stream it to ``path``."""
+    """Encode ``image`` into a temporary file under ``scratch``, then stream it to ``path``,
+    a derivative of the file ``derived_from``."""
     out = scratch / f"output.{EXTENSIONS[output_format]}"
     await anyio.to_thread.run_sync(
         lambda: encode(image, output_format, out, quality=quality, icc=icc)
     )
     try:
         meta = {"width": image.width, "height": image.height}
-        return await ctx.create_output(path, chunks_of(out), meta=meta)
+        return await ctx.create_output(path, chunks_of(out), meta=meta, derived_from=derived_from)
     finally:
         out.unlink(missing_ok=True)

@@ -116,7 +116,14 @@ async def run(ctx: JobContext) -> None:
             target = target_size(source.width, source.height, size)
             image = await anyio.to_thread.run_sync(resized, source, target)
             await store(
-                ctx, image, path, output_format, Path(scratch), quality=None, icc=source.icc_profile
+                ctx,
+                image,
+                path,
+                output_format,
+                Path(scratch),
+                quality=None,
+                icc=source.icc_profile,
+                derived_from=file,
             )
             await ctx.progress(DECODED + (1 - DECODED) * done / len(sizes), f"Made {path}")
 

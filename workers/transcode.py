@@ -137,7 +137,7 @@ async def run(ctx: JobContext) -> None:
             await anyio.to_thread.run_sync(
                 lambda: _transcode(spooled, out, file.path, params, limits, report)
             )
-        await ctx.create_output(path, chunks_of(out))
+        await ctx.create_output(path, chunks_of(out), derived_from=file)
     await ctx.progress(1.0, f"Made {path}")
 
 
