@@ -25,6 +25,7 @@ from api.files import RouteLinks
 from api.graphql import GraphQLView
 from api.headers import SecurityHeadersMiddleware
 from api.health import healthz, readyz
+from api.metrics import metrics
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
 from api.websocket import OpenSockets
@@ -100,6 +101,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         introspection=settings.graphql_introspection,
         suggestions=settings.graphql_suggestions,
         traced=tracing.enabled(),
+        metrics=settings.metrics_enabled,
     )
     graphql = GraphQLView(schema, settings)
     links = RouteLinks(
@@ -156,7 +158,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
     middleware = [
         # Outermost, so the request id's log lines carry the server span's ids.
         *([_server_spans()] if tracing.enabled() else []),
-        Middleware(RequestIdMiddleware),
+        Middleware(RequestIdMiddleware, metrics=settings.metrics_enabled),
         Middleware(SecurityHeadersMiddleware, https=settings.public_base_url.scheme == "https"),
     ]
     if settings.cors_origins:
@@ -174,6 +176,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         Route("/", lambda request: RedirectResponse("/graphql")),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        *([Route("/metrics", metrics)] if settings.metrics_enabled else []),
         Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
         *FILE_ROUTES,

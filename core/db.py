@@ -11,6 +11,7 @@ from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.metrics import watch_pool
 from core.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -35,14 +36,17 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # Looked up on the module: traced once core.tracing instrumented it.
         engine = sa_asyncio.create_async_engine(url, hide_parameters=hide_parameters)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
-        return engine
-    return sa_asyncio.create_async_engine(
-        url,
-        pool_size=settings.database_pool_size,
-        max_overflow=settings.database_max_overflow,
-        pool_pre_ping=True,
-        hide_parameters=hide_parameters,
-    )
+    else:
+        engine = sa_asyncio.create_async_engine(
+            url,
+            pool_size=settings.database_pool_size,
+            max_overflow=settings.database_max_overflow,
+            pool_pre_ping=True,
+            hide_parameters=hide_parameters,
+        )
+    if settings.metrics_enabled:
+        watch_pool(engine)
+    return engine
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: object) -> None:

@@ -37,6 +37,7 @@ import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from core import metrics
 from core.eventlog import EventLog
 from core.models import File, Job, JobStatus
 from core.time import utcnow
@@ -239,6 +240,7 @@ async def announce(
                 delay = min(delay * 2, 2.0)
                 continue
             logger.warning("event not announced", **_about(event), error=str(exc))
+            metrics.EVENT_PUBLISH_FAILURES.labels(event.TYPE).inc()
             return False
         return True
 

@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import files
+from core import files, metrics
 from core.errors import BadUserInput, Conflict, NotFound
 from core.models import FINAL_STATUSES, File, Job, JobInput, JobKind, JobStatus
 from core.time import utcnow
@@ -152,7 +152,9 @@ async def cancel_job(db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -
         )
         await db.commit()
         if result.rowcount == 1:
-            return await get_owned_job(db, owner_id, job_id), True
+            cancelled = await get_owned_job(db, owner_id, job_id)
+            _count_finished(cancelled)
+            return cancelled, True
         # It started meanwhile: ask its worker instead.
         job = await get_owned_job(db, owner_id, job_id)
     if job.status is JobStatus.RUNNING:
@@ -285,6 +287,7 @@ async def claim(
     job = started.scalars().first()
     await db.commit()
     if job is not None:
+        _count_attempt(job, took_over=False)
         return Claimed(Claim.RUN, job)
     job = await db.get(Job, job_id, populate_existing=True)
     if job is None or job.status in FINAL_STATUSES:
@@ -319,7 +322,29 @@ async def claim(
     if job is None:
         # Someone else decided first, or the owner is at the limit: look again later.
         return Claimed(Claim.DEFER)
+    _count_attempt(job, took_over=True)
     return Claimed(Claim.RUN, job, took_over=True)
+
+
+def _count_attempt(job: Job, *, took_over: bool) -> None:
+    """An attempt started (committed): attempts, takeovers, and a first start's wait."""
+    kind = job.kind
+    metrics.JOB_ATTEMPTS.labels(kind).inc()
+    if took_over:
+        metrics.JOB_TAKEOVERS.labels(kind).inc()
+    if job.attempts == 1 and job.started_at is not None:
+        metrics.JOBS_STARTED.labels(kind).inc()
+        waited = (job.started_at - job.created_at).total_seconds()
+        metrics.JOB_QUEUE_WAIT.labels(kind).observe(max(waited, 0.0))
+
+
+def _count_finished(job: Job) -> None:
+    """A final status committed: every one is written by ``finish`` or ``cancel_job``,
+    so counting in those two misses none and counts none twice."""
+    metrics.JOBS_FINISHED.labels(job.kind, job.status.value).inc()
+    if job.started_at is not None and job.finished_at is not None:
+        ran = (job.finished_at - job.started_at).total_seconds()
+        metrics.JOB_DURATION.labels(job.kind).observe(max(ran, 0.0))
 
 
 async def beat(db: AsyncSession, job_id: uuid.UUID, progress: float, message: str | None) -> bool:
@@ -370,6 +395,8 @@ async def finish(
     result = await db.exec(update(Job).where(*conditions).values(**values).returning(Job))
     job = result.scalars().first()
     await db.commit()
+    if job is not None:
+        _count_finished(job)
     return job
 
 
@@ -447,6 +474,20 @@ async def due_for_sending(
         )
     )
     return [(job_id, kind) for job_id, kind in found.all()]
+
+
+async def count_unfinished(db: AsyncSession) -> dict[tuple[str, str], int]:
+    """Queued and running jobs by ``(kind, status)``, for the metrics' job gauges.
+
+    One grouped ``SELECT`` that the ``(status, updated_at)`` index narrows to
+    the unfinished rows, however many finished jobs the table holds.
+    """
+    found = await db.exec(
+        select(col(Job.kind), col(Job.status), func.count())
+        .where(col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+        .group_by(col(Job.kind), col(Job.status))
+    )
+    return {(str(kind), status.value): count for kind, status, count in found.all()}
 
 
 async def orphan_running(db: AsyncSession) -> None:

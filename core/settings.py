@@ -400,6 +400,17 @@ class Settings(BaseSettings):
         default="auto",
         description="`auto` is JSON in production and readable text in development.",
     )
+    metrics_enabled: bool = Field(
+        default=True,
+        description="Record Prometheus metrics and serve them at `/metrics`. Off, the request "
+        "path skips them (for measuring what they cost) and `/metrics` is a 404.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="When set, `/metrics` answers only `Authorization: Bearer <token>`. Unset, "
+        "it is open in development and a 404 in production, where metrics name routes, "
+        "job kinds and load.",
+    )
     graphiql: bool = Field(
         default=True,
         description="Serve GraphiQL to a browser opening `/graphql`; off, that is a 404. "
@@ -496,7 +507,7 @@ class Settings(BaseSettings):
     def _normalize_database_url(cls, value: str) -> str:
         return normalize_database_url(value) if value else value
 
-    @field_validator("secret_key", mode="before")
+    @field_validator("secret_key", "metrics_token", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         # A blank `DEPOT_SECRET_KEY=` line (a copied .env template) means "not

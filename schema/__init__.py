@@ -22,6 +22,7 @@ from schema.files import FileMutation, FileQuery
 from schema.jobs import JobMutation, JobQuery
 from schema.limits import Limits, limit_rules, query_cost
 from schema.loaders import FreshLoaders
+from schema.metrics import OperationMetrics
 from schema.nodes import File, Job, User
 from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
@@ -64,6 +65,7 @@ def build_schema(
     introspection: bool = True,
     suggestions: bool = True,
     traced: bool = False,
+    metrics: bool = True,
 ) -> strawberry.Schema:
     """The schema with its limits (``schema.limits``) and caches, built once per set of limits.
 
@@ -72,7 +74,8 @@ def build_schema(
     every app of a process with the same limits shares it: tests start
     hundreds of apps. ``introspection`` and ``suggestions`` are development
     aids that production turns off (``DEPOT_GRAPHQL_INTROSPECTION``,
-    ``DEPOT_GRAPHQL_SUGGESTIONS``); they are part of the cache's key too.
+    ``DEPOT_GRAPHQL_SUGGESTIONS``); they are part of the cache's key too, as
+    is ``metrics`` (``DEPOT_METRICS_ENABLED``).
     ``traced`` adds a span per operation (:mod:`schema.tracing`), for a
     process that traces (:func:`core.tracing.configure_tracing`).
     """
@@ -82,6 +85,8 @@ def build_schema(
     # keys must not change between operations: see `limit_rules`.
     extensions: list[Any] = [
         *([OperationSpan] if traced else []),
+        # First, so that it times the whole operation and reads the final error codes.
+        *([OperationMetrics] if metrics else []),
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         lambda: SyntaxSafeParserCache(maxsize=256),
         limit_rules(limits),

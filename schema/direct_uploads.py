@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 import strawberry
 from strawberry.scalars import JSON
 
-from core import direct_uploads
+from core import direct_uploads, metrics
 from core.ratelimit import Action
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
@@ -85,4 +85,5 @@ class DirectUploadMutation:
         key = decode_id_of("Upload", id)
         async with info.context.sessionmaker() as db:
             file = await direct_uploads.complete_ticket(db, info.context.storage, user.id, key)
+        metrics.UPLOAD_BYTES.labels("direct").inc(file.size)
         return File.from_model(file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import strawberry
 from strawberry.file_uploads import Upload
 
+from core import metrics
 from core.errors import BadUserInput
 from core.ratelimit import Action
 from core.uploads import IncomingFile, store_upload
@@ -37,4 +38,5 @@ class UploadMutation:
             row = await store_upload(
                 db, info.context.storage, info.context.settings, principal.user.id, path, incoming
             )
+        metrics.UPLOAD_BYTES.labels("multipart").inc(row.size)
         return File.from_model(row)

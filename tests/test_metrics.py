@@ -1,0 +1,231 @@
+"""``/metrics``: what an operator scrapes, after real traffic, and who may scrape it.
+
+Metric families are process-wide (prometheus-client's own registry), and
+these tests run many apps in one process, so each test compares a scrape
+after its traffic with one before it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from core.settings import Settings
+from tests.conftest import make_settings, serve_app
+from tests.support import (
+    JOB_EVENTS,
+    bearer,
+    graphql,
+    many_entries_zip,
+    next_message,
+    signed_in,
+    start_job,
+    subscribe,
+    subscriber,
+    upload_file,
+    wait_for_job,
+)
+
+pytestmark = pytest.mark.anyio
+
+Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+METRICS_TOKEN = "metrics-token-0123456789abcdef"
+
+
+def parse(text: str) -> Series:
+    """A scrape as ``{(sample name, labels): value}``."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+async def scrape(client: httpx.AsyncClient, headers: Mapping[str, str] | None = None) -> Series:
+    response = await client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return parse(response.text)
+
+
+def value(series: Series, name: str, **labels: str) -> float:
+    """The sample ``name`` with exactly ``labels``; 0 when absent (not yet incremented)."""
+    return series.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(series: Series, name: str, **labels: str) -> float:
+    """The sum of every sample ``name`` whose labels include ``labels``."""
+    wanted = set(labels.items())
+    return sum(v for (n, found), v in series.items() if n == name and wanted <= found)
+
+
+def delta(after: Series, before: Series, name: str, **labels: str) -> float:
+    return total(after, name, **labels) - total(before, name, **labels)
+
+
+TYPENAME = {"query": "{ __typename }"}
+CANCEL = "mutation C($id: ID!) { cancelJob(id: $id) { id } }"
+DOWNLOAD_URL = "query File($id: ID!) { file(id: $id) { downloadUrl } }"
+
+
+async def test_a_scrape_after_traffic_has_every_family(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, storage_url=(tmp_path / "storage").as_uri(), job_heartbeat_seconds=0.2
+    )
+    async with serve_app(settings) as client:
+        before = await scrape(client)
+        token, headers = await signed_in(client)
+        assert (await client.post("/graphql", json=TYPENAME)).status_code == 200
+        assert (await client.get("/no/such/path")).status_code == 404
+        file = await upload_file(client, headers, "a.txt", b"hello metrics\n" * 100)
+        body = await graphql(client, DOWNLOAD_URL, {"id": file["id"]}, headers=headers)
+        link = httpx.URL(body["data"]["file"]["downloadUrl"])
+        assert (await client.get(link.path)).status_code == 200
+        async with subscriber(client, token) as ws:
+            await subscribe(ws, "mine", "subscription { myEvents { __typename } }", {})
+            job = await start_job(client, headers, {"verify": {"fileId": file["id"]}})
+            await subscribe(ws, "job", JOB_EVENTS, {"id": job["id"], "after": None})
+            heard: dict[str, list[str]] = {"mine": [], "job": []}
+            while not (heard["job"][-1:] == ["complete"] and heard["mine"]):
+                message = await next_message(ws)
+                heard[message["id"]].append(message["type"])
+            during = await scrape(client)  # `myEvents` runs, `jobEvents` has completed
+        await wait_for_job(client, headers, job["id"])
+        response = await client.get("/metrics")
+        after = parse(response.text)
+
+    # HTTP: by route template, method and status; never a raw path or a token.
+    assert delta(after, before, "depot_http_requests_total", route="/graphql", status="200") >= 5
+    assert delta(after, before, "depot_http_requests_total", route="unmatched", status="404") == 1
+    download = {"route": "/files/download/{token}", "method": "GET", "status": "200"}
+    assert delta(after, before, "depot_http_requests_total", **download) == 1
+    assert delta(after, before, "depot_http_request_duration_seconds_count", **download) == 1
+    assert delta(after, before, "depot_http_request_duration_seconds_sum", **download) > 0
+    assert link.path.rsplit("/", 1)[-1] not in response.text
+    assert "/no/such/path" not in response.text
+
+    # GraphQL: anonymous operations by type and outcome; subscriptions while they run.
+    ok_query = {"operation": "anonymous", "type": "query", "outcome": "ok"}
+    assert delta(after, before, "depot_graphql_operations_total", **ok_query) >= 2
+    assert delta(after, before, "depot_graphql_operations_total", type="mutation") >= 3
+    assert delta(after, before, "depot_graphql_operations_total", type="subscription") >= 1
+    timed = {"operation": "anonymous", "type": "query"}
+    assert delta(after, before, "depot_graphql_operation_duration_seconds_count", **timed) >= 2
+    assert value(during, "depot_websocket_connections") >= 1
+    assert value(during, "depot_subscriptions") >= 1
+    assert value(after, "depot_websocket_connections") == value(
+        before, "depot_websocket_connections"
+    )
+    assert value(after, "depot_subscriptions") == value(before, "depot_subscriptions")
+
+    # Uploads, by method.
+    assert delta(after, before, "depot_upload_bytes_total", method="multipart") == 1400
+
+    # Jobs: started, attempts, finished with their status, durations, gauges at scrape time.
+    assert delta(after, before, "depot_jobs_started_total", kind="verify") == 1
+    assert delta(after, before, "depot_job_attempts_total", kind="verify") == 1
+    assert delta(after, before, "depot_job_takeovers_total", kind="verify") == 0
+    finished = {"kind": "verify", "status": "succeeded"}
+    assert delta(after, before, "depot_jobs_finished_total", **finished) == 1
+    assert delta(after, before, "depot_job_duration_seconds_count", kind="verify") == 1
+    assert delta(after, before, "depot_job_queue_wait_seconds_count", kind="verify") == 1
+    wait_s = delta(after, before, "depot_job_queue_wait_seconds_sum", kind="verify")
+    assert 0 <= wait_s < 30
+    assert total(after, "depot_jobs_running", kind="verify") == 0
+
+    # The rest: the pool gauge is there (and back to rest), failures only when they happen.
+    assert ("depot_database_connections_in_use", frozenset()) in after
+    assert value(after, "depot_database_connections_in_use") >= 0
+    assert delta(after, before, "depot_event_publish_failures_total") == 0
+
+
+@pytest.mark.settings(max_running_jobs_per_user=1)
+@pytest.mark.parametrize("jobs_mode", ["embedded"], indirect=True)
+async def test_job_gauges_count_what_the_database_holds(jobs_client: httpx.AsyncClient) -> None:
+    client = jobs_client
+    _, headers = await signed_in(client)
+    archive = await upload_file(client, headers, "big.zip", many_entries_zip(3000))
+    small = await upload_file(client, headers, "a.txt", b"x")
+    long = await start_job(client, headers, {"extract": {"fileId": archive["id"], "path": "out"}})
+    await wait_for_job(client, headers, long["id"], statuses=("RUNNING",))
+    # Its owner may run one job at a time: this one waits, queued.
+    waiting = await start_job(client, headers, {"verify": {"fileId": small["id"]}})
+    before = series = await scrape(client)
+    assert value(series, "depot_jobs_running", kind="extract") == 1
+    assert value(series, "depot_jobs_queued", kind="verify") == 1
+    assert total(series, "depot_jobs_queued") == 1
+    assert total(series, "depot_jobs_running") == 1
+    for job in (waiting, long):
+        await graphql(client, CANCEL, {"id": job["id"]}, headers=headers)
+    for job in (long, waiting):
+        assert (await wait_for_job(client, headers, job["id"]))["status"] == "CANCELLED"
+    after = await scrape(client)
+    assert total(after, "depot_jobs_queued") == total(after, "depot_jobs_running") == 0
+    # One cancelled queued (by the API), one cancelled running (by its worker).
+    assert delta(after, before, "depot_jobs_finished_total", status="cancelled") == 2
+
+
+async def test_labels_stay_bounded_whatever_clients_send(tmp_path: Path) -> None:
+    async with serve_app(make_settings(tmp_path)) as client:
+        before = await scrape(client)
+        for i in range(1000):
+            name = f"Op{uuid.uuid4().hex}{i}"
+            await client.post("/graphql", json={"query": f"query {name} {{ __typename }}"})
+            await client.request(f"X{i % 50}", f"/files/download/secret-{i}")
+            await client.get(f"/random/{uuid.uuid4().hex}")
+        after = await scrape(client)
+    new = {key for key in after if key not in before}
+    assert len(after) - len(before) == len(new)
+    # A handful of routes x methods x statuses, times the histogram's buckets: not 1,000s.
+    assert len(new) < 120, sorted(new)[:20]
+    assert all("Op" not in v and "secret" not in v for _, labels in new for _, v in labels)
+    assert delta(after, before, "depot_graphql_operations_total", operation="anonymous") == 1000
+    assert delta(after, before, "depot_http_requests_total", method="OTHER") == 1000
+
+
+async def test_metrics_can_be_turned_off(tmp_path: Path) -> None:
+    async with serve_app(make_settings(tmp_path, metrics_enabled=False)) as client:
+        assert (await client.get("/metrics")).status_code == 404
+        assert (await client.post("/graphql", json=TYPENAME)).status_code == 200
+
+
+# -- who may scrape ----------------------------------------------------------------------
+
+
+def _production(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
+    return make_settings(tmp_path, environment="production", database_url=database_url, **overrides)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_production_without_a_token_has_no_metrics(tmp_path: Path, database_url: str) -> None:
+    async with serve_app(_production(tmp_path, database_url)) as client:
+        response = await client.get("/metrics")
+        assert response.status_code == 404
+        assert "depot_" not in response.text
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_production_answers_only_the_metrics_token(tmp_path: Path, database_url: str) -> None:
+    settings = _production(tmp_path, database_url, metrics_token=METRICS_TOKEN)
+    async with serve_app(settings) as client:
+        for headers in ({}, bearer("wrong"), {"Authorization": METRICS_TOKEN}):
+            refused = await client.get("/metrics", headers=headers)
+            assert refused.status_code == 401, headers
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            assert "depot_" not in refused.text
+        series = await scrape(client, bearer(METRICS_TOKEN))
+        assert total(series, "depot_http_requests_total", route="/metrics", status="401") >= 3
+
+
+async def test_development_is_open_unless_a_token_is_set(tmp_path: Path) -> None:
+    async with serve_app(make_settings(tmp_path)) as client:
+        assert (await client.get("/metrics")).status_code == 200
+    async with serve_app(make_settings(tmp_path, metrics_token=METRICS_TOKEN)) as client:
+        assert (await client.get("/metrics")).status_code == 401
+        assert (await client.get("/metrics", headers=bearer(METRICS_TOKEN))).status_code == 200
