@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +24,7 @@ from core import tracing, users
 from core.db import create_sessionmaker
 from core.errors import DepotError
 from core.logging import configure_logging
+from core.metrics import MULTIPROC_DIR
 from core.models import Role
 from core.probes import describe, probe_database, probe_redis, probe_storage
 from core.settings import Settings, SettingsError, load_settings
@@ -38,6 +41,8 @@ MAX_HEADER_BYTES = 16 * 1024
 # How long a stopping worker waits, past its grace period, for an interrupted
 # job to reach its next progress point.
 STOP_MARGIN_S = 15
+# See `_serve_processes`.
+WORKER_HEALTHCHECK_S = 30
 
 
 def _settings(**overrides: object) -> Settings:
@@ -83,15 +88,34 @@ def main() -> None:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--reload", is_flag=True, help="Restart when the code changes (development).")
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=1,
+    show_default=True,
+    help="Processes serving the port (needs DEPOT_REDIS_URL when more than one).",
+)
 @click.option("--log-level", type=LOG_LEVELS, help="Overrides DEPOT_LOG_LEVEL.")
-def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
+def serve(host: str, port: int, reload: bool, workers: int, log_level: str | None) -> None:
     """Serve the API, with GraphiQL at /graphql."""
     if log_level:
-        # Also read by the reloader's child process, which loads its own settings.
+        # Also read by the reloader's and the workers' processes, which load their own settings.
         os.environ["DEPOT_LOG_LEVEL"] = log_level.upper()
     settings = _settings()
     configure_logging(settings.log_level, json=settings.json_logs)
     _start_tracing("depot-api")
+    if workers > 1 and settings.redis_url is None:
+        click.echo(
+            "depot serve --workers needs DEPOT_REDIS_URL: without Redis, jobs run in the "
+            "serving process's threads and events travel through its memory, which other "
+            "processes cannot reach. Set DEPOT_REDIS_URL and run `depot worker`, or serve "
+            "with one process.",
+            err=True,
+        )
+        sys.exit(2)
+    if workers > 1 and reload:
+        click.echo("depot serve: --reload serves one process; drop --workers.", err=True)
+        sys.exit(2)
     if settings.is_production:
         # The lifespan refuses too, but as a traceback; say it in one line first.
         try:
@@ -122,6 +146,10 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
     }
     if reload:
         uvicorn.run("api.app:create_app_from_env", factory=True, reload=True, **options)  # type: ignore[arg-type]
+    elif workers > 1:
+        # Once, before the workers start: each would otherwise migrate at once in development.
+        _prepare_schema(settings)
+        _serve_processes(workers, options)
     else:
         from api.app import create_app
         from api.drain import Drain, DrainingServer
@@ -130,6 +158,37 @@ def serve(host: str, port: int, reload: bool, log_level: str | None) -> None:
         app = functools.partial(create_app, settings, drain)
         config = uvicorn.Config(app, factory=True, **options)  # type: ignore[arg-type]
         DrainingServer(config, drain, settings.drain_delay_seconds).run()
+
+
+def _serve_processes(workers: int, options: dict[str, object]) -> None:
+    """uvicorn's ``workers`` processes on one socket, sharing their metrics.
+
+    Each process loads its settings from the environment (``create_app_from_env``).
+    prometheus-client's multiprocess mode needs a directory of their own for
+    the values they write, chosen before they start (the library reads it at
+    import): a fresh one here, removed when they have stopped. A worker that
+    dies is replaced by uvicorn; its live gauges are dropped at the next
+    scrape (``core.metrics``).
+    """
+    directory = tempfile.mkdtemp(prefix="depot-metrics-")
+    os.environ[MULTIPROC_DIR] = directory
+    click.echo(
+        f"Depot serving with {workers} processes; metrics shared under {directory}", err=True
+    )
+    try:
+        uvicorn.run(
+            "api.app:create_app_from_env",
+            factory=True,
+            workers=workers,
+            # How long a process may leave the supervisor's ping unanswered before it
+            # is replaced. A new one answers only once it has imported Depot (its
+            # `__main__` is this script), which takes over uvicorn's default 5 s
+            # on a busy machine: every process would be killed before it served.
+            timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+            **options,  # type: ignore[arg-type]
+        )
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _prepare_schema(settings: Settings) -> None:

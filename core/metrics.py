@@ -23,6 +23,7 @@ processes on several machines change it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -201,14 +202,49 @@ class _Sources:
             yield from source.collect()
 
 
+# A live gauge's file in the multiprocess directory, named after its process.
+_LIVE_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's: alive
+    return True
+
+
+class _AllProcesses:
+    """Every process's values from the multiprocess directory.
+
+    First drops the live gauges of processes that died without a word
+    (killed, crashed), as ``multiprocess.mark_process_dead`` does for one pid:
+    a directory listing and a signal-0 probe per file at each scrape. A
+    process that stops cleanly is replaced by uvicorn under a new pid, so the
+    dead one's files are found the same way.
+    """
+
+    def __init__(self, directory: str) -> None:
+        self._directory = directory
+        self._collector = multiprocess.MultiProcessCollector(None, path=directory)  # type: ignore[no-untyped-call]
+
+    def collect(self) -> Iterable[Metric]:
+        for name in os.listdir(self._directory):
+            match = _LIVE_GAUGE_FILE.fullmatch(name)
+            if match is not None and not _alive(int(match[1])):
+                with contextlib.suppress(FileNotFoundError):  # another scrape was first
+                    os.remove(os.path.join(self._directory, name))
+        collected: Iterable[Metric] = self._collector.collect()  # type: ignore[no-untyped-call]
+        return collected
+
+
 def _sources(job_counts: Callable[[], JobCounts | None] | None) -> _Sources:
     # Multiprocess mode, which prometheus-client chose at import from the
     # variable: every process's files; otherwise this process's registry.
-    own: _Scrapable = (
-        multiprocess.MultiProcessCollector(None)  # type: ignore[no-untyped-call]
-        if os.environ.get(MULTIPROC_DIR)
-        else REGISTRY
-    )
+    directory = os.environ.get(MULTIPROC_DIR)
+    own: _Scrapable = _AllProcesses(directory) if directory else REGISTRY
     extra: list[_Scrapable] = [] if job_counts is None else [_JobGauges(job_counts)]
     return _Sources([own, *extra])
 

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -198,12 +198,20 @@ def depot_scheduler(settings: Settings, log: Path) -> Iterator[DepotProcess]:
 
 @contextlib.contextmanager
 def depot_serve(
-    settings: Settings, log: Path, port: int, env: Mapping[str, str] | None = None
+    settings: Settings,
+    log: Path,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    *,
+    options: Sequence[str] = (),
+    timeout_s: float = START_TIMEOUT_S,
 ) -> Iterator[DepotProcess]:
-    """A ``depot serve`` process on ``port``, once it answers ``/healthz``."""
-    with depot(["serve", "--port", str(port)], settings, log, env=env) as server:
+    """``depot serve`` on ``port`` with more ``options``, once it answers ``/healthz``."""
+    with depot(["serve", "--port", str(port), *options], settings, log, env=env) as server:
         healthz = answers_http(f"http://127.0.0.1:{port}/healthz")
-        wait_until_ready(server.process, healthz, "depot serve", output=server.output)
+        wait_until_ready(
+            server.process, healthz, "depot serve", timeout_s=timeout_s, output=server.output
+        )
         yield server
 
 
