@@ -33,6 +33,11 @@ from workers.resources import open_resources
 T = TypeVar("T")
 
 LOG_LEVELS = click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False)
+METRICS_PORT = click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    help="Serve Prometheus metrics on this port (every interface); off when not given.",
+)
 
 
 # A request line and headers fit in 16 KiB (nginx's default header buffers
@@ -219,7 +224,8 @@ def _wait_for_stop() -> None:
     help="Jobs run at once; overrides DEPOT_WORKER_THREADS.",
 )
 @click.option("--log-level", type=LOG_LEVELS, help="Overrides DEPOT_LOG_LEVEL.")
-def worker(threads: int | None, log_level: str | None) -> None:
+@METRICS_PORT
+def worker(threads: int | None, log_level: str | None, metrics_port: int | None) -> None:
     """Run jobs from Redis until SIGTERM or SIGINT (needs DEPOT_REDIS_URL).
 
     A stop takes no new job and gives running ones DEPOT_WORKER_STOP_GRACE_SECONDS
@@ -242,17 +248,25 @@ def worker(threads: int | None, log_level: str | None) -> None:
     jobs = worker_jobs(settings)
     running = Worker(jobs.broker, jobs.queue, threads or settings.worker_threads)
     running.start()
-    click.echo("Depot worker running; stop it with Ctrl-C or SIGTERM.", err=True)
+    stop_metrics = None
     try:
+        if metrics_port is not None:
+            from workers.metrics import serve_worker_metrics
+
+            stop_metrics = serve_worker_metrics(jobs, metrics_port)
+        click.echo("Depot worker running; stop it with Ctrl-C or SIGTERM.", err=True)
         _wait_for_stop()
     finally:
+        if stop_metrics is not None:
+            stop_metrics()
         # Time for the grace period and for a job to reach its next progress point.
         running.stop(timeout_ms=int((settings.worker_stop_grace_seconds + STOP_MARGIN_S) * 1000))
 
 
 @main.command()
 @click.option("--log-level", type=LOG_LEVELS, help="Overrides DEPOT_LOG_LEVEL.")
-def scheduler(log_level: str | None) -> None:
+@METRICS_PORT
+def scheduler(log_level: str | None, metrics_port: int | None) -> None:
     """Run periodic maintenance until SIGTERM or SIGINT.
 
     Purges old trash, expires unused upload tickets, sends stuck jobs again,
@@ -273,7 +287,7 @@ def scheduler(log_level: str | None) -> None:
     _prepare_schema(settings)
     from workers.scheduler import serve as serve_scheduler
 
-    asyncio.run(serve_scheduler(settings))
+    asyncio.run(serve_scheduler(settings, metrics_port=metrics_port))
 
 
 @main.group()

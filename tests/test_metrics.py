@@ -9,22 +9,27 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.settings import Settings
 from tests.conftest import make_settings, serve_app
+from tests.processes import depot, free_port, in_background
 from tests.support import (
     JOB_EVENTS,
     bearer,
     graphql,
     many_entries_zip,
     next_message,
+    require_service,
     signed_in,
     start_job,
+    storage_root,
     subscribe,
     subscriber,
     upload_file,
@@ -229,3 +234,55 @@ async def test_development_is_open_unless_a_token_is_set(tmp_path: Path) -> None
     async with serve_app(make_settings(tmp_path, metrics_token=METRICS_TOKEN)) as client:
         assert (await client.get("/metrics")).status_code == 401
         assert (await client.get("/metrics", headers=bearer(METRICS_TOKEN))).status_code == 200
+
+
+# -- depot worker and depot scheduler ------------------------------------------------------
+
+
+def _scrape_port(port: int) -> Series:
+    response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    assert response.status_code == 200, response.text
+    return parse(response.text)
+
+
+@pytest.mark.redis
+async def test_worker_and_scheduler_serve_metrics_on_their_port(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
+        storage_url=storage_root(tmp_path).as_uri(),
+        job_heartbeat_seconds=0.2,
+    )
+    scheduler_port, worker_port = free_port(), free_port()
+    async with AsyncExitStack() as stack:
+        client = await stack.enter_async_context(serve_app(settings))
+        scheduler = ["scheduler", "--metrics-port", str(scheduler_port)]
+        await stack.enter_async_context(
+            in_background(depot(scheduler, settings, tmp_path / "scheduler.log", ready="scheduled"))
+        )
+        _, headers = await signed_in(client)
+        file = await upload_file(client, headers, "a.txt", b"hello\n")
+        # No worker yet: the job waits, and the scheduler's scrape counts it in the database.
+        job = await start_job(client, headers, {"verify": {"fileId": file["id"]}})
+        series = await anyio.to_thread.run_sync(_scrape_port, scheduler_port)
+        assert value(series, "depot_jobs_queued", kind="verify") == 1
+        assert ("depot_database_connections_in_use", frozenset()) in series
+
+        worker = ["worker", "--metrics-port", str(worker_port)]
+        await stack.enter_async_context(
+            in_background(depot(worker, settings, tmp_path / "worker.log", ready="worker running"))
+        )
+        assert (await wait_for_job(client, headers, job["id"]))["status"] == "SUCCEEDED"
+        series = await anyio.to_thread.run_sync(_scrape_port, worker_port)
+        # A fresh process: what it counted is this one job.
+        assert value(series, "depot_jobs_started_total", kind="verify") == 1
+        assert value(series, "depot_job_attempts_total", kind="verify") == 1
+        finished = {"kind": "verify", "status": "succeeded"}
+        assert value(series, "depot_jobs_finished_total", **finished) == 1
+        assert value(series, "depot_job_duration_seconds_count", kind="verify") == 1
+        assert value(series, "depot_job_queue_wait_seconds_count", kind="verify") == 1
+        assert total(series, "depot_jobs_queued") == total(series, "depot_jobs_running") == 0
+        assert "depot_http_requests_total" not in {name for name, _ in series}

@@ -30,9 +30,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.metrics import serve_metrics
 from core.settings import Settings
 from core.time import utcnow
 from workers.maintenance import UsageSuspects, run_all
+from workers.metrics import HOST as METRICS_HOST
+from workers.metrics import job_counts_on
 from workers.resources import Resources, open_resources
 
 logger = structlog.get_logger("depot.maintenance")
@@ -206,8 +209,9 @@ class NeedsRedis(RuntimeError):
     """``depot scheduler`` was started without ``DEPOT_REDIS_URL``."""
 
 
-async def serve(settings: Settings) -> None:
-    """``depot scheduler``: run maintenance with its own clients until SIGTERM or SIGINT.
+async def serve(settings: Settings, *, metrics_port: int | None = None) -> None:
+    """``depot scheduler``: run maintenance with its own clients until SIGTERM or SIGINT,
+    serving its metrics on ``metrics_port`` when given (``workers.metrics``).
 
     The caller has prepared the database schema and the logging.
     """
@@ -224,11 +228,18 @@ async def serve(settings: Settings) -> None:
     try:
         async with open_resources(settings) as resources:
             maintenance = Maintenance(resources)
+            stop_metrics = None
             try:
+                if metrics_port is not None:
+                    counts = job_counts_on(loop, resources.sessionmaker)
+                    stop_metrics = serve_metrics(metrics_port, METRICS_HOST, counts)
                 await maintenance.start()
                 await stopping.wait()
                 logger.info("scheduler stopping")
             finally:
+                if stop_metrics is not None:
+                    # The server's thread may be waiting on this loop: stop it off the loop.
+                    await asyncio.to_thread(stop_metrics)
                 await maintenance.stop()
     finally:
         for signum in signals:
