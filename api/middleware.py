@@ -59,13 +59,6 @@ def route_template(scope: Scope) -> str:
     return path if isinstance(path, str) else UNMATCHED
 
 
-def _record(scope: Scope, status: int, seconds: float) -> None:
-    """One request into the HTTP families: two label lookups and two updates, ~3 µs."""
-    labels = (route_template(scope), metrics.method_label(scope["method"]), str(status))
-    metrics.HTTP_REQUESTS.labels(*labels).inc()
-    metrics.HTTP_DURATION.labels(*labels).observe(seconds)
-
-
 def _incoming_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
@@ -116,7 +109,10 @@ class RequestIdMiddleware:
                 if scope["type"] == "http":
                     seconds = time.perf_counter() - started
                     if self.metrics:
-                        _record(scope, status, seconds)
+                        # A dict lookup, a counter step and a histogram bucket: ~2 µs.
+                        metrics.http_request(
+                            route_template(scope), scope["method"], status, seconds
+                        )
                     logger.info(
                         "request",
                         method=scope["method"],

@@ -11,6 +11,11 @@ gives min / median / max of those ratios over the rounds. ::
     python -m bench.http                                  # 5 rounds x 5 s, every request
     python -m bench.http --rounds 3 --seconds 5 --requests typename,me
     python -m bench.http --connections 64 --threads 2
+    python -m bench.http --requests metrics               # what the metrics cost
+
+``metrics`` compares ``{ __typename }`` on Depot with a second ``depot serve``
+that has ``DEPOT_METRICS_ENABLED=false``: the ratio is what metrics leave of
+the throughput.
 
 PostgreSQL (``--database-url``, else ``DEPOT_TEST_POSTGRES_URL``) is needed for
 the files page; without it Depot runs on SQLite and that request is skipped.
@@ -61,7 +66,7 @@ UPLOAD: Final = (
     "mutation Up($file: Upload!, $path: String) { uploadFile(file: $file, path: $path) { id } }"
 )
 CREATE_TOKEN: Final = 'mutation { createAccessToken(name: "bench") { token } }'  # noqa: S105
-REQUESTS: Final = ("typename", "me", "files")
+REQUESTS: Final = ("typename", "me", "files", "metrics")
 # Samples of a counted request; the first few warm the pools and statement caches.
 COUNT_WARMUP: Final = 3
 COUNT_SAMPLES: Final = 5
@@ -190,7 +195,12 @@ async def seed(url: str, files: int) -> Seeded:
 
 
 def comparisons(
-    depot_url: str, baseline_url: str, seeded: Seeded, requests: Sequence[str], page: int
+    depot_url: str,
+    baseline_url: str,
+    seeded: Seeded,
+    requests: Sequence[str],
+    page: int,
+    unmetered_url: str | None = None,
 ) -> list[Comparison]:
     jwt = seeded.account.headers
     depot = f"{depot_url}/graphql"
@@ -211,6 +221,18 @@ def comparisons(
                 Target("raw Starlette JSON", f"{baseline_url}/json", payload(TYPENAME)),
             ),
         ]
+    if "metrics" in requests and unmetered_url is not None:
+        found.append(
+            Comparison(
+                "{ __typename }, metrics on / off",
+                Target("Depot { __typename }, metrics on", depot, payload(TYPENAME)),
+                Target(
+                    "Depot { __typename }, metrics off",
+                    f"{unmetered_url}/graphql",
+                    payload(TYPENAME),
+                ),
+            )
+        )
     if "me" in requests:
         found += [
             Comparison(
@@ -460,10 +482,14 @@ async def run(args: argparse.Namespace, postgres_url: str | None) -> str:
             notes.append(f"Depot on {'PostgreSQL' if url else 'SQLite'}, uvicorn, one process")
             port, baseline_port = free_port(), free_port()
             stack = Stack(workdir, depot_environment(workdir, port, depot_db), port)
+            # The same Depot without metrics (same secret, so the bench's tokens hold).
+            unmetered = Stack(workdir, dict(stack.env, DEPOT_METRICS_ENABLED="false"), free_port())
             baselines: Process | None = None
             try:
                 progress("starting depot serve and the baselines")
                 await asyncio.to_thread(stack.start_serve)
+                if "metrics" in requests:
+                    await asyncio.to_thread(unmetered.start_serve)
                 baselines = await asyncio.to_thread(
                     start_baselines, workdir, baseline_port, url, "baselines.log"
                 )
@@ -472,7 +498,9 @@ async def run(args: argparse.Namespace, postgres_url: str | None) -> str:
                     encoder = str((await client.get(f"{baseline_url}/healthz")).json()["encoder"])
                 progress(f"seeding an account and {args.files} files")
                 seeded = await seed(stack.url, args.files if "files" in requests else 0)
-                runs = comparisons(stack.url, baseline_url, seeded, requests, args.files)
+                runs = comparisons(
+                    stack.url, baseline_url, seeded, requests, args.files, unmetered.url
+                )
                 await check(runs)
                 trips: dict[str, tuple[Trips, Trips]] = {}
                 if url is not None:
@@ -482,6 +510,7 @@ async def run(args: argparse.Namespace, postgres_url: str | None) -> str:
                 await check(runs)  # still answering correctly after the load
             finally:
                 stack.stop()
+                unmetered.stop()
                 if baselines is not None:
                     baselines.stop()
     return report(runs, trips, args, encoder, notes)

@@ -143,6 +143,39 @@ _METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "O
 _CODE: Final = re.compile(r"[A-Z][A-Z0-9_]{0,39}")
 
 
+# Label children by their label values: ``labels()`` validates and locks on every
+# call; a dict lookup does not. Bounded, as the label values are.
+_http_children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+_operation_children: dict[tuple[str, str, str], tuple[Counter, Histogram]] = {}
+
+
+def http_request(route: str, method: str, status: int, seconds: float) -> None:
+    """Count and time one HTTP request (``route``: its template; ``method`` as sent)."""
+    key = (route, method, status)
+    children = _http_children.get(key)
+    if children is None:
+        labels = (route, method_label(method), str(status))
+        children = (HTTP_REQUESTS.labels(*labels), HTTP_DURATION.labels(*labels))
+        _http_children[key] = children
+    children[0].inc()
+    children[1].observe(seconds)
+
+
+def graphql_operation(operation: str, kind: str, outcome: str, seconds: float | None) -> None:
+    """Count one GraphQL operation, and time it unless ``seconds`` is None."""
+    key = (operation, kind, outcome)
+    children = _operation_children.get(key)
+    if children is None:
+        children = (
+            GRAPHQL_OPERATIONS.labels(operation, kind, outcome),
+            GRAPHQL_DURATION.labels(operation, kind),
+        )
+        _operation_children[key] = children
+    children[0].inc()
+    if seconds is not None:
+        children[1].observe(seconds)
+
+
 def method_label(method: str) -> str:
     """An HTTP method as a label: the standard ones as they are, anything else ``OTHER``."""
     return method if method in _METHODS else "OTHER"

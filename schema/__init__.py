@@ -22,7 +22,6 @@ from schema.files import FileMutation, FileQuery
 from schema.jobs import JobMutation, JobQuery
 from schema.limits import Limits, limit_rules, query_cost
 from schema.loaders import FreshLoaders
-from schema.metrics import OperationMetrics
 from schema.nodes import File, Job, User
 from schema.query import Query as NodeQuery
 from schema.scalars import SCALARS
@@ -85,8 +84,6 @@ def build_schema(
     # keys must not change between operations: see `limit_rules`.
     extensions: list[Any] = [
         *([OperationSpan] if traced else []),
-        # First, so that it times the whole operation and reads the final error codes.
-        *([OperationMetrics] if metrics else []),
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         lambda: SyntaxSafeParserCache(maxsize=256),
         limit_rules(limits),
@@ -96,7 +93,8 @@ def build_schema(
         # A fixed rule class, so the validation cache key stays the same.
         *([] if introspection else [DisableIntrospection]),
         FreshLoaders,
-        ErrorCodes if suggestions else ErrorCodes.without_suggestions,
+        # Also counts and times operations (`schema.metrics`), unless `metrics` is off.
+        lambda: ErrorCodes.configured(suggestions=suggestions, metrics=metrics),
     ]
     return _Schema(
         query=Query,

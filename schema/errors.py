@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,7 @@ from strawberry.types.execution import ExecutionResult, StreamExecutionResult
 
 from core.errors import DepotError
 from schema.limits import bound_errors
+from schema.metrics import record_operation
 
 logger = structlog.get_logger("depot.graphql")
 
@@ -36,34 +38,55 @@ _SUGGESTION = re.compile(r" ?Did you mean [^?]*\?")
 class ErrorCodes(SchemaExtension):
     """Give every error an ``extensions.code``; mask and log unexpected ones.
 
-    :meth:`without_suggestions` also drops graphql-core's "Did you mean …?"
-    from request errors: in production it would spell out the schema to
-    someone guessing at it with introspection turned off.
+    :meth:`configured` with ``suggestions=False`` also drops graphql-core's
+    "Did you mean …?" from request errors: in production it would spell out
+    the schema to someone guessing at it with introspection turned off.
+
+    With ``metrics`` (the default), it also counts and times each operation
+    with the code it ended with (:func:`schema.metrics.record_operation`):
+    being the hook that knows the final codes, it saves the operation a
+    second extension.
     """
 
     suggestions = True
+    metrics = True
+
+    @classmethod
+    def configured(cls, *, suggestions: bool = True, metrics: bool = True) -> ErrorCodes:
+        """The extension for a schema with (or without) suggestions and metrics."""
+        extension = cls()
+        extension.suggestions = suggestions
+        extension.metrics = metrics
+        return extension
 
     @classmethod
     def without_suggestions(cls) -> ErrorCodes:
         """The extension for a schema whose errors suggest no names."""
-        extension = cls()
-        extension.suggestions = False
-        return extension
+        return cls.configured(suggestions=False)
 
     def on_operation(self) -> Iterator[None]:
         self._streamed = False
+        self._streamed_errors: list[GraphQLError] | None = None
+        started = time.perf_counter()
         yield
         result = self.execution_context.result
         # A streamed result was mapped before it was sent; mapping it twice
         # would turn its coded errors into INTERNAL_SERVER_ERROR.
         if not self._streamed and result is not None and result.errors:
             result.errors = bound_errors([self._map(error) for error in result.errors])
+        if self.metrics:
+            errors = self._streamed_errors
+            if not self._streamed and isinstance(result, ExecutionResult):
+                errors = result.errors
+            record_operation(self.execution_context, time.perf_counter() - started, errors)
 
     def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
         # WebSocket operations send each result before on_operation resumes.
         self._streamed = True
         if isinstance(result, ExecutionResult) and result.errors:
             result.errors = bound_errors([self._map(error) for error in result.errors])
+            # The operation's outcome is its first error.
+            self._streamed_errors = self._streamed_errors or result.errors
         yield
 
     def _map(self, error: GraphQLError) -> GraphQLError:

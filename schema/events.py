@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import strawberry
 
-from core import jobs
+from core import jobs, metrics
 from core.errors import BadUserInput
 from core.eventlog import BadCursor, follow, parse_cursor
 from core.events import (
@@ -145,11 +145,12 @@ class Subscription:
             return JobStatusChanged.of(job, at=job.finished_at).to_data()
 
         entries = follow(info.context.events, job_stream(key), after, caught_up=final_state)
-        async for entry in entries:
-            event = JobStatusChanged.from_data(entry.data)
-            yield JobEvent.from_event(entry.cursor, event)
-            if event.status.is_final:
-                return
+        with metrics.SUBSCRIPTIONS.track_inprogress():
+            async for entry in entries:
+                event = JobStatusChanged.from_data(entry.data)
+                yield JobEvent.from_event(entry.cursor, event)
+                if event.status.is_final:
+                    return
 
     @strawberry.subscription(
         description="Your events as they happen: job status changes, files jobs created, "
@@ -164,5 +165,6 @@ class Subscription:
         events = info.context.events
         if after is None:
             after = await events.last(stream)
-        async for entry in follow(events, stream, after):
-            yield UserEvent.from_event(entry.cursor, from_data(entry.data))
+        with metrics.SUBSCRIPTIONS.track_inprogress():
+            async for entry in follow(events, stream, after):
+                yield UserEvent.from_event(entry.cursor, from_data(entry.data))
