@@ -75,9 +75,7 @@ class ErrorCodes(SchemaExtension):
         if not self._streamed and result is not None and result.errors:
             result.errors = bound_errors([self._map(error) for error in result.errors])
         if self.metrics:
-            errors = self._streamed_errors
-            if not self._streamed and isinstance(result, ExecutionResult):
-                errors = result.errors
+            errors = self._streamed_errors if self._streamed else getattr(result, "errors", None)
             record_operation(self.execution_context, time.perf_counter() - started, errors)
 
     def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:

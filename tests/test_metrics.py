@@ -18,6 +18,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.settings import Settings
+from schema.ids import encode_id
 from tests.conftest import make_settings, serve_app
 from tests.processes import depot, free_port, in_background
 from tests.support import (
@@ -88,6 +89,8 @@ async def test_a_scrape_after_traffic_has_every_family(tmp_path: Path) -> None:
         token, headers = await signed_in(client)
         assert (await client.post("/graphql", json=TYPENAME)).status_code == 200
         assert (await client.get("/no/such/path")).status_code == 404
+        await client.post("/graphql", json={"query": "{ files { totalCount } }"})  # signed out
+        await client.post("/graphql", json={"query": "{ me { "})  # GRAPHQL_PARSE_FAILED
         file = await upload_file(client, headers, "a.txt", b"hello metrics\n" * 100)
         body = await graphql(client, DOWNLOAD_URL, {"id": file["id"]}, headers=headers)
         link = httpx.URL(body["data"]["file"]["downloadUrl"])
@@ -101,6 +104,11 @@ async def test_a_scrape_after_traffic_has_every_family(tmp_path: Path) -> None:
                 message = await next_message(ws)
                 heard[message["id"]].append(message["type"])
             during = await scrape(client)  # `myEvents` runs, `jobEvents` has completed
+            gone = encode_id("Job", uuid.uuid4())
+            await subscribe(ws, "gone", JOB_EVENTS, {"id": gone, "after": None})
+            while (refused := await next_message(ws))["id"] != "gone":
+                pass  # `myEvents` may still speak
+            assert refused["payload"]["errors"][0]["extensions"]["code"] == "NOT_FOUND"
         await wait_for_job(client, headers, job["id"])
         response = await client.get("/metrics")
         after = parse(response.text)
@@ -120,6 +128,13 @@ async def test_a_scrape_after_traffic_has_every_family(tmp_path: Path) -> None:
     assert delta(after, before, "depot_graphql_operations_total", **ok_query) >= 2
     assert delta(after, before, "depot_graphql_operations_total", type="mutation") >= 3
     assert delta(after, before, "depot_graphql_operations_total", type="subscription") >= 1
+    # Failed operations by their code, over HTTP and over the socket.
+    refused = {"type": "query", "outcome": "UNAUTHENTICATED"}
+    assert delta(after, before, "depot_graphql_operations_total", **refused) == 1
+    unparsed = {"type": "unknown", "outcome": "GRAPHQL_PARSE_FAILED"}
+    assert delta(after, before, "depot_graphql_operations_total", **unparsed) == 1
+    missing = {"type": "subscription", "outcome": "NOT_FOUND"}
+    assert delta(after, before, "depot_graphql_operations_total", **missing) == 1
     timed = {"operation": "anonymous", "type": "query"}
     assert delta(after, before, "depot_graphql_operation_duration_seconds_count", **timed) >= 2
     assert value(during, "depot_websocket_connections") >= 1
