@@ -239,7 +239,19 @@ class _Sources:
 _LIVE_GAUGE_FILE: Final = re.compile(r"gauge_live[a-z]+_(\d+)\.db")
 
 
+# Linux tells a zombie (dead, not yet reaped by its parent) from a live process.
+_PROC: Final = os.path.exists("/proc/self/stat")
+
+
 def _alive(pid: int) -> bool:
+    if _PROC:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+                state = stat.read().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return False
+        # A zombie is dead: uvicorn's supervisor may take a while to reap it.
+        return state not in ("Z", "X")
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
