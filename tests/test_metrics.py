@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from core.settings import Settings
 from schema.ids import encode_id
 from tests.conftest import make_settings, serve_app
-from tests.processes import depot, free_port, in_background
+from tests.processes import depot, free_port, in_background, redis_server
 from tests.support import (
     JOB_EVENTS,
     bearer,
@@ -75,6 +75,26 @@ def delta(after: Series, before: Series, name: str, **labels: str) -> float:
     return total(after, name, **labels) - total(before, name, **labels)
 
 
+# As the parser names them: a counter without its `_total`.
+FAMILIES = {
+    "depot_http_requests",
+    "depot_http_request_duration_seconds",
+    "depot_graphql_operations",
+    "depot_graphql_operation_duration_seconds",
+    "depot_websocket_connections",
+    "depot_subscriptions",
+    "depot_upload_bytes",
+    "depot_jobs_started",
+    "depot_jobs_finished",
+    "depot_job_duration_seconds",
+    "depot_job_queue_wait_seconds",
+    "depot_job_attempts",
+    "depot_job_takeovers",
+    "depot_jobs_queued",
+    "depot_jobs_running",
+    "depot_event_publish_failures",
+    "depot_database_connections_in_use",
+}
 TYPENAME = {"query": "{ __typename }"}
 CANCEL = "mutation C($id: ID!) { cancelJob(id: $id) { id } }"
 DOWNLOAD_URL = "query File($id: ID!) { file(id: $id) { downloadUrl } }"
@@ -112,6 +132,10 @@ async def test_a_scrape_after_traffic_has_every_family(tmp_path: Path) -> None:
         await wait_for_job(client, headers, job["id"])
         response = await client.get("/metrics")
         after = parse(response.text)
+
+    # Every family is declared, whether or not it has counted anything yet.
+    declared = {family.name for family in text_string_to_metric_families(response.text)}
+    assert not FAMILIES - declared, "families missing from the scrape"
 
     # HTTP: by route template, method and status; never a raw path or a token.
     assert delta(after, before, "depot_http_requests_total", route="/graphql", status="200") >= 5
@@ -159,9 +183,11 @@ async def test_a_scrape_after_traffic_has_every_family(tmp_path: Path) -> None:
     assert 0 <= wait_s < 30
     assert total(after, "depot_jobs_running", kind="verify") == 0
 
-    # The rest: the pool gauge is there (and back to rest), failures only when they happen.
+    # The rest: failures only when they happen.
+    # Every connection checked out for the traffic was checked in again.
     assert ("depot_database_connections_in_use", frozenset()) in after
-    assert value(after, "depot_database_connections_in_use") >= 0
+    pool = "depot_database_connections_in_use"
+    assert value(after, pool) == value(before, pool) >= 0
     assert delta(after, before, "depot_event_publish_failures_total") == 0
 
 
@@ -301,3 +327,22 @@ async def test_worker_and_scheduler_serve_metrics_on_their_port(
         assert value(series, "depot_job_queue_wait_seconds_count", kind="verify") == 1
         assert total(series, "depot_jobs_queued") == total(series, "depot_jobs_running") == 0
         assert "depot_http_requests_total" not in {name for name, _ in series}
+
+
+@pytest.mark.redis
+async def test_events_the_bus_cannot_take_are_counted(tmp_path: Path, database_url: str) -> None:
+    """Redis stopped: a request's announcement fails at once (a request does not wait)."""
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(in_background(redis_server(tmp_path / "redis")))
+        settings = make_settings(tmp_path, database_url=database_url, redis_url=redis.url)
+        client = await stack.enter_async_context(serve_app(settings))
+        _, headers = await signed_in(client)
+        file = await upload_file(client, headers, "a.txt", b"x")
+        before = await scrape(client)
+        await anyio.to_thread.run_sync(redis.stop)
+        delete = "mutation D($id: ID!) { deleteFile(id: $id) { id } }"
+        body = await graphql(client, delete, {"id": file["id"]}, headers=headers)
+        assert "errors" not in body, body  # the change stands; only the news is lost
+        after = await scrape(client)
+        failures = "depot_event_publish_failures_total"
+        assert delta(after, before, failures, type="FILE_DELETED") == 1
