@@ -63,6 +63,8 @@ def _settings(tmp_path: Path, database_url: str) -> Settings:
         redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
         storage_url=storage_root(tmp_path).as_uri(),
         job_heartbeat_seconds=0.2,
+        # The kill test opens sockets until both processes hold some.
+        ws_connections_per_user=MAX_SOCKETS,
     )
 
 
