@@ -2,7 +2,9 @@
 #
 # Depot's production image: `docker build -t depot .`, or `docker compose up`
 # (see compose.yaml). The same image runs `depot serve`, `depot worker`,
-# `depot scheduler` and `depot migrate`.
+# `depot scheduler` and `depot migrate`, as uid 10001 and on a read-only
+# root filesystem (deploy/k8s mounts an emptyDir at /tmp, the one directory
+# Depot writes to in production).
 
 ARG PYTHON_IMAGE=python:3.11-slim
 
@@ -14,6 +16,12 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 
 WORKDIR /src
+# The lock first, in a layer of its own: a code change reuses it. Every
+# package (and the setuptools that builds Depot) at its locked version,
+# checked against its locked hashes; `make lock` refreshes the file.
+COPY requirements/runtime.txt ./requirements/
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --require-hashes -r requirements/runtime.txt
 # pyproject.toml names README.md as the long description, so the build needs it.
 COPY pyproject.toml README.md ./
 COPY api ./api
@@ -22,9 +30,9 @@ COPY migrations ./migrations
 COPY schema ./schema
 COPY storage ./storage
 COPY workers ./workers
-# A regular (not editable) install without the dev extras: the venv holds
-# everything the runtime stage needs, and nothing points back at /src.
-RUN --mount=type=cache,target=/root/.cache/pip pip install .
+# A regular (not editable) install of Depot alone: its dependencies are all
+# in the venv already, and nothing points back at /src.
+RUN pip install --no-deps --no-build-isolation . && pip check
 
 # --- runtime: the venv, a non-root user, nothing else -----------------------
 FROM ${PYTHON_IMAGE} AS runtime

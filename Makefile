@@ -10,16 +10,31 @@ PYTEST_ARGS ?=
 # 0 runs the suite in this one process.
 PYTEST_WORKERS ?= auto
 
-.PHONY: install run test lint format schema docs services services-stop clean
+.PHONY: install lock run test lint format schema docs services services-stop clean
 
-$(STAMP): pyproject.toml
+# The lock: every package at the version (and hashes) tested, for every
+# platform and Python >= 3.11. requirements/runtime.txt is the image's share.
+LOCK := requirements/dev.txt
+LOCK_ARGS ?=
+LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
+
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Depot needs Python 3.11 or newer; set PYTHON=python3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	@$(BIN)/pip check >/dev/null || { $(BIN)/pip check; echo "$(LOCK) lacks what pyproject.toml asks for: run 'make lock'"; exit 1; }
 	@touch $(STAMP)
 
-install: $(STAMP) ## Create .venv and install Depot with its development tools
+install: $(STAMP) ## Create .venv and install Depot with its development tools from the lock
+
+# uv keeps every pin the files already hold unless told otherwise:
+# `make lock` after editing pyproject.toml changes only what it must;
+# `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed.
+lock: ## Refresh requirements/*.txt (the lock) from pyproject.toml
+	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet 'uv>=0.9,<1'; }
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra dev $(LOCK_FLAGS) -o requirements/dev.txt
+	$(BIN)/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) -o requirements/runtime.txt
 
 run: $(STAMP) ## Serve Depot on the embedded defaults: http://localhost:8000/graphql
 	$(BIN)/depot serve
