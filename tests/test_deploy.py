@@ -1,4 +1,4 @@
-"""The Dockerfile and compose.yaml run real ``depot`` commands with real settings.
+"""The Dockerfile, compose.yaml and deploy/ run real ``depot`` commands with real settings.
 
 No Docker engine is needed: the files are parsed, and each command line is
 handed to the click group that ``depot`` runs, so a renamed subcommand, option
@@ -20,13 +20,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import click
+import kubernetes_validate
 import pytest
 import yaml
 from click.testing import CliRunner
 
 from api.cli import main
-from core.settings import ENV_PREFIX, Settings
+from core.settings import ENV_PREFIX, Settings, load_settings
 from storage.s3 import parse_s3_url
+from tests import kustomize
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_SHOT = {"migrate", "create-bucket"}
@@ -321,3 +323,331 @@ def test_nginx_configuration_does_what_the_readme_says() -> None:
         "DEPOT_TRUSTED_PROXIES",
     ):
         assert directive in conf, f"deploy/nginx.conf lacks {directive!r}"
+
+
+# -- deploy/k8s ------------------------------------------------------------------------
+
+K8S = ROOT / "deploy" / "k8s"
+OVERLAYS = sorted(path.parent for path in (K8S / "overlays").glob("*/kustomization.yaml"))
+SECRET_EXAMPLE = K8S / "secret.example.yaml"
+OLDEST_KUBERNETES = "1.30"
+"""The oldest Kubernetes the manifests are validated for (autoscaling/v2, policy/v1 and
+the restricted Pod Security profile are all older)."""
+
+K8S_COMMANDS = {
+    "api": "depot serve",
+    "worker": "depot worker",
+    "scheduler": "depot scheduler",
+    "migrate": "depot migrate upgrade",
+}
+"""The subcommand each component's container runs, as in compose.yaml."""
+SECRET_SETTINGS = {"DEPOT_SECRET_KEY", "DEPOT_DATABASE_URL", "DEPOT_REDIS_URL"}
+"""Settings that hold credentials: in the Secret, never in the ConfigMap."""
+OUTSIDE_VARIABLES = ("AWS_", "OTEL_")
+"""Prefixes of the standard variables that the AWS SDK and OpenTelemetry read."""
+
+
+def _rendered(overlay: Path) -> list[dict[str, Any]]:
+    return kustomize.render(overlay)
+
+
+@functools.cache
+def _production() -> list[dict[str, Any]]:
+    return _rendered(K8S / "overlays" / "production")
+
+
+def _secret_example() -> dict[str, Any]:
+    secret: dict[str, Any] = yaml.safe_load(SECRET_EXAMPLE.read_text())
+    return secret
+
+
+def _objects(kind: str) -> dict[str, dict[str, Any]]:
+    return {obj["metadata"]["name"]: obj for obj in _production() if obj["kind"] == kind}
+
+
+def _pod_templates() -> dict[str, dict[str, Any]]:
+    """Each workload's pod template, by its ``app.kubernetes.io/component`` label."""
+    workloads = [*_objects("Deployment").values(), *_objects("Job").values()]
+    templates = [workload["spec"]["template"] for workload in workloads]
+    return {
+        template["metadata"]["labels"]["app.kubernetes.io/component"]: template
+        for template in templates
+    }
+
+
+def _containers() -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (component, container)
+        for component, template in _pod_templates().items()
+        for container in template["spec"].get("initContainers", []) + template["spec"]["containers"]
+    ]
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}, selector
+    return selector["matchLabels"].items() <= labels.items()
+
+
+def test_every_overlay_is_found() -> None:
+    assert [overlay.name for overlay in OVERLAYS] == ["production"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=lambda path: path.name)
+def test_kubectl_renders_the_overlay_as_the_test_does(overlay: Path) -> None:
+    """The renderer the other tests use agrees with the real kustomize (inside kubectl)."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        if os.environ.get("CI"):
+            pytest.fail("kubectl is not installed, but CI must check the overlays render alike")
+        pytest.skip("kubectl is not installed; its kustomize checks the renderer")
+    built = subprocess.run(
+        [kubectl, "kustomize", str(overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+
+    def key(obj: dict[str, Any]) -> tuple[str, str]:
+        return obj["kind"], obj["metadata"]["name"]
+
+    expected = sorted((obj for obj in yaml.safe_load_all(built.stdout) if obj), key=key)
+    assert sorted(_rendered(overlay), key=key) == expected
+
+
+@pytest.mark.parametrize(
+    "kustomization",
+    [
+        {"resources": ["x.yaml"], "commonLabels": {"a": "b"}},
+        {"resources": ["x.yaml"], "patches": [{"target": {"kind": "ConfigMap", "name": "y"}}]},
+        {
+            "resources": ["x.yaml"],
+            "patches": [
+                {
+                    "target": {"kind": "ConfigMap", "name": "x"},
+                    "patch": "[{op: replace, path: /data/missing, value: v}]",
+                }
+            ],
+        },
+    ],
+)
+def test_the_renderer_refuses_what_it_does_not_understand(
+    tmp_path: Path, kustomization: dict[str, Any]
+) -> None:
+    (tmp_path / "x.yaml").write_text(
+        "{apiVersion: v1, kind: ConfigMap, metadata: {name: x}, data: {}}"
+    )
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    with pytest.raises(kustomize.KustomizeError):
+        kustomize.render(tmp_path)
+
+
+def _all_manifests() -> list[dict[str, Any]]:
+    return [*_production(), _secret_example()]
+
+
+@pytest.mark.parametrize("version", [OLDEST_KUBERNETES, kubernetes_validate.utils.latest_version()])
+def test_every_manifest_validates_against_the_kubernetes_schemas(version: str) -> None:
+    """Strict: an unknown or misspelt field fails too, not only a wrong type."""
+    for obj in _all_manifests():
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = "/".join(str(part) for part in exc.absolute_path)
+            pytest.fail(f"{obj['kind']} {obj['metadata']['name']} /{where}: {exc.message}")
+
+
+def test_the_schema_check_catches_a_misspelt_field() -> None:
+    (deployment, *_) = _objects("Deployment").values()
+    broken = json.loads(json.dumps(deployment))
+    broken["spec"]["template"]["spec"]["containers"][0]["readinessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, OLDEST_KUBERNETES, strict=True)
+
+
+def test_every_component_runs_its_depot_command() -> None:
+    assert {component for component, _ in _containers()} == set(K8S_COMMANDS)
+    for component, container in _containers():
+        words = [*container.get("command", []), *container.get("args", [])]
+        _depot_command(words, K8S_COMMANDS[component])
+
+
+def _config_names() -> set[str]:
+    (config,) = _objects("ConfigMap").values()
+    return set(config["data"])
+
+
+def _secret_names() -> set[str]:
+    return set(_secret_example()["stringData"])
+
+
+def test_every_environment_name_is_a_real_setting() -> None:
+    names = _config_names() | _secret_names()
+    for _, container in _containers():
+        names |= {variable["name"] for variable in container.get("env", [])}
+    outside = {name for name in names if name.startswith(OUTSIDE_VARIABLES)}
+    _assert_real_settings(sorted(names - outside))
+    assert names - outside == {name for name in names if name.startswith(ENV_PREFIX)}
+
+
+def test_the_config_map_and_secret_hold_every_setting_once() -> None:
+    settings = {ENV_PREFIX + field.upper() for field in Settings.model_fields}
+    config, secret = _config_names(), _secret_names()
+    assert not settings - config - secret, (
+        f"add to deploy/k8s: {sorted(settings - config - secret)}"
+    )
+    assert not config & secret
+    assert secret & settings == SECRET_SETTINGS
+
+
+def test_every_container_reads_the_config_map_and_the_secret() -> None:
+    (config,) = _objects("ConfigMap")
+    for component, container in _containers():
+        sources = [
+            source.get("configMapRef", source.get("secretRef"))["name"]
+            for source in container["envFrom"]
+        ]
+        assert sources == [config, _secret_example()["metadata"]["name"]], component
+
+
+def test_the_configuration_loads_as_production_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (config,) = _objects("ConfigMap").values()
+    monkeypatch.chdir(tmp_path)  # no .env of the checkout
+    for name, value in {**config["data"], **_secret_example()["stringData"]}.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    assert settings.is_production
+    assert settings.trusted_proxies, "the ingress stands in front: its forwarded headers count"
+    assert settings.redis_url is not None, "the worker and scheduler Deployments need Redis"
+    assert urlsplit(settings.storage_url).scheme == "s3", "every pod must see the same files"
+    assert str(settings.public_base_url).startswith("https://")
+    assert str(settings.var_dir).startswith("/tmp/"), "the root filesystem is read-only"
+
+
+def test_the_overlay_ships_no_secret() -> None:
+    """Placeholder credentials stay in the example; the real Secret comes from a secret store."""
+    assert not _objects("Secret")
+    assert _secret_example()["kind"] == "Secret"
+
+
+def _image_uid() -> int:
+    return int(_final_stage("USER")[-1].partition(":")[0])
+
+
+def test_the_dockerfile_runs_as_the_uid_the_pods_require() -> None:
+    assert _image_uid() == 10001
+
+
+def test_pods_run_unprivileged_on_a_read_only_root() -> None:
+    for component, template in _pod_templates().items():
+        spec = template["spec"]
+        assert spec["automountServiceAccountToken"] is False, component
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, component
+        assert pod["runAsUser"] == pod["runAsGroup"] == _image_uid(), component
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, component
+        tmp = {volume["name"] for volume in spec["volumes"] if "emptyDir" in volume}
+        for container in spec["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, component
+            assert context["allowPrivilegeEscalation"] is False, component
+            assert context["capabilities"] == {"drop": ["ALL"]}, component
+            mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+            assert mounts.get("/tmp") in tmp, f"{component}: /tmp must be a writable emptyDir"
+            resources = container["resources"]
+            for bound in ("requests", "limits"):
+                assert set(resources[bound]) == {"cpu", "memory"}, f"{component} {bound}"
+
+
+def test_the_api_is_probed_drained_and_served_on_its_port() -> None:
+    (api,) = (c for component, c in _containers() if component == "api")
+    options = _depot_command(api["command"], "depot serve")
+    port = options["port"]
+    assert options["host"] == "0.0.0.0"  # noqa: S104 - in a pod, every interface is the pod's
+    (container_port,) = api["ports"]
+    assert container_port["containerPort"] == port
+    assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": container_port["name"]}
+    assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": container_port["name"]}
+    # A pod leaves the endpoints before SIGTERM; the grace period covers the wait,
+    # uvicorn's own graceful shutdown (10 s) and closing the WebSockets.
+    sleep = api["lifecycle"]["preStop"]["exec"]["command"]
+    assert sleep[0] == "sleep"
+    grace = _pod_templates()["api"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= int(sleep[1]) + 10 + 5
+    (service,) = _objects("Service").values()
+    assert _matches(
+        {"matchLabels": service["spec"]["selector"]}, _pod_templates()["api"]["metadata"]["labels"]
+    )
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["targetPort"] == container_port["name"]
+    (ingress,) = _objects("Ingress").values()
+    (rule,) = ingress["spec"]["rules"]
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    assert backend == {"name": service["metadata"]["name"], "port": {"name": service_port["name"]}}
+
+
+def _megabytes(size: str) -> int:
+    assert size.endswith("m"), size
+    return int(size.removesuffix("m")) * 1024 * 1024
+
+
+def test_the_ingress_streams_large_bodies_and_keeps_websockets_open() -> None:
+    (ingress,) = _objects("Ingress").values()
+    annotations = ingress["metadata"]["annotations"]
+    prefix = "nginx.ingress.kubernetes.io/"
+    upload = int(Settings.model_fields["max_upload_bytes"].default)
+    assert _megabytes(annotations[prefix + "proxy-body-size"]) > upload
+    assert annotations[prefix + "proxy-request-buffering"] == "off"
+    assert annotations[prefix + "proxy-buffering"] == "off"
+    # Depot pings an idle subscription every 20 s; an hour covers any quiet spell.
+    assert int(annotations[prefix + "proxy-read-timeout"]) >= 3600
+    assert int(annotations[prefix + "proxy-send-timeout"]) >= 3600
+    assert ingress["spec"]["tls"], "the production overlay serves HTTPS"
+
+
+def test_autoscalers_own_the_replica_counts_of_what_they_scale() -> None:
+    deployments = _objects("Deployment")
+    scaled = {}
+    for hpa in _objects("HorizontalPodAutoscaler").values():
+        target = hpa["spec"]["scaleTargetRef"]
+        assert target["kind"] == "Deployment"
+        # A fixed `replicas` would reset the autoscaler's count on every apply.
+        assert "replicas" not in deployments[target["name"]]["spec"], target["name"]
+        scaled[target["name"]] = hpa["spec"]["metrics"]
+    ((api_metric,), (worker_metric,)) = scaled["depot-api"], scaled["depot-worker"]
+    assert api_metric["resource"]["name"] == "cpu"
+    assert worker_metric["external"]["metric"]["name"] == "depot_jobs_queued"
+
+
+@pytest.mark.parametrize("kind", ["PodDisruptionBudget", "NetworkPolicy"])
+def test_budgets_and_policies_select_depot_pods(kind: str) -> None:
+    labels = [template["metadata"]["labels"] for template in _pod_templates().values()]
+    for name, obj in _objects(kind).items():
+        selector = obj["spec"]["selector" if kind == "PodDisruptionBudget" else "podSelector"]
+        assert any(_matches(selector, pod) for pod in labels), f"{kind} {name} selects no pod"
+    if kind == "PodDisruptionBudget":
+        budgeted = {
+            obj["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"]
+            for obj in _objects(kind).values()
+        }
+        assert budgeted == {"api", "worker"}
+
+
+def test_only_the_ingress_and_prometheus_reach_the_api() -> None:
+    policies = _objects("NetworkPolicy").values()
+    api_labels = _pod_templates()["api"]["metadata"]["labels"]
+    worker_labels = _pod_templates()["worker"]["metadata"]["labels"]
+    for labels, reachable in ((api_labels, True), (worker_labels, False)):
+        rules = [
+            rule
+            for policy in policies
+            if "Ingress" in policy["spec"]["policyTypes"]
+            and _matches(policy["spec"]["podSelector"], labels)
+            for rule in policy["spec"].get("ingress", [])
+        ]
+        assert bool(rules) is reachable
+        assert all(source.get("namespaceSelector") for rule in rules for source in rule["from"])
