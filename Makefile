@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 # 0 runs the suite in this one process.
 PYTEST_WORKERS ?= auto
 
-.PHONY: install lock run test lint format schema docs services services-stop clean
+.PHONY: install lock run test lint audit format schema docs services services-stop clean
 
 # The lock: every package at the version (and hashes) tested, for every
 # platform and Python >= 3.11. requirements/runtime.txt is the image's share.
@@ -46,6 +46,9 @@ lint: $(STAMP) ## Lint, check formatting and type-check (strict)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+audit: $(STAMP) ## Check the locked packages against known vulnerabilities (pip-audit)
+	$(BIN)/python scripts/audit.py $(LOCK)
 
 format: $(STAMP) ## Fix lint findings and format the code
 	$(BIN)/ruff check --fix .
