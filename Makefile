@@ -16,7 +16,7 @@ PYTEST_WORKERS ?= auto
 # platform and Python >= 3.11. requirements/runtime.txt is the image's share.
 LOCK := requirements/dev.txt
 LOCK_ARGS ?=
-LOCK_FLAGS = --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
+LOCK_FLAGS = --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
 
 $(STAMP): pyproject.toml $(LOCK)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Depot needs Python 3.11 or newer; set PYTHON=python3.11 or newer")'
