@@ -511,14 +511,22 @@ def test_every_container_reads_the_config_map_and_the_secret() -> None:
         assert sources == [config, _secret_example()["metadata"]["name"]], component
 
 
-def test_the_configuration_loads_as_production_settings(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _k8s_settings() -> Settings:
+    """The settings a pod gets from the ConfigMap and the example Secret, and nothing else."""
     (config,) = _objects("ConfigMap").values()
-    monkeypatch.chdir(tmp_path)  # no .env of the checkout
-    for name, value in {**config["data"], **_secret_example()["stringData"]}.items():
-        monkeypatch.setenv(name, value)
-    settings = load_settings()
+    variables = {**config["data"], **_secret_example()["stringData"]}
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith(ENV_PREFIX):
+                patch.delenv(name)
+        patch.chdir(ROOT / "deploy")  # no .env of the checkout
+        for name, value in variables.items():
+            patch.setenv(name, value)
+        return load_settings()
+
+
+def test_the_configuration_loads_as_production_settings() -> None:
+    settings = _k8s_settings()
     assert settings.is_production
     assert settings.trusted_proxies, "the ingress stands in front: its forwarded headers count"
     assert settings.redis_url is not None, "the worker and scheduler Deployments need Redis"
@@ -571,12 +579,15 @@ def test_the_api_is_probed_drained_and_served_on_its_port() -> None:
     assert container_port["containerPort"] == port
     assert api["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": container_port["name"]}
     assert api["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": container_port["name"]}
-    # A pod leaves the endpoints before SIGTERM; the grace period covers the wait,
-    # uvicorn's own graceful shutdown (10 s) and closing the WebSockets.
+    # A pod leaves the endpoints before SIGTERM; the grace period covers that wait,
+    # then Depot's own drain: unready but serving, then in-flight requests finishing.
     sleep = api["lifecycle"]["preStop"]["exec"]["command"]
     assert sleep[0] == "sleep"
+    settings = _k8s_settings()
+    drain = settings.drain_delay_seconds + settings.shutdown_grace_seconds
+    assert settings.drain_delay_seconds > 0, "behind the ingress, drain before stopping"
     grace = _pod_templates()["api"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace >= int(sleep[1]) + 10 + 5
+    assert grace >= int(sleep[1]) + drain + 5
     (service,) = _objects("Service").values()
     assert _matches(
         {"matchLabels": service["spec"]["selector"]}, _pod_templates()["api"]["metadata"]["labels"]
@@ -621,6 +632,11 @@ def test_autoscalers_own_the_replica_counts_of_what_they_scale() -> None:
     ((api_metric,), (worker_metric,)) = scaled["depot-api"], scaled["depot-worker"]
     assert api_metric["resource"]["name"] == "cpu"
     assert worker_metric["external"]["metric"]["name"] == "depot_jobs_queued"
+
+
+def test_a_stopping_worker_hands_its_jobs_back_before_it_is_killed() -> None:
+    grace = _pod_templates()["worker"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= _k8s_settings().worker_stop_grace_seconds + 10
 
 
 @pytest.mark.parametrize("kind", ["PodDisruptionBudget", "NetworkPolicy"])
