@@ -32,6 +32,8 @@ LARGE_UPLOAD_BYTES = int(os.environ.get("LOADTEST_LARGE_UPLOAD_MIB", "8")) * 102
 """Size of each visit's direct upload; the multipart one is a few KiB."""
 JOB_TIMEOUT_S = float(os.environ.get("LOADTEST_JOB_TIMEOUT_SECONDS", "120"))
 """How long a job may take, queued and running, before it counts as failed."""
+WAIT_SECONDS = tuple(float(x) for x in os.environ.get("LOADTEST_WAIT_SECONDS", "0.5-2").split("-"))
+"""How long a user pauses between two steps, at least and at most."""
 PAGE_SIZE = 10
 PAGES = 3
 
@@ -195,7 +197,7 @@ class DepotUser(HttpUser):
     """A person using a Depot frontend: an account of its own, visit after visit."""
 
     tasks = [Visit]  # noqa: RUF012 - Locust's own attribute, read once per user class
-    wait_time = between(0.5, 2)
+    wait_time = between(*WAIT_SECONDS)
 
     email = ""
     password = ""
