@@ -347,13 +347,9 @@ OUTSIDE_VARIABLES = ("AWS_", "OTEL_")
 """Prefixes of the standard variables that the AWS SDK and OpenTelemetry read."""
 
 
-def _rendered(overlay: Path) -> list[dict[str, Any]]:
-    return kustomize.render(overlay)
-
-
 @functools.cache
 def _production() -> list[dict[str, Any]]:
-    return _rendered(K8S / "overlays" / "production")
+    return kustomize.render(K8S / "overlays" / "production")
 
 
 def _secret_example() -> dict[str, Any]:
@@ -413,7 +409,7 @@ def test_kubectl_renders_the_overlay_as_the_test_does(overlay: Path) -> None:
         return obj["kind"], obj["metadata"]["name"]
 
     expected = sorted((obj for obj in yaml.safe_load_all(built.stdout) if obj), key=key)
-    assert sorted(_rendered(overlay), key=key) == expected
+    assert sorted(kustomize.render(overlay), key=key) == expected
 
 
 @pytest.mark.parametrize(
