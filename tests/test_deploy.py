@@ -11,6 +11,7 @@ import fnmatch
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -519,6 +520,28 @@ def _k8s_settings() -> Settings:
         for name, value in variables.items():
             patch.setenv(name, value)
         return load_settings()
+
+
+def test_the_migration_step_applies_what_the_job_reads() -> None:
+    """docs/operations.md applies the Job first by a label selector: it must catch all it needs."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    (components,) = re.findall(r"-l 'app\.kubernetes\.io/component in \(([a-z,]+)\)'", text)
+    selected = {
+        (obj["kind"], obj["metadata"]["name"])
+        for obj in _production()
+        if obj["metadata"]["labels"].get("app.kubernetes.io/component") in components.split(",")
+    }
+    (job,) = _objects("Job").values()
+    spec = job["spec"]["template"]["spec"]
+    needed = {("Job", job["metadata"]["name"]), ("ServiceAccount", spec["serviceAccountName"])}
+    for container in spec["containers"]:
+        needed |= {
+            ("ConfigMap", ref["configMapRef"]["name"])
+            for ref in container["envFrom"]
+            if "configMapRef" in ref
+        }
+    assert needed <= selected
+    assert {kind for kind, _ in selected} == {"Job", "ServiceAccount", "ConfigMap"}
 
 
 def test_the_configuration_loads_as_production_settings() -> None:
