@@ -113,6 +113,19 @@ async def _wait_until(
     return job
 
 
+async def _extract_under_way(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
+    """An ``extract`` of ``ENTRIES`` entries, once it has made ``MADE_BEFORE_KILL`` of them."""
+    archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
+    job = await start_job(client, headers, {"extract": {"fileId": archive["id"], "path": "out"}})
+    await _wait_until(
+        client,
+        headers,
+        job["id"],
+        lambda j: j["status"] == "RUNNING" and j["outputs"]["totalCount"] >= MADE_BEFORE_KILL,
+    )
+    return job
+
+
 def _key(global_id: str) -> uuid.UUID:
     return decode_id(global_id)[1]
 
@@ -178,16 +191,7 @@ async def test_a_job_whose_worker_is_killed_is_taken_over_and_ends_once(
             in_background(depot_worker(settings, tmp_path / "worker-a.log"))
         )
         token, headers = await signed_in(client)
-        archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
-        job = await start_job(
-            client, headers, {"extract": {"fileId": archive["id"], "path": "out"}}
-        )
-        await _wait_until(
-            client,
-            headers,
-            job["id"],
-            lambda j: j["status"] == "RUNNING" and j["outputs"]["totalCount"] >= MADE_BEFORE_KILL,
-        )
+        job = await _extract_under_way(client, headers)
         await anyio.to_thread.run_sync(worker_a.kill)
         left = [f for f in await _rows(settings) if f.produced_by_job_id == _key(job["id"])]
         assert MADE_BEFORE_KILL <= len(left) < ENTRIES, "killed mid-job"
@@ -226,16 +230,7 @@ async def test_a_job_out_of_attempts_when_its_worker_dies_fails_saying_so(
             in_background(depot_worker(settings, tmp_path / "worker-a.log"))
         )
         token, headers = await signed_in(client)
-        archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
-        job = await start_job(
-            client, headers, {"extract": {"fileId": archive["id"], "path": "out"}}
-        )
-        await _wait_until(
-            client,
-            headers,
-            job["id"],
-            lambda j: j["status"] == "RUNNING" and j["outputs"]["totalCount"] >= MADE_BEFORE_KILL,
-        )
+        job = await _extract_under_way(client, headers)
         # This attempt is the job's last one.
         await _set_max_attempts(settings, _key(job["id"]), 1)
         await anyio.to_thread.run_sync(worker_a.kill)
@@ -280,16 +275,7 @@ async def test_a_stopping_worker_hands_its_job_back_to_the_queue_at_once(
             in_background(depot_worker(settings, tmp_path / "worker-a.log"))
         )
         token, headers = await signed_in(client)
-        archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
-        job = await start_job(
-            client, headers, {"extract": {"fileId": archive["id"], "path": "out"}}
-        )
-        await _wait_until(
-            client,
-            headers,
-            job["id"],
-            lambda j: j["status"] == "RUNNING" and j["outputs"]["totalCount"] >= MADE_BEFORE_KILL,
-        )
+        job = await _extract_under_way(client, headers)
         assert await anyio.to_thread.run_sync(worker_a.stop) == 0
         assert "job interrupted: its worker is stopping" in worker_a.output()
         handed_back = await _progress(client, headers, job["id"])
