@@ -12,10 +12,14 @@ gives min / median / max of those ratios over the rounds. ::
     python -m bench.http --rounds 3 --seconds 5 --requests typename,me
     python -m bench.http --connections 64 --threads 2
     python -m bench.http --requests metrics               # what the metrics cost
+    python -m bench.http --requests tracing               # what tracing costs, when on
 
 ``metrics`` compares ``{ __typename }`` on Depot with a second ``depot serve``
 that has ``DEPOT_METRICS_ENABLED=false``: the ratio is what metrics leave of
-the throughput.
+the throughput. ``tracing`` compares a third ``depot serve`` that exports every
+trace (``OTEL_TRACES_EXPORTER=otlp``, always sampled, to a sink in the
+baselines' process) with the untraced one: what switching tracing on costs
+(off, it installs nothing).
 
 PostgreSQL (``--database-url``, else ``DEPOT_TEST_POSTGRES_URL``) is needed for
 the files page; without it Depot runs on SQLite and that request is skipped.
@@ -66,7 +70,7 @@ UPLOAD: Final = (
     "mutation Up($file: Upload!, $path: String) { uploadFile(file: $file, path: $path) { id } }"
 )
 CREATE_TOKEN: Final = 'mutation { createAccessToken(name: "bench") { token } }'  # noqa: S105
-REQUESTS: Final = ("typename", "me", "files", "metrics")
+REQUESTS: Final = ("typename", "me", "files", "metrics", "tracing")
 # Samples of a counted request; the first few warm the pools and statement caches.
 COUNT_WARMUP: Final = 3
 COUNT_SAMPLES: Final = 5
@@ -201,6 +205,7 @@ def comparisons(
     requests: Sequence[str],
     page: int,
     unmetered_url: str | None = None,
+    traced_url: str | None = None,
 ) -> list[Comparison]:
     jwt = seeded.account.headers
     depot = f"{depot_url}/graphql"
@@ -231,6 +236,14 @@ def comparisons(
                     f"{unmetered_url}/graphql",
                     payload(TYPENAME),
                 ),
+            )
+        )
+    if "tracing" in requests and traced_url is not None:
+        found.append(
+            Comparison(
+                "{ __typename }, tracing on / off",
+                Target("Depot { __typename }, traced", f"{traced_url}/graphql", payload(TYPENAME)),
+                Target("Depot { __typename }, untraced", depot, payload(TYPENAME)),
             )
         )
     if "me" in requests:
@@ -484,12 +497,22 @@ async def run(args: argparse.Namespace, postgres_url: str | None) -> str:
             stack = Stack(workdir, depot_environment(workdir, port, depot_db), port)
             # The same Depot without metrics (same secret, so the bench's tokens hold).
             unmetered = Stack(workdir, dict(stack.env, DEPOT_METRICS_ENABLED="false"), free_port())
+            # The same Depot exporting every trace to the baselines' sink.
+            traced_env = dict(
+                stack.env,
+                OTEL_TRACES_EXPORTER="otlp",
+                OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{baseline_port}",
+                OTEL_TRACES_SAMPLER="always_on",
+            )
+            traced = Stack(workdir, traced_env, free_port())
             baselines: Process | None = None
             try:
                 progress("starting depot serve and the baselines")
                 await asyncio.to_thread(stack.start_serve)
                 if "metrics" in requests:
                     await asyncio.to_thread(unmetered.start_serve)
+                if "tracing" in requests:
+                    await asyncio.to_thread(traced.start_serve)
                 baselines = await asyncio.to_thread(
                     start_baselines, workdir, baseline_port, url, "baselines.log"
                 )
@@ -499,7 +522,13 @@ async def run(args: argparse.Namespace, postgres_url: str | None) -> str:
                 progress(f"seeding an account and {args.files} files")
                 seeded = await seed(stack.url, args.files if "files" in requests else 0)
                 runs = comparisons(
-                    stack.url, baseline_url, seeded, requests, args.files, unmetered.url
+                    stack.url,
+                    baseline_url,
+                    seeded,
+                    requests,
+                    args.files,
+                    unmetered.url,
+                    traced.url,
                 )
                 await check(runs)
                 trips: dict[str, tuple[Trips, Trips]] = {}
@@ -511,6 +540,7 @@ async def run(args: argparse.Namespace, postgres_url: str | None) -> str:
             finally:
                 stack.stop()
                 unmetered.stop()
+                traced.stop()
                 if baselines is not None:
                     baselines.stop()
     return report(runs, trips, args, encoder, notes)

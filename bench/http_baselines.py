@@ -133,6 +133,8 @@ def create_app() -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            # A sink for the traces of bench.http's traced Depot (OTLP over HTTP).
+            Route("/v1/traces", lambda request: Response(), methods=["POST"]),
             Route("/json", raw_json, methods=["POST"]),
             Route("/files", files_page, methods=["POST"]),
             Route("/graphql", GraphQL(schema, graphql_ide=None), methods=["GET", "POST"]),
