@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TypedDict
 
+import anyio
 import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,14 +21,15 @@ from starlette.responses import RedirectResponse
 from starlette.routing import Route, WebSocketRoute
 
 from api.drain import Drain
+from api.files import PATHS, RouteLinks
 from api.files import ROUTES as FILE_ROUTES
-from api.files import RouteLinks
 from api.graphql import GraphQLView
 from api.headers import SecurityHeadersMiddleware
 from api.health import healthz, readyz
 from api.metrics import metrics
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
+from api.variants import variant
 from api.websocket import OpenSockets
 from core import jobs as job_states
 from core import tracing
@@ -83,6 +85,8 @@ class State(TypedDict):
     events: EventLog
     jobs: Jobs
     drain: Drain
+    # Bounds how many image variants render at once (api/variants.py).
+    variant_limiter: anyio.CapacityLimiter
 
 
 def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
@@ -150,6 +154,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                     events=r.events,
                     jobs=r.jobs,
                     drain=drain,
+                    variant_limiter=anyio.CapacityLimiter(settings.variant_render_concurrency),
                 )
             finally:
                 if maintenance is not None:
@@ -180,6 +185,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
         *FILE_ROUTES,
+        Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 

@@ -40,7 +40,11 @@ from core.probe import Sample, probe
 from storage.base import Stat, Storage
 from storage.errors import ObjectNotFound, TooLarge
 
-PATHS: dict[Purpose, str] = {"download": "/files/download/", "upload": "/files/upload/"}
+PATHS: dict[Purpose, str] = {
+    "download": "/files/download/",
+    "upload": "/files/upload/",
+    "variant": "/files/variant/",
+}
 """Where each purpose's route lives; a link is its path followed by its token."""
 
 REDIRECT_SECONDS = 60
@@ -107,6 +111,12 @@ class RouteLinks:
 
     def upload(self, key: str, *, size: int, expires_at: datetime) -> str:
         return self.url("upload", expires_at, key=key, size=size)
+
+    def variant(
+        self, key: str, spec: dict[str, str | int], *, expires_at: datetime, credential: str
+    ) -> str:
+        """A link to the variant ``spec`` (``VariantSpec.claims``) of ``key``'s file."""
+        return self.url("variant", expires_at, key=key, cred=credential, **spec)
 
 
 def _link(request: Request, purpose: Purpose) -> tuple[str, dict[str, object]]:
@@ -207,6 +217,20 @@ async def download(request: Request) -> Response:
     async with request.state.sessionmaker() as db:
         if not await may_download(db, key, credential):
             return _error(410, _GONE)
+    return await serve_object(
+        request, key, filename=filename, content_type=content_type, cache_control=PRIVATE
+    )
+
+
+PRIVATE = "private, no-transform"
+"""Downloads: for the one client that asked, which revalidates (ETag) each time."""
+
+
+async def serve_object(
+    request: Request, key: str, *, filename: str, content_type: str | None, cache_control: str
+) -> Response:
+    """Storage object ``key`` as an attachment: ranges, conditional requests, or (S3) a
+    redirect to a short-lived presigned URL. The caller has checked that it may."""
     storage: Storage = request.state.storage
     presigned = await storage.download_url(
         key,
@@ -226,7 +250,7 @@ async def download(request: Request) -> Response:
         "ETag": etag,
         "Last-Modified": last_modified,
         "Accept-Ranges": "bytes",
-        "Cache-Control": "private, no-transform",
+        "Cache-Control": cache_control,
         "X-Content-Type-Options": "nosniff",
         "Content-Disposition": content_disposition(filename),
     }

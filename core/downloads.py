@@ -36,8 +36,8 @@ def credential_of(principal: Principal) -> str:
     raise ValueError("a principal without a session or token cannot ask for a link")
 
 
-async def may_download(db: AsyncSession, key: str, credential: str) -> bool:
-    """Whether ``key``'s file is live, its owner active and ``credential`` still live.
+async def may_download(db: AsyncSession, key: str, credential: str) -> uuid.UUID | None:
+    """``key``'s file's id if it is live, its owner active and ``credential`` still live.
 
     One statement; ``file.storage_key`` is unique, so its index finds the row.
     An unreadable ``credential`` is as dead as a revoked one.
@@ -46,7 +46,7 @@ async def may_download(db: AsyncSession, key: str, credential: str) -> bool:
     try:
         credential_id = uuid.UUID(raw)
     except ValueError:
-        return False
+        return None
     owner = aliased(User)
     holder = aliased(User)
     query = (
@@ -74,6 +74,6 @@ async def may_download(db: AsyncSession, key: str, credential: str) -> bool:
             or_(col(Credential.expires_at).is_(None), col(Credential.expires_at) > utcnow()),
         ]
     else:
-        return False
+        return None
     query = query.where(*live, col(holder.is_active).is_(True)).limit(1)
-    return (await db.exec(query)).first() is not None
+    return (await db.exec(query)).first()

@@ -14,7 +14,7 @@ from typing import Literal
 
 import jwt
 
-Purpose = Literal["download", "upload"]
+Purpose = Literal["download", "upload", "variant"]
 _ALGORITHM = "HS256"
 
 

@@ -368,6 +368,20 @@ class Settings(BaseSettings):
         description="Largest image (width x height) a job opens; larger ones fail as "
         "possible decompression bombs.",
     )
+    variant_max_side: int = Field(
+        default=2048,
+        ge=16,
+        le=8192,
+        description="Longest side `File.imageUrl` renders: a retina-sized hero image fits, and "
+        "a variant never costs more to render than a 2048-pixel thumbnail.",
+    )
+    variant_render_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Variants `depot serve` renders at once (in threads, never on the event "
+        "loop); more wait. One per core keeps requests for cached variants answered.",
+    )
     derivatives_follow_source: bool = Field(
         default=True,
         description="Trashing, restoring or purging a file does the same to the files made "

@@ -11,7 +11,7 @@ leaves neither bytes nor a row behind.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
@@ -49,6 +49,23 @@ class IncomingFile(Protocol):
     def __aiter__(self) -> AsyncIterator[bytes]: ...
 
     async def complete(self) -> None: ...
+
+
+class Produced:
+    """Bytes Depot made itself (a job's output, an image variant), as
+    :func:`store_upload` takes them: complete once read."""
+
+    filename: str | None = None
+    content_type: str | None = None
+
+    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+        self._chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks.__aiter__()
+
+    async def complete(self) -> None:
+        return None
 
 
 class _Reservation:

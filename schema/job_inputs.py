@@ -30,7 +30,7 @@ _PLAIN: typing.Final = (int, float, str, bool)
 _ENUMS: dict[type[enum.Enum], Any] = {}
 
 
-def _enum(python: type[enum.Enum]) -> Any:
+def graphql_enum(python: type[enum.Enum]) -> Any:
     """The GraphQL enum over ``python`` (made once, described by its own docstring)."""
     if python not in _ENUMS:
         _ENUMS[python] = strawberry.enum(python, description=vars(python).get("__doc__"))
@@ -47,7 +47,7 @@ def _graphql_type(hint: Any) -> Any:
         [item] = typing.get_args(hint)
         return list[_graphql_type(item)]  # type: ignore[misc]
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
-        return _enum(hint)
+        return graphql_enum(hint)
     if hint in _PLAIN:
         return hint
     raise TypeError(

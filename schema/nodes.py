@@ -22,7 +22,7 @@ from strawberry.scalars import JSON
 
 from core import models
 from core.downloads import credential_of
-from core.errors import Forbidden, NotFound
+from core.errors import BadUserInput, Forbidden, NotFound
 from core.time import utcnow
 from core.tracing import trace_id_of
 from schema.context import Info
@@ -36,10 +36,18 @@ from schema.filters import (
     job_conditions,
 )
 from schema.ids import encode_id
+from schema.job_inputs import graphql_enum
 from schema.loaders import Loaders
 from schema.node import Node
 from schema.pagination import Connection, paginate, paginate_children
 from schema.scalars import BigInt
+from workers.images import ImageFormat
+from workers.variants import ImageFit, VariantSpec
+from workers.visuals import is_visual_document
+
+# The same GraphQL enums as the job inputs' (one definition per Python enum).
+graphql_enum(ImageFormat)
+graphql_enum(ImageFit)
 
 # -- users -------------------------------------------------------------------------
 
@@ -183,6 +191,42 @@ class File(Node):
             self.storage_key,
             filename=self.name,
             content_type=self.content_type,
+            expires_at=utcnow() + timedelta(minutes=context.settings.download_url_minutes),
+            credential=credential_of(context.require_principal()),
+        )
+
+    @strawberry.field(
+        description="A link to this file's picture in a box of `width` x `height` pixels "
+        "(give one or both; never enlarged), rendered on first use and then served from "
+        "storage: an image, a PDF's first page or a video's poster frame. It expires as "
+        "`downloadUrl` does. Null for a file that has no picture."
+    )
+    def image_url(
+        self,
+        info: Info,
+        width: int | None = None,
+        height: int | None = None,
+        fit: ImageFit = ImageFit.CONTAIN,
+        format: ImageFormat = ImageFormat.WEBP,
+        quality: int | None = None,
+    ) -> str | None:
+        context = info.context
+        most = context.settings.variant_max_side
+        for field, side in (("width", width), ("height", height)):
+            if side is not None and not 1 <= side <= most:
+                raise BadUserInput(
+                    f"{field} is from 1 to {most} pixels (DEPOT_VARIANT_MAX_SIDE).", field=field
+                )
+        if width is None and height is None:
+            raise BadUserInput("Give width, height or both.", field="width")
+        if quality is not None and not 1 <= quality <= 100:
+            raise BadUserInput("quality is from 1 to 100.", field="quality")
+        if not (self.content_type.startswith("image/") or is_visual_document(self.content_type)):
+            return None
+        spec = VariantSpec(width, height, fit, format, quality)
+        return context.links.variant(
+            self.storage_key,
+            spec.claims(),
             expires_at=utcnow() + timedelta(minutes=context.settings.download_url_minutes),
             credential=credential_of(context.require_principal()),
         )

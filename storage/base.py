@@ -54,6 +54,13 @@ class Links(Protocol):
         """A URL that takes a PUT of exactly ``size`` bytes for ``key`` until ``expires_at``."""
         ...
 
+    def variant(
+        self, key: str, spec: dict[str, str | int], *, expires_at: datetime, credential: str
+    ) -> str:
+        """A URL that serves an image variant (``spec``) of ``key``'s file, checked
+        like a download link."""
+        ...
+
 
 def check_prefix(prefix: str) -> str:
     """``prefix`` if it names a whole "directory" of keys; ``ValueError`` otherwise.

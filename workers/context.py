@@ -25,7 +25,7 @@ from core import jobs
 from core.errors import BadUserInput, Conflict, QuotaExceeded
 from core.events import JobProgressed, announce
 from core.models import File, Job, JobInput
-from core.uploads import store_upload
+from core.uploads import Produced, store_upload
 from storage.errors import ObjectNotFound
 from workers.errors import JobCancelled, JobFailed, JobInterrupted
 from workers.resources import Resources
@@ -34,22 +34,6 @@ EVENT_INTERVAL: Final = 0.1
 SPOOL_CHUNK: Final = 1024 * 1024
 
 logger = structlog.get_logger("depot.jobs")
-
-
-class _Produced:
-    """A job's output as :func:`store_upload` takes it: bytes that are complete once read."""
-
-    filename: str | None = None
-    content_type: str | None = None
-
-    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
-        self._chunks = chunks
-
-    def __aiter__(self) -> AsyncIterator[bytes]:
-        return self._chunks.__aiter__()
-
-    async def complete(self) -> None:
-        return None
 
 
 class JobContext:
@@ -198,7 +182,7 @@ class JobContext:
                     self.settings,
                     self.job.owner_id,
                     path,
-                    _Produced(chunks),
+                    Produced(chunks),
                     produced_by=self.job.id,
                     derived_from=derived_from.id if derived_from is not None else None,
                     meta=meta,

@@ -1,0 +1,122 @@
+"""``/files/variant/<token>``: a file's picture at a size, rendered once, then served.
+
+``File.imageUrl`` signs what the variant is (the source's storage key, the
+box, fit, format and quality) into a link bound to the asking credential, as
+a download link is, so nobody can ask for variants Depot did not hand out.
+Each request is checked like a download (``core.downloads.may_download``).
+The first one renders the variant (``workers.variants.render``) in a thread,
+at most ``DEPOT_VARIANT_RENDER_CONCURRENCY`` at once, and keeps it as a
+file of the source's owner derived from the source, at
+``.variants/<source id>/<variant name>`` (it counts against the quota and
+follows its source to the trash); every later request is served from that
+file, with its ETag and an immutable cache lifetime (what a link names never
+changes).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import anyio
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import Request
+from starlette.responses import Response
+
+from api.files import _GONE, _error, _link, _Refused, serve_object
+from core.downloads import may_download
+from core.errors import Conflict, QuotaExceeded
+from core.models import File
+from core.uploads import Produced, store_upload
+from workers.errors import JobFailed
+from workers.images import chunks_of
+from workers.variants import VariantSpec, render
+
+IMMUTABLE = "private, max-age=31536000, immutable"
+"""What a variant link names never changes: the browser may keep it for its life."""
+
+
+def variant_path(source_id: object, spec: VariantSpec) -> str:
+    return f".variants/{source_id}/{spec.name}"
+
+
+async def variant(request: Request) -> Response:
+    """GET or HEAD a variant: rendered on first use, then served from storage."""
+    try:
+        key, claims = _link(request, "variant")
+    except _Refused as refused:
+        return refused.response
+    spec, credential = VariantSpec.from_claims(claims), claims.get("cred")
+    if spec is None or not isinstance(credential, str):
+        return _error(410, _GONE)
+    async with request.state.sessionmaker() as db:
+        source_id = await may_download(db, key, credential)
+        source = await db.get(File, source_id) if source_id is not None else None
+        if source is None:
+            return _error(410, _GONE)
+        path = variant_path(source.id, spec)
+        made = await _stored(db, source, path)
+        if made is None:
+            try:
+                made = await _render(request, db, source, spec, path)
+            except JobFailed as failed:
+                return _error(415, str(failed))
+            except QuotaExceeded as full:
+                return _error(507, full.message)
+    return await serve_object(
+        request,
+        made.storage_key,
+        filename=made.name,
+        content_type=made.content_type,
+        cache_control=IMMUTABLE,
+    )
+
+
+async def _stored(db: AsyncSession, source: File, path: str) -> File | None:
+    found = await db.exec(
+        select(File).where(
+            col(File.owner_id) == source.owner_id,
+            col(File.path) == path,
+            col(File.derived_from_id) == source.id,
+            col(File.trashed_at).is_(None),
+        )
+    )
+    return found.first()
+
+
+async def _render(
+    request: Request, db: AsyncSession, source: File, spec: VariantSpec, path: str
+) -> File:
+    """Render the variant and keep it; one rendered meanwhile by another request wins."""
+    settings = request.state.settings
+    storage = request.state.storage
+    limiter: anyio.CapacityLimiter = request.state.variant_limiter
+    with tempfile.TemporaryDirectory(prefix="depot-variant-") as scratch:
+        spooled, out = Path(scratch) / "source", Path(scratch) / spec.name
+        async with await anyio.open_file(spooled, "wb") as handle:
+            async for chunk in storage.open(source.storage_key):
+                await handle.write(chunk)
+
+        def work() -> Any:
+            return render(spooled, source.path, settings.image_max_pixels, spec, out)
+
+        image = await anyio.to_thread.run_sync(work, limiter=limiter)
+        try:
+            return await store_upload(
+                db,
+                storage,
+                settings,
+                source.owner_id,
+                path,
+                Produced(chunks_of(out)),
+                derived_from=source.id,
+                meta={"width": image.width, "height": image.height},
+            )
+        except Conflict:
+            # Another request rendered the same variant first.
+            made = await _stored(db, source, path)
+            if made is None:
+                raise
+            return made
