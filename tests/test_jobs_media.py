@@ -179,3 +179,51 @@ async def test_a_video_poster_avoids_the_black_first_frame(
     )
     assert late["status"] == "FAILED", late
     assert "there is nothing at 60" in late["error"]
+
+
+# -- hostile media ----------------------------------------------------------------------
+
+
+def broken_xref_pdf() -> bytes:
+    """A PDF whose cross-reference table points at nonsense offsets."""
+    data = pdf(RED, BLUE)
+    start = data.rindex(b"startxref")
+    return data[:start] + b"startxref\n999999999\n%%EOF\n"
+
+
+def bad_heic_header() -> bytes:
+    """A HEIC's ftyp box followed by garbage where its meta box should be."""
+    data = heic((32, 32), RED)
+    return data[:32] + bytes(range(256)) * 4
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["truncated.mp4", "broken-xref.pdf", "bad-header.heic"],
+)
+async def test_hostile_media_fails_the_job_and_leaves_nothing(
+    client: httpx.AsyncClient, tmp_path: Path, name: str
+) -> None:
+    headers = await sign_up(client)
+    data = {
+        "truncated.mp4": video(tmp_path / "t.mp4", seconds=3)[:400],
+        "broken-xref.pdf": broken_xref_pdf(),
+        "bad-header.heic": bad_heic_header(),
+    }[name]
+    source = await upload_file(client, headers, name, data)
+    before = await graphql(
+        client, "query { me { usage { usedBytes fileCount } } }", headers=headers
+    )
+    job = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [64]}})
+    assert job["status"] in ("FAILED", "SUCCEEDED"), job
+    if job["status"] == "SUCCEEDED":
+        # PDFium repairs a broken cross-reference table: the page is still there.
+        assert name == "broken-xref.pdf", job
+        [output] = output_nodes(job)
+        assert near(centre(await picture(client, headers, output["id"])), RED)
+        return
+    assert job["attempts"] == 1, "bad input is never retried"
+    assert job["outputs"]["totalCount"] == 0
+    assert job["error"], job
+    after = await graphql(client, "query { me { usage { usedBytes fileCount } } }", headers=headers)
+    assert after == before, "usage unchanged"
