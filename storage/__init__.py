@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from storage.base import Links, SignedRequest, Stat, Storage
+from storage.base import AppendInterrupted, Links, SignedRequest, Stat, Storage
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 __all__ = [
+    "AppendInterrupted",
     "Links",
     "ObjectNotFound",
     "PermanentStorageError",

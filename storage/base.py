@@ -5,6 +5,12 @@ Keys are opaque strings chosen by Depot (``u/<user id>/<uuid>``, or
 user's path. Every backend makes a write visible only once it
 is complete, so no reader ever sees half an object, and leaves nothing
 behind when the bytes it is given fail midway.
+
+An object may also be written in pieces, over many calls and processes (a
+resumable upload): ``start_append``, then ``append`` as pieces arrive, then
+``finish_append`` makes it visible at once (or ``abort_append`` drops it).
+Between calls, what was appended is durable; the caller keeps the offset and
+the handle.
 """
 
 from __future__ import annotations
@@ -60,6 +66,19 @@ class Links(Protocol):
         """A URL that serves an image variant (``spec``) of ``key``'s file, checked
         like a download link."""
         ...
+
+
+class AppendInterrupted(Exception):
+    """The chunks given to ``Storage.append`` failed midway; ``size`` bytes are now kept.
+
+    Raised from the chunks' own error, when the caller asked to keep what
+    arrived (``keep_partial``): ``size`` is the object's new length, at least
+    the offset the append started from.
+    """
+
+    def __init__(self, size: int) -> None:
+        super().__init__(f"interrupted; {size} bytes kept")
+        self.size = size
 
 
 def check_prefix(prefix: str) -> str:
@@ -144,6 +163,43 @@ class Storage(Protocol):
         """A presigned request that lets a client write exactly ``size`` bytes to
         ``key``, or None when clients cannot reach storage itself (local, memory):
         then they send the bytes to Depot's upload route (``Links.upload``)."""
+        ...
+
+    async def start_append(self, key: str) -> str:
+        """Begin an object at ``key`` to be written in pieces; returns its handle.
+
+        Nothing is visible at ``key`` until ``finish_append``. The handle (an S3
+        multipart upload id; empty elsewhere) is the caller's to keep and give back.
+        """
+        ...
+
+    async def append(
+        self,
+        key: str,
+        handle: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int,
+        keep_partial: bool,
+    ) -> int:
+        """Write ``chunks`` after the first ``offset`` bytes; returns the new length.
+
+        ``offset`` is the length the last successful append returned (0 at
+        first); bytes an unfinished call left past it are dropped. Past
+        ``max_size`` more bytes, nothing of this call is kept (``TooLarge``).
+        If ``chunks`` raise, nothing of this call is kept and the error
+        propagates, or with ``keep_partial`` whatever arrived is kept and
+        ``AppendInterrupted`` says how much. Calls for one key must not overlap.
+        """
+        ...
+
+    async def finish_append(self, key: str, handle: str, size: int) -> None:
+        """Make the ``size`` bytes appended visible at ``key``, at once; the pieces go."""
+        ...
+
+    async def abort_append(self, key: str, handle: str) -> None:
+        """Drop an unfinished appended object and whatever it staged; gone already is fine."""
         ...
 
     async def probe(self) -> None:

@@ -28,8 +28,8 @@ from urllib.request import url2pathname
 
 import anyio
 
-from storage.base import SignedRequest, Stat, check_prefix
-from storage.errors import ObjectNotFound, StorageError, TooLarge
+from storage.base import AppendInterrupted, SignedRequest, Stat, check_prefix
+from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 BLOCK = 1024 * 1024
 """Bytes per read, and the least buffered before a write goes to a thread."""
@@ -38,6 +38,8 @@ MAX_PARTS = 512
 """Most chunks handed to one ``writev`` (the kernel takes at most 1024)."""
 
 TEMP_PREFIX = ".tmp-"
+APPEND_PREFIX = TEMP_PREFIX + "append-"
+"""An object being appended to lives beside its key under this prefix until it is finished."""
 
 DIRECTORY_ATTEMPTS = 5
 """How often a writer makes its directory again when ``delete_prefix`` keeps removing it."""
@@ -168,6 +170,67 @@ class LocalStorage:
         except OSError as exc:
             raise StorageError(f"cannot delete {prefix!r}: {exc.strerror or exc}") from exc
 
+    async def start_append(self, key: str) -> str:
+        """An empty staging file beside the key's (a temporary file to ``delete_prefix``)."""
+        staging = _staging_path(key_path(self._root, key))
+        await anyio.to_thread.run_sync(_create_staging, staging)
+        return ""
+
+    async def append(
+        self,
+        key: str,
+        handle: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int,
+        keep_partial: bool,
+    ) -> int:
+        """Write at ``offset`` of the staging file, flushed to disk before returning."""
+        staging = _staging_path(key_path(self._root, key))
+        fd = await anyio.to_thread.run_sync(_open_staging, key, staging, offset)
+        size = 0
+        pending: list[bytes] = []
+        pending_size = 0
+        try:
+            try:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if size > max_size:
+                        raise TooLarge(f"more than {max_size} bytes")
+                    pending.append(chunk)
+                    pending_size += len(chunk)
+                    if pending_size >= BLOCK or len(pending) >= MAX_PARTS:
+                        await anyio.to_thread.run_sync(_write, fd, pending)
+                        pending, pending_size = [], 0
+            except Exception as exc:
+                if not keep_partial or isinstance(exc, TooLarge):
+                    raise
+                # What arrived is kept: written and flushed, then reported.
+                await anyio.to_thread.run_sync(_write, fd, pending)
+                await anyio.to_thread.run_sync(os.fsync, fd)
+                raise AppendInterrupted(offset + size) from exc
+            await anyio.to_thread.run_sync(_write, fd, pending)
+            await anyio.to_thread.run_sync(os.fsync, fd)
+        except AppendInterrupted:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(os.close, fd)
+            raise
+        except BaseException:
+            # Shielded: a cancelled append must still drop what it wrote.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_truncate_and_close, fd, offset)
+            raise
+        await anyio.to_thread.run_sync(os.close, fd)
+        return offset + size
+
+    async def finish_append(self, key: str, handle: str, size: int) -> None:
+        target = key_path(self._root, key)
+        await anyio.to_thread.run_sync(_finish_staging, key, _staging_path(target), target, size)
+
+    async def abort_append(self, key: str, handle: str) -> None:
+        await anyio.to_thread.run_sync(_unlink, _staging_path(key_path(self._root, key)))
+
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta
     ) -> str | None:
@@ -240,6 +303,61 @@ def _discard(fd: int, temp: Path) -> None:
     with contextlib.suppress(OSError):  # already closed by _finish
         os.close(fd)
     _unlink(temp)
+
+
+def _staging_path(target: Path) -> Path:
+    return target.with_name(APPEND_PREFIX + target.name)
+
+
+def _create_staging(staging: Path) -> None:
+    fd = _in_directory(
+        staging.parent, lambda: os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    )
+    os.close(fd)
+    _sync_directory(staging.parent)
+
+
+def _open_staging(key: str, staging: Path, offset: int) -> int:
+    """The staging file open for writing at ``offset``; what lies past it is dropped."""
+    try:
+        fd = os.open(staging, os.O_WRONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ObjectNotFound(key) from None
+    try:
+        size = os.fstat(fd).st_size
+        if size < offset:
+            raise PermanentStorageError(f"{key!r} holds {size} bytes, not {offset}")
+        if size > offset:  # an append that was not kept
+            os.ftruncate(fd, offset)
+        os.lseek(fd, offset, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _truncate_and_close(fd: int, offset: int) -> None:
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _finish_staging(key: str, staging: Path, target: Path, size: int) -> None:
+    try:
+        fd = os.open(staging, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
+        raise ObjectNotFound(key) from None
+    try:
+        actual = os.fstat(fd).st_size
+        if actual != size:
+            raise PermanentStorageError(f"{key!r} holds {actual} bytes, not {size}")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(staging, target)
+    _sync_directory(target.parent)
 
 
 def _copy(source: str, source_path: Path, target_path: Path) -> None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
 
 from core.time import utcnow
-from storage.base import SignedRequest, Stat, check_prefix
+from storage.base import AppendInterrupted, SignedRequest, Stat, check_prefix
 from storage.errors import ObjectNotFound, TooLarge
 
 CHUNK = 64 * 1024
@@ -18,6 +18,7 @@ class MemoryStorage:
 
     def __init__(self) -> None:
         self._objects: dict[str, tuple[bytes, Stat]] = {}
+        self._appending: dict[str, bytearray] = {}
 
     async def put(
         self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
@@ -59,10 +60,54 @@ class MemoryStorage:
     async def delete_prefix(self, prefix: str) -> int:
         """Drop the keys under ``prefix``; an unfinished put only ever lived in its own frame."""
         check_prefix(prefix)
+        for key in [key for key in self._appending if key.startswith(prefix)]:
+            del self._appending[key]
         doomed = [key for key in self._objects if key.startswith(prefix)]
         for key in doomed:
             del self._objects[key]
         return len(doomed)
+
+    async def start_append(self, key: str) -> str:
+        self._appending[key] = bytearray()
+        return ""
+
+    async def append(
+        self,
+        key: str,
+        handle: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int,
+        keep_partial: bool,
+    ) -> int:
+        staged = self._appending.get(key)
+        if staged is None or len(staged) < offset:
+            raise ObjectNotFound(key)
+        del staged[offset:]
+        received = bytearray()
+        try:
+            async for chunk in chunks:
+                received += chunk
+                if len(received) > max_size:
+                    raise TooLarge(f"more than {max_size} bytes")
+        except Exception as exc:
+            if not keep_partial or isinstance(exc, TooLarge):
+                raise
+            staged += received
+            raise AppendInterrupted(len(staged)) from exc
+        staged += received
+        return len(staged)
+
+    async def finish_append(self, key: str, handle: str, size: int) -> None:
+        staged = self._appending.get(key)
+        if staged is None or len(staged) != size:
+            raise ObjectNotFound(key)
+        body = bytes(self._appending.pop(key))
+        self._objects[key] = (body, Stat(len(body), hashlib.md5(body).hexdigest(), utcnow()))  # noqa: S324 - an ETag, like S3's
+
+    async def abort_append(self, key: str, handle: str) -> None:
+        self._appending.pop(key, None)
 
     async def download_url(
         self, key: str, *, filename: str, content_type: str, expires_in: timedelta
@@ -81,3 +126,4 @@ class MemoryStorage:
 
     async def aclose(self) -> None:
         self._objects.clear()
+        self._appending.clear()

@@ -9,6 +9,14 @@ inside compose, ``http://localhost:9000`` from the host).
 A stream larger than one part goes up as a multipart upload, which is
 aborted if the stream fails, so a failed write leaves neither an object nor
 parts that are billed and never seen.
+
+An appended object (a resumable upload) is one multipart upload kept open
+across calls, whose parts are all exactly ``PART_SIZE`` but the last: the
+part number of any offset follows from it, so the handle is the upload id
+alone. Bytes past the last whole part (S3 takes no part under 5 MiB but the
+last) are staged as a small object under ``<key>.append/``, named by the
+length they bring the object to, and read back by the next append: an
+append that is not kept never overwrites what was.
 """
 
 from __future__ import annotations
@@ -28,8 +36,8 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 
 from core.content import content_disposition
 from core.time import utcnow
-from storage.base import SignedRequest, Stat, check_prefix
-from storage.errors import ObjectNotFound, StorageError, TooLarge
+from storage.base import AppendInterrupted, SignedRequest, Stat, check_prefix
+from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 PART_SIZE = 8 * 1024 * 1024
 """Bytes buffered per multipart part (S3 needs at least 5 MiB for all but the last)."""
@@ -183,6 +191,131 @@ class S3Storage:
             Body=bytes(body),
         )
         return {"PartNumber": number, "ETag": response["ETag"]}
+
+    async def start_append(self, key: str) -> str:
+        s3 = await self._s3()
+        with _errors(key):
+            created = await s3.create_multipart_upload(Bucket=self._location.bucket, Key=key)
+        upload_id: str = created["UploadId"]
+        return upload_id
+
+    async def append(
+        self,
+        key: str,
+        handle: str,
+        offset: int,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int,
+        keep_partial: bool,
+    ) -> int:
+        """Whole parts go up as they fill; the rest is staged (one PUT) at the end.
+
+        Costs one LIST of the staging prefix per call (dropping the tails of
+        earlier calls), and a GET of the staged tail when ``offset`` is not at
+        a part boundary.
+        """
+        number = offset // PART_SIZE + 1  # the part these bytes start filling
+        buffer = bytearray()
+        with _errors(key):
+            await self._drop_tails(key, keep=offset)
+            if offset % PART_SIZE:
+                buffer += await self._read_tail(key, offset)
+        received = 0
+        try:
+            async for chunk in chunks:
+                received += len(chunk)
+                if received > max_size:
+                    raise TooLarge(f"more than {max_size} bytes")
+                buffer += chunk
+                while len(buffer) >= PART_SIZE:
+                    with _errors(key):
+                        await self._upload_part(key, handle, number, buffer[:PART_SIZE])
+                    del buffer[:PART_SIZE]
+                    number += 1
+        except Exception as exc:
+            if not keep_partial or isinstance(exc, (TooLarge, StorageError)):
+                raise
+            whole = (number - 1) * PART_SIZE
+            kept = max(offset, whole)
+            if buffer and whole + len(buffer) > kept:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                    await self._stage_tail(key, whole + len(buffer), buffer)
+                    kept = whole + len(buffer)
+            raise AppendInterrupted(kept) from exc
+        size = offset + received
+        if buffer and received:
+            with _errors(key):
+                await self._stage_tail(key, size, buffer)
+        return size
+
+    def _tail_key(self, key: str, size: int) -> str:
+        return f"{key}.append/tail-{size}"
+
+    async def _stage_tail(self, key: str, size: int, body: bytearray) -> None:
+        s3 = await self._s3()
+        await s3.put_object(
+            Bucket=self._location.bucket, Key=self._tail_key(key, size), Body=bytes(body)
+        )
+
+    async def _read_tail(self, key: str, size: int) -> bytes:
+        s3 = await self._s3()
+        try:
+            response = await s3.get_object(
+                Bucket=self._location.bucket, Key=self._tail_key(key, size)
+            )
+        except ClientError as exc:
+            if _code(exc) in _NOT_FOUND:
+                raise PermanentStorageError(f"{key!r} has no staged bytes up to {size}") from None
+            raise
+        async with response["Body"] as body:
+            tail: bytes = await body.read()
+        if len(tail) != size % PART_SIZE:
+            raise PermanentStorageError(f"{key!r} staged {len(tail)} bytes, not {size % PART_SIZE}")
+        return tail
+
+    async def _drop_tails(self, key: str, *, keep: int) -> None:
+        """Delete the staged tails of earlier appends but the one ``keep`` bytes long."""
+        s3 = await self._s3()
+        listed = await s3.list_objects_v2(Bucket=self._location.bucket, Prefix=f"{key}.append/")
+        stale = [
+            item["Key"]
+            for item in listed.get("Contents", [])
+            if item["Key"] != self._tail_key(key, keep)
+        ]
+        if stale:
+            await self._delete_batch(stale)
+
+    async def finish_append(self, key: str, handle: str, size: int) -> None:
+        """Upload the staged tail as the last part, then complete the upload."""
+        s3 = await self._s3()
+        bucket = self._location.bucket
+        whole = size // PART_SIZE
+        with _errors(key):
+            if size % PART_SIZE or size == 0:
+                tail = await self._read_tail(key, size) if size else b""
+                await self._upload_part(key, handle, whole + 1, bytearray(tail))
+            count = whole + (1 if size % PART_SIZE or size == 0 else 0)
+            parts: list[dict[str, Any]] = []
+            paginator = s3.get_paginator("list_parts")
+            async for page in paginator.paginate(Bucket=bucket, Key=key, UploadId=handle):
+                parts += [
+                    {"PartNumber": part["PartNumber"], "ETag": part["ETag"]}
+                    for part in page.get("Parts", [])
+                    if part["PartNumber"] <= count
+                ]
+            parts.sort(key=lambda part: int(part["PartNumber"]))
+            if [part["PartNumber"] for part in parts] != list(range(1, count + 1)):
+                raise PermanentStorageError(f"{key!r} is missing parts of its {size} bytes")
+            await s3.complete_multipart_upload(
+                Bucket=bucket, Key=key, UploadId=handle, MultipartUpload={"Parts": parts}
+            )
+        await self.delete_prefix(f"{key}.append/")
+
+    async def abort_append(self, key: str, handle: str) -> None:
+        with _errors(key):
+            await self._abort(key, handle)
+        await self.delete_prefix(f"{key}.append/")
 
     async def open(self, key: str, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         s3 = await self._s3()

@@ -29,6 +29,7 @@ from core.files import output_prefix, storage_key
 from core.links import LinkSigner
 from core.settings import Settings
 from storage import (
+    AppendInterrupted,
     ObjectNotFound,
     PermanentStorageError,
     Storage,
@@ -626,3 +627,95 @@ def test_s3_urls_are_parsed_strictly() -> None:
     for bad in ["s3://", "s3://depot/prefix", "s3://depot?endpoint=http://x", "file:///x"]:
         with pytest.raises(ValueError, match=r"(?i)s3"):
             parse_s3_url(bad)
+
+
+# -- appended objects (resumable uploads) -------------------------------------------
+
+
+async def s3_leftover_objects(backend: Backend) -> list[str]:
+    """Every object in the bucket (S3 only): staged tails included."""
+    if backend.s3 is None:
+        return []
+    location = parse_s3_url(backend.settings.storage_url)
+    async with aioboto3.Session().client(
+        "s3", endpoint_url=backend.s3.endpoint_url, region_name=backend.s3.region
+    ) as s3:
+        listed = await s3.list_objects_v2(Bucket=location.bucket)
+    return sorted(item["Key"] for item in listed.get("Contents", []))
+
+
+async def test_an_object_appended_in_uneven_pieces_appears_whole_at_the_end(
+    backend: Backend,
+) -> None:
+    storage = backend.storage
+    handle = await storage.start_append(KEY)
+    offset = 0
+    # Pieces smaller than a part, a piece that crosses two part boundaries, a tiny end.
+    for size in (1000, 3 * MiB, 17 * MiB, 11345):
+        piece = DATA[offset : offset + size]
+        offset = await storage.append(
+            KEY, handle, offset, stream(piece), max_size=len(DATA) - offset, keep_partial=False
+        )
+        await assert_missing(storage, KEY)  # nothing visible until finished
+    assert offset == len(DATA)
+    await storage.finish_append(KEY, handle, offset)
+    assert await read(storage, KEY) == DATA
+    assert await backend.leftovers() == backend_files(backend, KEY)
+    assert await s3_leftover_objects(backend) in ([], [KEY])
+
+
+async def test_an_interrupted_append_keeps_what_arrived_only_when_asked(backend: Backend) -> None:
+    storage = backend.storage
+    handle = await storage.start_append(KEY)
+    first = await storage.append(
+        KEY, handle, 0, stream(DATA[: 2 * MiB]), max_size=len(DATA), keep_partial=False
+    )
+    # Not kept: the object is as it was, and the next append starts from the same offset.
+    with pytest.raises(RuntimeError, match="checksum"):
+        await storage.append(
+            KEY,
+            handle,
+            first,
+            failing_after(DATA[first : first + 9 * MiB], RuntimeError("checksum")),
+            max_size=len(DATA),
+            keep_partial=False,
+        )
+    # Kept: what arrived before the client went away stays, and the append says how much.
+    with pytest.raises(AppendInterrupted) as interrupted:
+        await storage.append(
+            KEY,
+            handle,
+            first,
+            failing_after(DATA[first : first + 7 * MiB], ConnectionError("gone")),
+            max_size=len(DATA),
+            keep_partial=True,
+        )
+    kept = interrupted.value.size
+    assert isinstance(interrupted.value.__cause__, ConnectionError)
+    assert first <= kept <= first + 7 * MiB
+    with pytest.raises(TooLarge):
+        await storage.append(KEY, handle, kept, stream(DATA[kept:]), max_size=10, keep_partial=True)
+    end = await storage.append(
+        KEY, handle, kept, stream(DATA[kept:]), max_size=len(DATA), keep_partial=False
+    )
+    await storage.finish_append(KEY, handle, end)
+    assert await read(storage, KEY) == DATA
+
+
+async def test_an_aborted_append_leaves_nothing(backend: Backend) -> None:
+    storage = backend.storage
+    handle = await storage.start_append(KEY)
+    await storage.append(
+        KEY, handle, 0, stream(DATA[: 9 * MiB + 5]), max_size=len(DATA), keep_partial=False
+    )
+    await storage.abort_append(KEY, handle)
+    await storage.abort_append(KEY, handle)  # twice is fine
+    await assert_missing(storage, KEY)
+    assert await backend.leftovers() == []
+    assert await s3_leftover_objects(backend) == []
+
+
+async def test_an_empty_appended_object(backend: Backend) -> None:
+    handle = await backend.storage.start_append(KEY)
+    await backend.storage.finish_append(KEY, handle, 0)
+    assert await read(backend.storage, KEY) == b""
