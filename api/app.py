@@ -30,6 +30,7 @@ from api.metrics import metrics
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
 from api.variants import variant
+from api.tus import TusRoutes
 from api.websocket import OpenSockets
 from core import jobs as job_states
 from core import tracing
@@ -51,10 +52,10 @@ from workers.scheduler import Maintenance
 logger = structlog.get_logger("depot.app")
 
 # What a page on another origin may send: GET and POST to /graphql, GET and
-# HEAD to a download link, PUT to a direct-upload ticket. The preflight
-# (OPTIONS) itself is answered by the middleware; a tus route adds PATCH
-# and DELETE here when it lands.
-CORS_METHODS = ["GET", "HEAD", "POST", "PUT"]
+# HEAD to a download link, PUT to a direct-upload ticket, and tus's POST,
+# HEAD, PATCH, DELETE and OPTIONS (api.tus). The preflight itself is answered
+# by the middleware; any request header is allowed (tus's Upload-* and Tus-*).
+CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Response headers such a page may read: a download's name, validator, size
 # and range; and tus's, for resumable uploads.
 CORS_EXPOSED_HEADERS = [
@@ -65,8 +66,14 @@ CORS_EXPOSED_HEADERS = [
     "Accept-Ranges",
     "Location",
     "Tus-Resumable",
+    "Tus-Version",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
     "Upload-Offset",
     "Upload-Length",
+    "Upload-Expires",
+    "Upload-Metadata",
 ]
 
 
@@ -186,6 +193,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         WebSocketRoute("/graphql", graphql),
         *FILE_ROUTES,
         Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
+        *TusRoutes().routes,
     ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 

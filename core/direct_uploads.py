@@ -229,7 +229,7 @@ async def complete_ticket(
         path=upload.path,
         name=file_name(upload.path),
         size=upload.size,
-        content_type=_content_type(sniffed, upload.content_type),
+        content_type=chosen_content_type(sniffed, upload.content_type),
         sha256=sha256,
         storage_key=storage_key(owner_id),
         meta=meta,
@@ -272,7 +272,7 @@ class _Changed(Exception):
     """The ticket's object was replaced between its check and its move."""
 
 
-def _content_type(sniffed: str, declared: str) -> str:
+def chosen_content_type(sniffed: str, declared: str) -> str:
     """The sniffed type; for text, which has no magic number, the declared text type."""
     if sniffed == TEXT and declared.startswith("text/"):
         return declared

@@ -1,4 +1,5 @@
-"""SQLModel entities: users, their sessions and credentials, files, upload tickets and jobs."""
+"""SQLModel entities: users, their sessions and credentials, files, upload tickets,
+resumable uploads and jobs."""
 
 from __future__ import annotations
 
@@ -178,6 +179,37 @@ class Upload(SQLModel, table=True):
     seen_content_type: str | None = Field(default=None, max_length=255)
     seen_etag: str | None = Field(default=None, max_length=255)
     seen_meta: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+
+
+class ResumableUpload(SQLModel, table=True):
+    """An unfinished resumable (tus) upload: ``length`` bytes reserved, ``offset`` received.
+
+    The bytes so far are appended to ``storage_key`` (``Storage.append``, with
+    ``storage_handle``); the object becomes the file's own once the last byte
+    arrives, and the row goes in the same transaction as the file's comes.
+    ``busy_until`` is the lease of the request appending now, so two requests
+    never append at once, on one replica or many.
+    """
+
+    __tablename__ = "resumable_upload"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")], index=True
+    )
+    path: str = Field(max_length=1024)
+    length: int = Field(sa_type=BigInteger)
+    # "offset" is a reserved word in SQL: the column is named apart from it.
+    offset: int = Field(default=0, sa_column=Column("received", BigInteger, nullable=False))
+    content_type: str = Field(max_length=255)
+    sha256: str | None = Field(default=None, max_length=64)
+    # The client's Upload-Metadata header as sent, for HEAD to return.
+    upload_metadata: str = Field(default="", max_length=4096)
+    storage_key: str = Field(max_length=255, unique=True)
+    storage_handle: str = Field(default="", max_length=1024)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    busy_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 # A job kind's name ("verify", "thumbnails", ...). The kinds are declared in

@@ -306,6 +306,14 @@ class Settings(BaseSettings):
         le=7 * 24 * 60,
         description="How long a direct-upload ticket (`createUpload`) can be used.",
     )
+    resumable_upload_hours: int = Field(
+        default=24,
+        ge=1,
+        le=30 * 24,
+        description="How long an unfinished resumable (tus) upload keeps its bytes and its "
+        "reservation after the last bytes arrived (`Upload-Expires`); then maintenance ends "
+        "it. A day lets a laptop that went to sleep resume the next morning.",
+    )
     worker_threads: int = Field(
         default=2,
         ge=1,

@@ -24,12 +24,20 @@ from schema.limits import Limits, limit_rules, query_cost
 from schema.loaders import FreshLoaders
 from schema.nodes import File, Job, User
 from schema.query import Query as NodeQuery
+from schema.resumable_uploads import (
+    ResumableUpload,
+    ResumableUploadMutation,
+    ResumableUploadQuery,
+)
 from schema.scalars import SCALARS
 from schema.tracing import OperationSpan
 from schema.uploads import UploadMutation
 from schema.validation import RequestRules
 
-Query = merge_types("Query", (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, JobQuery))
+Query = merge_types(
+    "Query",
+    (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, ResumableUploadQuery, JobQuery),
+)
 Mutation = merge_types(
     "Mutation",
     (
@@ -38,6 +46,7 @@ Mutation = merge_types(
         AdminMutation,
         DirectUploadMutation,
         UploadMutation,
+        ResumableUploadMutation,
         FileMutation,
         JobMutation,
     ),
@@ -100,7 +109,7 @@ def build_schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        types=[User, AccessToken, File, Job],
+        types=[User, AccessToken, File, ResumableUpload, Job],
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
     )

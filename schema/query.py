@@ -14,6 +14,7 @@ from schema.ids import decode_id
 from schema.node import Node
 from schema.nodes import File, Job, User
 from schema.permissions import owned
+from schema.resumable_uploads import resolve_resumable_upload
 
 
 async def _file(info: Info, key: uuid.UUID) -> File:
@@ -34,6 +35,7 @@ NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] =
     "AccessToken": resolve_access_token,
     "File": _file,
     "Job": _job,
+    "ResumableUpload": resolve_resumable_upload,
     "User": _user,
 }
 

@@ -501,7 +501,12 @@ async def test_one_failing_task_does_not_stop_the_others(
         await storage.aclose()
         async with engine.begin() as connection:
             await connection.execute(text("ALTER TABLE upload_broken RENAME TO upload"))
-    assert done == {"purge_trash": 1, "resend_stuck_jobs": 0, "prune_events": 0}
+    assert done == {
+        "purge_trash": 1,
+        "expire_resumable_uploads": 0,
+        "resend_stuck_jobs": 0,
+        "prune_events": 0,
+    }
     assert await used_bytes(client, headers) == 20
     records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     failed = [r["task"] for r in records if r["event"] == "maintenance task failed"]

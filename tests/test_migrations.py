@@ -40,7 +40,17 @@ USER_COLUMNS = {
     "created_at",
     "updated_at",
 }
-TABLES = {"alembic_version", "user", "session", "credential", "file", "upload", "job", "job_input"}
+TABLES = {
+    "alembic_version",
+    "user",
+    "session",
+    "credential",
+    "file",
+    "upload",
+    "resumable_upload",
+    "job",
+    "job_input",
+}
 
 
 async def _inspect(engine: AsyncEngine, look: Callable[[Inspector], T]) -> T:

@@ -18,12 +18,12 @@ from sqlalchemy import BigInteger, cast, delete, func, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
-from core import direct_uploads, files, jobs
+from core import direct_uploads, files, jobs, resumable_uploads
 from core.db import SessionMaker
 from core.errors import NotFound
 from core.eventlog import EventLog
 from core.events import FileDeleted, announce
-from core.models import File, JobKind, Upload, User
+from core.models import File, JobKind, ResumableUpload, Upload, User
 from core.settings import Settings
 from core.time import utcnow
 from storage.base import Storage
@@ -127,6 +127,18 @@ async def _sweep_ended_tickets(
             return removed
 
 
+async def expire_resumable_uploads(
+    sessionmaker: SessionMaker, storage: Storage, now: datetime
+) -> int:
+    """End the resumable (tus) uploads that expired unfinished: bytes deleted, reservations
+    released. One a request is still appending to waits for the next run. Returns how many."""
+    async with sessionmaker() as db:
+        ended = await resumable_uploads.expire_uploads(db, storage, now)
+    if ended:
+        logger.info("resumable uploads expired", ended=ended)
+    return ended
+
+
 async def resend_stuck_jobs(
     sessionmaker: SessionMaker, send: SendJob, settings: Settings, now: datetime
 ) -> int:
@@ -170,10 +182,10 @@ async def prune_events(events: EventLog) -> int:
 
 def _actual_usage() -> ColumnElement[int]:
     """What a user's ``used_bytes`` should be: their files, trash included, and the
-    bytes reserved by their unfinished upload tickets.
+    bytes reserved by their unfinished upload tickets and resumable uploads.
 
-    A ticket holds its reservation until it is ended, even past its expiry
-    (ending it releases the bytes), so expired unfinished tickets count too.
+    A ticket or upload holds its reservation until it is ended, even past its
+    expiry (ending it releases the bytes), so expired unfinished ones count too.
     """
     file_bytes = (
         select(func.coalesce(func.sum(col(File.size)), 0))
@@ -185,8 +197,13 @@ def _actual_usage() -> ColumnElement[int]:
         .where(col(Upload.owner_id) == col(User.id), col(Upload.completed_at).is_(None))
         .scalar_subquery()
     )
+    resumable_bytes = (
+        select(func.coalesce(func.sum(col(ResumableUpload.length)), 0))
+        .where(col(ResumableUpload.owner_id) == col(User.id))
+        .scalar_subquery()
+    )
     # PostgreSQL sums a bigint as numeric: back to the column's type.
-    return cast(file_bytes + ticket_bytes, BigInteger)
+    return cast(file_bytes + ticket_bytes + resumable_bytes, BigInteger)
 
 
 UsageSuspects = dict[uuid.UUID, tuple[int, int]]
@@ -258,6 +275,7 @@ async def run_all(
     tasks: dict[str, Callable[[], Awaitable[int]]] = {
         "purge_trash": lambda: purge_trash(sessionmaker, storage, events, settings, now),
         "expire_tickets": lambda: expire_tickets(sessionmaker, storage, settings, now),
+        "expire_resumable_uploads": lambda: expire_resumable_uploads(sessionmaker, storage, now),
         "resend_stuck_jobs": lambda: resend_stuck_jobs(sessionmaker, send, settings, now),
         "prune_events": lambda: prune_events(events),
         # Last: it sees the quota after everything above released bytes.

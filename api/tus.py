@@ -1,0 +1,380 @@
+"""Resumable uploads over tus 1.0 (https://tus.io/protocols/resumable-upload), at ``/files/tus/``.
+
+The core protocol (``HEAD`` for the offset, ``PATCH`` to append at it) and
+the extensions ``creation``, ``creation-with-upload``, ``termination``,
+``expiration`` and ``checksum`` (SHA-1, SHA-256, MD5; a mismatch is 460 and
+keeps nothing of that request). Stock clients (tus-js-client, Uppy's Tus
+plugin) work unmodified: ``Upload-Metadata`` names the file (``path``, else
+``relativePath``, ``filename`` or ``name``), its type (``filetype``, ``type``
+or ``contentType``: a hint, the bytes are sniffed) and optionally the whole
+file's ``sha256`` in hex, which the finished file must match. Requests are
+signed in by the same ``Authorization: Bearer …`` as GraphQL (session access
+tokens and personal access tokens).
+
+What an upload is, and every rule it keeps, is ``core.resumable_uploads``'s;
+this module translates HTTP to it and its errors back to tus's statuses. Each
+request costs the sign-in (one or two indexed reads) plus, for ``PATCH``, one
+conditional UPDATE to take the upload's lease and one to give it back with
+the new offset (and one more every third of the lease while bytes flow).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+from urllib.parse import urljoin
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from api.bodies import BodySilent, body_chunks
+from core import resumable_uploads as uploads
+from core.auth import Principal, authenticate
+from core.errors import (
+    BadUserInput,
+    Conflict,
+    DepotError,
+    NotFound,
+    QuotaExceeded,
+    Unauthenticated,
+)
+from core.events import FileCreated, announce
+from core.models import File
+from core.settings import Settings
+from storage.errors import TooLarge
+
+PATH = "/files/tus/"
+TUS_VERSION = "1.0.0"
+EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
+OFFSET_STREAM = "application/offset+octet-stream"
+LEASE_MARGIN_SECONDS = 30
+"""How much longer than the body timeout an append's lease lasts unrenewed."""
+
+# Metadata keys, in the order they are asked, for what each names.
+PATH_KEYS = ("path", "relativePath", "filename", "name")
+TYPE_KEYS = ("filetype", "type", "contentType")
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+
+
+def _status_of(error: DepotError) -> int:
+    """tus's status for each of core's refusals."""
+    if isinstance(error, uploads.ChecksumMismatch):
+        return 460  # tus's "Checksum Mismatch"
+    if isinstance(error, uploads.UploadBusy):
+        return 423
+    if isinstance(error, uploads.UploadExpired):
+        return 410
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, Conflict):
+        return 409
+    if isinstance(error, QuotaExceeded):
+        return 413
+    if isinstance(error, Unauthenticated):
+        return 401
+    return 400
+
+
+def _answer(status: int, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        status_code=status,
+        headers={"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def _refused(status: int, code: str, message: str) -> Response:
+    headers = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+    if status == 412:
+        headers["Tus-Version"] = TUS_VERSION
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _http_date(when: datetime) -> str:
+    return format_datetime(when, usegmt=True)
+
+
+def parse_metadata(header: str) -> dict[str, str]:
+    """``Upload-Metadata``: comma-separated ``key base64(value)`` pairs, values UTF-8."""
+    metadata: dict[str, str] = {}
+    for pair in header.split(","):
+        if not pair.strip():
+            continue
+        key, _, value = pair.strip().partition(" ")
+        if not key or " " in value.strip() or key in metadata:
+            raise _Refusal(400, "BAD_REQUEST", f"Upload-Metadata has a bad pair: {pair.strip()!r}.")
+        try:
+            metadata[key] = base64.b64decode(value.strip(), validate=True).decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError):
+            raise _Refusal(
+                400, "BAD_REQUEST", f"Upload-Metadata's {key!r} is not base64 of UTF-8 text."
+            ) from None
+    return metadata
+
+
+def _first(metadata: dict[str, str], keys: tuple[str, ...]) -> str | None:
+    for key in keys:
+        # Uppy sends relativePath "null" for a file picked on its own.
+        value = metadata.get(key, "").strip()
+        if value and value != "null":
+            return value
+    return None
+
+
+def _number(request: Request, header: str) -> int | None:
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    if not value.isdigit():
+        raise _Refusal(400, "BAD_REQUEST", f"{header} must be a number of bytes, not {value!r}.")
+    return int(value)
+
+
+def _checksum(request: Request) -> uploads.Checksum | None:
+    header = request.headers.get("upload-checksum")
+    if header is None:
+        return None
+    algorithm, _, encoded = header.strip().partition(" ")
+    if algorithm not in uploads.CHECKSUM_ALGORITHMS:
+        raise _Refusal(
+            400,
+            "BAD_REQUEST",
+            f"Upload-Checksum takes {', '.join(uploads.CHECKSUM_ALGORITHMS)}, not {algorithm!r}.",
+        )
+    try:
+        digest = base64.b64decode(encoded.strip(), validate=True)
+    except binascii.Error:
+        raise _Refusal(400, "BAD_REQUEST", "Upload-Checksum's digest is not base64.") from None
+    return uploads.Checksum(algorithm, digest)
+
+
+def _has_body(request: Request) -> bool:
+    return (_number(request, "content-length") or 0) > 0 or "transfer-encoding" in request.headers
+
+
+class TusRoutes:
+    """The tus endpoint, holding what its requests share: the hash states of the
+    uploads this process receives (``core.resumable_uploads.Hashes``)."""
+
+    def __init__(self) -> None:
+        self.hashes = uploads.Hashes()
+
+    @property
+    def routes(self) -> list[Route]:
+        collection = ["POST", "OPTIONS"]
+        member = ["HEAD", "PATCH", "DELETE", "POST", "OPTIONS"]
+        return [
+            Route(PATH, self.collection, methods=collection),
+            Route(PATH.rstrip("/"), self.collection, methods=collection),
+            Route(PATH + "{upload_id}", self.member, methods=member),
+        ]
+
+    async def collection(self, request: Request) -> Response:
+        try:
+            if request.method == "OPTIONS":
+                return self._options(request)
+            _require_version(request)
+            principal = await _sign_in(request)
+            return await self._create(request, principal)
+        except _Refusal as refusal:
+            return _refused(refusal.status, refusal.code, refusal.message)
+        except DepotError as error:
+            return _refused(_status_of(error), error.code, error.message)
+
+    async def member(self, request: Request) -> Response:
+        method = request.method
+        if method == "POST":  # for clients that cannot send PATCH or DELETE
+            method = request.headers.get("x-http-method-override", "").upper()
+        try:
+            if method == "OPTIONS":
+                return self._options(request)
+            if method not in ("HEAD", "PATCH", "DELETE"):
+                raise _Refusal(405, "METHOD_NOT_ALLOWED", "Use HEAD, PATCH or DELETE here.")
+            _require_version(request)
+            principal = await _sign_in(request)
+            upload_id = _upload_id(request)
+            if method == "HEAD":
+                return await self._head(request, principal, upload_id)
+            if method == "PATCH":
+                return await self._patch(request, principal, upload_id)
+            return await self._terminate(request, principal, upload_id)
+        except _Refusal as refusal:
+            return _refused(refusal.status, refusal.code, refusal.message)
+        except DepotError as error:
+            return _refused(_status_of(error), error.code, error.message)
+
+    def _options(self, request: Request) -> Response:
+        settings: Settings = request.state.settings
+        return _answer(
+            204,
+            {
+                "Tus-Version": TUS_VERSION,
+                "Tus-Extension": EXTENSIONS,
+                "Tus-Max-Size": str(settings.max_upload_bytes),
+                "Tus-Checksum-Algorithm": ",".join(uploads.CHECKSUM_ALGORITHMS),
+            },
+        )
+
+    async def _create(self, request: Request, principal: Principal) -> Response:
+        settings: Settings = request.state.settings
+        if "upload-defer-length" in request.headers:
+            raise _Refusal(400, "BAD_REQUEST", "Send Upload-Length: Depot reserves it up front.")
+        length = _number(request, "upload-length")
+        if length is None:
+            raise _Refusal(400, "BAD_REQUEST", "Send Upload-Length, the file's size in bytes.")
+        if length > settings.max_upload_bytes:
+            raise _Refusal(
+                413,
+                "PAYLOAD_TOO_LARGE",
+                f"Files may have at most {settings.max_upload_bytes} bytes (Tus-Max-Size).",
+            )
+        raw_metadata = request.headers.get("upload-metadata", "")
+        metadata = parse_metadata(raw_metadata)
+        path = _first(metadata, PATH_KEYS)
+        if path is None:
+            raise _Refusal(
+                400,
+                "BAD_REQUEST",
+                "Name the file in Upload-Metadata: `path` (e.g. photos/cat.png) or `filename`.",
+            )
+        checksum = _checksum(request)
+        with_body = _has_body(request)
+        if with_body and request.headers.get("content-type") != OFFSET_STREAM:
+            raise _Refusal(415, "UNSUPPORTED_MEDIA_TYPE", f"Send the bytes as {OFFSET_STREAM}.")
+        async with request.state.sessionmaker() as db:
+            try:
+                upload = await uploads.create(
+                    db,
+                    request.state.storage,
+                    self.hashes,
+                    principal.user.id,
+                    path=path,
+                    length=length,
+                    content_type=_first(metadata, TYPE_KEYS),
+                    sha256=metadata.get("sha256"),
+                    metadata=raw_metadata,
+                    max_upload_bytes=settings.max_upload_bytes,
+                    expires_in=timedelta(hours=settings.resumable_upload_hours),
+                )
+            except BadUserInput as error:
+                raise _Refusal(400, error.code, error.message) from None
+        links = request.state.links.for_request(request)
+        headers = {
+            "Location": urljoin(links.base_url, PATH + upload.id.hex),
+            "Upload-Expires": _http_date(upload.expires_at),
+        }
+        if with_body or length == 0:
+            response = await self._append(request, principal, upload.id, 0, checksum)
+            response.status_code = 201
+            response.headers.update(headers)
+            return response
+        return _answer(201, headers)
+
+    async def _head(self, request: Request, principal: Principal, upload_id: uuid.UUID) -> Response:
+        async with request.state.sessionmaker() as db:
+            upload = await uploads.get_upload(db, principal.user.id, upload_id)
+        headers = {
+            "Upload-Offset": str(upload.offset),
+            "Upload-Length": str(upload.length),
+            "Upload-Expires": _http_date(upload.expires_at),
+        }
+        if upload.upload_metadata:
+            headers["Upload-Metadata"] = upload.upload_metadata
+        return _answer(200, headers)
+
+    async def _patch(
+        self, request: Request, principal: Principal, upload_id: uuid.UUID
+    ) -> Response:
+        if request.headers.get("content-type") != OFFSET_STREAM:
+            raise _Refusal(415, "UNSUPPORTED_MEDIA_TYPE", f"Send PATCH bodies as {OFFSET_STREAM}.")
+        offset = _number(request, "upload-offset")
+        if offset is None:
+            raise _Refusal(400, "BAD_REQUEST", "Send Upload-Offset, where these bytes start.")
+        return await self._append(request, principal, upload_id, offset, _checksum(request))
+
+    async def _append(
+        self,
+        request: Request,
+        principal: Principal,
+        upload_id: uuid.UUID,
+        offset: int,
+        checksum: uploads.Checksum | None,
+    ) -> Response:
+        settings: Settings = request.state.settings
+        silence_s = settings.body_timeout_seconds
+        async with request.state.sessionmaker() as db:
+            try:
+                progress = await uploads.append(
+                    db,
+                    request.state.storage,
+                    self.hashes,
+                    principal.user.id,
+                    upload_id,
+                    offset=offset,
+                    chunks=body_chunks(request, silence_s=silence_s),
+                    checksum=checksum,
+                    lease=timedelta(seconds=silence_s + LEASE_MARGIN_SECONDS),
+                    expires_in=timedelta(hours=settings.resumable_upload_hours),
+                )
+            except TooLarge:
+                raise _Refusal(
+                    413, "PAYLOAD_TOO_LARGE", "More bytes were sent than Upload-Length left."
+                ) from None
+            except BodySilent as silent:
+                raise _Refusal(silent.status, silent.code, silent.message) from None
+            except ClientDisconnect:
+                # Nobody reads this; what arrived is kept (without a checksum).
+                raise _Refusal(400, "BAD_REQUEST", "The client went away.") from None
+        if progress.file is not None:
+            await _announce(request, progress.file)
+        return _answer(
+            204,
+            {
+                "Upload-Offset": str(progress.offset),
+                "Upload-Expires": _http_date(progress.expires_at),
+            },
+        )
+
+    async def _terminate(
+        self, request: Request, principal: Principal, upload_id: uuid.UUID
+    ) -> Response:
+        async with request.state.sessionmaker() as db:
+            await uploads.terminate(
+                db, request.state.storage, self.hashes, principal.user.id, upload_id
+            )
+        return _answer(204)
+
+
+async def _announce(request: Request, file: File) -> None:
+    await announce(request.state.events, FileCreated.of(file), owner_id=file.owner_id)
+
+
+def _require_version(request: Request) -> None:
+    if request.headers.get("tus-resumable") != TUS_VERSION:
+        raise _Refusal(
+            412, "PRECONDITION_FAILED", f"Send Tus-Resumable: {TUS_VERSION}, the version spoken."
+        )
+
+
+def _upload_id(request: Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(hex=request.path_params["upload_id"])
+    except ValueError:
+        raise NotFound("No such upload.") from None
+
+
+async def _sign_in(request: Request) -> Principal:
+    authorization = request.headers.get("authorization")
+    if not authorization:
+        raise Unauthenticated("Send `Authorization: Bearer <token>`, as for GraphQL.")
+    async with request.state.sessionmaker() as db:
+        return await authenticate(db, request.state.settings, authorization)

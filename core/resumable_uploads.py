@@ -1,0 +1,551 @@
+"""Resumable uploads: one file's bytes sent over many requests, any of which may break.
+
+The protocol (tus) is ``api.tus``'s; here is what it asks of Depot, over any
+transport. ``create`` checks the future file (path, size, quota) like a
+direct-upload ticket and reserves its whole length at once; ``append`` adds
+the bytes of one request at the offset the upload is at, keeping what
+arrived when the request breaks (unless the request carried a checksum, which
+only a whole request can match); the append that brings the last byte makes
+the file: the object becomes visible (``Storage.finish_append``), its content
+type is sniffed from its first bytes, its SHA-256 checked against the one the
+client declared, and the file's row replaces the upload's in one transaction.
+``terminate`` and ``expire_uploads`` end an unfinished upload, its bytes
+deleted and its reservation released.
+
+Requests for one upload never append at once, on one replica or many: each
+takes a lease (``busy_until``) with one conditional UPDATE on the offset it
+starts from, renews it while bytes flow, and gives it back with the new
+offset. A second request meanwhile is ``UploadBusy``; a lease whose holder
+died lapses after ``lease``.
+
+**The SHA-256** is computed as bytes arrive. ``hashlib`` cannot export a
+hash's state, and S3 cannot read the parts of an unfinished multipart upload
+back, so the state is not persisted: the process that received an upload's
+bytes keeps it in memory (:class:`Hashes`, keyed by upload and offset), and
+the next request it serves for that upload goes on from it. When the state
+is not there (another replica took a request, the process restarted), the
+upload goes on without one and the finished object is read back once to
+hash it: the cost of a lost state is one read of the file at the end,
+never a read per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+import anyio
+from sqlalchemy import delete, or_, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import quota
+from core.content import HEAD_BYTES, Fingerprint, sniff
+from core.direct_uploads import check_content_type, check_sha256, check_size, chosen_content_type
+from core.errors import BadUserInput, Conflict, NotFound
+from core.files import ensure_path_free, path_taken, storage_key
+from core.models import File, ResumableUpload
+from core.paths import file_name, normalize_path
+from core.time import utcnow
+from storage.base import AppendInterrupted, Storage
+from storage.errors import PermanentStorageError, StorageError, TooLarge
+
+CHECKSUM_ALGORITHMS: Final = ("sha1", "sha256", "md5")
+"""What a request's own checksum may use (tus's ``Upload-Checksum``); tus requires SHA-1."""
+
+MAX_METADATA = 4096
+"""Longest metadata kept with an upload (tus's ``Upload-Metadata``, as sent)."""
+
+HASHES_KEPT: Final = 10_000
+"""Hash states one process keeps (about 200 bytes each); the oldest go first."""
+
+
+class WrongOffset(Conflict):
+    """Raised when a request appends at another offset than the upload is at."""
+
+
+class UploadBusy(Conflict):
+    """Raised when another request is appending to the upload right now."""
+
+
+class UploadExpired(NotFound):
+    """Raised for an upload whose time ran out; its bytes are (or will be) deleted."""
+
+
+class ChecksumMismatch(BadUserInput):
+    """Raised when bytes do not match the checksum sent with them; nothing of them is kept."""
+
+
+@dataclass(frozen=True)
+class Checksum:
+    """A request's own checksum: a ``hashlib`` algorithm and the digest it must give."""
+
+    algorithm: str
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where an upload stands after an append: its offset and expiry, or the file it made."""
+
+    offset: int
+    expires_at: datetime
+    file: File | None = None
+
+
+class Hashes:
+    """The SHA-256 states of the uploads this process receives, each with its offset.
+
+    One per app, held by the upload route. A state is taken by the request
+    that goes on from its offset and kept again at the offset it reached.
+    """
+
+    def __init__(self, capacity: int = HASHES_KEPT) -> None:
+        self._states: OrderedDict[uuid.UUID, tuple[int, Any]] = OrderedDict()
+        self._capacity = capacity
+
+    def take(self, upload_id: uuid.UUID, offset: int) -> Any | None:
+        """The state of ``upload_id``'s first ``offset`` bytes, if this process has it."""
+        entry = self._states.pop(upload_id, None)
+        if entry is None or entry[0] != offset:
+            return None
+        return entry[1]
+
+    def keep(self, upload_id: uuid.UUID, offset: int, state: Any) -> None:
+        self._states[upload_id] = (offset, state)
+        self._states.move_to_end(upload_id)
+        while len(self._states) > self._capacity:
+            self._states.popitem(last=False)
+
+    def forget(self, upload_id: uuid.UUID) -> None:
+        self._states.pop(upload_id, None)
+
+
+def _free_of_leases(now: datetime) -> Any:
+    return or_(col(ResumableUpload.busy_until).is_(None), col(ResumableUpload.busy_until) <= now)
+
+
+async def create(
+    db: AsyncSession,
+    storage: Storage,
+    hashes: Hashes,
+    owner_id: uuid.UUID,
+    *,
+    path: str,
+    length: int,
+    content_type: str | None,
+    sha256: str | None,
+    metadata: str,
+    max_upload_bytes: int,
+    expires_in: timedelta,
+) -> ResumableUpload:
+    """Check the future file, reserve its ``length`` and open the upload; commits.
+
+    Raises ``BAD_USER_INPUT`` (path, length, content type, SHA-256),
+    ``CONFLICT`` (path taken) or ``QUOTA_EXCEEDED`` before anything is stored.
+    """
+    path = normalize_path(path)
+    length = check_size(length, max_upload_bytes, field="length")
+    media = check_content_type(content_type)
+    sha256 = check_sha256(sha256)
+    if len(metadata) > MAX_METADATA:
+        raise BadUserInput(
+            f"Upload metadata may have at most {MAX_METADATA} characters.", field="metadata"
+        )
+    now = utcnow()
+    # The owner's abandoned uploads give their bytes back before new ones are reserved.
+    await expire_uploads(db, storage, now, owner_id)
+    await ensure_path_free(db, owner_id, path)
+    key = storage_key(owner_id)
+    await quota.reserve(db, owner_id, length)
+    handle: str | None = None
+    try:
+        handle = await storage.start_append(key)
+        upload = ResumableUpload(
+            owner_id=owner_id,
+            path=path,
+            length=length,
+            content_type=media,
+            sha256=sha256,
+            upload_metadata=metadata,
+            storage_key=key,
+            storage_handle=handle,
+            created_at=now,
+            expires_at=now + expires_in,
+        )
+        db.add(upload)
+        await db.commit()
+    except BaseException:
+        with anyio.CancelScope(shield=True):  # a cancelled request still gives the bytes back
+            await db.rollback()
+            await quota.release(db, owner_id, length)
+            await db.commit()
+            if handle is not None:
+                await storage.abort_append(key, handle)
+        raise
+    await db.refresh(upload)
+    hashes.keep(upload.id, 0, hashlib.sha256())
+    return upload
+
+
+async def get_upload(
+    db: AsyncSession, owner_id: uuid.UUID, upload_id: uuid.UUID
+) -> ResumableUpload:
+    """``owner_id``'s live upload; ``NOT_FOUND`` for anyone else's, ``UploadExpired`` late."""
+    upload = await db.get(ResumableUpload, upload_id, populate_existing=True)
+    if upload is None or upload.owner_id != owner_id:
+        raise NotFound("No such upload.")
+    if upload.expires_at <= utcnow():
+        raise UploadExpired("This upload expired; start it again.")
+    return upload
+
+
+async def _claim(
+    db: AsyncSession, owner_id: uuid.UUID, upload_id: uuid.UUID, offset: int, lease: timedelta
+) -> ResumableUpload:
+    """Take the lease on an upload at ``offset`` (committed), or raise why not."""
+    now = utcnow()
+    result = await db.exec(
+        update(ResumableUpload)
+        .where(
+            col(ResumableUpload.id) == upload_id,
+            col(ResumableUpload.owner_id) == owner_id,
+            col(ResumableUpload.offset) == offset,
+            col(ResumableUpload.expires_at) > now,
+            _free_of_leases(now),
+        )
+        .values(busy_until=now + lease)
+    )
+    await db.commit()
+    upload = await get_upload(db, owner_id, upload_id)
+    if result.rowcount == 1:
+        return upload
+    if upload.offset != offset:
+        raise WrongOffset(f"The upload is at offset {upload.offset}, not {offset}.")
+    raise UploadBusy("Another request is sending bytes to this upload; try again shortly.")
+
+
+async def _release(db: AsyncSession, upload_id: uuid.UUID, at: int, **values: Any) -> bool:
+    """Give the lease back (with ``values``), unless the upload moved on from ``at``; commits."""
+    result = await db.exec(
+        update(ResumableUpload)
+        .where(col(ResumableUpload.id) == upload_id, col(ResumableUpload.offset) == at)
+        .values(busy_until=None, **values)
+    )
+    await db.commit()
+    return bool(result.rowcount == 1)
+
+
+class _Passing:
+    """The bytes of one append on their way to storage: hashed, checked, the lease renewed."""
+
+    def __init__(
+        self,
+        db: AsyncSession,
+        upload: ResumableUpload,
+        sha256: Any | None,
+        checksum: Checksum | None,
+        lease: timedelta,
+    ) -> None:
+        self.db = db
+        self.upload_id = upload.id
+        self.offset = upload.offset
+        self.sha256 = sha256
+        self.checksum = checksum
+        self.lease = lease
+        self.received = 0
+
+    async def through(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        request_hash = None if self.checksum is None else hashlib.new(self.checksum.algorithm)
+        renewed = time.monotonic()
+        async for chunk in chunks:
+            if self.sha256 is not None:
+                # Inline, as core.content.Fingerprint does: a network chunk hashes in
+                # well under a millisecond, less than a thread hop costs.
+                self.sha256.update(chunk)
+            if request_hash is not None:
+                request_hash.update(chunk)
+            self.received += len(chunk)
+            if time.monotonic() - renewed > self.lease.total_seconds() / 3:
+                await self._renew()
+                renewed = time.monotonic()
+            yield chunk
+        if (
+            self.checksum is not None
+            and request_hash is not None
+            and request_hash.digest() != self.checksum.digest
+        ):
+            raise ChecksumMismatch(
+                f"The bytes sent do not match their {self.checksum.algorithm} checksum; "
+                "none of them were kept.",
+                field="checksum",
+            )
+
+    async def _renew(self) -> None:
+        await self.db.exec(
+            update(ResumableUpload)
+            .where(
+                col(ResumableUpload.id) == self.upload_id,
+                col(ResumableUpload.offset) == self.offset,
+            )
+            .values(busy_until=utcnow() + self.lease)
+        )
+        await self.db.commit()
+
+
+async def append(
+    db: AsyncSession,
+    storage: Storage,
+    hashes: Hashes,
+    owner_id: uuid.UUID,
+    upload_id: uuid.UUID,
+    *,
+    offset: int,
+    chunks: AsyncIterable[bytes],
+    checksum: Checksum | None,
+    lease: timedelta,
+    expires_in: timedelta,
+) -> Progress:
+    """Append ``chunks`` at ``offset``; the append that brings the last byte makes the file.
+
+    ``lease`` must outlast the longest silence of a live request. Raises
+    ``NOT_FOUND``, ``UploadExpired``, ``WrongOffset``, ``UploadBusy``;
+    ``ChecksumMismatch`` (nothing kept); ``TooLarge`` past the declared length
+    (nothing kept); the chunks' own error once what arrived is kept (no
+    ``checksum``) or dropped; and, for the last byte, whatever stops the file
+    (``CONFLICT`` for a path taken meanwhile, ``ChecksumMismatch`` for a file
+    that is not the declared SHA-256: both end the upload).
+    """
+    upload = await _claim(db, owner_id, upload_id, offset, lease)
+    start = hashes.take(upload.id, offset)
+    passing = _Passing(db, upload, None if start is None else start.copy(), checksum, lease)
+    interrupted: BaseException | None = None
+    try:
+        try:
+            size = await storage.append(
+                upload.storage_key,
+                upload.storage_handle,
+                offset,
+                passing.through(chunks),
+                max_size=upload.length - offset,
+                keep_partial=checksum is None,
+            )
+        except AppendInterrupted as stop:
+            size, interrupted = stop.size, stop.__cause__
+    except TooLarge:
+        with anyio.CancelScope(shield=True):
+            await _give_back(db, hashes, upload.id, offset, start)
+        raise
+    except PermanentStorageError:
+        # The staged bytes are not what the row says (lost, or a crash mid-finish):
+        # this upload cannot go on.
+        with anyio.CancelScope(shield=True):
+            await _release(db, upload.id, offset)
+            await _end(db, storage, hashes, upload.id, expired_before=None)
+        raise UploadExpired("This upload's bytes were lost; start it again.") from None
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _give_back(db, hashes, upload.id, offset, start)
+        raise
+    sha256 = passing.sha256 if size == offset + passing.received else None
+    if size == upload.length:
+        return Progress(size, upload.expires_at, await _finish(db, storage, hashes, upload, sha256))
+    expires_at = utcnow() + expires_in
+    with anyio.CancelScope(shield=True):
+        if await _release(db, upload.id, offset, offset=size, expires_at=expires_at):
+            if size == offset and start is not None:
+                hashes.keep(upload.id, offset, start)
+            elif sha256 is not None:
+                hashes.keep(upload.id, size, sha256)
+    if interrupted is not None:
+        raise interrupted
+    return Progress(size, expires_at)
+
+
+async def _give_back(
+    db: AsyncSession, hashes: Hashes, upload_id: uuid.UUID, offset: int, start: Any | None
+) -> None:
+    """After an append that kept nothing: the lease back, the hash state as it was."""
+    if start is not None:
+        hashes.keep(upload_id, offset, start)
+    await _release(db, upload_id, offset)
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """What ending an upload needs, read before a rollback expires the row."""
+
+    id: uuid.UUID
+    owner_id: uuid.UUID
+    length: int
+    offset: int
+    storage_key: str
+
+    @classmethod
+    def of(cls, upload: ResumableUpload) -> _Ending:
+        return cls(upload.id, upload.owner_id, upload.length, upload.offset, upload.storage_key)
+
+
+async def _finish(
+    db: AsyncSession,
+    storage: Storage,
+    hashes: Hashes,
+    upload: ResumableUpload,
+    sha256: Any | None,
+) -> File:
+    """Make the appended object visible and turn the upload into its file, in one commit."""
+    hashes.forget(upload.id)
+    ending = _Ending.of(upload)
+    try:
+        await storage.finish_append(upload.storage_key, upload.storage_handle, upload.length)
+        head = b"".join([chunk async for chunk in storage.open(upload.storage_key, 0, HEAD_BYTES)])
+        if sha256 is None:
+            # The hash state was not in this process: read the file back once.
+            fingerprint = Fingerprint(storage.open(upload.storage_key))
+            async for _ in fingerprint:
+                pass
+            digest = fingerprint.sha256
+        else:
+            digest = sha256.hexdigest()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await _release(db, upload.id, upload.offset)
+        raise
+    if upload.sha256 is not None and digest != upload.sha256:
+        with anyio.CancelScope(shield=True):
+            await _discard(db, storage, ending)
+        raise ChecksumMismatch(
+            f"The file's SHA-256 is {digest}, not the {upload.sha256} declared; "
+            "the upload was discarded.",
+            field="sha256",
+        )
+    path = upload.path
+    file = File(
+        owner_id=upload.owner_id,
+        path=path,
+        name=file_name(path),
+        size=upload.length,
+        content_type=chosen_content_type(sniff(head), upload.content_type),
+        sha256=digest,
+        # The bytes came only through Depot: no URL outlives the upload, so the
+        # file keeps the upload's key.
+        storage_key=upload.storage_key,
+    )
+    try:
+        await db.exec(
+            delete(ResumableUpload).where(
+                col(ResumableUpload.id) == upload.id,
+                col(ResumableUpload.offset) == upload.offset,
+            )
+        )
+        db.add(file)
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()
+        with anyio.CancelScope(shield=True):
+            await _discard(db, storage, ending)
+        raise path_taken(path) from None
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await db.rollback()
+            await _discard(db, storage, ending)
+        raise
+    await db.refresh(file)
+    return file
+
+
+async def _discard(db: AsyncSession, storage: Storage, ending: _Ending) -> None:
+    """End a finished-but-refused upload: its row and reservation, then its object."""
+    result = await db.exec(
+        delete(ResumableUpload).where(
+            col(ResumableUpload.id) == ending.id, col(ResumableUpload.offset) == ending.offset
+        )
+    )
+    if result.rowcount == 1:
+        await quota.release(db, ending.owner_id, ending.length)
+    await db.commit()
+    await storage.delete(ending.storage_key)
+
+
+async def _end(
+    db: AsyncSession,
+    storage: Storage,
+    hashes: Hashes | None,
+    upload_id: uuid.UUID,
+    *,
+    expired_before: datetime | None,
+) -> bool:
+    """End an unfinished upload nobody is appending to (only an expired one, with
+    ``expired_before``): its bytes, then its row and reservation. ``False`` if busy."""
+    now = utcnow()
+    conditions = [col(ResumableUpload.id) == upload_id, _free_of_leases(now)]
+    if expired_before is not None:
+        conditions.append(col(ResumableUpload.expires_at) <= expired_before)
+    # Leased for as long as ending takes, so no append starts meanwhile.
+    claimed = await db.exec(
+        update(ResumableUpload).where(*conditions).values(busy_until=now + timedelta(minutes=5))
+    )
+    await db.commit()
+    if claimed.rowcount != 1:
+        return False
+    upload = await db.get(ResumableUpload, upload_id, populate_existing=True)
+    assert upload is not None
+    if hashes is not None:
+        hashes.forget(upload_id)
+    # The bytes first: should that fail, the row keeps the key to try again.
+    try:
+        await storage.abort_append(upload.storage_key, upload.storage_handle)
+        # And the object itself, should a crash have stopped a finished one short of its file.
+        await storage.delete(upload.storage_key)
+    except StorageError:
+        await _release(db, upload_id, upload.offset)
+        raise
+    await db.exec(delete(ResumableUpload).where(col(ResumableUpload.id) == upload_id))
+    await quota.release(db, upload.owner_id, upload.length)
+    await db.commit()
+    return True
+
+
+async def terminate(
+    db: AsyncSession,
+    storage: Storage,
+    hashes: Hashes | None,
+    owner_id: uuid.UUID,
+    upload_id: uuid.UUID,
+) -> ResumableUpload:
+    """End ``owner_id``'s unfinished upload: bytes deleted, reservation released.
+
+    Returns the upload as it was. ``NOT_FOUND`` for anyone else's;
+    ``UploadBusy`` while a request is appending to it.
+    """
+    upload = await db.get(ResumableUpload, upload_id, populate_existing=True)
+    if upload is None or upload.owner_id != owner_id:
+        raise NotFound("No such upload.")
+    db.expunge(upload)
+    if not await _end(db, storage, hashes, upload_id, expired_before=None):
+        if await db.get(ResumableUpload, upload_id, populate_existing=True) is None:
+            raise NotFound("No such upload.")
+        raise UploadBusy("A request is sending bytes to this upload; try again shortly.")
+    return upload
+
+
+async def expire_uploads(
+    db: AsyncSession, storage: Storage, now: datetime, owner_id: uuid.UUID | None = None
+) -> int:
+    """End every upload (of ``owner_id``, or everyone's) that expired by ``now``; how many."""
+    conditions = [col(ResumableUpload.expires_at) <= now]
+    if owner_id is not None:
+        conditions.append(col(ResumableUpload.owner_id) == owner_id)
+    found = await db.exec(select(col(ResumableUpload.id)).where(*conditions))
+    ended = 0
+    for upload_id in found.all():
+        if await _end(db, storage, None, upload_id, expired_before=now):
+            ended += 1
+    return ended
