@@ -45,7 +45,7 @@ from core.errors import (
 from core.events import FileCreated, announce
 from core.models import File
 from core.settings import Settings
-from storage.errors import TooLarge
+from storage.errors import StorageError, TooLarge
 
 PATH = "/files/tus/"
 TUS_VERSION = "1.0.0"
@@ -189,6 +189,11 @@ class TusRoutes:
             return _refused(refusal.status, refusal.code, refusal.message)
         except DepotError as error:
             return _refused(_status_of(error), error.code, error.message)
+        except StorageError as error:
+            if not error.transient:
+                raise
+            # Clients try 5xx again (tus-js-client's retryDelays): the upload waits.
+            return _refused(503, "SERVICE_UNAVAILABLE", "Storage is unavailable; try again.")
 
     async def member(self, request: Request) -> Response:
         method = request.method
@@ -211,6 +216,11 @@ class TusRoutes:
             return _refused(refusal.status, refusal.code, refusal.message)
         except DepotError as error:
             return _refused(_status_of(error), error.code, error.message)
+        except StorageError as error:
+            if not error.transient:
+                raise
+            # Clients try 5xx again (tus-js-client's retryDelays): the upload waits.
+            return _refused(503, "SERVICE_UNAVAILABLE", "Storage is unavailable; try again.")
 
     def _options(self, request: Request) -> Response:
         settings: Settings = request.state.settings

@@ -35,6 +35,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     if "PYTHONPATH" in os.environ:
         # A checkout other than the installed one (a git worktree) runs its own code.
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    # S3 credentials come from the AWS chain, not the settings (see storage.s3).
+    env.update({name: value for name, value in os.environ.items() if name.startswith("AWS_")})
     for name, value in settings.model_dump().items():
         if value is None:
             continue
