@@ -138,9 +138,11 @@ class Process:
 
 
 def _environment(settings: Settings, **variables: str) -> dict[str, str]:
-    """Only what ``settings`` says (plus PATH, HOME and the test S3 credentials)."""
+    """Only what ``settings`` says (plus PATH, HOME, the test S3 credentials, and
+    PYTHONPATH so that a git worktree runs its own code)."""
     return {
         **{name: value for name, value in os.environ.items() if name.startswith("AWS_")},
+        **{name: value for name, value in os.environ.items() if name == "PYTHONPATH"},
         "PATH": os.environ["PATH"],
         "HOME": os.environ.get("HOME", str(settings.var_dir)),
         "DEPOT_VAR_DIR": str(settings.var_dir),

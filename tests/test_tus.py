@@ -154,14 +154,12 @@ async def test_an_upload_in_uneven_pieces_becomes_a_file(
     client: httpx.AsyncClient, ada: dict[str, str], settings: Settings
 ) -> None:
     data = PNG + bytes(9 * MiB)  # crosses S3's part size with pieces below its minimum
-    url = await created(
-        client,
-        ada,
-        len(data),
-        path="photos/cat.png",
-        filetype="image/jpeg",
-        sha256=hashlib.sha256(data).hexdigest(),
-    )
+    meta = {
+        "path": "photos/cat.png",
+        "filetype": "image/jpeg",
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    url = await created(client, ada, len(data), **meta)
     assert url.startswith("/files/tus/")
     assert await used_bytes(client, ada) == len(data)  # reserved at creation
     described = await head(client, ada, url)
@@ -169,7 +167,7 @@ async def test_an_upload_in_uneven_pieces_becomes_a_file(
     assert described.headers["upload-offset"] == "0"
     assert described.headers["upload-length"] == str(len(data))
     assert described.headers["cache-control"] == "no-store"
-    assert "filename" not in described.headers["upload-metadata"]  # sent as given: path only
+    assert described.headers["upload-metadata"] == metadata(**meta)  # as sent
     offset = 0
     for size in (1000, 3 * MiB, 5 * MiB, len(data)):
         piece = data[offset : offset + size]
