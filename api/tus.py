@@ -43,7 +43,7 @@ from core.errors import (
     Unauthenticated,
 )
 from core.events import FileCreated, announce
-from core.models import File
+from core.models import File, UploadKind
 from core.settings import Settings
 from storage.errors import StorageError, TooLarge
 
@@ -291,7 +291,7 @@ class TusRoutes:
 
     async def _head(self, request: Request, principal: Principal, upload_id: uuid.UUID) -> Response:
         async with request.state.sessionmaker() as db:
-            upload = await uploads.get_upload(db, principal.user.id, upload_id)
+            upload = await uploads.get_upload(db, principal.user.id, upload_id, UploadKind.TUS)
         headers = {
             "Upload-Offset": str(upload.offset),
             "Upload-Length": str(upload.length),

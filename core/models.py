@@ -181,8 +181,16 @@ class Upload(SQLModel, table=True):
     seen_meta: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
 
 
+class UploadKind(enum.StrEnum):
+    TUS = "tus"  # bytes through Depot's tus endpoint, appended as they come
+    MULTIPART = "multipart"  # parts sent by the client straight to S3
+
+
 class ResumableUpload(SQLModel, table=True):
-    """An unfinished resumable (tus) upload: ``length`` bytes reserved, ``offset`` received.
+    """An unfinished resumable upload: ``length`` bytes reserved, ``offset`` received.
+
+    Through tus (``kind`` TUS), or in parts a client sends straight to S3
+    (MULTIPART; ``offset`` stays 0, S3 knows the parts).
 
     The bytes so far are appended to ``storage_key`` (``Storage.append``, with
     ``storage_handle``); the object becomes the file's own once the last byte
@@ -197,6 +205,7 @@ class ResumableUpload(SQLModel, table=True):
     owner_id: uuid.UUID = Field(
         sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")], index=True
     )
+    kind: UploadKind = Field(default=UploadKind.TUS, sa_type=_enum(UploadKind))
     path: str = Field(max_length=1024)
     length: int = Field(sa_type=BigInteger)
     # "offset" is a reserved word in SQL: the column is named apart from it.

@@ -51,7 +51,7 @@ from core.content import HEAD_BYTES, Fingerprint, sniff
 from core.direct_uploads import check_content_type, check_sha256, check_size, chosen_content_type
 from core.errors import BadUserInput, Conflict, NotFound
 from core.files import ensure_path_free, path_taken, storage_key
-from core.models import File, ResumableUpload
+from core.models import File, ResumableUpload, UploadKind
 from core.paths import file_name, normalize_path
 from core.time import utcnow
 from storage.base import AppendInterrupted, Storage
@@ -135,7 +135,7 @@ def _free_of_leases(now: datetime) -> Any:
 async def create(
     db: AsyncSession,
     storage: Storage,
-    hashes: Hashes,
+    hashes: Hashes | None,
     owner_id: uuid.UUID,
     *,
     path: str,
@@ -145,6 +145,7 @@ async def create(
     metadata: str,
     max_upload_bytes: int,
     expires_in: timedelta,
+    kind: UploadKind = UploadKind.TUS,
 ) -> ResumableUpload:
     """Check the future file, reserve its ``length`` and open the upload; commits.
 
@@ -170,6 +171,7 @@ async def create(
         handle = await storage.start_append(key)
         upload = ResumableUpload(
             owner_id=owner_id,
+            kind=kind,
             path=path,
             length=length,
             content_type=media,
@@ -191,32 +193,40 @@ async def create(
                 await storage.abort_append(key, handle)
         raise
     await db.refresh(upload)
-    hashes.keep(upload.id, 0, hashlib.sha256())
+    if hashes is not None:
+        hashes.keep(upload.id, 0, hashlib.sha256())
     return upload
 
 
 async def get_upload(
-    db: AsyncSession, owner_id: uuid.UUID, upload_id: uuid.UUID
+    db: AsyncSession, owner_id: uuid.UUID, upload_id: uuid.UUID, kind: UploadKind | None = None
 ) -> ResumableUpload:
-    """``owner_id``'s live upload; ``NOT_FOUND`` for anyone else's, ``UploadExpired`` late."""
+    """``owner_id``'s live upload (of ``kind``); ``NOT_FOUND`` for anyone else's or another
+    kind, ``UploadExpired`` late."""
     upload = await db.get(ResumableUpload, upload_id, populate_existing=True)
-    if upload is None or upload.owner_id != owner_id:
+    if upload is None or upload.owner_id != owner_id or kind not in (None, upload.kind):
         raise NotFound("No such upload.")
     if upload.expires_at <= utcnow():
         raise UploadExpired("This upload expired; start it again.")
     return upload
 
 
-async def _claim(
-    db: AsyncSession, owner_id: uuid.UUID, upload_id: uuid.UUID, offset: int, lease: timedelta
+async def claim(
+    db: AsyncSession,
+    owner_id: uuid.UUID,
+    upload_id: uuid.UUID,
+    offset: int,
+    lease: timedelta,
+    kind: UploadKind = UploadKind.TUS,
 ) -> ResumableUpload:
-    """Take the lease on an upload at ``offset`` (committed), or raise why not."""
+    """Take the lease on an upload of ``kind`` at ``offset`` (committed), or raise why not."""
     now = utcnow()
     result = await db.exec(
         update(ResumableUpload)
         .where(
             col(ResumableUpload.id) == upload_id,
             col(ResumableUpload.owner_id) == owner_id,
+            col(ResumableUpload.kind) == kind,
             col(ResumableUpload.offset) == offset,
             col(ResumableUpload.expires_at) > now,
             _free_of_leases(now),
@@ -224,7 +234,7 @@ async def _claim(
         .values(busy_until=now + lease)
     )
     await db.commit()
-    upload = await get_upload(db, owner_id, upload_id)
+    upload = await get_upload(db, owner_id, upload_id, kind)
     if result.rowcount == 1:
         return upload
     if upload.offset != offset:
@@ -232,7 +242,7 @@ async def _claim(
     raise UploadBusy("Another request is sending bytes to this upload; try again shortly.")
 
 
-async def _release(db: AsyncSession, upload_id: uuid.UUID, at: int, **values: Any) -> bool:
+async def release(db: AsyncSession, upload_id: uuid.UUID, at: int, **values: Any) -> bool:
     """Give the lease back (with ``values``), unless the upload moved on from ``at``; commits."""
     result = await db.exec(
         update(ResumableUpload)
@@ -323,7 +333,7 @@ async def append(
     (``CONFLICT`` for a path taken meanwhile, ``ChecksumMismatch`` for a file
     that is not the declared SHA-256: both end the upload).
     """
-    upload = await _claim(db, owner_id, upload_id, offset, lease)
+    upload = await claim(db, owner_id, upload_id, offset, lease)
     start = hashes.take(upload.id, offset)
     passing = _Passing(db, upload, None if start is None else start.copy(), checksum, lease)
     interrupted: BaseException | None = None
@@ -347,7 +357,7 @@ async def append(
         # The staged bytes are not what the row says (lost, or a crash mid-finish):
         # this upload cannot go on.
         with anyio.CancelScope(shield=True):
-            await _release(db, upload.id, offset)
+            await release(db, upload.id, offset)
             await _end(db, storage, hashes, upload.id, expired_before=None)
         raise UploadExpired("This upload's bytes were lost; start it again.") from None
     except BaseException:
@@ -359,7 +369,7 @@ async def append(
         return Progress(size, upload.expires_at, await _finish(db, storage, hashes, upload, sha256))
     expires_at = utcnow() + expires_in
     with anyio.CancelScope(shield=True):
-        if await _release(db, upload.id, offset, offset=size, expires_at=expires_at):
+        if await release(db, upload.id, offset, offset=size, expires_at=expires_at):
             if size == offset and start is not None:
                 hashes.keep(upload.id, offset, start)
             elif sha256 is not None:
@@ -375,7 +385,7 @@ async def _give_back(
     """After an append that kept nothing: the lease back, the hash state as it was."""
     if start is not None:
         hashes.keep(upload_id, offset, start)
-    await _release(db, upload_id, offset)
+    await release(db, upload_id, offset)
 
 
 @dataclass(frozen=True)
@@ -402,9 +412,27 @@ async def _finish(
 ) -> File:
     """Make the appended object visible and turn the upload into its file, in one commit."""
     hashes.forget(upload.id)
-    ending = _Ending.of(upload)
     try:
         await storage.finish_append(upload.storage_key, upload.storage_handle, upload.length)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await release(db, upload.id, upload.offset)
+        raise
+    return await make_file(db, storage, upload, sha256)
+
+
+async def make_file(
+    db: AsyncSession, storage: Storage, upload: ResumableUpload, sha256: Any | None
+) -> File:
+    """Turn a leased upload whose object is now visible into its file, in one commit.
+
+    The head is sniffed; the SHA-256 is ``sha256``'s, or read back from the
+    object when None. A SHA-256 other than the one declared, or a path taken
+    meanwhile, ends the upload (bytes and reservation); any other failure
+    gives the lease back.
+    """
+    ending = _Ending.of(upload)
+    try:
         head = b"".join([chunk async for chunk in storage.open(upload.storage_key, 0, HEAD_BYTES)])
         if sha256 is None:
             # The hash state was not in this process: read the file back once.
@@ -416,7 +444,7 @@ async def _finish(
             digest = sha256.hexdigest()
     except BaseException:
         with anyio.CancelScope(shield=True):
-            await _release(db, upload.id, upload.offset)
+            await release(db, upload.id, upload.offset)
         raise
     if upload.sha256 is not None and digest != upload.sha256:
         with anyio.CancelScope(shield=True):
@@ -434,7 +462,8 @@ async def _finish(
         size=upload.length,
         content_type=chosen_content_type(sniff(head), upload.content_type),
         sha256=digest,
-        # The bytes came only through Depot: no URL outlives the upload, so the
+        # No URL can write to the key once the upload is complete (tus bytes
+        # come through Depot; S3 refuses parts of a completed upload), so the
         # file keeps the upload's key.
         storage_key=upload.storage_key,
     )
@@ -505,7 +534,7 @@ async def _end(
         # And the object itself, should a crash have stopped a finished one short of its file.
         await storage.delete(upload.storage_key)
     except StorageError:
-        await _release(db, upload_id, upload.offset)
+        await release(db, upload_id, upload.offset)
         raise
     await db.exec(delete(ResumableUpload).where(col(ResumableUpload.id) == upload_id))
     await quota.release(db, upload.owner_id, upload.length)

@@ -22,6 +22,7 @@ from schema.files import FileMutation, FileQuery
 from schema.jobs import JobMutation, JobQuery
 from schema.limits import Limits, limit_rules, query_cost
 from schema.loaders import FreshLoaders
+from schema.multipart_uploads import MultipartUploadMutation, MultipartUploadQuery
 from schema.nodes import File, Job, User
 from schema.query import Query as NodeQuery
 from schema.resumable_uploads import (
@@ -36,7 +37,15 @@ from schema.validation import RequestRules
 
 Query = merge_types(
     "Query",
-    (NodeQuery, AccessTokenQuery, AdminQuery, FileQuery, ResumableUploadQuery, JobQuery),
+    (
+        NodeQuery,
+        AccessTokenQuery,
+        AdminQuery,
+        FileQuery,
+        ResumableUploadQuery,
+        MultipartUploadQuery,
+        JobQuery,
+    ),
 )
 Mutation = merge_types(
     "Mutation",
@@ -47,6 +56,7 @@ Mutation = merge_types(
         DirectUploadMutation,
         UploadMutation,
         ResumableUploadMutation,
+        MultipartUploadMutation,
         FileMutation,
         JobMutation,
     ),

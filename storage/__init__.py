@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from storage.base import AppendInterrupted, Links, SignedRequest, Stat, Storage
+from storage.base import AppendInterrupted, Links, Part, SignedRequest, Stat, Storage
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 __all__ = [
     "AppendInterrupted",
     "Links",
     "ObjectNotFound",
+    "Part",
     "PermanentStorageError",
     "SignedRequest",
     "Stat",

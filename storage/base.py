@@ -29,6 +29,15 @@ class Stat:
 
 
 @dataclass(frozen=True)
+class Part:
+    """One part a client sent of a multipart object (S3): its number, size and ETag."""
+
+    number: int
+    size: int
+    etag: str
+
+
+@dataclass(frozen=True)
 class SignedRequest:
     """How a client sends bytes straight to storage: method, URL and the headers to send."""
 
@@ -200,6 +209,26 @@ class Storage(Protocol):
 
     async def abort_append(self, key: str, handle: str) -> None:
         """Drop an unfinished appended object and whatever it staged; gone already is fine."""
+        ...
+
+    async def part_upload_request(
+        self, key: str, handle: str, number: int, *, expires_in: timedelta
+    ) -> SignedRequest | None:
+        """A presigned PUT of part ``number`` of the appended object ``key``, for a
+        client to send straight to storage (S3), or None when clients cannot reach
+        storage itself (local, memory)."""
+        ...
+
+    async def list_parts(self, key: str, handle: str) -> list[Part]:
+        """The parts clients sent (``part_upload_request``) of ``key``, in order."""
+        ...
+
+    async def complete_parts(self, key: str, handle: str, parts: list[Part]) -> None:
+        """Assemble the parts a client sent into the object at ``key``, visible at once.
+
+        ``PermanentStorageError`` when they do not fit (an unknown part or ETag,
+        a part under the minimum but the last); the object stays unfinished.
+        """
         ...
 
     async def probe(self) -> None:

@@ -28,7 +28,7 @@ from urllib.request import url2pathname
 
 import anyio
 
-from storage.base import AppendInterrupted, SignedRequest, Stat, check_prefix
+from storage.base import AppendInterrupted, Part, SignedRequest, Stat, check_prefix
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 BLOCK = 1024 * 1024
@@ -242,6 +242,19 @@ class LocalStorage:
     ) -> SignedRequest | None:
         """None: clients send these bytes through Depot's upload route."""
         return None
+
+    async def part_upload_request(
+        self, key: str, handle: str, number: int, *, expires_in: timedelta
+    ) -> SignedRequest | None:
+        """None: clients send bytes through Depot's routes (tus appends them here)."""
+        return None
+
+    async def list_parts(self, key: str, handle: str) -> list[Part]:
+        """None sent: clients cannot send parts here."""
+        return []
+
+    async def complete_parts(self, key: str, handle: str, parts: list[Part]) -> None:
+        raise PermanentStorageError("clients cannot send parts to this storage")
 
     async def probe(self) -> None:
         """The directory exists (or can be made) and takes a file."""

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterable, AsyncIterator
 from datetime import timedelta
 
 from core.time import utcnow
-from storage.base import AppendInterrupted, SignedRequest, Stat, check_prefix
-from storage.errors import ObjectNotFound, TooLarge
+from storage.base import AppendInterrupted, Part, SignedRequest, Stat, check_prefix
+from storage.errors import ObjectNotFound, PermanentStorageError, TooLarge
 
 CHUNK = 64 * 1024
 
@@ -120,6 +120,19 @@ class MemoryStorage:
     ) -> SignedRequest | None:
         """None: clients send these bytes through Depot's upload route."""
         return None
+
+    async def part_upload_request(
+        self, key: str, handle: str, number: int, *, expires_in: timedelta
+    ) -> SignedRequest | None:
+        """None: clients send bytes through Depot's routes (tus appends them here)."""
+        return None
+
+    async def list_parts(self, key: str, handle: str) -> list[Part]:
+        """None sent: clients cannot send parts here."""
+        return []
+
+    async def complete_parts(self, key: str, handle: str, parts: list[Part]) -> None:
+        raise PermanentStorageError("clients cannot send parts to this storage")
 
     async def probe(self) -> None:
         """Always ready: the objects are in this process."""

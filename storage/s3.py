@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 
 from core.content import content_disposition
 from core.time import utcnow
-from storage.base import AppendInterrupted, SignedRequest, Stat, check_prefix
+from storage.base import AppendInterrupted, Part, SignedRequest, Stat, check_prefix
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 PART_SIZE = 8 * 1024 * 1024
@@ -49,6 +49,8 @@ DELETE_BATCH = 1000
 """Keys per DeleteObjects request (S3 takes at most 1000), and per listed page."""
 
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+# What S3 says when the parts a client names cannot make an object.
+_BAD_PARTS = {"InvalidPart", "InvalidPartOrder", "EntityTooSmall", "NoSuchUpload"}
 
 
 @dataclass(frozen=True)
@@ -454,6 +456,53 @@ class S3Storage:
             )
         headers = {"Content-Type": content_type, "Content-Length": str(size)}
         return SignedRequest(url, "PUT", headers, expires_at)
+
+    async def part_upload_request(
+        self, key: str, handle: str, number: int, *, expires_in: timedelta
+    ) -> SignedRequest:
+        s3 = await self._signer()
+        with _errors(key):
+            url: str = await s3.generate_presigned_url(
+                "upload_part",
+                Params={
+                    "Bucket": self._location.bucket,
+                    "Key": key,
+                    "UploadId": handle,
+                    "PartNumber": number,
+                },
+                ExpiresIn=int(expires_in.total_seconds()),
+            )
+        return SignedRequest(url, "PUT", {}, utcnow() + expires_in)
+
+    async def list_parts(self, key: str, handle: str) -> list[Part]:
+        s3 = await self._s3()
+        parts: list[Part] = []
+        with _errors(key):
+            paginator = s3.get_paginator("list_parts")
+            pages = paginator.paginate(Bucket=self._location.bucket, Key=key, UploadId=handle)
+            async for page in pages:
+                parts += [
+                    Part(part["PartNumber"], part["Size"], part["ETag"])
+                    for part in page.get("Parts", [])
+                ]
+        return sorted(parts, key=lambda part: part.number)
+
+    async def complete_parts(self, key: str, handle: str, parts: list[Part]) -> None:
+        s3 = await self._s3()
+        listed = [{"PartNumber": part.number, "ETag": part.etag} for part in parts]
+        try:
+            await s3.complete_multipart_upload(
+                Bucket=self._location.bucket,
+                Key=key,
+                UploadId=handle,
+                MultipartUpload={"Parts": listed},
+            )
+        except ClientError as exc:
+            if _code(exc) in _BAD_PARTS:
+                message = exc.response.get("Error", {}).get("Message", "")
+                raise PermanentStorageError(f"{_code(exc)}: {message}") from None
+            with _errors(key):
+                raise
 
     async def probe(self) -> None:
         """The bucket exists and these credentials may use it."""

@@ -1,4 +1,4 @@
-"""Resumable (tus) uploads.
+"""Resumable uploads: through tus, or in parts sent straight to S3.
 
 Revision ID: 0005
 Revises: 0004
@@ -23,6 +23,11 @@ def upgrade() -> None:
         "resumable_upload",
         sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("owner_id", sa.Uuid(), nullable=False),
+        sa.Column(
+            "kind",
+            sa.Enum("tus", "multipart", name="uploadkind", native_enum=False, length=16),
+            nullable=False,
+        ),
         sa.Column("path", sa.String(length=1024), nullable=False),
         sa.Column("length", sa.BigInteger(), nullable=False),
         sa.Column("received", sa.BigInteger(), nullable=False),
