@@ -282,12 +282,19 @@ class TusRoutes:
             "Location": urljoin(links.base_url, PATH + upload.id.hex),
             "Upload-Expires": _http_date(upload.expires_at),
         }
-        if with_body or length == 0:
+        if not (with_body or length == 0):
+            return _answer(201, headers)
+        try:
             response = await self._append(request, principal, upload.id, 0, checksum)
+        except _Refusal as refusal:
+            response = _refused(refusal.status, refusal.code, refusal.message)
+        except DepotError as error:
+            response = _refused(_status_of(error), error.code, error.message)
+        if response.status_code == 204:
             response.status_code = 201
-            response.headers.update(headers)
-            return response
-        return _answer(201, headers)
+        # Even when the bytes were refused the upload exists: say where, to resume it.
+        response.headers.update(headers)
+        return response
 
     async def _head(self, request: Request, principal: Principal, upload_id: uuid.UUID) -> Response:
         async with request.state.sessionmaker() as db:

@@ -218,10 +218,18 @@ async def test_creation_with_upload_and_an_empty_file(
     assert "upload-expires" in response.headers
     url = httpx.URL(response.headers["location"]).path
     assert (await patch(client, ada, url, 5, b"-last")).headers["upload-offset"] == "10"
+    refused = await create(
+        client, ada, 4, body=b"abcd", filename="b.txt", extra={"Upload-Checksum": checksum(b"x")}
+    )
+    assert refused.status_code == 460
+    # The upload exists all the same, at offset 0: the client can resume it.
+    again = httpx.URL(refused.headers["location"]).path
+    assert (await patch(client, ada, again, 0, b"abcd")).status_code == 204
     empty = await create(client, ada, 0, filename="empty.txt")
     assert empty.status_code == 201, empty.text
     found = {file["path"]: file for file in await files(client, ada)}
     assert found["a.txt"]["size"] == 10
+    assert found["b.txt"]["size"] == 4
     assert found["a.txt"]["contentType"] == "text/plain"
     assert found["empty.txt"]["size"] == 0
 
