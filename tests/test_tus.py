@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from sqlalchemy import update
@@ -500,3 +502,33 @@ async def test_cors_lets_a_page_speak_tus(tmp_path: Path, database_url: str) -> 
             "tus-extension",
             "tus-max-size",
         }
+
+
+async def test_a_second_request_meanwhile_is_told_the_upload_is_busy(
+    client: httpx.AsyncClient, ada: dict[str, str]
+) -> None:
+    url = await created(client, ada, 5, filename="busy.txt")
+    sent_first = anyio.Event()
+    gate = anyio.Event()
+
+    async def slow() -> AsyncIterator[bytes]:
+        yield b"abc"
+        sent_first.set()
+        await gate.wait()
+        yield b"de"
+
+    answers: dict[str, httpx.Response] = {}
+
+    async def first() -> None:
+        answers["first"] = await client.patch(
+            url, headers={**TUS, **OFFSET_STREAM, **ada, "Upload-Offset": "0"}, content=slow()
+        )
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        await sent_first.wait()
+        second = await patch(client, ada, url, 0, b"xy")
+        gate.set()
+    assert (second.status_code, second.json()["code"]) == (423, "CONFLICT")
+    assert answers["first"].status_code == 204
+    assert answers["first"].headers["upload-offset"] == "5"
