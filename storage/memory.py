@@ -101,8 +101,10 @@ class MemoryStorage:
 
     async def finish_append(self, key: str, handle: str, size: int) -> None:
         staged = self._appending.get(key)
-        if staged is None or len(staged) != size:
+        if staged is None:
             raise ObjectNotFound(key)
+        if len(staged) != size:
+            raise PermanentStorageError(f"{key!r} holds {len(staged)} bytes, not {size}")
         body = bytes(self._appending.pop(key))
         self._objects[key] = (body, Stat(len(body), hashlib.md5(body).hexdigest(), utcnow()))  # noqa: S324 - an ETag, like S3's
 
