@@ -73,10 +73,26 @@ class Sample:
             self.size += len(chunk)
             yield chunk
 
+    @classmethod
+    def of_ends(cls, head: bytes, tail: bytes, size: int, keep: int = SAMPLE_BYTES) -> Sample:
+        """The sample of a ``size``-byte file read back by its two ends, for bytes that
+        did not pass in one stream (a resumable upload's, over many requests)."""
+        sample = cls(_no_chunks(), keep)
+        sample.head = bytearray(head[:keep])
+        sample._recent = deque([tail[-keep:]])
+        sample._recent_bytes = len(sample._recent[0])
+        sample.size = size
+        return sample
+
     @property
     def tail(self) -> bytes:
         """The last ``keep`` bytes (or fewer, for a smaller file)."""
         return b"".join(self._recent)[-self._keep :]
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield  # an async generator that yields nothing
 
 
 class _Sparse(io.RawIOBase):

@@ -53,6 +53,7 @@ from core.errors import BadUserInput, Conflict, NotFound
 from core.files import ensure_path_free, path_taken, storage_key
 from core.models import File, ResumableUpload, UploadKind
 from core.paths import file_name, normalize_path
+from core.probe import SAMPLE_BYTES, Sample, probe
 from core.time import utcnow
 from storage.base import AppendInterrupted, Storage
 from storage.errors import PermanentStorageError, StorageError, TooLarge
@@ -426,22 +427,31 @@ async def make_file(
 ) -> File:
     """Turn a leased upload whose object is now visible into its file, in one commit.
 
-    The head is sniffed; the SHA-256 is ``sha256``'s, or read back from the
-    object when None. A SHA-256 other than the one declared, or a path taken
-    meanwhile, ends the upload (bytes and reservation); any other failure
-    gives the lease back.
+    The head is sniffed and the headers probed (``core.probe``); the SHA-256
+    is ``sha256``'s, or read back from the object when None. A SHA-256 other
+    than the one declared, or a path taken meanwhile, ends the upload (bytes
+    and reservation); any other failure gives the lease back.
     """
     ending = _Ending.of(upload)
+    key, length = upload.storage_key, upload.length
     try:
-        head = b"".join([chunk async for chunk in storage.open(upload.storage_key, 0, HEAD_BYTES)])
         if sha256 is None:
             # The hash state was not in this process: read the file back once.
-            fingerprint = Fingerprint(storage.open(upload.storage_key))
-            async for _ in fingerprint:
+            fingerprint = Fingerprint(storage.open(key))
+            sample = Sample(fingerprint)
+            async for _ in sample:
                 pass
             digest = fingerprint.sha256
         else:
+            # The probe's sample: the two ends, read back (the bytes came over many requests).
+            head = await _read(storage, key, 0, SAMPLE_BYTES)
+            tail = await _read(storage, key, max(0, length - SAMPLE_BYTES), length)
+            sample = Sample.of_ends(head, tail, length)
             digest = sha256.hexdigest()
+        content_type = chosen_content_type(
+            sniff(bytes(sample.head[:HEAD_BYTES])), upload.content_type
+        )
+        meta = await anyio.to_thread.run_sync(probe, sample, content_type)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await release(db, upload.id, upload.offset)
@@ -460,8 +470,9 @@ async def make_file(
         path=path,
         name=file_name(path),
         size=upload.length,
-        content_type=chosen_content_type(sniff(head), upload.content_type),
+        content_type=content_type,
         sha256=digest,
+        meta=meta,
         # No URL can write to the key once the upload is complete (tus bytes
         # come through Depot; S3 refuses parts of a completed upload), so the
         # file keeps the upload's key.
@@ -488,6 +499,10 @@ async def make_file(
         raise
     await db.refresh(file)
     return file
+
+
+async def _read(storage: Storage, key: str, start: int, end: int) -> bytes:
+    return b"".join([chunk async for chunk in storage.open(key, start, end)])
 
 
 async def _discard(db: AsyncSession, storage: Storage, ending: _Ending) -> None:

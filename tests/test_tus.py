@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from PIL import Image
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -51,6 +53,7 @@ UPLOADS = """query Uploads { uploads { totalCount edges { node {
 CANCEL = "mutation Cancel($id: ID!) { cancelUpload(id: $id) }"
 FILES = "query Files { files { edges { node { id path size contentType sha256 } } } }"
 MY_EVENTS = "subscription { myEvents { type path } }"
+METADATA = "query { files { edges { node { sha256 contentType metadata } } } }"
 
 
 def metadata(**values: str) -> str:
@@ -532,3 +535,31 @@ async def test_a_second_request_meanwhile_is_told_the_upload_is_busy(
     assert (second.status_code, second.json()["code"]) == (423, "CONFLICT")
     assert answers["first"].status_code == 204
     assert answers["first"].headers["upload-offset"] == "5"
+
+
+@on_local_and_s3
+@pytest.mark.parametrize("restart", [False, True], ids=["hash-kept", "hash-lost"])
+async def test_an_image_gets_its_metadata_on_arrival(
+    tmp_path: Path, database_url: str, file_storage_url: str, restart: bool
+) -> None:
+    """The probe reads the finished file's two ends back, whichever process finishes it."""
+    settings = make_settings(tmp_path, database_url=database_url, storage_url=file_storage_url)
+    image = io.BytesIO()
+    Image.effect_noise((300, 200), 64).convert("RGB").save(image, "PNG")
+    data = image.getvalue()
+    half = len(data) // 2
+    async with serve_app(settings) as client:
+        ada = bearer((await register(client))["accessToken"])
+        url = await created(client, ada, len(data), path="photos/noise.png")
+        assert (await patch(client, ada, url, 0, data[:half])).status_code == 204
+        if not restart:
+            assert (await patch(client, ada, url, half, data[half:])).status_code == 204
+            body = await graphql(client, METADATA, headers=ada)
+    if restart:
+        async with serve_app(settings) as client:
+            assert (await patch(client, ada, url, half, data[half:])).status_code == 204
+            body = await graphql(client, METADATA, headers=ada)
+    [file] = [edge["node"] for edge in body["data"]["files"]["edges"]]
+    assert file["sha256"] == hashlib.sha256(data).hexdigest()
+    assert file["contentType"] == "image/png"
+    assert (file["metadata"]["width"], file["metadata"]["height"]) == (300, 200)
