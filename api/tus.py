@@ -40,10 +40,12 @@ from core.errors import (
     DepotError,
     NotFound,
     QuotaExceeded,
+    RateLimited,
     Unauthenticated,
 )
 from core.events import FileCreated, announce
 from core.models import File, UploadKind
+from core.ratelimit import Action
 from core.settings import Settings
 from storage.errors import StorageError, TooLarge
 
@@ -80,6 +82,8 @@ def _status_of(error: DepotError) -> int:
         return 413
     if isinstance(error, Unauthenticated):
         return 401
+    if isinstance(error, RateLimited):
+        return 429
     return 400
 
 
@@ -90,13 +94,20 @@ def _answer(status: int, headers: dict[str, str] | None = None) -> Response:
     )
 
 
-def _refused(status: int, code: str, message: str) -> Response:
+def _refused(status: int, code: str, message: str, *, retry_after: int | None = None) -> Response:
     headers = {"Tus-Resumable": TUS_VERSION, "Cache-Control": "no-store"}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     if status == 412:
         headers["Tus-Version"] = TUS_VERSION
     if status == 401:
         headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse({"error": message, "code": code}, status_code=status, headers=headers)
+
+
+def _refused_for(error: DepotError) -> Response:
+    retry_after = error.retry_after if isinstance(error, RateLimited) else None
+    return _refused(_status_of(error), error.code, error.message, retry_after=retry_after)
 
 
 def _http_date(when: datetime) -> str:
@@ -188,7 +199,7 @@ class TusRoutes:
         except _Refusal as refusal:
             return _refused(refusal.status, refusal.code, refusal.message)
         except DepotError as error:
-            return _refused(_status_of(error), error.code, error.message)
+            return _refused_for(error)
         except StorageError as error:
             if not error.transient:
                 raise
@@ -215,7 +226,7 @@ class TusRoutes:
         except _Refusal as refusal:
             return _refused(refusal.status, refusal.code, refusal.message)
         except DepotError as error:
-            return _refused(_status_of(error), error.code, error.message)
+            return _refused_for(error)
         except StorageError as error:
             if not error.transient:
                 raise
@@ -260,6 +271,13 @@ class TusRoutes:
         with_body = _has_body(request)
         if with_body and request.headers.get("content-type") != OFFSET_STREAM:
             raise _Refusal(415, "UNSUPPORTED_MEDIA_TYPE", f"Send the bytes as {OFFSET_STREAM}.")
+        # One upload started, as uploadFile and createUpload count (PATCHes do not).
+        client = request.client
+        await request.state.action_limiter.hit(
+            Action.UPLOAD,
+            user=principal.user.id,
+            address=client.host if client is not None else "unknown",
+        )
         async with request.state.sessionmaker() as db:
             try:
                 upload = await uploads.create(
@@ -289,7 +307,7 @@ class TusRoutes:
         except _Refusal as refusal:
             response = _refused(refusal.status, refusal.code, refusal.message)
         except DepotError as error:
-            response = _refused(_status_of(error), error.code, error.message)
+            response = _refused_for(error)
         if response.status_code == 204:
             response.status_code = 201
         # Even when the bytes were refused the upload exists: say where, to resume it.

@@ -110,7 +110,7 @@ class Action(StrEnum):
     """What :class:`ActionLimiter` counts: each a field (or a field's failures) of the API."""
 
     REGISTER = "register"  # register, per address
-    UPLOAD = "upload"  # uploadFile and createUpload
+    UPLOAD = "upload"  # uploadFile, createUpload, createMultipartUpload, tus creation
     JOB = "job"  # startJob and retryJob
     ACCESS_TOKEN = "access_token"  # noqa: S105 - createAccessToken
     REFRESH_FAILURE = "refresh_failure"  # refreshSession refused, per address

@@ -201,7 +201,8 @@ class Settings(BaseSettings):
     )
     upload_limit_per_user: str = Field(
         default="600/minute",
-        description="Uploads (`uploadFile`, `createUpload`) one user may start. A client "
+        description="Uploads (`uploadFile`, `createUpload`, `createMultipartUpload`, tus "
+        "creations) one user may start. A client "
         "sending a folder of small files, a few at a time, makes about 5 a second: this is "
         "twice that. The quota bounds the bytes; this bounds the requests and rows.",
     )

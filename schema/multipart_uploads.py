@@ -14,11 +14,13 @@ from strawberry.scalars import JSON
 
 from core import multipart_uploads
 from core.events import FileCreated, announce
+from core.ratelimit import Action
 from schema.context import Info
 from schema.direct_uploads import CreateUploadInput
 from schema.ids import decode_id_of
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
+from schema.ratelimits import count
 from schema.resumable_uploads import ResumableUpload
 from schema.scalars import BigInt
 
@@ -87,6 +89,7 @@ class MultipartUploadMutation:
     ) -> MultipartUpload:
         user = info.context.require_principal().user
         settings = info.context.settings
+        await count(info.context, Action.UPLOAD)
         async with info.context.sessionmaker() as db:
             upload = await multipart_uploads.create(
                 db,

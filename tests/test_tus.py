@@ -563,3 +563,17 @@ async def test_an_image_gets_its_metadata_on_arrival(
     assert file["sha256"] == hashlib.sha256(data).hexdigest()
     assert file["contentType"] == "image/png"
     assert (file["metadata"]["width"], file["metadata"]["height"]) == (300, 200)
+
+
+async def test_creations_count_against_the_upload_limit(tmp_path: Path, database_url: str) -> None:
+    settings = make_settings(tmp_path, database_url=database_url, upload_limit_per_user="2/minute")
+    async with serve_app(settings) as client:
+        ada = bearer((await register(client))["accessToken"])
+        url = await created(client, ada, 4, filename="one.bin")
+        # PATCHes are bytes of an upload already counted, not uploads.
+        for offset in range(4):
+            assert (await patch(client, ada, url, offset, b"x")).status_code == 204
+        assert (await create(client, ada, 1, filename="two.bin")).status_code == 201
+        refused = await create(client, ada, 1, filename="three.bin")
+    assert (refused.status_code, refused.json()["code"]) == (429, "RATE_LIMITED")
+    assert int(refused.headers["retry-after"]) > 0
