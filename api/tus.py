@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.bodies import BodySilent, body_chunks
+from core import metrics
 from core import resumable_uploads as uploads
 from core.auth import Principal, authenticate
 from core.errors import (
@@ -370,6 +371,7 @@ class TusRoutes:
                 # Nobody reads this; what arrived is kept (without a checksum).
                 raise _Refusal(400, "BAD_REQUEST", "The client went away.") from None
         if progress.file is not None:
+            metrics.UPLOAD_BYTES.labels("tus").inc(progress.file.size)
             await _announce(request, progress.file)
         return _answer(
             204,

@@ -63,7 +63,8 @@ WEBSOCKET_CONNECTIONS: Final = Gauge(
 UPLOAD_BYTES: Final = Counter(
     "depot_upload_bytes_total",
     "Bytes of files uploaded and stored, by method (multipart: uploadFile; "
-    "direct: completeUpload of a direct-upload ticket).",
+    "direct: completeUpload of a direct-upload ticket; tus: the tus endpoint; "
+    "s3-multipart: completeMultipartUpload).",
     ["method"],
 )
 

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import strawberry
 from strawberry.scalars import JSON
 
-from core import multipart_uploads
+from core import metrics, multipart_uploads
 from core.events import FileCreated, announce
 from core.ratelimit import Action
 from schema.context import Info
@@ -147,5 +147,6 @@ class MultipartUploadMutation:
                 key,
                 [(part.part_number, part.etag) for part in parts],
             )
+        metrics.UPLOAD_BYTES.labels("s3-multipart").inc(file.size)
         await announce(info.context.events, FileCreated.of(file), owner_id=file.owner_id)
         return File.from_model(file)

@@ -26,6 +26,7 @@ from tests.support import (
     storage_root,
     used_bytes,
 )
+from tests.test_metrics import delta, scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -101,6 +102,7 @@ async def test_parts_sent_straight_to_s3_become_a_file(
         upload["id"]
     ]
     parts = await send_parts(client, ada, upload["id"])
+    before = await scrape(client)
     listed = await ok(client, ada, PARTS_QUERY, id=upload["id"])
     assert [(p["partNumber"], p["size"], p["etag"]) for p in listed] == [
         (1, len(PARTS[0]), parts[0]["etag"]),
@@ -115,6 +117,8 @@ async def test_parts_sent_straight_to_s3_become_a_file(
     }
     assert (await ok(client, ada, UPLOADS))["edges"] == []
     assert await used_bytes(client, ada) == len(DATA)
+    after = await scrape(client)
+    assert delta(after, before, "depot_upload_bytes_total", method="s3-multipart") == len(DATA)
     assert len(leftover_objects(settings)) == 1  # the file; no pending upload
 
 

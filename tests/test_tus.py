@@ -40,6 +40,7 @@ from tests.support import (
     subscriber,
     used_bytes,
 )
+from tests.test_metrics import delta, scrape
 from workers.maintenance import expire_resumable_uploads
 
 pytestmark = pytest.mark.anyio
@@ -199,14 +200,19 @@ async def test_an_upload_in_uneven_pieces_becomes_a_file(
     assert read_object(settings, rows[0]) == data
 
 
-async def test_finishing_announces_the_file(client: httpx.AsyncClient) -> None:
+async def test_finishing_announces_the_file_and_counts_its_bytes(
+    client: httpx.AsyncClient,
+) -> None:
     payload = await register(client)
     ada = bearer(payload["accessToken"])
+    before = await scrape(client)
     async with subscriber(client, payload["accessToken"]) as ws:
         await subscribe(ws, "1", MY_EVENTS, {})
         response = await create(client, ada, 5, body=b"hello", path="notes/hi.txt")
         assert response.status_code == 201, response.text
         message = await next_message(ws)
+    after = await scrape(client)
+    assert delta(after, before, "depot_upload_bytes_total", method="tus") == 5
     assert message["payload"]["data"]["myEvents"] == {
         "type": "FILE_CREATED",
         "path": "notes/hi.txt",
