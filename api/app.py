@@ -29,8 +29,8 @@ from api.health import healthz, readyz
 from api.metrics import metrics
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
-from api.variants import variant
 from api.tus import TusRoutes
+from api.variants import variant
 from api.websocket import OpenSockets
 from core import jobs as job_states
 from core import tracing
