@@ -5,6 +5,11 @@ use. Here is where its values come from, which only the API knows: the
 long-lived clients the app's lifespan put in ``request.state``, the links to
 the byte routes (at the request's own host in development), the request id
 from ``RequestIdMiddleware``, and the principal behind ``Authorization``.
+
+An HTTP request has one database session (``Context.db``), opened by the
+first block that needs it: sign-in reads the caller with it, and the
+resolvers and dataloaders then go on in it. :func:`end_request` closes it
+once the answer is ready, whether or not an operation ran.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from core.auth import authenticate
 from core.errors import Unauthenticated
 from core.settings import Settings
 from schema.context import Context
+
+# Where a request's context keeps its shared session for `end_request`.
+_SHARED_SESSION = "depot.db"
 
 
 async def build_context(
@@ -41,16 +49,32 @@ async def build_context(
         jobs=state.jobs,
         request_id=state.request_id,
     )
-    authorization = request.headers.get("authorization")
-    if isinstance(request, Request) and authorization:
-        await sign_in(context, authorization)
+    if isinstance(request, Request):
+        request.scope[_SHARED_SESSION] = context.db
+        authorization = request.headers.get("authorization")
+        if authorization:
+            await sign_in(context, authorization)
     return context
 
 
+async def end_request(request: Request) -> None:
+    """Close the database session of ``request``'s context, if it has one."""
+    shared = request.scope.get(_SHARED_SESSION)
+    if shared is not None:
+        await shared.close()
+
+
 async def sign_in(context: Context, authorization: str) -> None:
-    """Resolve the caller; a refused credential is kept to explain later errors."""
-    async with context.sessionmaker() as db:
-        try:
+    """Resolve the caller; a refused credential is kept to explain later errors.
+
+    In the context's shared session: over HTTP the request's resolvers go on
+    in it; a WebSocket's is closed at once, so that the socket holds none
+    while it waits for operations.
+    """
+    try:
+        async with context.db() as db:
             context.principal = await authenticate(db, context.settings, authorization)
-        except Unauthenticated as exc:
-            context.auth_error = exc
+    except Unauthenticated as exc:
+        context.auth_error = exc
+    if isinstance(context.request, WebSocket):
+        await context.db.close()

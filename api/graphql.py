@@ -42,7 +42,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
 from api.bodies import BodyRefused, read_body
-from api.context import build_context
+from api.context import build_context, end_request
 from api.multipart import CSRF_ADVICE, MultipartUploads, Refused, has_csrf_header
 from api.websocket import (
     CONNECTION_INIT_TIMEOUT,
@@ -206,6 +206,9 @@ class GraphQLView(GraphQL[Context, None]):
                 )
             allow = "GET, POST" if exc.status_code == 405 else None
             return self._error_response(exc.status_code, exc.reason, media_type, allow)
+        finally:
+            # Also when no operation ran (a refused body, say) after sign-in opened it.
+            await end_request(request)
 
     def _error_response(
         self, status: int, message: str, media_type: str, allow: str | None = None

@@ -303,6 +303,7 @@ class TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None])
     async def shutdown(self) -> None:
         await self.stop_watching()
         await super().shutdown()
+        await self.context.db.close()  # each operation closed it; this one may have been cut off
 
 
 class LegacyWSHandler(_Watched, BaseGraphQLWSHandler[Context, None]):
@@ -315,3 +316,4 @@ class LegacyWSHandler(_Watched, BaseGraphQLWSHandler[Context, None]):
     async def cleanup(self) -> None:
         await self.stop_watching()
         await super().cleanup()
+        await self.context.db.close()

@@ -1,14 +1,32 @@
-"""The async database engine and sessions, for SQLite and PostgreSQL alike."""
+"""The async database engine and sessions, for SQLite and PostgreSQL alike.
+
+Two things here keep a request's database work to the statements it needs:
+
+* no ping per checkout: a pooled connection the server has closed fails on
+  its first statement, SQLAlchemy then invalidates it (and every connection
+  checked out before it), and a read that was the first statement of its
+  session runs once more on a new connection (:func:`_retry_first_read`);
+* :class:`SharedSession`: one session for a unit of work (an HTTP request, a
+  WebSocket operation), lent to one user at a time, instead of one per
+  resolver, loader and sign-in.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Result, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import ORMExecuteState
+from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.metrics import watch_pool
@@ -18,15 +36,19 @@ SQLITE_BUSY_TIMEOUT_MS = 5000
 
 SessionMaker = async_sessionmaker[AsyncSession]
 
+logger = structlog.get_logger("depot.db")
+
 
 def create_engine(settings: Settings) -> AsyncEngine:
     """Build the engine for ``settings.database_url``, tuned for its database.
 
     SQLite gets WAL (readers never wait for the writer), foreign keys (off by
     default there) and a busy timeout (a second writer waits instead of
-    failing). PostgreSQL gets a sized, pre-pinged pool. In production a
-    statement's parameters (emails, token hashes, paths) stay out of error
-    messages, and so out of logged tracebacks.
+    failing). PostgreSQL gets a sized pool, without ``pool_pre_ping``: the
+    ping cost a ``BEGIN; ;ROLLBACK`` round trip per checkout, and a dead
+    connection is recovered from when it is used instead (see the module's
+    docstring). In production a statement's parameters (emails, token hashes,
+    paths) stay out of error messages, and so out of logged tracebacks.
     """
     url = make_url(settings.database_url)
     hide_parameters = settings.is_production
@@ -41,7 +63,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
             url,
             pool_size=settings.database_pool_size,
             max_overflow=settings.database_max_overflow,
-            pool_pre_ping=True,
             hide_parameters=hide_parameters,
         )
     if settings.metrics_enabled:
@@ -58,6 +79,84 @@ def _configure_sqlite(dbapi_connection: Any, _record: object) -> None:
     cursor.close()
 
 
+class DepotSession(Session):
+    """SQLModel's session, with :func:`_retry_first_read` listening on it."""
+
+
+@event.listens_for(DepotSession, "do_orm_execute")
+def _retry_first_read(state: ORMExecuteState) -> Result[Any] | None:
+    """Run a session's first statement, a read, again if its connection turned out dead.
+
+    Only then is a retry sure to repeat nothing: no transaction was under
+    way, no row was loaded or added (a rollback would expire or drop it), and
+    a ``SELECT`` changes nothing if it did reach the server. Any other
+    statement on a dead connection fails as before, and the pool, already
+    invalidated, hands the next one a fresh connection. Costs one function
+    call per statement, and a re-entry into the session for a session's
+    first read.
+    """
+    session = state.session
+    if not state.is_select or session.in_transaction() or session.identity_map or session.new:
+        return None
+    try:
+        return state.invoke_statement()
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.warning("database connection lost; reading again on a new one", error=str(exc.orig))
+    session.rollback()
+    return state.invoke_statement()
+
+
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     """Sessions that keep loaded objects usable after commit (no lazy reloads)."""
-    return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+    return async_sessionmaker(
+        engine, class_=AsyncSession, sync_session_class=DepotSession, expire_on_commit=False
+    )
+
+
+class SharedSession:
+    """One session for a unit of work, lent to one block at a time: ``async with shared() as db``.
+
+    An HTTP request's sign-in, resolvers and dataloaders each take a block;
+    they share one connection and one identity map (the signed-in user's row
+    is read once), and a lock keeps the blocks of concurrently resolved
+    fields from using the session at once (an ``AsyncSession`` allows only
+    one statement at a time). The session opens lazily, so a request that
+    reads nothing never checks out a connection.
+
+    A block is a unit, as when it had a session of its own: it commits what
+    it means to keep (mutations commit where they always have), and one that
+    raises closes the session, which rolls back whatever it began and
+    detaches the rows read so far (still readable, unlike the expired rows a
+    rollback leaves). The next block opens a new session. :meth:`close` ends
+    the unit, also between blocks; never take a block inside another one (the
+    lock is not re-entrant).
+    """
+
+    def __init__(self, sessionmaker: SessionMaker) -> None:
+        self._sessionmaker = sessionmaker
+        self._session: AsyncSession | None = None
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def __call__(self) -> AsyncIterator[AsyncSession]:
+        async with self._lock:
+            if self._session is None:
+                self._session = self._sessionmaker()
+            session = self._session
+            try:
+                yield session
+            except BaseException:
+                self._session = None
+                # Shielded, as AsyncSession's own exit is: a cancelled block still gives
+                # its connection back.
+                await asyncio.shield(session.close())
+                raise
+
+    async def close(self) -> None:
+        """End the unit of work: roll back what no block committed, return the connection."""
+        async with self._lock:
+            session, self._session = self._session, None
+            if session is not None:
+                await asyncio.shield(session.close())

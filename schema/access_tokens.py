@@ -59,7 +59,7 @@ class AccessTokenQuery:
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> Connection[AccessToken]:
         user = info.context.require_principal().user
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             return await paginate(
                 db,
                 Credential,
@@ -85,7 +85,7 @@ class AccessTokenMutation:
     ) -> CreatedAccessToken:
         user = info.context.require_principal().user
         await count(info.context, Action.ACCESS_TOKEN)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             credential, secret = await access_tokens.create_access_token(
                 db, info.context.settings, user, name, expires_in_days
             )
@@ -99,7 +99,7 @@ class AccessTokenMutation:
     async def revoke_access_token(self, info: Info, id: strawberry.ID) -> AccessToken:
         user = info.context.require_principal().user
         key = decode_id_of("AccessToken", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             credential = await access_tokens.revoke_access_token(db, user.id, key)
             await db.commit()
         await announce(info.context.events, CredentialsRevoked.of(user.id), owner_id=user.id)
@@ -111,7 +111,7 @@ async def resolve_access_token(info: Info, key: uuid.UUID) -> AccessToken | None
     viewer = info.context.user
     if viewer is None:
         return None
-    async with info.context.sessionmaker() as db:
+    async with info.context.db() as db:
         credential = await db.get(Credential, key)
     if (
         credential is None

@@ -56,7 +56,7 @@ class AdminQuery:
         after: str | None = None,
         filter: UserFilter | None = None,
     ) -> Connection[User]:
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             return await paginate(
                 db,
                 models.User,
@@ -87,7 +87,7 @@ async def _save(db: AsyncSession, user: models.User) -> User:
 class AdminMutation:
     @strawberry.mutation(description="Make a user an admin, or not.", permission_classes=[IsAdmin])
     async def set_user_role(self, info: Info, id: strawberry.ID, role: Role) -> User:
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             user = await _target(db, info, id, self_allowed=False)
             user.role = models.Role(role.value)
             return await _save(db, user)
@@ -98,7 +98,7 @@ class AdminMutation:
         permission_classes=[IsAdmin],
     )
     async def set_user_active(self, info: Info, id: strawberry.ID, active: bool) -> User:
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             user = await _target(db, info, id, self_allowed=False)
             user.is_active = active
             if not active:
@@ -112,7 +112,7 @@ class AdminMutation:
     async def set_user_quota(self, info: Info, id: strawberry.ID, quota_bytes: BigInt) -> User:
         if quota_bytes < 0:
             raise BadUserInput("A quota cannot be negative.", field="quotaBytes")
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             user = await _target(db, info, id)
             user.quota_bytes = quota_bytes
             return await _save(db, user)

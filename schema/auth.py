@@ -63,7 +63,7 @@ class AuthMutation:
     async def register(self, info: Info, input: RegisterInput) -> AuthPayload:
         context = info.context
         await count(context, Action.REGISTER)
-        async with context.sessionmaker() as db:
+        async with context.db() as db:
             user = await users.create_user(
                 db,
                 context.settings,
@@ -78,7 +78,7 @@ class AuthMutation:
     @strawberry.mutation(description="Sign in with email and password.")
     async def login(self, info: Info, input: LoginInput) -> AuthPayload:
         context = info.context
-        async with context.sessionmaker() as db:
+        async with context.db() as db:
             user, tokens = await sessions.sign_in(
                 db,
                 context.settings,
@@ -98,7 +98,7 @@ class AuthMutation:
         # Refused refreshes are counted per address: guessing costs a query each.
         await check_failures(context, Action.REFRESH_FAILURE)
         try:
-            async with context.sessionmaker() as db:
+            async with context.db() as db:
                 user, tokens = await sessions.refresh_session(db, context.settings, refresh_token)
                 await db.commit()
         except Unauthenticated:
@@ -110,7 +110,7 @@ class AuthMutation:
     async def logout(self, info: Info, refresh_token: str) -> bool:
         # An unknown refresh token is a guess, as in `refreshSession`.
         await check_failures(info.context, Action.REFRESH_FAILURE)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             user_id = await sessions.end_session_of_refresh_token(db, refresh_token)
             await db.commit()
         if user_id is None:
@@ -125,7 +125,7 @@ class AuthMutation:
     )
     async def logout_everywhere(self, info: Info) -> bool:
         user = info.context.require_principal().user
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             await sessions.revoke_sessions(db, col(Session.user_id) == user.id)
             await access_tokens.revoke_all_access_tokens(db, user.id)
             await db.commit()
@@ -138,7 +138,7 @@ class AuthMutation:
     )
     async def update_profile(self, info: Info, display_name: str) -> User:
         principal = info.context.require_principal()
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             user = await users.get_user(db, principal.user.id)
             user.display_name = users.normalize_display_name(display_name)
             users.touch(user)
@@ -154,7 +154,7 @@ class AuthMutation:
         principal = info.context.require_principal()
         # Each wrong current password costs a full hash: counted per user and address.
         await check_failures(info.context, Action.PASSWORD_FAILURE)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             user = await users.get_user(db, principal.user.id)
             try:
                 await sessions.change_password(

@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from core.auth import Principal
-from core.db import SessionMaker
+from core.db import SessionMaker, SharedSession
 from core.errors import Unauthenticated
 from core.eventlog import EventLog
 from core.models import User
@@ -29,6 +29,7 @@ class Context:
     request: Request | WebSocket
     response: Response | WebSocket
     settings: Settings
+    # For work outside the unit of work: a subscription's reads per event.
     sessionmaker: SessionMaker
     login_limiter: LoginLimiter
     action_limiter: ActionLimiter
@@ -43,11 +44,14 @@ class Context:
     auth_error: Unauthenticated | None = None
     # Set by the graphql-transport-ws handler from the `connection_init` payload.
     connection_params: dict[str, Any] | None = field(default=None)
+    # The request's (or the WebSocket operation's) one session: `async with context.db() as db`.
+    db: SharedSession = field(init=False)
     # Replaced for every operation by the FreshLoaders extension.
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:
-        self.loaders = Loaders(self.sessionmaker)
+        self.db = SharedSession(self.sessionmaker)
+        self.loaders = Loaders(self.db)
 
     @property
     def user(self) -> User | None:

@@ -54,7 +54,7 @@ class DirectUploadMutation:
         user = info.context.require_principal().user
         settings = info.context.settings
         await count(info.context, Action.UPLOAD)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             ticket = await direct_uploads.create_ticket(
                 db,
                 info.context.storage,
@@ -83,7 +83,7 @@ class DirectUploadMutation:
     async def complete_upload(self, info: Info, id: strawberry.ID) -> File:
         user = info.context.require_principal().user
         key = decode_id_of("Upload", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             file = await direct_uploads.complete_ticket(db, info.context.storage, user.id, key)
         metrics.UPLOAD_BYTES.labels("direct").inc(file.size)
         return File.from_model(file)

@@ -59,7 +59,7 @@ class FileMutation:
     async def move_file(self, info: Info, id: strawberry.ID, path: str) -> File:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             file = await files.move(db, user.id, key, path)
         return File.from_model(file)
 
@@ -71,7 +71,7 @@ class FileMutation:
     async def copy_file(self, info: Info, id: strawberry.ID, path: str) -> File:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             file = await files.copy(db, info.context.storage, user.id, key, path)
         return File.from_model(file)
 
@@ -84,7 +84,7 @@ class FileMutation:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
         follow = info.context.settings.derivatives_follow_source
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             file, *along = await files.trash(db, user.id, key, follow=follow)
         for gone in (file, *along):
             await announce(info.context.events, FileDeleted.of(gone), owner_id=gone.owner_id)
@@ -99,7 +99,7 @@ class FileMutation:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
         follow = info.context.settings.derivatives_follow_source
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             file, *_ = await files.restore(db, user.id, key, follow=follow)
         return File.from_model(file)
 
@@ -112,7 +112,7 @@ class FileMutation:
         user = info.context.require_principal().user
         key = decode_id_of("File", id)
         storage = info.context.storage
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             if info.context.settings.derivatives_follow_source:
                 file, *along = await files.purge_following(db, storage, user.id, key)
             else:

@@ -79,7 +79,7 @@ class JobMutation:
         await count(info.context, Action.JOB)
         kind, requested = job_request(input)
         params = dump(kind.check(requested, info.context.settings))
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             job, created = await jobs.create_job(
                 db,
                 user.id,
@@ -93,7 +93,7 @@ class JobMutation:
         # The row says "sent" from the start (one write less); if the send
         # fails, it says "unsent" again so that maintenance sends it soon.
         if created and not await _send(info, job):
-            async with info.context.sessionmaker() as db:
+            async with info.context.db() as db:
                 await jobs.mark_sent(db, [job.id], sent=False)
         return Job.from_model(job)
 
@@ -105,7 +105,7 @@ class JobMutation:
     )
     async def cancel_job(self, info: Info, id: strawberry.ID) -> Job:
         user = info.context.require_principal().user
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             job, cancelled = await jobs.cancel_job(db, user.id, decode_id_of("Job", id))
         if cancelled:
             await announce(
@@ -124,7 +124,7 @@ class JobMutation:
         user = info.context.require_principal().user
         await count(info.context, Action.JOB)
         key = decode_id_of("Job", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             found = await jobs.get_owned_job(db, user.id, key)
             job = await jobs.retry_job(
                 db,
@@ -140,6 +140,6 @@ class JobMutation:
             retention_seconds=info.context.settings.job_events_retention_seconds,
         )
         if await _send(info, job):
-            async with info.context.sessionmaker() as db:
+            async with info.context.db() as db:
                 await jobs.mark_sent(db, [job.id])
         return Job.from_model(job)

@@ -10,7 +10,7 @@ WebSocket connection's later operations must not see earlier answers.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -19,7 +19,7 @@ from sqlmodel import col, select
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 
-from core.db import SessionMaker
+from core.db import SharedSession
 from core.models import File, Job, JobInput, User
 
 
@@ -38,11 +38,11 @@ class ByIdLoader(DataLoader[uuid.UUID, Row | None], Generic[Row]):
     name what was not found.
     """
 
-    def __init__(self, sessionmaker: SessionMaker, model: type[Row]) -> None:
+    def __init__(self, shared: SharedSession, model: type[Row]) -> None:
         self.model = model
 
         async def load(keys: list[uuid.UUID]) -> Sequence[Row | None]:
-            async with sessionmaker() as db:
+            async with shared() as db:
                 rows = await db.exec(select(model).where(col(model.id).in_(keys)))
                 by_id = {row.id: row for row in rows}
             return [by_id.get(key) for key in keys]
@@ -52,9 +52,9 @@ class ByIdLoader(DataLoader[uuid.UUID, Row | None], Generic[Row]):
 
 @dataclass
 class Loaders:
-    """The dataloaders of one operation, all reading through ``sessionmaker``."""
+    """The dataloaders of one operation, all reading through the operation's session."""
 
-    sessionmaker: SessionMaker
+    shared: SharedSession
     users: ByIdLoader[User] = field(init=False)
     files: ByIdLoader[File] = field(init=False)
     live_file_counts: DataLoader[uuid.UUID, int] = field(init=False)
@@ -65,10 +65,10 @@ class Loaders:
     )
 
     def __post_init__(self) -> None:
-        self.users = ByIdLoader(self.sessionmaker, User)
-        self.files = ByIdLoader(self.sessionmaker, File)
+        self.users = ByIdLoader(self.shared, User)
+        self.files = ByIdLoader(self.shared, File)
         self.live_file_counts = DataLoader(load_fn=self._load_live_file_counts)
-        self.jobs = ByIdLoader(self.sessionmaker, Job)
+        self.jobs = ByIdLoader(self.shared, Job)
         self.job_inputs = DataLoader(load_fn=self._load_job_inputs)
 
     def paged(
@@ -88,7 +88,7 @@ class Loaders:
         return self._paged[key]
 
     async def _load_job_inputs(self, job_ids: list[uuid.UUID]) -> Sequence[list[File]]:
-        async with self.sessionmaker() as db:
+        async with self.shared() as db:
             rows = await db.exec(
                 select(JobInput.job_id, File)
                 .join(File, col(File.id) == col(JobInput.file_id))
@@ -101,7 +101,7 @@ class Loaders:
         return [found[job_id] for job_id in job_ids]
 
     async def _load_live_file_counts(self, owner_ids: list[uuid.UUID]) -> Sequence[int]:
-        async with self.sessionmaker() as db:
+        async with self.shared() as db:
             rows = await db.exec(
                 select(col(File.owner_id), func.count())
                 .where(col(File.owner_id).in_(owner_ids), col(File.trashed_at).is_(None))
@@ -112,9 +112,16 @@ class Loaders:
 
 
 class FreshLoaders(SchemaExtension):
-    """Gives each operation its own loaders, so no cached row outlives it."""
+    """Gives each operation its own loaders, and ends its database session with it.
 
-    def on_operation(self) -> Iterator[None]:
+    So no cached row outlives the operation, and no WebSocket holds a session
+    (or, on PostgreSQL, a connection) between its operations.
+    """
+
+    async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context.context
-        context.loaders = Loaders(context.sessionmaker)
-        yield
+        context.loaders = Loaders(context.db)
+        try:
+            yield
+        finally:
+            await context.db.close()

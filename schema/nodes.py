@@ -283,7 +283,7 @@ async def list_files(
 ) -> Connection[File]:
     """One page of ``owner_id``'s files: the same listing for ``files`` and ``User.files``."""
     conditions = file_conditions(owner_id, filter)
-    async with info.context.sessionmaker() as db:
+    async with info.context.db() as db:
         return await paginate(
             db,
             models.File,
@@ -301,7 +301,7 @@ def _file_jobs(
     """Jobs that read each file, a page per file, for ``File.jobs``."""
 
     async def load(file_ids: list[uuid.UUID]) -> list[Connection[Job]]:
-        async with loaders.sessionmaker() as db:
+        async with loaders.shared() as db:
             pages = await paginate_children(
                 db,
                 models.Job,
@@ -384,7 +384,7 @@ async def list_jobs(
     filter: JobFilter | None,
 ) -> Connection[Job]:
     """One page of ``owner_id``'s jobs: the same listing for ``jobs`` and ``User.jobs``."""
-    async with info.context.sessionmaker() as db:
+    async with info.context.db() as db:
         return await paginate(
             db,
             models.Job,
@@ -401,7 +401,7 @@ def _files_under(parent: Any) -> Callable[[Loaders, int | None, str | None], Fil
 
     def loader(loaders: Loaders, first: int | None, after: str | None) -> FilePages:
         async def load(parent_ids: list[uuid.UUID]) -> list[Connection[File]]:
-            async with loaders.sessionmaker() as db:
+            async with loaders.shared() as db:
                 pages = await paginate_children(
                     db,
                     models.File,

@@ -34,7 +34,7 @@ class UploadMutation:
             )
         principal = info.context.require_principal()
         await count(info.context, Action.UPLOAD)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             row = await store_upload(
                 db, info.context.storage, info.context.settings, principal.user.id, path, incoming
             )

@@ -1,0 +1,116 @@
+"""SQL per request: a few statements for a page of files or ``me``, on every database.
+
+Counted with SQLAlchemy's ``before_cursor_execute`` on every engine of the
+process while one request runs: every statement Depot sends, but not the
+``BEGIN``/``COMMIT``/``ROLLBACK`` the drivers send by themselves (the
+issue's "besides BEGIN/COMMIT"). ``bench.http`` counts those too, on the wire.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+
+from tests.support import bearer, graphql, register, upload_file
+
+pytestmark = pytest.mark.anyio
+
+FILES = (
+    "query { files(first: 50) "
+    "{ totalCount edges { node { id path size contentType owner { email } } } } }"
+)
+ME = "{ me { id email } }"
+FILES_PAGE_MAX = 4  # sign-in, the total, the page, and one to spare
+ME_MAX = 1  # the session and its user, in one statement
+
+
+@contextmanager
+def statements() -> Iterator[list[str]]:
+    """The SQL statements any engine of this process executes while the block runs."""
+    seen: list[str] = []
+
+    def record(_conn: object, _cursor: object, statement: str, *_args: Any) -> None:
+        seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
+async def _counted(client: httpx.AsyncClient, query: str, headers: dict[str, str]) -> list[str]:
+    with statements() as seen:
+        body = await graphql(client, query, headers=headers)
+    assert "errors" not in body, body
+    return seen
+
+
+async def test_files_page_costs_the_same_few_statements_for_one_file_or_many(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = bearer((await register(client))["accessToken"])
+    await upload_file(client, headers, "/0.txt", b"0")
+    await _counted(client, FILES, headers)  # warm: first connections, statement caches
+    one = await _counted(client, FILES, headers)
+    for number in range(1, 12):
+        await upload_file(client, headers, f"/{number}.txt", b"x")
+    body = await graphql(client, FILES, headers=headers)
+    edges = body["data"]["files"]["edges"]
+    assert len(edges) == 12
+    assert {edge["node"]["owner"]["email"] for edge in edges} == {"ada@example.com"}
+    many = await _counted(client, FILES, headers)
+    assert len(one) <= FILES_PAGE_MAX, one
+    assert len(many) == len(one), many
+
+
+async def test_me_with_an_access_token_costs_one_statement(client: httpx.AsyncClient) -> None:
+    headers = bearer((await register(client))["accessToken"])
+    await _counted(client, ME, headers)
+    seen = await _counted(client, ME, headers)
+    assert len(seen) <= ME_MAX, seen
+
+
+async def test_signed_out_me_costs_no_statement(client: httpx.AsyncClient) -> None:
+    await _counted(client, ME, {})
+    assert await _counted(client, ME, {}) == []
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_requests_survive_the_server_ending_every_connection(
+    client: httpx.AsyncClient, database_url: str, log_stream: io.StringIO
+) -> None:
+    """No ping per checkout: a dead connection is found on use, and the read retried."""
+    headers = bearer((await register(client))["accessToken"])
+    await upload_file(client, headers, "/a.txt", b"a")
+    # Several connections in the pool, so the next request surely gets a dead one.
+    for _ in range(3):
+        await graphql(client, FILES, headers=headers)
+    url = make_url(database_url)
+    admin = await asyncpg.connect(url.set(drivername="postgresql").render_as_string(False))
+    try:
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = $1 AND pid <> pg_backend_pid()",
+            url.database,
+        )
+    finally:
+        await admin.close()
+    assert ended >= 1
+    body = await graphql(client, FILES, headers=headers)
+    assert "errors" not in body, body
+    assert body["data"]["files"]["totalCount"] == 1
+    assert "errors" not in await graphql(client, ME, headers=headers)
+    # Found by the request's first read, which ran again: not by luck of the pool.
+    events = [json.loads(line)["event"] for line in log_stream.getvalue().splitlines()]
+    assert "database connection lost; reading again on a new one" in events
