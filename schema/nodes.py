@@ -11,9 +11,9 @@ of queries whatever its length. Each node keeps its row's primary key as
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any, Self
+from typing import Any, Self, TypeVar, cast
 
 import strawberry
 from sqlmodel import col
@@ -48,6 +48,8 @@ from workers.visuals import is_visual_document
 # The same GraphQL enums as the job inputs' (one definition per Python enum).
 graphql_enum(ImageFormat)
 graphql_enum(ImageFit)
+
+T = TypeVar("T")
 
 # -- users -------------------------------------------------------------------------
 
@@ -131,11 +133,36 @@ class User(Node):
         return await list_jobs(info, self.key, first=first, after=after, filter=filter)
 
 
+def later(result: Awaitable[T]) -> T:
+    """What a synchronous resolver returns when it has to wait after all.
+
+    graphql-core awaits whatever a resolver returns that is awaitable, so a
+    resolver that usually has its answer at hand (a page's owner, a file's
+    missing job) stays synchronous, and only the fields that do wait cost a
+    coroutine. The type is the awaited one, which is what the schema shows.
+    """
+    return cast(T, result)
+
+
 async def _owner(info: Info, owner_id: uuid.UUID) -> User:
     owner = await info.context.loaders.users.load(owner_id)
     if owner is None:  # owners' files and jobs go with them (ON DELETE CASCADE)
         raise NotFound("No such user.")
     return User.from_model(owner)
+
+
+def _load_owner(info: Info, owner_id: uuid.UUID) -> User:
+    return later(_owner(info, owner_id))
+
+
+def _own_node(info: Info, owner_id: uuid.UUID) -> User | None:
+    """The signed-in caller as the owner of a page of their rows, read at sign-in like ``me``.
+
+    One node for the whole page, so ``owner`` costs no query and no resolver
+    work per row; None when the rows are someone else's.
+    """
+    user = info.context.user
+    return User.from_model(user) if user is not None and user.id == owner_id else None
 
 
 # -- files -------------------------------------------------------------------------
@@ -158,9 +185,11 @@ class File(Node):
     storage_key: strawberry.Private[str]
     produced_by_job_id: strawberry.Private[uuid.UUID | None]
     derived_from_id: strawberry.Private[uuid.UUID | None]
+    # The owner when the one who listed the file already had it (see `owner`).
+    owner_node: strawberry.Private[User | None] = None
 
     @classmethod
-    def from_model(cls, file: models.File) -> Self:
+    def from_model(cls, file: models.File, owner: User | None = None) -> Self:
         return cls(
             id=strawberry.ID(encode_id("File", file.id)),
             key=file.id,
@@ -177,13 +206,14 @@ class File(Node):
             storage_key=file.storage_key,
             produced_by_job_id=file.produced_by_job_id,
             derived_from_id=file.derived_from_id,
+            owner_node=owner,
         )
 
     @strawberry.field(
         description="A link that downloads the bytes until it expires "
         "(`DEPOT_DOWNLOAD_URL_MINUTES`); ask again for a fresh one."
     )
-    async def download_url(self, info: Info) -> str:
+    def download_url(self, info: Info) -> str:
         # Depot's own link on every backend, bound to the caller's credential:
         # the download route checks the file and the credential on each request.
         context = info.context
@@ -232,15 +262,14 @@ class File(Node):
         )
 
     @strawberry.field(description="The user the file belongs to.")
-    async def owner(self, info: Info) -> User:
-        return await _owner(info, self.owner_id)
+    def owner(self, info: Info) -> User:
+        return self.owner_node or _load_owner(info, self.owner_id)
 
     @strawberry.field(description="The job that made this file; null for an upload.")
-    async def produced_by(self, info: Info) -> Job | None:
+    def produced_by(self, info: Info) -> Job | None:
         if self.produced_by_job_id is None:
             return None
-        job = await info.context.loaders.jobs.load(self.produced_by_job_id)
-        return Job.from_model(job) if job is not None else None
+        return later(_produced_by(info, self.produced_by_job_id))
 
     @strawberry.field(
         description="The file this one was made from (a thumbnail's, conversion's or "
@@ -283,6 +312,7 @@ async def list_files(
 ) -> Connection[File]:
     """One page of ``owner_id``'s files: the same listing for ``files`` and ``User.files``."""
     conditions = file_conditions(owner_id, filter)
+    owner = _own_node(info, owner_id)
     async with info.context.db() as db:
         return await paginate(
             db,
@@ -290,9 +320,14 @@ async def list_files(
             conditions,
             first=first,
             after=after,
-            to_node=File.from_model,
+            to_node=lambda row: File.from_model(row, owner),
             ordering=file_ordering(order_by),
         )
+
+
+async def _produced_by(info: Info, job_id: uuid.UUID) -> Job | None:
+    job = await info.context.loaders.jobs.load(job_id)
+    return Job.from_model(job) if job is not None else None
 
 
 def _file_jobs(
@@ -337,9 +372,11 @@ class Job(Node):
         "the job, which each attempt's span continues; null when tracing is off."
     )
     owner_id: strawberry.Private[uuid.UUID]
+    # As File's: the owner when the one who listed the job already had it.
+    owner_node: strawberry.Private[User | None] = None
 
     @classmethod
-    def from_model(cls, job: models.Job) -> Self:
+    def from_model(cls, job: models.Job, owner: User | None = None) -> Self:
         return cls(
             id=strawberry.ID(encode_id("Job", job.id)),
             key=job.id,
@@ -355,6 +392,7 @@ class Job(Node):
             finished_at=job.finished_at,
             trace_id=trace_id_of(job.traceparent),
             owner_id=job.owner_id,
+            owner_node=owner,
         )
 
     @strawberry.field(description="The files the job reads, in the order given.")
@@ -371,8 +409,8 @@ class Job(Node):
         return page
 
     @strawberry.field(description="The user the job belongs to.")
-    async def owner(self, info: Info) -> User:
-        return await _owner(info, self.owner_id)
+    def owner(self, info: Info) -> User:
+        return self.owner_node or _load_owner(info, self.owner_id)
 
 
 async def list_jobs(
@@ -384,6 +422,7 @@ async def list_jobs(
     filter: JobFilter | None,
 ) -> Connection[Job]:
     """One page of ``owner_id``'s jobs: the same listing for ``jobs`` and ``User.jobs``."""
+    owner = _own_node(info, owner_id)
     async with info.context.db() as db:
         return await paginate(
             db,
@@ -391,7 +430,7 @@ async def list_jobs(
             job_conditions(owner_id, filter),
             first=first,
             after=after,
-            to_node=Job.from_model,
+            to_node=lambda row: Job.from_model(row, owner),
         )
 
 

@@ -112,10 +112,18 @@ class PageInfo:
     end_cursor: str | None
 
 
+def _edge_cursor(root: Edge[Any]) -> str:
+    return encode_cursor(root.row, root.ordering)
+
+
 @strawberry.type
 class Edge(Generic[NodeT]):
-    cursor: str
+    """A node and where it sits; its cursor is encoded only when asked for."""
+
+    cursor: str = strawberry.field(resolver=_edge_cursor)
     node: NodeT
+    row: strawberry.Private[Any]
+    ordering: strawberry.Private[Ordering]
 
 
 @strawberry.type
@@ -178,14 +186,25 @@ async def paginate(
         page = page.where(row < after_row if ordering.descending else row > after_row)
     order_by = (sort.desc(), key.desc()) if ordering.descending else (sort, key)
     rows = list(await db.exec(page.order_by(*order_by).limit(limit + 1)))
-    edges = [Edge(cursor=encode_cursor(r, ordering), node=to_node(r)) for r in rows[:limit]]
+    return _connection(rows, limit, int(total), to_node, ordering)
+
+
+def _connection(
+    rows: list[RowT],
+    limit: int,
+    total: int,
+    to_node: Callable[[RowT], NodeT],
+    ordering: Ordering,
+) -> Connection[NodeT]:
+    """A page of ``rows`` (one more than ``limit`` if there is a next page)."""
+    shown = rows[:limit]
     return Connection(
-        edges=edges,
+        edges=[Edge(node=to_node(row), row=row, ordering=ordering) for row in shown],
         page_info=PageInfo(
             has_next_page=len(rows) > limit,
-            end_cursor=edges[-1].cursor if edges else None,
+            end_cursor=encode_cursor(shown[-1], ordering) if shown else None,
         ),
-        total_count=int(total),
+        total_count=total,
     )
 
 
@@ -240,15 +259,7 @@ async def paginate_children(
     grouped: dict[uuid.UUID, list[RowT]] = {parent_id: [] for parent_id in parent_ids}
     for found_row, parent_id in found:
         grouped[parent_id].append(found_row)
-    pages = {}
-    for parent_id, children in grouped.items():
-        edges = [Edge(cursor=encode_cursor(r, ordering), node=to_node(r)) for r in children[:limit]]
-        pages[parent_id] = Connection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=len(children) > limit,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
-            total_count=totals.get(parent_id, 0),
-        )
-    return pages
+    return {
+        parent_id: _connection(children, limit, totals.get(parent_id, 0), to_node, ordering)
+        for parent_id, children in grouped.items()
+    }
