@@ -298,6 +298,14 @@ class Settings(BaseSettings):
         "their clients resume elsewhere. Keep delay plus grace under the orchestrator's own "
         "(Kubernetes: `terminationGracePeriodSeconds`, 30 by default).",
     )
+    gzip_min_bytes: int = Field(
+        default=1400,
+        ge=0,
+        description="GraphQL responses at least this large are gzip-compressed for clients "
+        "that send `Accept-Encoding: gzip` (0 turns it off); downloads and WebSockets never "
+        "are. A smaller answer fits one TCP segment (about 1,400 bytes) anyway, so "
+        "compressing it would cost CPU and save no round trip.",
+    )
     download_url_minutes: int = Field(
         default=15, ge=1, le=7 * 24 * 60, description="How long a download link works."
     )
