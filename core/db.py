@@ -34,8 +34,6 @@ from core.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
 
-SessionMaker = async_sessionmaker[AsyncSession]
-
 logger = structlog.get_logger("depot.db")
 
 
@@ -108,11 +106,32 @@ def _retry_first_read(state: ORMExecuteState) -> Result[Any] | None:
     return state.invoke_statement()
 
 
+class SessionMaker(async_sessionmaker[AsyncSession]):
+    """Sessions that keep loaded objects usable after commit (no lazy reloads).
+
+    ``reads`` is the engine a read-only unit of work binds to: on PostgreSQL
+    the same pool in autocommit, so a query's reads need no ``BEGIN`` and
+    ``ROLLBACK`` round trips around them (READ COMMITTED, the default, gives
+    each statement its own snapshot inside a transaction too). SQLite's
+    driver begins a transaction only before a write, so there it is the
+    engine itself.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(
+            engine, class_=AsyncSession, sync_session_class=DepotSession, expire_on_commit=False
+        )
+        self.engine = engine
+        self.reads = (
+            engine
+            if engine.dialect.name == "sqlite"
+            else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
+
+
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
-    """Sessions that keep loaded objects usable after commit (no lazy reloads)."""
-    return async_sessionmaker(
-        engine, class_=AsyncSession, sync_session_class=DepotSession, expire_on_commit=False
-    )
+    """Depot's sessions on ``engine`` (:class:`SessionMaker`)."""
+    return SessionMaker(engine)
 
 
 class SharedSession:
@@ -124,6 +143,10 @@ class SharedSession:
     fields from using the session at once (an ``AsyncSession`` allows only
     one statement at a time). The session opens lazily, so a request that
     reads nothing never checks out a connection.
+
+    A unit reads outside transactions (``SessionMaker.reads``) until
+    :meth:`for_writes` says it is a mutation's; from then on, to its end,
+    every block runs in a transaction.
 
     A block is a unit, as when it had a session of its own: it commits what
     it means to keep (mutations commit where they always have), and one that
@@ -137,13 +160,15 @@ class SharedSession:
     def __init__(self, sessionmaker: SessionMaker) -> None:
         self._sessionmaker = sessionmaker
         self._session: AsyncSession | None = None
+        self._writes = False
         self._lock = asyncio.Lock()
 
     @asynccontextmanager
     async def __call__(self) -> AsyncIterator[AsyncSession]:
         async with self._lock:
             if self._session is None:
-                self._session = self._sessionmaker()
+                maker = self._sessionmaker
+                self._session = maker() if self._writes else maker(bind=maker.reads)
             session = self._session
             try:
                 yield session
@@ -153,6 +178,23 @@ class SharedSession:
                 # its connection back.
                 await asyncio.shield(session.close())
                 raise
+
+    async def for_writes(self) -> None:
+        """Run every later block in a transaction, as a mutation's need to be.
+
+        For good: a WebSocket's operations share the unit, and one still
+        running must not lose its transactions to another one's end. A read
+        session open so far is closed (on PostgreSQL it is in autocommit);
+        nothing is sent for that, as nothing was begun.
+        """
+        async with self._lock:
+            if self._writes:
+                return
+            self._writes = True
+            maker = self._sessionmaker
+            if self._session is not None and maker.reads is not maker.engine:
+                session, self._session = self._session, None
+                await asyncio.shield(session.close())
 
     async def close(self) -> None:
         """End the unit of work: roll back what no block committed, return the connection."""

@@ -18,6 +18,7 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
+from strawberry.types.graphql import OperationType
 
 from core.db import SharedSession
 from core.models import File, Job, JobInput, User
@@ -115,7 +116,9 @@ class FreshLoaders(SchemaExtension):
     """Gives each operation its own loaders, and ends its database session with it.
 
     So no cached row outlives the operation, and no WebSocket holds a session
-    (or, on PostgreSQL, a connection) between its operations.
+    (or, on PostgreSQL, a connection) between its operations. A mutation's
+    session runs its blocks in transactions (``SharedSession.for_writes``);
+    a query's reads need none.
     """
 
     async def on_operation(self) -> AsyncIterator[None]:
@@ -125,3 +128,9 @@ class FreshLoaders(SchemaExtension):
             yield
         finally:
             await context.db.close()
+
+    async def on_execute(self) -> AsyncIterator[None]:
+        # A mutation's blocks need transactions; a query's reads run without one.
+        if self.execution_context.operation_type is OperationType.MUTATION:
+            await self.execution_context.context.db.for_writes()
+        yield

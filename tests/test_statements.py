@@ -3,7 +3,8 @@
 Counted with SQLAlchemy's ``before_cursor_execute`` on every engine of the
 process while one request runs: every statement Depot sends, but not the
 ``BEGIN``/``COMMIT``/``ROLLBACK`` the drivers send by themselves (the
-issue's "besides BEGIN/COMMIT"). ``bench.http`` counts those too, on the wire.
+issue's "besides BEGIN/COMMIT"). On PostgreSQL those are counted too, on the
+wire, by ``bench.http``'s proxy.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import io
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,6 +22,8 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
 
+from bench.pg_wire import WireCounter, is_bookkeeping, verb
+from tests.conftest import make_settings, serve_app
 from tests.support import bearer, graphql, register, upload_file
 
 pytestmark = pytest.mark.anyio
@@ -115,3 +119,37 @@ async def test_requests_survive_the_server_ending_every_connection(
     # Found by the request's first read, which ran again: not by luck of the pool.
     events = [json.loads(line)["event"] for line in log_stream.getvalue().splitlines()]
     assert "database connection lost; reading again on a new one" in events
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_on_postgresql_a_query_begins_no_transaction_and_a_mutation_commits_its_own(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Every round trip, counted on the wire: a query's reads are all it sends."""
+    url = make_url(database_url)
+    proxy = WireCounter(url.host or "127.0.0.1", url.port or 5432)
+    port = await proxy.start()
+    through_proxy = url.set(host="127.0.0.1", port=port).render_as_string(False)
+    try:
+        async with serve_app(make_settings(tmp_path, database_url=through_proxy)) as client:
+            headers = bearer((await register(client))["accessToken"])
+            await upload_file(client, headers, "/a.txt", b"a")
+
+            async def trips(query: str) -> list[str]:
+                for _ in range(3):  # warm: connections, prepared statements
+                    body = await graphql(client, query, headers=headers)
+                    assert "errors" not in body, body
+                mark = len(proxy.trips)
+                assert "errors" not in await graphql(client, query, headers=headers)
+                return proxy.trips[mark:]
+
+            me, files = await trips(ME), await trips(FILES)
+            update = await trips('mutation { updateProfile(displayName: "Ada L.") { id } }')
+    finally:
+        await proxy.stop()
+    assert len(me) == ME_MAX, me
+    assert len(files) == FILES_PAGE_MAX, files
+    assert not any(is_bookkeeping(sql) for sql in me + files), me + files
+    # Sign-in still reads outside; the mutation's own work is one transaction.
+    assert [verb(sql) for sql in update] == ["SELECT", "BEGIN", "SELECT", "UPDATE", "COMMIT"]
