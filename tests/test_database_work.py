@@ -1,4 +1,6 @@
-"""SQL per request: a few statements for a page of files or ``me``, on every database.
+"""The request path's database work: few statements, one session, dead connections survived.
+
+A page of files or ``me`` costs a few statements, on every database.
 
 Counted with SQLAlchemy's ``before_cursor_execute`` on every engine of the
 process while one request runs: every statement Depot sends, but not the
@@ -19,8 +21,10 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from httpx_ws import aconnect_ws
 from sqlalchemy import event
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.pool import Pool
 
 from bench.pg_wire import WireCounter, is_bookkeeping, verb
 from tests.conftest import make_settings, serve_app
@@ -33,6 +37,7 @@ FILES = (
     "{ totalCount edges { node { id path size contentType owner { email } } } } }"
 )
 ME = "{ me { id email } }"
+MY_EVENTS = "subscription { myEvents { type } }"
 # Sign-in, the total, the page; the owner is the signed-in user (the issue's target: 4).
 FILES_PAGE_MAX = 3
 ME_MAX = 1  # the session and its user, in one statement
@@ -153,3 +158,43 @@ async def test_on_postgresql_a_query_begins_no_transaction_and_a_mutation_commit
     assert not any(is_bookkeeping(sql) for sql in me + files), me + files
     # Sign-in still reads outside; the mutation's own work is one transaction.
     assert [verb(sql) for sql in update] == ["SELECT", "BEGIN", "SELECT", "UPDATE", "COMMIT"]
+
+
+@contextmanager
+def checked_out() -> Iterator[list[int]]:
+    """How many pooled connections, of any engine of this process, are checked out: [n]."""
+    count = [0]
+
+    def checkout(*_args: Any) -> None:
+        count[0] += 1
+
+    def checkin(*_args: Any) -> None:
+        count[0] -= 1
+
+    event.listen(Pool, "checkout", checkout)
+    event.listen(Pool, "checkin", checkin)
+    try:
+        yield count
+    finally:
+        event.remove(Pool, "checkout", checkout)
+        event.remove(Pool, "checkin", checkin)
+
+
+async def test_a_websocket_holds_no_connection_while_its_subscription_waits(
+    client: httpx.AsyncClient,
+) -> None:
+    headers = bearer((await register(client))["accessToken"])
+    with checked_out() as count:
+        async with aconnect_ws("/graphql", client, subprotocols=["graphql-transport-ws"]) as ws:
+            await ws.send_json({"type": "connection_init", "payload": headers})
+            assert (await ws.receive_json())["type"] == "connection_ack"
+            await ws.send_json(
+                {"id": "events", "type": "subscribe", "payload": {"query": MY_EVENTS}}
+            )
+            # A query on the same socket, while the subscription waits for events.
+            await ws.send_json({"id": "page", "type": "subscribe", "payload": {"query": FILES}})
+            answer = await ws.receive_json()
+            assert answer["id"] == "page", answer
+            assert answer["payload"]["data"]["files"]["totalCount"] == 0
+            assert (await ws.receive_json()) == {"id": "page", "type": "complete"}
+            assert count == [0]
