@@ -261,17 +261,25 @@ def comparisons(
         ]
     if "files" in requests:
         files_body = payload(FILES, {"first": page})
-        found.append(
+        asyncpg_page = Target(
+            "asyncpg files page",
+            f"{baseline_url}/files?owner={seeded.owner}&first={page}",
+            files_body,
+        )
+        gzipped = {**jwt, "Accept-Encoding": "gzip"}
+        found += [
             Comparison(
                 f"files(first: {page}) / asyncpg page",
                 Target(f"Depot files({page})", depot, files_body, jwt),
-                Target(
-                    "asyncpg files page",
-                    f"{baseline_url}/files?owner={seeded.owner}&first={page}",
-                    files_body,
-                ),
-            )
-        )
+                asyncpg_page,
+            ),
+            # What compression costs: the same page, gzipped (DEPOT_GZIP_MIN_BYTES).
+            Comparison(
+                f"files(first: {page}), gzip / asyncpg page",
+                Target(f"Depot files({page}), gzip", depot, files_body, gzipped),
+                asyncpg_page,
+            ),
+        ]
     return found
 
 
