@@ -183,18 +183,21 @@ class SharedSession:
         """Run every later block in a transaction, as a mutation's need to be.
 
         For good: a WebSocket's operations share the unit, and one still
-        running must not lose its transactions to another one's end. A read
-        session open so far is closed (on PostgreSQL it is in autocommit);
-        nothing is sent for that, as nothing was begun.
+        running must not lose its transactions to another one's end. A
+        session open so far keeps its rows (the signed-in user's, which the
+        mutation may change and its answer show), ends its autocommit
+        "transaction" (nothing is sent: nothing was begun) and binds to the
+        engine itself for the next.
         """
         async with self._lock:
             if self._writes:
                 return
             self._writes = True
-            maker = self._sessionmaker
-            if self._session is not None and maker.reads is not maker.engine:
-                session, self._session = self._session, None
-                await asyncio.shield(session.close())
+            session, engine = self._session, self._sessionmaker.engine
+            if session is not None and session.bind is not engine:
+                await session.commit()
+                session.bind = engine
+                session.sync_session.bind = engine.sync_engine
 
     async def close(self) -> None:
         """End the unit of work: roll back what no block committed, return the connection."""
