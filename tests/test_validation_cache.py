@@ -15,6 +15,7 @@ import pytest
 import strawberry.schema.schema
 from graphql import validate
 
+from core.db import SharedSession
 from schema import build_schema
 
 pytestmark = pytest.mark.anyio
@@ -39,7 +40,10 @@ def _count_validations(monkeypatch: pytest.MonkeyPatch) -> list[object]:
 def _context() -> SimpleNamespace:
     # Enough for the extensions and `me` (signed out); these documents never
     # reach the database.
-    return SimpleNamespace(sessionmaker=None, request_id="test", auth_error=None, user=None)
+    no_database = SharedSession(None)  # type: ignore[arg-type] # never opened
+    return SimpleNamespace(
+        sessionmaker=None, db=no_database, request_id="test", auth_error=None, user=None
+    )
 
 
 async def test_a_repeated_document_is_validated_once(monkeypatch: pytest.MonkeyPatch) -> None:
