@@ -73,7 +73,11 @@ async def sign_in(context: Context, authorization: str) -> None:
     """
     try:
         async with context.db() as db:
-            context.principal = await authenticate(db, context.settings, authorization)
+            principal = await authenticate(db, context.settings, authorization)
+            # Out of the session: a later block's rollback would expire it, and an
+            # expired row cannot load itself again in async code.
+            db.expunge(principal.user)
+        context.principal = principal
     except Unauthenticated as exc:
         context.auth_error = exc
     if isinstance(context.request, WebSocket):

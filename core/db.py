@@ -138,11 +138,10 @@ class SharedSession:
     """One session for a unit of work, lent to one block at a time: ``async with shared() as db``.
 
     An HTTP request's sign-in, resolvers and dataloaders each take a block;
-    they share one connection and one identity map (the signed-in user's row
-    is read once), and a lock keeps the blocks of concurrently resolved
-    fields from using the session at once (an ``AsyncSession`` allows only
-    one statement at a time). The session opens lazily, so a request that
-    reads nothing never checks out a connection.
+    they share one session and connection, and a lock keeps the blocks of
+    concurrently resolved fields from using it at once (an ``AsyncSession``
+    allows only one statement at a time). The session opens lazily, so a
+    request that reads nothing never checks out a connection.
 
     A unit reads outside transactions (``SessionMaker.reads``) until
     :meth:`for_writes` says it is a mutation's; from then on, to its end,
@@ -152,9 +151,11 @@ class SharedSession:
     it means to keep (mutations commit where they always have), and one that
     raises closes the session, which rolls back whatever it began and
     detaches the rows read so far (still readable, unlike the expired rows a
-    rollback leaves). The next block opens a new session. :meth:`close` ends
-    the unit, also between blocks; never take a block inside another one (the
-    lock is not re-entrant).
+    rollback leaves). The next block opens a new session. A row a caller
+    keeps beyond its block (the signed-in user, a loader's cache) is taken
+    out of the session (``expunge``), so that no other block's rollback
+    expires it. :meth:`close` ends the unit, also between blocks; never take
+    a block inside another one (the lock is not re-entrant).
     """
 
     def __init__(self, sessionmaker: SessionMaker) -> None:
@@ -179,15 +180,18 @@ class SharedSession:
                 await asyncio.shield(session.close())
                 raise
 
+    @property
+    def writes(self) -> bool:
+        """Whether the unit is a mutation's (:meth:`for_writes`)."""
+        return self._writes
+
     async def for_writes(self) -> None:
         """Run every later block in a transaction, as a mutation's need to be.
 
         For good: a WebSocket's operations share the unit, and one still
         running must not lose its transactions to another one's end. A
-        session open so far keeps its rows (the signed-in user's, which the
-        mutation may change and its answer show), ends its autocommit
-        "transaction" (nothing is sent: nothing was begun) and binds to the
-        engine itself for the next.
+        session open so far ends its autocommit "transaction" (nothing is
+        sent: nothing was begun) and binds to the engine itself for the next.
         """
         async with self._lock:
             if self._writes:

@@ -4,18 +4,21 @@ Resolvers never query a related row themselves; they ``load`` it here, and all
 loads of one tick become one ``IN (...)`` query. The number of SQL statements
 for an operation therefore does not grow with the number of rows it returns.
 Loaders cache, so they live for one operation only (``FreshLoaders``): a
-WebSocket connection's later operations must not see earlier answers.
+WebSocket connection's later operations must not see earlier answers. The
+rows they keep are detached from the operation's shared session, which a
+mutation's rollback may roll back under them.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import func
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
@@ -29,6 +32,12 @@ class _Keyed(Protocol):
 
 
 Row = TypeVar("Row", bound=_Keyed)
+
+
+def _detach(db: AsyncSession, rows: Iterable[object]) -> None:
+    """Take cached rows out of the shared session, so that no later rollback expires them."""
+    for row in rows:
+        db.expunge(row)
 
 
 class ByIdLoader(DataLoader[uuid.UUID, Row | None], Generic[Row]):
@@ -46,6 +55,7 @@ class ByIdLoader(DataLoader[uuid.UUID, Row | None], Generic[Row]):
             async with shared() as db:
                 rows = await db.exec(select(model).where(col(model.id).in_(keys)))
                 by_id = {row.id: row for row in rows}
+                _detach(db, by_id.values())
             return [by_id.get(key) for key in keys]
 
         super().__init__(load_fn=load)
@@ -99,6 +109,7 @@ class Loaders:
             found: dict[uuid.UUID, list[File]] = {job_id: [] for job_id in job_ids}
             for job_id, file in rows:
                 found[job_id].append(file)
+            _detach(db, {file.id: file for files in found.values() for file in files}.values())
         return [found[job_id] for job_id in job_ids]
 
     async def _load_live_file_counts(self, owner_ids: list[uuid.UUID]) -> Sequence[int]:

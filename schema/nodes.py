@@ -159,10 +159,14 @@ def _own_node(info: Info, owner_id: uuid.UUID) -> User | None:
     """The signed-in caller as the owner of a page of their rows, read at sign-in like ``me``.
 
     One node for the whole page, so ``owner`` costs no query and no resolver
-    work per row; None when the rows are someone else's.
+    work per row. None when the rows are someone else's, and in a mutation,
+    which may have changed the caller since sign-in: there the loader reads
+    the row as it is now.
     """
     user = info.context.user
-    return User.from_model(user) if user is not None and user.id == owner_id else None
+    if user is None or user.id != owner_id or info.context.db.writes:
+        return None
+    return User.from_model(user)
 
 
 # -- files -------------------------------------------------------------------------

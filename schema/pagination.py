@@ -113,16 +113,21 @@ class PageInfo:
 
 
 def _edge_cursor(root: Edge[Any]) -> str:
-    return encode_cursor(root.row, root.ordering)
+    return _cursor(root.sort_value, root.key, root.ordering)
 
 
 @strawberry.type
 class Edge(Generic[NodeT]):
-    """A node and where it sits; its cursor is encoded only when asked for."""
+    """A node and where it sits; its cursor is encoded only when asked for.
+
+    It keeps the row's sort value and id, not the row: no row outlives its
+    block of the shared session (whose rollback would expire it).
+    """
 
     cursor: str = strawberry.field(resolver=_edge_cursor)
     node: NodeT
-    row: strawberry.Private[Any]
+    sort_value: strawberry.Private[object]
+    key: strawberry.Private[uuid.UUID]
     ordering: strawberry.Private[Ordering]
 
 
@@ -134,8 +139,11 @@ class Connection(Generic[NodeT]):
 
 
 def encode_cursor(row: _Keyed, ordering: Ordering = OLDEST_FIRST) -> str:
-    value = ordering.key.dump(getattr(row, ordering.key.attribute))
-    raw = json.dumps([*ordering.tag, value, row.id.hex]).encode()
+    return _cursor(getattr(row, ordering.key.attribute), row.id, ordering)
+
+
+def _cursor(value: object, key: uuid.UUID, ordering: Ordering) -> str:
+    raw = json.dumps([*ordering.tag, ordering.key.dump(value), key.hex]).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -198,8 +206,17 @@ def _connection(
 ) -> Connection[NodeT]:
     """A page of ``rows`` (one more than ``limit`` if there is a next page)."""
     shown = rows[:limit]
+    attribute = ordering.key.attribute
     return Connection(
-        edges=[Edge(node=to_node(row), row=row, ordering=ordering) for row in shown],
+        edges=[
+            Edge(
+                node=to_node(row),
+                sort_value=getattr(row, attribute),
+                key=row.id,
+                ordering=ordering,
+            )
+            for row in shown
+        ],
         page_info=PageInfo(
             has_next_page=len(rows) > limit,
             end_cursor=encode_cursor(shown[-1], ordering) if shown else None,

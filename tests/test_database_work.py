@@ -156,9 +156,8 @@ async def test_on_postgresql_a_query_begins_no_transaction_and_a_mutation_commit
     assert len(me) == ME_MAX, me
     assert len(files) == FILES_PAGE_MAX, files
     assert not any(is_bookkeeping(sql) for sql in me + files), me + files
-    # Sign-in still reads outside; the mutation's own work is one transaction,
-    # in which the user sign-in read is not read again.
-    assert [verb(sql) for sql in update] == ["SELECT", "BEGIN", "UPDATE", "COMMIT"]
+    # Sign-in still reads outside; the mutation's own work is one transaction.
+    assert [verb(sql) for sql in update] == ["SELECT", "BEGIN", "SELECT", "UPDATE", "COMMIT"]
 
 
 @contextmanager
@@ -202,7 +201,7 @@ async def test_a_websocket_holds_no_connection_while_its_subscription_waits(
 
 
 async def test_a_mutation_answers_with_the_rows_it_changed(client: httpx.AsyncClient) -> None:
-    """One session for sign-in and the mutation: the owner on a page is the user just changed."""
+    """A page in a mutation's answer reads its owner as the mutation left it, not at sign-in."""
     headers = bearer((await register(client))["accessToken"])
     await upload_file(client, headers, "/a.txt", b"a")
     body = await graphql(
