@@ -71,7 +71,7 @@ class MultipartUploadQuery:
     async def upload_parts(self, info: Info, id: strawberry.ID) -> list[UploadPart]:
         user = info.context.require_principal().user
         key = decode_id_of("ResumableUpload", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             parts = await multipart_uploads.list_parts(db, info.context.storage, user.id, key)
         return [UploadPart(part_number=p.number, size=BigInt(p.size), etag=p.etag) for p in parts]
 
@@ -90,7 +90,7 @@ class MultipartUploadMutation:
         user = info.context.require_principal().user
         settings = info.context.settings
         await count(info.context, Action.UPLOAD)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             upload = await multipart_uploads.create(
                 db,
                 info.context.storage,
@@ -116,7 +116,7 @@ class MultipartUploadMutation:
     async def sign_upload_part(self, info: Info, id: strawberry.ID, part_number: int) -> SignedPart:
         user = info.context.require_principal().user
         key = decode_id_of("ResumableUpload", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             request = await multipart_uploads.sign_part(
                 db, info.context.storage, user.id, key, part_number, expires_in=_expiry(info)
             )
@@ -139,7 +139,7 @@ class MultipartUploadMutation:
     ) -> File:
         user = info.context.require_principal().user
         key = decode_id_of("ResumableUpload", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             file = await multipart_uploads.complete(
                 db,
                 info.context.storage,

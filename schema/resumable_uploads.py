@@ -64,7 +64,7 @@ class ResumableUploadQuery:
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> Connection[ResumableUpload]:
         user = info.context.require_principal().user
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             return await paginate(
                 db,
                 ResumableUploadRow,
@@ -89,7 +89,7 @@ class ResumableUploadMutation:
     async def cancel_upload(self, info: Info, id: strawberry.ID) -> strawberry.ID:
         user = info.context.require_principal().user
         key = decode_id_of("ResumableUpload", id)
-        async with info.context.sessionmaker() as db:
+        async with info.context.db() as db:
             await resumable_uploads.terminate(db, info.context.storage, None, user.id, key)
         return id
 
@@ -99,7 +99,7 @@ async def resolve_resumable_upload(info: Info, key: uuid.UUID) -> ResumableUploa
     viewer = info.context.user
     if viewer is None:
         return None
-    async with info.context.sessionmaker() as db:
+    async with info.context.db() as db:
         upload = await db.get(ResumableUploadRow, key)
     if upload is None or upload.owner_id != viewer.id or upload.expires_at <= utcnow():
         return None
