@@ -106,10 +106,19 @@ class OrderDirection(Enum):
     DESC = "DESC"
 
 
-@strawberry.type
+@strawberry.type(
+    description="Where a page sits, as the Relay cursor connections spec defines it "
+    "(its four fields are what Relay's `@connection` requires)."
+)
 class PageInfo:
     has_next_page: bool
     end_cursor: str | None
+    start_cursor: str | None = strawberry.field(description="The first edge's cursor.")
+    has_previous_page: bool = strawberry.field(
+        default=False,
+        description="Always false: connections page forward only (`first`/`after`), "
+        "for which the spec lets a server answer false.",
+    )
 
 
 def _edge_cursor(root: Edge[Any]) -> str:
@@ -220,6 +229,7 @@ def _connection(
         page_info=PageInfo(
             has_next_page=len(rows) > limit,
             end_cursor=encode_cursor(shown[-1], ordering) if shown else None,
+            start_cursor=encode_cursor(shown[0], ordering) if shown else None,
         ),
         total_count=total,
     )
