@@ -1,0 +1,33 @@
+// The page's entry: each scenario a stock client runs against Depot, named
+// for the driver (driver.mjs), which calls window.depotE2E.run(name) and
+// reads back what it returns.
+import { apolloScenario } from "./apollo.js";
+import { relayScenario } from "./relay.js";
+import { urqlScenario } from "./urql.js";
+
+const scenarios = {
+  apollo: apolloScenario,
+  urql: urqlScenario,
+  relay: relayScenario,
+  // Places for the scenarios the features still to land bring, each its own module:
+  //   tus: tus-js-client and Uppy's Tus plugin against /files/tus/ (the tus helper),
+  //   persistedQueries: Apollo's persisted-query link (the apq helper),
+  //   graphiql: Depot's own GraphiQL, offline, with the headers pane (the graphiql helper).
+};
+
+window.depotE2E = {
+  names: Object.keys(scenarios),
+  async run(name) {
+    try {
+      return { ok: true, report: await scenarios[name]() };
+    } catch (error) {
+      return { ok: false, error: String(error?.stack ?? error), details: errorDetails(error) };
+    }
+  },
+};
+
+// Apollo's and urql's errors carry the GraphQL errors (with extensions.code) separately.
+function errorDetails(error) {
+  const graphQLErrors = error?.errors ?? error?.graphQLErrors;
+  return graphQLErrors ? JSON.parse(JSON.stringify(graphQLErrors)) : null;
+}

@@ -1,0 +1,95 @@
+// @urql/core with its own fetchExchange: queries go as GET (its default
+// `preferGetMethod: "within-url-limit"`), files in the variables as a
+// multipart request, which Depot accepts with `Apollo-Require-Preflight`
+// (or `x-depot-csrf: 1`).
+import { Client, fetchExchange, gql } from "@urql/core";
+
+import { GRAPHQL_URL, PASSWORD, drawPng, freshEmail, section } from "./common.js";
+
+export function createUrqlClient(getToken) {
+  return new Client({
+    url: GRAPHQL_URL,
+    exchanges: [fetchExchange],
+    fetchOptions: () => {
+      const token = getToken();
+      return {
+        headers: {
+          "Apollo-Require-Preflight": "true",
+          ...(token && { Authorization: `Bearer ${token}` }),
+        },
+      };
+    },
+  });
+}
+
+const REGISTER = gql`
+  mutation ($input: RegisterInput!) {
+    register(input: $input) { accessToken }
+  }
+`;
+
+const UPLOAD_FILE = gql`
+  mutation ($file: Upload!, $path: String) {
+    uploadFile(file: $file, path: $path) { id path }
+  }
+`;
+
+const FILES_PAGE = gql`
+  query ($first: Int!, $after: String) {
+    files(first: $first, after: $after, orderBy: { field: PATH, direction: ASC }) {
+      totalCount
+      edges { cursor node { id path } }
+      pageInfo { hasNextPage endCursor }
+    }
+  }
+`;
+
+const NODE = gql`
+  query ($id: ID!) {
+    node(id: $id) { __typename id ... on File { path size } }
+  }
+`;
+
+function ok(result) {
+  if (result.error) throw result.error;
+  return result.data;
+}
+
+/** Register, upload three files by multipart, page through them two at a time, fetch one by node(id:). */
+export async function urqlScenario() {
+  const { log } = section("urql");
+  let token = null;
+  const client = createUrqlClient(() => token);
+  const report = {};
+
+  const registered = ok(
+    await client.mutation(REGISTER, {
+      input: { email: freshEmail("urql"), password: PASSWORD, displayName: "urql" },
+    }),
+  );
+  token = registered.register.accessToken;
+
+  const paths = ["notes/a.png", "notes/b.png", "notes/c.png"];
+  report.uploaded = [];
+  for (const [index, path] of paths.entries()) {
+    const file = new File([await drawPng(16, 16, index * 90)], "tile.png", { type: "image/png" });
+    report.uploaded.push(ok(await client.mutation(UPLOAD_FILE, { file, path })).uploadFile);
+  }
+  log(`uploaded ${report.uploaded.length} files by multipart`);
+
+  report.pages = [];
+  let after = null;
+  do {
+    const { files } = ok(
+      await client.query(FILES_PAGE, { first: 2, after }, { requestPolicy: "network-only" }),
+    );
+    report.pages.push(files.edges.map((edge) => edge.node.path));
+    report.totalCount = files.totalCount;
+    after = files.pageInfo.hasNextPage ? files.pageInfo.endCursor : null;
+  } while (after !== null && report.pages.length < 10);
+  log(`pages: ${JSON.stringify(report.pages)}`);
+
+  report.node = ok(await client.query(NODE, { id: report.uploaded[1].id })).node;
+  log(`node(id:) is a ${report.node.__typename} at ${report.node.path}`);
+  return report;
+}
