@@ -39,7 +39,7 @@ const FILES_PAGE = gql`
     files(first: $first, after: $after, orderBy: { field: PATH, direction: ASC }) {
       totalCount
       edges { cursor node { id path } }
-      pageInfo { hasNextPage endCursor }
+      pageInfo { hasNextPage endCursor hasPreviousPage startCursor }
     }
   }
 `;
@@ -78,12 +78,18 @@ export async function urqlScenario() {
   log(`uploaded ${report.uploaded.length} files by multipart`);
 
   report.pages = [];
+  report.pageInfos = [];
   let after = null;
   do {
     const { files } = ok(
       await client.query(FILES_PAGE, { first: 2, after }, { requestPolicy: "network-only" }),
     );
     report.pages.push(files.edges.map((edge) => edge.node.path));
+    report.pageInfos.push({
+      ...files.pageInfo,
+      firstCursor: files.edges[0]?.cursor ?? null,
+      lastCursor: files.edges.at(-1)?.cursor ?? null,
+    });
     report.totalCount = files.totalCount;
     after = files.pageInfo.hasNextPage ? files.pageInfo.endCursor : null;
   } while (after !== null && report.pages.length < 10);

@@ -1,0 +1,307 @@
+"""Stock frontend clients, unmodified, against a real ``depot serve``.
+
+A page on another origin (Python's ``http.server`` on another loopback port,
+serving what ``e2e/build.mjs`` bundled from ``e2e/src/``) runs Apollo Client
+with apollo-upload-client and graphql-ws, urql and Relay in Debian's headless
+Chromium, driven by ``e2e/driver.mjs`` through playwright-core; this module
+asserts on what the page reports. The Python ``gql`` client runs here too.
+
+Without ``/usr/bin/chromium``, ``node`` or ``e2e/node_modules`` (``npm ci
+--prefix e2e``) the browser test skips, and fails when ``CI`` is set. A
+scenario that fails leaves a screenshot in ``e2e/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gql import Client, FileVar, GraphQLRequest, gql
+from gql.transport.httpx import HTTPXAsyncTransport
+from gql.transport.websockets import WebsocketsTransport
+from PIL import Image
+
+from tests.conftest import make_settings
+from tests.processes import (
+    DEPOT,
+    DepotProcess,
+    answers_http,
+    free_port,
+    settings_env,
+    wait_until_ready,
+)
+from tests.support import PASSWORD, storage_root
+
+E2E = Path(__file__).resolve().parent.parent / "e2e"
+ARTIFACTS = E2E / "artifacts"
+CHROMIUM = Path("/usr/bin/chromium")
+# Generous for a loaded CI machine; the whole run takes some 10 s on an idle one.
+BUILD_TIMEOUT_S = 120
+DRIVER_TIMEOUT_S = 240
+SCENARIO_TIMEOUT_MS = 90_000
+
+
+@dataclass(frozen=True)
+class Api:
+    """A running ``depot serve``: its base URL and its log."""
+
+    url: str
+    server: DepotProcess
+
+    @property
+    def graphql_url(self) -> str:
+        return f"{self.url}/graphql"
+
+
+@pytest.fixture(scope="module")
+def page_port() -> int:
+    """Where the page will be served: known before Depot starts, which must allow its origin."""
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def api(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, page_port: int
+) -> Iterator[Api]:
+    """``depot serve`` for this module's tests (starting one takes seconds on a busy machine).
+
+    On a copy of the session's migrated SQLite database, local storage, the
+    page's origin allowed by CORS. ``DEPOT_PUBLIC_BASE_URL`` is left unset,
+    as in development, so links lead to the address the page reached Depot
+    at, not to localhost:8000.
+    """
+    directory = tmp_path_factory.mktemp("browser")
+    database = directory / "depot.db"
+    shutil.copyfile(request.getfixturevalue("_sqlite_template"), database)
+    settings = make_settings(
+        directory,
+        database_url=f"sqlite:///{database}",
+        storage_url=storage_root(directory).as_uri(),
+        cors_origins=[f"http://127.0.0.1:{page_port}"],
+    )
+    env = settings_env(settings)
+    del env["DEPOT_PUBLIC_BASE_URL"]
+    port = free_port()
+    log = directory / "depot.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [str(DEPOT), "serve", "--port", str(port)], env=env, stdout=output, stderr=output
+        )
+    server = DepotProcess(process, log)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until_ready(
+            process, answers_http(f"{url}/healthz"), "depot serve", output=server.output
+        )
+        yield Api(url, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def node() -> str:
+    """``node``'s path, once everything the browser test needs is here (skip or fail if not).
+
+    Asked for before ``api``, so a machine without them skips without starting Depot.
+    """
+    node = shutil.which("node")
+    missing = [
+        *([] if node else ["node (Node.js 20 or newer)"]),
+        *([] if CHROMIUM.exists() else [f"{CHROMIUM} (Debian's chromium package)"]),
+        *(
+            []
+            if (E2E / "node_modules" / "playwright-core").is_dir()
+            else ["e2e/node_modules (run `npm ci --prefix e2e`)"]
+        ),
+    ]
+    if missing:
+        message = "the browser tests need " + ", ".join(missing)
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}, and CI must run them")
+        pytest.skip(message)
+    assert node is not None
+    return node
+
+
+@contextlib.contextmanager
+def static_server(directory: Path, port: int) -> Iterator[str]:
+    """The built page served by Python's http.server on loopback ``port``: another origin."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=directory,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        wait_until_ready(process, answers_http(url), "the page's static server")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _scenario_failure(name: str, result: dict[str, Any], report: dict[str, Any], api: Api) -> str:
+    return "\n".join(
+        [
+            f"scenario {name} failed: {result.get('error')}",
+            f"GraphQL errors: {json.dumps(result.get('details'))}",
+            f"screenshot: {result.get('screenshot')}",
+            f"console errors: {report['console']}",
+            f"failed requests: {report['failedRequests']}",
+            "depot's log ends:",
+            api.server.output()[-3000:],
+        ]
+    )
+
+
+def test_stock_browser_clients_from_another_origin(
+    node: str, tmp_path: Path, api: Api, page_port: int
+) -> None:
+    page_dir = tmp_path / "page"
+    built = subprocess.run(
+        [node, str(E2E / "build.mjs"), str(page_dir)],
+        capture_output=True,
+        text=True,
+        timeout=BUILD_TIMEOUT_S,
+        check=False,
+    )
+    assert built.returncode == 0, f"e2e/build.mjs failed:\n{built.stdout}{built.stderr}"
+    with static_server(page_dir, page_port) as page_url:
+        driven = subprocess.run(
+            [
+                node,
+                str(E2E / "driver.mjs"),
+                *("--page", page_url, "--api", api.url),
+                *("--artifacts", str(ARTIFACTS)),
+                *("--timeout-ms", str(SCENARIO_TIMEOUT_MS)),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=DRIVER_TIMEOUT_S,
+            check=False,
+        )
+        assert driven.returncode == 0, f"driver.mjs failed:\n{driven.stdout}{driven.stderr}"
+        report = json.loads(driven.stdout)
+        for name, result in report["scenarios"].items():
+            assert result["ok"], _scenario_failure(name, result, report, api)
+        access_log = api.server.output()
+
+    assert set(report["scenarios"]) == {"apollo", "urql", "relay"}
+    assert report["console"] == [], report["console"]
+    assert report["failedRequests"] == [], report["failedRequests"]
+    _check_apollo(report["scenarios"]["apollo"]["report"], api.url)
+    _check_urql(report["scenarios"]["urql"]["report"], access_log)
+    _check_relay(report["scenarios"]["relay"]["report"])
+
+
+def _check_apollo(apollo: dict[str, Any], api_url: str) -> None:
+    """Both uploads kept the bytes; the job's events arrived live; its thumbnails show."""
+    for how in ("multipart", "direct"):
+        assert apollo[how]["contentType"] == "image/png", apollo[how]
+        assert apollo[how]["sha256"] == apollo[how]["expectedSha256"], apollo[how]
+    assert apollo["direct"]["putStatus"] == 204
+    statuses = [event["status"] for event in apollo["events"]]
+    assert statuses[-1] == "SUCCEEDED", statuses
+    assert "RUNNING" in statuses, statuses
+    assert apollo["renderedEvents"] == len(statuses)
+    assert apollo["events"][-1]["progress"] == 1
+    assert apollo["jobStatus"] == "SUCCEEDED"
+    # The 320 x 200 canvas, its longest side made 64 and 128: loaded into <img>.
+    sizes = sorted(
+        (image["naturalWidth"], image["naturalHeight"]) for image in apollo["thumbnails"]
+    )
+    assert sizes == [(64, 40), (128, 80)], apollo["thumbnails"]
+    # Links lead where the page reached Depot, not to the default public URL.
+    assert all(
+        image["src"].startswith(f"{api_url}/files/download/") for image in apollo["thumbnails"]
+    )
+
+
+def _check_urql(urql: dict[str, Any], access_log: str) -> None:
+    """Uploads by urql's multipart, two files a page in path order, node(id:) finds a File."""
+    assert urql["pages"] == [["notes/a.png", "notes/b.png"], ["notes/c.png"]]
+    assert urql["totalCount"] == 3
+    for info in urql["pageInfos"]:
+        assert info["startCursor"] == info["firstCursor"]
+        assert info["endCursor"] == info["lastCursor"]
+        assert info["hasPreviousPage"] is False
+    assert [info["hasNextPage"] for info in urql["pageInfos"]] == [True, False]
+    assert urql["node"] == {**urql["node"], "__typename": "File", "path": "notes/b.png"}
+    assert urql["node"]["id"] == urql["uploaded"][1]["id"]
+    # urql sends queries as GET (preferGetMethod "within-url-limit"), which Depot answers.
+    assert "method=GET path=/graphql" in access_log
+
+
+def _check_relay(relay: dict[str, Any]) -> None:
+    """Relay's connection handler merged the pages fetched through its node(id:) refetch query."""
+    assert relay["pages"] == [
+        ["relay/a.png", "relay/b.png"],
+        ["relay/c.png", "relay/d.png"],
+        ["relay/e.png"],
+    ]
+    assert relay["merged"] == [f"relay/{name}.png" for name in "abcde"]
+    assert relay["totalCount"] == 5
+    assert "node(id: $id)" in relay["refetchQueryText"]
+    assert relay["node"]["__typename"] == "File"
+    assert relay["node"]["path"] == "relay/a.png"
+
+
+# -- the Python gql client --------------------------------------------------------------
+
+REGISTER = "mutation ($input: RegisterInput!) { register(input: $input) { accessToken } }"
+UPLOAD = (
+    "mutation ($file: Upload!, $path: String) { uploadFile(file: $file, path: $path) {"
+    " id path contentType } }"
+)
+ME = "query { me { email usage { fileCount } } }"
+START = (
+    "mutation ($id: ID!) { startJob(input: { thumbnails: { fileId: $id, sizes: [32] } }) { id } }"
+)
+JOB_EVENTS = "subscription ($id: ID!) { jobEvents(jobId: $id) { status progress } }"
+
+
+@pytest.mark.anyio
+async def test_python_gql_client_queries_uploads_and_subscribes(api: Api) -> None:
+    png = io.BytesIO()
+    Image.new("RGB", (48, 48), "teal").save(png, format="PNG")
+    png.seek(0)
+    # gql sends no CSRF-proof header on its own: Apollo's is one Depot accepts.
+    anonymous = HTTPXAsyncTransport(api.graphql_url, headers={"Apollo-Require-Preflight": "true"})
+    async with Client(transport=anonymous) as session:
+        account = {"email": "gql@example.com", "password": PASSWORD, "displayName": "gql"}
+        registered = await session.execute(
+            GraphQLRequest(REGISTER, variable_values={"input": account})
+        )
+        token = registered["register"]["accessToken"]
+    headers = {"Authorization": f"Bearer {token}", "Apollo-Require-Preflight": "true"}
+    async with Client(transport=HTTPXAsyncTransport(api.graphql_url, headers=headers)) as session:
+        file = FileVar(png, filename="square.png", content_type="image/png")
+        upload = GraphQLRequest(UPLOAD, variable_values={"file": file, "path": "gql/square.png"})
+        uploaded = (await session.execute(upload, upload_files=True))["uploadFile"]
+        assert uploaded["path"] == "gql/square.png"
+        assert uploaded["contentType"] == "image/png"
+        me = (await session.execute(gql(ME)))["me"]
+        assert me == {"email": "gql@example.com", "usage": {"fileCount": 1}}
+        start = GraphQLRequest(START, variable_values={"id": uploaded["id"]})
+        job_id = (await session.execute(start))["startJob"]["id"]
+
+    sockets = WebsocketsTransport(
+        url=api.graphql_url.replace("http", "ws", 1),
+        init_payload={"Authorization": f"Bearer {token}"},
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+    )
+    async with Client(transport=sockets) as session:
+        events = session.subscribe(GraphQLRequest(JOB_EVENTS, variable_values={"id": job_id}))
+        statuses = [event["jobEvents"]["status"] async for event in events]
+    assert statuses[-1] == "SUCCEEDED", statuses
