@@ -9,8 +9,10 @@ PYTEST_ARGS ?=
 # pytest-xdist workers: one per core (an idle one takes tests from a busy one);
 # 0 runs the suite in this one process.
 PYTEST_WORKERS ?= auto
+# npm writes this once `npm ci` has installed e2e/node_modules.
+E2E_STAMP := e2e/node_modules/.package-lock.json
 
-.PHONY: install lock run test lint audit format schema docs services services-stop clean
+.PHONY: install e2e-install lock run test lint audit format schema docs services services-stop clean
 
 # The lock: every package at the version (and hashes) tested, for every
 # platform and Python >= 3.11. requirements/runtime.txt is the image's share.
@@ -36,10 +38,18 @@ lock: ## Refresh requirements/*.txt (the lock) from pyproject.toml
 	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra dev $(LOCK_FLAGS) -o requirements/dev.txt
 	$(BIN)/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) -o requirements/runtime.txt
 
+$(E2E_STAMP): e2e/package.json e2e/package-lock.json
+	npm ci --prefix e2e --no-audit --no-fund
+	@touch $@
+
+e2e-install: ## Install the frontend clients the browser tests drive, when npm is here
+	@if command -v npm >/dev/null 2>&1; then $(MAKE) --no-print-directory $(E2E_STAMP); \
+	else echo "npm not found: tests/test_browser.py will skip (install Node.js 20 or newer)"; fi
+
 run: $(STAMP) ## Serve Depot on the embedded defaults: http://localhost:8000/graphql
 	$(BIN)/depot serve
 
-test: $(STAMP) ## Run the whole test suite (PostgreSQL and Redis tests skip without them)
+test: $(STAMP) e2e-install ## Run the whole test suite (PostgreSQL and Redis tests skip without them)
 	$(BIN)/pytest --numprocesses=$(PYTEST_WORKERS) --maxprocesses=8 --dist=worksteal $(PYTEST_ARGS)
 
 lint: $(STAMP) ## Lint, check formatting and type-check (strict)
