@@ -2,7 +2,7 @@
 
 A page on another origin (Python's ``http.server`` on another loopback port,
 serving what ``e2e/build.mjs`` bundled from ``e2e/src/``) runs Apollo Client
-with apollo-upload-client and graphql-ws, urql and Relay in Debian's headless
+with apollo-upload-client and graphql-ws, urql, Relay and Uppy in Debian's headless
 Chromium, driven by ``e2e/driver.mjs`` through playwright-core; this module
 asserts on what the page reports. The Python ``gql`` client runs here too.
 
@@ -204,12 +204,13 @@ def test_stock_browser_clients_from_another_origin(
             assert result["ok"], _scenario_failure(name, result, report, api)
         access_log = api.server.output()
 
-    assert set(report["scenarios"]) == {"apollo", "urql", "relay"}
+    assert set(report["scenarios"]) == {"apollo", "urql", "relay", "uppy"}
     assert report["console"] == [], report["console"]
     assert report["failedRequests"] == [], report["failedRequests"]
     _check_apollo(report["scenarios"]["apollo"]["report"], api.url)
     _check_urql(report["scenarios"]["urql"]["report"], access_log)
     _check_relay(report["scenarios"]["relay"]["report"])
+    _check_uppy(report["scenarios"]["uppy"]["report"])
 
 
 def _check_apollo(apollo: dict[str, Any], api_url: str) -> None:
@@ -262,6 +263,12 @@ def _check_relay(relay: dict[str, Any]) -> None:
     assert "node(id: $id)" in relay["refetchQueryText"]
     assert relay["node"]["__typename"] == "File"
     assert relay["node"]["path"] == "relay/a.png"
+
+
+def _check_uppy(uppy: dict[str, Any]) -> None:
+    """Uppy's AwsS3 plugin PUT each file by a createUpload ticket; completeUpload made Files."""
+    assert [file["path"] for file in uppy["files"]] == ["uppy/one.png", "uppy/two.png"]
+    assert {file["contentType"] for file in uppy["files"]} == {"image/png"}
 
 
 # -- the Python gql client --------------------------------------------------------------

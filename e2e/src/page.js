@@ -3,14 +3,17 @@
 // reads back what it returns.
 import { apolloScenario } from "./apollo.js";
 import { relayScenario } from "./relay.js";
+import { uppyScenario } from "./uppy.js";
 import { urqlScenario } from "./urql.js";
 
 const scenarios = {
   apollo: apolloScenario,
   urql: urqlScenario,
   relay: relayScenario,
+  uppy: uppyScenario,
   // Places for the scenarios the features still to land bring, each its own module:
-  //   tus: tus-js-client and Uppy's Tus plugin against /files/tus/ (the tus helper),
+  //   tus: tus-js-client, and Uppy's Tus plugin, against /files/tus/ (the tus helper),
+  //   uppyMultipart: Uppy's AwsS3 multipart against S3 (the direct multipart mutations),
   //   persistedQueries: Apollo's persisted-query link (the apq helper),
   //   graphiql: Depot's own GraphiQL, offline, with the headers pane (the graphiql helper).
 };
