@@ -24,6 +24,11 @@ window.depotE2E = {
     try {
       return { ok: true, report: await scenarios[name]() };
     } catch (error) {
+      // Shown on the page too, so a failure's screenshot says what went wrong.
+      const shown = document.createElement("pre");
+      shown.className = "error";
+      shown.textContent = `${name} failed: ${error}`;
+      document.body.append(shown);
       return { ok: false, error: String(error?.stack ?? error), details: errorDetails(error) };
     }
   },
