@@ -237,7 +237,7 @@ def _check_apollo(apollo: dict[str, Any], api_url: str) -> None:
 
 
 def _check_urql(urql: dict[str, Any], access_log: str) -> None:
-    """Uploads by urql's multipart, two files a page in path order, node(id:) finds a File."""
+    """urql's multipart uploads, pages of two in path order, node(id:), a subscription."""
     assert urql["pages"] == [["notes/a.png", "notes/b.png"], ["notes/c.png"]]
     assert urql["totalCount"] == 3
     for info in urql["pageInfos"]:
@@ -247,6 +247,8 @@ def _check_urql(urql: dict[str, Any], access_log: str) -> None:
     assert [info["hasNextPage"] for info in urql["pageInfos"]] == [True, False]
     assert urql["node"] == {**urql["node"], "__typename": "File", "path": "notes/b.png"}
     assert urql["node"]["id"] == urql["uploaded"][1]["id"]
+    statuses = [event["status"] for event in urql["jobEvents"]]
+    assert statuses[-1] == "SUCCEEDED", statuses
     # urql sends queries as GET (preferGetMethod "within-url-limit"), which Depot answers.
     assert "method=GET path=/graphql" in access_log
 

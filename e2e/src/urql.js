@@ -1,15 +1,29 @@
 // @urql/core with its own fetchExchange: queries go as GET (its default
 // `preferGetMethod: "within-url-limit"`), files in the variables as a
 // multipart request, which Depot accepts with `Apollo-Require-Preflight`
-// (or `x-depot-csrf: 1`).
-import { Client, fetchExchange, gql } from "@urql/core";
+// (or `x-depot-csrf: 1`); subscriptions through subscriptionExchange and
+// graphql-ws, as urql's docs set it up.
+import { Client, fetchExchange, gql, subscriptionExchange } from "@urql/core";
+import { createClient as createWsClient } from "graphql-ws";
 
-import { GRAPHQL_URL, PASSWORD, drawPng, freshEmail, section } from "./common.js";
+import { GRAPHQL_URL, GRAPHQL_WS_URL, PASSWORD, drawPng, freshEmail, section } from "./common.js";
 
 export function createUrqlClient(getToken) {
+  const ws = createWsClient({
+    url: GRAPHQL_WS_URL,
+    connectionParams: () => ({ Authorization: `Bearer ${getToken()}` }),
+  });
   return new Client({
     url: GRAPHQL_URL,
-    exchanges: [fetchExchange],
+    exchanges: [
+      fetchExchange,
+      subscriptionExchange({
+        forwardSubscription(request) {
+          const input = { ...request, query: request.query || "" };
+          return { subscribe: (sink) => ({ unsubscribe: ws.subscribe(input, sink) }) };
+        },
+      }),
+    ],
     fetchOptions: () => {
       const token = getToken();
       return {
@@ -49,6 +63,20 @@ const NODE = gql`
     node(id: $id) { __typename id ... on File { path size } }
   }
 `;
+
+const START_VERIFY = gql`
+  mutation ($fileId: ID!) {
+    startJob(input: { verify: { fileId: $fileId } }) { id }
+  }
+`;
+
+const JOB_EVENTS = gql`
+  subscription ($jobId: ID!) {
+    jobEvents(jobId: $jobId) { status progress }
+  }
+`;
+
+const FINAL = new Set(["SUCCEEDED", "FAILED", "CANCELLED"]);
 
 function ok(result) {
   if (result.error) throw result.error;
@@ -97,5 +125,20 @@ export async function urqlScenario() {
 
   report.node = ok(await client.query(NODE, { id: report.uploaded[1].id })).node;
   log(`node(id:) is a ${report.node.__typename} at ${report.node.path}`);
+
+  // A verify job on that file, its events through urql's subscription.
+  const { startJob } = ok(await client.mutation(START_VERIFY, { fileId: report.node.id }));
+  report.jobEvents = await new Promise((resolve, reject) => {
+    const seen = [];
+    const { unsubscribe } = client.subscription(JOB_EVENTS, { jobId: startJob.id }).subscribe((result) => {
+      if (result.error) return reject(result.error);
+      seen.push(result.data.jobEvents);
+      if (FINAL.has(result.data.jobEvents.status)) {
+        unsubscribe();
+        resolve(seen);
+      }
+    });
+  });
+  log(`verify job: ${report.jobEvents.map((event) => event.status).join(" → ")}`);
   return report;
 }
