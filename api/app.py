@@ -172,7 +172,8 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
     middleware = [
         # Outermost, so the request id's log lines carry the server span's ids.
         *([_server_spans()] if tracing.enabled() else []),
-        Middleware(RequestIdMiddleware, metrics=settings.metrics_enabled),
+        # The byte routes carry their credential in the path, which the access line hides.
+        Middleware(RequestIdMiddleware, routes=FILE_ROUTES, metrics=settings.metrics_enabled),
         Middleware(SecurityHeadersMiddleware, https=settings.public_base_url.scheme == "https"),
     ]
     if settings.cors_origins:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Sequence
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from core import metrics
@@ -31,14 +33,26 @@ SECRET_PATH_PARAMS = frozenset({"token"})
 REDACTED = "<redacted>"
 
 
-def logged_path(scope: Scope) -> str:
+def logged_path(scope: Scope, routes: Sequence[BaseRoute] = ()) -> str:
     """The request's path as the access line shows it: secret path parameters redacted.
 
     The router records the parameters it matched in ``scope`` (the same
-    dict this middleware passed down), so this is known after the call.
+    dict this middleware passed down), so this is known after the call. A
+    request answered before the router (a CORS preflight, by the CORS
+    middleware: a browser sends one before each PUT to an upload link) has
+    none recorded, so its path is matched against ``routes`` here: a few
+    regular expressions, for those requests only.
     """
     path: str = scope["path"]
-    for name, value in scope.get("path_params", {}).items():
+    params = scope.get("path_params")
+    if params is None:
+        params = {}
+        for route in routes:
+            match, child = route.matches(scope)
+            if match is not Match.NONE:
+                params = child.get("path_params", {})
+                break
+    for name, value in params.items():
         if name in SECRET_PATH_PARAMS and value:
             path = path.replace(str(value), REDACTED)
     return path
@@ -74,8 +88,13 @@ class RequestIdMiddleware:
     with ``metrics``, records it and counts the WebSockets it accepted.
     """
 
-    def __init__(self, app: ASGIApp, *, metrics: bool = True) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: Sequence[BaseRoute] = (), *, metrics: bool = True
+    ) -> None:
         self.app = app
+        # The app's routes, to find the secret path parameters of a request
+        # answered before the router saw it (see logged_path).
+        self.routes = routes
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -94,7 +113,7 @@ class RequestIdMiddleware:
                 status = message["status"]
                 MutableHeaders(scope=message).append(HEADER, request_id)
                 # Routed by now, and the server span ends with the body: redact it here.
-                redact_server_span(scope["method"], scope["path"], logged_path(scope))
+                redact_server_span(scope["method"], scope["path"], logged_path(scope, self.routes))
             elif message["type"] == "websocket.accept" and self.metrics:
                 metrics.WEBSOCKET_CONNECTIONS.inc()
                 accepted = True
@@ -116,7 +135,7 @@ class RequestIdMiddleware:
                     logger.info(
                         "request",
                         method=scope["method"],
-                        path=logged_path(scope),
+                        path=logged_path(scope, self.routes),
                         status=status,
                         duration_ms=round(seconds * 1000, 2),
                     )

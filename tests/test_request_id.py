@@ -10,6 +10,9 @@ from typing import Any
 import httpx
 import pytest
 
+from core.settings import Settings
+from tests.conftest import serve_app
+
 pytestmark = pytest.mark.anyio
 
 GENERATED_ID = re.compile(r"[0-9a-f]{32}")
@@ -95,5 +98,24 @@ async def test_access_line_hides_the_token_of_a_signed_link(
     [line] = _access_lines(log_stream)
     assert line["path"] == path + "<redacted>"
     # Nothing the server logged carries it (the test's own HTTP client logs its URL).
+    server_lines = [raw for raw in log_stream.getvalue().splitlines() if '"httpx"' not in raw]
+    assert not [raw for raw in server_lines if token in raw]
+
+
+async def test_a_preflight_does_not_log_the_token_of_a_signed_link(
+    settings: Settings, log_stream: io.StringIO
+) -> None:
+    """The CORS middleware answers a preflight before the router records the path's token."""
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJrZXkiOiJ1L3NlY3JldC1rZXkifQ.c2lnbmF0dXJl"
+    origin = "https://app.example.com"
+    cors = settings.model_copy(update={"cors_origins": [origin]})
+    async with serve_app(cors) as client:
+        response = await client.options(
+            f"/files/upload/{token}",
+            headers={"Origin": origin, "Access-Control-Request-Method": "PUT"},
+        )
+    assert response.status_code == 200
+    [line] = _access_lines(log_stream)
+    assert (line["method"], line["path"]) == ("OPTIONS", "/files/upload/<redacted>")
     server_lines = [raw for raw in log_stream.getvalue().splitlines() if '"httpx"' not in raw]
     assert not [raw for raw in server_lines if token in raw]
