@@ -207,6 +207,9 @@ def test_stock_browser_clients_from_another_origin(
     assert set(report["scenarios"]) == {"apollo", "urql", "relay", "uppy"}
     assert report["console"] == [], report["console"]
     assert report["failedRequests"] == [], report["failedRequests"]
+    # The browser preflights its PUT to a direct-upload link: the token stays out of the log.
+    assert "method=OPTIONS path=/files/upload/<redacted>" in access_log
+    assert "/files/upload/ey" not in access_log
     _check_apollo(report["scenarios"]["apollo"]["report"], api.url)
     _check_urql(report["scenarios"]["urql"]["report"], access_log)
     _check_relay(report["scenarios"]["relay"]["report"])
