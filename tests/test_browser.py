@@ -228,6 +228,11 @@ def _check_apollo(apollo: dict[str, Any], api_url: str) -> None:
     assert apollo["renderedEvents"] == len(statuses)
     assert apollo["events"][-1]["progress"] == 1
     assert apollo["jobStatus"] == "SUCCEEDED"
+    # myEvents, open since sign-in, told of the job's thumbnails and its end.
+    mine = apollo["myEvents"]
+    created = sorted(event["path"] for event in mine if event["type"] == "FILE_CREATED")
+    assert created == ["photos/canvas@128.png", "photos/canvas@64.png"], mine
+    assert {"type": "JOB_STATUS", "status": "SUCCEEDED"}.items() <= mine[-1].items(), mine
     # The 320 x 200 canvas, its longest side made 64 and 128: loaded into <img>.
     sizes = sorted(
         (image["naturalWidth"], image["naturalHeight"]) for image in apollo["thumbnails"]

@@ -92,6 +92,37 @@ const JOB_EVENTS = gql`
   }
 `;
 
+const MY_EVENTS = gql`
+  subscription MyEvents {
+    myEvents { cursor type jobId fileId path status }
+  }
+`;
+
+/** Collects myEvents from now on; ``until(test)`` resolves with them once one passes ``test``. */
+function watchMyEvents(client, list) {
+  const seen = [];
+  const waiting = [];
+  const subscription = client.subscribe({ query: MY_EVENTS }).subscribe({
+    next({ data, error }) {
+      if (error) return waiting.forEach(({ reject }) => reject(error));
+      seen.push(data.myEvents);
+      const item = document.createElement("li");
+      item.textContent = `${data.myEvents.type} ${data.myEvents.path ?? data.myEvents.status}`;
+      list.append(item);
+      for (const wait of waiting) if (wait.test(data.myEvents)) wait.resolve(seen);
+    },
+  });
+  return {
+    until(test, timeoutMs = 20000) {
+      return new Promise((resolve, reject) => {
+        if (seen.some(test)) return resolve(seen);
+        waiting.push({ test, resolve, reject });
+        setTimeout(() => reject(new Error(`myEvents: nothing matched within ${timeoutMs} ms`)), timeoutMs);
+      }).finally(() => subscription.unsubscribe());
+    },
+  };
+}
+
 const JOB_OUTPUTS = gql`
   query JobOutputs($id: ID!) {
     job(id: $id) {
@@ -116,6 +147,11 @@ export async function apolloScenario() {
   token = registered.register.accessToken;
   report.email = registered.register.user.email;
   log(`registered ${report.email}`);
+  // Opened first, so it is live long before the job it reports on starts.
+  const myEventsList = document.createElement("ol");
+  myEventsList.className = "my-events";
+  element.append(myEventsList);
+  const myEvents = watchMyEvents(client, myEventsList);
 
   // Multipart upload: a File in the variables is all apollo-upload-client needs.
   const png = await drawPng(320, 200);
@@ -170,6 +206,9 @@ export async function apolloScenario() {
     });
   });
   report.renderedEvents = events.children.length;
+  report.myEvents = await myEvents.until(
+    (event) => event.type === "JOB_STATUS" && event.jobId === jobId && event.status === "SUCCEEDED",
+  );
   log(`job ${jobId}: ${report.events.map((event) => event.status).join(" → ")}`);
 
   const { data: finished } = await client.query({
