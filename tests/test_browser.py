@@ -92,12 +92,17 @@ def api(
         cors_origins=[f"http://127.0.0.1:{page_port}"],
     )
     env = settings_env(settings)
-    del env["DEPOT_PUBLIC_BASE_URL"]
+    env.pop("DEPOT_PUBLIC_BASE_URL", None)
     port = free_port()
     log = directory / "depot.log"
     with log.open("ab") as output:
+        # In a directory of its own: no developer's .env is read.
         process = subprocess.Popen(
-            [str(DEPOT), "serve", "--port", str(port)], env=env, stdout=output, stderr=output
+            [str(DEPOT), "serve", "--port", str(port)],
+            cwd=directory,
+            env=env,
+            stdout=output,
+            stderr=output,
         )
     server = DepotProcess(process, log)
     try:
