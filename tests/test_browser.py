@@ -20,18 +20,20 @@ import os
 import shutil
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 from gql import Client, FileVar, GraphQLRequest, gql
 from gql.transport.httpx import HTTPXAsyncTransport
 from gql.transport.websockets import WebsocketsTransport
 from PIL import Image
 
-from tests.conftest import make_settings
+from tests.conftest import S3Server, make_settings
 from tests.processes import (
     DEPOT,
     DepotProcess,
@@ -71,28 +73,25 @@ def page_port() -> int:
     return free_port()
 
 
-@pytest.fixture(scope="module")
-def api(
-    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, page_port: int
+@contextlib.contextmanager
+def _serve(
+    directory: Path, database: Path, storage_url: str, cors_origins: list[str]
 ) -> Iterator[Api]:
-    """``depot serve`` for this module's tests (starting one takes seconds on a busy machine).
+    """``depot serve`` on a free port with the SQLite file ``database`` and ``storage_url``.
 
-    On a copy of the session's migrated SQLite database, local storage, the
-    page's origin allowed by CORS. ``DEPOT_PUBLIC_BASE_URL`` is left unset,
-    as in development, so links lead to the address the page reached Depot
-    at, not to localhost:8000.
+    ``DEPOT_PUBLIC_BASE_URL`` is left unset, as in development, so links
+    lead to the address the page reached Depot at, not to localhost:8000.
     """
-    directory = tmp_path_factory.mktemp("browser")
-    database = directory / "depot.db"
-    shutil.copyfile(request.getfixturevalue("_sqlite_template"), database)
     settings = make_settings(
         directory,
         database_url=f"sqlite:///{database}",
-        storage_url=storage_root(directory).as_uri(),
-        cors_origins=[f"http://127.0.0.1:{page_port}"],
+        storage_url=storage_url,
+        cors_origins=cors_origins,
     )
     env = settings_env(settings)
     env.pop("DEPOT_PUBLIC_BASE_URL", None)
+    # The S3 test server's credentials, which the s3_server fixture put in the environment.
+    env.update({name: value for name, value in os.environ.items() if name.startswith("AWS_")})
     port = free_port()
     log = directory / "depot.log"
     with log.open("ab") as output:
@@ -115,12 +114,79 @@ def api(
         server.stop()
 
 
+def _database(directory: Path, request: pytest.FixtureRequest) -> Path:
+    """A copy of the session's migrated SQLite database, so ``depot serve`` need not migrate."""
+    database = directory / "depot.db"
+    shutil.copyfile(request.getfixturevalue("_sqlite_template"), database)
+    return database
+
+
+@pytest.fixture(scope="module")
+def api(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, page_port: int
+) -> Iterator[Api]:
+    """``depot serve`` on local storage for this module's tests, the page's origin allowed.
+
+    One for the module: starting one takes seconds on a busy machine.
+    """
+    directory = tmp_path_factory.mktemp("browser")
+    origins = [f"http://127.0.0.1:{page_port}"]
+    with _serve(
+        directory, _database(directory, request), storage_root(directory).as_uri(), origins
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def s3_api(
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+    page_port: int,
+    s3_server: S3Server,
+) -> Iterator[Api]:
+    """``depot serve`` on a fresh bucket whose CORS rule lets the page PUT to it.
+
+    moto applies a bucket's CORS rules to preflights, as S3 does: without
+    this rule the page's PUT to a presigned URL would fail its preflight.
+    """
+    directory = tmp_path_factory.mktemp("browser-s3")
+    bucket = f"depot-e2e-{uuid.uuid4().hex[:12]}"
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, region_name=s3_server.region)
+    try:
+        s3.create_bucket(Bucket=bucket)
+        s3.put_bucket_cors(
+            Bucket=bucket, CORSConfiguration=bucket_cors([f"http://127.0.0.1:{page_port}"])
+        )
+    finally:
+        s3.close()
+    origins = [f"http://127.0.0.1:{page_port}"]
+    with _serve(
+        directory, _database(directory, request), s3_server.storage_url(bucket), origins
+    ) as running:
+        yield running
+
+
+def bucket_cors(origins: list[str]) -> dict[str, Any]:
+    """The bucket CORS rule docs/api.md gives for browsers uploading straight to S3."""
+    return {
+        "CORSRules": [
+            {
+                "AllowedOrigins": origins,
+                "AllowedMethods": ["PUT", "GET", "HEAD"],
+                "AllowedHeaders": ["Content-Type"],
+                "ExposeHeaders": ["ETag"],
+                "MaxAgeSeconds": 600,
+            }
+        ]
+    }
+
+
 def _node_major(node: str) -> int:
     version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
     return int(version.stdout.strip().lstrip("v").split(".")[0] or 0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def node() -> str:
     """``node``'s path, once everything the browser test needs is here (skip or fail if not).
 
@@ -177,19 +243,26 @@ def _scenario_failure(name: str, result: dict[str, Any], report: dict[str, Any],
     )
 
 
-def test_stock_browser_clients_from_another_origin(
-    node: str, tmp_path: Path, api: Api, page_port: int
-) -> None:
-    page_dir = tmp_path / "page"
+@pytest.fixture(scope="module")
+def page(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The page, built by e2e/build.mjs (relay-compiler, then esbuild) into a folder."""
+    directory = tmp_path_factory.mktemp("page")
     built = subprocess.run(
-        [node, str(E2E / "build.mjs"), str(page_dir)],
+        [node, str(E2E / "build.mjs"), str(directory)],
         capture_output=True,
         text=True,
         timeout=BUILD_TIMEOUT_S,
         check=False,
     )
     assert built.returncode == 0, f"e2e/build.mjs failed:\n{built.stdout}{built.stderr}"
-    with static_server(page_dir, page_port) as page_url:
+    return directory
+
+
+def _drive(
+    node: str, page: Path, page_port: int, api: Api, scenarios: list[str] | None = None
+) -> dict[str, Any]:
+    """Serve ``page`` on ``page_port``, run the driver against ``api``; its report, all passed."""
+    with static_server(page, page_port) as page_url:
         driven = subprocess.run(
             [
                 node,
@@ -197,40 +270,55 @@ def test_stock_browser_clients_from_another_origin(
                 *("--page", page_url, "--api", api.url),
                 *("--artifacts", str(ARTIFACTS)),
                 *("--timeout-ms", str(SCENARIO_TIMEOUT_MS)),
+                *(arg for name in scenarios or [] for arg in ("--scenario", name)),
             ],
             capture_output=True,
             text=True,
             timeout=DRIVER_TIMEOUT_S,
             check=False,
         )
-        assert driven.returncode == 0, f"driver.mjs failed:\n{driven.stdout}{driven.stderr}"
-        report = json.loads(driven.stdout)
-        for name, result in report["scenarios"].items():
-            assert result["ok"], _scenario_failure(name, result, report, api)
-        access_log = api.server.output()
+    assert driven.returncode == 0, f"driver.mjs failed:\n{driven.stdout}{driven.stderr}"
+    report: dict[str, Any] = json.loads(driven.stdout)
+    for name, result in report["scenarios"].items():
+        assert result["ok"], _scenario_failure(name, result, report, api)
+    assert report["console"] == [], report["console"]
+    assert report["failedRequests"] == [], report["failedRequests"]
+    return report
 
+
+def test_stock_browser_clients_from_another_origin(
+    node: str, page: Path, page_port: int, api: Api
+) -> None:
+    report = _drive(node, page, page_port, api)
+    access_log = api.server.output()
     # Still to come, each a module in e2e/src/ named in page.js and a check here: "tus"
     # (tus-js-client and Uppy's Tus plugin on /files/tus/), "persistedQueries" (Apollo's
     # persisted-query link) and "graphiql" (Depot's own page at /graphql, offline, which
     # the driver opens on Depot's origin instead of the test page's).
     assert set(report["scenarios"]) == {"apollo", "urql", "relay", "uppy"}
-    assert report["console"] == [], report["console"]
-    assert report["failedRequests"] == [], report["failedRequests"]
     # The browser preflights its PUT to a direct-upload link: the token stays out of the log.
     assert "method=OPTIONS path=/files/upload/<redacted>" in access_log
     assert "/files/upload/ey" not in access_log
-    _check_apollo(report["scenarios"]["apollo"]["report"], api.url)
+    _check_apollo(report["scenarios"]["apollo"]["report"], api.url, put_status=204)
     _check_urql(report["scenarios"]["urql"]["report"], access_log)
     _check_relay(report["scenarios"]["relay"]["report"])
     _check_uppy(report["scenarios"]["uppy"]["report"])
 
 
-def _check_apollo(apollo: dict[str, Any], api_url: str) -> None:
+def test_browser_uploads_straight_to_s3(node: str, page: Path, page_port: int, s3_api: Api) -> None:
+    """On S3 storage a ticket is a presigned S3 PUT and a download a redirect to S3."""
+    report = _drive(node, page, page_port, s3_api, ["apollo", "uppy"])
+    # S3 answers a PUT with 200 (Depot's own upload route, 204).
+    _check_apollo(report["scenarios"]["apollo"]["report"], s3_api.url, put_status=200)
+    _check_uppy(report["scenarios"]["uppy"]["report"])
+
+
+def _check_apollo(apollo: dict[str, Any], api_url: str, *, put_status: int) -> None:
     """Both uploads kept the bytes; the job's events arrived live; its thumbnails show."""
     for how in ("multipart", "direct"):
         assert apollo[how]["contentType"] == "image/png", apollo[how]
         assert apollo[how]["sha256"] == apollo[how]["expectedSha256"], apollo[how]
-    assert apollo["direct"]["putStatus"] == 204
+    assert apollo["direct"]["putStatus"] == put_status
     statuses = [event["status"] for event in apollo["events"]]
     assert statuses[-1] == "SUCCEEDED", statuses
     assert "RUNNING" in statuses, statuses

@@ -174,6 +174,7 @@ export async function apolloScenario() {
   });
   const ticket = ticketed.createUpload;
   const put = await fetch(ticket.url, { method: ticket.method, headers: ticket.headers, body: direct });
+  await put.arrayBuffer(); // read to the end (S3 answers with an empty body)
   if (!put.ok) throw new Error(`direct upload ${ticket.method} answered ${put.status}`);
   const { data: completed } = await client.mutate({
     mutation: COMPLETE_UPLOAD,
