@@ -2,12 +2,14 @@
 
 A page on another origin (Python's ``http.server`` on another loopback port,
 serving what ``e2e/build.mjs`` bundled from ``e2e/src/``) runs Apollo Client
-with apollo-upload-client and graphql-ws, urql, Relay and Uppy in Debian's headless
-Chromium, driven by ``e2e/driver.mjs`` through playwright-core; this module
-asserts on what the page reports. The Python ``gql`` client runs here too.
+with apollo-upload-client and graphql-ws, urql, Relay and Uppy in Debian's
+headless Chromium, driven by ``e2e/driver.mjs`` through playwright-core; this
+module asserts on what the page reports. The uploads run again on S3 storage
+(moto), where the browser PUTs to presigned URLs. The Python ``gql`` client
+runs here too.
 
-Without ``/usr/bin/chromium``, ``node`` or ``e2e/node_modules`` (``npm ci
---prefix e2e``) the browser test skips, and fails when ``CI`` is set. A
+Without ``/usr/bin/chromium``, Node.js 20 or ``e2e/node_modules`` (``npm ci
+--prefix e2e``) the browser tests skip, and fail when ``CI`` is set. A
 scenario that fails leaves a screenshot in ``e2e/artifacts/``.
 """
 
