@@ -261,16 +261,24 @@ def page(node: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _drive(
-    node: str, page: Path, page_port: int, api: Api, scenarios: list[str] | None = None
+    node: str,
+    page: Path,
+    page_port: int,
+    api: Api,
+    storage: str,
+    scenarios: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Serve ``page`` on ``page_port``, run the driver against ``api``; its report, all passed."""
+    """Serve ``page`` on ``page_port``, run the driver against ``api``; its report, all passed.
+
+    Failures' screenshots go to ``e2e/artifacts/<storage>/<scenario>.png``.
+    """
     with static_server(page, page_port) as page_url:
         driven = subprocess.run(
             [
                 node,
                 str(E2E / "driver.mjs"),
                 *("--page", page_url, "--api", api.url),
-                *("--artifacts", str(ARTIFACTS)),
+                *("--artifacts", str(ARTIFACTS / storage)),
                 *("--timeout-ms", str(SCENARIO_TIMEOUT_MS)),
                 *(arg for name in scenarios or [] for arg in ("--scenario", name)),
             ],
@@ -291,7 +299,7 @@ def _drive(
 def test_stock_browser_clients_from_another_origin(
     node: str, page: Path, page_port: int, api: Api
 ) -> None:
-    report = _drive(node, page, page_port, api)
+    report = _drive(node, page, page_port, api, "local")
     access_log = api.server.output()
     # Still to come, each a module in e2e/src/ named in page.js and a check here: "tus"
     # (tus-js-client and Uppy's Tus plugin on /files/tus/), "persistedQueries" (Apollo's
@@ -309,7 +317,7 @@ def test_stock_browser_clients_from_another_origin(
 
 def test_browser_uploads_straight_to_s3(node: str, page: Path, page_port: int, s3_api: Api) -> None:
     """On S3 storage a ticket is a presigned S3 PUT and a download a redirect to S3."""
-    report = _drive(node, page, page_port, s3_api, ["apollo", "uppy"])
+    report = _drive(node, page, page_port, s3_api, "s3", ["apollo", "uppy"])
     # S3 answers a PUT with 200 (Depot's own upload route, 204).
     _check_apollo(report["scenarios"]["apollo"]["report"], s3_api.url, put_status=200)
     _check_uppy(report["scenarios"]["uppy"]["report"])
