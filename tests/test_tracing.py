@@ -43,6 +43,7 @@ TRACED_EVENTS = (
 JOB = "query Job($id: ID!) { job(id: $id) { status traceId } }"
 DOWNLOAD_URL = "query Url($id: ID!) { file(id: $id) { downloadUrl } }"
 SPANS_TIMEOUT_S = 20
+APP_ORIGIN = "https://app.example.com"
 
 
 @dataclass(frozen=True)
@@ -195,7 +196,9 @@ def _assert_one_trace(
 
 async def test_one_trace_from_start_job_to_the_last_event_in_process(tmp_path: Path) -> None:
     port = free_port()
-    settings = make_settings(tmp_path, storage_url=(tmp_path / "files").as_uri())
+    settings = make_settings(
+        tmp_path, storage_url=(tmp_path / "files").as_uri(), cors_origins=[APP_ORIGIN]
+    )
     with otlp_receiver() as receiver:
         async with (
             in_background(
@@ -215,17 +218,23 @@ async def test_one_trace_from_start_job_to_the_last_event_in_process(tmp_path: P
             # The process was given DEPOT_PUBLIC_BASE_URL (localhost:8000): its path, here.
             assert (await client.get(urlsplit(url).path)).status_code == 200
             secret = url.rpartition("/")[2]
-            download = await anyio.to_thread.run_sync(_wait_for_download, receiver)
+            download = await anyio.to_thread.run_sync(_wait_for_download, receiver, "GET")
             assert download.name == "GET /files/download/<redacted>"
             assert not [v for v in download.attributes.values() if secret in str(v)]
+            # A preflight too, which the CORS middleware answers before the router runs.
+            preflight = {"Origin": APP_ORIGIN, "Access-Control-Request-Method": "GET"}
+            assert (await client.options(urlsplit(url).path, headers=preflight)).is_success
+            answered = await anyio.to_thread.run_sync(_wait_for_download, receiver, "OPTIONS")
+            assert answered.name == "OPTIONS /files/download/<redacted>"
+            assert not [v for v in answered.attributes.values() if secret in str(v)]
             log = api.output()
         assert f"trace_id={job['traceId']}" in log, "log lines carry the trace id"
 
 
-def _wait_for_download(receiver: _Receiver) -> Span:
+def _wait_for_download(receiver: _Receiver, method: str) -> Span:
     deadline = time.monotonic() + SPANS_TIMEOUT_S
     while time.monotonic() < deadline:
-        found = [s for s in receiver.spans if s.name.startswith("GET /files/download")]
+        found = [s for s in receiver.spans if s.name.startswith(f"{method} /files/download")]
         if found:
             return found[0]
         time.sleep(0.05)
