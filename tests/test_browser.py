@@ -51,7 +51,8 @@ ARTIFACTS = E2E / "artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 # playwright-core's and graphql-ws's least (Debian bookworm's own nodejs is 18).
 NODE_MAJOR = 20
-# Generous for a loaded CI machine; the whole run takes some 10 s on an idle one.
+# Generous for a loaded CI machine: on this 2-core one, shared, a build took 3 s and a
+# driver run 5 to 15 s.
 BUILD_TIMEOUT_S = 120
 DRIVER_TIMEOUT_S = 240
 SCENARIO_TIMEOUT_MS = 90_000
