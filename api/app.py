@@ -169,11 +169,22 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                 if maintenance is not None:
                     await maintenance.stop()
 
+    routes = [
+        Route("/", lambda request: RedirectResponse("/graphql")),
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        *([Route("/metrics", metrics)] if settings.metrics_enabled else []),
+        Route("/graphql", _compressed(graphql, settings)),
+        WebSocketRoute("/graphql", graphql),
+        *FILE_ROUTES,
+        Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
+        *TusRoutes().routes,
+    ]
     middleware = [
         # Outermost, so the request id's log lines carry the server span's ids.
         *([_server_spans()] if tracing.enabled() else []),
         # The byte routes carry their credential in the path, which the access line hides.
-        Middleware(RequestIdMiddleware, routes=FILE_ROUTES, metrics=settings.metrics_enabled),
+        Middleware(RequestIdMiddleware, routes=routes, metrics=settings.metrics_enabled),
         Middleware(SecurityHeadersMiddleware, https=settings.public_base_url.scheme == "https"),
     ]
     if settings.cors_origins:
@@ -187,17 +198,6 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                 max_age=600,
             )
         )
-    routes = [
-        Route("/", lambda request: RedirectResponse("/graphql")),
-        Route("/healthz", healthz),
-        Route("/readyz", readyz),
-        *([Route("/metrics", metrics)] if settings.metrics_enabled else []),
-        Route("/graphql", _compressed(graphql, settings)),
-        WebSocketRoute("/graphql", graphql),
-        *FILE_ROUTES,
-        Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
-        *TusRoutes().routes,
-    ]
     return Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
 
 

@@ -102,8 +102,13 @@ async def test_access_line_hides_the_token_of_a_signed_link(
     assert not [raw for raw in server_lines if token in raw]
 
 
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PUT", "/files/upload/"), ("GET", "/files/download/"), ("GET", "/files/variant/")],
+    ids=["upload", "download", "variant"],
+)
 async def test_a_preflight_does_not_log_the_token_of_a_signed_link(
-    settings: Settings, log_stream: io.StringIO
+    settings: Settings, log_stream: io.StringIO, method: str, path: str
 ) -> None:
     """The CORS middleware answers a preflight before the router records the path's token."""
     token = "eyJhbGciOiJIUzI1NiJ9.eyJrZXkiOiJ1L3NlY3JldC1rZXkifQ.c2lnbmF0dXJl"
@@ -111,11 +116,10 @@ async def test_a_preflight_does_not_log_the_token_of_a_signed_link(
     cors = settings.model_copy(update={"cors_origins": [origin]})
     async with serve_app(cors) as client:
         response = await client.options(
-            f"/files/upload/{token}",
-            headers={"Origin": origin, "Access-Control-Request-Method": "PUT"},
+            path + token, headers={"Origin": origin, "Access-Control-Request-Method": method}
         )
     assert response.status_code == 200
     [line] = _access_lines(log_stream)
-    assert (line["method"], line["path"]) == ("OPTIONS", "/files/upload/<redacted>")
+    assert (line["method"], line["path"]) == ("OPTIONS", path + "<redacted>")
     server_lines = [raw for raw in log_stream.getvalue().splitlines() if '"httpx"' not in raw]
     assert not [raw for raw in server_lines if token in raw]
