@@ -12,7 +12,7 @@ PYTEST_WORKERS ?= auto
 # npm writes this once `npm ci` has installed e2e/node_modules.
 E2E_STAMP := e2e/node_modules/.package-lock.json
 
-.PHONY: install e2e-install lock run test lint audit format schema docs services services-stop clean
+.PHONY: install e2e-install lock run test lint audit format schema docs graphiql services services-stop clean
 
 # The lock: every package at the version (and hashes) tested, for every
 # platform and Python >= 3.11. requirements/runtime.txt is the image's share.
@@ -71,6 +71,9 @@ schema: $(STAMP) ## Write the schema SDL to schema.graphql after changing the sc
 
 docs: $(STAMP) ## Regenerate the README's configuration table and .env.example from the settings
 	$(BIN)/python -m tests.test_docs
+
+graphiql: $(STAMP) ## Refresh GraphiQL's files in api/static/graphiql/ from npm and their hash manifest
+	$(BIN)/python scripts/vendor_graphiql.py
 
 services: ## Start PostgreSQL and Redis for the tests; eval the output
 	@scripts/test-services.sh start

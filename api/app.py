@@ -25,6 +25,7 @@ from starlette.types import ASGIApp
 from api.drain import Drain
 from api.files import PATHS, RouteLinks
 from api.files import ROUTES as FILE_ROUTES
+from api.graphiql import GraphiQL
 from api.graphql import GraphQLView
 from api.headers import SecurityHeadersMiddleware
 from api.health import healthz, readyz
@@ -116,7 +117,8 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         traced=tracing.enabled(),
         metrics=settings.metrics_enabled,
     )
-    graphql = GraphQLView(schema, settings)
+    ide = GraphiQL.load() if settings.graphiql else None
+    graphql = GraphQLView(schema, settings, ide)
     links = RouteLinks(
         LinkSigner(settings.secret),
         str(settings.public_base_url),
@@ -179,6 +181,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         *FILE_ROUTES,
         Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
         *TusRoutes().routes,
+        *(ide.routes if ide is not None else []),
     ]
     middleware = [
         # Outermost, so the request id's log lines carry the server span's ids.

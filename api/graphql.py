@@ -43,6 +43,7 @@ from strawberry.types.unset import UnsetType
 
 from api.bodies import BodyRefused, read_body
 from api.context import build_context, end_request
+from api.graphiql import GraphiQL
 from api.multipart import CSRF_ADVICE, MultipartUploads, Refused, has_csrf_header
 from api.websocket import (
     CONNECTION_INIT_TIMEOUT,
@@ -124,10 +125,11 @@ class GraphQLView(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = TransportWSHandler
     graphql_ws_handler_class = LegacyWSHandler
 
-    def __init__(self, schema: BaseSchema, settings: Settings) -> None:
+    def __init__(self, schema: BaseSchema, settings: Settings, ide: GraphiQL | None = None) -> None:
         super().__init__(
             schema,
-            graphql_ide="graphiql" if settings.graphiql else None,
+            # Depot's own page (api.graphiql) when given; without it, a 404.
+            graphql_ide="graphiql" if ide is not None else None,
             subscription_protocols=subscription_protocols(settings),
             connection_init_wait_timeout=CONNECTION_INIT_TIMEOUT,
             allowed_origins=settings.cors_origins,
@@ -135,6 +137,12 @@ class GraphQLView(GraphQL[Context, None]):
             multipart_uploads_enabled=True,
         )
         self.settings = settings
+        self.ide = ide
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Depot's self-contained GraphiQL page, not Strawberry's CDN-loading one."""
+        assert self.ide is not None, "Strawberry renders the IDE only when graphql_ide is set"
+        return self.ide.page(request)
 
     def decode_json(self, data: str | bytes) -> object:
         """JSON as Strawberry decodes it (bodies, GET parameters, WebSocket messages),

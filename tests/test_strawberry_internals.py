@@ -98,6 +98,7 @@ VIEW_OVERRIDES = {
     "decode_json": "documented; also decodes WebSocket messages (a too-deep one is 4400)",
     "get_context": "documented",
     "process_result": "documented",
+    "render_graphql_ide": "documented: Depot's own page (api.graphiql), no CDN",
     "on_ws_connect": "documented",
 }
 
