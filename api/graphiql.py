@@ -9,7 +9,8 @@ writes their SHA-384s to ``manifest.json``), and:
 * the page (``GraphQLView.render_graphql_ide``) names each file by a path
   holding its hash, ``/graphiql/<hash>/<name>``, with ``integrity=`` from
   the manifest, and carries a CSP that allows only this origin (and its
-  WebSocket, for subscriptions), with no inline script or style;
+  WebSocket, for subscriptions): no inline script at all, and the one
+  inline style GraphiQL adds only by the page's nonce;
 * ``/graphiql/<hash>/<name>`` answers the file with a year's immutable
   caching and an ETag; a hash that is not the file's current one is a 404,
   so an old URL can never be cached with new bytes.
