@@ -16,7 +16,9 @@ import json
 import os
 import shutil
 import subprocess
+import tomllib
 from collections.abc import Iterator
+from fnmatch import fnmatch
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -125,9 +127,12 @@ def test_a_changed_file_stops_the_start(tmp_path: Path) -> None:
 
 
 def test_the_package_ships_the_files() -> None:
-    # Package data, so the wheel (and the Docker image built from it) carry them.
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert 'api = ["static/graphiql/*"]' in pyproject
+    # Package data, so the wheel (and the Docker image installed from it) carry them all.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"].get("api", [])
+    for path in ASSETS.iterdir():
+        relative = path.relative_to(ROOT / "api").as_posix()
+        assert any(fnmatch(relative, p) for p in patterns), f"api/{relative} is no package data"
 
 
 # -- the page and its files over HTTP ------------------------------------------------
@@ -156,6 +161,15 @@ async def test_page_has_a_strict_csp(client: httpx.AsyncClient) -> None:
             "font-src",
         ), f"{name} allows a whole scheme"
     assert first.headers["cache-control"] == "no-store"
+
+
+async def test_a_strange_host_header_cannot_widen_the_policy(client: httpx.AsyncClient) -> None:
+    response = await client.get(
+        "/graphql", headers={"accept": BROWSER_ACCEPT, "host": "x; script-src *"}
+    )
+    policy = _policy(response.headers["content-security-policy"])
+    assert policy["script-src"] == ["'self'"]
+    assert policy["connect-src"] == ["'self'"]
 
 
 async def test_page_refers_to_no_other_origin(client: httpx.AsyncClient) -> None:
