@@ -5,7 +5,10 @@ no other origin and carries a strict CSP, and each file it references answers
 with the right type, long-lived caching and the bytes its ``integrity=``
 promises. Then once in headless Chromium: GraphiQL renders, runs a query and
 a subscription signed in from the headers pane, with no CSP violation and no
-request leaving Depot's origin.
+request leaving Depot's origin. That check needs ``node``, ``chromium`` on
+PATH and playwright-core in ``e2e/node_modules`` (``npm ci --prefix e2e``):
+without them it skips, and fails when ``CI`` is set; a failure leaves a
+screenshot in ``e2e/artifacts/``.
 """
 
 from __future__ import annotations
@@ -270,7 +273,8 @@ try {
     }, [query, JSON.stringify({ Authorization: `Bearer ${config.token}` })]);
     // GraphiQL parses the edited query a moment later, and only then knows a
     // subscription for one (sent over the WebSocket, not over HTTP).
-    await page.waitForTimeout(500);
+    await page.waitForFunction((q) => document.querySelector(".graphiql-query-editor .CodeMirror")
+      .CodeMirror.documentAST?.loc?.source?.body === q, query, { timeout: 10000 });
     await page.click(".graphiql-execute-button");
   };
   const shows = (text, timeout = 20000) => page.waitForFunction(
