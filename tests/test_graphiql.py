@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLAYWRIGHT = ROOT / "e2e" / "node_modules" / "playwright-core"
 # Where a failed browser check leaves its screenshot (gitignored; CI keeps it).
 ARTIFACTS = ROOT / "e2e" / "artifacts"
+API_DOCS = ROOT / "docs" / "api.md"
 BROWSER_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
 # Files beside the served ones that the page does not load.
 NOT_SERVED = {"manifest.json", "LICENSES.txt"}
@@ -118,6 +119,8 @@ def test_committed_files_match_the_manifest() -> None:
             package = entry["package"]
             assert "@" in package.lstrip("@"), f"{name} names no pinned version"
             assert f"== {package} ==" in (ASSETS / "LICENSES.txt").read_text()
+            version = package.rsplit("@", 1)[1]
+            assert version in API_DOCS.read_text(), f"docs/api.md does not name {package}"
 
 
 def test_a_changed_file_stops_the_start(tmp_path: Path) -> None:
