@@ -42,6 +42,8 @@ PLAYWRIGHT = ROOT / "e2e" / "node_modules" / "playwright-core"
 # Where a failed browser check leaves its screenshot (gitignored; CI keeps it).
 ARTIFACTS = ROOT / "e2e" / "artifacts"
 API_DOCS = ROOT / "docs" / "api.md"
+# playwright-core's least.
+NODE_MAJOR = 20
 BROWSER_ACCEPT = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
 # Files beside the served ones that the page does not load.
 NOT_SERVED = {"manifest.json", "LICENSES.txt"}
@@ -335,14 +337,18 @@ console.log(JSON.stringify(out));
 """
 
 
-def _browser_tools() -> tuple[str, str]:
-    """node and chromium, with playwright-core installed: skipped without them, failed in CI."""
+@pytest.fixture
+def browser_tools() -> tuple[str, str]:
+    """``node`` and ``chromium``, with playwright-core installed: skip without them, fail in CI.
+
+    Asked for before ``served``, so a machine without them skips before starting Depot.
+    """
     node, chromium = shutil.which("node"), shutil.which("chromium")
     missing = [
         what
         for what, present in (
-            ("node (apt-get install nodejs)", node),
-            ("chromium (apt-get install chromium)", chromium),
+            (f"Node.js {NODE_MAJOR} or newer", node and _node_major(node) >= NODE_MAJOR),
+            ("chromium (Debian's chromium package)", chromium),
             ("playwright-core (npm ci --prefix e2e)", (PLAYWRIGHT / "index.mjs").exists()),
         )
         if not present
@@ -357,6 +363,11 @@ def _browser_tools() -> tuple[str, str]:
     return node, chromium
 
 
+def _node_major(node: str) -> int:
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=False)
+    return int(version.stdout.strip().lstrip("v").split(".")[0] or 0)
+
+
 @pytest.fixture
 def served(tmp_path: Path, database_url: str) -> Iterator[str]:
     """A real ``depot serve`` on a loopback port (Chromium needs a socket): its origin."""
@@ -366,8 +377,10 @@ def served(tmp_path: Path, database_url: str) -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
 
 
-def test_graphiql_runs_in_chromium_offline(served: str, tmp_path: Path) -> None:
-    node, chromium = _browser_tools()
+def test_graphiql_runs_in_chromium_offline(
+    browser_tools: tuple[str, str], served: str, tmp_path: Path
+) -> None:
+    node, chromium = browser_tools
     email = "ada@example.com"
     registered = httpx.post(
         f"{served}/graphql",
