@@ -12,6 +12,9 @@ On top of Strawberry it adds:
   the rest never read), 408 for a body that stops arriving (``api.bodies``);
 * GraphQL multipart requests (file uploads) parsed as they stream in
   (``api.multipart``), refused (400) without a CSRF-proof header;
+* persisted documents (``api.persisted``): a request may name its document by
+  Apollo's ``extensions.persistedQuery`` hash or a trusted ``documentId``,
+  by POST or GET, instead of sending it;
 * every refusal as a JSON body of GraphQL errors with ``extensions.code``,
   never a plain-text or 500 answer.
 
@@ -23,7 +26,10 @@ the view leans on Strawberry beyond its documented hooks,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import cast
 
 import anyio
@@ -35,6 +41,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import InvalidOperationTypeError
@@ -45,6 +52,7 @@ from api.bodies import BodyRefused, read_body
 from api.context import build_context, end_request
 from api.graphiql import GraphiQL
 from api.multipart import CSRF_ADVICE, MultipartUploads, Refused, has_csrf_header
+from api.persisted import PersistedDocuments, PersistedQueryError
 from api.websocket import (
     CONNECTION_INIT_TIMEOUT,
     LegacyWSHandler,
@@ -75,6 +83,18 @@ _HTTP_ERROR_CODES = {
 def _is_multipart(request: Request) -> bool:
     content_type, _ = parse_content_type(request.headers.get("content-type", ""))
     return request.method == "POST" and content_type.lower() == MULTIPART
+
+
+def _names_document(params: Mapping[str, object]) -> bool:
+    """Whether GET parameters name a document (by query, persisted hash or id): not GraphiQL."""
+    return any(params.get(key) is not None for key in ("query", "extensions", "documentId"))
+
+
+@dataclass
+class DocumentRequest(GraphQLRequestData):
+    """Strawberry's request data with the ``documentId`` it does not read (``api.persisted``)."""
+
+    document_id: object = None
 
 
 def negotiate(accept: str | None) -> str | None:
@@ -138,6 +158,7 @@ class GraphQLView(GraphQL[Context, None]):
         )
         self.settings = settings
         self.ide = ide
+        self.persisted = PersistedDocuments(settings)
 
     async def render_graphql_ide(self, request: Request) -> Response:
         """Depot's self-contained GraphiQL page, not Strawberry's CDN-loading one."""
@@ -160,7 +181,7 @@ class GraphQLView(GraphQL[Context, None]):
         request = Request(scope, receive)
         media_type = negotiate(request.headers.get("accept"))
         # A browser opening /graphql accepts only HTML: that is a request for GraphiQL.
-        wants_ide = request.method == "GET" and "query" not in request.query_params
+        wants_ide = request.method == "GET" and not _names_document(request.query_params)
         if media_type is None and not wants_ide:
             response = self._error_response(
                 406, f"Accept {GRAPHQL_RESPONSE_JSON} or {JSON} to get a response.", JSON
@@ -207,6 +228,10 @@ class GraphQLView(GraphQL[Context, None]):
     async def _respond(self, request: Request, media_type: str) -> Response:
         try:
             return await self.run(request)
+        except PersistedQueryError as exc:
+            return self._error_response(
+                exc.status, exc.message, media_type, code=exc.code, headers=exc.headers
+            )
         except HTTPException as exc:
             if isinstance(exc.__cause__, InvalidOperationTypeError):
                 return self._error_response(
@@ -219,11 +244,18 @@ class GraphQLView(GraphQL[Context, None]):
             await end_request(request)
 
     def _error_response(
-        self, status: int, message: str, media_type: str, allow: str | None = None
+        self,
+        status: int,
+        message: str,
+        media_type: str,
+        allow: str | None = None,
+        *,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Response:
-        code = _HTTP_ERROR_CODES.get(status, "BAD_REQUEST")
+        code = code or _HTTP_ERROR_CODES.get(status, "BAD_REQUEST")
         body = {"errors": [{"message": message, "extensions": {"code": code}}]}
-        headers = {"Allow": allow} if allow else None
+        headers = {**(headers or {}), **({"Allow": allow} if allow else {})}
         return Response(
             self.encode_json(body), status_code=status, media_type=media_type, headers=headers
         )
@@ -259,7 +291,58 @@ class GraphQLView(GraphQL[Context, None]):
                     f"Send GraphQL requests as Content-Type: {JSON} "
                     f"(or {MULTIPART} with files), not {content_type!r}.",
                 )
-        return await super().parse_http_body(request)
+        data = await super().parse_http_body(request)
+        if isinstance(data, list) or data.query is not None:
+            return data
+        # Named, not sent: keep the `documentId` Strawberry does not read (api.persisted).
+        fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(data)}
+        return DocumentRequest(**fields, document_id=await self._document_id(request))
+
+    async def _document_id(self, request: AsyncHTTPRequestAdapter) -> object:
+        """The request's ``documentId``: only asked when it has no ``query``, so the
+        JSON decoded a second time here is a small body."""
+        if request.method == "GET":
+            return request.query_params.get("documentId")
+        if isinstance(request, RequestAdapter) and _UPLOADS_KEY in request.request.scope:
+            raw: object = await request.request.scope[_UPLOADS_KEY].operations()
+        else:
+            raw = self.parse_json(await request.get_body())
+        return raw.get("documentId") if isinstance(raw, dict) else None
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        """GraphiQL for a GET naming no document: a persisted hash or id alone is a query."""
+        return super().should_render_graphql_ide(request) and not _names_document(
+            request.query_params
+        )
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """Run the document the request sent or named (``api.persisted``), and store a
+        newly registered persisted query once it has run."""
+        redis = request.state.redis
+        document_id = None
+        if isinstance(request_data, DocumentRequest):
+            document_id = request_data.document_id
+        resolved = await self.persisted.resolve(
+            request_data.query, request_data.extensions, document_id, redis
+        )
+        result = await super().execute_single(
+            request,
+            request_adapter,
+            sub_response,
+            context,
+            root_value,
+            dataclasses.replace(request_data, query=resolved.query),
+        )
+        await self.persisted.registered(resolved, result, redis)
+        return result
 
     async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
         """``operations`` with its files, from the parser ``_run_multipart`` started.

@@ -14,7 +14,13 @@ Strawberry's protocol handlers do the protocol; Depot adds, for both
   revocation is announced on the event bus (``core.events.CredentialsRevoked``)
   and every socket of that user rechecks at once; a rare poll
   (``DEPOT_WS_AUTH_RECHECK_SECONDS``) covers an event lost in transit, and
-  the watch also wakes when the access token expires.
+  the watch also wakes when the access token expires;
+* persisted documents (``api.persisted``), as over HTTP: a ``subscribe``
+  (``start``) payload may name its document by ``extensions.persistedQuery``
+  or ``documentId`` instead of sending it, and with
+  ``DEPOT_TRUSTED_DOCUMENTS_ONLY`` only the manifest's documents start. A
+  refusal is that operation's ``error`` message; the socket stays open.
+  Registration is HTTP's: graphql-ws clients always send the query whole.
 
 The legacy protocol is served only with ``DEPOT_GRAPHQL_WS_LEGACY``
 (:func:`subscription_protocols`): it has had auth-bypass bugs elsewhere.
@@ -29,19 +35,28 @@ from contextlib import AsyncExitStack, suppress
 from datetime import timedelta
 
 import structlog
+from redis.asyncio import Redis
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http.async_base_view import AsyncWebSocketAdapter
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
-from strawberry.subscriptions.protocols.graphql_transport_ws.types import ConnectionInitMessage
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
+    SubscribeMessage,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ErrorMessage as TransportErrorMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     ConnectionInitMessage as LegacyConnectionInitMessage,
 )
+from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 
 from api.context import sign_in
+from api.persisted import PersistedDocuments, PersistedQueryError
 from core.auth import Principal, recheck
 from core.errors import Unauthenticated
 from core.eventlog import Listener
@@ -235,6 +250,28 @@ def _until_expiry(principal: Principal) -> float:
     return max(0.0, left) + 0.05
 
 
+async def resolve_payload(
+    persisted: PersistedDocuments, payload: object, redis: Redis | None
+) -> PersistedQueryError | None:
+    """Put the document an operation's payload names into its ``query``; or say why it
+    cannot run. A payload of the wrong shape is left to Strawberry to refuse."""
+    if not isinstance(payload, dict):
+        return None
+    query, extensions = payload.get("query"), payload.get("extensions")
+    try:
+        resolved = await persisted.resolve(
+            query if isinstance(query, str) else None,
+            extensions if isinstance(extensions, dict) else None,
+            payload.get("documentId"),
+            redis,
+        )
+    except PersistedQueryError as exc:
+        return exc
+    if resolved.query is not None:
+        payload["query"] = resolved.query
+    return None
+
+
 class _Watched:
     """Counts a socket against its caps; watches its credential once acknowledged."""
 
@@ -261,6 +298,12 @@ class _Watched:
             await init
         except TooManySockets as exc:
             await self.websocket.close(TOO_MANY, str(exc))
+
+    async def refusal(self, payload: object) -> PersistedQueryError | None:
+        """Why the operation ``payload`` names cannot run, after filling in its document."""
+        persisted = getattr(getattr(self, "view", None), "persisted", None)
+        assert isinstance(persisted, PersistedDocuments), "served by api.graphql.GraphQLView"
+        return await resolve_payload(persisted, payload, self.context.request.state.redis)
 
     def start_watching(self) -> None:
         if self.context.principal is None or self._watch is not None:
@@ -300,6 +343,18 @@ class TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None])
         if self.connection_acknowledged:
             self.start_watching()
 
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        if self.connection_acknowledged:
+            refusal = await self.refusal(message.get("payload"))
+            if refusal is not None:
+                await self.send_message(
+                    TransportErrorMessage(
+                        id=message["id"], type="error", payload=[refusal.formatted()]
+                    )
+                )
+                return
+        await super().handle_subscribe(message)
+
     async def shutdown(self) -> None:
         await self.stop_watching()
         await super().shutdown()
@@ -312,6 +367,16 @@ class LegacyWSHandler(_Watched, BaseGraphQLWSHandler[Context, None]):
     async def handle_connection_init(self, message: LegacyConnectionInitMessage) -> None:
         await self._init(super().handle_connection_init(message))
         self.start_watching()
+
+    async def handle_start(self, message: StartMessage) -> None:
+        if self.connection_acknowledged:
+            refusal = await self.refusal(message.get("payload"))
+            if refusal is not None:
+                await self.send_message(
+                    ErrorMessage(id=message["id"], type="error", payload=refusal.formatted())
+                )
+                return
+        await super().handle_start(message)
 
     async def cleanup(self) -> None:
         await self.stop_watching()

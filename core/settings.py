@@ -522,6 +522,39 @@ class Settings(BaseSettings):
         "job with its inputs and 100 outputs costs 1,203, a page of 100 files with their "
         "owners 301.",
     )
+    persisted_queries: bool = Field(
+        default=True,
+        description="Accept Apollo's automatic persisted queries (`extensions.persistedQuery`): "
+        "a known hash stands for its document, so a query can go by `GET` and be cached. Off, "
+        "such a request is `PERSISTED_QUERY_NOT_SUPPORTED` and Apollo's link sends full queries.",
+    )
+    persisted_queries_memory_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Room for persisted queries in memory without Redis; the least recently "
+        "used go first. 8 MiB holds thousands of typical 1-4 KiB documents, and a miss only "
+        "costs the client one retry with the full query.",
+    )
+    persisted_queries_ttl_seconds: int = Field(
+        default=24 * 3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="How long Redis keeps a persisted query after it was registered. A day: "
+        "documents change with deploys, and an expired one is registered again by the "
+        "client's next retry.",
+    )
+    trusted_documents: Path | None = Field(
+        default=None,
+        description="A manifest of trusted documents, as GraphQL Code Generator's client "
+        "preset (`persisted-documents.json`) or Apollo's persisted-query manifest writes it; "
+        "clients may then send a document's id (`documentId`) instead of its text.",
+    )
+    trusted_documents_only: bool = Field(
+        default=False,
+        description="Run only the documents in `DEPOT_TRUSTED_DOCUMENTS` "
+        "(`PERSISTED_QUERY_NOT_IN_LIST` for any other), for production once the frontend's "
+        "build writes the manifest. Off by default: a manifest must exist first.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -630,6 +663,15 @@ class Settings(BaseSettings):
                 "digit, such as depot or depot-staging"
             )
         return value
+
+    @model_validator(mode="after")
+    def _trusted_documents_only_needs_a_manifest(self) -> Settings:
+        if self.trusted_documents_only and self.trusted_documents is None:
+            raise ValueError(
+                "DEPOT_TRUSTED_DOCUMENTS_ONLY needs DEPOT_TRUSTED_DOCUMENTS: set it to the "
+                "manifest your frontend's build writes (persisted-documents.json)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _complete(self) -> Settings:

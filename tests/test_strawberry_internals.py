@@ -20,8 +20,10 @@ import typing
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
+import anyio
 import cross_web
 import graphql
 import pytest
@@ -91,7 +93,9 @@ def _assert_overrides(ours: type, theirs: type, name: str, where: str) -> None:
 # Methods GraphQLView overrides; the undocumented ones carry Depot's HTTP rules.
 VIEW_OVERRIDES = {
     "__call__": "undocumented: negotiation, 406, the CSRF check and multipart streaming",
-    "parse_http_body": "undocumented: 415 for a body neither JSON nor multipart",
+    "parse_http_body": "undocumented: 415 for a body neither JSON nor multipart; documentId",
+    "execute_single": "undocumented: runs the document a persisted hash or documentId names",
+    "should_render_graphql_ide": "undocumented: a GET naming a persisted document is a query",
     "parse_multipart": "undocumented: operations from api.multipart's streaming parser",
     "get_sub_response": "undocumented for ASGI: carries the negotiated media type",
     "create_response": "undocumented for ASGI: Content-Type and status 400 in spec mode",
@@ -261,6 +265,56 @@ async def test_parse_http_body_returns_request_data() -> None:
     assert data.query == "{ hello }"
 
 
+async def test_a_get_without_query_parses_to_request_data_with_its_extensions() -> None:
+    # A persisted query by GET: GraphQLView.execute_single fills in `query` from the hash.
+    view = GraphQL[None, None](_SCHEMA)
+    adapter = RequestAdapter(_request("GET", query_string=b"extensions=%7B%22a%22%3A1%7D"))
+    data = await view.parse_http_body(adapter)
+    assert isinstance(data, GraphQLRequestData)
+    assert (data.query, data.extensions) == (None, {"a": 1}), (
+        "Strawberry no longer parses a GET without `query` into request data with its JSON "
+        "`extensions`: api.graphql.GraphQLView resolves persisted queries from there."
+    )
+    assert dataclasses.is_dataclass(data), (
+        "GraphQLRequestData is no longer a dataclass: api.graphql.DocumentRequest extends it "
+        "and GraphQLView.execute_single copies it with dataclasses.replace."
+    )
+
+
+async def test_every_http_operation_runs_through_execute_single() -> None:
+    # GraphQLView.execute_single is where persisted documents are resolved (and
+    # trusted-only enforced): no HTTP operation may run around it.
+    seen: list[str | None] = []
+
+    class View(GraphQL[None, None]):
+        async def execute_single(  # type: ignore[override]
+            self,
+            request: Any,
+            request_adapter: Any,
+            sub_response: Any,
+            context: Any,
+            root_value: Any,
+            request_data: GraphQLRequestData,
+        ) -> Any:
+            seen.append(request_data.query)
+            return await super().execute_single(
+                request,
+                request_adapter,
+                sub_response,
+                context,
+                root_value,
+                dataclasses.replace(request_data, query="{ hello }"),
+            )
+
+    response = await View(_SCHEMA).run(_request("GET", query_string=b"extensions=%7B%7D"))
+    assert seen == [None], (
+        "Strawberry's view no longer runs an HTTP operation through execute_single: "
+        "api.graphql.GraphQLView resolves persisted documents and refuses untrusted ones there."
+    )
+    assert response.status_code == 200
+    assert response.body == b'{"data":{"hello":"hi"}}'
+
+
 async def test_the_sub_response_is_a_starlette_response_copied_into_the_answer() -> None:
     # GraphQLView.get_sub_response stores the media type on it; create_response reads it.
     view = GraphQL[None, None](_SCHEMA)
@@ -296,6 +350,8 @@ async def test_process_result_has_a_data_entry_to_drop() -> None:
         (LegacyWSHandler, BaseGraphQLWSHandler, "handle_connection_init"),
         (LegacyWSHandler, BaseGraphQLWSHandler, "handle"),
         (LegacyWSHandler, BaseGraphQLWSHandler, "cleanup"),
+        (TransportWSHandler, BaseGraphQLTransportWSHandler, "handle_subscribe"),
+        (LegacyWSHandler, BaseGraphQLWSHandler, "handle_start"),
     ],
 )
 def test_handler_overrides_match_strawberry(ours: type, theirs: type, name: str) -> None:
@@ -410,6 +466,37 @@ async def test_connection_init_hands_its_payload_to_on_ws_connect(
     assert handler.connection_acknowledged is True
     assert handler.websocket is socket
     assert handler.context is context
+
+
+@pytest.mark.parametrize("make", [_transport, _legacy], ids=["transport-ws", "legacy-ws"])
+async def test_an_operation_runs_the_query_of_the_payload_it_was_handed(
+    make: Callable[[_View, _Socket, _Context], Any],
+) -> None:
+    # api.websocket puts the document a persisted hash or documentId names into
+    # message["payload"]["query"], then calls Strawberry's handle_subscribe / handle_start.
+    view, socket, context = _View(), _Socket(), _Context()
+    handler = make(view, socket, context)
+    await handler.handle_connection_init({"type": "connection_init", "payload": {}})
+    assert handler.view is view, "api.websocket._Watched.refusal reads the handler's `view`"
+    start, runs = ("subscribe", "stream") if make is _transport else ("start", "subscribe")
+    queries: list[str] = []
+    run = getattr(_SCHEMA, runs)
+
+    async def recording(query: str, *args: Any, **kwargs: Any) -> Any:
+        queries.append(query)
+        return await run(query, *args, **kwargs)
+
+    handler.schema = SimpleNamespace(**{runs: recording})
+    payload = {"query": "subscription Filled { hello }"}
+    await getattr(handler, f"handle_{start}")({"type": start, "id": "1", "payload": payload})
+    for _ in range(100):
+        if queries:
+            break
+        await anyio.sleep(0.01)
+    assert queries == [payload["query"]], (
+        f"Strawberry's handle_{start} no longer runs self.schema.{runs}(message['payload']"
+        "['query']): api.websocket fills in persisted documents there."
+    )
 
 
 async def test_a_rejected_transport_ws_connection_closes_with_4403() -> None:
