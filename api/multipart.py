@@ -56,11 +56,16 @@ from core.settings import Settings
 logger = structlog.get_logger("depot.multipart")
 
 # Headers a browser cannot send cross-site without a CORS preflight: their
-# presence proves the request is not a forged form post.
-CSRF_HEADERS = ("x-depot-csrf", "apollo-require-preflight")
+# presence proves the request is not a forged form post. Apollo Server's two
+# (Apollo's iOS and Kotlin clients send `X-Apollo-Operation-Name` on their
+# own), and Depot's own.
+CSRF_HEADERS = ("x-depot-csrf", "apollo-require-preflight", "x-apollo-operation-name")
+# The content types a cross-site form (or a "simple" fetch) may send without a preflight.
+SIMPLE_CONTENT_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data", "text/plain")
 CSRF_ADVICE = (
     "Multipart requests must carry the header `x-depot-csrf: 1` "
-    "(or `Apollo-Require-Preflight: true`) to prove they are not a cross-site form post."
+    "(or `Apollo-Require-Preflight: true`, or `X-Apollo-Operation-Name`) "
+    "to prove they are not a cross-site form post."
 )
 SPOOL_IN_MEMORY = 1024 * 1024
 READ_CHUNK = 256 * 1024
@@ -73,7 +78,17 @@ _ERRORS: dict[int, type[BadRequest]] = {408: RequestTimeout, 413: PayloadTooLarg
 
 
 def has_csrf_header(headers: Mapping[str, str]) -> bool:
-    """Whether a request carries one of the headers that a simple cross-site post cannot."""
+    """Whether a browser must have asked (by a CORS preflight) before sending this request.
+
+    Apollo Server's rule: a content type a form cannot send (anything but the
+    three simple ones), or a non-empty one of ``CSRF_HEADERS``. A multipart
+    upload's content type is a simple one, so uploads need the header.
+    """
+    content_type = headers.get("content-type")
+    if content_type is not None:
+        essence = content_type.partition(";")[0].strip().lower()
+        if essence not in SIMPLE_CONTENT_TYPES:
+            return True
     return any(headers.get(name) for name in CSRF_HEADERS)
 
 

@@ -135,21 +135,36 @@ async def test_multipart_without_csrf_header_is_refused(
     await assert_nothing_left(client, auth, settings)
 
 
-async def test_apollo_preflight_header_is_accepted(
-    client: httpx.AsyncClient, auth: dict[str, str]
+# The headers Apollo Server accepts as CSRF proof: what Apollo's own clients send.
+@pytest.mark.parametrize(
+    "header", [("apollo-require-preflight", "true"), ("x-apollo-operation-name", "Upload")]
+)
+async def test_apollo_preflight_headers_are_accepted(
+    client: httpx.AsyncClient, auth: dict[str, str], header: tuple[str, str]
 ) -> None:
     parts = upload_parts(one_upload(), {"0": ["variables.file"]}, [("0", b"data")])
     response = await client.post(
         "/graphql",
         content=multipart(parts),
-        headers={
-            "content-type": HEADERS["content-type"],
-            "apollo-require-preflight": "true",
-            **auth,
-        },
+        headers={"content-type": HEADERS["content-type"], header[0]: header[1], **auth},
     )
 
     assert response.json()["data"]["uploadFile"]["size"] == 4
+
+
+async def test_an_empty_csrf_header_proves_nothing(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    # As in Apollo Server: a form cannot set the header at all, but an empty one is no proof.
+    parts = upload_parts(one_upload(), {"0": ["variables.file"]}, [("0", b"data")])
+    response = await client.post(
+        "/graphql",
+        content=multipart(parts),
+        headers={"content-type": HEADERS["content-type"], "x-apollo-operation-name": "", **auth},
+    )
+
+    assert response.status_code == 400
+    assert "X-Apollo-Operation-Name" in assert_error(response.json(), "BAD_REQUEST")["message"]
 
 
 # -- malformed requests -------------------------------------------------------------
