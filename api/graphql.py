@@ -333,13 +333,10 @@ class GraphQLView(GraphQL[Context, None]):
         resolved = await self.persisted.resolve(
             request_data.query, request_data.extensions, document_id, redis
         )
+        if resolved.query is not request_data.query:
+            request_data = dataclasses.replace(request_data, query=resolved.query)
         result = await super().execute_single(
-            request,
-            request_adapter,
-            sub_response,
-            context,
-            root_value,
-            dataclasses.replace(request_data, query=resolved.query),
+            request, request_adapter, sub_response, context, root_value, request_data
         )
         await self.persisted.registered(resolved, result, redis)
         return result
