@@ -26,7 +26,9 @@ from api.persisted import ManifestError
 from core.settings import SettingsError, load_settings
 from tests.conftest import make_settings, serve_app
 from tests.support import (
+    CSRF_HEADER,
     REGISTER,
+    UPLOAD_FILE,
     assert_error,
     bearer,
     next_message,
@@ -245,6 +247,34 @@ async def test_a_persisted_document_is_validated_once(
     assert len(validated) == 1
 
 
+async def upload(
+    client: httpx.AsyncClient, token: str, operations: dict[str, Any]
+) -> dict[str, Any]:
+    """A multipart upload as apollo-upload-client sends it behind Apollo's persisted link."""
+    response = await client.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": json.dumps({"1": ["variables.file"]})},
+        files={"1": ("cat.txt", b"meow", "text/plain")},
+        headers={**CSRF_HEADER, **bearer(token)},
+    )
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_an_upload_runs_by_hash(client: httpx.AsyncClient) -> None:
+    token = (await register(client))["accessToken"]
+    variables = {"file": None, "path": None}
+
+    missing = await upload(client, token, {"extensions": apq(UPLOAD_FILE), "variables": variables})
+    assert_error(missing, "PERSISTED_QUERY_NOT_FOUND")
+    sent = {"query": UPLOAD_FILE, "extensions": apq(UPLOAD_FILE), "variables": variables}
+    assert (await upload(client, token, sent))["data"]["uploadFile"]["size"] == 4
+
+    variables["path"] = "again.txt"
+    by_hash = await upload(client, token, {"extensions": apq(UPLOAD_FILE), "variables": variables})
+    assert by_hash["data"]["uploadFile"]["path"] == "again.txt", by_hash
+
+
 # -- the Redis store ---------------------------------------------------------------
 
 
@@ -356,6 +386,16 @@ async def test_a_trusted_document_runs_by_document_id(
     for response in (by_post, by_get):
         assert response.status_code == 200, response.text
         assert response.json()["data"]["me"]["id"]
+
+
+async def test_a_trusted_upload_runs_by_document_id(tmp_path: Path) -> None:
+    path = tmp_path / "persisted-documents.json"
+    path.write_text(json.dumps({sha256(body): body for body in (REGISTER, UPLOAD_FILE)}))
+    settings = make_settings(tmp_path, trusted_documents=path, trusted_documents_only=True)
+    async with serve_app(settings) as client:
+        token = (await register(client))["accessToken"]
+        operations = {"documentId": sha256(UPLOAD_FILE), "variables": {"file": None, "path": None}}
+        assert (await upload(client, token, operations))["data"]["uploadFile"]["size"] == 4
 
 
 async def test_a_trusted_document_runs_by_apollo_hash(trusted_client: httpx.AsyncClient) -> None:
