@@ -339,9 +339,12 @@ class PersistedDocuments:
                 "BAD_REQUEST", "`extensions.persistedQuery.sha256Hash` must be a string."
             )
         trusted = self.manifest.find(hash_) if self.manifest else None
+        if trusted is not None:
+            # The id names the document, whatever text comes with it: GraphQLWsLink
+            # sends Apollo's print of a document whose id Code Generator computed
+            # from its own print. Nothing is registered, so nothing can be poisoned.
+            return Resolved(trusted.body, hash_, trusted)
         if query is None:
-            if trusted is not None:
-                return Resolved(trusted.body, hash_, trusted)
             if self.enabled and not self.trusted_only:
                 stored = await self.store(redis).get(hash_)
                 if stored is not None:
@@ -353,10 +356,6 @@ class PersistedDocuments:
                 "`extensions.persistedQuery.sha256Hash` is not the SHA-256 of `query`: "
                 "hash the exact text sent (lowercase hex).",
             )
-        if trusted is None and self.manifest is not None:
-            trusted = self.manifest.by_sha256.get(hash_)
-        if trusted is not None:
-            return Resolved(query, hash_, trusted)
         registers = self.enabled and not self.trusted_only and len(query) <= MAX_STORED_DOCUMENT
         return Resolved(query, hash_, register=hash_ if registers else None)
 
