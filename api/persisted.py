@@ -190,7 +190,9 @@ class Manifest:
     by_sha256: dict[str, TrustedDocument]
 
     def find(self, id_: str) -> TrustedDocument | None:
-        return self.by_id.get(_bare(id_))
+        """The document with this id, or whose text has this SHA-256 (ids need not be hashes)."""
+        bare = _bare(id_)
+        return self.by_id.get(bare) or self.by_sha256.get(bare)
 
 
 def _bare(id_: str) -> str:
@@ -260,8 +262,6 @@ class Resolved:
     """The document a request runs, and what to do once it has run."""
 
     query: str | None
-    # The persisted-query hash or trusted-document id the client named, if any.
-    document_id: str | None = None
     # The trusted document it is, if it is one.
     trusted: TrustedDocument | None = None
     # A hash to store ``query`` under once it has run (an APQ registration).
@@ -316,12 +316,12 @@ class PersistedDocuments:
             )
         trusted = self.manifest.find(document_id) if self.manifest else None
         if trusted is not None:
-            return Resolved(trusted.body, document_id, trusted)
+            return Resolved(trusted.body, trusted)
         bare = _bare(document_id)
         if self.enabled and not self.trusted_only and _SHA256_HEX.fullmatch(bare):
             stored = await self.store(redis).get(bare)
             if stored is not None:
-                return Resolved(stored, document_id)
+                return Resolved(stored)
         raise _not_found()
 
     async def _by_apq(self, query: str | None, persisted: object, redis: Redis | None) -> Resolved:
@@ -343,12 +343,12 @@ class PersistedDocuments:
             # The id names the document, whatever text comes with it: GraphQLWsLink
             # sends Apollo's print of a document whose id Code Generator computed
             # from its own print. Nothing is registered, so nothing can be poisoned.
-            return Resolved(trusted.body, hash_, trusted)
+            return Resolved(trusted.body, trusted)
         if query is None:
             if self.enabled and not self.trusted_only:
                 stored = await self.store(redis).get(hash_)
                 if stored is not None:
-                    return Resolved(stored, hash_)
+                    return Resolved(stored)
             raise _not_found()
         if sha256_hex(query) != hash_:
             raise PersistedQueryError(
@@ -357,7 +357,7 @@ class PersistedDocuments:
                 "hash the exact text sent (lowercase hex).",
             )
         registers = self.enabled and not self.trusted_only and len(query) <= MAX_STORED_DOCUMENT
-        return Resolved(query, hash_, register=hash_ if registers else None)
+        return Resolved(query, register=hash_ if registers else None)
 
     def _require_trusted(self, resolved: Resolved) -> Resolved:
         assert self.manifest is not None, "trusted_documents_only requires a manifest"
@@ -374,7 +374,7 @@ class PersistedDocuments:
                 "or add this document to the manifest.",
                 403,
             )
-        return Resolved(resolved.query, resolved.document_id, trusted)
+        return Resolved(resolved.query, trusted)
 
     async def registered(
         self, resolved: Resolved, result: ExecutionResult, redis: Redis | None

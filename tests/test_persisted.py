@@ -416,6 +416,24 @@ async def test_a_trusted_id_names_its_document_whatever_text_comes_with_it(
     assert response.json() == {"data": {"me": None}}
 
 
+async def test_manifest_ids_need_not_be_hashes(tmp_path: Path) -> None:
+    operations = [{"id": "me-v1", "name": "Me", "type": "query", "body": ME}]
+    path = tmp_path / "manifest.json"
+    path.write_text(
+        json.dumps(
+            {"format": "apollo-persisted-query-manifest", "version": 1, "operations": operations}
+        )
+    )
+    settings = make_settings(tmp_path, trusted_documents=path, trusted_documents_only=True)
+    async with serve_app(settings) as client:
+        for body in (
+            {"documentId": "me-v1"},
+            {"documentId": f"sha256:{sha256(ME)}"},
+            {"extensions": apq(ME)},
+        ):
+            assert (await post(client, body)).json() == {"data": {"me": None}}, body
+
+
 async def test_an_unknown_document_id_is_not_found(trusted_client: httpx.AsyncClient) -> None:
     response = await post(trusted_client, {"documentId": sha256(unique_query())})
 
