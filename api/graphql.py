@@ -299,8 +299,9 @@ class GraphQLView(GraphQL[Context, None]):
         return DocumentRequest(**fields, document_id=await self._document_id(request))
 
     async def _document_id(self, request: AsyncHTTPRequestAdapter) -> object:
-        """The request's ``documentId``: only asked when it has no ``query``, so the
-        JSON decoded a second time here is a small body."""
+        """The request's ``documentId``. Asked only when there is no ``query``: the
+        body decoded a second time here names its document, so it is a small one
+        (bar large variables, which ``DEPOT_MAX_REQUEST_BYTES`` bounds)."""
         if request.method == "GET":
             return request.query_params.get("documentId")
         if isinstance(request, RequestAdapter) and _UPLOADS_KEY in request.request.scope:
