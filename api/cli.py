@@ -19,6 +19,7 @@ import click
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api.persisted import ManifestError, load_manifest
 from core import migrate as migrations
 from core import tracing, users
 from core.db import create_sessionmaker
@@ -126,6 +127,13 @@ def serve(host: str, port: int, reload: bool, workers: int, log_level: str | Non
         try:
             _with_engine(settings, migrations.ensure_current)
         except migrations.SchemaBehind as exc:
+            click.echo(f"Depot cannot start: {exc}", err=True)
+            sys.exit(1)
+    if settings.trusted_documents is not None:
+        # create_app would refuse it too, as a traceback.
+        try:
+            load_manifest(settings.trusted_documents)
+        except ManifestError as exc:
             click.echo(f"Depot cannot start: {exc}", err=True)
             sys.exit(1)
     # uvicorn stops gracefully on SIGTERM, then raises the signal again so the
@@ -350,6 +358,13 @@ def check() -> None:
     """
     settings = _settings()
     problems = asyncio.run(_check_services(settings))
+    if settings.trusted_documents is not None:
+        try:
+            manifest = load_manifest(settings.trusted_documents)
+            count = len(manifest.by_id)
+            click.echo(f"✓ {count} trusted documents in {settings.trusted_documents}")
+        except ManifestError as exc:
+            problems.append(str(exc))
     if problems:
         for problem in problems:
             click.echo(f"✗ {problem}", err=True)

@@ -152,6 +152,24 @@ def test_check_fails_when_storage_is_unusable(tmp_path: Path) -> None:
     assert problem.startswith("✗ storage unusable: StorageError: cannot write to ")
 
 
+def test_check_reads_the_trusted_documents_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "persisted-documents.json"
+    manifest.write_text('{"a": "query A { __typename }", "b": "query B { me { id } }"}')
+    result = depot("check", env={"DEPOT_TRUSTED_DOCUMENTS": str(manifest)})
+    assert result.exit_code == 0, result.output
+    assert f"✓ 2 trusted documents in {manifest}" in _lines(result.stdout)
+
+
+@pytest.mark.parametrize("command", ["check", "serve"])
+def test_a_broken_manifest_is_one_line(tmp_path: Path, command: str) -> None:
+    manifest = tmp_path / "persisted-documents.json"
+    manifest.write_text('{"a": "query A {"}')
+    result = depot(command, env={"DEPOT_TRUSTED_DOCUMENTS": str(manifest)})
+    assert result.exit_code == 1
+    [problem] = [line for line in _lines(result.stderr) if str(manifest) in line]
+    assert "document 'a' does not parse" in problem
+
+
 def test_check_refuses_an_invalid_setting() -> None:
     result = depot("check", env={"DEPOT_LOG_LEVEL": "LOUD"})
     assert result.exit_code == 2
