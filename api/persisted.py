@@ -17,7 +17,7 @@ A client may name its document instead of sending it:
   ``{"<hash>": "<document>"}``) or Apollo's persisted-query manifest
   (``{"format": "apollo-persisted-query-manifest", "version": 1, "operations":
   [{"id", "name", "type", "body"}]}``). A client sends the id as ``documentId``
-  (the GraphQL-over-HTTP persisted-documents proposal; ``sha256:<hex>`` or the
+  (the GraphQL-over-HTTP persisted-documents appendix; ``sha256:<hex>`` or the
   bare id) or as Apollo's ``extensions.persistedQuery.sha256Hash``. With
   ``DEPOT_TRUSTED_DOCUMENTS_ONLY`` nothing else runs: a document not in the
   manifest is ``PERSISTED_QUERY_NOT_IN_LIST`` (403), and nothing is registered.
