@@ -264,6 +264,7 @@ class GraphQLView(GraphQL[Context, None]):
         self, request: Request | WebSocket, response: Response | WebSocket
     ) -> Context:
         context = await build_context(request, response, self.settings)
+        context.trusted_labels = self.persisted.labels
         uploads: MultipartUploads | None = request.scope.get(_UPLOADS_KEY)
         if uploads is not None and context.user is not None:
             # Files spooled for later are paid for from this user's quota.

@@ -189,6 +189,11 @@ class Manifest:
     by_id: dict[str, TrustedDocument]
     by_sha256: dict[str, TrustedDocument]
 
+    @property
+    def labels(self) -> dict[str, str]:
+        """Each document's metrics label (its operation's name, else its id), by its text."""
+        return {doc.body: doc.name or doc.id for doc in self.by_id.values()}
+
     def find(self, id_: str) -> TrustedDocument | None:
         """The document with this id, or whose text has this SHA-256 (ids need not be hashes)."""
         bare = _bare(id_)
@@ -277,6 +282,9 @@ class PersistedDocuments:
         self.manifest = (
             load_manifest(settings.trusted_documents) if settings.trusted_documents else None
         )
+        # What `schema.metrics.operation_label` names operations by: only trusted
+        # documents, a bounded set (anyone may register a persisted query).
+        self.labels = self.manifest.labels if self.manifest else {}
         self.memory = MemoryStore(settings.persisted_queries_memory_bytes)
         self._prefix = settings.redis_prefix
         self._ttl_s = settings.persisted_queries_ttl_seconds

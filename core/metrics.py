@@ -72,7 +72,7 @@ UPLOAD_BYTES: Final = Counter(
 
 GRAPHQL_OPERATIONS: Final = Counter(
     "depot_graphql_operations_total",
-    "GraphQL operations, by operation name (persisted operations only, else "
+    "GraphQL operations, by operation name (trusted documents only, else "
     "`anonymous`), type, and outcome (`ok` or the first error's code).",
     ["operation", "type", "outcome"],
 )

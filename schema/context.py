@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -44,6 +45,9 @@ class Context:
     auth_error: Unauthenticated | None = None
     # Set by the graphql-transport-ws handler from the `connection_init` payload.
     connection_params: dict[str, Any] | None = field(default=None)
+    # The metrics label of each trusted document, by its text (api.persisted): what
+    # schema.metrics names an operation by that ran one of them.
+    trusted_labels: Mapping[str, str] = field(default_factory=dict)
     # The request's (or the WebSocket operation's) one session: `async with context.db() as db`.
     db: SharedSession = field(init=False)
     # Replaced for every operation by the FreshLoaders extension.

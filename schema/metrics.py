@@ -15,6 +15,8 @@ in ``schema.events``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from graphql import GraphQLError
 from strawberry.types import ExecutionContext
 
@@ -32,8 +34,14 @@ def operation_label(execution_context: ExecutionContext) -> str:
     The one place persisted / trusted operations plug in: when the request
     ran a document the server registered, return the name it was registered
     under (a bounded set); never ``execution_context.operation_name`` as sent.
+    Only trusted documents count (``api.persisted`` fills in their text, by
+    which ``Context.trusted_labels`` names them): anyone may register an
+    automatic persisted query. One dict lookup; the text's hash is cached.
     """
-    return ANONYMOUS
+    labels: Mapping[str, str] | None = getattr(execution_context.context, "trusted_labels", None)
+    if not labels or execution_context.query is None:
+        return ANONYMOUS
+    return labels.get(execution_context.query, ANONYMOUS)
 
 
 def _kind(context: ExecutionContext) -> str:

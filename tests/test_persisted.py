@@ -36,6 +36,7 @@ from tests.support import (
     require_service,
     subscriber,
 )
+from tests.test_metrics import delta, scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -486,6 +487,22 @@ async def test_without_trusted_only_other_documents_still_run(
         assert "data" in (await post(client, {"query": query})).json()
         await post(client, {"query": query, "extensions": apq(query)})
         assert "data" in (await post(client, {"extensions": apq(query)})).json()
+
+
+async def test_metrics_name_trusted_operations_only(tmp_path: Path, manifest: Path) -> None:
+    async with serve_app(make_settings(tmp_path, trusted_documents=manifest)) as client:
+        before = await scrape(client)
+        await post(client, {"documentId": sha256(ME)})
+        await post(client, {"query": ME})
+        # Registered by anyone, so not a bounded set of names: anonymous.
+        query = unique_query()
+        await post(client, {"query": query, "extensions": apq(query)})
+        await post(client, {"extensions": apq(query), "operationName": "Unique"})
+        after = await scrape(client)
+
+    counted = "depot_graphql_operations_total"
+    assert delta(after, before, counted, operation="Me", type="query") == 2
+    assert delta(after, before, counted, operation="anonymous", type="query") == 2
 
 
 def test_trusted_only_without_a_manifest_stops_at_start() -> None:
