@@ -578,6 +578,13 @@ class Settings(BaseSettings):
         # set", never "sign with the empty string".
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("trusted_documents", mode="before")
+    @classmethod
+    def _blank_path_is_unset(cls, value: object) -> object:
+        # `DEPOT_TRUSTED_DOCUMENTS=` (a ConfigMap's or .env's empty line) means
+        # no manifest, never the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:

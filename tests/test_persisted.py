@@ -505,6 +505,10 @@ async def test_metrics_name_trusted_operations_only(tmp_path: Path, manifest: Pa
     assert delta(after, before, counted, operation="anonymous", type="query") == 2
 
 
+def test_a_blank_manifest_setting_means_none() -> None:
+    assert load_settings(_env_file=None, trusted_documents=" ").trusted_documents is None
+
+
 def test_trusted_only_without_a_manifest_stops_at_start() -> None:
     with pytest.raises(SettingsError, match="DEPOT_TRUSTED_DOCUMENTS_ONLY needs DEPOT_TRUSTED"):
         load_settings(_env_file=None, trusted_documents_only=True)
