@@ -21,21 +21,26 @@ configured, so every API replica shares them; both limiters share one store.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Final
 
+import structlog
 from limits import RateLimitItem, parse, parse_many
 from limits.aio.storage import MemoryStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.storage import storage_from_string
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from core.errors import RateLimited
+
+logger = structlog.get_logger("depot.ratelimit")
 
 
 def limiter_storage(redis_url: str | None, redis: Redis | None) -> Storage:
@@ -169,20 +174,39 @@ class ActionLimiter:
         Each window is tested and counted in one atomic step, so concurrent
         requests cannot all slip through between a test and a count.
         """
-        for item, kind, key in self._keys(action, user, address):
-            if not await self._limiter.hit(item, action.value, kind, key):
-                await self._refuse(item, action, kind, key)
+        with _unless_unreachable(action):
+            for item, kind, key in self._keys(action, user, address):
+                if not await self._limiter.hit(item, action.value, kind, key):
+                    await self._refuse(item, action, kind, key)
 
     async def check(self, action: Action, *, user: uuid.UUID | None, address: str) -> None:
         """``RATE_LIMITED`` if the failures of ``action`` used up a window; counts nothing."""
-        for item, kind, key in self._keys(action, user, address):
-            if not await self._limiter.test(item, action.value, kind, key):
-                await self._refuse(item, action, kind, key)
+        with _unless_unreachable(action):
+            for item, kind, key in self._keys(action, user, address):
+                if not await self._limiter.test(item, action.value, kind, key):
+                    await self._refuse(item, action, kind, key)
 
     async def failed(self, action: Action, *, user: uuid.UUID | None, address: str) -> None:
         """Count one failure of ``action``."""
-        for item, kind, key in self._keys(action, user, address):
-            await self._limiter.hit(item, action.value, kind, key)
+        with _unless_unreachable(action):
+            for item, kind, key in self._keys(action, user, address):
+                await self._limiter.hit(item, action.value, kind, key)
+
+
+@contextlib.contextmanager
+def _unless_unreachable(action: Action) -> Iterator[None]:
+    """Let the action through, uncounted, while Redis (holding the counters) is down.
+
+    These limits bound what one client can spend, not who may act: an outage
+    of the counters must not stop every upload and job (they queue and resume
+    as usual), so they fail open, with a warning.
+    """
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        logger.warning(
+            "rate-limit counters unreachable; not counted", action=action.value, error=str(exc)
+        )
 
 
 _WHAT: Final = {
