@@ -16,9 +16,11 @@ from graphql import (
     GraphQLError,
     InlineFragmentNode,
     OperationDefinitionNode,
+    OperationType,
     SelectionSetNode,
     ValidationRule,
 )
+from starlette.websockets import WebSocket
 from strawberry.extensions import SchemaExtension
 
 # Root fields that check a password or a token (each a full Argon2id hash or a
@@ -43,6 +45,18 @@ class _SingleOperationRule(ValidationRule):
                 GraphQLError(
                     "The document has several operations: name the one to run in `operationName`.",
                     operations,
+                )
+            )
+
+
+class _NoSubscriptionOverHttpRule(ValidationRule):
+    def enter_operation_definition(self, node: OperationDefinitionNode, *_args: Any) -> None:
+        if node.operation is OperationType.SUBSCRIPTION:
+            self.report_error(
+                GraphQLError(
+                    "Subscriptions run over a WebSocket (graphql-transport-ws) at /graphql, "
+                    "not over HTTP.",
+                    node,
                 )
             )
 
@@ -88,6 +102,8 @@ class RequestRules(SchemaExtension):
     - Each credential field (:data:`CREDENTIAL_FIELDS`) appears at most once in
       an operation, so ten aliased ``login``s cannot cost ten password hashes
       or make ten sessions.
+    - A subscription comes over a WebSocket: over HTTP Strawberry would run
+      it as a query, which fails inside the resolver (a 500).
     """
 
     def on_operation(self) -> Iterator[None]:
@@ -95,5 +111,7 @@ class RequestRules(SchemaExtension):
         rules: tuple[type[ValidationRule], ...] = (_CredentialFieldsOnceRule,)
         if context.operation_name is None:
             rules = (_SingleOperationRule, *rules)
+        if not isinstance(getattr(context.context, "request", None), WebSocket):
+            rules = (*rules, _NoSubscriptionOverHttpRule)
         context.validation_rules = (*context.validation_rules, *rules)
         yield

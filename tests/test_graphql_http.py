@@ -234,3 +234,20 @@ async def test_json_nested_too_deeply_is_a_bad_request(
     # The access line, and nothing louder.
     records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
     assert [r["level"] for r in records if r["logger"].startswith("depot")] == ["info"]
+
+
+async def test_a_subscription_over_http_is_refused_with_a_code(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Strawberry would run it as a query and fail inside the resolver (a 500 with a
+    traceback, for anyone); it belongs on the WebSocket."""
+    query = {"query": "subscription { myEvents { cursor } }"}
+    response = await client.post("/graphql", json=query)
+    assert response.status_code == 200
+    assert error_codes(response.json()) == ["GRAPHQL_VALIDATION_FAILED"]
+    assert "WebSocket" in response.json()["errors"][0]["message"]
+    strict = await client.post(
+        "/graphql", json=query, headers={"Accept": "application/graphql-response+json"}
+    )
+    assert strict.status_code == 400
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
