@@ -164,7 +164,7 @@ class _FileEvent:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class FileCreated(_FileEvent):
-    """A job wrote a file for its owner (told once the job has succeeded)."""
+    """A file arrived: an upload completed, or a job that wrote it succeeded."""
 
     TYPE: ClassVar[str] = "FILE_CREATED"
 

@@ -8,6 +8,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from core import direct_uploads, metrics
+from core.events import FileCreated, announce
 from core.ratelimit import Action
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
@@ -86,4 +87,5 @@ class DirectUploadMutation:
         async with info.context.db() as db:
             file = await direct_uploads.complete_ticket(db, info.context.storage, user.id, key)
         metrics.UPLOAD_BYTES.labels("direct").inc(file.size)
+        await announce(info.context.events, FileCreated.of(file), owner_id=file.owner_id)
         return File.from_model(file)

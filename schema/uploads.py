@@ -7,6 +7,7 @@ from strawberry.file_uploads import Upload
 
 from core import metrics
 from core.errors import BadUserInput
+from core.events import FileCreated, announce
 from core.ratelimit import Action
 from core.uploads import IncomingFile, store_upload
 from schema.context import Info
@@ -39,4 +40,5 @@ class UploadMutation:
                 db, info.context.storage, info.context.settings, principal.user.id, path, incoming
             )
         metrics.UPLOAD_BYTES.labels("multipart").inc(row.size)
+        await announce(info.context.events, FileCreated.of(row), owner_id=row.owner_id)
         return File.from_model(row)

@@ -441,3 +441,19 @@ async def test_the_embedded_worker_starts_with_the_first_job(client: httpx.Async
     job = await run_job(client, headers, {"verify": {"fileId": file["id"]}})
     assert job["status"] == "SUCCEEDED"
     assert _dramatiq_threads() != []
+
+
+async def test_an_upload_is_told_on_my_events(jobs_client: httpx.AsyncClient) -> None:
+    token, headers = await signed_in(jobs_client)
+    query = "subscription { myEvents { type fileId path jobId } }"
+    async with subscriber(jobs_client, token) as ws:
+        await subscribe(ws, "1", query, {})
+        await anyio.sleep(0.2)  # the subscription is live before anything happens
+        uploaded = await upload_file(jobs_client, headers, "notes/a.txt", b"words\n")
+        told = (await next_message(ws))["payload"]["data"]["myEvents"]
+    assert told == {
+        "type": "FILE_CREATED",
+        "fileId": uploaded["id"],
+        "path": "notes/a.txt",
+        "jobId": None,
+    }
