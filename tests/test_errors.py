@@ -90,6 +90,7 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
         # The view puts these into every context; the database signs WebSockets in.
         yield {
             "sessionmaker": create_sessionmaker(engine),
+            "redis": None,
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
             "action_limiter": ActionLimiter(MemoryStorage(), {}),
             "sockets": OpenSockets(per_user=10, per_address=10),
