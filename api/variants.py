@@ -58,13 +58,14 @@ async def variant(request: Request) -> Response:
             return _error(410, _GONE)
         path = variant_path(source.id, spec)
         made = await _stored(db, source, path)
-        if made is None:
-            try:
-                made = await _render(request, db, source, spec, path)
-            except JobFailed as failed:
-                return _error(415, str(failed))
-            except QuotaExceeded as full:
-                return _error(507, full.message)
+    if made is None:
+        # No connection is held while it renders (or waits its turn to).
+        try:
+            made = await _render(request, source, spec, path)
+        except JobFailed as failed:
+            return _error(415, str(failed))
+        except QuotaExceeded as full:
+            return _error(507, full.message)
     return await serve_object(
         request,
         made.storage_key,
@@ -86,9 +87,7 @@ async def _stored(db: AsyncSession, source: File, path: str) -> File | None:
     return found.first()
 
 
-async def _render(
-    request: Request, db: AsyncSession, source: File, spec: VariantSpec, path: str
-) -> File:
+async def _render(request: Request, source: File, spec: VariantSpec, path: str) -> File:
     """Render the variant and keep it; one rendered meanwhile by another request wins."""
     settings = request.state.settings
     storage = request.state.storage
@@ -103,20 +102,21 @@ async def _render(
             return render(spooled, source.path, settings.image_max_pixels, spec, out)
 
         image = await anyio.to_thread.run_sync(work, limiter=limiter)
-        try:
-            return await store_upload(
-                db,
-                storage,
-                settings,
-                source.owner_id,
-                path,
-                Produced(chunks_of(out)),
-                derived_from=source.id,
-                meta={"width": image.width, "height": image.height},
-            )
-        except Conflict:
-            # Another request rendered the same variant first.
-            made = await _stored(db, source, path)
-            if made is None:
-                raise
-            return made
+        async with request.state.sessionmaker() as db:
+            try:
+                return await store_upload(
+                    db,
+                    storage,
+                    settings,
+                    source.owner_id,
+                    path,
+                    Produced(chunks_of(out)),
+                    derived_from=source.id,
+                    meta={"width": image.width, "height": image.height},
+                )
+            except Conflict:
+                # Another request rendered the same variant first.
+                made = await _stored(db, source, path)
+                if made is None:
+                    raise
+                return made
