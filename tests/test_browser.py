@@ -336,10 +336,15 @@ def _check_apollo(apollo: dict[str, Any], api_url: str, *, put_status: int) -> N
     assert apollo["renderedEvents"] == len(statuses)
     assert apollo["events"][-1]["progress"] == 1
     assert apollo["jobStatus"] == "SUCCEEDED"
-    # myEvents, open since sign-in, told of the job's thumbnails and its end.
+    # myEvents, open since sign-in, told of both uploads, the job's thumbnails and its end.
     mine = apollo["myEvents"]
     created = sorted(event["path"] for event in mine if event["type"] == "FILE_CREATED")
-    assert created == ["photos/canvas@128.png", "photos/canvas@64.png"], mine
+    assert created == [
+        "photos/canvas.png",
+        "photos/canvas@128.png",
+        "photos/canvas@64.png",
+        "photos/direct.png",
+    ], mine
     assert {"type": "JOB_STATUS", "status": "SUCCEEDED"}.items() <= mine[-1].items(), mine
     # The 320 x 200 canvas, its longest side made 64 and 128: loaded into <img>.
     sizes = sorted(
