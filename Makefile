@@ -20,12 +20,21 @@ LOCK := requirements/dev.txt
 LOCK_ARGS ?=
 LOCK_FLAGS = --quiet --universal --python-version 3.11 --generate-hashes --custom-compile-command 'make lock' $(LOCK_ARGS)
 
-$(STAMP): pyproject.toml $(LOCK)
+# pip installs only uv (locked, hashed); uv installs the rest from the lock,
+# in seconds where pip takes minutes. Nothing but Python is needed first.
+UV := $(BIN)/uv
+UV_PIP = $(UV) pip install --quiet --python $(BIN)/python
+
+$(UV): requirements/bootstrap.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Depot needs Python 3.11 or newer; set PYTHON=python3.11 or newer")'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --require-hashes -r $(LOCK)
-	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
-	@$(BIN)/pip check >/dev/null || { $(BIN)/pip check; echo "$(LOCK) lacks what pyproject.toml asks for: run 'make lock'"; exit 1; }
+	$(BIN)/pip install --quiet --require-hashes -r requirements/bootstrap.txt
+	@touch $(UV)
+
+$(STAMP): pyproject.toml $(LOCK) $(UV)
+	$(UV_PIP) --require-hashes -r $(LOCK)
+	$(UV_PIP) --no-deps --no-build-isolation -e .
+	@$(UV) pip check --quiet --python $(BIN)/python >/dev/null || { $(UV) pip check --python $(BIN)/python; echo "$(LOCK) lacks what pyproject.toml asks for: run 'make lock'"; exit 1; }
 	@touch $(STAMP)
 
 install: $(STAMP) ## Create .venv and install Depot with its development tools from the lock
@@ -33,10 +42,10 @@ install: $(STAMP) ## Create .venv and install Depot with its development tools f
 # uv keeps every pin the files already hold unless told otherwise:
 # `make lock` after editing pyproject.toml changes only what it must;
 # `make lock LOCK_ARGS=--upgrade` moves everything to the newest allowed.
-lock: ## Refresh requirements/*.txt (the lock) from pyproject.toml
-	@test -x $(BIN)/uv || { $(PYTHON) -m venv $(VENV) && $(BIN)/pip install --quiet 'uv>=0.9,<1'; }
-	$(BIN)/uv pip compile pyproject.toml requirements/build.in --extra dev $(LOCK_FLAGS) -o requirements/dev.txt
-	$(BIN)/uv pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) -o requirements/runtime.txt
+lock: $(UV) ## Refresh requirements/*.txt (the lock) from pyproject.toml
+	$(UV) pip compile pyproject.toml requirements/build.in --extra dev $(LOCK_FLAGS) -o requirements/dev.txt
+	$(UV) pip compile pyproject.toml requirements/build.in $(LOCK_FLAGS) -o requirements/runtime.txt
+	$(UV) pip compile requirements/bootstrap.in $(LOCK_FLAGS) -o requirements/bootstrap.txt
 
 # No install scripts: esbuild's binary comes as its platform package, and the
 # only script in the tree (esbuild's check of that binary) is not needed.

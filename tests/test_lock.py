@@ -18,6 +18,8 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCKS = {"runtime": ROOT / "requirements" / "runtime.txt", "dev": ROOT / "requirements" / "dev.txt"}
+# The installer `make install` bootstraps with pip before uv installs the rest.
+BOOTSTRAP = ROOT / "requirements" / "bootstrap.txt"
 _PIN = re.compile(
     r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^ ;\\]+)(?: ; (?P<marker>[^\\]+))?"
 )
@@ -64,7 +66,7 @@ def test_the_lock_pins_every_dependency_within_its_bounds(lock: str) -> None:
 
 
 def test_every_pin_carries_hashes() -> None:
-    for lock in LOCKS.values():
+    for lock in [*LOCKS.values(), BOOTSTRAP]:
         blocks = re.split(r"\n(?=[A-Za-z0-9])", lock.read_text().split("\n", 2)[2])
         for block in blocks:
             assert "--hash=sha256:" in block, f"{lock.name}: {block.splitlines()[0]} has no hash"
@@ -80,8 +82,10 @@ def test_the_image_runs_the_versions_the_tests_ran() -> None:
 def test_make_and_the_dockerfile_install_from_the_lock() -> None:
     makefile = (ROOT / "Makefile").read_text()
     assert "LOCK := requirements/dev.txt" in makefile
-    assert "pip install --quiet --require-hashes -r $(LOCK)" in makefile
-    assert "pip install --quiet --no-deps --no-build-isolation -e ." in makefile
+    assert "pip install --quiet --require-hashes -r requirements/bootstrap.txt" in makefile
+    assert "$(UV_PIP) --require-hashes -r $(LOCK)" in makefile
+    assert "$(UV_PIP) --no-deps --no-build-isolation -e ." in makefile
+    assert "uv" in _pins(BOOTSTRAP)
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "pip install --require-hashes -r requirements/runtime.txt" in dockerfile
     assert "pip install --no-deps --no-build-isolation ." in dockerfile
