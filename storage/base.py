@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from storage.errors import PermanentStorageError
+
 
 @dataclass(frozen=True)
 class Stat:
@@ -106,6 +108,39 @@ def check_prefix(prefix: str) -> str:
     ):
         raise ValueError(f"not a storage prefix (non-empty, ending with '/'): {prefix!r}")
     return prefix
+
+
+class ServedByDepot:
+    """The part of a backend whose bytes no client reaches but through Depot's routes.
+
+    Local disk and memory have no URL of their own to sign: downloads go
+    through Depot's download route, uploads through its upload and tus routes.
+    """
+
+    async def download_url(
+        self, key: str, *, filename: str, content_type: str, expires_in: timedelta
+    ) -> str | None:
+        """None: no client reaches these bytes but through Depot's download route."""
+        return None
+
+    async def upload_request(
+        self, key: str, *, size: int, content_type: str, expires_in: timedelta
+    ) -> SignedRequest | None:
+        """None: clients send these bytes through Depot's upload route."""
+        return None
+
+    async def part_upload_request(
+        self, key: str, handle: str, number: int, *, expires_in: timedelta
+    ) -> SignedRequest | None:
+        """None: clients send bytes through Depot's routes (tus appends them here)."""
+        return None
+
+    async def list_parts(self, key: str, handle: str) -> list[Part]:
+        """None sent: clients cannot send parts here."""
+        return []
+
+    async def complete_parts(self, key: str, handle: str, parts: list[Part]) -> None:
+        raise PermanentStorageError("clients cannot send parts to this storage")
 
 
 class Storage(Protocol):

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from stat import S_ISDIR, S_ISLNK, S_ISREG
 from typing import TypeVar
@@ -28,7 +28,7 @@ from urllib.request import url2pathname
 
 import anyio
 
-from storage.base import AppendInterrupted, Part, SignedRequest, Stat, check_prefix
+from storage.base import AppendInterrupted, ServedByDepot, Stat, check_prefix
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 BLOCK = 1024 * 1024
@@ -73,7 +73,7 @@ def key_path(root: Path, key: str) -> Path:
     return root.joinpath(*segments)
 
 
-class LocalStorage:
+class LocalStorage(ServedByDepot):
     """Objects as files under ``root``; clients reach them only through Depot's routes."""
 
     def __init__(self, root: Path) -> None:
@@ -230,31 +230,6 @@ class LocalStorage:
 
     async def abort_append(self, key: str, handle: str) -> None:
         await anyio.to_thread.run_sync(_unlink, _staging_path(key_path(self._root, key)))
-
-    async def download_url(
-        self, key: str, *, filename: str, content_type: str, expires_in: timedelta
-    ) -> str | None:
-        """None: no client reaches these bytes but through Depot's download route."""
-        return None
-
-    async def upload_request(
-        self, key: str, *, size: int, content_type: str, expires_in: timedelta
-    ) -> SignedRequest | None:
-        """None: clients send these bytes through Depot's upload route."""
-        return None
-
-    async def part_upload_request(
-        self, key: str, handle: str, number: int, *, expires_in: timedelta
-    ) -> SignedRequest | None:
-        """None: clients send bytes through Depot's routes (tus appends them here)."""
-        return None
-
-    async def list_parts(self, key: str, handle: str) -> list[Part]:
-        """None sent: clients cannot send parts here."""
-        return []
-
-    async def complete_parts(self, key: str, handle: str, parts: list[Part]) -> None:
-        raise PermanentStorageError("clients cannot send parts to this storage")
 
     async def probe(self) -> None:
         """The directory exists (or can be made) and takes a file."""

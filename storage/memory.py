@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
-from datetime import timedelta
 
 from core.time import utcnow
-from storage.base import AppendInterrupted, Part, SignedRequest, Stat, check_prefix
+from storage.base import AppendInterrupted, ServedByDepot, Stat, check_prefix
 from storage.errors import ObjectNotFound, PermanentStorageError, TooLarge
 
 CHUNK = 64 * 1024
 
 
-class MemoryStorage:
+class MemoryStorage(ServedByDepot):
     """Objects in a dict; clients reach them only through Depot's routes."""
 
     def __init__(self) -> None:
@@ -110,31 +109,6 @@ class MemoryStorage:
 
     async def abort_append(self, key: str, handle: str) -> None:
         self._appending.pop(key, None)
-
-    async def download_url(
-        self, key: str, *, filename: str, content_type: str, expires_in: timedelta
-    ) -> str | None:
-        """None: no client reaches these bytes but through Depot's download route."""
-        return None
-
-    async def upload_request(
-        self, key: str, *, size: int, content_type: str, expires_in: timedelta
-    ) -> SignedRequest | None:
-        """None: clients send these bytes through Depot's upload route."""
-        return None
-
-    async def part_upload_request(
-        self, key: str, handle: str, number: int, *, expires_in: timedelta
-    ) -> SignedRequest | None:
-        """None: clients send bytes through Depot's routes (tus appends them here)."""
-        return None
-
-    async def list_parts(self, key: str, handle: str) -> list[Part]:
-        """None sent: clients cannot send parts here."""
-        return []
-
-    async def complete_parts(self, key: str, handle: str, parts: list[Part]) -> None:
-        raise PermanentStorageError("clients cannot send parts to this storage")
 
     async def probe(self) -> None:
         """Always ready: the objects are in this process."""
