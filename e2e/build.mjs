@@ -1,6 +1,7 @@
 // Builds the test page into a folder: relay-compiler checks the Relay
 // documents against ../schema.graphql and writes their artifacts, then
-// esbuild bundles src/page.js with the stock clients as npm installed them.
+// esbuild bundles src/page.js with the stock clients as npm installed them
+// (and the CSS they import, Uppy Dashboard's, into page.css).
 //
 //   node e2e/build.mjs OUT_DIR
 import { execFileSync } from "node:child_process";

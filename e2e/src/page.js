@@ -2,7 +2,9 @@
 // for the driver (driver.mjs), which calls window.depotE2E.run(name) and
 // reads back what it returns.
 import { apolloScenario } from "./apollo.js";
+import { persistedQueriesScenario } from "./persisted.js";
 import { relayScenario } from "./relay.js";
+import { tusScenario } from "./tus.js";
 import { uppyScenario } from "./uppy.js";
 import { urqlScenario } from "./urql.js";
 
@@ -11,11 +13,9 @@ const scenarios = {
   urql: urqlScenario,
   relay: relayScenario,
   uppy: uppyScenario,
-  // Places for the scenarios the features still to land bring, each its own module:
-  //   tus: tus-js-client, and Uppy's Tus plugin, against /files/tus/ (the tus helper),
-  //   uppyMultipart: Uppy's AwsS3 multipart against S3 (the direct multipart mutations),
-  //   persistedQueries: Apollo's persisted-query link (the apq helper),
-  //   graphiql: Depot's own GraphiQL, offline, with the headers pane (the graphiql helper).
+  tus: tusScenario,
+  persistedQueries: persistedQueriesScenario,
+  // GraphiQL runs on Depot's own origin, so tests/test_graphiql.py drives it instead.
 };
 
 window.depotE2E = {
