@@ -7,7 +7,9 @@ Dashboard with the Tus plugin), tus-js-client (cut off, then resumed) and
 Apollo's persisted-query link in Debian's headless Chromium, driven by
 ``e2e/driver.mjs`` through playwright-core; this module asserts on what the
 page reports. The uploads run again on S3 storage (moto), where the browser
-PUTs to presigned URLs. The Python ``gql`` client runs here too.
+PUTs to presigned URLs, and a direct multipart upload sends its parts
+straight to S3, resumed after a reload. The Python ``gql`` client runs here
+too.
 
 Without ``/usr/bin/chromium``, Node.js 20 or ``e2e/node_modules`` (``npm ci
 --prefix e2e``) the browser tests skip, and fail when ``CI`` is set. A
@@ -306,17 +308,12 @@ def _drive(
 def test_stock_browser_clients_from_another_origin(
     node: str, page: Path, page_port: int, api: Api
 ) -> None:
-    report = _drive(node, page, page_port, api, "local")
+    # All but "multipart", which needs S3. GraphiQL, on Depot's own origin rather than the
+    # page's, is tests/test_graphiql.py's.
+    scenarios = ["apollo", "urql", "relay", "uppy", "tus", "persistedQueries"]
+    report = _drive(node, page, page_port, api, "local", scenarios)
     access_log = api.server.output()
-    # GraphiQL, on Depot's own origin rather than the page's, is tests/test_graphiql.py's.
-    assert set(report["scenarios"]) == {
-        "apollo",
-        "urql",
-        "relay",
-        "uppy",
-        "tus",
-        "persistedQueries",
-    }
+    assert list(report["scenarios"]) == scenarios
     # The browser preflights its PUT to a direct-upload link: the token stays out of the log.
     assert "method=OPTIONS path=/files/upload/<redacted>" in access_log
     assert "/files/upload/ey" not in access_log
@@ -330,10 +327,32 @@ def test_stock_browser_clients_from_another_origin(
 
 def test_browser_uploads_straight_to_s3(node: str, page: Path, page_port: int, s3_api: Api) -> None:
     """On S3 storage a ticket is a presigned S3 PUT and a download a redirect to S3."""
-    report = _drive(node, page, page_port, s3_api, "s3", ["apollo", "uppy"])
+    report = _drive(node, page, page_port, s3_api, "s3", ["apollo", "uppy", "multipart"])
     # S3 answers a PUT with 200 (Depot's own upload route, 204).
     _check_apollo(report["scenarios"]["apollo"]["report"], s3_api.url, put_status=200)
     _check_uppy(report["scenarios"]["uppy"]["report"])
+    _check_multipart(report["scenarios"]["multipart"]["report"])
+
+
+def _check_multipart(multipart: dict[str, Any]) -> None:
+    """Parts PUT straight to S3, listed after a reload, completed; the second upload aborted."""
+    assert multipart["calls"] == [
+        "createMultipartUpload",
+        "signPart",
+        "listParts",
+        "signPart",
+        "completeMultipartUpload",
+        "createMultipartUpload",
+        "signPart",
+        "abortMultipartUpload",
+    ]
+    # What the page had sent before its reload, as S3 holds it (ETags read through CORS).
+    [held] = multipart["listed"]
+    assert (held["PartNumber"], held["Size"]) == (1, 5 * MiB), held
+    file = multipart["file"]
+    assert (file["path"], file["size"]) == ("multipart/big.bin", multipart["size"])
+    assert file["sha256"] == multipart["expectedSha256"]
+    assert multipart["uploadsLeft"] == 0
 
 
 def _check_apollo(apollo: dict[str, Any], api_url: str, *, put_status: int) -> None:

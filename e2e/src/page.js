@@ -2,6 +2,7 @@
 // for the driver (driver.mjs), which calls window.depotE2E.run(name) and
 // reads back what it returns.
 import { apolloScenario } from "./apollo.js";
+import { multipartScenario } from "./multipart.js";
 import { persistedQueriesScenario } from "./persisted.js";
 import { relayScenario } from "./relay.js";
 import { tusScenario } from "./tus.js";
@@ -15,6 +16,7 @@ const scenarios = {
   uppy: uppyScenario,
   tus: tusScenario,
   persistedQueries: persistedQueriesScenario,
+  multipart: multipartScenario, // S3 storage only
   // GraphiQL runs on Depot's own origin, so tests/test_graphiql.py drives it instead.
 };
 
