@@ -12,7 +12,7 @@ temporary var directory, SQLite and local storage under it. One file of
 * by **tus** (``/files/tus/``): one creation with the whole file's SHA-256 in
   ``Upload-Metadata``, then a ``PATCH`` per 8 MiB chunk (``TUS_CHUNK``), each
   waiting for the previous one's ``Upload-Offset``, as tus-js-client with
-  ``chunkSize`` does.
+  ``chunkSize`` does; each chunk's body streamed from the file in 1 MiB blocks.
 
 The baseline, measured in the same run on the same disk: ``shutil.copyfile``
 of that file to a new path, then ``fsync``: what writing the same bytes costs
@@ -190,6 +190,23 @@ def _blocks(handle: Any) -> Iterator[bytes]:
         yield block
 
 
+def _blocks_of(handle: Any, length: int) -> Iterator[bytes]:
+    """The next ``length`` bytes of ``handle``, a block at a time.
+
+    Not one ``bytes`` of the whole chunk: httpcore sends a body piece by
+    slicing off what the socket took, which copies the rest each time, so
+    the client's cost grows with the square of the piece (for 8 MiB chunks,
+    0.15 s of client CPU per 128 MiB against 0.09 s in blocks; one 128 MiB
+    PATCH took 6 s instead of under 1). tus-js-client streams its chunks too.
+    """
+    while length > 0:
+        block = handle.read(min(MIB, length))
+        if not block:
+            raise RuntimeError("the source file ended early")
+        length -= len(block)
+        yield block
+
+
 def multipart_upload(client: httpx.Client, source: Path, path: str) -> dict[str, Any]:
     """One ``uploadFile`` request; httpx streams the file object as the part's body."""
     with source.open("rb") as handle:
@@ -219,13 +236,14 @@ def tus_upload(client: httpx.Client, source: Path, path: str, sha256: str) -> di
     offset = 0
     with source.open("rb") as handle:
         while offset < size:
-            chunk = handle.read(TUS_CHUNK)
+            length = min(TUS_CHUNK, size - offset)
             response = client.patch(
                 url,
-                content=chunk,
+                content=_blocks_of(handle, length),
                 headers={
                     **tus,
                     "Upload-Offset": str(offset),
+                    "Content-Length": str(length),
                     "Content-Type": "application/offset+octet-stream",
                 },
             )
