@@ -51,7 +51,9 @@ try {
   const page = context.pages()[0] ?? (await context.newPage());
   page.setDefaultTimeout(timeoutMs);
   page.on("console", (message) => {
-    if (message.type() === "error") report.console.push(message.text());
+    // A failed load's message names its status, and its location the URL.
+    const where = message.location().url;
+    if (message.type() === "error") report.console.push(where ? `${message.text()} @ ${where}` : message.text());
   });
   page.on("pageerror", (error) => report.console.push(`uncaught: ${error.stack ?? error}`));
   page.on("requestfailed", (request) =>
