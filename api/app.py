@@ -51,6 +51,7 @@ from workers.broker import Jobs
 from workers.lifecycle import embedded_jobs
 from workers.resources import Resources, open_resources
 from workers.scheduler import Maintenance
+from workers.webhooks import Dispatcher
 
 logger = structlog.get_logger("depot.app")
 
@@ -134,12 +135,16 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         async with open_resources(settings, jobs=run_jobs) as r:
             await prepare_schema(r.engine, production=settings.is_production)
             maintenance: Maintenance | None = None
+            dispatcher: Dispatcher | None = None
             try:
                 if r.redis is None:
                     await _resend_unfinished(r)
                     # With Redis, `depot scheduler` does this; embedded, this process does.
                     maintenance = Maintenance(r)
                     await maintenance.start()
+                    # With Redis, each `depot worker` does this.
+                    dispatcher = Dispatcher(r)
+                    dispatcher.start()
                 logger.info("depot ready", environment=settings.environment)
                 counters = limiter_storage(settings.redis_url, r.redis)
                 limiter = LoginLimiter(
@@ -168,6 +173,8 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                     variant_limiter=anyio.CapacityLimiter(settings.variant_render_concurrency),
                 )
             finally:
+                if dispatcher is not None:
+                    await dispatcher.stop()
                 if maintenance is not None:
                     await maintenance.stop()
 

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import quota
+from core import quota, webhooks
 from core.content import OCTET_STREAM, TEXT, Fingerprint
 from core.errors import BadUserInput, Conflict, NotFound
 from core.files import ensure_path_free, storage_key
@@ -247,6 +247,7 @@ async def complete_ticket(
         if (await storage.stat(file.storage_key)).etag != before.etag:
             # Bytes sent again while these were being checked: they were not checked.
             raise _Changed
+        await webhooks.queue_file_created(db, file)
         await db.commit()
     except IntegrityError:
         await db.rollback()

@@ -12,6 +12,7 @@ JobStatusChanged    the job's stream and its owner's      ``JOB_STATUS``
 JobProgressed       the job's stream only                 ``JOB_STATUS``
 FileCreated         the owner's stream                    ``FILE_CREATED``
 FileDeleted         the owner's stream                    ``FILE_DELETED``
+WebhookDisabled     the owner's stream                    ``WEBHOOK_DISABLED``
 CredentialsRevoked  the user's ``credentials:<id>``        ``CREDENTIALS_REVOKED``
 ==================  ====================================  =====================
 
@@ -177,6 +178,33 @@ class FileDeleted(_FileEvent):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookDisabled:
+    """A webhook failed for too long and was disabled (:func:`core.webhooks.disable`)."""
+
+    TYPE: ClassVar[str] = "WEBHOOK_DISABLED"
+
+    webhook_id: uuid.UUID
+    url: str
+    at: datetime
+
+    def to_data(self) -> dict[str, Any]:
+        return {
+            "type": self.TYPE,
+            "webhookId": str(self.webhook_id),
+            "url": self.url,
+            "at": self.at.isoformat(),
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> WebhookDisabled:
+        return cls(
+            webhook_id=uuid.UUID(data["webhookId"]),
+            url=data["url"],
+            at=datetime.fromisoformat(data["at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class CredentialsRevoked:
     """Some of a user's credentials ended: sessions, access tokens, or the account itself.
 
@@ -198,12 +226,15 @@ class CredentialsRevoked:
         return {"type": self.TYPE, "userId": str(self.user_id), "at": self.at.isoformat()}
 
 
-Event = JobStatusChanged | FileCreated | FileDeleted
+Event = JobStatusChanged | FileCreated | FileDeleted | WebhookDisabled
 """Whatever a user's or a job's stream can hold (a :class:`JobProgressed` is a status change)."""
 
-_BY_TYPE: Final[dict[str, type[JobStatusChanged] | type[FileCreated] | type[FileDeleted]]] = {
-    kind.TYPE: kind for kind in (JobStatusChanged, FileCreated, FileDeleted)
-}
+_BY_TYPE: Final[
+    dict[
+        str,
+        type[JobStatusChanged] | type[FileCreated] | type[FileDeleted] | type[WebhookDisabled],
+    ]
+] = {kind.TYPE: kind for kind in (JobStatusChanged, FileCreated, FileDeleted, WebhookDisabled)}
 
 
 def from_data(data: Mapping[str, Any]) -> Event:
@@ -273,4 +304,6 @@ def _about(event: Event | CredentialsRevoked) -> dict[str, str]:
         return {"type": event.TYPE, "job_id": str(event.job_id)}
     if isinstance(event, CredentialsRevoked):
         return {"type": event.TYPE, "user_id": str(event.user_id)}
+    if isinstance(event, WebhookDisabled):
+        return {"type": event.TYPE, "webhook_id": str(event.webhook_id)}
     return {"type": event.TYPE, "file_id": str(event.file_id)}

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import quota
+from core import quota, webhooks
 from core.errors import Conflict, NotFound
 from core.models import File
 from core.paths import file_name, normalize_path
@@ -217,6 +217,7 @@ async def trash(
     now = utcnow()
     trashed = [target for target in targets if target.trashed_at is None]
     for target in trashed:
+        await webhooks.queue_file_deleted(db, target)
         target.trashed_at = target.updated_at = now
         db.add(target)
     if trashed:
@@ -290,6 +291,7 @@ async def purge(
         await db.rollback()
         raise _not_found()
     await quota.release(db, owner_id, file.size)
+    await webhooks.queue_file_deleted(db, file)
     await db.commit()
     try:
         await storage.delete(file.storage_key)

@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import files, metrics
+from core import files, metrics, webhooks
 from core.errors import BadUserInput, Conflict, NotFound
 from core.models import FINAL_STATUSES, File, Job, JobInput, JobKind, JobStatus
 from core.time import utcnow
@@ -149,9 +149,13 @@ async def cancel_job(db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -
                 updated_at=now,
                 message="Cancelled before it started.",
             )
+            .returning(Job)
         )
+        cancelled_now = result.scalars().first()
+        if cancelled_now is not None:
+            await webhooks.queue_job_finished(db, cancelled_now)
         await db.commit()
-        if result.rowcount == 1:
+        if cancelled_now is not None:
             cancelled = await get_owned_job(db, owner_id, job_id)
             _count_finished(cancelled)
             return cancelled, True
@@ -394,6 +398,9 @@ async def finish(
         conditions.append(col(Job.attempts) == attempt)
     result = await db.exec(update(Job).where(*conditions).values(**values).returning(Job))
     job = result.scalars().first()
+    if job is not None:
+        # In the same transaction: the final status and its webhooks commit together.
+        await webhooks.queue_job_finished(db, job)
     await db.commit()
     if job is not None:
         _count_finished(job)

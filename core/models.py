@@ -1,5 +1,5 @@
 """SQLModel entities: users, their sessions and credentials, files, upload tickets,
-resumable uploads and jobs."""
+resumable uploads, jobs, and webhooks with their deliveries."""
 
 from __future__ import annotations
 
@@ -299,3 +299,85 @@ class JobInput(SQLModel, table=True):
     file_id: uuid.UUID = Field(
         sa_type=Uuid, sa_column_args=[ForeignKey("file.id", ondelete="CASCADE")], index=True
     )
+
+
+class WebhookEventType(enum.StrEnum):
+    """What a webhook may be told of: a job's final status, a file created or deleted."""
+
+    JOB_SUCCEEDED = "JOB_SUCCEEDED"
+    JOB_FAILED = "JOB_FAILED"
+    JOB_CANCELLED = "JOB_CANCELLED"
+    FILE_CREATED = "FILE_CREATED"
+    FILE_DELETED = "FILE_DELETED"
+
+
+class Webhook(SQLModel, table=True):
+    """A URL of its owner's that Depot tells of their events, signed with ``secret``.
+
+    The secret (``whsec_…``, Standard Webhooks) is stored as it is: Depot signs
+    with it, so a hash would not do. ``failing_since`` is the first failed
+    attempt since the last success; a webhook failing for too long is
+    disabled (``disabled_at``), and enabling it again starts afresh.
+    """
+
+    __tablename__ = "webhook"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")], index=True
+    )
+    url: str = Field(max_length=2048)
+    # WebhookEventType values.
+    events: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    secret: str = Field(max_length=100)
+    enabled: bool = Field(default=True)
+    disabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    failing_since: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class DeliveryStatus(enum.StrEnum):
+    PENDING = "pending"  # due at ``due_at``, not attempted yet
+    SUCCEEDED = "succeeded"  # the receiver answered 2xx
+    FAILED = "failed"  # it did not; ``next_retry_at`` says whether another attempt follows
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One attempt to deliver one event to one webhook.
+
+    A retry is a new row with the same ``message_id`` (the ``webhook-id``
+    header, so the receiver can tell it has seen the event) and the next
+    ``attempt``; so is a redelivery, which starts at attempt 1. The row is
+    written in the same transaction as the change it tells of, so no event is
+    lost between the change and its delivery; ``sent_at`` is when its message
+    went to the broker (sent again when it looks lost).
+    """
+
+    __tablename__ = "webhook_delivery"
+    __table_args__ = (
+        Index("ix_webhook_delivery_webhook_created", "webhook_id", "created_at", "id"),
+        Index("ix_webhook_delivery_status_due", "status", "due_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    webhook_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("webhook.id", ondelete="CASCADE")]
+    )
+    message_id: str = Field(max_length=64)
+    event_type: WebhookEventType = Field(sa_type=_enum(WebhookEventType))
+    # The body as sent: JSON text, so that every attempt signs the same bytes.
+    payload: str = Field(max_length=65536)
+    attempt: int = Field(default=1, sa_column=Column(Integer, nullable=False))
+    # When the first attempt of this chain was due: retries stop a window after it.
+    first_due_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    status: DeliveryStatus = Field(default=DeliveryStatus.PENDING, sa_type=_enum(DeliveryStatus))
+    due_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    attempted_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    status_code: int | None = Field(default=None)
+    duration_ms: int | None = Field(default=None)
+    response_excerpt: str | None = Field(default=None, max_length=1024)
+    error: str | None = Field(default=None, max_length=500)
+    next_retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

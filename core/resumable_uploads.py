@@ -46,7 +46,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import quota
+from core import quota, webhooks
 from core.content import HEAD_BYTES, Fingerprint, sniff
 from core.direct_uploads import check_content_type, check_sha256, check_size, chosen_content_type
 from core.errors import BadUserInput, Conflict, NotFound
@@ -486,6 +486,7 @@ async def make_file(
             )
         )
         db.add(file)
+        await webhooks.queue_file_created(db, file)
         await db.commit()
     except IntegrityError:
         await db.rollback()

@@ -61,6 +61,9 @@ def normalize_database_url(url: str) -> str:
 # where they only help an attacker map the API: clients there build against
 # the published `schema.graphql`.
 DEVELOPMENT_AIDS = ("graphiql", "graphql_introspection", "graphql_suggestions")
+# Off in production for the same reason of safety, on in development for convenience:
+# a webhook receiver on the developer's own machine or network.
+DEVELOPMENT_ONLY = (*DEVELOPMENT_AIDS, "webhook_allow_private_networks")
 
 
 def _is_weak(secret: str) -> bool:
@@ -379,6 +382,55 @@ class Settings(BaseSettings):
         le=86400,
         description="How often maintenance runs (trash, tickets, stuck jobs, events, usage).",
     )
+    webhook_allow_private_networks: bool = Field(
+        default=True,
+        description="Let webhooks reach loopback, private, link-local and metadata addresses. "
+        "On in development, so a receiver on the developer's machine "
+        "works; off in production, where such a URL would let any user probe the internal "
+        "network and the cloud's metadata service (SSRF).",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10,
+        gt=0,
+        le=60,
+        description="How long one delivery may take, connecting included; longer is a "
+        "timeout, retried. Standard Webhooks receivers answer at once and work later; 10 s "
+        "keeps a slow one from holding a worker thread.",
+    )
+    webhook_retry_base_seconds: float = Field(
+        default=30,
+        gt=0,
+        description="Wait before the first retry of a failed delivery; each further one "
+        "doubles it. 30 s rides out a restart of the receiver.",
+    )
+    webhook_retry_max_seconds: float = Field(
+        default=4 * 3600,
+        gt=0,
+        description="Longest wait between two attempts (and the most a `Retry-After` can ask). "
+        "4 h: about a dozen attempts in a day.",
+    )
+    webhook_retry_window_seconds: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="How long after its first attempt a delivery is retried; then it is "
+        "marked failed. A day, as Standard Webhooks senders do: a receiver down longer "
+        "has an operator who can redeliver.",
+    )
+    webhook_disable_after_seconds: float = Field(
+        default=5 * 24 * 3600,
+        gt=0,
+        description="A webhook whose deliveries have all failed for this long is disabled and "
+        "its owner told (`WEBHOOK_DISABLED` on `myEvents`). Five days: longer than a "
+        "weekend's outage, shorter than a month of load on a dead URL.",
+    )
+    webhook_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often the process that sends deliveries (`depot worker`, or the API "
+        "in the embedded mode) looks for due ones: one indexed query each time, and the "
+        "longest an event waits before its delivery starts.",
+    )
     image_max_pixels: int = Field(
         default=50_000_000,
         ge=1,
@@ -563,7 +615,7 @@ class Settings(BaseSettings):
         # the field keeps a plain bool type. (A default factory reading the
         # environment would add an error of its own whenever another value is bad.)
         if isinstance(data, dict) and data.get("environment") == "production":
-            data = dict.fromkeys(DEVELOPMENT_AIDS, False) | data
+            data = dict.fromkeys(DEVELOPMENT_ONLY, False) | data
         return data
 
     @field_validator("database_url")
@@ -794,7 +846,7 @@ def settings_table() -> str:
         if isinstance(default, list):
             default = ",".join(default)
         shown = f"`{default}`" if default not in (None, "") else "—"
-        if name in DEVELOPMENT_AIDS:
+        if name in DEVELOPMENT_ONLY:
             shown = f"{shown} (production: `False`)"
         lines.append(f"| `{ENV_PREFIX}{name.upper()}` | {shown} | {field.description} |")
     return "\n".join(lines) + "\n"

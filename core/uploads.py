@@ -18,7 +18,7 @@ import anyio
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import models, quota
+from core import models, quota, webhooks
 from core.content import Fingerprint
 from core.errors import QuotaExceeded
 from core.files import ensure_path_free, path_taken, storage_key
@@ -154,6 +154,8 @@ async def store_upload(
         )
         db.add(file)
         try:
+            if produced_by is None:  # a job's outputs are told of when it succeeds
+                await webhooks.queue_file_created(db, file)
             await db.commit()
         except IntegrityError:
             raise path_taken(path) from None

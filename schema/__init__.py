@@ -34,6 +34,7 @@ from schema.scalars import SCALARS
 from schema.tracing import OperationSpan
 from schema.uploads import UploadMutation
 from schema.validation import RequestRules
+from schema.webhooks import WebhookMutation, WebhookQuery
 
 Query = merge_types(
     "Query",
@@ -45,6 +46,7 @@ Query = merge_types(
         ResumableUploadQuery,
         MultipartUploadQuery,
         JobQuery,
+        WebhookQuery,
     ),
 )
 Mutation = merge_types(
@@ -59,6 +61,7 @@ Mutation = merge_types(
         MultipartUploadMutation,
         FileMutation,
         JobMutation,
+        WebhookMutation,
     ),
 )
 

@@ -1,6 +1,6 @@
 """The schema's enums over the Python enums they stand for, so no enum is mirrored.
 
-``JobStatus`` and ``Role`` are the models' own; ``JobKind`` has a value per
+``JobStatus``, ``Role`` and the webhooks' two are the models' own; ``JobKind`` has a value per
 kind in ``workers/registry.py`` (its name in upper case), so a new kind needs
 no edit here. Enums a kind's parameters use are made by ``schema/job_inputs.py``.
 """
@@ -19,8 +19,16 @@ from workers.registry import KINDS
 # marks the very class it is given.
 JobStatus = models.JobStatus
 Role = models.Role
+WebhookEventType = models.WebhookEventType
+WebhookDeliveryStatus = models.DeliveryStatus
 strawberry.enum(JobStatus, description="Where a job is in its life; the last three are final.")
 strawberry.enum(Role)
+strawberry.enum(WebhookEventType, description="What a webhook can be told of.")
+strawberry.enum(
+    WebhookDeliveryStatus,
+    name="WebhookDeliveryStatus",
+    description="How one delivery attempt went; a failed one may have a retry after it.",
+)
 
 if TYPE_CHECKING:
 

@@ -24,6 +24,7 @@ from core.events import (
     FileCreated,
     FileDeleted,
     JobStatusChanged,
+    WebhookDisabled,
     from_data,
     job_stream,
     user_stream,
@@ -65,9 +66,10 @@ class UserEventType(Enum):
     JOB_STATUS = "JOB_STATUS"
     FILE_CREATED = "FILE_CREATED"
     FILE_DELETED = "FILE_DELETED"
+    WEBHOOK_DISABLED = "WEBHOOK_DISABLED"
 
 
-@strawberry.type(description="Something that happened to your jobs or files.")
+@strawberry.type(description="Something that happened to your jobs, files or webhooks.")
 class UserEvent:
     cursor: str
     type: UserEventType
@@ -78,9 +80,27 @@ class UserEvent:
     status: JobStatus | None = strawberry.field(description="The job's status, for job events.")
     progress: float | None
     message: str | None
+    webhook_id: strawberry.ID | None = strawberry.field(
+        default=None, description="The webhook concerned, for `WEBHOOK_DISABLED`."
+    )
 
     @classmethod
-    def from_event(cls, cursor: str, event: JobStatusChanged | FileCreated | FileDeleted) -> Self:
+    def from_event(
+        cls, cursor: str, event: JobStatusChanged | FileCreated | FileDeleted | WebhookDisabled
+    ) -> Self:
+        if isinstance(event, WebhookDisabled):
+            return cls(
+                cursor=cursor,
+                type=UserEventType.WEBHOOK_DISABLED,
+                at=event.at,
+                job_id=None,
+                file_id=None,
+                path=None,
+                status=None,
+                progress=None,
+                message=f"The webhook to {event.url} failed for too long and was disabled.",
+                webhook_id=_id("Webhook", event.webhook_id),
+            )
         if isinstance(event, JobStatusChanged):
             return cls(
                 cursor=cursor,

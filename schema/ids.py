@@ -7,11 +7,9 @@ import binascii
 import uuid
 
 from core.errors import BadUserInput
+from core.ids import encode_id
 
-
-def encode_id(type_name: str, key: uuid.UUID) -> str:
-    raw = f"{type_name}:{key.hex}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+__all__ = ["decode_id", "decode_id_of", "encode_id"]
 
 
 def decode_id(global_id: str, *, field: str = "id") -> tuple[str, uuid.UUID]:

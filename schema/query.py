@@ -15,6 +15,7 @@ from schema.node import Node
 from schema.nodes import File, Job, User
 from schema.permissions import owned
 from schema.resumable_uploads import resolve_resumable_upload
+from schema.webhooks import resolve_delivery, resolve_webhook
 
 
 async def _file(info: Info, key: uuid.UUID) -> File:
@@ -37,6 +38,8 @@ NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] =
     "Job": _job,
     "ResumableUpload": resolve_resumable_upload,
     "User": _user,
+    "Webhook": resolve_webhook,
+    "WebhookDelivery": resolve_delivery,
 }
 
 

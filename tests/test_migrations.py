@@ -50,6 +50,8 @@ TABLES = {
     "resumable_upload",
     "job",
     "job_input",
+    "webhook",
+    "webhook_delivery",
 }
 
 

@@ -66,21 +66,28 @@ class Jobs:
 
     def send_now(self, job_id: uuid.UUID, kind: JobKind) -> None:
         """Hand a job's message to the broker (blocking on Redis, or while threads start)."""
+        self._enqueue(actor_name(kind), str(job_id))
+
+    async def send(self, job_id: uuid.UUID, kind: JobKind) -> None:
+        """Hand a job's message to the broker without blocking the event loop."""
+        await anyio.to_thread.run_sync(self.send_now, job_id, kind)
+
+    async def send_to(self, actor: str, argument: str) -> None:
+        """Hand a message to another actor of the same queue (a webhook delivery)."""
+        await anyio.to_thread.run_sync(self._enqueue, actor, argument)
+
+    def _enqueue(self, actor: str, argument: str) -> None:
         if self._worker is not None:
             self._worker.start()
         self.broker.enqueue(
             dramatiq.Message(
                 queue_name=self.queue,
-                actor_name=actor_name(kind),
-                args=(str(job_id),),
+                actor_name=actor,
+                args=(argument,),
                 kwargs={},
                 options={},
             )
         )
-
-    async def send(self, job_id: uuid.UUID, kind: JobKind) -> None:
-        """Hand a job's message to the broker without blocking the event loop."""
-        await anyio.to_thread.run_sync(self.send_now, job_id, kind)
 
     async def aclose(self) -> None:
         """Stop the embedded worker's threads if they started (their jobs have the

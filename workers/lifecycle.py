@@ -57,6 +57,8 @@ from workers.errors import JobCancelled, JobFailed, JobInterrupted, is_transient
 from workers.kind import Kind
 from workers.registry import KINDS
 from workers.resources import Resources, Shared, open_resources
+from workers.webhooks import ACTOR as WEBHOOK_ACTOR
+from workers.webhooks import Dispatcher, deliver
 
 logger = structlog.get_logger("depot.jobs")
 
@@ -336,9 +338,15 @@ class JobLifecycle(Middleware):
     instead of opening its own (see :class:`workers.resources.Shared`).
     """
 
-    def __init__(self, settings: Settings, shared: Shared | None = None) -> None:
+    def __init__(
+        self, settings: Settings, shared: Shared | None = None, *, dispatch: bool = False
+    ) -> None:
         self._settings = settings
         self._shared = shared or Shared()
+        # Whether this worker also hands due webhook deliveries to the broker
+        # (``depot worker``; embedded, the API process does).
+        self._dispatch = dispatch
+        self._dispatcher: Dispatcher | None = None
         # By actor name.
         self._kinds: dict[str, Kind] = {actor_name(k.name): k for k in KINDS.values()}
         self._clients = contextlib.AsyncExitStack()
@@ -352,6 +360,10 @@ class JobLifecycle(Middleware):
     @property
     def actor_options(self) -> set[str]:
         return {"throws"}
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings
 
     @property
     def resources(self) -> Resources:
@@ -368,6 +380,9 @@ class JobLifecycle(Middleware):
         self._resources = _run(
             self._clients.enter_async_context(open_resources(self._settings, shared=shared))
         )
+        if self._dispatch:
+            self._dispatcher = Dispatcher(self._resources)
+            _run(_started(self._dispatcher))
 
     def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # No new message starts now; running attempts get the grace period, then stop
@@ -387,12 +402,16 @@ class JobLifecycle(Middleware):
         # reverse order, so this comes before the AsyncIO middleware stops the loop.
         if self._grace is not None:
             self._grace.cancel()
+        if self._dispatcher is not None:
+            _run(self._dispatcher.stop())
         self._resources = None
         _run(self._clients.aclose())
 
     def before_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
+        if message.actor_name == WEBHOOK_ACTOR:
+            return  # not a job: the delivery keeps its own state (core.webhooks)
         job_id = job_id_of(message)
         kind = self._kinds.get(message.actor_name)
         try:
@@ -463,9 +482,26 @@ class JobLifecycle(Middleware):
             broker.enqueue(retry, delay=backoff)
 
 
+async def _started(dispatcher: Dispatcher) -> None:
+    dispatcher.start()
+
+
 def _declare_actors(broker: dramatiq.Broker, queue: str, lifecycle: JobLifecycle) -> None:
     def run(job_id: str) -> None:
         lifecycle.run_current()
+
+    def run_delivery(delivery_id: str) -> None:
+        _run(deliver(lifecycle.resources, uuid.UUID(delivery_id)))
+
+    timeout = lifecycle.settings.webhook_timeout_seconds
+    dramatiq.Actor(
+        run_delivery,
+        broker=broker,
+        actor_name=WEBHOOK_ACTOR,
+        queue_name=queue,
+        priority=0,
+        options={"time_limit": int((timeout * 2 + 30) * 1000)},
+    )
 
     for kind in KINDS.values():
         dramatiq.Actor(
@@ -483,7 +519,7 @@ def _declare_actors(broker: dramatiq.Broker, queue: str, lifecycle: JobLifecycle
 
 def worker_jobs(settings: Settings) -> Jobs:
     """Jobs over Redis that this process runs too, in a :class:`Worker` (``depot worker``)."""
-    lifecycle = JobLifecycle(settings)
+    lifecycle = JobLifecycle(settings, dispatch=True)
     broker = redis_broker(settings, [*running_middleware(), lifecycle])
     queue = queue_name(settings.redis_prefix)
     _declare_actors(broker, queue, lifecycle)
