@@ -120,6 +120,15 @@ JOB_TAKEOVERS: Final = Counter(
     ["kind"],
 )
 
+# -- webhooks (core.webhooks) ------------------------------------------------------
+
+WEBHOOK_ATTEMPTS: Final = Counter(
+    "depot_webhook_attempts_total",
+    "Webhook delivery attempts, by event and outcome: succeeded, retried (another "
+    "attempt follows) or failed (none does).",
+    ["event", "outcome"],
+)
+
 # -- the rest ----------------------------------------------------------------------
 
 EVENT_PUBLISH_FAILURES: Final = Counter(

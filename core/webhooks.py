@@ -35,6 +35,7 @@ from sqlalchemy import or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core import metrics
 from core.errors import BadUserInput, Conflict, NotFound
 from core.eventlog import EventLog
 from core.events import WebhookDisabled, announce
@@ -510,6 +511,8 @@ async def record_attempt(
         )
     disabled = await _note_health(db, settings, delivery.webhook_id, result.succeeded, now)
     await db.commit()
+    outcome = "succeeded" if result.succeeded else "retried" if retry_at else "failed"
+    metrics.WEBHOOK_ATTEMPTS.labels(delivery.event_type.value, outcome).inc()
     return disabled
 
 

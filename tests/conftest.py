@@ -205,6 +205,9 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         "password_hash_iterations": 2,
         # Tests about files choose their backend; the rest need none in particular.
         "storage_url": "memory://",
+        # The webhook dispatcher's look for due deliveries is a query every poll: the
+        # tests that count statements must not see it. Webhook tests poll quickly.
+        "webhook_poll_seconds": 60,
         # Redis outlives a test and every test client has one address (127.0.0.1): its
         # per-address counters would add up over the whole run. Tests of a limit set it.
         **(

@@ -94,6 +94,7 @@ FAMILIES = {
     "depot_jobs_running",
     "depot_event_publish_failures",
     "depot_database_connections_in_use",
+    "depot_webhook_attempts",
 }
 TYPENAME = {"query": "{ __typename }"}
 CANCEL = "mutation C($id: ID!) { cancelJob(id: $id) { id } }"

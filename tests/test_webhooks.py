@@ -35,6 +35,7 @@ from tests.support import (
     subscriber,
     upload_file,
 )
+from tests.test_metrics import delta, scrape
 
 pytestmark = pytest.mark.anyio
 
@@ -258,12 +259,15 @@ async def test_a_400_is_not_retried(jobs_client: httpx.AsyncClient, receiver: Re
     _, headers = await signed_in(jobs_client)
     await create_webhook(jobs_client, headers, receiver.url(), ["FILE_CREATED"])
     receiver.replies = [Reply(400, b"no thanks")]
+    before = await scrape(jobs_client)
     await upload_file(jobs_client, headers, "c.txt", b"refused")
     await receiver.wait_for(1)
     (only,) = await settled(jobs_client, headers, 1)
     assert (only["status"], only["statusCode"], only["nextRetryAt"]) == ("FAILED", 400, None)
     await anyio.sleep(1.0)  # ten base backoffs
     assert len(receiver.requests) == 1
+    counted = delta(await scrape(jobs_client), before, "depot_webhook_attempts_total")
+    assert counted == 1
 
 
 @embedded_only
