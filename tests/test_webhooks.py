@@ -189,7 +189,7 @@ async def test_events_are_delivered_signed_as_standard_webhooks(
         jobs_client,
         headers,
         receiver.url(),
-        ["JOB_SUCCEEDED", "FILE_CREATED", "FILE_DELETED"],
+        ["JOB_SUCCEEDED", "JOB_FAILED", "FILE_CREATED", "FILE_DELETED"],
     )
     secret = created["secret"]
     assert secret.startswith("whsec_")
@@ -218,11 +218,20 @@ async def test_events_are_delivered_signed_as_standard_webhooks(
     assert "errors" not in body, body
     requests = await receiver.wait_for(3)
     assert verified(secret, requests[2])["type"] == "FILE_DELETED"
+
+    # Not an archive: the job fails at once.
+    other = await upload_file(jobs_client, headers, "b.txt", b"not a zip")
+    failed = await run_job(jobs_client, headers, {"extract": {"fileId": other["id"], "path": "x"}})
+    assert failed["status"] == "FAILED"
+    requests = await receiver.wait_for(5)
+    assert [verified(secret, r)["type"] for r in requests[3:]] == ["FILE_CREATED", "JOB_FAILED"]
+    assert verified(secret, requests[4])["data"]["job"]["error"] == failed["error"]
+
     # Each event is its own message; a tampered body fails the reference verifier.
-    assert len({r.headers["webhook-id"] for r in requests}) == 3
+    assert len({r.headers["webhook-id"] for r in requests}) == 5
     with pytest.raises(Exception, match="signature"):
         Verifier(secret).verify(requests[2].body + b" ", requests[2].headers)
-    found = await settled(jobs_client, headers, 3)
+    found = await settled(jobs_client, headers, 5)
     assert {(d["status"], d["statusCode"], d["attempt"]) for d in found} == {("SUCCEEDED", 204, 1)}
 
 
