@@ -27,10 +27,13 @@ from core.settings import Settings
 from tests.conftest import make_settings, serve_app
 from tests.support import (
     assert_error,
+    get_job,
     graphql,
+    many_entries_zip,
     next_message,
     run_job,
     signed_in,
+    start_job,
     subscribe,
     subscriber,
     upload_file,
@@ -320,9 +323,8 @@ async def test_a_delivery_is_sent_again_with_the_same_webhook_id(
     jobs_client: httpx.AsyncClient, receiver: Receiver
 ) -> None:
     _, headers = await signed_in(jobs_client)
-    secret = (await create_webhook(jobs_client, headers, receiver.url(), ["FILE_CREATED"]))[
-        "secret"
-    ]
+    created = await create_webhook(jobs_client, headers, receiver.url(), ["FILE_CREATED"])
+    secret, hook_id = created["secret"], created["webhook"]["id"]
     await upload_file(jobs_client, headers, "f.txt", b"once more")
     (done,) = await settled(jobs_client, headers, 1)
     body = await graphql(jobs_client, REDELIVER, {"id": done["id"]}, headers=headers)
@@ -332,10 +334,54 @@ async def test_a_delivery_is_sent_again_with_the_same_webhook_id(
     first, second = await receiver.wait_for(2)
     assert second.headers["webhook-id"] == first.headers["webhook-id"] == done["messageId"]
     assert verified(secret, second) == verified(secret, first)
+    # After a rotation, attempts are signed with the new secret only.
+    body = await graphql(
+        jobs_client,
+        "mutation ($id: ID!) { rotateWebhookSecret(id: $id) { secret } }",
+        {"id": hook_id},
+        headers=headers,
+    )
+    rotated = body["data"]["rotateWebhookSecret"]["secret"]
+    await graphql(jobs_client, REDELIVER, {"id": done["id"]}, headers=headers)
+    third = (await receiver.wait_for(3))[2]
+    assert verified(rotated, third) == verified(secret, first)
+    with pytest.raises(Exception, match="signature"):
+        verified(secret, third)
     # Another user's delivery is not found.
     _, other = await signed_in(jobs_client, "eve@example.com")
     body = await graphql(jobs_client, REDELIVER, {"id": done["id"]}, headers=other)
     assert_error(body, "NOT_FOUND")
+
+
+@embedded_only
+@pytest.mark.settings(**{**FAST, "max_running_jobs_per_user": 1})
+async def test_cancelled_jobs_are_delivered_whoever_cancels_them(
+    jobs_client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    secret = (await create_webhook(jobs_client, headers, receiver.url(), ["JOB_CANCELLED"]))[
+        "secret"
+    ]
+    archive = await upload_file(jobs_client, headers, "many.zip", many_entries_zip(3000))
+    running = await start_job(
+        jobs_client, headers, {"extract": {"fileId": archive["id"], "path": "x"}}
+    )
+    with anyio.fail_after(WAIT_S):
+        while True:
+            if (await get_job(jobs_client, headers, running["id"]))["status"] == "RUNNING":
+                break
+            await anyio.sleep(0.02)
+    # The owner is at the running limit: this one waits, queued, and is cancelled by the API.
+    queued = await start_job(jobs_client, headers, {"verify": {"fileId": archive["id"]}})
+    cancel = "mutation ($id: ID!) { cancelJob(id: $id) { status } }"
+    body = await graphql(jobs_client, cancel, {"id": queued["id"]}, headers=headers)
+    assert body["data"]["cancelJob"]["status"] == "CANCELLED"
+    # A running one is cancelled by its worker.
+    await graphql(jobs_client, cancel, {"id": running["id"]}, headers=headers)
+    requests = await receiver.wait_for(2)
+    told = {verified(secret, r)["data"]["job"]["id"] for r in requests}
+    assert told == {queued["id"], running["id"]}
+    assert {verified(secret, r)["type"] for r in requests} == {"JOB_CANCELLED"}
 
 
 @pytest.mark.settings(**{**FAST, "webhook_disable_after_seconds": 0.5})
