@@ -283,6 +283,27 @@ async def test_a_400_is_not_retried(jobs_client: httpx.AsyncClient, receiver: Re
 
 
 @embedded_only
+@pytest.mark.settings(**FAST)
+async def test_redirects_are_not_followed_and_answers_are_cut_short(
+    jobs_client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    await create_webhook(jobs_client, headers, receiver.url(), ["FILE_CREATED"])
+    receiver.replies = [
+        Reply(307, headers={"location": receiver.url() + "/elsewhere"}),
+        Reply(200, b"x" * 1_000_000),
+    ]
+    await upload_file(jobs_client, headers, "r.txt", b"moved?")
+    (moved,) = await settled(jobs_client, headers, 1)
+    assert (moved["status"], moved["statusCode"], moved["nextRetryAt"]) == ("FAILED", 307, None)
+    await upload_file(jobs_client, headers, "s.txt", b"long answer")
+    big, _ = await settled(jobs_client, headers, 2)
+    assert (big["status"], big["statusCode"]) == ("SUCCEEDED", 200)
+    assert big["responseExcerpt"] == "x" * 1024
+    assert len(receiver.requests) == 2, "the redirect was not followed"
+
+
+@embedded_only
 @pytest.mark.settings(
     **{**FAST, "webhook_retry_base_seconds": 60, "webhook_retry_max_seconds": 3600}
 )
