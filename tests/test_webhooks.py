@@ -52,7 +52,8 @@ FAST = {
 WAIT_S = 20
 
 # A real `depot worker` costs seconds to start: the tests of what differs between the
-# modes (who dispatches, who delivers, who announces) run in both, the rest embedded.
+# modes (who dispatches, who delivers and retries, who announces) run in both, the
+# rest embedded.
 embedded_only = pytest.mark.parametrize("jobs_mode", ["embedded"])
 
 CREATE = """
@@ -238,6 +239,7 @@ async def test_events_are_delivered_signed_as_standard_webhooks(
     assert {(d["status"], d["statusCode"], d["attempt"]) for d in found} == {("SUCCEEDED", 204, 1)}
 
 
+@embedded_only
 @pytest.mark.settings(**FAST)
 async def test_a_500_and_a_timeout_are_retried_with_the_same_webhook_id(
     jobs_client: httpx.AsyncClient, receiver: Receiver
