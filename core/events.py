@@ -179,7 +179,7 @@ class FileDeleted(_FileEvent):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class WebhookDisabled:
-    """A webhook failed for too long and was disabled (:func:`core.webhooks.disable`)."""
+    """A webhook failed for too long and was disabled (:func:`core.webhook_deliveries.disable`)."""
 
     TYPE: ClassVar[str] = "WEBHOOK_DISABLED"
 

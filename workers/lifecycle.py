@@ -13,7 +13,9 @@ attempt's state lives here, by message id, from claim to record.
 
 Brokers whose workers run jobs are built here too: :func:`worker_jobs`
 (``depot worker``, over Redis) and :func:`embedded_jobs` (threads of the API
-process, started by the first job sent).
+process, started by the first job sent); they also declare the webhook
+actor (:mod:`workers.webhooks`), whose messages this middleware lets pass, and
+a ``depot worker`` runs the webhook dispatcher on its actors' loop.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Webhook deliveries on the Dramatiq side: the dispatcher, the actor, and the request.
 
 :class:`Dispatcher` looks for due deliveries every ``DEPOT_WEBHOOK_POLL_SECONDS``
-(:func:`core.webhooks.claim_due`) and sends each as one message to the
+(:func:`core.webhook_deliveries.claim_due`) and sends each as one message to the
 ``depot.webhook`` actor — in ``depot worker`` processes, or in the API
 process in the embedded mode. The actor (:func:`deliver`) makes one attempt:
 it resolves the URL again and connects to the address it checked
@@ -26,7 +26,7 @@ import anyio
 import httpx
 import structlog
 
-from core import webhooks
+from core import webhook_deliveries as deliveries
 from core.time import utcnow
 from core.webhook_targets import Unresolvable, UnsafeTarget, resolve
 from workers.resources import Resources
@@ -54,7 +54,7 @@ def _retry_after(value: str | None) -> float | None:
         return None
 
 
-async def send(resources: Resources, attempt: webhooks.Attempt) -> webhooks.Result:
+async def send(resources: Resources, attempt: deliveries.Attempt) -> deliveries.Result:
     """POST the attempt's body to its URL, safely; never raises for the receiver's faults."""
     settings = resources.settings
     started = time.monotonic()
@@ -69,12 +69,12 @@ async def send(resources: Resources, attempt: webhooks.Attempt) -> webhooks.Resu
             require_https=settings.is_production,
         )
     except Unresolvable as exc:
-        return webhooks.Result(None, elapsed(), error=str(exc), retry=True)
+        return deliveries.Result(None, elapsed(), error=str(exc), retry=True)
     except UnsafeTarget as exc:
-        return webhooks.Result(None, elapsed(), error=str(exc))
+        return deliveries.Result(None, elapsed(), error=str(exc))
     body = attempt.payload.encode()
     sent_headers = {
-        **webhooks.headers(attempt.secret, attempt.message_id, int(time.time()), body),
+        **deliveries.headers(attempt.secret, attempt.message_id, int(time.time()), body),
         "content-type": "application/json",
         "user-agent": USER_AGENT,
         # Raw bytes only: a compressed answer could expand past any limit.
@@ -104,18 +104,18 @@ async def send(resources: Resources, attempt: webhooks.Attempt) -> webhooks.Resu
                 finally:
                     await response.aclose()
     except TimeoutError:
-        return webhooks.Result(
+        return deliveries.Result(
             None,
             elapsed(),
             error=f"No answer within {settings.webhook_timeout_seconds:g} s.",
             retry=True,
         )
     except httpx.TimeoutException:
-        return webhooks.Result(None, elapsed(), error="The request timed out.", retry=True)
+        return deliveries.Result(None, elapsed(), error="The request timed out.", retry=True)
     except httpx.HTTPError as exc:
-        return webhooks.Result(None, elapsed(), error=f"{type(exc).__name__}: {exc}", retry=True)
+        return deliveries.Result(None, elapsed(), error=f"{type(exc).__name__}: {exc}", retry=True)
     code = response.status_code
-    return webhooks.Result(
+    return deliveries.Result(
         code,
         elapsed(),
         excerpt=bytes(excerpt[:RESPONSE_LIMIT]).decode("utf-8", errors="replace"),
@@ -133,7 +133,9 @@ async def deliver(resources: Resources, delivery_id: uuid.UUID) -> None:
     # An attempt older than this lost its worker: another may take it over.
     lease_before = now - timedelta(seconds=settings.webhook_timeout_seconds * 2 + 30)
     async with resources.sessionmaker() as db:
-        attempt = await webhooks.begin_attempt(db, delivery_id, now=now, lease_before=lease_before)
+        attempt = await deliveries.begin_attempt(
+            db, delivery_id, now=now, lease_before=lease_before
+        )
     if attempt is None:
         return
     result = await send(resources, attempt)
@@ -145,10 +147,10 @@ async def deliver(resources: Resources, delivery_id: uuid.UUID) -> None:
         duration_ms=result.duration_ms,
     )
     async with resources.sessionmaker() as db:
-        disabled = await webhooks.record_attempt(db, settings, attempt, result, now=utcnow())
+        disabled = await deliveries.record_attempt(db, settings, attempt, result, now=utcnow())
     if disabled is not None:
         logger.warning("webhook disabled after failing for too long", webhook_id=str(disabled.id))
-        await webhooks.tell_disabled(resources.events, disabled)
+        await deliveries.tell_disabled(resources.events, disabled)
 
 
 class Dispatcher:
@@ -179,7 +181,7 @@ class Dispatcher:
         # A message with the broker this long and still pending was lost (a Redis restart).
         resend_before = now - timedelta(seconds=r.settings.webhook_timeout_seconds * 2 + 60)
         async with r.sessionmaker() as db:
-            due = await webhooks.claim_due(db, now=now, resend_before=resend_before, limit=BATCH)
+            due = await deliveries.claim_due(db, now=now, resend_before=resend_before, limit=BATCH)
         for delivery_id in due:
             await r.jobs.send_to(ACTOR, str(delivery_id))
         return len(due)
