@@ -104,7 +104,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
     """Depot's ASGI application for ``settings``.
 
     ``drain``: what ``/readyz`` reads to say this process is going away
-    (:class:`api.drain.DrainingServer` begins it on SIGTERM).
+    (:func:`create_draining_app` has SIGTERM begin it).
     """
     drain = drain or Drain()
     schema = build_schema(
@@ -279,7 +279,26 @@ def _server_spans() -> Middleware:
 
 def create_app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory``: settings and logging from the environment."""
+    return create_app(_settings_from_env())
+
+
+def create_draining_app(settings: Settings) -> Starlette:
+    """Factory for each process of ``depot serve``: SIGTERM drains it (see :mod:`api.drain`).
+
+    Only uvicorn may call it, as its server starts (``factory=True``).
+    """
+    drain = Drain()
+    drain.take_over_signals(settings.drain_delay_seconds)
+    return create_app(settings, drain)
+
+
+def create_draining_app_from_env() -> Starlette:
+    """:func:`create_draining_app` for the processes of ``depot serve --workers N``."""
+    return create_draining_app(_settings_from_env())
+
+
+def _settings_from_env() -> Settings:
     settings = load_settings()
     configure_logging(settings.log_level, json=settings.json_logs)
     tracing.configure_tracing("depot-api")
-    return create_app(settings)
+    return settings

@@ -164,19 +164,18 @@ def serve(host: str, port: int, reload: bool, workers: int, log_level: str | Non
         _prepare_schema(settings)
         _serve_processes(workers, options)
     else:
-        from api.app import create_app
-        from api.drain import Drain, DrainingServer
+        from api.app import create_draining_app
 
-        drain = Drain()
-        app = functools.partial(create_app, settings, drain)
+        app = functools.partial(create_draining_app, settings)
         config = uvicorn.Config(app, factory=True, **options)  # type: ignore[arg-type]
-        DrainingServer(config, drain, settings.drain_delay_seconds).run()
+        uvicorn.Server(config).run()
 
 
 def _serve_processes(workers: int, options: dict[str, object]) -> None:
     """uvicorn's ``workers`` processes on one socket, sharing their metrics.
 
-    Each process loads its settings from the environment (``create_app_from_env``).
+    Each process loads its settings from the environment
+    (``create_draining_app_from_env``) and drains on the SIGTERM uvicorn forwards.
     prometheus-client's multiprocess mode needs a directory of their own for
     the values they write, chosen before they start (the library reads it at
     import): a fresh one here, removed when they have stopped. A worker that
@@ -190,7 +189,8 @@ def _serve_processes(workers: int, options: dict[str, object]) -> None:
     )
     try:
         uvicorn.run(
-            "api.app:create_app_from_env",
+            # Each process drains on the SIGTERM the supervisor forwards (api/drain.py).
+            "api.app:create_draining_app_from_env",
             factory=True,
             workers=workers,
             # How long a process may leave the supervisor's ping unanswered before it

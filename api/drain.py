@@ -1,4 +1,4 @@
-"""Graceful drain: what ``depot serve`` does between SIGTERM and its exit.
+"""Graceful drain: what each process of ``depot serve`` does between SIGTERM and its exit.
 
 A replica that is told to stop (a rolling update, a scale-down) should lose
 no request and strand no client:
@@ -16,17 +16,25 @@ no request and strand no client:
 
 SIGINT (Ctrl-C), or a second SIGTERM during the delay, skips what is left of
 the delay.
+
+With ``--workers N`` uvicorn's supervisor forwards its SIGTERM to each
+process it started, and each drains as above on its own: they share the port,
+so all of them answer 503 on ``/readyz`` from the first instant, and each
+finishes its own requests and closes its own sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
-import socket
 import time
+from collections.abc import Callable
 from types import FrameType
 
 import uvicorn
+
+SignalHandler = Callable[[int, FrameType | None], object]
 
 
 class Drain:
@@ -43,33 +51,43 @@ class Drain:
         if self._since is None:
             self._since = time.monotonic()
 
+    def take_over_signals(self, delay_seconds: float) -> None:
+        """Put the drain in front of the uvicorn server that is starting this process's app.
 
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server, which on SIGTERM first stops being ready, then stops.
+        Called from the app factory (``api.app.create_draining_app``): uvicorn
+        calls it on its event loop once its server has taken SIGTERM and
+        SIGINT, in the single process of ``depot serve`` and in each of
+        ``--workers N`` alike, so this is the one place both are reached
+        from (the supervisor builds its processes' servers itself, with no
+        hook for a server class of ours). Costs nothing per request.
 
-    ``drain`` is the one the app's ``/readyz`` reads (``create_app(settings,
-    drain=...)``); ``delay_seconds`` is how long it stays up not ready.
-    """
+        Raises ``RuntimeError`` when called anywhere else: a drain that
+        silently did nothing would be found only in production.
+        """
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            stop = signal.getsignal(signum)
+            server = getattr(stop, "__self__", None)
+            if not callable(stop) or not isinstance(server, uvicorn.Server):
+                raise RuntimeError(
+                    f"api.drain: {signal.Signals(signum).name} is not handled by a uvicorn server "
+                    "here; build the app through uvicorn's factory call (factory=True), not before"
+                )
+            handler = functools.partial(self._on_signal, stop, loop, delay_seconds)
+            signal.signal(signum, handler)
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, delay_seconds: float) -> None:
-        super().__init__(config)
-        self._drain = drain
-        self._delay_seconds = delay_seconds
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().startup(sockets)
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+    def _on_signal(
+        self,
+        stop: SignalHandler,
+        loop: asyncio.AbstractEventLoop,
+        delay_seconds: float,
+        sig: int,
+        frame: FrameType | None,
+    ) -> None:
         # A signal handler: it may only schedule work on the loop, thread-safely.
-        delay = sig == signal.SIGTERM and not self._drain.draining and self._delay_seconds > 0
-        self._drain.begin()
-        if delay and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop_later, sig, frame)
+        delay = sig == signal.SIGTERM and not self.draining and delay_seconds > 0
+        self.begin()
+        if delay:
+            loop.call_soon_threadsafe(loop.call_later, delay_seconds, stop, sig, frame)
         else:
-            super().handle_exit(sig, frame)
-
-    def _stop_later(self, sig: int, frame: FrameType | None) -> None:
-        assert self._loop is not None
-        self._loop.call_later(self._delay_seconds, super().handle_exit, sig, frame)
+            stop(sig, frame)

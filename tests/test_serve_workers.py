@@ -6,12 +6,14 @@ over Redis, driven over HTTP and WebSocket.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -30,6 +32,7 @@ from tests.processes import (
     free_port,
     in_background,
     settings_env,
+    wait_until_ready,
 )
 from tests.support import (
     JOB_EVENTS,
@@ -52,20 +55,10 @@ WAIT_S = 30
 START_S = 120
 MAX_SOCKETS = 60
 MAX_REQUESTS = 600
+# What uvicorn logs as each process has run the app's startup.
+STARTED = "Application startup complete."
 # Fresh connections, so the kernel hands them to whichever process accepts first.
 NO_REUSE = httpx.Limits(max_keepalive_connections=0)
-
-
-def _settings(tmp_path: Path, database_url: str) -> Settings:
-    return make_settings(
-        tmp_path,
-        database_url=database_url,
-        redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
-        storage_url=storage_root(tmp_path).as_uri(),
-        job_heartbeat_seconds=0.2,
-        # The kill test opens sockets until both processes hold some.
-        ws_connections_per_user=MAX_SOCKETS,
-    )
 
 
 def _metrics_directory(server: DepotProcess) -> Path:
@@ -133,34 +126,97 @@ async def _socket(client: httpx.AsyncClient, token: str) -> AsyncIterator[AsyncW
         pass
 
 
-async def _sockets(
-    client: httpx.AsyncClient, token: str, count: int, stack: AsyncExitStack
-) -> list[AsyncWebSocketSession]:
-    return [await stack.enter_async_context(_socket(client, token)) for _ in range(count)]
+async def open_sockets_on_each(
+    client: httpx.AsyncClient,
+    token: str,
+    server: DepotProcess,
+    port: int,
+    processes: int,
+    stack: AsyncExitStack,
+) -> tuple[list[AsyncWebSocketSession], dict[int, int]]:
+    """Signed-in sockets on ``stack``, opened until each of ``server``'s ``processes`` holds
+    some, and how many each holds (by pid).
+
+    Whichever process accepts first gets a connection (``client`` must not reuse
+    them), so it takes a few rounds.
+    """
+    pids = _children(server.process.pid) if processes > 1 else {server.process.pid}
+    batch = 4 if processes > 1 else 1
+    sockets: list[AsyncWebSocketSession] = []
+    held: dict[int, int] = {}
+    while len(sockets) < MAX_SOCKETS and sum(1 for n in held.values() if n) < processes:
+        for _ in range(batch):
+            sockets.append(await stack.enter_async_context(_socket(client, token)))
+        held = _sockets_held(pids, port)
+    assert sum(1 for n in held.values() if n) == processes, f"sockets by process: {held}"
+    return sockets, held
+
+
+@dataclass
+class Serving:
+    """``depot serve --workers 2`` on a port of its own, and the directory of its metrics."""
+
+    server: DepotProcess
+    port: int
+    settings: Settings
+    metrics: Path
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@asynccontextmanager
+async def _serving(tmp_path: Path, database_url: str) -> AsyncIterator[Serving]:
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
+        storage_url=storage_root(tmp_path).as_uri(),
+        job_heartbeat_seconds=0.2,
+        # The kill test opens sockets until both processes hold some.
+        ws_connections_per_user=MAX_SOCKETS,
+    )
+    port = free_port()
+    async with serve_processes(settings, tmp_path / "serve.log", port, 2) as server:
+        yield Serving(server, port, settings, _metrics_directory(server))
+
+
+@asynccontextmanager
+async def serve_processes(
+    settings: Settings, log: Path, port: int, processes: int
+) -> AsyncIterator[DepotProcess]:
+    """``depot serve`` (``--workers processes`` past one), once every process has started.
+
+    The first process to start answers ``/healthz`` alone; one still importing
+    Depot would take no connection, and a test that needs each to hold some
+    would wait in vain.
+    """
+    options = ["--workers", str(processes)] if processes > 1 else []
+    serve = depot_serve(settings, log, port, options=options, timeout_s=START_S)
+    async with in_background(serve) as server:
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                wait_until_ready,
+                server.process,
+                lambda: server.output().count(STARTED) >= processes,
+                f"{processes} processes of depot serve",
+                timeout_s=START_S,
+                output=server.output,
+            )
+        )
+        yield server
 
 
 @pytest.mark.redis
 async def test_workers_share_the_port_the_metrics_and_the_events(
     tmp_path: Path, database_url: str
 ) -> None:
-    settings = _settings(tmp_path, database_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(
-            in_background(
-                depot_serve(
-                    settings,
-                    tmp_path / "serve.log",
-                    port,
-                    options=["--workers", "2"],
-                    timeout_s=START_S,
-                )
-            )
-        )
-        directory = _metrics_directory(server)
+        serving = await stack.enter_async_context(_serving(tmp_path, database_url))
+        base_url, directory = serving.base_url, serving.metrics
         await stack.enter_async_context(
-            in_background(depot_worker(settings, tmp_path / "worker.log"))
+            in_background(depot_worker(serving.settings, tmp_path / "worker.log"))
         )
         requests = 0
         async with httpx.AsyncClient(base_url=base_url, limits=NO_REUSE) as client:
@@ -200,22 +256,9 @@ async def test_workers_share_the_port_the_metrics_and_the_events(
 async def test_a_killed_worker_process_leaves_no_live_gauges(
     tmp_path: Path, database_url: str
 ) -> None:
-    settings = _settings(tmp_path, database_url)
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
     async with AsyncExitStack() as stack:
-        server = await stack.enter_async_context(
-            in_background(
-                depot_serve(
-                    settings,
-                    tmp_path / "serve.log",
-                    port,
-                    options=["--workers", "2"],
-                    timeout_s=START_S,
-                )
-            )
-        )
-        directory = _metrics_directory(server)
+        serving = await stack.enter_async_context(_serving(tmp_path, database_url))
+        base_url, directory = serving.base_url, serving.metrics
         client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=base_url, limits=NO_REUSE)
         )
@@ -224,13 +267,9 @@ async def test_a_killed_worker_process_leaves_no_live_gauges(
         # the stack those errors would bury whatever the test itself raised.
         sockets_stack = AsyncExitStack()
         try:
-            # Whichever process accepts first gets a connection: open more until both have some.
-            sockets: list[AsyncWebSocketSession] = []
-            held: dict[int, int] = {}
-            while len(sockets) < MAX_SOCKETS and sum(1 for n in held.values() if n) < 2:
-                sockets += await _sockets(client, token, 4, sockets_stack)
-                held = _sockets_held(_children(server.process.pid), port)
-            assert sum(1 for n in held.values() if n) == 2, f"sockets by process: {held}"
+            sockets, held = await open_sockets_on_each(
+                client, token, serving.server, serving.port, 2, sockets_stack
+            )
             for series in await _scrapes(base_url, 4):
                 assert total(series, "depot_websocket_connections") == len(sockets)
             victim = max(held, key=lambda pid: held[pid])
