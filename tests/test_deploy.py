@@ -701,3 +701,19 @@ def test_only_the_ingress_and_prometheus_reach_the_pods() -> None:
             if 9100 in {port["port"] for port in rule["ports"]}
         }
         assert sources == {"monitoring"}, component
+
+
+def test_the_worker_and_scheduler_serve_metrics_where_prometheus_may_reach() -> None:
+    """Each one's ``--metrics-port`` is its declared ``metrics`` port, which the policy opens:
+    the workers' autoscaler reads ``depot_jobs_queued`` from that scrape."""
+    policy = _objects("NetworkPolicy")["depot-metrics-ingress"]
+    opened = {port["port"] for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+    for component in ("worker", "scheduler"):
+        template = _pod_templates()[component]
+        (container,) = template["spec"]["containers"]
+        options = _depot_command(container["command"], K8S_COMMANDS[component])
+        (declared,) = container["ports"]
+        assert declared["name"] == "metrics", component
+        assert declared["containerPort"] == options["metrics_port"], component
+        assert options["metrics_port"] in opened, component
+        assert _matches(policy["spec"]["podSelector"], template["metadata"]["labels"])

@@ -7,23 +7,27 @@ after its traffic with one before it.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from core.metrics import scrape as metrics_scrape
 from core.settings import Settings
 from schema.ids import encode_id
 from tests.conftest import make_settings, serve_app
-from tests.processes import depot, free_port, in_background, redis_server
+from tests.processes import depot, depot_serve, free_port, in_background, redis_server
 from tests.support import (
     JOB_EVENTS,
     bearer,
+    get_job,
     graphql,
     many_entries_zip,
     next_message,
@@ -99,6 +103,9 @@ FAMILIES = {
 TYPENAME = {"query": "{ __typename }"}
 CANCEL = "mutation C($id: ID!) { cancelJob(id: $id) { id } }"
 DOWNLOAD_URL = "query File($id: ID!) { file(id: $id) { downloadUrl } }"
+FILES = "{ files(first: 5) { totalCount edges { node { id path } } } }"
+STALE_S = 1.0
+WAIT_S = 30
 
 
 async def test_a_scrape_after_traffic_has_every_family(tmp_path: Path) -> None:
@@ -216,6 +223,64 @@ async def test_job_gauges_count_what_the_database_holds(jobs_client: httpx.Async
     assert total(after, "depot_jobs_queued") == total(after, "depot_jobs_running") == 0
     # One cancelled queued (by the API), one cancelled running (by its worker).
     assert delta(after, before, "depot_jobs_finished_total", status="cancelled") == 2
+
+
+async def test_a_job_whose_server_was_killed_is_counted_as_a_takeover(tmp_path: Path) -> None:
+    """A ``depot serve`` killed mid-job; the next app on its database takes the job over."""
+    settings = make_settings(
+        tmp_path,
+        storage_url=(tmp_path / "storage").as_uri(),
+        job_heartbeat_seconds=0.2,
+        job_stale_seconds=STALE_S,
+    )
+    port = free_port()
+    async with (
+        in_background(depot_serve(settings, tmp_path / "serve.log", port)) as first,
+        httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+    ):
+        _, headers = await signed_in(client)
+        archive = await upload_file(client, headers, "big.zip", many_entries_zip(3000))
+        job = await start_job(client, headers, {"extract": {"fileId": archive["id"], "path": "o"}})
+        await wait_for_job(client, headers, job["id"], statuses=("RUNNING",))
+        await anyio.to_thread.run_sync(first.kill)
+    await anyio.sleep(STALE_S)  # its heartbeat is stale now
+    # This process's registry, before an app in it takes the job over at its start.
+    before = parse(metrics_scrape().decode())
+    async with serve_app(settings) as client:
+        with anyio.fail_after(WAIT_S):
+            while True:
+                if (await get_job(client, headers, job["id"]))["attempts"] == 2:
+                    break
+                await anyio.sleep(0.05)
+        after = await scrape(client)
+        await graphql(client, CANCEL, {"id": job["id"]}, headers=headers)
+        assert (await wait_for_job(client, headers, job["id"]))["status"] == "CANCELLED"
+    assert delta(after, before, "depot_job_takeovers_total", kind="extract") == 1
+    assert delta(after, before, "depot_job_attempts_total", kind="extract") == 1
+    # The second attempt is no new start, and waited in no queue.
+    assert delta(after, before, "depot_jobs_started_total", kind="extract") == 0
+    assert delta(after, before, "depot_job_queue_wait_seconds_count", kind="extract") == 0
+    assert value(after, "depot_jobs_running", kind="extract") == 1
+
+
+async def test_connections_in_use_are_seen_while_requests_run(tmp_path: Path) -> None:
+    pool = "depot_database_connections_in_use"
+    async with serve_app(make_settings(tmp_path)) as client:
+        _, headers = await signed_in(client)
+        idle = value(await scrape(client), pool)
+        seen: list[float] = []
+        for _ in range(20):
+            async with anyio.create_task_group() as group:
+                for _ in range(8):
+                    group.start_soon(functools.partial(graphql, client, FILES, headers=headers))
+                # The requests are under way, each holding its session's connection
+                # while it waits on the database.
+                await anyio.lowlevel.checkpoint()
+                seen.append(value(await scrape(client), pool) - idle)
+            if max(seen) > 0:
+                break
+        assert 0 < max(seen) <= 8 + 1, seen  # the requests' and at most the scrape's own
+        assert value(await scrape(client), pool) == idle
 
 
 async def test_labels_stay_bounded_whatever_clients_send(tmp_path: Path) -> None:
