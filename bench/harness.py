@@ -64,6 +64,20 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system, every thread) the process has used so far (Linux /proc).
+
+    What a request or a job costs, unlike wall-clock rates, hardly depends on
+    what else the machine runs: a loaded machine makes each request wait
+    longer, not use more CPU (less so than instruction counts, which
+    ``perf stat`` cannot read in most VMs and valgrind would take hours for).
+    """
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    # utime and stime, the 14th and 15th fields (counted from the pid).
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class Process:
     """A child process of this interpreter whose combined output goes to a log file.
 

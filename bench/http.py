@@ -49,7 +49,15 @@ import httpx
 from sqlalchemy import make_url
 
 from bench.client import Account, Api, payload
-from bench.harness import Process, Stack, depot_env, free_port, progress, throwaway_postgres
+from bench.harness import (
+    Process,
+    Stack,
+    cpu_seconds,
+    depot_env,
+    free_port,
+    progress,
+    throwaway_postgres,
+)
 from bench.pg_wire import WireCounter, is_bookkeeping, verb
 from bench.report import environment, table, times
 from schema.ids import decode_id
@@ -109,6 +117,14 @@ class Comparison:
     ratios: list[float] = field(default_factory=list)
     depot_rps: list[float] = field(default_factory=list)
     baseline_rps: list[float] = field(default_factory=list)
+    # The serving process's CPU seconds per request, each round (see `harness.cpu_seconds`).
+    depot_cpu: list[float] = field(default_factory=list)
+    baseline_cpu: list[float] = field(default_factory=list)
+
+    @property
+    def cpu_ratios(self) -> list[float]:
+        """Baseline CPU per request over Depot's, per round: read like the req/s ratios."""
+        return [b / d for d, b in zip(self.depot_cpu, self.baseline_cpu, strict=True)]
 
 
 @dataclass
@@ -366,8 +382,19 @@ async def round_trips(
 # ----------------------------------------------------------------------------- load
 
 
-async def wrk(target: Target, args: argparse.Namespace, seconds: float, workdir: Path) -> float:
-    """Requests per second wrk reaches on the target; any failed request fails the bench."""
+@dataclass(frozen=True)
+class Load:
+    """One wrk run: requests per second, and the serving process's CPU per request."""
+
+    rate: float
+    cpu_per_request: float
+
+
+async def wrk(
+    target: Target, args: argparse.Namespace, seconds: float, workdir: Path, pid: int
+) -> Load:
+    """What wrk reaches on the target, and what process ``pid`` (the one serving it) spent
+    on each request; any failed request fails the bench."""
     script = workdir / f"{re.sub(r'[^a-z0-9]+', '-', target.name.lower())}.lua"
     script.write_text(target.script(), encoding="utf-8")
     command = [
@@ -381,37 +408,49 @@ async def wrk(target: Target, args: argparse.Namespace, seconds: float, workdir:
         str(script),
         target.url,
     ]
+    cpu_before = cpu_seconds(pid)
     process = await asyncio.create_subprocess_exec(
         *command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     output = (await process.communicate())[0].decode()
+    cpu = cpu_seconds(pid) - cpu_before
     rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if process.returncode != 0 or rate is None or ".lua:" in output:
+    count = re.search(r"(\d+) requests in", output)
+    if process.returncode != 0 or rate is None or count is None or ".lua:" in output:
         raise RuntimeError(f"wrk failed on {target.name}:\n{output}")
     failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     if failed is not None:
         raise RuntimeError(f"{target.name}: {failed.group(1)} responses were not 2xx:\n{output}")
     if "Socket errors" in output:
         progress(f"  {target.name}: {output.strip().splitlines()[-3]}")
-    return float(rate.group(1))
+    return Load(float(rate.group(1)), cpu / max(int(count.group(1)), 1))
 
 
-async def measure(runs: list[Comparison], args: argparse.Namespace, workdir: Path) -> None:
+async def measure(
+    runs: list[Comparison], args: argparse.Namespace, workdir: Path, pids: dict[str, int]
+) -> None:
+    """The rounds; ``pids``: the process serving each base URL, whose CPU time is read."""
+
+    def pid(target: Target) -> int:
+        return pids[target.url.split("/", 3)[2]]
+
     targets = {t.name: t for c in runs for t in (c.depot, c.baseline)}
     progress(f"warming up {len(targets)} targets ({WARMUP_S} s each)")
     for target in targets.values():
-        await wrk(target, args, WARMUP_S, workdir)
+        await wrk(target, args, WARMUP_S, workdir, pid(target))
     for round_ in range(args.rounds):
         progress(f"round {round_ + 1}/{args.rounds}")
         for comparison in runs:
             order = [comparison.depot, comparison.baseline]
             if round_ % 2:
                 order.reverse()  # A B, then B A: drift over a round weighs on both sides
-            rates = {t.name: await wrk(t, args, args.seconds, workdir) for t in order}
-            depot, baseline = rates[comparison.depot.name], rates[comparison.baseline.name]
-            comparison.depot_rps.append(depot)
-            comparison.baseline_rps.append(baseline)
-            comparison.ratios.append(depot / baseline)
+            loads = {t.name: await wrk(t, args, args.seconds, workdir, pid(t)) for t in order}
+            depot, baseline = loads[comparison.depot.name], loads[comparison.baseline.name]
+            comparison.depot_rps.append(depot.rate)
+            comparison.baseline_rps.append(baseline.rate)
+            comparison.ratios.append(depot.rate / baseline.rate)
+            comparison.depot_cpu.append(depot.cpu_per_request)
+            comparison.baseline_cpu.append(baseline.cpu_per_request)
 
 
 # ---------------------------------------------------------------------------- report
@@ -425,6 +464,7 @@ def report(
     notes: list[str],
 ) -> str:
     rows = [["request / baseline", "Depot req/s", "baseline req/s", "min", "median", "max"]]
+    cpu_rows = [["request / baseline", "Depot CPU/req", "baseline CPU/req", "min", "median", "max"]]
     for c in runs:
         rows.append(
             [
@@ -436,12 +476,28 @@ def report(
                 times(max(c.ratios)),
             ]
         )
+        cpu_rows.append(
+            [
+                c.label,
+                f"{statistics.median(c.depot_cpu) * 1e6:,.0f} µs",
+                f"{statistics.median(c.baseline_cpu) * 1e6:,.0f} µs",
+                times(min(c.cpu_ratios)),
+                times(statistics.median(c.cpu_ratios)),
+                times(max(c.cpu_ratios)),
+            ]
+        )
     lines = [
         f"HTTP throughput: wrk -t{args.threads} -c{args.connections}, "
         f"{args.rounds} interleaved rounds of {args.seconds:g} s per side; "
         "ratio = Depot / baseline in the same round",
         "",
         *table(rows),
+        "",
+        "CPU per request of the serving process (user + system, /proc), same rounds; "
+        "ratio = baseline CPU / Depot CPU, read like the one above (0.95x: 5 % more CPU). "
+        "Steadier than req/s on a shared machine.",
+        "",
+        *table(cpu_rows),
     ]
     if trips:
         trip_rows = [
@@ -543,7 +599,14 @@ async def run(args: argparse.Namespace, postgres_url: str | None) -> str:
                 if url is not None:
                     progress("counting SQL round trips through a proxy")
                     trips = await round_trips(workdir, url, runs, stack, baseline_url)
-                await measure(runs, args, workdir)
+                servers = [stack, unmetered, traced]
+                pids = {
+                    f"127.0.0.1:{server.port}": server.serve.pid
+                    for server in servers
+                    if server.serve is not None
+                }
+                pids[f"127.0.0.1:{baseline_port}"] = baselines.pid
+                await measure(runs, args, workdir, pids)
                 await check(runs)  # still answering correctly after the load
             finally:
                 stack.stop()
