@@ -51,14 +51,24 @@ from bench import bare_dramatiq, redis_claim
 from bench.client import Account, Api, event, open_socket, receive, socket, subscribe
 from bench.harness import (
     TIMEOUT_S,
+    Process,
     Stack,
+    cpu_seconds,
     depot_env,
     free_port,
     progress,
     rss_bytes,
     throwaway_postgres,
 )
-from bench.jobs_report import SAMPLE_EVERY, Latencies, Memory, Results, Throughput, report
+from bench.jobs_report import (
+    SAMPLE_EVERY,
+    Latencies,
+    Memory,
+    Observed,
+    Results,
+    Throughput,
+    report,
+)
 from bench.report import KIB
 from core.settings import Settings
 
@@ -228,6 +238,85 @@ async def depot_throughput(
     return Throughput(total, last - began, failed)
 
 
+# ------------------------------------------- 2b. what metrics and tracing cost a job
+
+
+async def observed_throughput(
+    workdir: Path, env: dict[str, str], args: argparse.Namespace, users: list[str]
+) -> list[Observed]:
+    """No-op (verify) job throughput with metrics and tracing on, and with both off.
+
+    Two stacks on the run's database and Redis, told apart only by
+    ``DEPOT_METRICS_ENABLED`` and ``OTEL_TRACES_EXPORTER`` (on: OTLP to a sink
+    on loopback, every trace sampled, as an operator who traces everything
+    runs it). Their ``depot worker`` processes share Dramatiq's queue, so only
+    one runs at a time: each round starts one side's worker, warms it, times
+    ``--throughput-jobs`` jobs and stops it, the order flipping every round.
+    The CPU time of its ``depot serve`` and ``depot worker`` over the timed
+    jobs is what each job cost.
+    """
+    sink_port = free_port()
+    sink = Process(
+        "trace sink",
+        ["-m", "bench.http_baselines", "--port", str(sink_port)],
+        dict(os.environ),
+        workdir / "sink.log",
+    )
+    sides = {
+        "on": dict(
+            env,
+            DEPOT_METRICS_ENABLED="true",
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
+            OTEL_TRACES_SAMPLER="always_on",
+        ),
+        "off": dict(env, DEPOT_METRICS_ENABLED="false", OTEL_TRACES_EXPORTER="none"),
+    }
+    stacks: dict[str, Stack] = {}
+    rounds: list[Observed] = []
+    try:
+        await asyncio.to_thread(sink.wait_until_healthy, f"http://127.0.0.1:{sink_port}")
+        for name, side_env in sides.items():
+            port = free_port()
+            side_env["DEPOT_PUBLIC_BASE_URL"] = f"http://127.0.0.1:{port}"
+            stacks[name] = Stack(workdir, side_env, port)
+            await asyncio.to_thread(stacks[name].start_serve)
+        for round_ in range(args.observed_rounds):
+            order = ["on", "off"] if round_ % 2 == 0 else ["off", "on"]
+            figures: dict[str, tuple[Throughput, float]] = {}
+            for name in order:
+                progress(f"2b. round {round_ + 1}/{args.observed_rounds}, metrics+tracing {name}")
+                figures[name] = await _observed_side(stacks[name], args, f"{name}{round_}", users)
+            rounds.append(Observed(*figures["on"], *figures["off"]))
+    finally:
+        for stack in stacks.values():
+            stack.stop()
+        sink.stop()
+    return rounds
+
+
+async def _observed_side(
+    stack: Stack, args: argparse.Namespace, tag: str, users: list[str]
+) -> tuple[Throughput, float]:
+    """One side of one round: its throughput, and its processes' CPU seconds per job."""
+    worker = await asyncio.to_thread(stack.start_worker)
+    assert stack.serve is not None
+    api = Api(stack.url)
+    try:
+        account = await api.register(f"observed-{tag}@example.com")
+        users.append(account.user_id)
+        files = [await upload(api, account, f"bench/{i}.txt") for i in range(args.clients)]
+        await depot_throughput(api, stack.ws_url, account, files, WARMUP_JOBS)
+        pids = (stack.serve.pid, worker.pid)
+        before = sum(cpu_seconds(pid) for pid in pids)
+        throughput = await depot_throughput(api, stack.ws_url, account, files, args.throughput_jobs)
+        cpu = sum(cpu_seconds(pid) for pid in pids) - before
+    finally:
+        await api.aclose()
+        stack.stop_worker()
+    return throughput, cpu / throughput.jobs
+
+
 # ----------------------------------------------------------------- 3. memory per subscription
 
 
@@ -391,6 +480,10 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                     args.throughput_jobs,
                 )
                 bare = Throughput(args.throughput_jobs, seconds, 0)
+                observed: list[Observed] = []
+                if args.observed_rounds:
+                    progress(f"2b. metrics and tracing on / off, {args.observed_rounds} rounds…")
+                    observed = await observed_throughput(workdir, stack.env, args, users)
                 # Jobs that stay queued (no worker runs now): enough for every layout.
                 spare = (args.subscriptions // SAMPLE_EVERY + 1) * (len(layouts) - 1)
                 progress(f"3/3 memory: starting {args.subscriptions + spare} jobs to follow…")
@@ -409,7 +502,9 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                 stack.stop()
                 redis_claim.release_redis(redis_url, known, users)
     return report(
-        Results(setup, latencies, bare, depot, args.clients, args.threads, memories, notes)
+        Results(
+            setup, latencies, bare, depot, args.clients, args.threads, memories, notes, observed
+        )
     )
 
 
@@ -420,6 +515,12 @@ def main(argv: list[str] | None = None) -> None:
         "--throughput-jobs", type=int, default=300, help="jobs for throughput, each path (300)"
     )
     parser.add_argument("--clients", type=int, default=8, help="concurrent startJob loops (8)")
+    parser.add_argument(
+        "--observed-rounds",
+        type=int,
+        default=4,
+        help="rounds of metrics+tracing on / off, --throughput-jobs each side (4; 0 skips)",
+    )
     parser.add_argument(
         "--subscriptions", type=int, default=1000, help="idle subscriptions measured (1000)"
     )
