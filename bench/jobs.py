@@ -13,7 +13,9 @@ measures
 2. the **throughput** of such jobs through the whole path (mutation, worker,
    final event at a ``myEvents`` subscriber), against the baseline measured in
    the same run on the same Redis: a bare Dramatiq actor that only counts its
-   messages (an ``INCR``), run by a worker process with as many threads;
+   messages (an ``INCR``), run by a worker process with as many threads; and
+   (2b) the same throughput, and the CPU time per job, with metrics and
+   tracing on against both off, in interleaved rounds;
 3. the **memory per idle subscription**: ``depot serve``'s resident memory
    before and after opening ``jobEvents`` subscriptions to jobs that stay
    queued (the worker is stopped), spread over a few WebSockets and then one
