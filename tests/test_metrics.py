@@ -353,6 +353,9 @@ def _scrape_port(port: int) -> Series:
 
 
 @pytest.mark.redis
+# The job gauges' query runs on both databases in test_job_gauges_count_what_the_database_holds
+# (and in test_serve_workers, scraped from depot serve --workers 2); here, what the ports serve.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_worker_and_scheduler_serve_metrics_on_their_port(
     tmp_path: Path, database_url: str
 ) -> None:

@@ -32,6 +32,7 @@ from tests.processes import (
     free_port,
     in_background,
     settings_env,
+    start_together,
     wait_until_ready,
 )
 from tests.support import (
@@ -166,9 +167,8 @@ class Serving:
         return f"http://127.0.0.1:{self.port}"
 
 
-@asynccontextmanager
-async def _serving(tmp_path: Path, database_url: str) -> AsyncIterator[Serving]:
-    settings = make_settings(
+def _settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(
         tmp_path,
         database_url=database_url,
         redis_url=require_service("DEPOT_TEST_REDIS_URL", "Redis"),
@@ -177,6 +177,10 @@ async def _serving(tmp_path: Path, database_url: str) -> AsyncIterator[Serving]:
         # The kill test opens sockets until both processes hold some.
         ws_connections_per_user=MAX_SOCKETS,
     )
+
+
+@asynccontextmanager
+async def _serving(settings: Settings, tmp_path: Path) -> AsyncIterator[Serving]:
     port = free_port()
     async with serve_processes(settings, tmp_path / "serve.log", port, 2) as server:
         yield Serving(server, port, settings, _metrics_directory(server))
@@ -212,12 +216,12 @@ async def serve_processes(
 async def test_workers_share_the_port_the_metrics_and_the_events(
     tmp_path: Path, database_url: str
 ) -> None:
+    settings = _settings(tmp_path, database_url)
     async with AsyncExitStack() as stack:
-        serving = await stack.enter_async_context(_serving(tmp_path, database_url))
-        base_url, directory = serving.base_url, serving.metrics
-        await stack.enter_async_context(
-            in_background(depot_worker(serving.settings, tmp_path / "worker.log"))
+        serving, _ = await start_together(
+            stack, _serving(settings, tmp_path), depot_worker(settings, tmp_path / "worker.log")
         )
+        base_url, directory = serving.base_url, serving.metrics
         requests = 0
         async with httpx.AsyncClient(base_url=base_url, limits=NO_REUSE) as client:
             [before] = await _scrapes(base_url, 1)
@@ -253,11 +257,15 @@ async def test_workers_share_the_port_the_metrics_and_the_events(
 
 
 @pytest.mark.redis
+# Which database the processes use plays no part in their gauges: one is enough.
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 async def test_a_killed_worker_process_leaves_no_live_gauges(
     tmp_path: Path, database_url: str
 ) -> None:
     async with AsyncExitStack() as stack:
-        serving = await stack.enter_async_context(_serving(tmp_path, database_url))
+        serving = await stack.enter_async_context(
+            _serving(_settings(tmp_path, database_url), tmp_path)
+        )
         base_url, directory = serving.base_url, serving.metrics
         client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=base_url, limits=NO_REUSE)

@@ -24,7 +24,14 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.conftest import make_settings
-from tests.processes import depot_serve, depot_worker, free_port, in_background, redis_server
+from tests.processes import (
+    depot_serve,
+    depot_worker,
+    free_port,
+    in_background,
+    redis_server,
+    start_together,
+)
 from tests.support import (
     collect_job_events,
     graphql,
@@ -256,11 +263,10 @@ async def test_the_trace_goes_through_the_queue_to_a_worker(
         )
         receiver = stack.enter_context(otlp_receiver())
         env = otel_env(receiver)
-        await stack.enter_async_context(
-            in_background(depot_serve(settings, tmp_path / "serve.log", port, env=env))
-        )
-        await stack.enter_async_context(
-            in_background(depot_worker(settings, tmp_path / "worker.log", env=env))
+        await start_together(
+            stack,
+            depot_serve(settings, tmp_path / "serve.log", port, env=env),
+            depot_worker(settings, tmp_path / "worker.log", env=env),
         )
         client = await stack.enter_async_context(
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30)
