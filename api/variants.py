@@ -4,8 +4,11 @@
 box, fit, format and quality) into a link bound to the asking credential, as
 a download link is, so nobody can ask for variants Depot did not hand out.
 Each request is checked like a download (``core.downloads.may_download``).
-The first one renders the variant (``workers.variants.render``) in a thread,
-at most ``DEPOT_VARIANT_RENDER_CONCURRENCY`` at once, and keeps it as a
+The first one renders the variant (``workers.variants.render``) in a decoder
+process of its own (``workers.decoders``: a crash or a hang costs that
+process, answered 415 with the reason, never the API's), at most
+``DEPOT_VARIANT_RENDER_CONCURRENCY`` at once, each within
+``DEPOT_VARIANT_RENDER_SECONDS``, and keeps it as a
 file of the source's owner derived from the source, at
 ``.variants/<source id>/<variant name>`` (it counts against the quota and
 follows its source to the trash); every later request is served from that
@@ -15,9 +18,9 @@ changes).
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import anyio
 from sqlmodel import col, select
@@ -30,8 +33,10 @@ from core.downloads import may_download
 from core.errors import Conflict, QuotaExceeded
 from core.models import File
 from core.uploads import Produced, store_upload
+from workers.decoders import run_isolated
 from workers.errors import JobFailed
 from workers.images import chunks_of
+from workers.media_limits import MediaLimits, known_excess
 from workers.variants import VariantSpec, render
 
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -58,6 +63,8 @@ async def variant(request: Request) -> Response:
             return _error(410, _GONE)
         path = variant_path(source.id, spec)
         made = await _stored(db, source, path)
+    if made is None and (excess := known_excess(source, MediaLimits.of(request.state.settings))):
+        return _error(415, excess)  # the probe already showed it: nothing to spool
     if made is None:
         # No connection is held while it renders (or waits its turn to).
         try:
@@ -92,16 +99,20 @@ async def _render(request: Request, source: File, spec: VariantSpec, path: str) 
     settings = request.state.settings
     storage = request.state.storage
     limiter: anyio.CapacityLimiter = request.state.variant_limiter
+    limits = MediaLimits.of(settings)
     with tempfile.TemporaryDirectory(prefix="depot-variant-") as scratch:
         spooled, out = Path(scratch) / "source", Path(scratch) / spec.name
         async with await anyio.open_file(spooled, "wb") as handle:
             async for chunk in storage.open(source.storage_key):
                 await handle.write(chunk)
 
-        def work() -> Any:
-            return render(spooled, source.path, settings.image_max_pixels, spec, out)
-
-        image = await anyio.to_thread.run_sync(work, limiter=limiter)
+        async with limiter:
+            width, height = await run_isolated(
+                functools.partial(render, spooled, source.path, limits, spec, out),
+                name=source.path,
+                seconds=settings.variant_render_seconds,
+                setting="DEPOT_VARIANT_RENDER_SECONDS",
+            )
         async with request.state.sessionmaker() as db:
             try:
                 return await store_upload(
@@ -112,7 +123,7 @@ async def _render(request: Request, source: File, spec: VariantSpec, path: str) 
                     path,
                     Produced(chunks_of(out)),
                     derived_from=source.id,
-                    meta={"width": image.width, "height": image.height},
+                    meta={"width": width, "height": height},
                 )
             except Conflict:
                 # Another request rendered the same variant first.

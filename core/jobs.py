@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -69,6 +69,7 @@ async def create_job(
     max_attempts: int,
     idempotency_key: str | None = None,
     traceparent: str | None = None,
+    check_file: Callable[[File], None] | None = None,
 ) -> tuple[Job, bool]:
     """Record a queued job reading the owner's live files ``input_ids``; commits.
 
@@ -76,6 +77,7 @@ async def create_job(
     owner, the job it named and ``False``. An input that is missing, someone
     else's or in the trash is ``NOT_FOUND`` / ``CONFLICT``. ``traceparent``:
     the trace of the request starting it, which its attempts continue.
+    ``check_file``: the kind's look at each input (it raises ``BadUserInput``).
     """
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -90,6 +92,8 @@ async def create_job(
         file = await files.get_owned_file(db, owner_id, file_id)
         if file.trashed_at is not None:
             raise Conflict(f"The file {file.path!r} is in the trash; restore it first.")
+        if check_file is not None:
+            check_file(file)
     job = Job(
         owner_id=owner_id,
         kind=kind,

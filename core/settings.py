@@ -448,8 +448,9 @@ class Settings(BaseSettings):
         default=2,
         ge=1,
         le=64,
-        description="Variants `depot serve` renders at once (in threads, never on the event "
-        "loop); more wait. One per core keeps requests for cached variants answered.",
+        description="Variants `depot serve` renders at once (each in a decoder process of its "
+        "own, never on the event loop); more wait. One per core keeps requests for cached "
+        "variants answered.",
     )
     derivatives_follow_source: bool = Field(
         default=True,
@@ -462,6 +463,52 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest video or sound a `transcode` job takes on: four hours covers a "
         "film or a recorded meeting, and bounds what one job can make a worker spend.",
+    )
+    media_max_frames: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Most video frames a `transcode` decodes: four hours at 60 fps fit, and it "
+        "holds when a file's timestamps lie about its length.",
+    )
+    media_max_video_pixels: int = Field(
+        default=7680 * 4320,
+        ge=1,
+        description="Largest video frame (width x height) a job or a variant decodes: 8K. "
+        "Checked on every decoded frame too, since a stream may change size midway.",
+    )
+    media_max_pdf_pages: int = Field(
+        default=5000,
+        ge=1,
+        description="Most pages a PDF may have to be read: any book or manual fits; a page tree "
+        "far larger is more likely made to exhaust the parser.",
+    )
+    media_max_render_pixels: int = Field(
+        default=4096 * 4096,
+        ge=1,
+        description="Most pixels a PDF page is rendered at; a larger page is rendered smaller, "
+        "never refused. 4096 x 4096 is the largest thumbnail of a square page.",
+    )
+    media_picture_seconds: float = Field(
+        default=120,
+        gt=0,
+        le=3600,
+        description="Time a decoder process gets for one picture of a `thumbnails` or "
+        "`convert` job (decoding and encoding): a 50-megapixel photo to AVIF takes well "
+        "under it; a file that takes longer is cut off and the job fails.",
+    )
+    media_transcode_seconds: float = Field(
+        default=3000,
+        gt=0,
+        le=86400,
+        description="Time a decoder process gets for a `transcode`: under the kind's 3600 s "
+        "job limit, so the decoder's own limit, and its message, come first.",
+    )
+    variant_render_seconds: float = Field(
+        default=30,
+        gt=0,
+        le=600,
+        description="Time a decoder process gets to render an image variant; a request waits "
+        "for it, so it is short. Past it the request is answered 415.",
     )
     archive_max_entries: int = Field(
         default=10_000, ge=1, description="Most entries an archive may have to be extracted."

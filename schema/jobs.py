@@ -78,7 +78,9 @@ class JobMutation:
         user = info.context.require_principal().user
         await count(info.context, Action.JOB)
         kind, requested = job_request(input)
-        params = dump(kind.check(requested, info.context.settings))
+        settings = info.context.settings
+        checked = kind.check(requested, settings)
+        params = dump(checked)
         async with info.context.db() as db:
             job, created = await jobs.create_job(
                 db,
@@ -89,6 +91,7 @@ class JobMutation:
                 max_attempts=kind.max_attempts,
                 idempotency_key=idempotency_key,
                 traceparent=current_traceparent(),
+                check_file=lambda file: kind.check_file(checked, file, settings),
             )
         # The row says "sent" from the start (one write less); if the send
         # fails, it says "unsent" again so that maintenance sends it soon.

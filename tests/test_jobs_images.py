@@ -344,10 +344,17 @@ async def test_images_over_the_pixel_limit_fail_before_decoding(
     headers = await sign_up(client)
     real = await upload_file(client, headers, "real.png", noise_png((120, 100)))
     # Headers alone: had they been decoded, these would fail as truncated instead.
+    # The probe makes nothing of them (truncated; a bomb), so they fail in the decoder.
     claiming = await upload_file(client, headers, "claims.png", png_claiming(3000, 3000))
     bomb = await upload_file(client, headers, "bomb.png", png_claiming(100_000, 100_000))
-    job = await run_job(client, headers, {"thumbnails": {"fileId": real["id"], "sizes": [8]}})
-    assert_failed(job, "'real.png' is 120x100 pixels, more than the 10000 pixels")
+    # The probe saw the real one's size: refused at start, no job made.
+    body = await try_start_job(
+        client, headers, {"thumbnails": {"fileId": real["id"], "sizes": [8]}}
+    )
+    assert_error(body, "BAD_USER_INPUT", field="fileId")
+    assert (
+        "'real.png' is 120x100 pixels, more than the 10000 pixels" in body["errors"][0]["message"]
+    )
     job = await run_job(client, headers, {"convert": {"fileId": claiming["id"], "format": "PNG"}})
     assert_failed(job, "'claims.png' is 3000x3000 pixels", "DEPOT_IMAGE_MAX_PIXELS")
     job = await run_job(client, headers, {"thumbnails": {"fileId": bomb["id"], "sizes": [8]}})

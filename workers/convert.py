@@ -5,27 +5,40 @@ format the path already names (re-encoding a JPEG at another quality, or to
 apply its EXIF orientation) writes ``photos/cat (converted).jpg`` beside it.
 A path already in use fails the job. ``quality`` (1..100, default 85) applies
 to JPEG, WebP and AVIF only. HEIC and AVIF photos are read too. See
-:mod:`workers.images` for what is read and how.
+:mod:`workers.images` for what is read and how; decoding and encoding run in
+a decoder process (:mod:`workers.decoders`) within
+``DEPOT_MEDIA_PICTURE_SECONDS``.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final
 
-import anyio
-
 from core.errors import BadUserInput
+from core.models import File
 from core.settings import Settings
 from workers.context import JobContext
-from workers.images import EXTENSIONS, LOSSY, ImageFormat, decode, ensure_paths_free, stem_of, store
+from workers.decoders import run_isolated
+from workers.images import (
+    EXTENSIONS,
+    LOSSY,
+    ImageFormat,
+    decode,
+    encode,
+    ensure_paths_free,
+    stem_of,
+    store,
+)
 from workers.kind import Kind
+from workers.media_limits import MediaLimits, known_excess
 from workers.params import Doc, FileId, load
 
-# The share of the progress bar that reading and decoding the source stands for.
-DECODED: Final = 0.5
+# The share of the progress bar that decoding and encoding (in a decoder process) stand for.
+DECODED: Final = 0.8
 
 
 @dataclass(frozen=True)
@@ -53,28 +66,38 @@ def output_path(source_path: str, output_format: ImageFormat) -> str:
     return f"{stem} (converted).{extension}" if converted == source_path else converted
 
 
+def _make(
+    source: Path, name: str, limits: MediaLimits, params: Params, out: Path
+) -> tuple[int, int]:
+    """Decode the image and encode it into ``out``; its size. Runs in a decoder process."""
+    picture = decode(source, name, limits.image_pixels)
+    encode(picture.image, params.format, out, quality=params.quality, icc=picture.icc_profile)
+    return picture.image.size
+
+
+def check_file(params: Params, file: File, settings: Settings) -> None:
+    if excess := known_excess(file, MediaLimits.of(settings)):
+        raise BadUserInput(excess, field="fileId")
+
+
 async def run(ctx: JobContext) -> None:
     [file] = await ctx.inputs()
     params = load(Params, ctx.params)
-    output_format = params.format
-    path = output_path(file.path, output_format)
+    path = output_path(file.path, params.format)
     await ensure_paths_free(ctx, [path])
     await ctx.progress(0.0, f"Reading {file.name}")
-    max_pixels = ctx.settings.image_max_pixels
-    async with ctx.spool(file) as spooled:
-        source = await anyio.to_thread.run_sync(lambda: decode(spooled, file.path, max_pixels))
-    await ctx.progress(DECODED, f"Read {file.name} ({source.width}x{source.height})")
+    limits = MediaLimits.of(ctx.settings)
     with tempfile.TemporaryDirectory(prefix="depot-convert-") as scratch:
-        await store(
-            ctx,
-            source.image,
-            path,
-            output_format,
-            Path(scratch),
-            quality=params.quality,
-            icc=source.icc_profile,
-            derived_from=file,
-        )
+        out = Path(scratch) / f"output.{EXTENSIONS[params.format]}"
+        async with ctx.spool(file) as spooled:
+            size = await run_isolated(
+                functools.partial(_make, spooled, file.path, limits, params, out),
+                name=file.path,
+                seconds=ctx.settings.media_picture_seconds,
+                setting="DEPOT_MEDIA_PICTURE_SECONDS",
+            )
+        await ctx.progress(DECODED, f"Read {file.name} ({size[0]}x{size[1]})")
+        await store(ctx, out, path, size, derived_from=file)
     await ctx.progress(1.0, f"Made {path}")
 
 
@@ -83,6 +106,7 @@ KIND = Kind(
     params=Params,
     run=run,
     check=check,
+    check_file=check_file,
     time_limit_seconds=300,
     max_attempts=3,
 )

@@ -1,6 +1,7 @@
 """What the image kinds share: opening untrusted images safely, and encoding their outputs.
 
-Opening, as ``thumbnails`` and ``convert`` do it (in a worker thread):
+Opening, as ``thumbnails`` and ``convert`` do it (in a decoder process,
+:mod:`workers.decoders`):
 
 - only the formats in :data:`READ_FORMATS` are tried — PNG, JPEG, WebP, GIF,
   BMP, HEIF/HEIC (phone photos, through pillow-heif's bundled libheif) and
@@ -19,7 +20,8 @@ Opening, as ``thumbnails`` and ``convert`` do it (in a worker thread):
   and encoding need not care where an image came from. Animated GIF and WebP
   images give their first frame.
 
-Outputs are encoded to a temporary file, then streamed to storage in chunks:
+Outputs are encoded to a temporary file (in the decoder process), then streamed
+to storage in chunks by the job:
 never a whole output in memory. They carry no EXIF (no location leaks into a
 thumbnail), but keep the source's ICC colour profile.
 """
@@ -257,24 +259,12 @@ async def ensure_paths_free(ctx: JobContext, paths: list[str]) -> None:
 
 
 async def store(
-    ctx: JobContext,
-    image: Image.Image,
-    path: str,
-    output_format: ImageFormat,
-    scratch: Path,
-    *,
-    quality: int | None,
-    icc: bytes | None,
-    derived_from: File,
+    ctx: JobContext, out: Path, path: str, size: tuple[int, int], *, derived_from: File
 ) -> File:
-    """Encode ``image`` into a temporary file under ``scratch``, then stream it to ``path``,
-    a derivative of the file ``derived_from``."""
-    out = scratch / f"output.{EXTENSIONS[output_format]}"
-    await anyio.to_thread.run_sync(
-        lambda: encode(image, output_format, out, quality=quality, icc=icc)
-    )
+    """Stream the picture a decoder encoded into ``out`` to ``path``, a derivative of the
+    file ``derived_from`` of ``size`` pixels; ``out`` is removed either way."""
     try:
-        meta = {"width": image.width, "height": image.height}
+        meta = {"width": size[0], "height": size[1]}
         return await ctx.create_output(path, chunks_of(out), meta=meta, derived_from=derived_from)
     finally:
-        out.unlink(missing_ok=True)
+        await anyio.Path(out).unlink(missing_ok=True)

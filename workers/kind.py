@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from workers.params import input_files
 
 if TYPE_CHECKING:
+    from core.models import File
     from core.settings import Settings
     from workers.context import JobContext
 
@@ -22,6 +23,10 @@ if TYPE_CHECKING:
 def accept(params: Any, settings: Settings) -> Any:
     """The ``check`` of a kind whose declared types say all there is to check."""
     return params
+
+
+def accept_file(params: Any, file: File, settings: Settings) -> None:
+    """The ``check_file`` of a kind that reads any file."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,9 @@ class Kind:
     what the job row stores. ``params`` is the dataclass of its parameters
     (see :mod:`workers.params`); ``check`` takes them as the client gave them
     and returns them as the job keeps them, raising ``BadUserInput`` for a bad
-    value; ``run`` does the work. An attempt longer than
+    value; ``check_file`` looks at each input file as the job starts (its
+    probed ``meta`` included), raising ``BadUserInput`` for one the job could
+    only fail on; ``run`` does the work. An attempt longer than
     ``time_limit_seconds`` fails; one that meets a transient error is tried
     again, up to ``max_attempts`` in all.
     """
@@ -41,6 +48,7 @@ class Kind:
     params: type[Any]
     run: Callable[[JobContext], Awaitable[None]]
     check: Callable[[Any, Settings], Any] = accept
+    check_file: Callable[[Any, File, Settings], None] = accept_file
     time_limit_seconds: float = 600
     max_attempts: int = 3
 

@@ -9,25 +9,30 @@ and other images (GIF, BMP) PNG. ``page`` picks a PDF's page (the first by
 default), ``atSeconds`` a video's frame (by default a tenth of the way in). A
 path already in use fails the whole job, and what it made so far is removed.
 See :mod:`workers.images` and :mod:`workers.visuals` for what is read and how
-safely.
+safely; the decoding and encoding run in a decoder process of their own
+(:mod:`workers.decoders`), within ``DEPOT_MEDIA_PICTURE_SECONDS``. A file
+whose probed metadata is already beyond a bound (``workers.media_limits``) is
+refused at start.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final
 
-import anyio
-
 from core.errors import BadUserInput
+from core.models import File
 from core.settings import Settings
 from workers.context import JobContext
+from workers.decoders import run_isolated
 from workers.images import (
     EXTENSIONS,
     ImageFormat,
     default_format,
+    encode,
     ensure_paths_free,
     resized,
     stem_of,
@@ -35,6 +40,7 @@ from workers.images import (
     target_size,
 )
 from workers.kind import Kind
+from workers.media_limits import MediaLimits, known_excess
 from workers.params import Doc, FileId, load
 from workers.visuals import decode_visual
 
@@ -42,8 +48,8 @@ MAX_SIZES: Final = 10
 MAX_SIDE: Final = 4096
 # A week of video: beyond any file a job would read.
 MAX_AT_SECONDS: Final = 7 * 24 * 3600
-# The share of the progress bar that reading and decoding the source stands for.
-DECODED: Final = 0.2
+# The share of the progress bar that decoding and encoding (in a decoder process) stand for.
+DECODED: Final = 0.8
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,44 @@ def output_path(source_path: str, size: int, output_format: ImageFormat) -> str:
     return f"{stem_of(source_path)}@{size}.{EXTENSIONS[output_format]}"
 
 
+@dataclass(frozen=True)
+class _Made:
+    """What a decoder process made: the thumbnails' format and each one's size, in order."""
+
+    format: ImageFormat
+    width: int
+    height: int
+    sizes: list[tuple[int, int]]
+
+
+def _make(source: Path, name: str, limits: MediaLimits, params: Params, scratch: Path) -> _Made:
+    """Decode the picture and encode each thumbnail to ``scratch/<index>.<extension>``.
+
+    Runs in a decoder process (``workers.decoders``).
+    """
+    picture = decode_visual(
+        source,
+        name,
+        limits,
+        fit=max(params.sizes),
+        page=params.page,
+        at_seconds=params.at_seconds,
+    )
+    output_format = params.format or default_format(picture.format)
+    sizes = []
+    for index, size in enumerate(params.sizes):
+        target = target_size(picture.width, picture.height, size)
+        out = scratch / f"{index}.{EXTENSIONS[output_format]}"
+        encode(resized(picture, target), output_format, out, quality=None, icc=picture.icc_profile)
+        sizes.append(target)
+    return _Made(output_format, picture.width, picture.height, sizes)
+
+
+def check_file(params: Params, file: File, settings: Settings) -> None:
+    if excess := known_excess(file, MediaLimits.of(settings)):
+        raise BadUserInput(excess, field="fileId")
+
+
 async def run(ctx: JobContext) -> None:
     [file] = await ctx.inputs()
     params = load(Params, ctx.params)
@@ -94,38 +138,24 @@ async def run(ctx: JobContext) -> None:
     if asked is not None:
         await ensure_paths_free(ctx, [output_path(file.path, size, asked) for size in sizes])
     await ctx.progress(0.0, f"Reading {file.name}")
-    max_pixels = ctx.settings.image_max_pixels
-    async with ctx.spool(file) as spooled:
-        source = await anyio.to_thread.run_sync(
-            lambda: decode_visual(
-                spooled,
-                file.path,
-                max_pixels,
-                fit=max(sizes),
-                page=params.page,
-                at_seconds=params.at_seconds,
+    limits = MediaLimits.of(ctx.settings)
+    with tempfile.TemporaryDirectory(prefix="depot-thumbnails-") as directory:
+        scratch = Path(directory)
+        async with ctx.spool(file) as spooled:
+            made = await run_isolated(
+                functools.partial(_make, spooled, file.path, limits, params, scratch),
+                name=file.path,
+                seconds=ctx.settings.media_picture_seconds,
+                setting="DEPOT_MEDIA_PICTURE_SECONDS",
             )
-        )
-    output_format = asked or default_format(source.format)
-    paths = [output_path(file.path, size, output_format) for size in sizes]
-    if asked is None:
-        await ensure_paths_free(ctx, paths)
-    await ctx.progress(DECODED, f"Read {file.name} ({source.width}x{source.height})")
-    with tempfile.TemporaryDirectory(prefix="depot-thumbnails-") as scratch:
-        for done, (size, path) in enumerate(zip(sizes, paths, strict=True), start=1):
-            target = target_size(source.width, source.height, size)
-            image = await anyio.to_thread.run_sync(resized, source, target)
-            await store(
-                ctx,
-                image,
-                path,
-                output_format,
-                Path(scratch),
-                quality=None,
-                icc=source.icc_profile,
-                derived_from=file,
-            )
-            await ctx.progress(DECODED + (1 - DECODED) * done / len(sizes), f"Made {path}")
+        paths = [output_path(file.path, size, made.format) for size in sizes]
+        if asked is None:
+            await ensure_paths_free(ctx, paths)
+        await ctx.progress(DECODED, f"Read {file.name} ({made.width}x{made.height})")
+        for index, (path, size) in enumerate(zip(paths, made.sizes, strict=True)):
+            out = scratch / f"{index}.{EXTENSIONS[made.format]}"
+            await store(ctx, out, path, size, derived_from=file)
+            await ctx.progress(DECODED + (1 - DECODED) * (index + 1) / len(sizes), f"Made {path}")
 
 
 KIND = Kind(
@@ -133,6 +163,7 @@ KIND = Kind(
     params=Params,
     run=run,
     check=check,
+    check_file=check_file,
     time_limit_seconds=300,
     max_attempts=3,
 )

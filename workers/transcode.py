@@ -12,15 +12,20 @@ Every encoder comes with PyAV's wheel (FFmpeg's libraries); nothing is
 installed on the system. ``clips/a.mov`` to MP4 becomes ``clips/a.mp4`` (the
 same path again: ``clips/a (transcoded).mp4``). ``maxHeight`` scales a video
 down (never up), keeping its aspect; ``quality`` picks a preset. Progress
-follows the source's timeline, and a cancel stops the encoder at the next
-frame. A source longer than ``DEPOT_MEDIA_MAX_SECONDS`` or with frames of more
-than ``DEPOT_IMAGE_MAX_PIXELS`` fails before anything is encoded. The output
+follows the source's timeline, and a cancel kills the encoder at its next
+report (four a second). The work runs in a decoder process of its own
+(:mod:`workers.decoders`) within ``DEPOT_MEDIA_TRANSCODE_SECONDS``. A source
+longer than ``DEPOT_MEDIA_MAX_SECONDS``, of more frames than
+``DEPOT_MEDIA_MAX_FRAMES`` or with frames of more than
+``DEPOT_MEDIA_MAX_VIDEO_PIXELS`` is refused at start when its probed metadata
+says so, and fails as soon as decoding shows it otherwise. The output
 gets the probe's metadata (duration, size, codecs) as any upload does.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import tempfile
 import time
 from dataclasses import dataclass
@@ -28,17 +33,18 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import anyio
-import anyio.from_thread
 import av
 import av.error
 
 from core.errors import BadUserInput
+from core.models import File
 from core.settings import Settings
 from workers.context import JobContext
+from workers.decoders import run_isolated
 from workers.errors import JobFailed
 from workers.images import chunks_of, ensure_paths_free, stem_of
 from workers.kind import Kind
+from workers.media_limits import MediaLimits, known_excess
 from workers.params import Doc, FileId, load
 
 
@@ -125,56 +131,51 @@ async def run(ctx: JobContext) -> None:
     path = output_path(file.path, params.format)
     await ensure_paths_free(ctx, [path])
     await ctx.progress(0.0, f"Reading {file.name}")
-    limits = _Limits(ctx.settings.media_max_seconds, ctx.settings.image_max_pixels)
-
-    def report(fraction: float, message: str) -> None:
-        # From the encoding thread: raises JobCancelled there when the owner cancelled.
-        anyio.from_thread.run(ctx.progress, fraction, message)
-
+    limits = MediaLimits.of(ctx.settings)
     with tempfile.TemporaryDirectory(prefix="depot-transcode-") as scratch:
         out = Path(scratch) / f"output.{RECIPES[params.format].extension}"
         async with ctx.spool(file) as spooled:
-            await anyio.to_thread.run_sync(
-                lambda: _transcode(spooled, out, file.path, params, limits, report)
+            # Each report is awaited here: a cancel raises JobCancelled and kills the encoder.
+            await run_isolated(
+                functools.partial(_transcode, spooled, out, file.path, params, limits),
+                name=file.path,
+                seconds=ctx.settings.media_transcode_seconds,
+                setting="DEPOT_MEDIA_TRANSCODE_SECONDS",
+                progress=ctx.progress,
             )
         await ctx.create_output(path, chunks_of(out), derived_from=file)
     await ctx.progress(1.0, f"Made {path}")
 
 
-@dataclass(frozen=True)
-class _Limits:
-    max_seconds: float
-    max_pixels: int
+def check_file(params: Params, file: File, settings: Settings) -> None:
+    if excess := known_excess(file, MediaLimits.of(settings), timeline=True):
+        raise BadUserInput(excess, field="fileId")
 
 
 def _transcode(
-    source: Path, out: Path, name: str, params: Params, limits: _Limits, report: Any
+    source: Path, out: Path, name: str, params: Params, limits: MediaLimits, report: Any
 ) -> None:
-    """Decode ``source`` and encode it into ``out``. Blocking: run it in a worker thread."""
+    """Decode ``source`` and encode it into ``out``. Runs in a decoder process."""
     recipe = RECIPES[params.format]
     try:
         with av.open(str(source)) as inp:
             video_in = inp.streams.video[0] if inp.streams.video else None
             audio_in = inp.streams.audio[0] if inp.streams.audio else None
             duration = inp.duration / av.time_base if inp.duration else None
-            if duration is not None and duration > limits.max_seconds:
-                raise JobFailed(
-                    f"{name!r} lasts {duration:.0f} s, more than the {limits.max_seconds:g} s a "
-                    "file may have to be transcoded (DEPOT_MEDIA_MAX_SECONDS)."
-                )
+            if duration is not None and (excess := limits.duration(name, duration)):
+                raise JobFailed(excess)
             if recipe.video is not None and video_in is None:
                 raise JobFailed(f"{name!r} has no video to make a {params.format.name} of.")
             if recipe.video is None and audio_in is None:
                 raise JobFailed(f"{name!r} has no sound to make a {params.format.name} of.")
             if video_in is not None and recipe.video is not None:
                 width, height = video_in.codec_context.width, video_in.codec_context.height
-                if width * height > limits.max_pixels:
-                    raise JobFailed(
-                        f"{name!r} is {width}x{height} pixels a frame, more than the "
-                        f"{limits.max_pixels} a picture may have (DEPOT_IMAGE_MAX_PIXELS)."
-                    )
+                if excess := limits.frame(name, width, height):
+                    raise JobFailed(excess)
             with av.open(str(out), "w", format=recipe.container) as output:
-                _Encoder(inp, output, recipe, params, video_in, audio_in, duration, report).run()
+                _Encoder(inp, output, recipe, params, video_in, audio_in, duration, report).run(
+                    name, limits
+                )
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise JobFailed(f"{name!r} is not a video or sound file Depot can read: {exc}.") from None
 
@@ -239,14 +240,21 @@ class _Encoder:
             }
         return stream
 
-    def run(self) -> None:
+    def run(self, name: str, limits: MediaLimits) -> None:
         streams = [s for s in (self._video_in, self._audio_in) if s is not None]
         for packet in self._inp.demux(*streams):
             for frame in packet.decode():
                 if packet.stream is self._video_in:
+                    # What the headers said may be a lie: each frame is held to the bounds.
+                    excess = limits.frame(name, frame.width, frame.height)
+                    excess = excess or limits.frame_count(name, self._frames + 1)
+                    if excess:
+                        raise JobFailed(excess)
                     self._encode_video(frame)
                 else:
                     self._encode_audio(frame)
+                if excess := limits.duration(name, frame.time or 0.0):
+                    raise JobFailed(excess)
                 self._progress(frame)
         if self._video_out is not None:
             self._mux(self._video_out, self._video_out.encode(None))
@@ -293,6 +301,7 @@ KIND = Kind(
     params=Params,
     run=run,
     check=check,
+    check_file=check_file,
     time_limit_seconds=3600,
     max_attempts=2,
 )

@@ -1,10 +1,11 @@
 """Image variants: a file's picture at a size, fitted, in a format (``File.imageUrl``).
 
 The API renders a variant on its first request (``api/variants.py``) with
-:func:`render`, in a worker thread of a bounded pool, and keeps it as a file
+:func:`render`, in a decoder process (:mod:`workers.decoders`), a bounded
+number at once, within ``DEPOT_VARIANT_RENDER_SECONDS``, and keeps it as a file
 derived from its source; later requests are served from it. The picture is
 what ``thumbnails`` reads (:func:`workers.visuals.decode_visual`): an image,
-a PDF's first page, a video's poster frame, under the same pixel limit.
+a PDF's first page, a video's poster frame, under the same limits.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 from PIL import Image, ImageOps
 
 from workers.images import EXTENSIONS, ImageFormat, encode
+from workers.media_limits import MediaLimits
 from workers.visuals import decode_visual
 
 
@@ -73,17 +75,19 @@ class VariantSpec:
         return f"{sides}-{self.fit}{quality}.{EXTENSIONS[self.format]}"
 
 
-def render(source: Path, name: str, max_pixels: int, spec: VariantSpec, out: Path) -> Image.Image:
-    """Write the variant of the file at ``source`` to ``out``; returns its picture.
+def render(
+    source: Path, name: str, limits: MediaLimits, spec: VariantSpec, out: Path
+) -> tuple[int, int]:
+    """Write the variant of the file at ``source`` to ``out``; returns its size.
 
-    Never enlarged: a box beyond the picture keeps its size. Blocking: run it
-    in a worker thread.
+    Never enlarged: a box beyond the picture keeps its size. Runs in a decoder
+    process (``workers.decoders``).
     """
     box = max(spec.width or 0, spec.height or 0)
-    picture = decode_visual(source, name, max_pixels, fit=box)
+    picture = decode_visual(source, name, limits, fit=box)
     image = fitted(picture.image, spec)
     encode(image, spec.format, out, quality=spec.quality, icc=picture.icc_profile)
-    return image
+    return image.size
 
 
 def fitted(image: Image.Image, spec: VariantSpec) -> Image.Image:

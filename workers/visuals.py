@@ -7,14 +7,16 @@ the kind of file from its bytes (never its name) and hands back an upright
 - **images** as :func:`workers.images.decode` reads them;
 - **PDFs** through pypdfium2 (PDFium, bundled in its wheel): the page asked
   for (the first by default) rendered so its longest side is the largest
-  thumbnail asked for, and never more pixels than ``image_max_pixels``. An
-  encrypted or damaged PDF fails the job;
+  thumbnail asked for, and never more pixels than ``render_pixels`` (smaller,
+  not refused); a PDF of more than ``pdf_pages`` pages, an encrypted or a
+  damaged one fails;
 - **videos** through PyAV (FFmpeg's libraries, bundled in its wheel): the
   frame at the time asked for, by default a tenth of the way in (the first
-  frame is often black). The frame's size is checked against
-  ``image_max_pixels`` before anything is decoded.
+  frame is often black). The stream's frame size is checked against
+  ``video_pixels`` before anything is decoded, and each decoded frame's too.
 
-Blocking: run them in a worker thread.
+The bounds are :class:`workers.media_limits.MediaLimits`. Blocking, and fed
+hostile bytes: callers run it in a decoder process (:mod:`workers.decoders`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from PIL import Image
 from core.content import HEAD_BYTES, sniff
 from workers.errors import JobFailed
 from workers.images import Source, decode
+from workers.media_limits import MediaLimits
 
 PDF: Final = "application/pdf"
 # A video's default frame: this share of the way in.
@@ -49,7 +52,7 @@ def is_visual_document(content_type: str) -> bool:
 def decode_visual(
     path: Path,
     name: str,
-    max_pixels: int,
+    limits: MediaLimits,
     *,
     fit: int | None = None,
     page: int | None = None,
@@ -66,23 +69,25 @@ def decode_visual(
     if kind == PDF:
         if at_seconds is not None:
             raise JobFailed(f"{name!r} is a PDF: choose a page, not a time.")
-        return _pdf_page(path, name, max_pixels, fit or DEFAULT_PAGE_SIDE, page or 1)
+        return _pdf_page(path, name, limits, fit or DEFAULT_PAGE_SIDE, page or 1)
     if kind.startswith("video/"):
         if page is not None:
             raise JobFailed(f"{name!r} is a video: choose a time, not a page.")
-        return _video_frame(path, name, max_pixels, at_seconds)
+        return _video_frame(path, name, limits, at_seconds)
     if page is not None or at_seconds is not None:
         raise JobFailed(f"{name!r} is neither a PDF nor a video: it has no page or time.")
-    return decode(path, name, max_pixels, fit=fit)
+    return decode(path, name, limits.image_pixels, fit=fit)
 
 
-def _pdf_page(path: Path, name: str, max_pixels: int, side: int, number: int) -> Source:
+def _pdf_page(path: Path, name: str, limits: MediaLimits, side: int, number: int) -> Source:
     try:
         document = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
         raise JobFailed(f"{name!r} is not a PDF Depot can read: {exc}.") from None
     try:
         count = len(document)
+        if excess := limits.pages(name, count):
+            raise JobFailed(excess)
         if not 1 <= number <= count:
             raise JobFailed(f"{name!r} has {count} page(s); there is no page {number}.")
         pdf_page = document[number - 1]
@@ -92,8 +97,8 @@ def _pdf_page(path: Path, name: str, max_pixels: int, side: int, number: int) ->
                 raise JobFailed(f"Page {number} of {name!r} has no area.")
             scale = side / max(width, height)
             pixels = width * scale * height * scale
-            if pixels > max_pixels:
-                scale *= (max_pixels / pixels) ** 0.5
+            if pixels > limits.render_pixels:
+                scale *= (limits.render_pixels / pixels) ** 0.5
             image = pdf_page.render(scale=scale).to_pil()
         finally:
             pdf_page.close()
@@ -103,25 +108,22 @@ def _pdf_page(path: Path, name: str, max_pixels: int, side: int, number: int) ->
     return Source(image=rgb, format="PDF", width=rgb.width, height=rgb.height, icc_profile=None)
 
 
-def _video_frame(path: Path, name: str, max_pixels: int, at_seconds: float | None) -> Source:
+def _video_frame(path: Path, name: str, limits: MediaLimits, at_seconds: float | None) -> Source:
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise JobFailed(f"{name!r} has no video stream to take a picture of.")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
-            if width * height > max_pixels:
-                raise JobFailed(
-                    f"{name!r} is {width}x{height} pixels, more than the {max_pixels} pixels "
-                    "a picture may have (DEPOT_IMAGE_MAX_PIXELS)."
-                )
+            if excess := limits.frame(name, width, height):
+                raise JobFailed(excess)
             duration = _duration(container, stream)
             if at_seconds is not None and duration is not None and at_seconds > duration:
                 raise JobFailed(
                     f"{name!r} lasts {duration:.3g} s; there is nothing at {at_seconds} s."
                 )
             at = at_seconds if at_seconds is not None else (duration or 0) * DEFAULT_VIDEO_POSITION
-            image = _frame_at(container, stream, at)
+            image = _frame_at(container, stream, at, name, limits)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
         raise JobFailed(f"{name!r} is not a video Depot can read: {exc}.") from None
     if image is None:
@@ -139,7 +141,11 @@ def _duration(container: av.container.InputContainer, stream: av.VideoStream) ->
 
 
 def _frame_at(
-    container: av.container.InputContainer, stream: av.VideoStream, at: float
+    container: av.container.InputContainer,
+    stream: av.VideoStream,
+    at: float,
+    name: str,
+    limits: MediaLimits,
 ) -> Image.Image | None:
     """The first frame shown at or after ``at`` seconds (the last one, if the video ends first)."""
     if at > 0 and stream.time_base is not None:
@@ -147,6 +153,8 @@ def _frame_at(
         container.seek(int(Fraction(at) / stream.time_base), stream=stream, backward=True)
     last: av.VideoFrame | None = None
     for decoded, frame in enumerate(container.decode(stream)):
+        if excess := limits.frame(name, frame.width, frame.height):
+            raise JobFailed(excess)
         last = frame
         if frame.time is None or frame.time >= at - 1e-6 or decoded >= MAX_FRAMES_AFTER_SEEK:
             break
