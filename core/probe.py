@@ -191,11 +191,9 @@ def _pdf(file: _Sparse) -> dict[str, Any]:
     try:
         found: dict[str, Any] = {"pageCount": len(document), "encrypted": False}
         if len(document):
-            page = document[0]
-            try:
-                width, height = page.get_size()
-            finally:
-                page.close()
+            # By index, never by loading the page: loading parses its whole content
+            # stream, and a 2 KB file of nested forms takes minutes to parse.
+            width, height = document.get_page_size(0)
             found["pageWidth"], found["pageHeight"] = round(width, 2), round(height, 2)
         return found
     finally:

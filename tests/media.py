@@ -1,10 +1,13 @@
 """Media files made in the tests themselves: HEIC (pillow-heif), AVIF (Pillow), PDFs
-(Pillow's PDF writer, one page per colour) and videos (PyAV: H.264 in MP4)."""
+(Pillow's PDF writer, one page per colour; or written by hand, hostile) and videos
+(PyAV: H.264 in MP4); and PNG headers claiming any size."""
 
 from __future__ import annotations
 
 import array
 import io
+import struct
+import zlib
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,68 @@ def pdf(*colours: tuple[int, int, int], size: tuple[int, int] = (300, 400)) -> b
     return out.getvalue()
 
 
+def nested_forms_pdf(levels: int, fanout: int = 10) -> bytes:
+    """A one-page PDF of a few KB whose page fills itself ``fanout ** levels`` times.
+
+    Each form XObject draws the one below it ``fanout`` times: PDF's
+    "billion laughs". PDFium renders every fill (about 25 µs each at a
+    thumbnail's size), so 7 levels take minutes: a decoder that must be cut off.
+    """
+    leaf = b"1 0 0 rg 0 0 300 400 re f"
+    bodies = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 300 400] /Contents 4 0 R "
+        b"/Resources << /XObject << /F %d 0 R >> >> >>" % (5 + levels),
+        b"<< /Length 5 >>\nstream\n/F Do\nendstream",
+        b"<< /Type /XObject /Subtype /Form /BBox [0 0 300 400] /Length %d >>\nstream\n" % len(leaf)
+        + leaf
+        + b"\nendstream",
+    ]
+    draw = b"/G Do " * fanout
+    for level in range(1, levels + 1):
+        bodies.append(
+            b"<< /Type /XObject /Subtype /Form /BBox [0 0 300 400] "
+            b"/Resources << /XObject << /G %d 0 R >> >> /Length %d >>\nstream\n"
+            % (4 + level, len(draw))
+            + draw
+            + b"\nendstream"
+        )
+    return _pdf_of(bodies)
+
+
+def _pdf_of(bodies: list[bytes]) -> bytes:
+    """A PDF of these objects (numbered from 1, the first the catalog), with its xref table."""
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(bodies, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n%s\nendobj\n" % (number, body))
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(bodies) + 1))
+    for offset in offsets:
+        out.write(b"%010d 00000 n \n" % offset)
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\n" % (len(bodies) + 1))
+    out.write(b"startxref\n%d\n%%%%EOF\n" % xref)
+    return out.getvalue()
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A well-formed PNG header for a ``width`` x ``height`` RGB image, over 100 bytes of pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(bytes(100)))
+        + png_chunk(b"IEND", b"")
+    )
+
+
 AUDIO_RATE = 44100
 AUDIO_FRAME = 1024
 
@@ -47,11 +112,16 @@ def video(
     size: tuple[int, int] = (160, 120),
     *,
     sound: bool = False,
+    live: bool = False,
 ) -> bytes:
     """An H.264 MP4: black for the first second, then red, green, blue… a second each;
-    with ``sound``, an AAC track of a 440 Hz square wave too."""
+    with ``sound``, an AAC track of a 440 Hz square wave too. ``live``: Matroska
+    written as a live stream instead, whose headers tell no duration."""
     colours = [BLACK, RED, GREEN, BLUE]
-    with av.open(str(path), "w", format="mp4") as container:
+    options = {"live": "1"} if live else {}
+    with av.open(
+        str(path), "w", format="matroska" if live else "mp4", options=options
+    ) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import struct
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.settings import Settings
 from tests.conftest import make_settings
+from tests.media import png_claiming
 from tests.support import (
     USAGE,
     assert_error,
@@ -95,21 +94,6 @@ def noise_png(size: tuple[int, int]) -> bytes:
     """A PNG of random pixels: it barely compresses, so its thumbnails are large too."""
     pixels = Image.frombytes("RGB", size, os.urandom(size[0] * size[1] * 3))
     return encoded(pixels, "PNG")
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A well-formed PNG header for a ``width`` x ``height`` RGB image, over 100 bytes of pixels."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(bytes(100)))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -13,17 +13,21 @@ import io
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from PIL import Image
 
 from core.settings import Settings
 from tests.conftest import make_settings
-from tests.media import BLUE, GREEN, RED, avif, heic, pdf, video
+from tests.media import BLUE, GREEN, RED, avif, heic, nested_forms_pdf, pdf, png_claiming, video
 from tests.support import (
+    USAGE,
+    assert_error,
     bearer,
     follow,
     graphql,
+    leftover_objects,
     output_nodes,
     register,
     run_job,
@@ -34,12 +38,23 @@ from tests.support import (
 pytestmark = pytest.mark.anyio
 
 FILE = "query File($id: ID!) { file(id: $id) { path contentType downloadUrl } }"
+META = "query M($id: ID!) { file(id: $id) { metadata } }"
+IMAGE_URL = "query V($id: ID!) { file(id: $id) { imageUrl(width: 64, fit: CONTAIN, format: PNG) } }"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def overrides() -> dict[str, Any]:
+    """Settings a test changes (``@pytest.mark.parametrize("overrides", [...])``)."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, overrides: dict[str, Any]) -> Settings:
     return make_settings(
-        tmp_path, database_url=database_url, storage_url=(tmp_path / "files").as_uri()
+        tmp_path,
+        database_url=database_url,
+        storage_url=(tmp_path / "files").as_uri(),
+        **overrides,
     )
 
 
@@ -136,6 +151,11 @@ async def test_a_missing_page_or_a_broken_pdf_fails_the_job(client: httpx.AsyncC
     )
     assert job["status"] == "FAILED", job
     assert "has 1 page(s); there is no page 3" in job["error"]
+    # PDFium rebuilds a cross-reference table that points at nonsense: the page is there.
+    repaired = await upload_file(client, headers, "repaired.pdf", broken_xref_pdf(repairable=True))
+    job = await run_job(client, headers, {"thumbnails": {"fileId": repaired["id"], "sizes": [32]}})
+    assert job["status"] == "SUCCEEDED", job
+    assert near(centre(await picture(client, headers, output_nodes(job)[0]["id"])), RED)
     broken = await upload_file(client, headers, "broken.pdf", pdf(RED)[:200])
     job = await run_job(client, headers, {"thumbnails": {"fileId": broken["id"], "sizes": [64]}})
     assert job["status"] == "FAILED", job
@@ -184,11 +204,13 @@ async def test_a_video_poster_avoids_the_black_first_frame(
 # -- hostile media ----------------------------------------------------------------------
 
 
-def broken_xref_pdf() -> bytes:
-    """A PDF whose cross-reference table points at nonsense offsets."""
+def broken_xref_pdf(*, repairable: bool = False) -> bytes:
+    """A PDF whose cross-reference table points at nonsense offsets; unless ``repairable``,
+    its objects are mangled too, so that PDFium cannot rebuild the table by scanning."""
     data = pdf(RED, BLUE)
     start = data.rindex(b"startxref")
-    return data[:start] + b"startxref\n999999999\n%%EOF\n"
+    body = data[:start] if repairable else data[:start].replace(b" obj", b" ojb")
+    return body + b"startxref\n999999999\n%%EOF\n"
 
 
 def bad_heic_header() -> bytes:
@@ -198,32 +220,73 @@ def bad_heic_header() -> bytes:
 
 
 @pytest.mark.parametrize(
-    "name",
-    ["truncated.mp4", "broken-xref.pdf", "bad-header.heic"],
+    ("name", "reason"),
+    [
+        ("truncated.mp4", "not a video Depot can read"),
+        ("broken-xref.pdf", "not a PDF Depot can read"),
+        ("bad-header.heic", "not an image Depot can read"),
+        # Its probe learns nothing (Pillow refuses to open it), so the decoder refuses it.
+        ("huge.png", "too large to decode safely"),
+    ],
 )
 async def test_hostile_media_fails_the_job_and_leaves_nothing(
-    client: httpx.AsyncClient, tmp_path: Path, name: str
+    client: httpx.AsyncClient, tmp_path: Path, settings: Settings, name: str, reason: str
 ) -> None:
     headers = await sign_up(client)
     data = {
-        "truncated.mp4": video(tmp_path / "t.mp4", seconds=3)[:400],
-        "broken-xref.pdf": broken_xref_pdf(),
-        "bad-header.heic": bad_heic_header(),
-    }[name]
+        "truncated.mp4": lambda: video(tmp_path / "t.mp4", seconds=3)[:400],
+        "broken-xref.pdf": broken_xref_pdf,
+        "bad-header.heic": bad_heic_header,
+        "huge.png": lambda: png_claiming(100_000, 100_000),
+    }[name]()
     source = await upload_file(client, headers, name, data)
-    before = await graphql(
-        client, "query { me { usage { usedBytes fileCount } } }", headers=headers
-    )
+    before = await graphql(client, USAGE, headers=headers)
     job = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [64]}})
-    assert job["status"] in ("FAILED", "SUCCEEDED"), job
-    if job["status"] == "SUCCEEDED":
-        # PDFium repairs a broken cross-reference table: the page is still there.
-        assert name == "broken-xref.pdf", job
-        [output] = output_nodes(job)
-        assert near(centre(await picture(client, headers, output["id"])), RED)
-        return
+    assert job["status"] == "FAILED", job
     assert job["attempts"] == 1, "bad input is never retried"
     assert job["outputs"]["totalCount"] == 0
-    assert job["error"], job
-    after = await graphql(client, "query { me { usage { usedBytes fileCount } } }", headers=headers)
-    assert after == before, "usage unchanged"
+    assert f"{name!r}" in job["error"], job
+    assert reason in job["error"], job
+    assert await graphql(client, USAGE, headers=headers) == before, "usage unchanged"
+    assert len(leftover_objects(settings)) == 1, "only the source is stored"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"media_picture_seconds": 1, "variant_render_seconds": 1, "media_max_pdf_pages": 2}],
+)
+async def test_a_runaway_decoder_is_cut_off_and_its_worker_goes_on(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    headers = await sign_up(client)
+    # A few KB that PDFium would spend minutes rendering: the decoder process is killed.
+    # Its probe never loads the page (that alone took minutes): the upload is quick.
+    with anyio.fail_after(60):
+        bomb = await upload_file(client, headers, "laughs.pdf", nested_forms_pdf(levels=7))
+    meta = await graphql(client, META, {"id": bomb["id"]}, headers=headers)
+    assert meta["data"]["file"]["metadata"]["pageCount"] == 1, meta
+    before = await graphql(client, USAGE, headers=headers)
+    job = await run_job(client, headers, {"thumbnails": {"fileId": bomb["id"], "sizes": [64]}})
+    assert job["status"] == "FAILED", job
+    assert job["outputs"]["totalCount"] == 0
+    assert "Reading 'laughs.pdf' took longer than 1 s" in job["error"], job
+    assert "DEPOT_MEDIA_PICTURE_SECONDS" in job["error"], job
+    # A variant of it is cut off the same way, and the API answers.
+    url = (await graphql(client, IMAGE_URL, {"id": bomb["id"]}, headers=headers))["data"]["file"]
+    response = await follow(client, "GET", url["imageUrl"])
+    assert response.status_code == 415, response.text
+    assert "DEPOT_VARIANT_RENDER_SECONDS" in response.json()["error"], response.text
+    assert await graphql(client, USAGE, headers=headers) == before, "usage unchanged"
+    # The probe counted this one's pages: refused at start, no job queued.
+    thick = await upload_file(client, headers, "thick.pdf", pdf(RED, GREEN, BLUE))
+    body = await try_start_job(
+        client, headers, {"thumbnails": {"fileId": thick["id"], "sizes": [64]}}
+    )
+    error = assert_error(body, "BAD_USER_INPUT", field="fileId")
+    assert "'thick.pdf' has 3 pages" in error["message"], error
+    assert "DEPOT_MEDIA_MAX_PDF_PAGES" in error["message"], error
+    # The same worker (this app's own threads) runs the next job.
+    fine = await upload_file(client, headers, "fine.pdf", pdf(GREEN))
+    job = await run_job(client, headers, {"thumbnails": {"fileId": fine["id"], "sizes": [64]}})
+    assert job["status"] == "SUCCEEDED", job
+    assert near(centre(await picture(client, headers, output_nodes(job)[0]["id"])), GREEN)
