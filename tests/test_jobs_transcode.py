@@ -15,6 +15,8 @@ from core.settings import Settings
 from tests.conftest import make_settings
 from tests.media import video
 from tests.support import (
+    USAGE,
+    assert_error,
     bearer,
     get_job,
     graphql,
@@ -34,13 +36,20 @@ CANCEL = "mutation C($id: ID!) { cancelJob(id: $id) { id status } }"
 
 
 @pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def overrides() -> dict[str, Any]:
+    """Settings a test changes (``@pytest.mark.parametrize("overrides", [...])``)."""
+    return {}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str, overrides: dict[str, Any]) -> Settings:
     # Quick heartbeats: a running job learns of a cancel at its next one.
     return make_settings(
         tmp_path,
         database_url=database_url,
         storage_url=(tmp_path / "files").as_uri(),
         job_heartbeat_seconds=0.2,
+        **overrides,
     )
 
 
@@ -117,3 +126,44 @@ async def test_a_transcode_is_cancelled_mid_file(
     assert done["progress"] < 1, done
     assert done["outputs"]["totalCount"] == 0
     assert len(leftover_objects(settings)) == 1, "only the source is stored"
+
+
+@pytest.mark.parametrize("overrides", [{"media_max_frames": 20, "media_max_video_pixels": 10_000}])
+async def test_media_bounds_refuse_at_start_what_the_probe_shows_and_fail_the_rest(
+    client: httpx.AsyncClient, tmp_path: Path, settings: Settings
+) -> None:
+    headers = await sign_up(client)
+    wide = await upload_file(
+        client, headers, "wide.mp4", video(tmp_path / "w.mp4", seconds=1, size=(160, 120))
+    )
+    for job_input in (
+        {"transcode": {"fileId": wide["id"], "format": "MP4"}},
+        {"thumbnails": {"fileId": wide["id"], "sizes": [32]}},
+    ):
+        error = assert_error(
+            await try_start_job(client, headers, job_input), "BAD_USER_INPUT", field="fileId"
+        )
+        assert "'wide.mp4' is 160x120 pixels a frame" in error["message"], error
+        assert "DEPOT_MEDIA_MAX_VIDEO_PIXELS" in error["message"], error
+    # 3 s at 10 fps: its probed length and frame rate make 30 frames.
+    small = (80, 60)
+    long = await upload_file(
+        client, headers, "long.mp4", video(tmp_path / "l.mp4", seconds=3, size=small)
+    )
+    body = await try_start_job(
+        client, headers, {"transcode": {"fileId": long["id"], "format": "MP4"}}
+    )
+    error = assert_error(body, "BAD_USER_INPUT", field="fileId")
+    assert "'long.mp4' has 30 frames" in error["message"], error
+    assert "DEPOT_MEDIA_MAX_FRAMES" in error["message"], error
+    # A live stream's headers tell no length: the decoder counts its frames and stops.
+    live = await upload_file(
+        client, headers, "live.mkv", video(tmp_path / "l.mkv", seconds=3, size=small, live=True)
+    )
+    before = await graphql(client, USAGE, headers=headers)
+    job = await run_job(client, headers, {"transcode": {"fileId": live["id"], "format": "WEBM"}})
+    assert job["status"] == "FAILED", job
+    assert "'live.mkv' has 21 frames or more" in job["error"], job
+    assert job["outputs"]["totalCount"] == 0
+    assert await graphql(client, USAGE, headers=headers) == before
+    assert len(leftover_objects(settings)) == 3, "only the sources are stored"
