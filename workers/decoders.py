@@ -8,9 +8,9 @@ and waits for it on the event loop:
 - it answers what the task returned, or raises :class:`JobFailed` with the
   task's own message;
 - past its limit (a setting, named in the message) the child is killed and
-  the task fails: ``Reading 'a.pdf' took longer than 60 s
-  (DEPOT_MEDIA_PICTURE_SECONDS)``; the clock starts when the child does, so
-  a fork server's first start is never counted against the file;
+  the task fails: ``Reading 'a.pdf' took longer than 60 s, the limit
+  (DEPOT_MEDIA_PICTURE_SECONDS).``; the clock starts when the child does, so
+  the decoder server's first start is never counted against the file;
 - a child that dies (a segfault, ``os._exit``, the kernel's OOM killer) fails
   the task with its signal or exit status; the caller's process never notices
   more than that;
@@ -19,17 +19,23 @@ and waits for it on the event loop:
   child is killed at once. A cancelled caller (a job's time limit, a closed
   request) kills it too.
 
-Why a process per task rather than a pool that reuses them: processes come
-from a fork server that imported the decoding libraries once, so each starts
-in about 15 ms (measured by ``bench/media.py``: next to a 12-megapixel JPEG's
-thumbnail, under 5 %), and no state a hostile file left in a decoder's heap
-reaches the next file. A crash costs that one process, never a pool's other
-tasks (a broken ``ProcessPoolExecutor`` fails every task it holds). How many
+How: the first task starts a **decoder server**, one single-threaded process
+(``spawn``) that imports the decoding libraries once (:data:`PRELOAD`). For
+each task it forks a small monitor, which forks the child that runs the task,
+waits for it and reports how it ended. Forking a process that holds the
+libraries already costs a few milliseconds (``bench/media.py`` measures it),
+where a spawned interpreter importing PyAV and PDFium takes about a second,
+and so would multiprocessing's fork server: it re-imports the parent's main
+module in every child (``depot``'s, that is the whole API: 1.2 s measured).
+A process per task rather than a pool that reuses them, because a crash
+then costs that one task (a broken ``ProcessPoolExecutor`` fails every task it
+holds) and no heap a hostile file corrupted meets the next file. How many
 run at once is bounded by the callers: a worker's threads, and
 ``DEPOT_VARIANT_RENDER_CONCURRENCY`` in the API.
 
-A child whose parent dies exits too (a thread in it waits for its end of the
-pipe to close), so no decoder outlives the worker that started it.
+Nothing outlives its parent: the server exits when its parent's end of their
+pipe closes, and a child exits when the caller's end of its own pipe does (a
+thread in it waits for that).
 """
 
 from __future__ import annotations
@@ -42,7 +48,9 @@ import signal
 import threading
 import traceback
 from collections.abc import Awaitable, Callable
-from multiprocessing.context import ForkServerContext
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -54,10 +62,9 @@ logger = structlog.get_logger("depot.decoders")
 
 T = TypeVar("T")
 Progress = Callable[[float, str], Awaitable[None]]
-Report = Callable[[float, str], None]
 
-# What the fork server imports once, so that no child imports the decoding libraries
-# itself (about a second each): the modules whose functions run in a child.
+# What the decoder server imports once, so that no child imports a decoding library
+# itself: the modules whose functions run in a child.
 PRELOAD: Final = (
     "workers.visuals",
     "workers.thumbnails",
@@ -65,24 +72,48 @@ PRELOAD: Final = (
     "workers.transcode",
     "workers.variants",
 )
-# How long a child may take to start (the fork server's first start imports PRELOAD).
+# How long a child may take to start (the server's first start imports PRELOAD).
 START_SECONDS: Final = 120.0
-# How long a killed child is waited for.
-REAP_SECONDS: Final = 5.0
-
-_lock = threading.Lock()
-_context: ForkServerContext | None = None
 
 
-def _fork_server() -> ForkServerContext:
-    """The fork server context, its preload set before it first starts."""
-    global _context
-    with _lock:
-        if _context is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(list(PRELOAD))
-            _context = context
-        return _context
+class _Server:
+    """This process's decoder server: started with the first task, again if it died."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process: BaseProcess | None = None
+        self._requests: Connection | None = None
+
+    def submit(self, task: Any, reports: bool, theirs: Connection) -> None:
+        """Hand the server a task and the child's end of its pipe. Blocking (a first
+        start takes seconds): call it off the event loop."""
+        with self._lock:
+            for attempt in (1, 2):
+                requests = self._running()
+                try:
+                    requests.send((task, reports))
+                    send_handle(requests, theirs.fileno(), 0)
+                    return
+                except OSError:
+                    if attempt == 2:
+                        raise
+                    self._process = None  # it died: start another
+
+    def _running(self) -> Connection:
+        if self._process is None or not self._process.is_alive() or self._requests is None:
+            if self._requests is not None:
+                self._requests.close()
+            ours, theirs = multiprocessing.Pipe(duplex=True)
+            process = multiprocessing.get_context("spawn").Process(
+                target=_serve, args=(theirs,), daemon=True, name="depot-decoders"
+            )
+            process.start()
+            theirs.close()
+            self._process, self._requests = process, ours
+        return self._requests
+
+
+_server = _Server()
 
 
 async def run_isolated(
@@ -99,27 +130,35 @@ async def run_isolated(
     one over plain values) and so must what it returns. ``name`` is the file
     as its owner knows it; ``seconds`` the limit, from the setting ``setting``.
     """
-    context = _fork_server()
-    ours, theirs = context.Pipe(duplex=True)
-    child = context.Process(
-        target=_child, args=(theirs, task, progress is not None), daemon=True, name="depot-decoder"
-    )
+    ours, theirs = multiprocessing.Pipe(duplex=True)
+    pid: int | None = None
+    ended = timed_out = False
     try:
-        # Off the loop: the fork server's first start imports the libraries.
-        await anyio.to_thread.run_sync(child.start)
-        theirs.close()  # ours must be the only other end, or a dead child's EOF never comes
+        try:
+            await anyio.to_thread.run_sync(_server.submit, task, progress is not None, theirs)
+        finally:
+            theirs.close()  # ours must be the only other end, or a dead child's EOF never comes
         with anyio.fail_after(START_SECONDS):
-            await _receive(ours, child, name)  # "started"
-        with anyio.move_on_after(seconds) as timer:
-            while True:
-                kind, value = await _receive(ours, child, name)
-                if kind == "progress" and progress is not None:
-                    await progress(*value)
-                    continue
-                break
-        if timer.cancelled_caught:
+            kind, value = await _receive(ours, name)
+        if kind == "started":
+            pid = value
+            with anyio.move_on_after(seconds) as timer:
+                while True:
+                    kind, value = await _receive(ours, name)
+                    if kind == "progress" and progress is not None:
+                        await progress(*value)
+                        continue
+                    break
+            timed_out = timer.cancelled_caught
+        if timed_out:
             raise JobFailed(
                 f"Reading {name!r} took longer than {seconds:g} s, the limit ({setting})."
+            )
+        ended = True
+        if kind == "exit":
+            raise JobFailed(
+                f"The decoder reading {name!r} stopped ({_how(value)}): "
+                "the file is damaged or made to harm."
             )
         if kind == "failed":
             raise JobFailed(value)
@@ -129,31 +168,26 @@ async def run_isolated(
         return result
     finally:
         ours.close()
-        if child.is_alive():
-            child.kill()
-        await anyio.to_thread.run_sync(child.join, REAP_SECONDS)
+        if pid is not None and not ended:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
-async def _receive(
-    conn: multiprocessing.connection.Connection, child: Any, name: str
-) -> tuple[str, Any]:
-    """The child's next message; ``JobFailed`` saying how it died if it is gone."""
+async def _receive(conn: Connection, name: str) -> tuple[str, Any]:
+    """The next message about the task; ``JobFailed`` if its pipe closed without one."""
     while not conn.poll():
         await anyio.wait_readable(conn.fileno())
     try:
         message: tuple[str, Any] = conn.recv()
     except (EOFError, OSError):
-        await anyio.to_thread.run_sync(child.join, REAP_SECONDS)
         raise JobFailed(
-            f"The decoder reading {name!r} stopped ({_how(child.exitcode)}): "
+            f"The decoder reading {name!r} stopped (its pipe closed): "
             "the file is damaged or made to harm."
         ) from None
     return message
 
 
-def _how(exitcode: int | None) -> str:
-    if exitcode is None:
-        return "it closed its pipe"
+def _how(exitcode: int) -> str:
     if exitcode < 0:
         try:
             return f"killed by {signal.Signals(-exitcode).name}"
@@ -162,12 +196,43 @@ def _how(exitcode: int | None) -> str:
     return f"exit status {exitcode}"
 
 
-# ----------------------------------------------------------------- the child side
+# ----------------------------------------------------------------- the server side
 
 
-def _child(conn: multiprocessing.connection.Connection, task: Any, reports: bool) -> None:
+def _serve(requests: Connection) -> None:
+    """The decoder server's loop: for each task, fork a monitor; exit with the parent."""
+    for module in PRELOAD:
+        __import__(module)
+    # Monitors are reaped by the kernel; each one resets this for its own child.
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    while True:
+        try:
+            task, reports = requests.recv()
+            fd = recv_handle(requests)
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone
+        if os.fork() == 0:
+            requests.close()
+            _monitor(Connection(fd), task, reports)
+        os.close(fd)
+
+
+def _monitor(conn: Connection, task: Any, reports: bool) -> None:
+    """Fork the child that runs ``task``, wait for it, and say how it ended."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    pid = os.fork()
+    if pid == 0:
+        _child(conn, task, reports)
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    with contextlib.suppress(OSError):
+        conn.send(("exit", os.waitstatus_to_exitcode(status)))
+    os._exit(0)
+
+
+def _child(conn: Connection, task: Any, reports: bool) -> None:
     threading.Thread(target=_exit_with_parent, args=(conn,), daemon=True).start()
-    conn.send(("started", None))
+    conn.send(("started", os.getpid()))
 
     def report(fraction: float, message: str) -> None:
         conn.send(("progress", (fraction, message)))
@@ -182,8 +247,8 @@ def _child(conn: multiprocessing.connection.Connection, task: Any, reports: bool
         conn.send(("done", result))
 
 
-def _exit_with_parent(conn: multiprocessing.connection.Connection) -> None:
-    """Wait for the parent's end to close (it never writes), then leave at once."""
+def _exit_with_parent(conn: Connection) -> None:
+    """Wait for the caller's end to close (it never writes), then leave at once."""
     with contextlib.suppress(EOFError, OSError):
         conn.recv()
     os._exit(70)
