@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import uuid
 from pathlib import Path
 
 import anyio
@@ -58,14 +59,17 @@ async def variant(request: Request) -> Response:
         return _error(410, _GONE)
     async with request.state.sessionmaker() as db:
         source_id = await may_download(db, key, credential)
-        source = await db.get(File, source_id) if source_id is not None else None
+        if source_id is None:
+            return _error(410, _GONE)
+        path = variant_path(source_id, spec)
+        # A cached hit needs no more than this query (the source's row is not read).
+        made = await _stored(db, source_id, path)
+        source = await db.get(File, source_id) if made is None else None
+    if made is None:
         if source is None:
             return _error(410, _GONE)
-        path = variant_path(source.id, spec)
-        made = await _stored(db, source, path)
-    if made is None and (excess := known_excess(source, MediaLimits.of(request.state.settings))):
-        return _error(415, excess)  # the probe already showed it: nothing to spool
-    if made is None:
+        if excess := known_excess(source, MediaLimits.of(request.state.settings)):
+            return _error(415, excess)  # the probe already showed it: nothing to spool
         # No connection is held while it renders (or waits its turn to).
         try:
             made = await _render(request, source, spec, path)
@@ -82,12 +86,12 @@ async def variant(request: Request) -> Response:
     )
 
 
-async def _stored(db: AsyncSession, source: File, path: str) -> File | None:
+async def _stored(db: AsyncSession, source_id: uuid.UUID, path: str) -> File | None:
+    """The live variant at ``path`` made from the file ``source_id`` (its owner's, then)."""
     found = await db.exec(
         select(File).where(
-            col(File.owner_id) == source.owner_id,
+            col(File.derived_from_id) == source_id,
             col(File.path) == path,
-            col(File.derived_from_id) == source.id,
             col(File.trashed_at).is_(None),
         )
     )
@@ -127,7 +131,7 @@ async def _render(request: Request, source: File, spec: VariantSpec, path: str) 
                 )
             except Conflict:
                 # Another request rendered the same variant first.
-                made = await _stored(db, source, path)
+                made = await _stored(db, source.id, path)
                 if made is None:
                     raise
                 return made

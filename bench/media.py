@@ -21,8 +21,9 @@ measures, ``--rounds`` times, alternating sides:
   the cached variant, fetched ``--downloads`` times, against a plain
   ``downloadUrl`` download of the same stored file (same bytes, same route
   machinery). Target: cached >= 0.8x the download's speed;
-* and, for scale, what one decoder process costs to start (a trivial task
-  through ``workers.decoders.run_isolated``, from its fork server).
+* and, for scale, what any job costs with no decoder (``verify`` of 1 KB:
+  the floor under every job's ratio), and what one decoder process costs (a
+  task that does nothing, through ``workers.decoders.run_isolated``).
 
 Run from the repository root: ``.venv/bin/python -m bench.media [--rounds 3]
 [--transcode-seconds 30]``. Linux only (the fork server).
@@ -268,6 +269,11 @@ def measure_all(
             job = {"thumbnails": {"fileId": file_id, "sizes": [THUMBNAIL]}}
             bare = bare_thumbnail(sources[kind], scratch, limits)
             _add(figures, label, _alternate(round_, depot, job, bare))
+        # What any job costs here, with no decoder: the floor under the ratios above.
+        tiny = depot.upload(f"r{round_}/tiny.txt", b"x" * 1024)
+        figures.setdefault("job floor: verify 1 KB", ([], []))[0].append(
+            depot.job_seconds({"verify": {"fileId": tiny}})
+        )
         file_id = depot.upload(f"r{round_}/720p.mp4", contents["transcode"])
         job = {"transcode": {"fileId": file_id, "format": "MP4"}}
         bare = bare_transcode(sources["transcode"], scratch, limits)
