@@ -20,11 +20,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import answers_http, free_port, wait_until_ready
+from tests.processes import START_TIMEOUT_S, answers_http, free_port, wait_until_ready
 from tests.support import STRONG_SECRET
 
 DEPOT = Path(sys.executable).parent / "depot"
-START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10
 TYPENAME = {"query": "{ __typename }"}
 
