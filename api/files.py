@@ -52,16 +52,19 @@ REDIRECT_SECONDS = 60
 long enough to start the download, too short to pass around."""
 
 _INVALID = "This link is not valid."
-_GONE = "This link has expired; ask for a new one."
+GONE = "This link has expired; ask for a new one."
 _MEDIA_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
 
 
-class _Refused(Exception):
+class LinkRefused(Exception):
+    """A signed link that leads nowhere: ``response`` says so without saying why."""
+
     def __init__(self, response: Response) -> None:
         self.response = response
 
 
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The JSON error every signed-link route answers with, never cached."""
     return JSONResponse(
         {"error": message},
         status_code=status,
@@ -119,18 +122,18 @@ class RouteLinks:
         return self.url("variant", expires_at, key=key, cred=credential, **spec)
 
 
-def _link(request: Request, purpose: Purpose) -> tuple[str, dict[str, object]]:
+def verified_link(request: Request, purpose: Purpose) -> tuple[str, dict[str, object]]:
     """The storage key and claims of the link's token, or a refusal that says nothing of it."""
     links: RouteLinks = request.state.links
     try:
         claims = links.signer.verify(purpose, request.path_params["token"])
     except LinkExpired:
-        raise _Refused(_error(410, _GONE)) from None
+        raise LinkRefused(json_error(410, GONE)) from None
     except LinkInvalid:
-        raise _Refused(_error(403, _INVALID)) from None
+        raise LinkRefused(json_error(403, _INVALID)) from None
     key = claims.get("key")
     if not isinstance(key, str):
-        raise _Refused(_error(403, _INVALID))
+        raise LinkRefused(json_error(403, _INVALID))
     return key, claims
 
 
@@ -204,8 +207,8 @@ async def download(request: Request) -> Response:
     on S3 the answer is a redirect to a presigned URL, which serves ranges itself.
     """
     try:
-        key, claims = _link(request, "download")
-    except _Refused as refused:
+        key, claims = verified_link(request, "download")
+    except LinkRefused as refused:
         return refused.response
     name = claims.get("name")
     media = claims.get("type")
@@ -213,10 +216,10 @@ async def download(request: Request) -> Response:
     filename = name if isinstance(name, str) else ""
     content_type = media if isinstance(media, str) and _MEDIA_TYPE.fullmatch(media) else None
     if not isinstance(credential, str):
-        return _error(410, _GONE)
+        return json_error(410, GONE)
     async with request.state.sessionmaker() as db:
         if not await may_download(db, key, credential):
-            return _error(410, _GONE)
+            return json_error(410, GONE)
     return await serve_object(
         request, key, filename=filename, content_type=content_type, cache_control=PRIVATE
     )
@@ -243,7 +246,7 @@ async def serve_object(
     try:
         stat = await storage.stat(key)
     except ObjectNotFound:
-        return _error(410, _GONE)
+        return json_error(410, GONE)
     etag = _etag(stat)
     last_modified = format_datetime(stat.modified_at, usegmt=True)
     headers = {
@@ -267,7 +270,7 @@ async def serve_object(
     ):
         selected = parse_range(range_header, stat.size)
         if selected is None:
-            return _error(
+            return json_error(
                 416,
                 "The range is not satisfiable: ask for one range within the file.",
                 {"Content-Range": f"bytes */{stat.size}", **headers},
@@ -323,25 +326,25 @@ async def upload(request: Request) -> Response:
     wins); once ``completeUpload`` ended the ticket, its link is gone.
     """
     try:
-        key, claims = _link(request, "upload")
-    except _Refused as refused:
+        key, claims = verified_link(request, "upload")
+    except LinkRefused as refused:
         return refused.response
     size = claims.get("size")
     if not isinstance(size, int) or isinstance(size, bool):
-        return _error(403, _INVALID)
+        return json_error(403, _INVALID)
     declared = request.headers.get("content-length")
     if declared is None:
-        return _error(411, f"Send Content-Length: {size}, the size given to createUpload.")
+        return json_error(411, f"Send Content-Length: {size}, the size given to createUpload.")
     if not declared.isdigit():
-        return _error(400, "Content-Length must be a number of bytes.")
+        return json_error(400, "Content-Length must be a number of bytes.")
     if int(declared) > size:
-        return _error(413, f"This upload takes exactly {size} bytes, not {declared}.")
+        return json_error(413, f"This upload takes exactly {size} bytes, not {declared}.")
     if int(declared) != size:
-        return _error(400, f"This upload takes exactly {size} bytes, not {declared}.")
+        return json_error(400, f"This upload takes exactly {size} bytes, not {declared}.")
     async with request.state.sessionmaker() as db:
         ticket = await open_ticket(db, key)
     if ticket is None:
-        return _error(410, _GONE)
+        return json_error(410, GONE)
     storage: Storage = request.state.storage
     silence_s: float = request.state.settings.body_timeout_seconds
     body = body_chunks(request, silence_s=silence_s)
@@ -352,13 +355,13 @@ async def upload(request: Request) -> Response:
         await storage.put(key, sample, max_size=size)
         stored = await storage.stat(key)
     except BodySilent as silent:
-        return _error(408, silent.message)
+        return json_error(408, silent.message)
     except TooLarge:
-        return _error(413, f"This upload takes exactly {size} bytes; more were sent.")
+        return json_error(413, f"This upload takes exactly {size} bytes; more were sent.")
     except _ShortBody:
-        return _error(400, f"The body ended before {size} bytes; nothing was stored.")
+        return json_error(400, f"The body ended before {size} bytes; nothing was stored.")
     except ClientDisconnect:
-        return _error(400, "The client went away before the upload ended; nothing was stored.")
+        return json_error(400, "The client went away before the upload ended; nothing was stored.")
     meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)
     async with request.state.sessionmaker() as db:
         await record_seen(db, key, fingerprint, meta, stored.etag)

@@ -29,7 +29,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.files import _GONE, _error, _link, _Refused, serve_object
+from api.files import GONE, LinkRefused, json_error, serve_object, verified_link
 from core.downloads import may_download
 from core.errors import Conflict, QuotaExceeded
 from core.models import File
@@ -51,32 +51,32 @@ def variant_path(source_id: object, spec: VariantSpec) -> str:
 async def variant(request: Request) -> Response:
     """GET or HEAD a variant: rendered on first use, then served from storage."""
     try:
-        key, claims = _link(request, "variant")
-    except _Refused as refused:
+        key, claims = verified_link(request, "variant")
+    except LinkRefused as refused:
         return refused.response
     spec, credential = VariantSpec.from_claims(claims), claims.get("cred")
     if spec is None or not isinstance(credential, str):
-        return _error(410, _GONE)
+        return json_error(410, GONE)
     async with request.state.sessionmaker() as db:
         source_id = await may_download(db, key, credential)
         if source_id is None:
-            return _error(410, _GONE)
+            return json_error(410, GONE)
         path = variant_path(source_id, spec)
         # A cached hit needs no more than this query (the source's row is not read).
         made = await _stored(db, source_id, path)
         source = await db.get(File, source_id) if made is None else None
     if made is None:
         if source is None:
-            return _error(410, _GONE)
+            return json_error(410, GONE)
         if excess := known_excess(source, MediaLimits.of(request.state.settings)):
-            return _error(415, excess)  # the probe already showed it: nothing to spool
+            return json_error(415, excess)  # the probe already showed it: nothing to spool
         # No connection is held while it renders (or waits its turn to).
         try:
             made = await _render(request, source, spec, path)
         except JobFailed as failed:
-            return _error(415, str(failed))
+            return json_error(415, str(failed))
         except QuotaExceeded as full:
-            return _error(507, full.message)
+            return json_error(507, full.message)
     return await serve_object(
         request,
         made.storage_key,
