@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import ColumnElement, func, or_, update
+from sqlalchemy import ColumnElement, bindparam, func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -116,18 +116,21 @@ async def revoke_all_access_tokens(db: AsyncSession, user_id: uuid.UUID) -> int:
     return int(result.rowcount)
 
 
+# Built once, as core.sessions' sign-in statement is: it runs on every request.
+_USER_OF_ACCESS_TOKEN = (
+    select(User, Credential)
+    .join(Credential, col(Credential.user_id) == col(User.id))
+    .where(
+        col(Credential.token_hash) == bindparam("token_hash"),
+        col(Credential.kind) == CredentialKind.PERSONAL,
+    )
+)
+
+
 async def user_of_access_token(db: AsyncSession, secret: str) -> tuple[User, Credential]:
     """The user behind a personal access token that is live, unexpired and active."""
-    row = (
-        await db.exec(
-            select(User, Credential)
-            .join(Credential, col(Credential.user_id) == col(User.id))
-            .where(
-                Credential.token_hash == tokens.token_hash(secret),
-                Credential.kind == CredentialKind.PERSONAL,
-            )
-        )
-    ).first()
+    params = {"token_hash": tokens.token_hash(secret)}
+    row = (await db.exec(_USER_OF_ACCESS_TOKEN, params=params)).first()
     now = utcnow()
     if row is None or row[1].revoked_at is not None:
         raise Unauthenticated("The access token is invalid or revoked.")
