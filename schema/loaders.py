@@ -11,6 +11,7 @@ mutation's rollback may roll back under them.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -63,24 +64,37 @@ class ByIdLoader(DataLoader[uuid.UUID, Row | None], Generic[Row]):
 
 @dataclass
 class Loaders:
-    """The dataloaders of one operation, all reading through the operation's session."""
+    """The dataloaders of one operation, all reading through the operation's session.
+
+    Each is made when first asked for: most operations use one or none, and
+    every operation gets fresh ones (``FreshLoaders``), so making all five up
+    front cost more than some whole requests' resolvers.
+    """
 
     shared: SharedSession
-    users: ByIdLoader[User] = field(init=False)
-    files: ByIdLoader[File] = field(init=False)
-    live_file_counts: DataLoader[uuid.UUID, int] = field(init=False)
-    jobs: ByIdLoader[Job] = field(init=False)
-    job_inputs: DataLoader[uuid.UUID, list[File]] = field(init=False)
     _paged: dict[tuple[str, int | None, str | None], DataLoader[Any, Any]] = field(
         init=False, default_factory=dict
     )
 
-    def __post_init__(self) -> None:
-        self.users = ByIdLoader(self.shared, User)
-        self.files = ByIdLoader(self.shared, File)
-        self.live_file_counts = DataLoader(load_fn=self._load_live_file_counts)
-        self.jobs = ByIdLoader(self.shared, Job)
-        self.job_inputs = DataLoader(load_fn=self._load_job_inputs)
+    @functools.cached_property
+    def users(self) -> ByIdLoader[User]:
+        return ByIdLoader(self.shared, User)
+
+    @functools.cached_property
+    def files(self) -> ByIdLoader[File]:
+        return ByIdLoader(self.shared, File)
+
+    @functools.cached_property
+    def live_file_counts(self) -> DataLoader[uuid.UUID, int]:
+        return DataLoader(load_fn=self._load_live_file_counts)
+
+    @functools.cached_property
+    def jobs(self) -> ByIdLoader[Job]:
+        return ByIdLoader(self.shared, Job)
+
+    @functools.cached_property
+    def job_inputs(self) -> DataLoader[uuid.UUID, list[File]]:
+        return DataLoader(load_fn=self._load_job_inputs)
 
     def paged(
         self,
