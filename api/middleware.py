@@ -7,9 +7,9 @@ The same middleware times each request for the access line and for
 
 from __future__ import annotations
 
+import os
 import re
 import time
-import uuid
 from collections.abc import Sequence
 
 import structlog
@@ -101,7 +101,8 @@ class RequestIdMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or uuid.uuid4().hex
+        # 128 random bits in hex, as uuid4().hex gave, without building a UUID.
+        request_id = _incoming_id(scope) or os.urandom(16).hex()
         scope.setdefault("state", {})["request_id"] = request_id
         status = 500
         started = time.perf_counter()

@@ -35,7 +35,13 @@ def configure_logging(level: str, *, json: bool, stream: TextIO | None = None) -
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # The level first: a line below it (the access line, at WARNING) costs one
+        # call instead of the whole chain (context, trace ids, an ISO timestamp).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=False,
