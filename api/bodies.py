@@ -51,6 +51,13 @@ def too_large(limit: int, what: str = "A GraphQL request body") -> BodyTooLarge:
     )
 
 
+def _silent(silence_s: float) -> BodySilent:
+    return BodySilent(
+        f"The request body stopped arriving for {silence_s:g} s "
+        "(DEPOT_BODY_TIMEOUT_SECONDS); nothing of it was kept."
+    )
+
+
 def check_declared_length(request: Request, limit: int | None) -> None:
     """Refuse a ``Content-Length`` over ``limit`` before a byte of the body is read."""
     declared = request.headers.get("content-length", "")
@@ -79,10 +86,7 @@ async def body_chunks(
             except StopAsyncIteration:
                 return
             except TimeoutError:
-                raise BodySilent(
-                    f"The request body stopped arriving for {silence_s:g} s "
-                    "(DEPOT_BODY_TIMEOUT_SECONDS); nothing of it was kept."
-                ) from None
+                raise _silent(silence_s) from None
             received += len(chunk)
             if limit is not None and received > limit:
                 raise too_large(limit)
@@ -92,9 +96,26 @@ async def body_chunks(
 
 
 async def read_body(request: Request, *, silence_s: float, limit: int) -> bytes:
-    """The whole body, under the same bounds; kept as ``request.body()`` will return it."""
-    chunks = body_chunks(request, silence_s=silence_s, limit=limit)
-    body = b"".join([chunk async for chunk in chunks])
+    """The whole body, under the same bounds; kept as ``request.body()`` will return it.
+
+    The same rules as :func:`body_chunks`, with one timer moved on at each
+    chunk instead of one per chunk: every GraphQL request reads its body here.
+    """
+    check_declared_length(request, limit)
+    loop = asyncio.get_running_loop()
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        async with asyncio.timeout(silence_s) as silence:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise too_large(limit)
+                chunks.append(chunk)
+                silence.reschedule(loop.time() + silence_s)
+    except TimeoutError:
+        raise _silent(silence_s) from None
+    body = b"".join(chunks)
     # Starlette's own cache: later request.body() calls return these bytes.
     request._body = body
     return body
