@@ -20,7 +20,7 @@ cost of that bracket (an empty block) is taken off.
 
 Run from the repository root::
 
-    python -m bench.cost                                  # SQLite, 300 requests x 3 rounds
+    python -m bench.cost                                  # 20 rounds of 50 requests per target
     python -m bench.cost --database-url postgresql://depot@127.0.0.1:54329/postgres
     python -m bench.cost --callgrind --count 40 --requests typename,me
     python -m bench.cost --profile files --count 200      # where Depot's time goes (cProfile)
@@ -633,8 +633,8 @@ def under_callgrind(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.partition("\n")[0] if __doc__ else None)
-    parser.add_argument("--count", type=int, default=300, help="requests per block (300)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (3)")
+    parser.add_argument("--count", type=int, default=50, help="requests per block (50)")
+    parser.add_argument("--rounds", type=int, default=20, help="interleaved rounds (20)")
     parser.add_argument("--files", type=int, default=50, help="files seeded and paged (50)")
     parser.add_argument(
         "--requests",
