@@ -32,6 +32,7 @@ from api.health import healthz, readyz
 from api.metrics import metrics
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
+from api.notifications import ROUTES as NOTIFICATION_ROUTES
 from api.tus import TusRoutes
 from api.variants import variant
 from api.websocket import OpenSockets
@@ -186,6 +187,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         Route("/graphql", _compressed(graphql, settings)),
         WebSocketRoute("/graphql", graphql),
         *FILE_ROUTES,
+        *NOTIFICATION_ROUTES,
         Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
         *TusRoutes().routes,
         *(ide.routes if ide is not None else []),
@@ -225,6 +227,12 @@ def _action_limits(settings: Settings) -> dict[Action, ActionLimit]:
         Action.REFRESH_FAILURE: ActionLimit(per_address=settings.refresh_failure_limit_per_address),
         Action.PASSWORD_FAILURE: ActionLimit(
             settings.password_failure_limit_per_user, settings.password_failure_limit_per_address
+        ),
+        Action.PASSWORD_RESET: ActionLimit(
+            settings.password_reset_limit_per_account, settings.password_reset_limit_per_address
+        ),
+        Action.VERIFICATION_MAIL: ActionLimit(
+            settings.verification_mail_limit_per_user, settings.verification_mail_limit_per_address
         ),
     }
 

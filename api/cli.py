@@ -27,7 +27,7 @@ from core.errors import DepotError
 from core.logging import configure_logging
 from core.metrics import MULTIPROC_DIR
 from core.models import Role
-from core.probes import describe, probe_database, probe_redis, probe_storage
+from core.probes import describe, probe_database, probe_redis, probe_smtp, probe_storage
 from core.settings import Settings, SettingsError, load_settings
 from workers.resources import open_resources
 
@@ -398,6 +398,16 @@ async def _check_services(settings: Settings) -> list[str]:
                 problems.append(
                     f"redis unreachable at {_hide_password(settings.redis_url)}: {describe(exc)}"
                 )
+        if settings.smtp_url is not None:
+            try:
+                await probe_smtp(settings)
+                click.echo("✓ mail server reachable")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"mail server unreachable: {describe(exc)}")
+        elif settings.is_production:
+            click.echo("• no DEPOT_SMTP_URL: mail (resets, verification, notifications) is off")
+        else:
+            click.echo(f"• no DEPOT_SMTP_URL: mails are written to {settings.outbox_dir}")
         try:
             await probe_storage(resources.storage)
             click.echo(f"✓ storage usable ({urlsplit(settings.storage_url).scheme})")

@@ -39,6 +39,7 @@ from core.errors import (
     BadUserInput,
     Conflict,
     DepotError,
+    EmailNotVerified,
     NotFound,
     QuotaExceeded,
     RateLimited,
@@ -48,6 +49,7 @@ from core.events import FileCreated, announce
 from core.models import File, UploadKind
 from core.ratelimit import Action
 from core.settings import Settings
+from core.users import require_verified
 from storage.errors import StorageError, TooLarge
 
 PATH = "/files/tus/"
@@ -272,6 +274,10 @@ class TusRoutes:
         with_body = _has_body(request)
         if with_body and request.headers.get("content-type") != OFFSET_STREAM:
             raise _Refusal(415, "UNSUPPORTED_MEDIA_TYPE", f"Send the bytes as {OFFSET_STREAM}.")
+        try:
+            require_verified(settings, principal.user)
+        except EmailNotVerified as error:
+            raise _Refusal(403, error.code, error.message) from None
         # One upload started, as uploadFile and createUpload count (PATCHes do not).
         client = request.client
         await request.state.action_limiter.hit(

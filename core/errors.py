@@ -8,6 +8,7 @@ resolver is a bug: it is logged with its traceback and masked as
     DepotError                 base class; never raised directly
     ├── Unauthenticated        no valid credentials were presented
     ├── Forbidden              signed in, but not allowed to do this
+    │   └── EmailNotVerified   not until the account's address is verified
     ├── NotFound               no such object, or it belongs to someone else
     ├── BadUserInput           an argument is invalid; ``field`` names it
     ├── BadRequest             the request itself is malformed or did not arrive whole
@@ -15,7 +16,8 @@ resolver is a bug: it is logged with its traceback and masked as
     │   └── PayloadTooLarge    it, or a part of it, is over a size or count limit (413)
     ├── Conflict               the change clashes with existing state
     ├── QuotaExceeded          the change would exceed a storage quota
-    └── RateLimited            too many attempts; ``retry_after`` says when to retry
+    ├── RateLimited            too many attempts; ``retry_after`` says when to retry
+    └── FeatureDisabled        this installation has the feature switched off (no mail server)
 """
 
 from __future__ import annotations
@@ -47,6 +49,13 @@ class Forbidden(DepotError):
     """Raised when the signed-in user may not perform the operation."""
 
     code = "FORBIDDEN"
+
+
+class EmailNotVerified(Forbidden):
+    """Raised when an unverified account uploads or starts a job where that needs a verified
+    address (``DEPOT_UNVERIFIED_MAY_UPLOAD``)."""
+
+    code = "EMAIL_NOT_VERIFIED"
 
 
 class NotFound(DepotError):
@@ -112,3 +121,9 @@ class RateLimited(DepotError):
 
     def extensions(self) -> dict[str, object]:
         return {**super().extensions(), "retryAfter": self.retry_after}
+
+
+class FeatureDisabled(DepotError):
+    """Raised by a feature this installation cannot offer, such as mail without an SMTP server."""
+
+    code = "FEATURE_DISABLED"

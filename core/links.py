@@ -14,7 +14,7 @@ from typing import Literal
 
 import jwt
 
-Purpose = Literal["download", "upload", "variant"]
+Purpose = Literal["download", "upload", "variant", "unsubscribe"]
 _ALGORITHM = "HS256"
 
 

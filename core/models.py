@@ -1,5 +1,6 @@
-"""SQLModel entities: users, their sessions and credentials, files, upload tickets,
-resumable uploads, jobs, and webhooks with their deliveries."""
+"""SQLModel entities: users, their sessions and credentials, the tokens mailed to them,
+their pending notifications, files, upload tickets, resumable uploads, jobs, and webhooks
+with their deliveries."""
 
 from __future__ import annotations
 
@@ -51,6 +52,17 @@ class User(SQLModel, table=True):
     used_bytes: int = Field(default=0, sa_type=BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # When the owner proved they read mail at ``email`` (a verification link).
+    email_verified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Which notifications go out by mail (core.notifications).
+    mail_job_succeeded: bool = Field(default=True)
+    mail_job_failed: bool = Field(default=True)
+    mail_storage_full: bool = Field(default=True)
+    mail_webhook_disabled: bool = Field(default=True)
+    # When the last notification mail went out: the next waits a batch interval.
+    notified_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # When the user was told their storage is nearly full (cleared once it is not).
+    storage_warned_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 # Unique ignoring case on both databases, whatever normalisation a caller forgot.
@@ -106,6 +118,60 @@ class Credential(SQLModel, table=True):
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class TokenPurpose(enum.StrEnum):
+    RESET = "reset"  # sets a new password
+    VERIFY = "verify"  # proves the address: the account's own, or the one it changes to
+
+
+class EmailToken(SQLModel, table=True):
+    """A single-use token mailed to ``email``; only its SHA-256 is stored.
+
+    It works until ``expires_at``, once (``used_at``), and only while it is its
+    user's newest of its purpose: asking again ends the older ones.
+    """
+
+    __tablename__ = "email_token"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")], index=True
+    )
+    purpose: TokenPurpose = Field(sa_type=_enum(TokenPurpose))
+    token_hash: str = Field(max_length=64, unique=True)
+    # The address the mail went to: a verified email change makes it the account's.
+    email: str = Field(max_length=320)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime)
+    used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class NotificationKind(enum.StrEnum):
+    JOB_SUCCEEDED = "job_succeeded"
+    JOB_FAILED = "job_failed"
+    STORAGE_FULL = "storage_full"
+    WEBHOOK_DISABLED = "webhook_disabled"
+
+
+class Notification(SQLModel, table=True):
+    """Something to tell a user by mail unless a live subscription showed it first.
+
+    Pending only: a row goes when it is mailed, or when a subscription
+    delivered the event it stands for (``subject_id``, a job's id).
+    """
+
+    __tablename__ = "notification"
+    __table_args__ = (Index("ix_notification_user_subject", "user_id", "subject_id"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    user_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")]
+    )
+    kind: NotificationKind = Field(sa_type=_enum(NotificationKind))
+    subject_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
+    summary: str = Field(max_length=500)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
 
 
 class File(SQLModel, table=True):

@@ -12,6 +12,8 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from core import mail
+from core.settings import Settings
 from storage.base import Storage
 
 PROBE_TIMEOUT_S = 3.0
@@ -30,6 +32,12 @@ async def probe_redis(client: Redis) -> None:
 async def probe_storage(storage: Storage) -> None:
     async with asyncio.timeout(PROBE_TIMEOUT_S):
         await storage.probe()
+
+
+async def probe_smtp(settings: Settings) -> None:
+    """Greet the mail server of ``DEPOT_SMTP_URL`` (signing in is left to the first mail)."""
+    async with asyncio.timeout(PROBE_TIMEOUT_S + 1):
+        await mail.probe_smtp(settings, PROBE_TIMEOUT_S)
 
 
 def describe(exc: BaseException) -> str:

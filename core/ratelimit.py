@@ -120,6 +120,10 @@ class Action(StrEnum):
     ACCESS_TOKEN = "access_token"  # noqa: S105 - createAccessToken
     REFRESH_FAILURE = "refresh_failure"  # refreshSession refused, per address
     PASSWORD_FAILURE = "password_failure"  # noqa: S105 - changePassword, wrong current password
+    # requestPasswordReset and sendPasswordReset; "per user" is per address asked
+    # for, whether or not an account has it.
+    PASSWORD_RESET = "password_reset"  # noqa: S105
+    VERIFICATION_MAIL = "verification_mail"  # resendVerification and changeEmail
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +156,7 @@ class ActionLimiter:
         }
 
     def _keys(
-        self, action: Action, user: uuid.UUID | None, address: str
+        self, action: Action, user: uuid.UUID | str | None, address: str
     ) -> list[tuple[RateLimitItem, str, str]]:
         per_user, per_address = self._limits.get(action, ([], []))
         keys = [(item, "address", address) for item in per_address]
@@ -168,8 +172,11 @@ class ActionLimiter:
             retry_after=retry_after,
         )
 
-    async def hit(self, action: Action, *, user: uuid.UUID | None, address: str) -> None:
+    async def hit(self, action: Action, *, user: uuid.UUID | str | None, address: str) -> None:
         """Count one ``action``; ``RATE_LIMITED`` once one of its windows is used up.
+
+        ``user`` is who acts, or, for an action on an account nobody signed in
+        to (a password reset), the account's normalised address.
 
         Each window is tested and counted in one atomic step, so concurrent
         requests cannot all slip through between a test and a count.
@@ -216,4 +223,6 @@ _WHAT: Final = {
     Action.ACCESS_TOKEN: "access tokens created",
     Action.REFRESH_FAILURE: "refused session refreshes",
     Action.PASSWORD_FAILURE: "wrong current passwords",
+    Action.PASSWORD_RESET: "password reset mails",
+    Action.VERIFICATION_MAIL: "verification mails",
 }

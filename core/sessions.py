@@ -17,9 +17,9 @@ from sqlalchemy import ColumnElement, bindparam, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import access_tokens, passwords, tokens, users
-from core.errors import Unauthenticated
-from core.models import Credential, CredentialKind, Session, User
+from core import access_tokens, email_tokens, passwords, tokens, users
+from core.errors import BadUserInput, Unauthenticated
+from core.models import Credential, CredentialKind, Session, TokenPurpose, User
 from core.ratelimit import LoginLimiter
 from core.settings import Settings
 from core.time import utcnow
@@ -183,6 +183,32 @@ async def change_password(
     others = [col(Session.id) != keep_session] if keep_session is not None else []
     await revoke_sessions(db, col(Session.user_id) == user.id, *others)
     await access_tokens.revoke_all_access_tokens(db, user.id)
+
+
+async def reset_password(db: AsyncSession, settings: Settings, secret: str, new: str) -> User:
+    """Set a new password with a reset token from a mail (not yet committed).
+
+    As after :func:`change_password`, every session ends and every personal
+    access token is revoked: whoever had the old password may have made some.
+    The token proves its holder reads the account's mail, so the address counts
+    as verified. A token mailed before the address changed is worthless.
+    """
+    passwords.check_password_rules(new, field="newPassword")
+    token = await email_tokens.redeem(db, secret, TokenPurpose.RESET)
+    user = await db.get(User, token.user_id)
+    if user is None or token.email != user.email:
+        raise BadUserInput(email_tokens.INVALID, field="token")
+    if not user.is_active:
+        raise Unauthenticated("This account has been deactivated.")
+    ph = passwords.hasher(settings.password_hash_memory_kib, settings.password_hash_iterations)
+    now = utcnow()
+    user.password_hash = await passwords.hash_password(ph, new)
+    user.email_verified_at = user.email_verified_at or now
+    user.updated_at = now
+    db.add(user)
+    await revoke_sessions(db, col(Session.user_id) == user.id)
+    await access_tokens.revoke_all_access_tokens(db, user.id)
+    return user
 
 
 async def sign_in(

@@ -62,8 +62,9 @@ def normalize_database_url(url: str) -> str:
 # the published `schema.graphql`.
 DEVELOPMENT_AIDS = ("graphiql", "graphql_introspection", "graphql_suggestions")
 # Off in production for the same reason of safety, on in development for convenience:
-# a webhook receiver on the developer's own machine or network.
-DEVELOPMENT_ONLY = (*DEVELOPMENT_AIDS, "webhook_allow_private_networks")
+# a webhook receiver on the developer's own machine or network, and uploads by
+# accounts whose address nobody verified.
+DEVELOPMENT_ONLY = (*DEVELOPMENT_AIDS, "webhook_allow_private_networks", "unverified_may_upload")
 
 
 def _is_weak(secret: str) -> bool:
@@ -246,6 +247,95 @@ class Settings(BaseSettings):
         default="20/15minutes",
         description="Wrong current passwords in `changePassword` per client address, "
         "whatever the users.",
+    )
+    product_name: str = Field(
+        default="Depot",
+        min_length=1,
+        max_length=100,
+        description="The product's name in the mails Depot sends (subjects, greetings, footers).",
+    )
+    frontend_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="Where the frontend's pages live: mails link to `<frontend_url>/reset-password"
+        "?token=…` and `/verify-email?token=…`, screens the frontend owns. Unset, those links "
+        "start with `DEPOT_PUBLIC_BASE_URL`.",
+    )
+    smtp_url: SecretStr | None = Field(
+        default=None,
+        description="The mail server: `smtp://user:password@host:587` (STARTTLS, required when "
+        "a user is given) or `smtps://…:465` (TLS from the first byte). Unset, development "
+        "writes each mail to `DEPOT_MAIL_OUTBOX_DIR` and production switches the mail "
+        "features off (`FEATURE_DISABLED`) rather than lose mail silently.",
+    )
+    mail_from: str = Field(
+        default="",
+        max_length=320,
+        description="The `From` of Depot's mails, such as `Depot <noreply@example.com>`. Empty "
+        "means `<product name> <noreply@<host of DEPOT_PUBLIC_BASE_URL>>`.",
+    )
+    mail_outbox_dir: Path | None = Field(
+        default=None,
+        description="Where development writes mails as `.eml` files when no SMTP server is "
+        "set, so a reset or verification link can be followed with nothing installed. "
+        "Unset means `<var_dir>/outbox`.",
+    )
+    password_reset_minutes: int = Field(
+        default=30,
+        ge=5,
+        le=24 * 60,
+        description="How long a password-reset link works. OWASP's advice is short-lived: half "
+        "an hour covers reading the mail, not leaving it lying in an inbox for days.",
+    )
+    email_verification_hours: int = Field(
+        default=48,
+        ge=1,
+        le=30 * 24,
+        description="How long a link verifying an address (a new account's, or a changed one) "
+        "works: two days allow for a weekend-delayed inbox.",
+    )
+    password_reset_limit_per_account: str = Field(
+        default="3/hour",
+        description="Reset mails `requestPasswordReset` and `sendPasswordReset` may send to one "
+        "address (counted whether or not it has an account): enough for a lost mail or two, "
+        "too few to flood an inbox.",
+    )
+    password_reset_limit_per_address: str = Field(
+        default="30/hour",
+        description="`requestPasswordReset` calls from one client address, whatever the "
+        "addresses asked for.",
+    )
+    verification_mail_limit_per_user: str = Field(
+        default="5/hour",
+        description="Verification mails (`resendVerification`, `changeEmail`) one user may ask "
+        "for: a mistyped address or a lost mail, not a flood.",
+    )
+    verification_mail_limit_per_address: str = Field(
+        default="30/hour",
+        description="Verification mails asked for from one client address, whoever signs them.",
+    )
+    unverified_may_upload: bool = Field(
+        default=True,
+        description="Whether an account whose address is not verified may upload files and "
+        "start jobs (it may always sign in and read). Default: yes in development, no in "
+        "production, where an unverified account costs storage for an address nobody "
+        "answers for. Without mail (no SMTP in production) nobody could verify, so the rule "
+        "is not applied.",
+    )
+    notification_delay_seconds: float = Field(
+        default=60,
+        ge=0.1,
+        le=3600,
+        description="How long a notification (job finished or failed) waits for a live "
+        "subscription of its user to show it; only one nobody saw is mailed. A minute "
+        "covers a tab that was open, without holding the news back long.",
+    )
+    notification_batch_seconds: float = Field(
+        default=300,
+        ge=0.1,
+        le=24 * 3600,
+        description="At most one notification mail per user in this long; what happens "
+        "meanwhile waits for the next, which tells all of it. Five minutes turns a batch of "
+        "a hundred jobs into one mail.",
     )
     default_quota_bytes: int = Field(
         default=10 * 1024**3, ge=0, description="Storage quota of a new account."
@@ -670,14 +760,14 @@ class Settings(BaseSettings):
     def _normalize_database_url(cls, value: str) -> str:
         return normalize_database_url(value) if value else value
 
-    @field_validator("secret_key", "metrics_token", mode="before")
+    @field_validator("secret_key", "metrics_token", "smtp_url", mode="before")
     @classmethod
     def _blank_secret_is_unset(cls, value: object) -> object:
         # A blank `DEPOT_SECRET_KEY=` line (a copied .env template) means "not
         # set", never "sign with the empty string".
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("trusted_documents", mode="before")
+    @field_validator("trusted_documents", "mail_outbox_dir", "frontend_url", mode="before")
     @classmethod
     def _blank_path_is_unset(cls, value: object) -> object:
         # `DEPOT_TRUSTED_DOCUMENTS=` (a ConfigMap's or .env's empty line) means
@@ -724,6 +814,10 @@ class Settings(BaseSettings):
         "refresh_failure_limit_per_address",
         "password_failure_limit_per_user",
         "password_failure_limit_per_address",
+        "password_reset_limit_per_account",
+        "password_reset_limit_per_address",
+        "verification_mail_limit_per_user",
+        "verification_mail_limit_per_address",
     )
     @classmethod
     def _check_limit(cls, value: str) -> str:
@@ -751,6 +845,15 @@ class Settings(BaseSettings):
     def _check_storage_url(cls, value: str) -> str:
         if value and urlsplit(value).scheme not in ("file", "s3", "memory"):
             raise ValueError("use file:///path, s3://bucket?endpoint_url=…&region=… or memory://")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _check_smtp_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            parts = urlsplit(value.get_secret_value())
+            if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+                raise ValueError("use smtp://user:password@host:587 or smtps://host:465")
         return value
 
     @field_validator("redis_url")
@@ -807,6 +910,26 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def mail_enabled(self) -> bool:
+        """Whether Depot can send mail: an SMTP server, or development's outbox folder."""
+        return self.smtp_url is not None or not self.is_production
+
+    @property
+    def outbox_dir(self) -> Path:
+        """Where development writes mails when no SMTP server is set."""
+        return self.mail_outbox_dir or self.var_dir / "outbox"
+
+    @property
+    def sender(self) -> str:
+        """The ``From`` of Depot's mails."""
+        return self.mail_from or f"{self.product_name} <noreply@{self.public_base_url.host}>"
+
+    @property
+    def frontend_base(self) -> str:
+        """Where the links of reset and verification mails lead, without a trailing slash."""
+        return str(self.frontend_url or self.public_base_url).rstrip("/")
 
     @property
     def is_sqlite(self) -> bool:

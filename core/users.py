@@ -11,9 +11,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import passwords
-from core.errors import BadUserInput, Conflict, NotFound
-from core.models import Role, User
+from core import email_tokens, passwords
+from core.errors import BadUserInput, Conflict, EmailNotVerified, NotFound
+from core.models import Role, TokenPurpose, User
 from core.settings import Settings
 from core.text import has_invisible_controls
 from core.time import utcnow
@@ -97,3 +97,38 @@ async def get_user(session: AsyncSession, user_id: uuid.UUID) -> User:
 
 def touch(user: User) -> None:
     user.updated_at = utcnow()
+
+
+def require_verified(settings: Settings, user: User) -> None:
+    """``EMAIL_NOT_VERIFIED`` if ``user`` may not upload or start jobs before verifying.
+
+    Only when ``DEPOT_UNVERIFIED_MAY_UPLOAD`` is off and mail can go out
+    (nobody could verify otherwise). Costs nothing: the signed-in user is loaded.
+    """
+    verified = user.email_verified_at is not None
+    if not verified and not settings.unverified_may_upload and settings.mail_enabled:
+        raise EmailNotVerified(
+            "Verify your email address first: follow the link in the mail we sent "
+            "(`resendVerification` sends another)."
+        )
+
+
+async def verify_email(db: AsyncSession, secret: str) -> tuple[User, str | None]:
+    """Redeem a verification token (not yet committed): the user, and their former address
+    when the token confirmed a change (``CONFLICT`` if someone took it meanwhile)."""
+    token = await email_tokens.redeem(db, secret, TokenPurpose.VERIFY)
+    user = await get_user(db, token.user_id)
+    now = utcnow()
+    former = None
+    if token.email != user.email:
+        if await find_by_email(db, token.email) is not None:
+            raise Conflict("An account with this email already exists.")
+        former, user.email = user.email, token.email
+    user.email_verified_at = now
+    user.updated_at = now
+    db.add(user)
+    try:
+        await db.flush()
+    except IntegrityError:
+        raise Conflict("An account with this email already exists.") from None
+    return user, former

@@ -16,6 +16,7 @@ from schema.access_tokens import AccessToken, AccessTokenMutation, AccessTokenQu
 from schema.admin import AdminMutation, AdminQuery
 from schema.auth import AuthMutation
 from schema.direct_uploads import DirectUploadMutation
+from schema.email import EmailMutation
 from schema.errors import ErrorCodes, SyntaxSafeParserCache
 from schema.events import Subscription
 from schema.files import FileMutation, FileQuery
@@ -53,6 +54,7 @@ Mutation = merge_types(
     "Mutation",
     (
         AuthMutation,
+        EmailMutation,
         AccessTokenMutation,
         AdminMutation,
         DirectUploadMutation,

@@ -10,7 +10,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from core import models, sessions, users
 from core.errors import BadUserInput
 from core.events import CredentialsRevoked, announce
+from core.mail import require_mail
 from schema.context import Info
+from schema.email import ask_for_reset
 from schema.enums import Role
 from schema.filters import contains_pattern
 from schema.ids import decode_id_of
@@ -116,3 +118,17 @@ class AdminMutation:
             user = await _target(db, info, id)
             user.quota_bytes = quota_bytes
             return await _save(db, user)
+
+    @strawberry.mutation(
+        description="Mail a user a password-reset link, for one who asks for help; counted "
+        "against the same per-address limit as `requestPasswordReset`.",
+        permission_classes=[IsAdmin],
+    )
+    async def send_password_reset(self, info: Info, id: strawberry.ID) -> bool:
+        require_mail(info.context.settings)
+        async with info.context.db() as db:
+            user = await _target(db, info, id)
+        if not user.is_active:
+            raise BadUserInput("This account is deactivated; activate it first.", field="id")
+        await ask_for_reset(info.context, user.email)
+        return True

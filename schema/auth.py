@@ -18,6 +18,7 @@ from schema.context import Context, Info
 from schema.nodes import User
 from schema.permissions import IsAuthenticated, IsSession
 from schema.ratelimits import check_failures, count, failed
+from workers import mail
 
 
 @strawberry.input
@@ -43,7 +44,7 @@ class AuthPayload:
     user: User
 
 
-def _payload(user: models.User, tokens: Tokens) -> AuthPayload:
+def payload(user: models.User, tokens: Tokens) -> AuthPayload:
     return AuthPayload(
         access_token=tokens.access_token,
         access_token_expires_at=tokens.access_token_expires_at,
@@ -59,7 +60,9 @@ async def _revoked(context: Context, user_id: uuid.UUID) -> None:
 
 @strawberry.type
 class AuthMutation:
-    @strawberry.mutation(description="Create an account and sign in.")
+    @strawberry.mutation(
+        description="Create an account and sign in; a verification link goes to its address."
+    )
     async def register(self, info: Info, input: RegisterInput) -> AuthPayload:
         context = info.context
         await count(context, Action.REGISTER)
@@ -73,7 +76,9 @@ class AuthMutation:
             )
             tokens = await sessions.start_session(db, context.settings, user)
             await db.commit()
-        return _payload(user, tokens)
+        if context.settings.mail_enabled:
+            await context.jobs.tell(mail.VERIFY, str(user.id), user.email)
+        return payload(user, tokens)
 
     @strawberry.mutation(description="Sign in with email and password.")
     async def login(self, info: Info, input: LoginInput) -> AuthPayload:
@@ -88,7 +93,7 @@ class AuthMutation:
                 address=context.client_address,
             )
             await db.commit()
-        return _payload(user, tokens)
+        return payload(user, tokens)
 
     @strawberry.mutation(
         description="Trade a refresh token for a new pair; each refresh token works once."
@@ -104,7 +109,7 @@ class AuthMutation:
         except Unauthenticated:
             await failed(context, Action.REFRESH_FAILURE)
             raise
-        return _payload(user, tokens)
+        return payload(user, tokens)
 
     @strawberry.mutation(description="End the session a refresh token belongs to.")
     async def logout(self, info: Info, refresh_token: str) -> bool:

@@ -10,6 +10,7 @@ from strawberry.scalars import JSON
 from core import direct_uploads, metrics
 from core.events import FileCreated, announce
 from core.ratelimit import Action
+from core.users import require_verified
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
 from schema.nodes import File
@@ -54,6 +55,7 @@ class DirectUploadMutation:
     async def create_upload(self, info: Info, input: CreateUploadInput) -> UploadTicket:
         user = info.context.require_principal().user
         settings = info.context.settings
+        require_verified(settings, user)
         await count(info.context, Action.UPLOAD)
         async with info.context.db() as db:
             ticket = await direct_uploads.create_ticket(

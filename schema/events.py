@@ -17,7 +17,7 @@ from typing import Any, Self
 
 import strawberry
 
-from core import jobs, metrics
+from core import jobs, metrics, notifications
 from core.errors import BadUserInput
 from core.eventlog import BadCursor, follow, parse_cursor
 from core.events import (
@@ -170,6 +170,8 @@ class Subscription:
                 event = JobStatusChanged.from_data(entry.data)
                 yield JobEvent.from_event(entry.cursor, event)
                 if event.status.is_final:
+                    # Delivered while the user watched: no mail about it.
+                    await notifications.seen(sessionmaker, user.id, event.job_id)
                     return
 
     @strawberry.subscription(
@@ -187,4 +189,8 @@ class Subscription:
             after = await events.last(stream)
         with metrics.SUBSCRIPTIONS.track_inprogress():
             async for entry in follow(events, stream, after):
-                yield UserEvent.from_event(entry.cursor, from_data(entry.data))
+                event = from_data(entry.data)
+                yield UserEvent.from_event(entry.cursor, event)
+                if isinstance(event, JobStatusChanged) and event.status.is_final:
+                    # One DELETE per job's final event; progress costs nothing.
+                    await notifications.seen(info.context.sessionmaker, user.id, event.job_id)

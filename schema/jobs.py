@@ -16,6 +16,7 @@ from core import jobs, models
 from core.events import JobStatusChanged, announce
 from core.ratelimit import Action
 from core.tracing import current_traceparent
+from core.users import require_verified
 from schema.context import Info
 from schema.filters import JobFilter
 from schema.ids import decode_id_of
@@ -76,6 +77,7 @@ class JobMutation:
         self, info: Info, input: JobInput, idempotency_key: str | None = None
     ) -> Job:
         user = info.context.require_principal().user
+        require_verified(info.context.settings, user)
         await count(info.context, Action.JOB)
         kind, requested = job_request(input)
         settings = info.context.settings
@@ -125,6 +127,7 @@ class JobMutation:
     )
     async def retry_job(self, info: Info, id: strawberry.ID) -> Job:
         user = info.context.require_principal().user
+        require_verified(info.context.settings, user)
         await count(info.context, Action.JOB)
         key = decode_id_of("Job", id)
         async with info.context.db() as db:

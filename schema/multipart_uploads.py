@@ -15,6 +15,7 @@ from strawberry.scalars import JSON
 from core import metrics, multipart_uploads
 from core.events import FileCreated, announce
 from core.ratelimit import Action
+from core.users import require_verified
 from schema.context import Info
 from schema.direct_uploads import CreateUploadInput
 from schema.ids import decode_id_of
@@ -89,6 +90,7 @@ class MultipartUploadMutation:
     ) -> MultipartUpload:
         user = info.context.require_principal().user
         settings = info.context.settings
+        require_verified(settings, user)
         await count(info.context, Action.UPLOAD)
         async with info.context.db() as db:
             upload = await multipart_uploads.create(

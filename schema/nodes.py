@@ -70,6 +70,25 @@ class Usage:
         return await info.context.loaders.live_file_counts.load(self.owner_id)
 
 
+@strawberry.type(description="Which news reaches you by mail when no open tab of yours saw it.")
+class NotificationPreferences:
+    job_succeeded: bool = strawberry.field(description="A job of yours finished.")
+    job_failed: bool = strawberry.field(description="A job of yours failed.")
+    storage_nearly_full: bool = strawberry.field(description="Your storage is 90 % full.")
+    webhook_disabled: bool = strawberry.field(
+        description="A webhook of yours was switched off after failing."
+    )
+
+    @classmethod
+    def from_model(cls, user: models.User) -> Self:
+        return cls(
+            job_succeeded=user.mail_job_succeeded,
+            job_failed=user.mail_job_failed,
+            storage_nearly_full=user.mail_storage_full,
+            webhook_disabled=user.mail_webhook_disabled,
+        )
+
+
 @strawberry.type
 class User(Node):
     """A Depot account, visible to itself and to admins."""
@@ -80,6 +99,10 @@ class User(Node):
     is_active: bool
     created_at: datetime
     usage: Usage
+    email_verified: bool = strawberry.field(
+        description="Whether the owner followed a verification link sent to `email`."
+    )
+    notification_preferences: NotificationPreferences
 
     @classmethod
     def from_model(cls, user: models.User) -> Self:
@@ -96,6 +119,8 @@ class User(Node):
                 quota_bytes=BigInt(user.quota_bytes),
                 owner_id=user.id,
             ),
+            email_verified=user.email_verified_at is not None,
+            notification_preferences=NotificationPreferences.from_model(user),
         )
 
     @strawberry.field(

@@ -24,6 +24,12 @@ async def count(context: Context, action: Action) -> None:
     await context.action_limiter.hit(action, user=_user_id(context), address=context.client_address)
 
 
+async def count_account(context: Context, action: Action, account: str) -> None:
+    """Count one ``action`` on the account ``account`` (a normalised address) and
+    this address: for actions on an account nobody is signed in to."""
+    await context.action_limiter.hit(action, user=account, address=context.client_address)
+
+
 async def check_failures(context: Context, action: Action) -> None:
     """``RATE_LIMITED`` if this caller or address failed ``action`` too often lately."""
     await context.action_limiter.check(

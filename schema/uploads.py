@@ -10,6 +10,7 @@ from core.errors import BadUserInput
 from core.events import FileCreated, announce
 from core.ratelimit import Action
 from core.uploads import IncomingFile, store_upload
+from core.users import require_verified
 from schema.context import Info
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
@@ -34,6 +35,7 @@ class UploadMutation:
                 field="file",
             )
         principal = info.context.require_principal()
+        require_verified(info.context.settings, principal.user)
         await count(info.context, Action.UPLOAD)
         async with info.context.db() as db:
             row = await store_upload(

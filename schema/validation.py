@@ -33,6 +33,10 @@ CREDENTIAL_FIELDS: Final = frozenset(
         "logout",
         "changePassword",
         "createAccessToken",
+        "requestPasswordReset",
+        "resetPassword",
+        "verifyEmail",
+        "changeEmail",
     }
 )
 

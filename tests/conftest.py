@@ -193,6 +193,8 @@ _PER_ADDRESS_LIMITS = (
     "access_token_limit_per_address",
     "refresh_failure_limit_per_address",
     "password_failure_limit_per_address",
+    "password_reset_limit_per_address",
+    "verification_mail_limit_per_address",
 )
 
 

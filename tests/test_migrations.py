@@ -39,7 +39,16 @@ USER_COLUMNS = {
     "used_bytes",
     "created_at",
     "updated_at",
+    "email_verified_at",
+    "mail_job_succeeded",
+    "mail_job_failed",
+    "mail_storage_full",
+    "mail_webhook_disabled",
+    "notified_at",
+    "storage_warned_at",
 }
+# The user's columns that may be null: times of what may not have happened yet.
+USER_NULLABLE = {"email_verified_at", "notified_at", "storage_warned_at"}
 TABLES = {
     "alembic_version",
     "user",
@@ -52,6 +61,8 @@ TABLES = {
     "job_input",
     "webhook",
     "webhook_delivery",
+    "email_token",
+    "notification",
 }
 
 
@@ -83,7 +94,7 @@ async def test_upgrade_creates_the_tables(engine: AsyncEngine) -> None:
     assert await _tables(engine) == TABLES
     columns = await _inspect(engine, lambda inspector: inspector.get_columns("user"))
     assert {column["name"] for column in columns} == USER_COLUMNS
-    assert not any(column["nullable"] for column in columns)
+    assert {column["name"] for column in columns if column["nullable"]} == USER_NULLABLE
     primary_key = await _inspect(engine, lambda inspector: inspector.get_pk_constraint("user"))
     assert primary_key["constrained_columns"] == ["id"]
     assert await migrate.current_revision(engine) == migrate.head_revision()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import anyio
 import dramatiq
@@ -66,7 +66,7 @@ class Jobs:
 
     def send_now(self, job_id: uuid.UUID, kind: JobKind) -> None:
         """Hand a job's message to the broker (blocking on Redis, or while threads start)."""
-        self._enqueue(actor_name(kind), str(job_id))
+        self.tell_now(actor_name(kind), str(job_id))
 
     async def send(self, job_id: uuid.UUID, kind: JobKind) -> None:
         """Hand a job's message to the broker without blocking the event loop."""
@@ -74,20 +74,23 @@ class Jobs:
 
     async def send_to(self, actor: str, argument: str) -> None:
         """Hand a message to another actor of the same queue (a webhook delivery)."""
-        await anyio.to_thread.run_sync(self._enqueue, actor, argument)
+        await self.tell(actor, argument)
 
-    def _enqueue(self, actor: str, argument: str) -> None:
+    def tell_now(self, actor: str, *args: Any, delay_ms: int | None = None) -> None:
+        """Hand a message for ``actor`` (a job kind's, or another such as
+        :mod:`workers.mail`'s) to the broker; its worker runs it ``delay_ms`` later."""
         if self._worker is not None:
             self._worker.start()
         self.broker.enqueue(
             dramatiq.Message(
-                queue_name=self.queue,
-                actor_name=actor,
-                args=(argument,),
-                kwargs={},
-                options={},
-            )
+                queue_name=self.queue, actor_name=actor, args=args, kwargs={}, options={}
+            ),
+            delay=delay_ms,
         )
+
+    async def tell(self, actor: str, *args: Any, delay_ms: int | None = None) -> None:
+        """:meth:`tell_now` without blocking the event loop."""
+        await anyio.to_thread.run_sync(lambda: self.tell_now(actor, *args, delay_ms=delay_ms))
 
     async def aclose(self) -> None:
         """Stop the embedded worker's threads if they started (their jobs have the

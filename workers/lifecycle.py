@@ -40,12 +40,13 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import files, jobs, tracing
+from core import files, jobs, notifications, tracing
 from core.errors import NotFound
 from core.events import FileCreated, JobStatusChanged, announce
 from core.models import File, Job, JobStatus
 from core.settings import Settings
 from core.time import utcnow
+from workers import mail
 from workers.broker import (
     Jobs,
     Worker,
@@ -217,6 +218,8 @@ async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, J
                 db, job.id, claimed.status, error=claimed.error, message=claimed.message
             )
             if ended is not None:
+                if resources.settings.mail_enabled:
+                    await notifications.job_ended(resources.sessionmaker, ended)
                 await _publish_status(resources, ended)
             return jobs.Claim.SKIP, None
     await _publish_status(resources, job)
@@ -245,6 +248,9 @@ async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -
     with trace.use_span(attempt.span, end_on_exit=False):
         again, changed = await patiently(lambda: _record(resources, attempt.job, outputs, outcome))
         if changed is not None:
+            if changed.status.is_final and resources.settings.mail_enabled:
+                # Before the announcement, so a subscriber that sees it finds the row.
+                await notifications.job_ended(resources.sessionmaker, changed)
             if isinstance(outcome, Succeeded):
                 for file in outputs:
                     await _publish_file(resources, file)
@@ -412,10 +418,12 @@ class JobLifecycle(Middleware):
     def before_process_message(
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
-        if message.actor_name == WEBHOOK_ACTOR:
-            return  # not a job: the delivery keeps its own state (core.webhooks)
-        job_id = job_id_of(message)
         kind = self._kinds.get(message.actor_name)
+        if kind is None and message.actor_name in broker.actors:
+            # Not a job: another actor of this worker (a webhook delivery, a mail),
+            # which keeps its own state.
+            return
+        job_id = job_id_of(message)
         try:
             claim, job = _run(_claim(self.resources, job_id))
         except Exception as exc:
@@ -525,6 +533,7 @@ def worker_jobs(settings: Settings) -> Jobs:
     broker = redis_broker(settings, [*running_middleware(), lifecycle])
     queue = queue_name(settings.redis_prefix)
     _declare_actors(broker, queue, lifecycle)
+    mail.declare_actors(broker, queue, lambda: lifecycle.resources)
     return Jobs(broker, queue)
 
 
@@ -535,4 +544,5 @@ def embedded_jobs(settings: Settings, shared: Shared) -> Jobs:
     broker = StubBroker(middleware=[*running_middleware(), lifecycle])
     queue = queue_name(settings.redis_prefix)
     _declare_actors(broker, queue, lifecycle)
+    mail.declare_actors(broker, queue, lambda: lifecycle.resources)
     return Jobs(broker, queue, worker=Worker(broker, queue, settings.worker_threads))

@@ -30,9 +30,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core import notifications
 from core.metrics import serve_metrics
 from core.settings import Settings
 from core.time import utcnow
+from workers import mail
 from workers.maintenance import UsageSuspects, run_all
 from workers.metrics import HOST as METRICS_HOST
 from workers.metrics import job_counts_on
@@ -152,6 +154,16 @@ class Maintenance:
             next_run_time=first,
             **options,
         )
+        if self._settings.mail_enabled:
+            # Often enough that a notification goes out soon after its delay is up.
+            scheduler.add_job(
+                self._notify,
+                IntervalTrigger(
+                    seconds=self._settings.notification_delay_seconds / 4, timezone=UTC
+                ),
+                id="notifications",
+                **options,
+            )
         if self._lock is not None:
             scheduler.add_job(
                 self._lock.renew,
@@ -186,6 +198,20 @@ class Maintenance:
             logger.warning("maintenance interrupted by stop")
         finally:
             self._running = None
+
+    async def _notify(self) -> None:
+        """Ask for the notification mails that are due (:func:`core.notifications.sweep`)."""
+        if self._lock is not None and not await self._lock.hold():
+            return
+        jobs = self._resources.jobs
+
+        async def tell(user_id: uuid.UUID) -> None:
+            await jobs.tell(mail.DIGEST, str(user_id))
+
+        try:
+            await notifications.sweep(self._resources.sessionmaker, self._settings, tell)
+        except Exception:
+            logger.exception("notification sweep failed")
 
     async def stop(self) -> None:
         """Stop scheduling, let a run in progress finish briefly, and give the lock up."""
