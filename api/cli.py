@@ -398,6 +398,11 @@ async def _check_services(settings: Settings) -> list[str]:
                 problems.append(
                     f"redis unreachable at {_hide_password(settings.redis_url)}: {describe(exc)}"
                 )
+        try:
+            await probe_storage(resources.storage)
+            click.echo(f"✓ storage usable ({urlsplit(settings.storage_url).scheme})")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"storage unusable: {describe(exc)}")
         if settings.smtp_url is not None:
             try:
                 await probe_smtp(settings)
@@ -408,11 +413,6 @@ async def _check_services(settings: Settings) -> list[str]:
             click.echo("• no DEPOT_SMTP_URL: mail (resets, verification, notifications) is off")
         else:
             click.echo(f"• no DEPOT_SMTP_URL: mails are written to {settings.outbox_dir}")
-        try:
-            await probe_storage(resources.storage)
-            click.echo(f"✓ storage usable ({urlsplit(settings.storage_url).scheme})")
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"storage unusable: {describe(exc)}")
     return problems
 
 

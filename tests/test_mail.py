@@ -52,6 +52,7 @@ from tests.support import (
     upload_file,
     wait_for_job,
 )
+from tests.test_cli import depot
 
 pytestmark = pytest.mark.anyio
 
@@ -515,3 +516,16 @@ async def test_a_job_nobody_watched_is_mailed_one_watched_is_not_and_unsubscribe
     await wait_for_job(client, headers, job["id"])
     await anyio.sleep(1.2)
     assert len(inbox.to("ada@example.com", "job")) == 1
+
+
+# -- depot check -----------------------------------------------------------------------
+
+
+def test_check_reaches_the_mail_server(smtp: tuple[Inbox, int]) -> None:
+    reached = depot("check", env={"DEPOT_SMTP_URL": f"smtp://127.0.0.1:{smtp[1]}"})
+    assert reached.exit_code == 0, reached.output
+    assert "✓ mail server reachable" in reached.stdout
+    closed = depot("check", env={"DEPOT_SMTP_URL": f"smtps://u:secret@127.0.0.1:{free_port()}"})
+    assert closed.exit_code == 1, closed.output
+    assert "✗ mail server unreachable" in closed.stderr
+    assert "secret" not in closed.output
