@@ -313,6 +313,12 @@ class Settings(BaseSettings):
         default="30/hour",
         description="Verification mails asked for from one client address, whoever signs them.",
     )
+    email_verification: bool = Field(
+        default=True,
+        description="Mail each new account a link that verifies its address (and hold "
+        "unverified accounts back as `DEPOT_UNVERIFIED_MAY_UPLOAD` says). Off, for an "
+        "installation whose accounts an admin vouches for, nobody is asked to verify.",
+    )
     unverified_may_upload: bool = Field(
         default=True,
         description="Whether an account whose address is not verified may upload files and "
@@ -915,6 +921,11 @@ class Settings(BaseSettings):
     def mail_enabled(self) -> bool:
         """Whether Depot can send mail: an SMTP server, or development's outbox folder."""
         return self.smtp_url is not None or not self.is_production
+
+    @property
+    def verifies_email(self) -> bool:
+        """Whether new accounts are mailed a verification link (and may be held back)."""
+        return self.email_verification and self.mail_enabled
 
     @property
     def outbox_dir(self) -> Path:

@@ -102,11 +102,11 @@ def touch(user: User) -> None:
 def require_verified(settings: Settings, user: User) -> None:
     """``EMAIL_NOT_VERIFIED`` if ``user`` may not upload or start jobs before verifying.
 
-    Only when ``DEPOT_UNVERIFIED_MAY_UPLOAD`` is off and mail can go out
-    (nobody could verify otherwise). Costs nothing: the signed-in user is loaded.
+    Only when ``DEPOT_UNVERIFIED_MAY_UPLOAD`` is off, verification on, and mail
+    can go out (nobody could verify otherwise). Costs nothing: the signed-in user is loaded.
     """
-    verified = user.email_verified_at is not None
-    if not verified and not settings.unverified_may_upload and settings.mail_enabled:
+    verified = user.email_verified_at is not None or not settings.verifies_email
+    if not verified and not settings.unverified_may_upload:
         raise EmailNotVerified(
             "Verify your email address first: follow the link in the mail we sent "
             "(`resendVerification` sends another)."

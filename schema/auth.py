@@ -76,7 +76,7 @@ class AuthMutation:
             )
             tokens = await sessions.start_session(db, context.settings, user)
             await db.commit()
-        if context.settings.mail_enabled:
+        if context.settings.verifies_email:
             await context.jobs.tell(mail.VERIFY, str(user.id), user.email)
         return payload(user, tokens)
 

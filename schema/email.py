@@ -11,7 +11,7 @@ from __future__ import annotations
 import strawberry
 
 from core import passwords, sessions, users
-from core.errors import BadUserInput, Conflict, Unauthenticated
+from core.errors import BadUserInput, Conflict, FeatureDisabled, Unauthenticated
 from core.events import CredentialsRevoked, announce
 from core.mail import require_mail
 from core.ratelimit import Action
@@ -94,6 +94,10 @@ class EmailMutation:
     async def resend_verification(self, info: Info) -> bool:
         context = info.context
         require_mail(context.settings)
+        if not context.settings.email_verification:
+            raise FeatureDisabled(
+                "Address verification is switched off (DEPOT_EMAIL_VERIFICATION)."
+            )
         user = context.require_principal().user
         if user.email_verified_at is not None:
             return False

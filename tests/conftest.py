@@ -210,6 +210,10 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         # The webhook dispatcher's look for due deliveries is a query every poll: the
         # tests that count statements must not see it. Webhook tests poll quickly.
         "webhook_poll_seconds": 60,
+        # No verification mail at each registration: its actor's work would run beside
+        # every test's (statements counted, worker threads started). tests/test_mail.py
+        # turns it on.
+        "email_verification": False,
         # Redis outlives a test and every test client has one address (127.0.0.1): its
         # per-address counters would add up over the whole run. Tests of a limit set it.
         **(

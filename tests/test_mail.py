@@ -149,6 +149,7 @@ def mail_settings(tmp_path: Path, database_url: str, port: int, **overrides: Any
         smtp_url=f"smtp://127.0.0.1:{port}",
         frontend_url="https://app.example.com/",
         product_name="Acme Files",
+        email_verification=True,
         **overrides,
     )
 
@@ -336,7 +337,7 @@ async def test_a_refused_then_dropped_mail_is_tried_again_until_it_arrives(
 async def test_without_smtp_development_writes_the_mail_to_the_outbox(
     tmp_path: Path, database_url: str
 ) -> None:
-    settings = make_settings(tmp_path, database_url=database_url)
+    settings = make_settings(tmp_path, database_url=database_url, email_verification=True)
     outbox = settings.outbox_dir
     async with serve_app(settings) as client:
         await register(client)
@@ -353,7 +354,9 @@ async def test_without_smtp_development_writes_the_mail_to_the_outbox(
 
 
 async def test_without_smtp_production_switches_mail_off(tmp_path: Path, database_url: str) -> None:
-    settings = make_settings(tmp_path, database_url=database_url, environment="production")
+    settings = make_settings(
+        tmp_path, database_url=database_url, environment="production", email_verification=True
+    )
     async with serve_app(settings) as client:
         ada = await register(client)
         assert_error(await ask_reset(client), "FEATURE_DISABLED")
