@@ -532,3 +532,29 @@ def test_check_reaches_the_mail_server(smtp: tuple[Inbox, int]) -> None:
     assert closed.exit_code == 1, closed.output
     assert "✗ mail server unreachable" in closed.stderr
     assert "secret" not in closed.output
+
+
+PREFERENCES = (
+    "mutation Prefs($input: NotificationPreferencesInput!) "
+    "{ setNotificationPreferences(input: $input) { jobSucceeded jobFailed storageNearlyFull } }"
+)
+
+
+@pytest.mark.settings(notification_delay_seconds=0.4, notification_batch_seconds=0.4)
+async def test_storage_nearly_full_is_mailed_once_as_the_preferences_say(
+    client: httpx.AsyncClient, inbox: Inbox, engine: AsyncEngine
+) -> None:
+    ada = await register(client)
+    headers = bearer(ada["accessToken"])
+    body = await graphql(client, PREFERENCES, {"input": {"jobSucceeded": False}}, headers=headers)
+    assert body["data"]["setNotificationPreferences"] == {
+        "jobSucceeded": False,
+        "jobFailed": True,
+        "storageNearlyFull": True,
+    }
+    await update_user(engine, "ada@example.com", quota_bytes=100)
+    await upload_file(client, headers | CSRF_HEADER, "a.bin", b"x" * 95)
+    mail = await inbox.next("ada@example.com", "storage")
+    assert "Your storage is 95 % full (95 of 100 bytes)." in parts(mail)[0]
+    await anyio.sleep(1.2)  # still full, but told once
+    assert len(inbox.to("ada@example.com", "storage")) == 1
