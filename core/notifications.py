@@ -12,7 +12,7 @@ adds nothing for a user who said no. Then:
 - :func:`sweep`, every quarter of ``DEPOT_NOTIFICATION_DELAY_SECONDS`` in
   the scheduler, asks for a digest of every user with rows older than that
   delay, unless they were mailed less than ``DEPOT_NOTIFICATION_BATCH_SECONDS``
-  ago; it also notices storage that went past 90 %;
+  ago (:func:`storage_warnings`, a maintenance task, notices storage past 90 %);
 - :func:`digest` (the ``depot.mail.digest`` actor) takes the user's due rows
   in one ``DELETE … RETURNING``, stamps ``user.notified_at`` and returns the
   mail's contents, with an unsubscribe link that needs no sign-in.
@@ -134,8 +134,6 @@ async def sweep(
     """Ask for the digest of each user with notifications due; returns how many."""
     now = now or utcnow()
     async with sessionmaker() as db:
-        await _storage_warnings(db, now)
-        await db.commit()
         due = await db.exec(
             select(col(User.id)).where(
                 exists().where(
@@ -151,27 +149,34 @@ async def sweep(
     return len(users)
 
 
-async def _storage_warnings(db: AsyncSession, now: datetime) -> None:
-    """Record a warning for storage past 90 % not yet told; re-arm it below 80 %.
+async def storage_warnings(sessionmaker: SessionMaker, now: datetime | None = None) -> int:
+    """Record a warning for storage past 90 % not yet told, re-arm it below 80 %; commits.
 
-    Read from ``used_bytes`` here rather than on the upload path, which stays untouched.
+    A maintenance task (two scans of ``user``, every maintenance interval),
+    reading ``used_bytes`` there rather than on the upload path, which stays
+    untouched. Returns how many warnings it recorded.
     """
+    now = now or utcnow()
     full = col(User.used_bytes) * 100 >= col(User.quota_bytes) * int(STORAGE_WARN * 100)
-    rows = await db.exec(
-        select(col(User.id), col(User.used_bytes), col(User.quota_bytes)).where(
-            col(User.quota_bytes) > 0, full, col(User.storage_warned_at).is_(None)
+    async with sessionmaker() as db:
+        rows = await db.exec(
+            select(col(User.id), col(User.used_bytes), col(User.quota_bytes)).where(
+                col(User.quota_bytes) > 0, full, col(User.storage_warned_at).is_(None)
+            )
         )
-    )
-    for user_id, used, quota in rows.all():
-        summary = f"Your storage is {used * 100 // quota} % full ({used:,} of {quota:,} bytes)."
-        await record(db, user_id, NotificationKind.STORAGE_FULL, summary)
-        await db.exec(update(User).where(col(User.id) == user_id).values(storage_warned_at=now))
-    rearm = col(User.used_bytes) * 100 < col(User.quota_bytes) * int(STORAGE_REARM * 100)
-    await db.exec(
-        update(User)
-        .where(col(User.storage_warned_at).is_not(None), rearm)
-        .values(storage_warned_at=None)
-    )
+        found = rows.all()
+        for user_id, used, quota in found:
+            summary = f"Your storage is {used * 100 // quota} % full ({used:,} of {quota:,} bytes)."
+            await record(db, user_id, NotificationKind.STORAGE_FULL, summary)
+            await db.exec(update(User).where(col(User.id) == user_id).values(storage_warned_at=now))
+        rearm = col(User.used_bytes) * 100 < col(User.quota_bytes) * int(STORAGE_REARM * 100)
+        await db.exec(
+            update(User)
+            .where(col(User.storage_warned_at).is_not(None), rearm)
+            .values(storage_warned_at=None)
+        )
+        await db.commit()
+    return len(found)
 
 
 def _delay(settings: Settings) -> timedelta:

@@ -546,7 +546,9 @@ PREFERENCES = (
 )
 
 
-@pytest.mark.settings(notification_delay_seconds=0.4, notification_batch_seconds=0.4)
+@pytest.mark.settings(
+    notification_delay_seconds=0.4, notification_batch_seconds=0.4, maintenance_interval_seconds=0.3
+)
 async def test_storage_nearly_full_is_mailed_once_as_the_preferences_say(
     client: httpx.AsyncClient, inbox: Inbox, engine: AsyncEngine
 ) -> None:

@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, cast, delete, func, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
-from core import direct_uploads, files, jobs, resumable_uploads
+from core import direct_uploads, files, jobs, notifications, resumable_uploads
 from core.db import SessionMaker
 from core.errors import NotFound
 from core.eventlog import EventLog
@@ -281,6 +281,9 @@ async def run_all(
         # Last: it sees the quota after everything above released bytes.
         "recount_usage": lambda: recount_usage(sessionmaker, suspects),
     }
+    if settings.mail_enabled:
+        # After the recount, on usage as it is.
+        tasks["storage_warnings"] = lambda: notifications.storage_warnings(sessionmaker, now)
     done: dict[str, int] = {}
     for name, task in tasks.items():
         try:
