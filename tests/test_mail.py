@@ -52,6 +52,7 @@ from tests.support import (
     upload_file,
     wait_for_job,
 )
+from tests.test_admin import ADMIN_EMAIL, ADMIN_PASSWORD, create_admin
 from tests.test_cli import depot
 
 pytestmark = pytest.mark.anyio
@@ -566,3 +567,13 @@ async def test_storage_nearly_full_is_mailed_once_as_the_preferences_say(
     assert "Your storage is 95 % full (95 of 100 bytes)." in parts(mail)[0]
     await anyio.sleep(1.2)  # still full, but told once
     assert len(inbox.to("ada@example.com", "storage")) == 1
+
+
+async def test_an_admin_made_by_the_cli_counts_as_verified(
+    client: httpx.AsyncClient, tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(tmp_path, database_url=database_url)
+    result = await create_admin(settings, ADMIN_EMAIL)
+    assert result.exit_code == 0, result.output
+    token = (await sign_in(client, ADMIN_EMAIL, ADMIN_PASSWORD))["accessToken"]
+    assert (await graphql(client, ME, headers=bearer(token)))["data"]["me"]["emailVerified"] is True
