@@ -124,11 +124,11 @@ class AdminMutation:
         "against the same per-address limit as `requestPasswordReset`.",
         permission_classes=[IsAdmin],
     )
-    async def send_password_reset(self, info: Info, id: strawberry.ID) -> bool:
+    async def send_password_reset(self, info: Info, user_id: strawberry.ID) -> bool:
         require_mail(info.context.settings)
         async with info.context.db() as db:
-            user = await _target(db, info, id)
+            user = await _target(db, info, user_id)
         if not user.is_active:
-            raise BadUserInput("This account is deactivated; activate it first.", field="id")
+            raise BadUserInput("This account is deactivated; activate it first.", field="userId")
         await ask_for_reset(info.context, user.email)
         return True

@@ -73,7 +73,7 @@ CHANGE_EMAIL = (
     "{ changeEmail(newEmail: $email, password: $password) }"
 )
 ME = "query { me { email emailVerified notificationPreferences { jobSucceeded jobFailed } } }"
-SEND_RESET = "mutation Send($id: ID!) { sendPasswordReset(id: $id) }"
+SEND_RESET = "mutation Send($id: ID!) { sendPasswordReset(userId: $id) }"
 TOKEN = re.compile(r"[?&]token=([\w-]+)")
 
 

@@ -100,8 +100,10 @@ async def _reset(resources: Resources, email: str) -> None:
             timedelta(minutes=settings.password_reset_minutes),
         )
         await db.commit()
-    values = {"link": link(settings, "reset-password", token)}
-    values["minutes"] = str(settings.password_reset_minutes)
+    values = {
+        "link": link(settings, "reset-password", token),
+        "minutes": str(settings.password_reset_minutes),
+    }
     await resources.jobs.tell(SEND, outgoing(user.email, "password_reset", values))
 
 
