@@ -52,6 +52,7 @@ from tests.support import (
     upload_file,
     wait_for_job,
 )
+from tests.test_access_tokens import create_token
 from tests.test_admin import ADMIN_EMAIL, ADMIN_PASSWORD, create_admin
 from tests.test_cli import depot
 
@@ -207,6 +208,7 @@ async def test_a_reset_mail_sets_a_new_password_ends_every_session_and_signs_in(
     client: httpx.AsyncClient, inbox: Inbox
 ) -> None:
     ada = await register(client)
+    script = (await create_token(client, bearer(ada["accessToken"])))["token"]
     assert (await ask_reset(client, " Ada@Example.com "))["data"] == {"requestPasswordReset": True}
     mail = await inbox.next("ada@example.com", "Reset")
     assert mail["From"] == "Acme Files <noreply@localhost>"
@@ -227,6 +229,7 @@ async def test_a_reset_mail_sets_a_new_password_ends_every_session_and_signs_in(
     me = await graphql(client, ME, headers=bearer(payload["accessToken"]))
     assert me["data"]["me"]["emailVerified"] is True  # the mail proved the address
     assert_error(await graphql(client, ME, headers=bearer(ada["accessToken"])), "UNAUTHENTICATED")
+    assert_error(await graphql(client, ME, headers=bearer(script)), "UNAUTHENTICATED")
     assert_error(await try_login(client, "ada@example.com", PASSWORD), "UNAUTHENTICATED")
     await sign_in(client, password=NEW_PASSWORD)
 
