@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, Final
 
+import anyio
 import structlog
 from sqlalchemy import Uuid, delete, exists, insert, literal, or_, update
 from sqlalchemy import select as select_columns
@@ -114,16 +115,20 @@ async def job_ended(sessionmaker: SessionMaker, job: Job) -> None:
 
 
 async def seen(sessionmaker: SessionMaker, user_id: uuid.UUID, subject_id: uuid.UUID) -> None:
-    """A live subscription of ``user_id`` delivered the event about ``subject_id``: no mail."""
+    """A live subscription of ``user_id`` delivered the event about ``subject_id``: no mail.
+
+    Shielded: a tab closed right after it showed the event still saw it.
+    """
     try:
-        async with sessionmaker() as db:
-            await db.exec(
-                delete(Notification).where(
-                    col(Notification.user_id) == user_id,
-                    col(Notification.subject_id) == subject_id,
+        with anyio.CancelScope(shield=True):
+            async with sessionmaker() as db:
+                await db.exec(
+                    delete(Notification).where(
+                        col(Notification.user_id) == user_id,
+                        col(Notification.subject_id) == subject_id,
+                    )
                 )
-            )
-            await db.commit()
+                await db.commit()
     except Exception:
         logger.exception("notification not marked seen", subject_id=str(subject_id))
 
