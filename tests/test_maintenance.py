@@ -508,6 +508,7 @@ async def test_one_failing_task_does_not_stop_the_others(
         "expire_resumable_uploads": 0,
         "resend_stuck_jobs": 0,
         "prune_events": 0,
+        "storage_warnings": 0,
     }
     assert await used_bytes(client, headers) == 20
     records = [json.loads(line) for line in log_stream.getvalue().splitlines()]
