@@ -9,6 +9,7 @@ the actor trying again until the mail arrives, its token still good.
 
 from __future__ import annotations
 
+import io
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -288,7 +289,7 @@ async def test_resets_are_rate_limited_per_account_whether_or_not_it_exists(
 
 
 async def test_an_unknown_address_gets_the_same_answer_the_same_work_and_no_mail(
-    client: httpx.AsyncClient, inbox: Inbox
+    client: httpx.AsyncClient, inbox: Inbox, log_stream: io.StringIO
 ) -> None:
     await register(client)
     # The request does the same either way: no statement at all on its thread
@@ -305,6 +306,8 @@ async def test_an_unknown_address_gets_the_same_answer_the_same_work_and_no_mail
     await ask_reset(client)  # a later mail to Ada: the unknown one had its turn before
     await inbox.next("ada@example.com", "Reset", 1)
     assert inbox.to("nobody@example.com") == []
+    # The actor had the unknown address's message too, and found nobody.
+    assert "password reset asked for an address without an active account" in log_stream.getvalue()
 
 
 @contextmanager
