@@ -87,10 +87,14 @@ async def record(
     return bool(result.rowcount)
 
 
-async def webhook_disabled(db: AsyncSession, user_id: uuid.UUID, summary: str) -> bool:
+async def webhook_disabled(
+    db: AsyncSession, user_id: uuid.UUID, summary: str, *, webhook_id: uuid.UUID
+) -> bool:
     """Tell a webhook's owner it was switched off (``summary`` says which, and why);
-    not committed. For the code that disables webhooks."""
-    return await record(db, user_id, NotificationKind.WEBHOOK_DISABLED, summary)
+    not committed (:func:`core.webhook_deliveries.disable`, in its transaction)."""
+    return await record(
+        db, user_id, NotificationKind.WEBHOOK_DISABLED, summary, subject_id=webhook_id
+    )
 
 
 async def job_ended(sessionmaker: SessionMaker, job: Job) -> None:

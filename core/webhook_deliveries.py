@@ -28,7 +28,7 @@ from sqlalchemy import or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import metrics
+from core import metrics, notifications
 from core.eventlog import EventLog
 from core.events import WebhookDisabled, announce
 from core.models import DeliveryStatus, Webhook, WebhookDelivery
@@ -286,14 +286,23 @@ async def disable(
         .values(enabled=False, disabled_at=now, updated_at=now)
         .returning(Webhook)
     )
-    return result.scalars().first()
+    webhook = result.scalars().first()
+    if webhook is not None:
+        # A mail too, unless a live subscription shows the WEBHOOK_DISABLED event first.
+        await notifications.webhook_disabled(
+            db,
+            webhook.owner_id,
+            f"Your webhook to {webhook.url} was switched off: its deliveries kept failing.",
+            webhook_id=webhook.id,
+        )
+    return webhook
 
 
 async def tell_disabled(events: EventLog, webhook: Webhook) -> None:
     """Tell a webhook's owner it was disabled: ``WEBHOOK_DISABLED`` on ``myEvents``.
 
-    The one place that learns of it, after the commit: what else should tell
-    the owner (a mail) belongs here.
+    The one place that learns of it, after the commit. The mail was queued
+    with the disabling itself (:func:`core.notifications.webhook_disabled`).
     """
     await announce(
         events,

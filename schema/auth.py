@@ -77,7 +77,7 @@ class AuthMutation:
             tokens = await sessions.start_session(db, context.settings, user)
             await db.commit()
         if context.settings.verifies_email:
-            await context.jobs.tell(mail.VERIFY, str(user.id), user.email)
+            await context.jobs.send_to(mail.VERIFY, str(user.id), user.email)
         return payload(user, tokens)
 
     @strawberry.mutation(description="Sign in with email and password.")

@@ -38,11 +38,11 @@ async def ask_for_reset(context: Context, email: str) -> None:
     lookup is the actor's, after the answer.
     """
     await count_account(context, Action.PASSWORD_RESET, email)
-    await context.jobs.tell(mail.RESET, email)
+    await context.jobs.send_to(mail.RESET, email)
 
 
 async def ask_for_verification(context: Context, user_id: str, email: str) -> None:
-    await context.jobs.tell(mail.VERIFY, user_id, email)
+    await context.jobs.send_to(mail.VERIFY, user_id, email)
 
 
 @strawberry.type
@@ -83,7 +83,7 @@ class EmailMutation:
             await db.commit()
         if former is not None:
             notice = mail.outgoing(former, "email_changed", {"new_email": user.email})
-            await context.jobs.tell(mail.SEND, notice)
+            await context.jobs.send_to(mail.SEND, notice)
         return True
 
     @strawberry.mutation(

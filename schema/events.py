@@ -191,6 +191,9 @@ class Subscription:
             async for entry in follow(events, stream, after):
                 event = from_data(entry.data)
                 yield UserEvent.from_event(entry.cursor, event)
+                # Seen, so not mailed: one DELETE per job's final event (progress costs
+                # nothing) and per disabled webhook.
                 if isinstance(event, JobStatusChanged) and event.status.is_final:
-                    # One DELETE per job's final event; progress costs nothing.
                     await notifications.seen(info.context.sessionmaker, user.id, event.job_id)
+                elif isinstance(event, WebhookDisabled):
+                    await notifications.seen(info.context.sessionmaker, user.id, event.webhook_id)

@@ -66,19 +66,18 @@ class Jobs:
 
     def send_now(self, job_id: uuid.UUID, kind: JobKind) -> None:
         """Hand a job's message to the broker (blocking on Redis, or while threads start)."""
-        self.tell_now(actor_name(kind), str(job_id))
+        self._enqueue(actor_name(kind), str(job_id))
 
     async def send(self, job_id: uuid.UUID, kind: JobKind) -> None:
         """Hand a job's message to the broker without blocking the event loop."""
         await anyio.to_thread.run_sync(self.send_now, job_id, kind)
 
-    async def send_to(self, actor: str, argument: str) -> None:
-        """Hand a message to another actor of the same queue (a webhook delivery)."""
-        await self.tell(actor, argument)
+    async def send_to(self, actor: str, *args: Any, delay_ms: int | None = None) -> None:
+        """Hand a message to another actor of the same queue (a webhook delivery, a mail:
+        :mod:`workers.mail`); its worker runs it ``delay_ms`` later."""
+        await anyio.to_thread.run_sync(lambda: self._enqueue(actor, *args, delay_ms=delay_ms))
 
-    def tell_now(self, actor: str, *args: Any, delay_ms: int | None = None) -> None:
-        """Hand a message for ``actor`` (a job kind's, or another such as
-        :mod:`workers.mail`'s) to the broker; its worker runs it ``delay_ms`` later."""
+    def _enqueue(self, actor: str, *args: Any, delay_ms: int | None = None) -> None:
         if self._worker is not None:
             self._worker.start()
         self.broker.enqueue(
@@ -87,10 +86,6 @@ class Jobs:
             ),
             delay=delay_ms,
         )
-
-    async def tell(self, actor: str, *args: Any, delay_ms: int | None = None) -> None:
-        """:meth:`tell_now` without blocking the event loop."""
-        await anyio.to_thread.run_sync(lambda: self.tell_now(actor, *args, delay_ms=delay_ms))
 
     async def aclose(self) -> None:
         """Stop the embedded worker's threads if they started (their jobs have the

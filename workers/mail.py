@@ -14,7 +14,7 @@ actor                    does
                          (:mod:`core.notifications`)
 =======================  =====================================================
 
-The request only hands a message over (:meth:`workers.broker.Jobs.tell`):
+The request only hands a message over (:meth:`workers.broker.Jobs.send_to`):
 ``requestPasswordReset`` does the same work whether the account exists or
 not, since the lookup happens here. Tokens are made here, once per message,
 and a retried delivery sends the mail already made, so the link that
@@ -104,7 +104,7 @@ async def _reset(resources: Resources, email: str) -> None:
         "link": link(settings, "reset-password", token),
         "minutes": str(settings.password_reset_minutes),
     }
-    await resources.jobs.tell(SEND, outgoing(user.email, "password_reset", values))
+    await resources.jobs.send_to(SEND, outgoing(user.email, "password_reset", values))
 
 
 async def _verify(resources: Resources, user_id: str, email: str) -> None:
@@ -129,7 +129,7 @@ async def _verify(resources: Resources, user_id: str, email: str) -> None:
         "hours": str(settings.email_verification_hours),
         "change": change,
     }
-    await resources.jobs.tell(SEND, outgoing(email, "verify_email", values))
+    await resources.jobs.send_to(SEND, outgoing(email, "verify_email", values))
 
 
 async def _digest(resources: Resources, user_id: str) -> None:
@@ -138,7 +138,7 @@ async def _digest(resources: Resources, user_id: str) -> None:
     )
     if message is not None:
         to, values, headers = message
-        await resources.jobs.tell(SEND, outgoing(to, "notifications", values, headers))
+        await resources.jobs.send_to(SEND, outgoing(to, "notifications", values, headers))
 
 
 def _run(coro: Awaitable[T]) -> T:

@@ -206,7 +206,7 @@ class Maintenance:
         jobs = self._resources.jobs
 
         async def tell(user_id: uuid.UUID) -> None:
-            await jobs.tell(mail.DIGEST, str(user_id))
+            await jobs.send_to(mail.DIGEST, str(user_id))
 
         try:
             await notifications.sweep(self._resources.sessionmaker, self._settings, tell)
