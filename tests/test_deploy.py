@@ -346,6 +346,7 @@ SECRET_SETTINGS = {
     "DEPOT_SECRET_KEY",
     "DEPOT_DATABASE_URL",
     "DEPOT_REDIS_URL",
+    "DEPOT_SMTP_URL",
     "DEPOT_METRICS_TOKEN",
 }
 """Settings that hold credentials: in the Secret, never in the ConfigMap."""
