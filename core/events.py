@@ -16,6 +16,10 @@ WebhookDisabled     the owner's stream                    ``WEBHOOK_DISABLED``
 CredentialsRevoked  the user's ``credentials:<id>``        ``CREDENTIALS_REVOKED``
 ==================  ====================================  =====================
 
+A step's job (``pipeline_id`` set, see :mod:`core.pipelines`) is told to its
+pipeline's stream as well, naming its ``step``: one stream, in one cursor
+order, carries the whole pipeline.
+
 ``CredentialsRevoked`` tells the user's open WebSockets to recheck their
 credential now (``api.websocket``); nobody replays it, so its stream keeps
 one event, for ``CREDENTIALS_STREAM_SECONDS``.
@@ -85,6 +89,9 @@ class JobStatusChanged:
     at: datetime
     # The trace of the request that started the job (core.tracing), if traced.
     trace_id: str | None = None
+    # A pipeline step's job: its pipeline and step.
+    pipeline_id: uuid.UUID | None = None
+    step: str | None = None
 
     @classmethod
     def of(cls, job: Job, at: datetime | None = None) -> Self:
@@ -96,6 +103,8 @@ class JobStatusChanged:
             message=job.message,
             at=at or utcnow(),
             trace_id=trace_id_of(job.traceparent),
+            pipeline_id=job.pipeline_id,
+            step=job.step,
         )
 
     def to_data(self) -> dict[str, Any]:
@@ -107,6 +116,8 @@ class JobStatusChanged:
             "message": self.message,
             "at": self.at.isoformat(),
             **({"traceId": self.trace_id} if self.trace_id else {}),
+            **({"pipelineId": str(self.pipeline_id)} if self.pipeline_id else {}),
+            **({"step": self.step} if self.step else {}),
         }
 
     @classmethod
@@ -118,6 +129,8 @@ class JobStatusChanged:
             message=data.get("message"),
             at=datetime.fromisoformat(data["at"]),
             trace_id=data.get("traceId"),
+            pipeline_id=uuid.UUID(data["pipelineId"]) if data.get("pipelineId") else None,
+            step=data.get("step"),
         )
 
 
@@ -286,6 +299,8 @@ async def _append(
     if isinstance(event, JobStatusChanged):
         stream = job_stream(event.job_id)
         await log.append(stream, data)
+        if event.pipeline_id is not None:
+            await log.append(job_stream(event.pipeline_id), data)
         if isinstance(event, JobProgressed):
             return
         await log.append(user_stream(owner_id), data, max_len=USER_STREAM_LENGTH)

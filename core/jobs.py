@@ -27,7 +27,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import files, metrics, webhooks
 from core.errors import BadUserInput, Conflict, NotFound
-from core.models import FINAL_STATUSES, File, Job, JobInput, JobKind, JobStatus
+from core.models import FINAL_STATUSES, PIPELINE, File, Job, JobInput, JobKind, JobStatus
 from core.time import utcnow
 from storage.base import Storage
 from storage.errors import StorageError
@@ -299,7 +299,8 @@ async def claim(
         return Claimed(Claim.RUN, job)
     job = await db.get(Job, job_id, populate_existing=True)
     if job is None or job.status in FINAL_STATUSES:
-        return Claimed(Claim.SKIP)
+        # With the finished job: a redelivered step's message still advances its pipeline.
+        return Claimed(Claim.SKIP, job)
     if job.status is JobStatus.QUEUED:
         return Claimed(Claim.DEFER)  # the owner is at the limit
     if job.heartbeat_at is not None and job.heartbeat_at >= stale_before:
@@ -476,12 +477,14 @@ async def due_for_sending(
     or running without a heartbeat since ``stale_before`` (their worker died)."""
     found = await db.exec(
         select(col(Job.id), col(Job.kind)).where(
+            # A pipeline has no message of its own: maintenance advances it instead.
+            col(Job.kind) != PIPELINE,
             or_(
                 (col(Job.status) == JobStatus.QUEUED)
                 & or_(col(Job.sent_at).is_(None), col(Job.sent_at) < resend_before),
                 (col(Job.status) == JobStatus.RUNNING)
                 & or_(col(Job.heartbeat_at).is_(None), col(Job.heartbeat_at) < stale_before),
-            )
+            ),
         )
     )
     return [(job_id, kind) for job_id, kind in found.all()]

@@ -292,6 +292,9 @@ class ResumableUpload(SQLModel, table=True):
 # that a new kind is no migration and no edit here.
 JobKind: TypeAlias = str
 
+# The kind of a job of jobs (core/pipelines.py): it has no worker of its own.
+PIPELINE: JobKind = "pipeline"
+
 
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
@@ -322,6 +325,8 @@ class Job(SQLModel, table=True):
         Index("ix_job_status_updated", "status", "updated_at"),
         # The same key from the same user names the same job.
         Index("uq_job_owner_idempotency", "owner_id", "idempotency_key", unique=True),
+        # A pipeline's step has at most one job: the guard that starts it once.
+        Index("uq_job_pipeline_step", "pipeline_id", "step", unique=True),
     )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
@@ -349,6 +354,9 @@ class Job(SQLModel, table=True):
     # The W3C trace context of the request that started (or retried) it: each
     # attempt's span is its child, and its events carry its trace id.
     traceparent: str | None = Field(default=None, max_length=55)
+    # A step's job: the pipeline (a job of kind ``pipeline``) and the step's name.
+    pipeline_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
+    step: str | None = Field(default=None, max_length=64)
 
 
 class JobInput(SQLModel, table=True):
@@ -447,3 +455,22 @@ class WebhookDelivery(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=500)
     next_retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+class PipelineTemplate(SQLModel, table=True):
+    """A user's saved pipeline: named steps, checked when saved, started on given files.
+
+    ``steps`` are the checked steps as ``core.pipelines.Step.to_data`` stores them.
+    """
+
+    __tablename__ = "pipeline_template"
+    __table_args__ = (Index("uq_pipeline_template_owner_name", "owner_id", "name", unique=True),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    owner_id: uuid.UUID = Field(
+        sa_type=Uuid, sa_column_args=[ForeignKey("user.id", ondelete="CASCADE")]
+    )
+    name: str = Field(max_length=100)
+    steps: list[dict[str, Any]] = Field(
+        default_factory=list, sa_column=Column(JSON, nullable=False)
+    )
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -25,6 +25,7 @@ from schema.limits import Limits, limit_rules, query_cost
 from schema.loaders import FreshLoaders
 from schema.multipart_uploads import MultipartUploadMutation, MultipartUploadQuery
 from schema.nodes import File, Job, User
+from schema.pipelines import PipelineTemplate, PipelineTemplateMutation, PipelineTemplateQuery
 from schema.query import Query as NodeQuery
 from schema.resumable_uploads import (
     ResumableUpload,
@@ -48,6 +49,7 @@ Query = merge_types(
         MultipartUploadQuery,
         JobQuery,
         WebhookQuery,
+        PipelineTemplateQuery,
     ),
 )
 Mutation = merge_types(
@@ -64,6 +66,7 @@ Mutation = merge_types(
         FileMutation,
         JobMutation,
         WebhookMutation,
+        PipelineTemplateMutation,
     ),
 )
 
@@ -124,7 +127,7 @@ def build_schema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        types=[User, AccessToken, File, ResumableUpload, Job],
+        types=[User, AccessToken, File, ResumableUpload, Job, PipelineTemplate],
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
     )

@@ -1,6 +1,7 @@
 """The schema's enums over the Python enums they stand for, so no enum is mirrored.
 
-``JobStatus``, ``Role`` and the webhooks' two are the models' own; ``JobKind`` has a value per
+``JobStatus``, ``StepStatus``, ``Role`` and the webhooks' two are the models' own; ``JobKind``
+has a value per
 kind in ``workers/registry.py`` (its name in upper case), so a new kind needs
 no edit here. Enums a kind's parameters use are made by ``schema/job_inputs.py``.
 """
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import strawberry
 
-from core import models
+from core import models, pipelines
 from workers.registry import KINDS
 
 # Aliases, so the models' enums are the schema's types; ``strawberry.enum``
@@ -37,6 +38,16 @@ if TYPE_CHECKING:
 
 else:
     JobKind = strawberry.enum(
-        enum.StrEnum("JobKind", [(name.upper(), name) for name in KINDS]),
-        description="What a job does.",
+        enum.StrEnum(
+            "JobKind",
+            [(name.upper(), name) for name in KINDS] + [(models.PIPELINE.upper(), models.PIPELINE)],
+        ),
+        description="What a job does; a `PIPELINE` runs other jobs, its steps.",
     )
+
+StepStatus = pipelines.StepStatus
+strawberry.enum(
+    StepStatus,
+    description="Where a pipeline's step is: `PENDING` until what it uses succeeded, "
+    "`SKIPPED` when that failed or the pipeline was cancelled; otherwise its job's status.",
+)

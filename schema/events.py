@@ -47,6 +47,11 @@ class JobEvent:
     trace_id: str | None = strawberry.field(
         description="The job's trace (`Job.traceId`); null when tracing is off."
     )
+    step: str | None = strawberry.field(
+        default=None,
+        description="In a pipeline's stream, the step whose job this event is of "
+        "(`jobId` is that job); null for the pipeline's own events.",
+    )
 
     @classmethod
     def from_event(cls, cursor: str, event: JobStatusChanged) -> Self:
@@ -58,6 +63,7 @@ class JobEvent:
             message=event.message,
             at=event.at,
             trace_id=event.trace_id,
+            step=event.step,
         )
 
 
@@ -142,7 +148,8 @@ def _check_cursor(after: str | None) -> None:
 class Subscription:
     @strawberry.subscription(
         description="A job's events after `after` (all when omitted), then live ones; "
-        "completes after the final status. `NOT_FOUND` for another user's job.",
+        "completes after the final status. A pipeline's stream carries its steps' events "
+        "too, each naming its `step`. `NOT_FOUND` for another user's job.",
         permission_classes=[IsAuthenticated],
     )
     async def job_events(
@@ -172,6 +179,8 @@ class Subscription:
                 if event.status.is_final:
                     # Delivered while the user watched: no mail about it.
                     await notifications.seen(sessionmaker, user.id, event.job_id)
+                # A pipeline's stream holds its steps' final events too.
+                if event.status.is_final and event.job_id == key:
                     return
 
     @strawberry.subscription(

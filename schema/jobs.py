@@ -13,6 +13,7 @@ import strawberry
 import structlog
 
 from core import jobs, models
+from core.errors import Conflict
 from core.events import JobStatusChanged, announce
 from core.ratelimit import Action
 from core.tracing import current_traceparent
@@ -24,6 +25,7 @@ from schema.job_inputs import JobInput, job_request
 from schema.nodes import Job, list_jobs
 from schema.pagination import Connection
 from schema.permissions import IsAuthenticated, owned
+from schema.pipelines import cancel_pipeline, retry_pipeline, start_pipeline, step_ended
 from schema.ratelimits import count
 from workers.params import dump
 from workers.registry import KINDS
@@ -70,7 +72,8 @@ async def _send(info: Info, job: models.Job) -> bool:
 class JobMutation:
     @strawberry.mutation(
         description="Start a job; it is returned at once, queued. The same "
-        "`idempotencyKey` from you returns the job it first started.",
+        "`idempotencyKey` from you returns the job it first started. A `pipeline` (or a "
+        "`template`'s) is checked first, then starts as one job of kind `PIPELINE`.",
         permission_classes=[IsAuthenticated],
     )
     async def start_job(
@@ -79,6 +82,8 @@ class JobMutation:
         user = info.context.require_principal().user
         require_verified(info.context.settings, user)
         await count(info.context, Action.JOB)
+        if input.pipeline is not None or input.template is not None:
+            return Job.from_model(await start_pipeline(info, input, idempotency_key))
         kind, requested = job_request(input)
         settings = info.context.settings
         checked = kind.check(requested, settings)
@@ -110,8 +115,13 @@ class JobMutation:
     )
     async def cancel_job(self, info: Info, id: strawberry.ID) -> Job:
         user = info.context.require_principal().user
+        key = decode_id_of("Job", id)
         async with info.context.db() as db:
-            job, cancelled = await jobs.cancel_job(db, user.id, decode_id_of("Job", id))
+            found = await jobs.get_owned_job(db, user.id, key)
+        if found.kind == models.PIPELINE:
+            return Job.from_model(await cancel_pipeline(info, found))
+        async with info.context.db() as db:
+            job, cancelled = await jobs.cancel_job(db, user.id, key)
         if cancelled:
             await announce(
                 info.context.events,
@@ -119,6 +129,7 @@ class JobMutation:
                 owner_id=job.owner_id,
                 retention_seconds=info.context.settings.job_events_retention_seconds,
             )
+            await step_ended(info, job)
         return Job.from_model(job)
 
     @strawberry.mutation(
@@ -132,6 +143,11 @@ class JobMutation:
         key = decode_id_of("Job", id)
         async with info.context.db() as db:
             found = await jobs.get_owned_job(db, user.id, key)
+        if found.kind == models.PIPELINE:
+            return Job.from_model(await retry_pipeline(info, found))
+        if found.pipeline_id is not None:
+            raise Conflict("This job is a pipeline's step: retry the pipeline instead.")
+        async with info.context.db() as db:
             job = await jobs.retry_job(
                 db,
                 user.id,

@@ -61,6 +61,7 @@ from strawberry.extensions import AddValidationRules, SchemaExtension
 
 from schema.pagination import DEFAULT_PAGE, MAX_PAGE
 from workers.archive import MAX_FILES as ARCHIVE_MAX_FILES
+from workers.pipeline import MAX_STEPS as PIPELINE_MAX_STEPS
 
 # Most errors one response carries; the rest are summed up in one last error.
 MAX_ERRORS: Final = 20
@@ -72,6 +73,9 @@ MAX_MESSAGE_CHARS: Final = 1000
 LIST_MAXIMA: Final[Mapping[tuple[str, str], int]] = {
     # An archive job reads the most files: workers.archive.MAX_FILES.
     ("Job", "inputs"): ARCHIVE_MAX_FILES,
+    # workers.pipeline.MAX_STEPS.
+    ("Job", "steps"): PIPELINE_MAX_STEPS,
+    ("PipelineStep", "use"): PIPELINE_MAX_STEPS,
 }
 
 

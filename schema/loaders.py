@@ -24,6 +24,7 @@ from strawberry.dataloader import DataLoader
 from strawberry.extensions import SchemaExtension
 from strawberry.types.graphql import OperationType
 
+from core import pipelines
 from core.db import SharedSession
 from core.models import File, Job, JobInput, User
 
@@ -96,6 +97,11 @@ class Loaders:
     def job_inputs(self) -> DataLoader[uuid.UUID, list[File]]:
         return DataLoader(load_fn=self._load_job_inputs)
 
+    @functools.cached_property
+    def step_jobs(self) -> DataLoader[uuid.UUID, list[Job]]:
+        """A pipeline's steps' jobs, by pipeline."""
+        return DataLoader(load_fn=self._load_step_jobs)
+
     def paged(
         self,
         name: str,
@@ -125,6 +131,16 @@ class Loaders:
                 found[job_id].append(file)
             _detach(db, {file.id: file for files in found.values() for file in files}.values())
         return [found[job_id] for job_id in job_ids]
+
+    async def _load_step_jobs(self, pipeline_ids: list[uuid.UUID]) -> Sequence[list[Job]]:
+        async with self.shared() as db:
+            children = await pipelines.children_of(db, pipeline_ids)
+            _detach(db, children)
+        found: dict[uuid.UUID, list[Job]] = {key: [] for key in pipeline_ids}
+        for child in children:
+            assert child.pipeline_id is not None
+            found[child.pipeline_id].append(child)
+        return [found[key] for key in pipeline_ids]
 
     async def _load_live_file_counts(self, owner_ids: list[uuid.UUID]) -> Sequence[int]:
         async with self.shared() as db:

@@ -20,13 +20,13 @@ from sqlmodel import col
 from strawberry.dataloader import DataLoader
 from strawberry.scalars import JSON
 
-from core import models
+from core import models, pipelines
 from core.downloads import credential_of
 from core.errors import BadUserInput, Forbidden, NotFound
 from core.time import utcnow
 from core.tracing import trace_id_of
 from schema.context import Info
-from schema.enums import JobKind, JobStatus, Role
+from schema.enums import JobKind, JobStatus, Role, StepStatus
 from schema.filters import (
     FileFilter,
     FileOrder,
@@ -400,7 +400,10 @@ class Job(Node):
         description="The OpenTelemetry trace of the request that started (or last retried) "
         "the job, which each attempt's span continues; null when tracing is off."
     )
+    step: str | None = strawberry.field(description="A pipeline step's job: the step's name.")
     owner_id: strawberry.Private[uuid.UUID]
+    pipeline_key: strawberry.Private[uuid.UUID | None] = None
+    row: strawberry.Private[models.Job | None] = None
     # As File's: the owner when the one who listed the job already had it.
     owner_node: strawberry.Private[User | None] = None
 
@@ -420,9 +423,39 @@ class Job(Node):
             started_at=job.started_at,
             finished_at=job.finished_at,
             trace_id=trace_id_of(job.traceparent),
+            step=job.step,
             owner_id=job.owner_id,
+            pipeline_key=job.pipeline_id,
+            row=job,
             owner_node=owner,
         )
+
+    @strawberry.field(
+        description="A pipeline's steps, in an order where each follows what "
+        "it uses; null for any other job."
+    )
+    async def steps(self, info: Info) -> list[PipelineStep] | None:
+        if self.row is None or self.row.kind != models.PIPELINE:
+            return None
+        children = await info.context.loaders.step_jobs.load(self.key)
+        return [
+            PipelineStep(
+                name=state.step.name,
+                kind=JobKind(state.step.kind),
+                use=state.step.use,
+                status=state.status,
+                progress=state.progress,
+                job_row=state.job,
+            )
+            for state in pipelines.states(self.row, children)
+        ]
+
+    @strawberry.field(description="A step's job: the pipeline it is a step of.")
+    async def pipeline(self, info: Info) -> Job | None:
+        if self.pipeline_key is None:
+            return None
+        found = await info.context.loaders.jobs.load(self.pipeline_key)
+        return Job.from_model(found) if found is not None else None
 
     @strawberry.field(description="The files the job reads, in the order given.")
     async def inputs(self, info: Info) -> list[File]:
@@ -440,6 +473,24 @@ class Job(Node):
     @strawberry.field(description="The user the job belongs to.")
     def owner(self, info: Info) -> User:
         return self.owner_node or _load_owner(info, self.owner_id)
+
+
+@strawberry.type(description="One step of a pipeline: what it runs, what it uses, where it is.")
+class PipelineStep:
+    name: str
+    kind: JobKind
+    use: list[str] = strawberry.field(
+        description="The steps whose files it reads; `:input` is the pipeline's own."
+    )
+    status: StepStatus
+    progress: float = strawberry.field(description="From 0 to 1.")
+    job_row: strawberry.Private[models.Job | None]
+
+    @strawberry.field(
+        description="The step's job, once it started; null while pending or when skipped."
+    )
+    def job(self) -> Job | None:
+        return Job.from_model(self.job_row) if self.job_row is not None else None
 
 
 async def list_jobs(

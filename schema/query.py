@@ -14,6 +14,7 @@ from schema.ids import decode_id
 from schema.node import Node
 from schema.nodes import File, Job, User
 from schema.permissions import owned
+from schema.pipelines import resolve_template
 from schema.resumable_uploads import resolve_resumable_upload
 from schema.webhooks import resolve_delivery, resolve_webhook
 
@@ -36,6 +37,7 @@ NODE_RESOLVERS: dict[str, Callable[[Info, uuid.UUID], Awaitable[Node | None]]] =
     "AccessToken": resolve_access_token,
     "File": _file,
     "Job": _job,
+    "PipelineTemplate": resolve_template,
     "ResumableUpload": resolve_resumable_upload,
     "User": _user,
     "Webhook": resolve_webhook,

@@ -63,6 +63,7 @@ TABLES = {
     "webhook_delivery",
     "email_token",
     "notification",
+    "pipeline_template",
 }
 
 

@@ -228,4 +228,6 @@ KIND = Kind(
     # Up to 1,000 files of up to DEPOT_MAX_UPLOAD_BYTES each: bytes, not CPU, set the pace.
     time_limit_seconds=4 * 3600,
     max_attempts=3,
+    makes=("application/zip",),
+    makes_one=True,
 )

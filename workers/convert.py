@@ -109,4 +109,7 @@ KIND = Kind(
     check_file=check_file,
     time_limit_seconds=300,
     max_attempts=3,
+    reads=("image/*",),
+    makes=("image/*",),
+    makes_one=True,
 )

@@ -329,4 +329,5 @@ KIND = Kind(
     check=check,
     time_limit_seconds=4 * 3600,
     max_attempts=3,
+    reads=("application/*",),
 )

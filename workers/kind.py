@@ -42,6 +42,13 @@ class Kind:
     only fail on; ``run`` does the work. An attempt longer than
     ``time_limit_seconds`` fails; one that meets a transient error is tried
     again, up to ``max_attempts`` in all.
+
+    As a pipeline step (:mod:`workers.pipeline`) a kind also says what it
+    reads and makes, so that a pipeline is checked before it runs: ``reads``
+    and ``makes`` are content-type patterns (``image/*``); ``makes=None``
+    means it makes no files and hands the files it read on to the steps that
+    use it (``verify``); ``makes_one``: each job makes exactly one file.
+    ``weight`` is its share of a pipeline's progress against other steps.
     """
 
     name: str
@@ -51,6 +58,10 @@ class Kind:
     check_file: Callable[[Any, File, Settings], None] = accept_file
     time_limit_seconds: float = 600
     max_attempts: int = 3
+    reads: tuple[str, ...] = ("*/*",)
+    makes: tuple[str, ...] | None = ("*/*",)
+    makes_one: bool = False
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         # The job row's column holds 16 characters; GraphQL names need an identifier.

@@ -58,6 +58,7 @@ from workers.broker import (
 from workers.context import JobContext
 from workers.errors import JobCancelled, JobFailed, JobInterrupted, is_transient
 from workers.kind import Kind
+from workers.pipeline import advance
 from workers.registry import KINDS
 from workers.resources import Resources, Shared, open_resources
 from workers.webhooks import ACTOR as WEBHOOK_ACTOR
@@ -207,6 +208,11 @@ async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, J
             db, job_id, stale_before=stale_before, max_running=settings.max_running_jobs_per_user
         )
         job = claimed.job
+        if claimed.claim is jobs.Claim.SKIP:
+            if job is not None and job.pipeline_id is not None:
+                # Its step ended, maybe with its pipeline not told (the worker stopped).
+                await _advance(resources, job.pipeline_id)
+            return claimed.claim, None
         if job is None:
             return claimed.claim, None
         if claimed.took_over or claimed.claim is jobs.Claim.END:
@@ -221,6 +227,8 @@ async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, J
                 if resources.settings.mail_enabled:
                     await notifications.job_ended(resources.sessionmaker, ended)
                 await _publish_status(resources, ended)
+            if job.pipeline_id is not None:
+                await _advance(resources, job.pipeline_id)
             return jobs.Claim.SKIP, None
     await _publish_status(resources, job)
     return claimed.claim, job
@@ -317,6 +325,26 @@ async def _record(
             attempt=attempt,
         )
         return False, ended
+
+
+async def _advance(resources: Resources, pipeline_id: uuid.UUID) -> None:
+    """Tell a step's pipeline that the step ended (:func:`workers.pipeline.advance`).
+
+    Patient with a briefly unreachable database; if it still fails, the
+    pipeline waits for maintenance, which advances quiet pipelines.
+    """
+    try:
+        await patiently(
+            lambda: advance(
+                resources.sessionmaker,
+                resources.jobs.send,
+                resources.events,
+                resources.settings,
+                pipeline_id,
+            )
+        )
+    except Exception:
+        logger.exception("pipeline not advanced", pipeline_id=str(pipeline_id))
 
 
 async def _remove(db: AsyncSession, resources: Resources, job: Job, only: set[uuid.UUID]) -> None:
@@ -480,6 +508,8 @@ class JobLifecycle(Middleware):
                 attempt.span.set_status(Status(StatusCode.ERROR, outcome.error))
             attempt.span.end()
         if not again:
+            if attempt.job.pipeline_id is not None:
+                _run(_advance(self.resources, attempt.job.pipeline_id))
             return
         if isinstance(outcome, Interrupted):
             broker.enqueue(message.copy())  # for another worker, now

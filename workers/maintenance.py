@@ -18,7 +18,7 @@ from sqlalchemy import BigInteger, cast, delete, func, update
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
-from core import direct_uploads, files, jobs, notifications, resumable_uploads
+from core import direct_uploads, files, jobs, notifications, pipelines, resumable_uploads
 from core.db import SessionMaker
 from core.errors import NotFound
 from core.eventlog import EventLog
@@ -27,6 +27,7 @@ from core.models import File, JobKind, ResumableUpload, Upload, User
 from core.settings import Settings
 from core.time import utcnow
 from storage.base import Storage
+from workers.pipeline import advance
 
 logger = structlog.get_logger("depot.maintenance")
 
@@ -171,6 +172,24 @@ async def resend_stuck_jobs(
     return len(sent)
 
 
+async def advance_pipelines(
+    sessionmaker: SessionMaker, send: SendJob, events: EventLog, settings: Settings, now: datetime
+) -> int:
+    """Advance the unfinished pipelines quiet for ``job_resend_after_seconds``; returns how many.
+
+    A step's worker advances its pipeline when the step ends; one that stopped
+    between the two leaves it to this. Advancing is idempotent
+    (:mod:`core.pipelines`), so one that needed nothing changes nothing.
+    """
+    async with sessionmaker() as db:
+        quiet = await pipelines.quiet(
+            db, before=now - timedelta(seconds=settings.job_resend_after_seconds)
+        )
+    for pipeline_id in quiet:
+        await advance(sessionmaker, send, events, settings, pipeline_id)
+    return len(quiet)
+
+
 async def prune_events(events: EventLog) -> int:
     """Forget the event streams whose retention is over; returns how many.
 
@@ -277,6 +296,7 @@ async def run_all(
         "expire_tickets": lambda: expire_tickets(sessionmaker, storage, settings, now),
         "expire_resumable_uploads": lambda: expire_resumable_uploads(sessionmaker, storage, now),
         "resend_stuck_jobs": lambda: resend_stuck_jobs(sessionmaker, send, settings, now),
+        "advance_pipelines": lambda: advance_pipelines(sessionmaker, send, events, settings, now),
         "prune_events": lambda: prune_events(events),
         # Last: it sees the quota after everything above released bytes.
         "recount_usage": lambda: recount_usage(sessionmaker, suspects),

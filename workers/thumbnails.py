@@ -166,4 +166,6 @@ KIND = Kind(
     check_file=check_file,
     time_limit_seconds=300,
     max_attempts=3,
+    reads=("image/*", "application/pdf", "video/*"),
+    makes=("image/*",),
 )

@@ -304,4 +304,8 @@ KIND = Kind(
     check_file=check_file,
     time_limit_seconds=3600,
     max_attempts=2,
+    reads=("video/*", "audio/*"),
+    makes=("video/*", "audio/*"),
+    makes_one=True,
+    weight=4.0,
 )

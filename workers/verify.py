@@ -48,4 +48,4 @@ async def run(ctx: JobContext) -> None:
         )
 
 
-KIND = Kind(name="verify", params=Params, run=run, time_limit_seconds=3600)
+KIND = Kind(name="verify", params=Params, run=run, time_limit_seconds=3600, makes=None)

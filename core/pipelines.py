@@ -1,0 +1,397 @@
+"""Pipelines: jobs of jobs, and the one orchestrator that decides which step runs next.
+
+A pipeline is a :class:`~core.models.Job` of kind ``pipeline`` whose
+``params`` hold its checked steps (``{"steps": [...]}``, see :class:`Step`)
+and whose inputs are the files its steps call ``:input``. A step that runs is
+an ordinary job of its kind, with ``pipeline_id`` and ``step`` set: claimed,
+run, cancelled and retried like any other, and its events go to the
+pipeline's stream as well as its own (:mod:`core.events`).
+
+Nothing but a step's job is stored per step; a step without a job is
+*pending*, or *skipped* once a step it uses ended without succeeding or its
+pipeline was asked to stop. :func:`advance` is called whenever a step's job
+ends (by the worker that recorded it, on a redelivered message for a finished
+step, by maintenance for a pipeline that has been quiet, after a cancel or a
+retry): it starts every pending step whose inputs are ready and ends the
+pipeline once every step is final. Both are guarded in the database, so that
+any number of calls, on any number of processes, start each step once and end
+the pipeline once: a step's job is inserted under the unique index
+``(pipeline_id, step)`` (a second insert fails and is rolled back), and the
+pipeline ends through one conditional UPDATE on ``status = running``.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Final
+
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import jobs, metrics
+from core.errors import Conflict
+from core.models import PIPELINE, File, Job, JobInput, JobStatus
+from core.time import utcnow
+
+INPUT: Final = ":input"
+"""What a step's ``use`` calls the pipeline's own files."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One checked step, as a pipeline's ``params`` (and a template) keep it.
+
+    ``params`` are its kind's stored parameters without the files, which the
+    step's ``use`` supplies under the key ``files`` (a list when ``many``).
+    ``passes``: the kind makes no files, so steps using this one read what it
+    read. ``accept``: only the used files whose content type matches it.
+    """
+
+    name: str
+    kind: str
+    params: dict[str, Any]
+    use: list[str]
+    files: str
+    many: bool
+    passes: bool = False
+    accept: str | None = None
+    weight: float = 1.0
+    max_attempts: int = 3
+
+    def to_data(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> Step:
+        return cls(**data)
+
+
+def steps_of(pipeline: Job) -> list[Step]:
+    """A pipeline's steps, in an order where each comes after the steps it uses."""
+    return [Step.from_data(data) for data in pipeline.params.get("steps", [])]
+
+
+class StepStatus(enum.StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    SKIPPED = "skipped"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in (StepStatus.PENDING, StepStatus.QUEUED, StepStatus.RUNNING)
+
+
+_ENDED_BADLY: Final = (StepStatus.FAILED, StepStatus.CANCELLED, StepStatus.SKIPPED)
+
+
+@dataclass(frozen=True)
+class StepState:
+    """A step now: its job if it has one, and its status."""
+
+    step: Step
+    job: Job | None
+    status: StepStatus
+
+    @property
+    def progress(self) -> float:
+        if self.status is StepStatus.SUCCEEDED:
+            return 1.0
+        return self.job.progress if self.job is not None else 0.0
+
+
+def states(pipeline: Job, children: Sequence[Job]) -> list[StepState]:
+    """Every step's state, from its pipeline and the jobs its steps started."""
+    by_step = {job.step: job for job in children}
+    status: dict[str, StepStatus] = {}
+    found = []
+    for step in steps_of(pipeline):
+        job = by_step.get(step.name)
+        if job is not None:
+            status[step.name] = StepStatus(job.status.value)
+        elif (
+            pipeline.cancel_requested_at is not None
+            or pipeline.status.is_final
+            or any(status.get(used) in _ENDED_BADLY for used in step.use)
+        ):
+            status[step.name] = StepStatus.SKIPPED
+        else:
+            status[step.name] = StepStatus.PENDING
+        found.append(StepState(step, job, status[step.name]))
+    return found
+
+
+def progress_of(found: Sequence[StepState]) -> float:
+    """The pipeline's progress: its steps' progress weighted by their kinds' weights."""
+    total = sum(state.step.weight for state in found)
+    if not total:
+        return 0.0
+    return sum(state.step.weight * state.progress for state in found) / total
+
+
+async def children_of(db: AsyncSession, pipeline_ids: Sequence[uuid.UUID]) -> list[Job]:
+    """The jobs the steps of these pipelines started (one query for any number of them)."""
+    found = await db.exec(
+        select(Job)
+        .where(col(Job.pipeline_id).in_(pipeline_ids))
+        .execution_options(populate_existing=True)
+    )
+    return list(found.all())
+
+
+@dataclass(frozen=True)
+class Advanced:
+    """What one :func:`advance` changed: the steps' jobs it made (queued ones to send),
+    and the pipeline when its progress or status changed."""
+
+    started: list[Job]
+    pipeline: Job | None
+
+
+async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
+    """Start the steps whose inputs are ready, and end the pipeline when all steps are final.
+
+    Safe to call any number of times, concurrently too: see the module's docstring.
+    """
+    pipeline = await db.get(Job, pipeline_id, populate_existing=True)
+    if pipeline is None or pipeline.kind != PIPELINE or pipeline.status.is_final:
+        return Advanced([], None)
+    now = utcnow()
+    if pipeline.status is JobStatus.QUEUED:
+        await db.exec(
+            update(Job)
+            .where(col(Job.id) == pipeline.id, col(Job.status) == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
+        )
+        await db.commit()
+        return await advance(db, pipeline_id)
+    children = await children_of(db, [pipeline.id])
+    found = states(pipeline, children)
+    done = {state.step.name: state for state in found}
+    started = []
+    for state in found:
+        ready = all(
+            used == INPUT or done[used].status is StepStatus.SUCCEEDED for used in state.step.use
+        )
+        if state.status is StepStatus.PENDING and ready:
+            job = await _start_step(db, pipeline, state.step, done)
+            if job is not None:
+                started.append(job)
+    if started:
+        found = states(pipeline, await children_of(db, [pipeline.id]))
+    return Advanced(started, await _update(db, pipeline, found))
+
+
+async def _update(db: AsyncSession, pipeline: Job, found: list[StepState]) -> Job | None:
+    """The pipeline's new progress, or its end once every step is final; None if unchanged."""
+    progress = progress_of(found)
+    now = utcnow()
+    values: dict[str, Any] = {"progress": progress, "updated_at": now}
+    if all(state.status.is_final for state in found):
+        failed = [state for state in found if state.status is StepStatus.FAILED]
+        if failed:
+            first = failed[0]
+            error = first.job.error if first.job is not None else None
+            values.update(
+                status=JobStatus.FAILED,
+                error=f"Step {first.step.name!r} failed: {error or 'no reason given'}"[:2000],
+            )
+        elif all(state.status is StepStatus.SUCCEEDED for state in found):
+            values.update(status=JobStatus.SUCCEEDED, message="Done.", progress=1.0)
+        else:
+            values.update(status=JobStatus.CANCELLED, message="Cancelled.")
+        values["finished_at"] = now
+    elif abs(progress - pipeline.progress) < 1e-9:
+        return None
+    result = await db.exec(
+        update(Job)
+        .where(col(Job.id) == pipeline.id, col(Job.status) == JobStatus.RUNNING)
+        .values(**values)
+        .returning(Job)
+    )
+    changed = result.scalars().first()
+    await db.commit()
+    if changed is not None and changed.status.is_final:
+        metrics.JOBS_FINISHED.labels(PIPELINE, changed.status.value).inc()
+    return changed
+
+
+async def _start_step(
+    db: AsyncSession, pipeline: Job, step: Step, done: dict[str, StepState]
+) -> Job | None:
+    """Insert the step's job, reading what its ``use`` made; None if another call did first."""
+    found = await _used_files(db, pipeline, step, done)
+    if step.accept is not None:
+        found = [file for file in found if fnmatch.fnmatch(file.content_type, step.accept)]
+    now = utcnow()
+    error = None
+    if not found:
+        error = f"Step {step.name!r} had no file to read: its `use` made none it accepts."
+    elif not step.many and len(found) != 1:
+        error = (
+            f"Step {step.name!r} reads one file, and its `use` made {len(found)}; "
+            "give it `accept` or a `use` that makes one."
+        )
+    ids = [file.id for file in found]
+    params = {**step.params, step.files: [str(i) for i in ids] if step.many else str(ids[0])}
+    job = Job(
+        owner_id=pipeline.owner_id,
+        kind=step.kind,
+        params=params if error is None else step.params,
+        max_attempts=step.max_attempts,
+        traceparent=pipeline.traceparent,
+        pipeline_id=pipeline.id,
+        step=step.name,
+        sent_at=now,
+    )
+    if error is not None:
+        job.status, job.error, job.finished_at = JobStatus.FAILED, error, now
+    db.add(job)
+    try:
+        await db.flush()
+        if error is None:
+            db.add_all(
+                JobInput(job_id=job.id, position=i, file_id=file_id)
+                for i, file_id in enumerate(ids)
+            )
+        await db.commit()
+    except IntegrityError:
+        await db.rollback()  # the step has its job already: another call started it
+        return None
+    return job
+
+
+async def _used_files(
+    db: AsyncSession, pipeline: Job, step: Step, done: dict[str, StepState]
+) -> list[File]:
+    """The files ``step`` reads: what each step of its ``use`` made, in order, once each."""
+    seen: dict[uuid.UUID, File] = {}
+    for used in step.use:
+        if used == INPUT:
+            found = await _inputs(db, pipeline.id)
+        else:
+            source = done[used]
+            assert source.job is not None, "a used step has succeeded, so it has a job"
+            if source.step.passes:
+                found = await _inputs(db, source.job.id)
+            else:
+                made = await db.exec(
+                    select(File)
+                    .where(
+                        col(File.produced_by_job_id) == source.job.id,
+                        col(File.trashed_at).is_(None),
+                    )
+                    .order_by(col(File.created_at), col(File.path))
+                )
+                found = list(made.all())
+        for file in found:
+            seen.setdefault(file.id, file)
+    return list(seen.values())
+
+
+async def _inputs(db: AsyncSession, job_id: uuid.UUID) -> list[File]:
+    found = await db.exec(
+        select(File)
+        .join(JobInput, col(JobInput.file_id) == col(File.id))
+        .where(col(JobInput.job_id) == job_id)
+        .order_by(col(JobInput.position))
+    )
+    return list(found.all())
+
+
+async def cancel(db: AsyncSession, owner_id: uuid.UUID, pipeline: Job) -> list[Job]:
+    """Ask a running pipeline to stop; commits. Returns the steps' jobs cancelled now.
+
+    Pending steps will never start (they are skipped); queued ones are
+    cancelled at once, running ones at their next progress point. The caller
+    then calls :func:`advance`, which ends the pipeline once all are final.
+    """
+    if pipeline.status is JobStatus.CANCELLED:
+        return []
+    if pipeline.status.is_final:
+        raise Conflict(f"The job already {pipeline.status.value}; there is nothing to cancel.")
+    now = utcnow()
+    await db.exec(
+        update(Job)
+        .where(col(Job.id) == pipeline.id, col(Job.cancel_requested_at).is_(None))
+        .values(cancel_requested_at=now, updated_at=now)
+    )
+    await db.commit()
+    cancelled = []
+    for child in await children_of(db, [pipeline.id]):
+        if child.status.is_final:
+            continue
+        try:
+            job, now_cancelled = await jobs.cancel_job(db, owner_id, child.id)
+        except Conflict:
+            continue  # it ended meanwhile
+        if now_cancelled:
+            cancelled.append(job)
+    return cancelled
+
+
+async def retry(
+    db: AsyncSession, owner_id: uuid.UUID, pipeline: Job, *, traceparent: str | None = None
+) -> tuple[Job, list[Job]]:
+    """Run a failed or cancelled pipeline's failed and cancelled steps again; commits.
+
+    What succeeded is kept, outputs included; skipped steps become pending
+    again. The steps' jobs go back to the queue before the pipeline runs
+    again, so no :func:`advance` meanwhile can end it on their old status.
+    Returns the pipeline and the steps' jobs queued again (to send).
+    """
+    if pipeline.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        raise Conflict(
+            f"Only a failed or cancelled job can be retried; this one is {pipeline.status}."
+        )
+    by_name = {step.name: step for step in steps_of(pipeline)}
+    retried = []
+    for child in await children_of(db, [pipeline.id]):
+        if child.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            step = by_name.get(child.step or "")
+            attempts = step.max_attempts if step is not None else 1
+            retried.append(
+                await jobs.retry_job(
+                    db, owner_id, child.id, max_attempts=attempts, traceparent=traceparent
+                )
+            )
+    retraced: dict[str, Any] = {"traceparent": traceparent} if traceparent else {}
+    result = await db.exec(
+        update(Job)
+        .where(col(Job.id) == pipeline.id, col(Job.status) == pipeline.status)
+        .values(
+            status=JobStatus.RUNNING,
+            cancel_requested_at=None,
+            finished_at=None,
+            error=None,
+            message=None,
+            updated_at=utcnow(),
+            **retraced,
+        )
+    )
+    await db.commit()
+    if result.rowcount != 1:
+        raise Conflict("The job changed meanwhile; look at it again.")
+    return await jobs.get_owned_job(db, owner_id, pipeline.id), retried
+
+
+async def quiet(db: AsyncSession, *, before: Any) -> list[uuid.UUID]:
+    """Unfinished pipelines unchanged since ``before``: maintenance advances them, in case
+    the process that ended one of their steps stopped before it could."""
+    found = await db.exec(
+        select(col(Job.id)).where(
+            col(Job.kind) == PIPELINE,
+            col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]),
+            col(Job.updated_at) < before,
+        )
+    )
+    return list(found.all())

@@ -1,0 +1,232 @@
+"""Pipelines in GraphQL: starting one (``startJob``'s ``pipeline`` and ``template``),
+cancelling and retrying it, and the templates a user saves.
+
+A pipeline is a ``Job`` of kind ``PIPELINE`` (its steps are in ``Job.steps``);
+what runs it is :mod:`core.pipelines`, driven by :func:`workers.pipeline.advance`.
+Steps are checked (:func:`workers.pipeline.check_steps`) before anything
+runs, and a template's when it is saved.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Self
+
+import strawberry
+from sqlmodel import col
+from strawberry.scalars import JSON
+
+from core import files, jobs, pipeline_templates, pipelines
+from core.events import JobStatusChanged, announce
+from core.models import PIPELINE
+from core.models import Job as JobRow
+from core.models import PipelineTemplate as TemplateRow
+from core.pipelines import Step
+from core.tracing import current_traceparent
+from schema.context import Info
+from schema.ids import decode_id_of, encode_id
+from schema.job_inputs import JobInput, StepInput, file_keys, step_requests
+from schema.node import Node
+from schema.pagination import Connection, paginate
+from schema.permissions import IsAuthenticated
+from workers.pipeline import advance, check_steps, requests_of, send
+
+
+@strawberry.type(description="Saved pipeline steps; start them with `startJob(input: {template})`.")
+class PipelineTemplate(Node):
+    name: str
+    steps: JSON = strawberry.field(description="The checked steps, as a pipeline keeps them.")
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_model(cls, template: TemplateRow) -> Self:
+        return cls(
+            id=strawberry.ID(encode_id("PipelineTemplate", template.id)),
+            key=template.id,
+            name=template.name,
+            steps=JSON(template.steps),
+            created_at=template.created_at,
+            updated_at=template.updated_at,
+        )
+
+
+async def resolve_template(info: Info, key: uuid.UUID) -> PipelineTemplate | None:
+    viewer = info.context.user
+    if viewer is None:
+        return None
+    async with info.context.db() as db:
+        template = await db.get(TemplateRow, key)
+    if template is None or template.owner_id != viewer.id:
+        return None
+    return PipelineTemplate.from_model(template)
+
+
+@strawberry.input(description="A template's name and steps.")
+class PipelineTemplateInput:
+    name: str
+    steps: list[StepInput]
+
+
+@strawberry.input(description="What to change in a template; what is left out stays.")
+class UpdatePipelineTemplateInput:
+    name: str | None = None
+    steps: list[StepInput] | None = None
+
+
+def _checked(info: Info, steps: list[StepInput]) -> list[Step]:
+    # Saved, a template is checked as if started on one file of any type.
+    return check_steps(step_requests(steps), None, info.context.settings)
+
+
+# -- starting, cancelling, retrying --------------------------------------------------
+
+
+async def _advance(info: Info, pipeline_id: uuid.UUID) -> None:
+    context = info.context
+    await advance(context.db, context.jobs.send, context.events, context.settings, pipeline_id)
+
+
+async def start_pipeline(info: Info, input: JobInput, idempotency_key: str | None) -> JobRow:
+    """Check the steps against the files, record the pipeline, start its first steps."""
+    user = info.context.require_principal().user
+    if input.pipeline is not None:
+        keys = file_keys(input.pipeline.file_ids, "input.pipeline.fileIds")
+        requests = step_requests(input.pipeline.steps)
+    else:
+        assert input.template is not None
+        keys = file_keys(input.template.file_ids, "input.template.fileIds")
+        template_key = decode_id_of(
+            "PipelineTemplate", input.template.template_id, field="input.template.templateId"
+        )
+        async with info.context.db() as db:
+            template = await pipeline_templates.get_owned(db, user.id, template_key)
+        requests = requests_of(pipeline_templates.steps_of(template))
+    async with info.context.db() as db:
+        types = [(await files.get_owned_file(db, user.id, key)).content_type for key in keys]
+    steps = check_steps(requests, types, info.context.settings)
+    async with info.context.db() as db:
+        job, _ = await jobs.create_job(
+            db,
+            user.id,
+            PIPELINE,
+            {"steps": [step.to_data() for step in steps]},
+            keys,
+            max_attempts=1,
+            idempotency_key=idempotency_key,
+            traceparent=current_traceparent(),
+        )
+    # Idempotent: for a job started before, it starts nothing twice.
+    await _advance(info, job.id)
+    async with info.context.db() as db:
+        return await jobs.get_owned_job(db, user.id, job.id)
+
+
+async def _announce(info: Info, job: JobRow) -> None:
+    await announce(
+        info.context.events,
+        JobStatusChanged.of(job),
+        owner_id=job.owner_id,
+        retention_seconds=info.context.settings.job_events_retention_seconds,
+    )
+
+
+async def cancel_pipeline(info: Info, pipeline: JobRow) -> JobRow:
+    """Cancel its running and queued steps, skip its pending ones; it ends when they have."""
+    user = info.context.require_principal().user
+    async with info.context.db() as db:
+        cancelled = await pipelines.cancel(db, user.id, pipeline)
+    for job in cancelled:
+        await _announce(info, job)
+    await _advance(info, pipeline.id)
+    async with info.context.db() as db:
+        return await jobs.get_owned_job(db, user.id, pipeline.id)
+
+
+async def retry_pipeline(info: Info, pipeline: JobRow) -> JobRow:
+    """Run its failed and cancelled steps again, keeping what succeeded."""
+    user = info.context.require_principal().user
+    async with info.context.db() as db:
+        job, retried = await pipelines.retry(
+            db, user.id, pipeline, traceparent=current_traceparent()
+        )
+    await _announce(info, job)
+    for step in retried:
+        await _announce(info, step)
+        await send(info.context.db, info.context.jobs.send, step.id, step.kind)
+    await _advance(info, pipeline.id)
+    async with info.context.db() as db:
+        return await jobs.get_owned_job(db, user.id, pipeline.id)
+
+
+async def step_ended(info: Info, job: JobRow) -> None:
+    """A step's job was cancelled through the API: its pipeline may move on."""
+    if job.pipeline_id is not None:
+        await _advance(info, job.pipeline_id)
+
+
+# -- templates ------------------------------------------------------------------------
+
+
+@strawberry.type
+class PipelineTemplateQuery:
+    @strawberry.field(
+        description="Your pipeline templates, oldest first.", permission_classes=[IsAuthenticated]
+    )
+    async def pipeline_templates(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[PipelineTemplate]:
+        user = info.context.require_principal().user
+        async with info.context.db() as db:
+            return await paginate(
+                db,
+                TemplateRow,
+                [col(TemplateRow.owner_id) == user.id],
+                first=first,
+                after=after,
+                to_node=PipelineTemplate.from_model,
+            )
+
+
+@strawberry.type
+class PipelineTemplateMutation:
+    @strawberry.mutation(
+        description="Save steps as a template, checked now as a pipeline's are. "
+        "`CONFLICT` for a name you already use.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def create_pipeline_template(
+        self, info: Info, input: PipelineTemplateInput
+    ) -> PipelineTemplate:
+        user = info.context.require_principal().user
+        steps = _checked(info, input.steps)
+        async with info.context.db() as db:
+            template = await pipeline_templates.create(db, user.id, input.name, steps)
+        return PipelineTemplate.from_model(template)
+
+    @strawberry.mutation(
+        description="Rename a template or replace its steps (checked again); pipelines "
+        "it started keep the steps they started with.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def update_pipeline_template(
+        self, info: Info, id: strawberry.ID, input: UpdatePipelineTemplateInput
+    ) -> PipelineTemplate:
+        user = info.context.require_principal().user
+        key = decode_id_of("PipelineTemplate", id)
+        steps = _checked(info, input.steps) if input.steps is not None else None
+        async with info.context.db() as db:
+            template = await pipeline_templates.update(
+                db, user.id, key, name=input.name, steps=steps
+            )
+        return PipelineTemplate.from_model(template)
+
+    @strawberry.mutation(
+        description="Delete a template; returns its id.", permission_classes=[IsAuthenticated]
+    )
+    async def delete_pipeline_template(self, info: Info, id: strawberry.ID) -> strawberry.ID:
+        user = info.context.require_principal().user
+        async with info.context.db() as db:
+            await pipeline_templates.delete(db, user.id, decode_id_of("PipelineTemplate", id))
+        return id

@@ -1,0 +1,383 @@
+"""Pipelines through GraphQL, in-process and with a real ``depot worker`` over Redis.
+
+Steps that feed each other (the issue's example, a diamond), refusals before
+anything runs, cancelling and retrying, one event stream for the whole
+pipeline, and templates. Images are tiny: the kinds' own work is tested
+elsewhere.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from PIL import Image
+
+from tests.support import (
+    FINAL_STATUSES,
+    JOB_TIMEOUT_S,
+    assert_error,
+    collect_job_events,
+    graphql,
+    many_entries_zip,
+    next_message,
+    signed_in,
+    subscribe,
+    subscriber,
+    try_start_job,
+    upload_file,
+)
+
+# A pipeline's steps with their jobs' inputs and outputs cost more than the default allows.
+pytestmark = [pytest.mark.anyio, pytest.mark.settings(graphql_max_cost=200_000)]
+
+PIPELINE_FIELDS = """
+  id kind status progress error attempts
+  inputs { id path }
+  steps {
+    name kind use status progress
+    job {
+      id kind status attempts step createdAt startedAt finishedAt error
+      pipeline { id }
+      inputs { id path }
+      outputs(first: 100) { totalCount edges { node { id path contentType } } }
+    }
+  }
+"""
+START = (
+    "mutation Start($input: JobInput!, $key: String) "
+    f"{{ startJob(input: $input, idempotencyKey: $key) {{ {PIPELINE_FIELDS} }} }}"
+)
+GET = f"query Job($id: ID!) {{ job(id: $id) {{ {PIPELINE_FIELDS} }} }}"
+CANCEL = f"mutation C($id: ID!) {{ cancelJob(id: $id) {{ {PIPELINE_FIELDS} }} }}"
+RETRY = f"mutation R($id: ID!) {{ retryJob(id: $id) {{ {PIPELINE_FIELDS} }} }}"
+EVENTS = (
+    "subscription Events($id: ID!, $after: String) "
+    "{ jobEvents(jobId: $id, after: $after) { cursor jobId step status progress } }"
+)
+MOVE = "mutation M($id: ID!, $path: String!) { moveFile(id: $id, path: $path) { id path } }"
+
+
+def png(size: tuple[int, int] = (24, 16), colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def step(name: str, run: dict[str, Any], *use: str) -> dict[str, Any]:
+    return {"name": name, "run": run, **({"use": list(use)} if use else {})}
+
+
+def pipeline(file_ids: list[str], *steps: dict[str, Any]) -> dict[str, Any]:
+    return {"pipeline": {"fileIds": file_ids, "steps": list(steps)}}
+
+
+async def start(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    job_input: dict[str, Any],
+    key: str | None = None,
+) -> dict[str, Any]:
+    body = await graphql(client, START, {"input": job_input, "key": key}, headers=headers)
+    assert "errors" not in body, body
+    job: dict[str, Any] = body["data"]["startJob"]
+    return job
+
+
+async def get(client: httpx.AsyncClient, headers: dict[str, str], job_id: str) -> dict[str, Any]:
+    body = await graphql(client, GET, {"id": job_id}, headers=headers)
+    assert "errors" not in body, body
+    job: dict[str, Any] = body["data"]["job"]
+    return job
+
+
+async def wait(
+    client: httpx.AsyncClient, headers: dict[str, str], job_id: str, *, until: Any = None
+) -> dict[str, Any]:
+    """Poll the pipeline until ``until(job)`` (by default: a final status)."""
+    done = until or (lambda job: job["status"] in FINAL_STATUSES)
+    with anyio.fail_after(JOB_TIMEOUT_S):
+        while True:
+            job = await get(client, headers, job_id)
+            if done(job):
+                return job
+            await anyio.sleep(0.05)
+
+
+def by_name(job: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {s["name"]: s for s in job["steps"]}
+
+
+def outputs(step_: dict[str, Any]) -> list[dict[str, Any]]:
+    return [edge["node"] for edge in step_["job"]["outputs"]["edges"]]
+
+
+# -- running -------------------------------------------------------------------------
+
+
+async def test_the_issues_example_verify_convert_thumbnails_archive(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    token, headers = await signed_in(jobs_client)
+    file = await upload_file(jobs_client, headers, "photos/cat.png", png())
+    job = await start(
+        jobs_client,
+        headers,
+        pipeline(
+            [file["id"]],
+            step("verify", {"verify": {}}),
+            step("webp", {"convert": {"format": "WEBP"}}, "verify"),
+            step("thumbs", {"thumbnails": {"sizes": [8, 12]}}, "webp"),
+            step("zip", {"archive": {"path": "photos/thumbs"}}, "thumbs"),
+        ),
+    )
+    assert job["kind"] == "PIPELINE"
+    assert job["status"] == "RUNNING"
+    assert [i["id"] for i in job["inputs"]] == [file["id"]]
+    assert [s["name"] for s in job["steps"]] == ["verify", "webp", "thumbs", "zip"]
+    assert by_name(job)["zip"]["status"] == "PENDING"
+    assert by_name(job)["zip"]["job"] is None
+
+    done = await wait(jobs_client, headers, job["id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert done["progress"] == 1.0
+    steps = by_name(done)
+    assert {s["status"] for s in steps.values()} == {"SUCCEEDED"}
+    # verify makes no file: the step using it reads what it read.
+    assert [i["id"] for i in steps["webp"]["job"]["inputs"]] == [file["id"]]
+    [webp] = outputs(steps["webp"])
+    assert webp["contentType"] == "image/webp"
+    assert [i["id"] for i in steps["thumbs"]["job"]["inputs"]] == [webp["id"]]
+    thumbs = outputs(steps["thumbs"])
+    assert len(thumbs) == 2
+    assert sorted(i["id"] for i in steps["zip"]["job"]["inputs"]) == sorted(t["id"] for t in thumbs)
+    [archive] = outputs(steps["zip"])
+    assert archive["path"] == "photos/thumbs.zip"
+    # Each step's job says which pipeline and step it belongs to.
+    for name, each in steps.items():
+        assert each["job"]["step"] == name
+        assert each["job"]["pipeline"] == {"id": job["id"]}
+
+    # One stream for the whole pipeline: every step's events, then the pipeline's end.
+    async with subscriber(jobs_client, token) as ws:
+        events = await collect_job_events(ws, "1", job["id"], query=EVENTS)
+    assert events[-1]["jobId"] == job["id"]
+    assert events[-1]["status"] == "SUCCEEDED"
+    assert events[-1]["step"] is None
+    finals = [(e["step"], e["status"]) for e in events if e["status"] == "SUCCEEDED" and e["step"]]
+    assert finals == [
+        ("verify", "SUCCEEDED"),
+        ("webp", "SUCCEEDED"),
+        ("thumbs", "SUCCEEDED"),
+        ("zip", "SUCCEEDED"),
+    ]
+    for e in events:
+        if e["step"] is not None:
+            assert e["jobId"] == steps[e["step"]]["job"]["id"]
+    cursors = [tuple(map(int, e["cursor"].split("-"))) for e in events]
+    assert cursors == sorted(set(cursors)), "one cursor order, no duplicates"
+
+
+async def test_a_diamond_runs_both_branches_and_joins_them(jobs_client: httpx.AsyncClient) -> None:
+    _, headers = await signed_in(jobs_client)
+    file = await upload_file(jobs_client, headers, "cat.png", png())
+    job = await start(
+        jobs_client,
+        headers,
+        pipeline(
+            [file["id"]],
+            step("join", {"archive": {"path": "both.zip"}}, "small", "jpeg"),
+            step("small", {"thumbnails": {"sizes": [8]}}, "webp"),
+            step("jpeg", {"convert": {"format": "JPEG"}}, "webp"),
+            step("webp", {"convert": {"format": "WEBP"}}),
+        ),
+    )
+    # Steps are kept in an order where each follows what it uses.
+    assert [s["name"] for s in job["steps"]] == ["webp", "small", "jpeg", "join"]
+    done = await wait(jobs_client, headers, job["id"])
+    assert done["status"] == "SUCCEEDED", done
+    steps = by_name(done)
+    small, jpeg = steps["small"]["job"], steps["jpeg"]["job"]
+    # Both branches were started by the same step's end, neither waiting for the other.
+    assert small["createdAt"] < jpeg["finishedAt"]
+    assert jpeg["createdAt"] < small["finishedAt"]
+    joined = [i["id"] for i in steps["join"]["job"]["inputs"]]
+    assert joined == [o["id"] for o in outputs(steps["small"]) + outputs(steps["jpeg"])]
+
+
+async def test_the_same_idempotency_key_starts_one_pipeline(jobs_client: httpx.AsyncClient) -> None:
+    _, headers = await signed_in(jobs_client)
+    file = await upload_file(jobs_client, headers, "cat.png", png())
+    given = pipeline([file["id"]], step("v", {"verify": {}}))
+    first = await start(jobs_client, headers, given, key="k-1")
+    again = await start(jobs_client, headers, given, key="k-1")
+    assert again["id"] == first["id"]
+    done = await wait(jobs_client, headers, first["id"])
+    assert done["status"] == "SUCCEEDED"
+    assert done["steps"][0]["job"]["attempts"] == 1
+
+
+# -- refused before anything runs ----------------------------------------------------
+
+
+@pytest.mark.parametrize("jobs_mode", ["inprocess"], indirect=True)
+async def test_bad_pipelines_are_refused_naming_the_step(jobs_client: httpx.AsyncClient) -> None:
+    _, headers = await signed_in(jobs_client)
+    image = await upload_file(jobs_client, headers, "cat.png", png())
+    other = await upload_file(jobs_client, headers, "dog.png", png(colour=(0, 0, 200)))
+    text = await upload_file(jobs_client, headers, "notes.txt", b"hello\n")
+    cases = [
+        (pipeline([image["id"]], step("a", {"verify": {}}, "nope")), "steps.a.use"),
+        (
+            pipeline([image["id"]], step("a", {"verify": {}}), step("a", {"verify": {}})),
+            "steps.a",
+        ),
+        (
+            pipeline(
+                [image["id"]],
+                step("a", {"verify": {}}, "b"),
+                step("b", {"verify": {}}, "a"),
+                step("c", {"verify": {}}),
+            ),
+            "steps.a.use",
+        ),
+        (
+            pipeline(
+                [image["id"]],
+                step("zip", {"archive": {"path": "x.zip"}}),
+                step("webp", {"convert": {"format": "WEBP"}}, "zip"),
+            ),
+            "steps.webp.use",
+        ),
+        (pipeline([text["id"]], step("webp", {"convert": {"format": "WEBP"}})), "steps.webp.use"),
+        (
+            pipeline([image["id"], other["id"]], step("webp", {"convert": {"format": "WEBP"}})),
+            "steps.webp.use",
+        ),
+        (
+            pipeline([image["id"]], step("t", {"thumbnails": {"sizes": [0]}})),
+            "steps.t.run.sizes",
+        ),
+    ]
+    for given, field in cases:
+        body = await try_start_job(jobs_client, headers, given)
+        assert_error(body, "BAD_USER_INPUT", field=field)
+    jobs = await graphql(jobs_client, "{ jobs { totalCount } }", headers=headers)
+    assert jobs["data"]["jobs"]["totalCount"] == 0, "nothing ran"
+
+
+# -- cancel and retry ----------------------------------------------------------------
+
+
+async def test_cancelling_mid_pipeline_cancels_the_running_step_and_skips_the_rest(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    token, headers = await signed_in(jobs_client)
+    archive = await upload_file(jobs_client, headers, "many.zip", many_entries_zip(300))
+    job = await start(
+        jobs_client,
+        headers,
+        pipeline(
+            [archive["id"]],
+            step("unpack", {"extract": {"path": "out"}}),
+            step("zip", {"archive": {"path": "again.zip"}}, "unpack"),
+        ),
+    )
+    await wait(
+        jobs_client, headers, job["id"], until=lambda j: by_name(j)["unpack"]["status"] == "RUNNING"
+    )
+    body = await graphql(jobs_client, CANCEL, {"id": job["id"]}, headers=headers)
+    assert "errors" not in body, body
+    done = await wait(jobs_client, headers, job["id"])
+    assert done["status"] == "CANCELLED", done
+    steps = by_name(done)
+    assert steps["unpack"]["status"] in ("CANCELLED", "SUCCEEDED")
+    assert steps["zip"]["status"] == "SKIPPED"
+    assert steps["zip"]["job"] is None
+    async with subscriber(jobs_client, token) as ws:
+        events = await collect_job_events(ws, "1", job["id"], query=EVENTS)
+    assert [e["status"] for e in events if e["step"] is None and e["status"] in FINAL_STATUSES] == [
+        "CANCELLED"
+    ]
+
+
+async def test_retry_after_a_failed_middle_step_keeps_the_first_steps_outputs(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    file = await upload_file(jobs_client, headers, "cat.png", png())
+    # "back" writes cat.png again from cat.webp: a taken path, until the upload moves.
+    job = await start(
+        jobs_client,
+        headers,
+        pipeline(
+            [file["id"]],
+            step("webp", {"convert": {"format": "WEBP"}}),
+            step("back", {"convert": {"format": "PNG"}}, "webp"),
+            step("thumbs", {"thumbnails": {"sizes": [8]}}, "back"),
+        ),
+    )
+    failed = await wait(jobs_client, headers, job["id"])
+    assert failed["status"] == "FAILED", failed
+    assert "back" in failed["error"]
+    steps = by_name(failed)
+    assert [steps[n]["status"] for n in ("webp", "back", "thumbs")] == [
+        "SUCCEEDED",
+        "FAILED",
+        "SKIPPED",
+    ]
+    first = steps["webp"]["job"]
+    body = await graphql(jobs_client, MOVE, {"id": file["id"], "path": "orig.png"}, headers=headers)
+    assert "errors" not in body, body
+
+    body = await graphql(jobs_client, RETRY, {"id": job["id"]}, headers=headers)
+    assert "errors" not in body, body
+    assert body["data"]["retryJob"]["status"] == "RUNNING"
+    done = await wait(jobs_client, headers, job["id"])
+    assert done["status"] == "SUCCEEDED", done
+    steps = by_name(done)
+    kept = steps["webp"]["job"]
+    assert (kept["id"], kept["attempts"]) == (first["id"], first["attempts"])
+    assert outputs(steps["webp"]) == outputs({"job": first})
+    assert steps["back"]["job"]["attempts"] == 2
+    assert [o["path"] for o in outputs(steps["back"])] == ["cat.png"]
+    assert steps["thumbs"]["status"] == "SUCCEEDED"
+
+
+# -- the stream ----------------------------------------------------------------------
+
+
+async def test_a_reconnecting_subscriber_sees_every_event_once(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    token, headers = await signed_in(jobs_client)
+    file = await upload_file(jobs_client, headers, "cat.png", png())
+    job = await start(
+        jobs_client,
+        headers,
+        pipeline(
+            [file["id"]],
+            step("webp", {"convert": {"format": "WEBP"}}),
+            step("thumbs", {"thumbnails": {"sizes": [8]}}, "webp"),
+        ),
+    )
+    seen: list[dict[str, Any]] = []
+    async with subscriber(jobs_client, token) as ws:
+        await subscribe(ws, "1", EVENTS, {"id": job["id"], "after": None})
+        while len(seen) < 2:
+            message = await next_message(ws)
+            assert message["type"] == "next", message
+            seen.append(message["payload"]["data"]["jobEvents"])
+    async with subscriber(jobs_client, token) as ws:
+        rest = await collect_job_events(ws, "1", job["id"], after=seen[-1]["cursor"], query=EVENTS)
+    # A late subscriber, after the end, gets the whole pipeline.
+    await wait(jobs_client, headers, job["id"])
+    async with subscriber(jobs_client, token) as ws:
+        everything = await collect_job_events(ws, "1", job["id"], query=EVENTS)
+    assert [e["cursor"] for e in seen + rest] == [e["cursor"] for e in everything]
+    assert {e["step"] for e in everything} == {None, "webp", "thumbs"}
+    assert everything[-1]["status"] == "SUCCEEDED"
+    assert everything[-1]["jobId"] == job["id"]
