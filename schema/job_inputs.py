@@ -177,6 +177,11 @@ else:
     JobInput = _job_input()
 
 
+def given(value: object) -> bool:
+    """Whether a ``@oneOf`` input's field was given (left out, it is ``UNSET``)."""
+    return value is not None and value is not strawberry.UNSET
+
+
 def step_requests(steps: list[StepInput]) -> list[StepRequest]:
     """The steps a client gave, each with its kind and typed parameters."""
     found = []

@@ -21,7 +21,7 @@ from core.users import require_verified
 from schema.context import Info
 from schema.filters import JobFilter
 from schema.ids import decode_id_of
-from schema.job_inputs import JobInput, job_request
+from schema.job_inputs import JobInput, given, job_request
 from schema.nodes import Job, list_jobs
 from schema.pagination import Connection
 from schema.permissions import IsAuthenticated, owned
@@ -82,7 +82,7 @@ class JobMutation:
         user = info.context.require_principal().user
         require_verified(info.context.settings, user)
         await count(info.context, Action.JOB)
-        if input.pipeline is not None or input.template is not None:
+        if given(input.pipeline) or given(input.template):
             return Job.from_model(await start_pipeline(info, input, idempotency_key))
         kind, requested = job_request(input)
         settings = info.context.settings

@@ -26,7 +26,7 @@ from core.pipelines import Step
 from core.tracing import current_traceparent
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
-from schema.job_inputs import JobInput, StepInput, file_keys, step_requests
+from schema.job_inputs import JobInput, StepInput, file_keys, given, step_requests
 from schema.node import Node
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAuthenticated
@@ -91,7 +91,8 @@ async def _advance(info: Info, pipeline_id: uuid.UUID) -> None:
 async def start_pipeline(info: Info, input: JobInput, idempotency_key: str | None) -> JobRow:
     """Check the steps against the files, record the pipeline, start its first steps."""
     user = info.context.require_principal().user
-    if input.pipeline is not None:
+    if given(input.pipeline):
+        assert input.pipeline is not None
         keys = file_keys(input.pipeline.file_ids, "input.pipeline.fileIds")
         requests = step_requests(input.pipeline.steps)
     else:

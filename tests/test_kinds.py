@@ -60,8 +60,12 @@ def test_every_registered_kind_is_a_job_input_field_and_a_job_kind_value() -> No
     job_kind = schema.get_type("JobKind")
     assert isinstance(job_input, GraphQLInputObjectType)
     assert isinstance(job_kind, GraphQLEnumType)
-    assert list(job_input.fields) == list(KINDS)
-    assert list(job_kind.values) == [name.upper() for name in KINDS]
+    assert list(job_input.fields) == [*KINDS, "pipeline", "template"]
+    assert list(job_kind.values) == [name.upper() for name in KINDS] + ["PIPELINE"]
+    # Every kind works as a pipeline step, with no more code.
+    step_run = schema.get_type("StepRun")
+    assert isinstance(step_run, GraphQLInputObjectType)
+    assert list(step_run.fields) == list(KINDS)
 
 
 def test_a_declared_kind_makes_its_input_type() -> None:

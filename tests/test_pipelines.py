@@ -381,3 +381,78 @@ async def test_a_reconnecting_subscriber_sees_every_event_once(
     assert {e["step"] for e in everything} == {None, "webp", "thumbs"}
     assert everything[-1]["status"] == "SUCCEEDED"
     assert everything[-1]["jobId"] == job["id"]
+
+
+# -- templates -----------------------------------------------------------------------
+
+TEMPLATE_FIELDS = "id name steps createdAt updatedAt"
+CREATE_TEMPLATE = (
+    "mutation T($input: PipelineTemplateInput!) "
+    f"{{ createPipelineTemplate(input: $input) {{ {TEMPLATE_FIELDS} }} }}"
+)
+UPDATE_TEMPLATE = (
+    "mutation U($id: ID!, $input: UpdatePipelineTemplateInput!) "
+    f"{{ updatePipelineTemplate(id: $id, input: $input) {{ {TEMPLATE_FIELDS} }} }}"
+)
+DELETE_TEMPLATE = "mutation D($id: ID!) { deletePipelineTemplate(id: $id) }"
+TEMPLATES = f"{{ pipelineTemplates {{ totalCount edges {{ node {{ {TEMPLATE_FIELDS} }} }} }} }}"
+
+
+async def test_templates_are_checked_when_saved_and_start_pipelines(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    steps = [
+        step("webp", {"convert": {"format": "WEBP"}}),
+        step("thumbs", {"thumbnails": {"sizes": [8]}}, "webp"),
+    ]
+    bad = [
+        step("zip", {"archive": {"path": "a.zip"}}),
+        step("webp", {"convert": {"format": "WEBP"}}, "zip"),
+    ]
+    body = await graphql(
+        jobs_client, CREATE_TEMPLATE, {"input": {"name": "web", "steps": bad}}, headers=headers
+    )
+    assert_error(body, "BAD_USER_INPUT", field="steps.webp.use")
+    body = await graphql(
+        jobs_client, CREATE_TEMPLATE, {"input": {"name": "web", "steps": steps}}, headers=headers
+    )
+    assert "errors" not in body, body
+    template = body["data"]["createPipelineTemplate"]
+    again = await graphql(
+        jobs_client, CREATE_TEMPLATE, {"input": {"name": "web", "steps": steps}}, headers=headers
+    )
+    assert_error(again, "CONFLICT")
+    body = await graphql(
+        jobs_client,
+        UPDATE_TEMPLATE,
+        {"id": template["id"], "input": {"name": "for the web"}},
+        headers=headers,
+    )
+    assert body["data"]["updatePipelineTemplate"]["name"] == "for the web"
+    listed = await graphql(jobs_client, TEMPLATES, headers=headers)
+    assert [e["node"]["id"] for e in listed["data"]["pipelineTemplates"]["edges"]] == [
+        template["id"]
+    ]
+    # Someone else's template does not exist for them.
+    _, other = await signed_in(jobs_client, "eve@example.com")
+    body = await graphql(jobs_client, DELETE_TEMPLATE, {"id": template["id"]}, headers=other)
+    assert_error(body, "NOT_FOUND")
+
+    file = await upload_file(jobs_client, headers, "cat.png", png())
+    job = await start(
+        jobs_client, headers, {"template": {"templateId": template["id"], "fileIds": [file["id"]]}}
+    )
+    assert [s["name"] for s in job["steps"]] == ["webp", "thumbs"]
+    done = await wait(jobs_client, headers, job["id"])
+    assert done["status"] == "SUCCEEDED", done
+    # Checked again against the files it starts on: a text file is no image.
+    text = await upload_file(jobs_client, headers, "notes.txt", b"hello\n")
+    body = await try_start_job(
+        jobs_client, headers, {"template": {"templateId": template["id"], "fileIds": [text["id"]]}}
+    )
+    assert_error(body, "BAD_USER_INPUT", field="steps.webp.use")
+    body = await graphql(jobs_client, DELETE_TEMPLATE, {"id": template["id"]}, headers=headers)
+    assert body["data"]["deletePipelineTemplate"] == template["id"]
+    listed = await graphql(jobs_client, TEMPLATES, headers=headers)
+    assert listed["data"]["pipelineTemplates"]["totalCount"] == 0
