@@ -452,21 +452,24 @@ async def remove_outputs(
     Without ``keep``, also whatever a dead attempt left under the job's
     storage prefix that no row names (a half-written object, a temp file).
     """
-    found = await db.exec(select(File).where(col(File.produced_by_job_id) == job.id))
+    # Read before any purge: one that finds its file gone (another process removing
+    # the same dead attempt's outputs) rolls back, which expires every loaded row.
+    job_id, owner_id = job.id, job.owner_id
+    found = await db.exec(select(col(File.id)).where(col(File.produced_by_job_id) == job_id))
     removed = []
-    for file in found.all():
-        if file.id in keep:
+    for file_id in found.all():
+        if file_id in keep:
             continue
         try:
-            removed.append(await files.purge(db, storage, job.owner_id, file.id))
+            removed.append(await files.purge(db, storage, owner_id, file_id))
         except NotFound:
             continue  # removed meanwhile
     if not keep:
         try:
-            await storage.delete_prefix(files.output_prefix(job.owner_id, job.id))
+            await storage.delete_prefix(files.output_prefix(owner_id, job_id))
         except StorageError as exc:
             # Unnamed bytes only cost space; the job's rows are right either way.
-            logger.warning("job leftovers not deleted", job_id=str(job.id), error=str(exc))
+            logger.warning("job leftovers not deleted", job_id=str(job_id), error=str(exc))
     return removed
 
 

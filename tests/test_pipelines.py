@@ -9,6 +9,8 @@ elsewhere.
 from __future__ import annotations
 
 import io
+from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -16,6 +18,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.conftest import serve_app
+from tests.processes import depot_scheduler, depot_worker, in_background
 from tests.support import (
     FINAL_STATUSES,
     JOB_TIMEOUT_S,
@@ -30,6 +34,7 @@ from tests.support import (
     try_start_job,
     upload_file,
 )
+from tests.test_jobs_faults import ENTRIES, MADE_BEFORE_KILL, fault_settings, private_redis
 
 # A pipeline's steps with their jobs' inputs and outputs cost more than the default allows.
 pytestmark = [pytest.mark.anyio, pytest.mark.settings(graphql_max_cost=200_000)]
@@ -456,3 +461,66 @@ async def test_templates_are_checked_when_saved_and_start_pipelines(
     assert body["data"]["deletePipelineTemplate"] == template["id"]
     listed = await graphql(jobs_client, TEMPLATES, headers=headers)
     assert listed["data"]["pipelineTemplates"]["totalCount"] == 0
+
+
+# -- a worker killed mid-step ---------------------------------------------------------
+
+
+@pytest.mark.redis
+async def test_a_worker_killed_mid_step_still_ends_the_pipeline_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        redis = await stack.enter_async_context(private_redis(tmp_path))
+        settings = fault_settings(tmp_path, database_url, redis.url, graphql_max_cost=200_000)
+        client = await stack.enter_async_context(serve_app(settings))
+        worker_a = await stack.enter_async_context(
+            in_background(depot_worker(settings, tmp_path / "worker-a.log"))
+        )
+        token, headers = await signed_in(client)
+        archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
+        job = await start(
+            client,
+            headers,
+            pipeline(
+                [archive["id"]],
+                step("unpack", {"extract": {"path": "out"}}),
+                step("zip", {"archive": {"path": "again.zip"}}, "unpack"),
+            ),
+        )
+        await wait(
+            client,
+            headers,
+            job["id"],
+            until=lambda j: (
+                by_name(j)["unpack"]["job"] is not None
+                and by_name(j)["unpack"]["job"]["outputs"]["totalCount"] >= MADE_BEFORE_KILL
+            ),
+        )
+        await anyio.to_thread.run_sync(worker_a.kill)
+        # Maintenance sends the step again once its heartbeat is stale; B takes it over.
+        scheduler = await stack.enter_async_context(
+            in_background(depot_scheduler(settings, tmp_path / "scheduler.log"))
+        )
+        await stack.enter_async_context(
+            in_background(depot_worker(settings, tmp_path / "worker-b.log"))
+        )
+        await wait(
+            client, headers, job["id"], until=lambda j: by_name(j)["unpack"]["job"]["attempts"] == 2
+        )
+        # As in test_jobs_faults: no more resends racing B's attempt on a loaded machine.
+        await anyio.to_thread.run_sync(scheduler.stop)
+        done = await wait(client, headers, job["id"])
+        assert done["status"] == "SUCCEEDED", done
+        steps = by_name(done)
+        assert steps["unpack"]["job"]["attempts"] == 2
+        assert steps["unpack"]["job"]["outputs"]["totalCount"] == ENTRIES
+        assert len(steps["zip"]["job"]["inputs"]) == ENTRIES
+        async with subscriber(client, token) as ws:
+            events = await collect_job_events(ws, "1", job["id"], query=EVENTS)
+        own = [e["status"] for e in events if e["step"] is None and e["status"] in FINAL_STATUSES]
+        assert own == ["SUCCEEDED"]
+        zipped = [
+            e["status"] for e in events if e["step"] == "zip" and e["status"] in FINAL_STATUSES
+        ]
+        assert zipped == ["SUCCEEDED"], "the step after the killed one started once"

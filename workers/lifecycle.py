@@ -216,6 +216,9 @@ async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, J
         if job is None:
             return claimed.claim, None
         if claimed.took_over or claimed.claim is jobs.Claim.END:
+            # Kept as claimed: a purge that loses a race with another process
+            # removing the same outputs rolls back, which would expire it.
+            db.expunge(job)
             # What a dead attempt wrote is partial: it goes before anything else.
             await jobs.remove_outputs(db, resources.storage, job)
         if claimed.claim is jobs.Claim.END:
