@@ -92,11 +92,13 @@ async def create_ticket(
     sha256: str | None,
     max_upload_bytes: int,
     expires_in: timedelta,
+    pipeline: list[dict[str, Any]] | None = None,
 ) -> Ticket:
     """Validate the future file, reserve its bytes and open a ticket; commits.
 
     Raises ``BAD_USER_INPUT``, ``CONFLICT`` (path taken) or ``QUOTA_EXCEEDED``
-    before anything is reserved or stored. The request is storage's presigned
+    before anything is reserved or stored. ``pipeline``: checked steps to start
+    on the file once complete (``core.pipelines``). The request is storage's presigned
     one (S3), or a PUT to Depot's upload route through ``links``.
     """
     path = normalize_path(path)
@@ -126,6 +128,7 @@ async def create_ticket(
         storage_key=key,
         created_at=now,
         expires_at=request.expires_at or now + expires_in,
+        pipeline=pipeline,
     )
     await quota.reserve(db, owner_id, size)
     try:

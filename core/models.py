@@ -245,6 +245,10 @@ class Upload(SQLModel, table=True):
     seen_content_type: str | None = Field(default=None, max_length=255)
     seen_etag: str | None = Field(default=None, max_length=255)
     seen_meta: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    # The checked steps of the pipeline to start once the file is complete (core.pipelines).
+    pipeline: list[dict[str, Any]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
 
 
 class UploadKind(enum.StrEnum):

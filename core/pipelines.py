@@ -72,6 +72,12 @@ class Step:
         return cls(**data)
 
 
+def upload_key(file_id: uuid.UUID) -> str:
+    """The idempotency key of the pipeline an upload started (``File.processing``): a
+    retried completion finds the pipeline the first one started instead of a second."""
+    return f"depot:upload:{file_id}"
+
+
 def steps_of(pipeline: Job) -> list[Step]:
     """A pipeline's steps, in an order where each comes after the steps it uses."""
     return [Step.from_data(data) for data in pipeline.params.get("steps", [])]

@@ -9,12 +9,15 @@ from strawberry.scalars import JSON
 
 from core import direct_uploads, metrics
 from core.events import FileCreated, announce
+from core.models import Upload as UploadRow
+from core.pipelines import Step
 from core.ratelimit import Action
 from core.users import require_verified
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
+from schema.pipelines import UploadPipelineInput, process_upload, upload_steps
 from schema.ratelimits import count
 from schema.scalars import BigInt
 
@@ -31,6 +34,11 @@ class CreateUploadInput:
     sha256: str | None = strawberry.field(
         default=None,
         description="The bytes' SHA-256 in lowercase hex; `completeUpload` refuses other bytes.",
+    )
+    pipeline: UploadPipelineInput | None = strawberry.field(
+        default=None,
+        description="A pipeline to start once `completeUpload` made the file "
+        "(`File.processing`); checked now.",
     )
 
 
@@ -57,6 +65,7 @@ class DirectUploadMutation:
         settings = info.context.settings
         require_verified(settings, user)
         await count(info.context, Action.UPLOAD)
+        steps = await upload_steps(info, input.pipeline, input.content_type)
         async with info.context.db() as db:
             ticket = await direct_uploads.create_ticket(
                 db,
@@ -69,6 +78,7 @@ class DirectUploadMutation:
                 sha256=input.sha256,
                 max_upload_bytes=settings.max_upload_bytes,
                 expires_in=timedelta(minutes=settings.upload_url_minutes),
+                pipeline=[step.to_data() for step in steps] if steps is not None else None,
             )
         return UploadTicket(
             id=strawberry.ID(encode_id("Upload", ticket.upload.id)),
@@ -88,6 +98,10 @@ class DirectUploadMutation:
         key = decode_id_of("Upload", id)
         async with info.context.db() as db:
             file = await direct_uploads.complete_ticket(db, info.context.storage, user.id, key)
+            ticket = await db.get(UploadRow, key)
+            pipeline = ticket.pipeline if ticket is not None else None
         metrics.UPLOAD_BYTES.labels("direct").inc(file.size)
         await announce(info.context.events, FileCreated.of(file), owner_id=file.owner_id)
+        if pipeline:
+            await process_upload(info, file, [Step.from_data(data) for data in pipeline])
         return File.from_model(file)

@@ -102,6 +102,11 @@ class Loaders:
         """A pipeline's steps' jobs, by pipeline."""
         return DataLoader(load_fn=self._load_step_jobs)
 
+    @functools.cached_property
+    def processing(self) -> DataLoader[uuid.UUID, Job | None]:
+        """The pipeline an upload started, by file (``File.processing``)."""
+        return DataLoader(load_fn=self._load_processing)
+
     def paged(
         self,
         name: str,
@@ -141,6 +146,14 @@ class Loaders:
             assert child.pipeline_id is not None
             found[child.pipeline_id].append(child)
         return [found[key] for key in pipeline_ids]
+
+    async def _load_processing(self, file_ids: list[uuid.UUID]) -> Sequence[Job | None]:
+        keys = {pipelines.upload_key(file_id): file_id for file_id in file_ids}
+        async with self.shared() as db:
+            rows = await db.exec(select(Job).where(col(Job.idempotency_key).in_(list(keys))))
+            found = {keys[job.idempotency_key or ""]: job for job in rows}
+            _detach(db, found.values())
+        return [found.get(file_id) for file_id in file_ids]
 
     async def _load_live_file_counts(self, owner_ids: list[uuid.UUID]) -> Sequence[int]:
         async with self.shared() as db:

@@ -294,6 +294,14 @@ class File(Node):
     def owner(self, info: Info) -> User:
         return self.owner_node or _load_owner(info, self.owner_id)
 
+    @strawberry.field(
+        description="The pipeline this upload started (`pipeline` on `uploadFile` or "
+        "`createUpload`); null when it started none."
+    )
+    async def processing(self, info: Info) -> Job | None:
+        found = await info.context.loaders.processing.load(self.key)
+        return Job.from_model(found) if found is not None else None
+
     @strawberry.field(description="The job that made this file; null for an upload.")
     def produced_by(self, info: Info) -> Job | None:
         if self.produced_by_job_id is None:

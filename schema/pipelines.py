@@ -20,6 +20,7 @@ from strawberry.scalars import JSON
 from core import files, jobs, pipeline_templates, pipelines
 from core.events import JobStatusChanged, announce
 from core.models import PIPELINE
+from core.models import File as FileRow
 from core.models import Job as JobRow
 from core.models import PipelineTemplate as TemplateRow
 from core.pipelines import Step
@@ -78,6 +79,53 @@ class UpdatePipelineTemplateInput:
 def _checked(info: Info, steps: list[StepInput]) -> list[Step]:
     # Saved, a template is checked as if started on one file of any type.
     return check_steps(step_requests(steps), None, info.context.settings)
+
+
+@strawberry.input(
+    one_of=True,
+    description="A pipeline to start on a file once its upload is complete: steps, or a "
+    "saved template's.",
+)
+class UploadPipelineInput:
+    steps: list[StepInput] | None = strawberry.UNSET
+    template_id: strawberry.ID | None = strawberry.UNSET
+
+
+async def upload_steps(
+    info: Info, pipeline: UploadPipelineInput | None, content_type: str | None
+) -> list[Step] | None:
+    """An upload's pipeline, checked before any byte is stored (against the declared
+    content type when there is one)."""
+    if pipeline is None:
+        return None
+    if given(pipeline.steps):
+        assert pipeline.steps is not None
+        requests = step_requests(pipeline.steps)
+    else:
+        assert pipeline.template_id is not None
+        user = info.context.require_principal().user
+        key = decode_id_of("PipelineTemplate", pipeline.template_id, field="pipeline.templateId")
+        async with info.context.db() as db:
+            template = await pipeline_templates.get_owned(db, user.id, key)
+        requests = requests_of(pipeline_templates.steps_of(template))
+    inputs = [content_type] if content_type else None
+    return check_steps(requests, inputs, info.context.settings)
+
+
+async def process_upload(info: Info, file: FileRow, steps: list[Step]) -> None:
+    """Start the pipeline of a completed upload, once: its key is the file's."""
+    async with info.context.db() as db:
+        job, _ = await jobs.create_job(
+            db,
+            file.owner_id,
+            PIPELINE,
+            {"steps": [step.to_data() for step in steps]},
+            [file.id],
+            max_attempts=1,
+            idempotency_key=pipelines.upload_key(file.id),
+            traceparent=current_traceparent(),
+        )
+    await _advance(info, job.id)
 
 
 # -- starting, cancelling, retrying --------------------------------------------------

@@ -14,6 +14,7 @@ from core.users import require_verified
 from schema.context import Info
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
+from schema.pipelines import UploadPipelineInput, process_upload, upload_steps
 from schema.ratelimits import count
 
 
@@ -24,9 +25,16 @@ class UploadMutation:
         description="Store the file sent as the multipart part mapped to `file` at `path` "
         "(default: the file's name). The bytes stream to storage as they arrive; the "
         "content type is sniffed from them. Multipart requests need the header "
-        "`x-depot-csrf: 1` (or `Apollo-Require-Preflight: true`).",
+        "`x-depot-csrf: 1` (or `Apollo-Require-Preflight: true`). With `pipeline`, "
+        "the pipeline starts on the file once it is stored (`File.processing`).",
     )
-    async def upload_file(self, info: Info, file: Upload, path: str | None = None) -> File:
+    async def upload_file(
+        self,
+        info: Info,
+        file: Upload,
+        path: str | None = None,
+        pipeline: UploadPipelineInput | None = None,
+    ) -> File:
         incoming: object = file
         if not isinstance(incoming, IncomingFile):
             raise BadUserInput(
@@ -37,10 +45,13 @@ class UploadMutation:
         principal = info.context.require_principal()
         require_verified(info.context.settings, principal.user)
         await count(info.context, Action.UPLOAD)
+        steps = await upload_steps(info, pipeline, None)
         async with info.context.db() as db:
             row = await store_upload(
                 db, info.context.storage, info.context.settings, principal.user.id, path, incoming
             )
         metrics.UPLOAD_BYTES.labels("multipart").inc(row.size)
         await announce(info.context.events, FileCreated.of(row), owner_id=row.owner_id)
+        if steps is not None:
+            await process_upload(info, row, steps)
         return File.from_model(row)

@@ -9,6 +9,7 @@ elsewhere.
 from __future__ import annotations
 
 import io
+import json
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from PIL import Image
 from tests.conftest import serve_app
 from tests.processes import depot_scheduler, depot_worker, in_background
 from tests.support import (
+    CSRF_HEADER,
     FINAL_STATUSES,
     JOB_TIMEOUT_S,
     assert_error,
@@ -34,6 +36,7 @@ from tests.support import (
     try_start_job,
     upload_file,
 )
+from tests.test_direct_uploads import create_upload, put_bytes, try_create_upload
 from tests.test_jobs_faults import ENTRIES, MADE_BEFORE_KILL, fault_settings, private_redis
 
 # A pipeline's steps with their jobs' inputs and outputs cost more than the default allows.
@@ -524,3 +527,76 @@ async def test_a_worker_killed_mid_step_still_ends_the_pipeline_once(
             e["status"] for e in events if e["step"] == "zip" and e["status"] in FINAL_STATUSES
         ]
         assert zipped == ["SUCCEEDED"], "the step after the killed one started once"
+
+
+# -- process on upload ---------------------------------------------------------------
+
+UPLOAD_WITH_PIPELINE = (
+    "mutation U($file: Upload!, $path: String, $pipeline: UploadPipelineInput) "
+    "{ uploadFile(file: $file, path: $path, pipeline: $pipeline) "
+    "{ id processing { id status } } }"
+)
+COMPLETE_WITH_PIPELINE = (
+    "mutation C($id: ID!) { completeUpload(id: $id) { id processing { id status } } }"
+)
+
+
+async def test_an_upload_starts_its_pipeline_once_the_file_is_complete(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    steps = [step("webp", {"convert": {"format": "WEBP"}})]
+    # Multipart: the pipeline is checked before any byte is stored, then starts on the file.
+    operations = {
+        "query": UPLOAD_WITH_PIPELINE,
+        "variables": {"file": None, "path": "cat.png", "pipeline": {"steps": steps}},
+    }
+    response = await jobs_client.post(
+        "/graphql",
+        data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
+        files={"0": ("cat.png", png(), "image/png")},
+        headers={**CSRF_HEADER, **headers},
+    )
+    body = response.json()
+    assert "errors" not in body, body
+    uploaded = body["data"]["uploadFile"]
+    assert uploaded["processing"]["status"] in ("RUNNING", "SUCCEEDED")
+    done = await wait(jobs_client, headers, uploaded["processing"]["id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert [i["id"] for i in done["inputs"]] == [uploaded["id"]]
+
+    # A direct upload: checked at createUpload against the declared type, started once.
+    bad = await try_create_upload(
+        jobs_client,
+        headers,
+        path="notes.txt",
+        size=6,
+        contentType="text/plain",
+        pipeline={"steps": steps},
+    )
+    assert_error(bad, "BAD_USER_INPUT", field="steps.webp.use")
+    data = png(colour=(0, 90, 0))
+    ticket = await create_upload(
+        jobs_client,
+        headers,
+        path="dog.png",
+        size=len(data),
+        contentType="image/png",
+        pipeline={"steps": steps},
+    )
+    assert (await put_bytes(jobs_client, ticket, data)).is_success
+    body = await graphql(jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers)
+    assert "errors" not in body, body
+    completed = body["data"]["completeUpload"]
+    # Completing again changes nothing: still one file, one pipeline.
+    again = await graphql(
+        jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers
+    )
+    assert_error(again, "CONFLICT")
+    done = await wait(jobs_client, headers, completed["processing"]["id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert [i["id"] for i in done["inputs"]] == [completed["id"]]
+    listed = await graphql(
+        jobs_client, "{ jobs(filter: {kind: PIPELINE}) { totalCount } }", headers=headers
+    )
+    assert listed["data"]["jobs"]["totalCount"] == 2, listed

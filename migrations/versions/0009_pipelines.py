@@ -20,6 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("job", sa.Column("pipeline_id", sa.Uuid(), nullable=True))
+    op.add_column("upload", sa.Column("pipeline", sa.JSON(), nullable=True))
     op.add_column("job", sa.Column("step", sa.String(length=64), nullable=True))
     op.create_index("uq_job_pipeline_step", "job", ["pipeline_id", "step"], unique=True)
     op.create_table(
@@ -45,3 +46,4 @@ def downgrade() -> None:
     # Plain ALTER TABLE, as in 0002: batch mode would copy the table on SQLite.
     op.drop_column("job", "step")
     op.drop_column("job", "pipeline_id")
+    op.drop_column("upload", "pipeline")
