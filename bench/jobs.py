@@ -15,7 +15,10 @@ measures
    the same run on the same Redis: a bare Dramatiq actor that only counts its
    messages (an ``INCR``), run by a worker process with as many threads; and
    (2b) the same throughput, and the CPU time per job, with metrics and
-   tracing on against both off, in interleaved rounds;
+   tracing on against both off, in interleaved rounds; and (2c) a three-step
+   **pipeline** (verify → convert → thumbnails of a small PNG) end to end,
+   against the same three kinds run as separate jobs one after the other, in
+   the same run;
 3. the **memory per idle subscription**: ``depot serve``'s resident memory
    before and after opening ``jobEvents`` subscriptions to jobs that stay
    queued (the worker is stopped), spread over a few WebSockets and then one
@@ -36,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import os
 import resource
 import tempfile
@@ -47,6 +51,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
+from PIL import Image
 from websockets.asyncio.client import ClientConnection
 
 from bench import bare_dramatiq, redis_claim
@@ -67,6 +72,7 @@ from bench.jobs_report import (
     Latencies,
     Memory,
     Observed,
+    Pipelines,
     Results,
     Throughput,
     report,
@@ -319,6 +325,87 @@ async def _observed_side(
     return throughput, cpu / throughput.jobs
 
 
+# ----------------------------------------------------------------- 2c. a pipeline
+
+OUTPUTS: Final = (
+    "query J($id: ID!) { job(id: $id) { status outputs(first: 10) { edges { node { id } } } } }"
+)
+STEPS: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
+    ("verify", {}),
+    ("convert", {"format": "WEBP"}),
+    ("thumbnails", {"sizes": [16]}),
+)
+
+
+def small_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (32, 24), (200, 30, 30)).save(out, "PNG")
+    return out.getvalue()
+
+
+async def upload_png(api: Api, account: Account, path: str) -> str:
+    result = await api.upload(account, UPLOAD_FILE, {"path": path}, small_png())
+    file_id: str = result["uploadFile"]["id"]
+    return file_id
+
+
+async def until_final(ws: ClientConnection, sub: str, job_id: str) -> str:
+    """Follow ``jobEvents`` of ``job_id`` until the server completes it; its last status."""
+    await subscribe(ws, sub, JOB_EVENTS, {"id": job_id})
+    status = ""
+    while True:
+        message = await receive(ws)
+        if message.get("id") != sub:
+            raise RuntimeError(f"unexpected message: {message}")
+        if message["type"] == "complete":
+            return status
+        status = event(message, "jobEvents")["status"]
+
+
+async def as_pipeline(api: Api, ws: ClientConnection, account: Account, turn: int) -> bool:
+    file_id = await upload_png(api, account, f"bench/p{turn}.png")
+    steps = [
+        {"name": kind, "run": {kind: params}, **({"use": [STEPS[i - 1][0]]} if i else {})}
+        for i, (kind, params) in enumerate(STEPS)
+    ]
+    job = await api.call(
+        START_JOB, {"input": {"pipeline": {"fileIds": [file_id], "steps": steps}}}, account
+    )
+    return await until_final(ws, f"p{turn}", job["startJob"]["id"]) == "SUCCEEDED"
+
+
+async def as_separate_jobs(api: Api, ws: ClientConnection, account: Account, turn: int) -> bool:
+    source = await upload_png(api, account, f"bench/s{turn}.png")
+    ok = True
+    for n, (kind, params) in enumerate(STEPS):
+        job = await api.call(START_JOB, {"input": {kind: {**params, "fileId": source}}}, account)
+        job_id = job["startJob"]["id"]
+        ok = ok and await until_final(ws, f"s{turn}-{n}", job_id) == "SUCCEEDED"
+        if kind == "convert":  # the thumbnails are of the WebP
+            made = await api.call(OUTPUTS, {"id": job_id}, account)
+            source = made["job"]["outputs"]["edges"][0]["node"]["id"]
+    return ok
+
+
+async def pipeline_rounds(api: Api, ws_url: str, account: Account, rounds: int) -> Pipelines:
+    """Each round (after two of warm-up), on fresh uploads: verify, convert to WebP and
+    thumbnails of the WebP as one pipeline, then as three jobs one after the other.
+    Uploads are outside the timings."""
+    found = Pipelines()
+    async with socket(ws_url, account) as ws:
+        for turn in range(rounds + 2):
+            timed = []
+            for way in (as_pipeline, as_separate_jobs):
+                began = time.perf_counter()
+                ok = await way(api, ws, account, turn)
+                timed.append(time.perf_counter() - began)
+                found.failed += turn >= 2 and not ok
+            if turn >= 2:
+                found.pipeline.append(timed[0])
+                found.separate.append(timed[1])
+    return found
+
+
 # ----------------------------------------------------------------- 3. memory per subscription
 
 
@@ -471,6 +558,8 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                     depot = await depot_throughput(
                         api, stack.ws_url, busy, files, args.throughput_jobs
                     )
+                    progress(f"2c. a three-step pipeline against its steps x {args.pipelines}…")
+                    pipelines = await pipeline_rounds(api, stack.ws_url, busy, args.pipelines)
                 finally:
                     await api.aclose()
                 stack.stop_worker()
@@ -505,7 +594,16 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                 redis_claim.release_redis(redis_url, known, users)
     return report(
         Results(
-            setup, latencies, bare, depot, args.clients, args.threads, memories, notes, observed
+            setup,
+            latencies,
+            bare,
+            depot,
+            args.clients,
+            args.threads,
+            memories,
+            notes,
+            observed,
+            pipelines,
         )
     )
 
@@ -522,6 +620,9 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=4,
         help="rounds of metrics+tracing on / off, --throughput-jobs each side (4; 0 skips)",
+    )
+    parser.add_argument(
+        "--pipelines", type=int, default=20, help="pipeline rounds against separate jobs (20)"
     )
     parser.add_argument(
         "--subscriptions", type=int, default=1000, help="idle subscriptions measured (1000)"

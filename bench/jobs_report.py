@@ -15,6 +15,8 @@ from bench.report import KIB, MIB, environment, ms, percentile, table, times, ve
 LATENCY_TARGET_MS: Final = 20.0
 RATIO_TARGET: Final = 0.3
 SUBSCRIPTION_TARGET_KIB: Final = 50.0
+# A pipeline may cost at most this much more than its steps run by hand.
+PIPELINE_TARGET: Final = 1.1
 # One idle subscription in this many is checked to be live (its job is then cancelled).
 SAMPLE_EVERY: Final = 20
 
@@ -64,6 +66,20 @@ class Memory:
         return (self.after - self.before) / self.subscriptions
 
 
+@dataclass
+class Pipelines:
+    """Seconds per round, end to end: the three steps as one pipeline, and as three
+    jobs one after the other (each started when the previous one's final event came)."""
+
+    pipeline: list[float] = field(default_factory=list)
+    separate: list[float] = field(default_factory=list)
+    failed: int = 0
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.pipeline) / statistics.median(self.separate)
+
+
 @dataclass(frozen=True)
 class Observed:
     """One round of no-op jobs with metrics and tracing on, then off (or the reverse):
@@ -97,6 +113,7 @@ class Results:
     memories: list[Memory]
     notes: list[str]
     observed: list[Observed] = field(default_factory=list)
+    pipelines: Pipelines | None = None
 
 
 def report(results: Results) -> str:
@@ -189,6 +206,8 @@ def report(results: Results) -> str:
             f"{memory.connections} WebSockets x {memory.per_connection}: "
             f"{memory.per_subscription / KIB:.1f} KiB per subscription: {verdict(ok)}"
         )
+    if results.pipelines is not None:
+        lines += _pipeline_lines(results.pipelines)
     return "\n".join(lines)
 
 
@@ -229,4 +248,25 @@ def _observed(rounds: list[Observed]) -> list[str]:
         "(0.95x: 5 % slower, or 5 % more CPU). CPU time hardly depends on what else "
         "the machine runs; jobs/s does.",
         *([f"  {failed} jobs did not succeed"] if failed else []),
+    ]
+
+
+def _pipeline_lines(found: Pipelines) -> list[str]:
+    ratio = found.ratio
+    separate, pipeline = statistics.median(found.separate), statistics.median(found.pipeline)
+    return [
+        "",
+        f"2c. verify -> convert -> thumbnails of a small PNG, {len(found.pipeline)} rounds "
+        "(median end to end)",
+        *table(
+            [
+                ["path", "median", "vs separate", "target"],
+                ["three jobs, one after the other", ms(separate), times(1), ""],
+                ["one pipeline", ms(pipeline), times(ratio), f"<= {times(PIPELINE_TARGET)}"],
+            ],
+            indent="  ",
+        ),
+        *([f"  {found.failed} rounds did not succeed"] if found.failed else []),
+        f"pipeline vs separate jobs {times(ratio)}: "
+        f"{verdict(ratio <= PIPELINE_TARGET and not found.failed)}",
     ]
