@@ -27,12 +27,13 @@ from datetime import datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import urljoin
 
+import structlog
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.bodies import BodySilent, body_chunks
-from core import metrics
+from core import metrics, pipeline_templates
 from core import resumable_uploads as uploads
 from core.auth import Principal, authenticate
 from core.errors import (
@@ -46,11 +47,16 @@ from core.errors import (
     Unauthenticated,
 )
 from core.events import FileCreated, announce
-from core.models import File, UploadKind
+from core.models import File, ResumableUpload, UploadKind
+from core.pipelines import Step
 from core.ratelimit import Action
 from core.settings import Settings
 from core.users import require_verified
+from schema.ids import decode_id_of
 from storage.errors import StorageError, TooLarge
+from workers.pipeline import check_steps, requests_of, start_on_upload
+
+logger = structlog.get_logger("depot.uploads")
 
 PATH = "/files/tus/"
 TUS_VERSION = "1.0.0"
@@ -61,6 +67,8 @@ LEASE_MARGIN_SECONDS = 30
 
 # Metadata keys, in the order they are asked, for what each names.
 PATH_KEYS = ("path", "relativePath", "filename", "name")
+# The pipeline template (its global id) to start on the file once it is complete.
+TEMPLATE_KEY = "template"
 TYPE_KEYS = ("filetype", "type", "contentType")
 
 
@@ -270,6 +278,9 @@ class TusRoutes:
                 "BAD_REQUEST",
                 "Name the file in Upload-Metadata: `path` (e.g. photos/cat.png) or `filename`.",
             )
+        if TEMPLATE_KEY in metadata:
+            # Checked now, as createUpload checks its pipeline; started once complete.
+            await _template_steps(request, principal, metadata, _first(metadata, TYPE_KEYS))
         checksum = _checksum(request)
         with_body = _has_body(request)
         if with_body and request.headers.get("content-type") != OFFSET_STREAM:
@@ -354,6 +365,9 @@ class TusRoutes:
         settings: Settings = request.state.settings
         silence_s = settings.body_timeout_seconds
         async with request.state.sessionmaker() as db:
+            # Its template, if any, for when this PATCH completes it (a primary-key read).
+            found = await db.get(ResumableUpload, upload_id)
+            metadata = parse_metadata(found.upload_metadata) if found is not None else {}
             try:
                 progress = await uploads.append(
                     db,
@@ -379,6 +393,8 @@ class TusRoutes:
         if progress.file is not None:
             metrics.UPLOAD_BYTES.labels("tus").inc(progress.file.size)
             await _announce(request, progress.file)
+            if TEMPLATE_KEY in metadata:
+                await _process(request, principal, metadata, progress.file)
         return _answer(
             204,
             {
@@ -395,6 +411,37 @@ class TusRoutes:
                 db, request.state.storage, self.hashes, principal.user.id, upload_id
             )
         return _answer(204)
+
+
+async def _template_steps(
+    request: Request, principal: Principal, metadata: dict[str, str], content_type: str | None
+) -> list[Step]:
+    """The checked steps of the template ``Upload-Metadata`` names (its global id)."""
+    try:
+        key = decode_id_of("PipelineTemplate", metadata[TEMPLATE_KEY], field="template")
+        async with request.state.sessionmaker() as db:
+            template = await pipeline_templates.get_owned(db, principal.user.id, key)
+        requests = requests_of(pipeline_templates.steps_of(template))
+        inputs = [content_type] if content_type else None
+        return check_steps(requests, inputs, request.state.settings)
+    except (BadUserInput, NotFound) as error:
+        raise _Refusal(400, error.code, f"Upload-Metadata template: {error.message}") from None
+
+
+async def _process(
+    request: Request, principal: Principal, metadata: dict[str, str], file: File
+) -> None:
+    """Start the template's pipeline on the completed file (``File.processing``)."""
+    state = request.state
+    try:
+        steps = await _template_steps(request, principal, metadata, file.content_type)
+    except _Refusal as refusal:
+        # The file stands; a template deleted or changed meanwhile starts nothing.
+        logger.warning("upload's pipeline not started", file_id=str(file.id), error=refusal.message)
+        return
+    await start_on_upload(
+        state.sessionmaker, state.jobs.send, state.events, state.settings, file, steps
+    )
 
 
 async def _announce(request: Request, file: File) -> None:

@@ -31,7 +31,7 @@ from schema.job_inputs import JobInput, StepInput, file_keys, given, step_reques
 from schema.node import Node
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAuthenticated
-from workers.pipeline import advance, check_steps, requests_of, send
+from workers.pipeline import advance, check_steps, requests_of, send, start_on_upload
 
 
 @strawberry.type(description="Saved pipeline steps; start them with `startJob(input: {template})`.")
@@ -114,18 +114,10 @@ async def upload_steps(
 
 async def process_upload(info: Info, file: FileRow, steps: list[Step]) -> None:
     """Start the pipeline of a completed upload, once: its key is the file's."""
-    async with info.context.db() as db:
-        job, _ = await jobs.create_job(
-            db,
-            file.owner_id,
-            PIPELINE,
-            {"steps": [step.to_data() for step in steps]},
-            [file.id],
-            max_attempts=1,
-            idempotency_key=pipelines.upload_key(file.id),
-            traceparent=current_traceparent(),
-        )
-    await _advance(info, job.id)
+    context = info.context
+    await start_on_upload(
+        context.db, context.jobs.send, context.events, context.settings, file, steps
+    )
 
 
 # -- starting, cancelling, retrying --------------------------------------------------

@@ -38,6 +38,8 @@ from tests.support import (
 )
 from tests.test_direct_uploads import create_upload, put_bytes, try_create_upload
 from tests.test_jobs_faults import ENTRIES, MADE_BEFORE_KILL, fault_settings, private_redis
+from tests.test_tus import create as tus_create
+from tests.test_tus import patch as tus_patch
 
 # A pipeline's steps with their jobs' inputs and outputs cost more than the default allows.
 pytestmark = [pytest.mark.anyio, pytest.mark.settings(graphql_max_cost=200_000)]
@@ -600,3 +602,45 @@ async def test_an_upload_starts_its_pipeline_once_the_file_is_complete(
         jobs_client, "{ jobs(filter: {kind: PIPELINE}) { totalCount } }", headers=headers
     )
     assert listed["data"]["jobs"]["totalCount"] == 2, listed
+
+
+FILE_PROCESSING = "query F($id: ID!) { node(id: $id) { ... on File { processing { id } } } }"
+
+
+async def test_a_tus_upload_naming_a_template_starts_it_once_complete(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    body = await graphql(
+        jobs_client,
+        CREATE_TEMPLATE,
+        {"input": {"name": "web", "steps": [step("webp", {"convert": {"format": "WEBP"}})]}},
+        headers=headers,
+    )
+    template = body["data"]["createPipelineTemplate"]
+    refused = await tus_create(
+        jobs_client,
+        headers,
+        6,
+        filename="notes.txt",
+        filetype="text/plain",
+        template=template["id"],
+    )
+    assert refused.status_code == 400, refused.text
+    data = png()
+    url = httpx.URL(
+        (
+            await tus_create(
+                jobs_client, headers, len(data), filename="cat.png", template=template["id"]
+            )
+        ).headers["location"]
+    ).path
+    half = len(data) // 2
+    assert (await tus_patch(jobs_client, headers, url, 0, data[:half])).status_code == 204
+    assert (await tus_patch(jobs_client, headers, url, half, data[half:])).status_code == 204
+    files = await graphql(jobs_client, "{ files { edges { node { id path } } } }", headers=headers)
+    [file] = [e["node"] for e in files["data"]["files"]["edges"]]
+    found = await graphql(jobs_client, FILE_PROCESSING, {"id": file["id"]}, headers=headers)
+    done = await wait(jobs_client, headers, found["data"]["node"]["processing"]["id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert [i["id"] for i in done["inputs"]] == [file["id"]]

@@ -31,9 +31,10 @@ from core import jobs, pipelines
 from core.errors import BadUserInput
 from core.eventlog import EventLog
 from core.events import JobProgressed, JobStatusChanged, announce
-from core.models import JobStatus
+from core.models import PIPELINE, File, JobStatus
 from core.pipelines import INPUT, Step
 from core.settings import Settings
+from core.tracing import current_traceparent
 from workers.kind import Kind
 from workers.params import FileId, declared, dump, optional_of, typed
 from workers.registry import KINDS
@@ -230,6 +231,29 @@ async def advance(
     if advanced.started and any(job.status.is_final for job in advanced.started):
         # A step that could not start failed at once: what follows from it is decided now.
         await advance(sessions, broker, events, settings, pipeline_id)
+
+
+async def start_on_upload(
+    sessions: Sessions,
+    broker: Send,
+    events: EventLog,
+    settings: Settings,
+    file: File,
+    steps: Sequence[Step],
+) -> None:
+    """Start the pipeline of a completed upload, once: its idempotency key is the file's."""
+    async with sessions() as db:
+        job, _ = await jobs.create_job(
+            db,
+            file.owner_id,
+            PIPELINE,
+            {"steps": [step.to_data() for step in steps]},
+            [file.id],
+            max_attempts=1,
+            idempotency_key=pipelines.upload_key(file.id),
+            traceparent=current_traceparent(),
+        )
+    await advance(sessions, broker, events, settings, job.id)
 
 
 async def send(sessions: Sessions, broker: Send, job_id: uuid.UUID, kind: str) -> bool:
