@@ -459,6 +459,8 @@ class WebhookDelivery(SQLModel, table=True):
     error: str | None = Field(default=None, max_length=500)
     next_retry_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class PipelineTemplate(SQLModel, table=True):
     """A user's saved pipeline: named steps, checked when saved, started on given files.
 
