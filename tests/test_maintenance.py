@@ -507,6 +507,7 @@ async def test_one_failing_task_does_not_stop_the_others(
         "purge_trash": 1,
         "expire_resumable_uploads": 0,
         "resend_stuck_jobs": 0,
+        "advance_pipelines": 0,
         "prune_events": 0,
         "storage_warnings": 0,
     }
