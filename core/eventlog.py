@@ -72,6 +72,48 @@ class _Resync:
 RESYNC: Final = _Resync()
 
 
+class Mailbox:
+    """A bounded queue with one reader: the part of :class:`asyncio.Queue` a listener uses.
+
+    Every idle subscription holds one (and a signed-in socket one more, for
+    revocations), so its size is the size of a socket: an ``asyncio.Queue``
+    is four deques and an Event, about 3.3 KiB empty; this is a list and, while
+    its reader waits, one future (about 0.2 KiB). Used on one event loop only.
+    """
+
+    __slots__ = ("_items", "_maxsize", "_waiter")
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: list[Entry | _Resync] = []
+        self._maxsize = maxsize
+        self._waiter: asyncio.Future[None] | None = None
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Entry | _Resync) -> None:
+        if len(self._items) >= self._maxsize:
+            raise asyncio.QueueFull
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def get_nowait(self) -> Entry | _Resync:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        # At most LISTENER_BACKLOG items, and usually one: a shift costs nothing.
+        return self._items.pop(0)
+
+    async def get(self) -> Entry | _Resync:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
 class Listener:
     """One live subscription to a stream, read on the event loop that opened it.
 
@@ -84,7 +126,7 @@ class Listener:
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.queue: asyncio.Queue[Entry | _Resync] = asyncio.Queue(LISTENER_BACKLOG)
+        self.queue = Mailbox(LISTENER_BACKLOG)
 
     def deliver(self, item: Entry | _Resync) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens
