@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from core.eventlog import (
     DEFAULT_PREFIX,
+    LISTENER_BACKLOG,
     PAGE,
     BadCursor,
     Entry,
@@ -128,6 +129,22 @@ async def test_a_listener_hears_its_stream_only(log: EventLog) -> None:
             heard = await listener.queue.get()
     assert heard == appended
     assert listener.queue.empty()
+
+
+async def test_a_follower_past_its_backlog_rereads_the_log_and_misses_nothing(
+    log: EventLog,
+) -> None:
+    events = aiter(follow(log, STREAM))
+    first = await log.append(STREAM, {"n": 0})
+    with anyio.fail_after(5):
+        assert await anext(events) == first
+        # It waits on its listener now; more arrive than the listener keeps.
+        count = LISTENER_BACKLOG + 20
+        await _append(log, count)
+        await anyio.sleep(0.2)  # delivered (Redis: published) while nobody reads
+        seen = [await anext(events) for _ in range(count)]
+    assert _numbers(seen) == list(range(count))
+    await events.aclose()  # type: ignore[attr-defined]
 
 
 async def test_follow_replays_then_streams_with_no_gap_and_no_duplicate(log: EventLog) -> None:
