@@ -99,6 +99,8 @@ class DepotProcess:
     def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
         self.process = process
         self.log = log
+        # How long ``stop`` waits; ``depot serve --workers`` may need longer.
+        self.stop_timeout_s: float = STOP_TIMEOUT_S
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
@@ -122,7 +124,7 @@ class DepotProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(STOP_TIMEOUT_S)
+                self.process.wait(self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()

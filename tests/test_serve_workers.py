@@ -22,10 +22,12 @@ import pytest
 from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, WebSocketNetworkError
 from wsproto.utilities import LocalProtocolError
 
+from api.cli import WORKER_HEALTHCHECK_S
 from core.settings import Settings
 from tests.conftest import make_settings
 from tests.processes import (
     DEPOT,
+    STOP_TIMEOUT_S,
     DepotProcess,
     depot_serve,
     depot_worker,
@@ -199,6 +201,9 @@ async def serve_processes(
     options = ["--workers", str(processes)] if processes > 1 else []
     serve = depot_serve(settings, log, port, options=options, timeout_s=START_S)
     async with in_background(serve) as server:
+        # uvicorn's supervisor handles signals between its pings of each process; one
+        # killed mid-ping holds it for the whole ping timeout before SIGTERM is seen.
+        server.stop_timeout_s = STOP_TIMEOUT_S + WORKER_HEALTHCHECK_S
         await anyio.to_thread.run_sync(
             functools.partial(
                 wait_until_ready,
