@@ -1,7 +1,7 @@
 """Pipelines: a step's job names its pipeline and step; users save pipeline templates.
 
-Revision ID: 0009
-Revises: 0011
+Revision ID: 0011
+Revises: 0010
 Create Date: 2026-12-01
 """
 
@@ -12,8 +12,8 @@ from alembic import op
 
 import core.time
 
-revision: str = "0009"
-down_revision: str | None = "0011"
+revision: str = "0011"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
