@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import secrets
 import statistics
 import tempfile
 import time
@@ -27,6 +26,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 
 from api.app import create_app
+from bench import login
 from bench.client import REGISTER, body, payload, registration
 from bench.report import environment, percentile, table, times
 from core.logging import configure_logging
@@ -35,22 +35,16 @@ from core.settings import Settings
 EMAIL = "bench@example.com"
 UNKNOWN_EMAIL = "nobody@example.com"
 ASK = "mutation Ask($email: String!) { requestPasswordReset(email: $email) }"
-NO_LIMIT = "1000000/minute"
 KINDS = {"account": EMAIL, "no account": UNKNOWN_EMAIL}
 
 
 def bench_settings(var_dir: Path) -> Settings:
-    return Settings(
-        _env_file=None,
-        environment="development",
-        var_dir=var_dir,
-        database_url=f"sqlite:///{var_dir / 'depot.db'}",
-        redis_url=None,
-        secret_key=secrets.token_urlsafe(48),
-        password_hash_memory_kib=19456,
-        password_hash_iterations=2,
-        password_reset_limit_per_account=NO_LIMIT,
-        password_reset_limit_per_address=NO_LIMIT,
+    """The login bench's settings (OWASP's minimum Argon2id cost), with resets unlimited."""
+    return login.bench_settings(var_dir, login.OWASP_MINIMUM).model_copy(
+        update={
+            "password_reset_limit_per_account": login.NO_LIMIT,
+            "password_reset_limit_per_address": login.NO_LIMIT,
+        }
     )
 
 
