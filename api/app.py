@@ -32,6 +32,7 @@ from api.health import healthz, readyz
 from api.metrics import metrics
 from api.middleware import HEADER as REQUEST_ID_HEADER
 from api.middleware import RequestIdMiddleware
+from api.multipart_uploads import ROUTES as MULTIPART_ROUTES
 from api.notifications import ROUTES as NOTIFICATION_ROUTES
 from api.tus import TusRoutes
 from api.variants import variant
@@ -57,8 +58,9 @@ from workers.webhooks import Dispatcher
 logger = structlog.get_logger("depot.app")
 
 # What a page on another origin may send: GET and POST to /graphql, GET and
-# HEAD to a download link, PUT to a direct-upload ticket, and tus's POST,
-# HEAD, PATCH, DELETE and OPTIONS (api.tus). The preflight itself is answered
+# HEAD to a download link, PUT to a direct-upload ticket, tus's POST,
+# HEAD, PATCH, DELETE and OPTIONS (api.tus), and a multipart upload's GET,
+# POST and DELETE (api.multipart_uploads). The preflight itself is answered
 # by the middleware; any request header is allowed (tus's Upload-* and Tus-*).
 CORS_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 # Response headers such a page may read: a download's name, validator, size
@@ -190,6 +192,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         *NOTIFICATION_ROUTES,
         Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
         *TusRoutes().routes,
+        *MULTIPART_ROUTES,
         *(ide.routes if ide is not None else []),
     ]
     middleware = [

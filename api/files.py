@@ -44,6 +44,7 @@ PATHS: dict[Purpose, str] = {
     "download": "/files/download/",
     "upload": "/files/upload/",
     "variant": "/files/variant/",
+    "multipart": "/files/multipart/",
 }
 """Where each purpose's route lives; a link is its path followed by its token."""
 
@@ -120,6 +121,14 @@ class RouteLinks:
     ) -> str:
         """A link to the variant ``spec`` (``VariantSpec.claims``) of ``key``'s file."""
         return self.url("variant", expires_at, key=key, cred=credential, **spec)
+
+    def multipart(
+        self, upload: str, *, owner: str, operation: str, expires_at: datetime, credential: str
+    ) -> str:
+        """A link to ``api.multipart_uploads`` for one request of one upload."""
+        return self.url(
+            "multipart", expires_at, key=upload, own=owner, op=operation, cred=credential
+        )
 
 
 def verified_link(request: Request, purpose: Purpose) -> tuple[str, dict[str, object]]:

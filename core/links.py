@@ -1,7 +1,7 @@
 """Signed, expiring tokens that let the holder of a link do one thing to one object.
 
-A token is a JWT signed with the secret key, for one purpose (``download`` or
-``upload``) and carrying the storage key it is for. Which route a token goes
+A token is a JWT signed with the secret key, for one purpose (``download``,
+``upload``, ``multipart``, …) and carrying the storage key it is for. Which route a token goes
 in, and at what address, is the API's business (``api.files``); S3 needs
 none of this: it presigns its own URLs.
 """
@@ -14,7 +14,7 @@ from typing import Literal
 
 import jwt
 
-Purpose = Literal["download", "upload", "variant", "unsubscribe"]
+Purpose = Literal["download", "upload", "variant", "unsubscribe", "multipart"]
 _ALGORITHM = "HS256"
 
 

@@ -14,12 +14,21 @@ completeMultipartUpload, abortMultipartUpload).
 Each is a resumable upload row of kind MULTIPART, so ``uploads`` lists it,
 ``cancelUpload`` ends it and maintenance expires it with the tus ones. Only
 storage that presigns (S3) takes them; elsewhere, use tus.
+
+**Uppy 5's AwsS3 plugin** (``@uppy/aws-s3`` 6) no longer takes these five
+functions: it asks one ``signRequest`` callback to presign each S3 request
+(:class:`Operation`, told apart by ``operation``) and sends it itself. Only
+the bytes (``PART``) go to S3, presigned by ``sign_part``; the other four
+are answered by Depot (``api.multipart_uploads``, at links signed for the
+caller's own upload), so creating reserves the quota, completing makes the
+file and aborting releases the reservation, as the calls above do.
 """
 
 from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from enum import StrEnum
 from typing import Final
 
 import anyio
@@ -28,7 +37,7 @@ from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import resumable_uploads
-from core.errors import BadUserInput
+from core.errors import BadUserInput, NotFound
 from core.models import File, ResumableUpload, UploadKind
 from core.time import utcnow
 from storage.base import Part, SignedRequest, Storage
@@ -40,8 +49,72 @@ MAX_PARTS: Final = 10_000
 PART_URL_MINUTES: Final = 60
 """How long a part's presigned PUT works: long enough for one slow part."""
 
+CONTROL_LINK_MINUTES: Final = 10
+"""How long a link to one of Depot's answers to an S3 control request works
+(``api.multipart_uploads``): Uppy sends it as soon as it is signed."""
+
 COMPLETE_LEASE: Final = timedelta(minutes=30)
 """How long completing may hold the upload: S3 assembles, then the object is read back."""
+
+
+class Operation(StrEnum):
+    """The S3 requests of a multipart upload, as Uppy's ``signRequest`` asks for them."""
+
+    CREATE = "create"  # POST {key}?uploads
+    PART = "part"  # PUT {key}?uploadId=&partNumber=
+    LIST = "list"  # GET {key}?uploadId=
+    COMPLETE = "complete"  # POST {key}?uploadId=
+    ABORT = "abort"  # DELETE {key}?uploadId=
+
+
+METHODS: Final = {
+    Operation.CREATE: "POST",
+    Operation.PART: "PUT",
+    Operation.LIST: "GET",
+    Operation.COMPLETE: "POST",
+    Operation.ABORT: "DELETE",
+}
+"""The HTTP method each operation is sent with."""
+
+
+def operation(method: str, upload_id: str | None, part_number: int | None) -> Operation:
+    """Which multipart request an S3 request (``method``, ``uploadId``, ``partNumber``) is.
+
+    ``BAD_USER_INPUT`` for the rest (a whole-object PUT or DELETE): those are
+    ``createUpload``'s tickets and ``deleteFile``'s.
+    """
+    method = method.upper()
+    if upload_id is None:
+        if method == "POST" and part_number is None:
+            return Operation.CREATE
+    elif part_number is not None:
+        if method == "PUT":
+            return Operation.PART
+    else:
+        found = {"GET": Operation.LIST, "POST": Operation.COMPLETE, "DELETE": Operation.ABORT}
+        if method in found:
+            return found[method]
+    raise BadUserInput(
+        f"Depot signs the requests of multipart uploads only, not {method} "
+        f"{'with' if upload_id else 'without'} an uploadId"
+        f"{' and a partNumber' if part_number is not None else ''}: "
+        "give Uppy's AwsS3 `shouldUseMultipart: true`, or upload by `createUpload`.",
+        field="request",
+    )
+
+
+async def get(
+    db: AsyncSession, owner_id: uuid.UUID, upload_id: uuid.UUID, handle: str
+) -> ResumableUpload:
+    """``owner_id``'s live multipart upload whose S3 upload is ``handle``; ``NOT_FOUND`` else.
+
+    A client names an upload by both (Uppy's ``key`` and ``uploadId``); a
+    mismatch is someone else's upload, or none.
+    """
+    upload = await resumable_uploads.get_upload(db, owner_id, upload_id, UploadKind.MULTIPART)
+    if upload.storage_handle != handle:
+        raise NotFound("No such upload.")
+    return upload
 
 
 async def create(

@@ -2,7 +2,9 @@
 
 ``createMultipartUpload``, ``signUploadPart``, ``uploadParts``,
 ``completeMultipartUpload``; aborting is ``cancelUpload``, as for any
-unfinished upload. The rules are ``core.multipart_uploads``'s.
+unfinished upload (the functions Uppy 3 and 4's plugin took). Uppy 5's
+(``@uppy/aws-s3`` 6) asks one ``signRequest`` for each S3 request instead:
+``signUploadRequest``. The rules are ``core.multipart_uploads``'s.
 """
 
 from __future__ import annotations
@@ -13,12 +15,15 @@ import strawberry
 from strawberry.scalars import JSON
 
 from core import metrics, multipart_uploads
+from core.downloads import credential_of
+from core.errors import BadUserInput
 from core.events import FileCreated, announce
 from core.ratelimit import Action
+from core.time import utcnow
 from core.users import require_verified
 from schema.context import Info
 from schema.direct_uploads import CreateUploadInput
-from schema.ids import decode_id_of
+from schema.ids import decode_id_of, encode_id
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
 from schema.ratelimits import count
@@ -56,6 +61,40 @@ class UploadPart:
 class UploadPartInput:
     part_number: int
     etag: str = strawberry.field(description="The `ETag` S3 answered the part's PUT with.")
+
+
+@strawberry.input(
+    description="One S3 request of a multipart upload, as Uppy's AwsS3 plugin (5.x, "
+    "`@uppy/aws-s3` 6) hands it to its `signRequest` option: pass it on unchanged."
+)
+class UploadRequestInput:
+    method: str = strawberry.field(description="`POST`, `PUT`, `GET` or `DELETE`.")
+    key: str = strawberry.field(
+        description="The upload's key: the one `signUploadRequest` answered its create "
+        "with (the `ResumableUpload`'s id). When creating, the client's proposal, "
+        "which Depot replaces."
+    )
+    upload_id: str | None = strawberry.field(default=None, description="S3's upload id.")
+    part_number: int | None = None
+    content_type: str | None = strawberry.field(
+        default=None, description="A whole-object PUT's, which Depot does not sign here."
+    )
+    expires_in: int | None = strawberry.field(
+        default=None, description="Ignored: Depot says how long what it signs works."
+    )
+
+
+@strawberry.type
+class SignedUploadRequest:
+    """Where to send the request, as Uppy's `signRequest` returns it (`PresignedResponse`)."""
+
+    url: str = strawberry.field(
+        description="A part's PUT goes straight to S3; creating, listing, completing and "
+        "aborting go to Depot, which answers as S3 would."
+    )
+    key: str = strawberry.field(description="The upload's key from now on (its id).")
+    headers: JSON = strawberry.field(description="Headers to send, name to value.")
+    expires_at: datetime
 
 
 def _expiry(info: Info) -> timedelta:
@@ -108,6 +147,76 @@ class MultipartUploadMutation:
             upload=ResumableUpload.from_model(upload),
             upload_id=upload.storage_handle,
             key=upload.storage_key,
+        )
+
+    @strawberry.mutation(
+        description="Sign one S3 request of a multipart upload: what Uppy's AwsS3 "
+        "`signRequest` returns (`shouldUseMultipart: true`). Creating needs `file` and "
+        "reserves its size; the parts go straight to S3; completing (which makes the File: "
+        "the plugin's `upload-success` body's `key` is its id) and aborting (which "
+        "releases the reservation) are answered by Depot. S3 storage only.",
+        permission_classes=[IsAuthenticated],
+    )
+    async def sign_upload_request(
+        self, info: Info, request: UploadRequestInput, file: CreateUploadInput | None = None
+    ) -> SignedUploadRequest:
+        principal = info.context.require_principal()
+        user = principal.user
+        operation = multipart_uploads.operation(
+            request.method, request.upload_id, request.part_number
+        )
+        storage = info.context.storage
+        async with info.context.db() as db:
+            if operation is multipart_uploads.Operation.CREATE:
+                if file is None:
+                    raise BadUserInput(
+                        "Creating a multipart upload needs `file`: its path and size.",
+                        field="file",
+                    )
+                settings = info.context.settings
+                require_verified(settings, user)
+                await count(info.context, Action.UPLOAD)
+                upload = await multipart_uploads.create(
+                    db,
+                    storage,
+                    user.id,
+                    path=file.path,
+                    size=file.size,
+                    content_type=file.content_type,
+                    sha256=file.sha256,
+                    max_upload_bytes=settings.max_upload_bytes,
+                    expires_in=_expiry(info),
+                )
+                key = upload.id
+            else:
+                key = decode_id_of("ResumableUpload", request.key, field="key")
+                assert request.upload_id is not None  # as operation() saw
+                upload = await multipart_uploads.get(db, user.id, key, request.upload_id)
+            if operation is multipart_uploads.Operation.PART:
+                assert request.part_number is not None
+                signed = await multipart_uploads.sign_part(
+                    db, storage, user.id, key, request.part_number, expires_in=_expiry(info)
+                )
+                assert signed.expires_at is not None
+                return SignedUploadRequest(
+                    url=signed.url,
+                    key=request.key,
+                    headers=JSON(dict(signed.headers)),
+                    expires_at=signed.expires_at,
+                )
+        expires_at = utcnow() + timedelta(minutes=multipart_uploads.CONTROL_LINK_MINUTES)
+        url = info.context.links.multipart(
+            key.hex,
+            owner=user.id.hex,
+            operation=operation.value,
+            expires_at=expires_at,
+            credential=credential_of(principal),
+        )
+        return SignedUploadRequest(
+            url=url,
+            key=encode_id("ResumableUpload", upload.id),
+            headers=JSON({}),
+            expires_at=expires_at,
         )
 
     @strawberry.mutation(

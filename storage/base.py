@@ -78,6 +78,13 @@ class Links(Protocol):
         like a download link."""
         ...
 
+    def multipart(
+        self, upload: str, *, owner: str, operation: str, expires_at: datetime, credential: str
+    ) -> str:
+        """A URL that answers one S3 request (``operation``, ``core.multipart_uploads``)
+        of ``owner``'s multipart upload ``upload`` as S3 would, until ``expires_at``."""
+        ...
+
 
 class AppendInterrupted(Exception):
     """The chunks given to ``Storage.append`` failed midway; ``size`` bytes are now kept.

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -187,3 +189,130 @@ async def test_local_storage_takes_no_parts(tmp_path: Path, database_url: str) -
         body = await graphql(client, CREATE, {"input": {"path": "x", "size": 1}}, headers=headers)
     error = assert_error(body, "BAD_USER_INPUT", field="input")
     assert "tus" in error["message"]
+
+
+# -- Uppy 5's AwsS3 plugin: one signRequest per S3 request ---------------------------
+
+SIGN_REQUEST = """mutation SignRequest($request: UploadRequestInput!, $file: CreateUploadInput) {
+  signUploadRequest(request: $request, file: $file) { url key headers expiresAt }
+}"""
+FILE_QUERY = "query File($id: ID!) { node(id: $id) { ... on File { path size sha256 } } }"
+
+
+async def sign(
+    client: httpx.AsyncClient, headers: dict[str, str], file: Any = None, **request: Any
+) -> dict[str, Any]:
+    return dict(await ok(client, headers, SIGN_REQUEST, request=request, file=file))
+
+
+def tag(xml: str, name: str) -> list[str]:
+    return re.findall(rf"<{name}>([^<]*)</{name}>", xml)
+
+
+async def test_uppy_sign_request_sends_parts_to_s3_and_the_rest_to_depot(
+    client: httpx.AsyncClient, ada: dict[str, str], settings: Settings
+) -> None:
+    """What @uppy/aws-s3 6 does with `shouldUseMultipart: true`, request by request."""
+    file = {"path": "uppy/big.bin", "size": len(DATA), "contentType": "video/mp4"}
+    created = await sign(client, ada, file, method="POST", key="uppy-proposed-key")
+    key = created["key"]
+    assert key != "uppy-proposed-key"  # Depot's own: the upload's id
+    assert created["url"].startswith(str(client.base_url.join("/files/multipart/")))
+    assert await used_bytes(client, ada) == len(DATA)  # reserved when signed
+    initiated = await client.post(created["url"], headers={"Content-Type": "video/mp4"})
+    assert initiated.status_code == 200, initiated.text
+    assert initiated.headers["content-type"] == "application/xml"
+    [upload_id] = tag(initiated.text, "UploadId")
+    assert tag(initiated.text, "Key") == [key]
+
+    async def put_part(number: int) -> str:
+        signed = await sign(
+            client, ada, method="PUT", key=key, uploadId=upload_id, partNumber=number
+        )
+        assert not urlsplit(signed["url"]).path.startswith("/files/")  # straight to S3
+        async with httpx.AsyncClient() as s3:
+            response = await s3.put(signed["url"], content=PARTS[number - 1])
+        assert response.status_code == 200, response.text
+        return response.headers["etag"].strip('"')  # as Uppy keeps it
+
+    first = await put_part(1)
+    listing = await sign(client, ada, method="GET", key=key, uploadId=upload_id)
+    listed = await client.get(listing["url"])
+    assert listed.status_code == 200, listed.text
+    assert tag(listed.text, "PartNumber") == ["1"]
+    assert [etag.strip('"') for etag in tag(listed.text, "ETag")] == [first]
+    assert tag(listed.text, "Size") == [str(len(PARTS[0]))]
+    second = await put_part(2)
+    completing = await sign(client, ada, method="POST", key=key, uploadId=upload_id)
+    body = "".join(
+        f"<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+        for n, etag in ((1, first), (2, second))
+    )
+    completed = await client.post(
+        completing["url"],
+        content=f"<CompleteMultipartUpload>{body}</CompleteMultipartUpload>",
+        headers={"Content-Type": "application/xml"},
+    )
+    assert completed.status_code == 200, completed.text
+    [file_id] = tag(completed.text, "Key")
+    [location] = tag(completed.text, "Location")
+    assert location.startswith(str(client.base_url.join("/files/download/")))
+    assert await ok(client, ada, FILE_QUERY, id=file_id) == {
+        "path": "uppy/big.bin",
+        "size": len(DATA),
+        "sha256": hashlib.sha256(DATA).hexdigest(),
+    }
+    assert (await ok(client, ada, UPLOADS))["edges"] == []
+    assert await used_bytes(client, ada) == len(DATA)
+    # A completed upload is no more: its links lead nowhere.
+    again = await client.get(listing["url"])
+    assert again.status_code == 404
+    assert tag(again.text, "Code") == ["NOT_FOUND"]
+    assert len(leftover_objects(settings)) == 1
+
+
+async def test_uppy_sign_request_is_the_callers_own_upload_only(
+    client: httpx.AsyncClient, ada: dict[str, str], settings: Settings
+) -> None:
+    bob = bearer((await register(client, "bob@example.com", display_name="Bob"))["accessToken"])
+    file = {"path": "mine.bin", "size": len(DATA)}
+    created = await sign(client, ada, file, method="POST", key="k")
+    key = created["key"]
+    initiated = await client.post(created["url"])
+    [upload_id] = tag(initiated.text, "UploadId")
+    # Bob, knowing Ada's key and upload id, gets nothing signed for them.
+    for request in (
+        {"method": "PUT", "partNumber": 1},
+        {"method": "GET"},
+        {"method": "POST"},
+        {"method": "DELETE"},
+    ):
+        variables = {"request": {**request, "key": key, "uploadId": upload_id}}
+        body = await graphql(client, SIGN_REQUEST, variables, headers=bob)
+        assert_error(body, "NOT_FOUND")
+    # Ada's key with another S3 upload id is not her upload either.
+    wrong = {"request": {"method": "GET", "key": key, "uploadId": "not-" + upload_id}}
+    assert_error(await graphql(client, SIGN_REQUEST, wrong, headers=ada), "NOT_FOUND")
+    # What is not a multipart request, or a create without its file, is refused.
+    put = {"request": {"method": "PUT", "key": "k", "contentType": "image/png"}}
+    error = assert_error(
+        await graphql(client, SIGN_REQUEST, put, headers=ada), "BAD_USER_INPUT", field="request"
+    )
+    assert "shouldUseMultipart" in error["message"]
+    bare = {"request": {"method": "POST", "key": "k"}}
+    assert_error(
+        await graphql(client, SIGN_REQUEST, bare, headers=ada), "BAD_USER_INPUT", field="file"
+    )
+    # A link is for its one request: tampered with, or sent with another method, refused.
+    aborting = await sign(client, ada, method="DELETE", key=key, uploadId=upload_id)
+    tampered = aborting["url"][:-2] + ("AA" if not aborting["url"].endswith("AA") else "BB")
+    refused = await client.delete(tampered)
+    assert (refused.status_code, tag(refused.text, "Code")) == (403, ["FORBIDDEN"])
+    assert (await client.get(aborting["url"])).status_code == 405
+    assert await used_bytes(client, ada) == len(DATA)
+    # Aborting releases the reservation and the upload's parts.
+    aborted = await client.delete(aborting["url"])
+    assert aborted.status_code == 204, aborted.text
+    assert await used_bytes(client, ada) == 0
+    assert (await ok(client, ada, UPLOADS))["edges"] == []
+    assert leftover_objects(settings) == []
