@@ -1,113 +1,73 @@
-// A direct multipart upload from the page straight to S3, through Depot's
-// five multipart fields, written as the five functions an S3 multipart
-// uploader takes (the shape of Uppy 3 and 4's AwsS3 options and of
-// Companion's routes): create, sign a part, list the parts sent, complete,
-// abort. The page sends one part, "reloads" (a fresh client that knows only
-// the upload's id), lists what S3 holds, sends the rest and completes; a
-// second upload is aborted. S3 storage only: the page PUTs to presigned URLs.
+// A direct multipart upload from the page straight to S3 by Uppy's own AwsS3
+// plugin (@uppy/aws-s3 6, Uppy 5), unmodified, with `shouldUseMultipart: true`:
+// its `signRequest` option hands each S3 request to Depot's
+// `signUploadRequest`, and the plugin sends it where Depot says (each part's
+// PUT to S3, presigned; the create, list, complete and abort to Depot, which
+// answers as S3 does). The upload is paused once its first part is in and
+// resumed (the plugin lists the parts S3 holds and sends the rest); a second
+// upload is removed from Uppy after its first part, which aborts it.
+// S3 storage only.
 import { gql } from "@apollo/client";
+import AwsS3 from "@uppy/aws-s3";
+import Uppy from "@uppy/core";
 
 import { createApolloClient } from "./apollo.js";
 import { PASSWORD, freshEmail, section, sha256Hex } from "./common.js";
 
 const MiB = 1024 * 1024;
-// S3's least part but the last: two parts, the second a little one.
-const PART = 5 * MiB;
-const SIZE = PART + 4321;
+// Parts are 5 MiB (S3's least but the last): two parts, the second a little one.
+const SIZE = 5 * MiB + 4321;
 
 const REGISTER = gql`
   mutation MultipartRegister($input: RegisterInput!) {
     register(input: $input) { accessToken }
   }
 `;
-const CREATE = gql`
-  mutation MultipartCreate($input: CreateUploadInput!) {
-    createMultipartUpload(input: $input) { uploadId key upload { id path length } }
-  }
-`;
-const SIGN = gql`
-  mutation MultipartSign($id: ID!, $partNumber: Int!) {
-    signUploadPart(id: $id, partNumber: $partNumber) { url method headers }
+const SIGN_REQUEST = gql`
+  mutation MultipartSignRequest($request: UploadRequestInput!, $file: CreateUploadInput) {
+    signUploadRequest(request: $request, file: $file) { url key headers }
   }
 `;
 const PARTS = gql`
   query MultipartParts($id: ID!) {
-    uploadParts(id: $id) { partNumber size etag }
+    uploadParts(id: $id) { partNumber size }
   }
 `;
-const COMPLETE = gql`
-  mutation MultipartComplete($id: ID!, $parts: [UploadPartInput!]!) {
-    completeMultipartUpload(id: $id, parts: $parts) { id path size contentType sha256 }
+const FILE = gql`
+  query MultipartFile($id: ID!) {
+    node(id: $id) { ... on File { id path size sha256 } }
   }
 `;
-const CANCEL = gql`
-  mutation MultipartCancel($id: ID!) {
-    cancelUpload(id: $id)
-  }
-`;
-const UPLOADS = gql`
-  query MultipartUploads {
-    uploads { edges { node { id path } } }
+const LEFT = gql`
+  query MultipartLeft {
+    uploads { edges { node { id } } }
+    me { usage { usedBytes } }
   }
 `;
 
-// Headers a page may not set itself (the browser sends Content-Length).
-const FORBIDDEN = new Set(["content-length", "host"]);
-
-/** The five functions, each one Depot field; `file.meta.depotUpload` is Depot's upload id. */
-export function multipartFunctions(client) {
-  return {
-    async createMultipartUpload(file) {
-      const { data } = await client.mutate({
-        mutation: CREATE,
-        variables: { input: { path: file.meta.path ?? file.name, size: file.size, contentType: file.type } },
-      });
-      const { uploadId, key, upload } = data.createMultipartUpload;
-      file.meta.depotUpload = upload.id;
-      return { uploadId, key };
-    },
-    async signPart(file, { partNumber }) {
-      const { data } = await client.mutate({
-        mutation: SIGN,
-        variables: { id: file.meta.depotUpload, partNumber },
-      });
-      const { url, headers } = data.signUploadPart;
-      return {
-        url,
-        headers: Object.fromEntries(Object.entries(headers).filter(([name]) => !FORBIDDEN.has(name.toLowerCase()))),
-      };
-    },
-    async listParts(file) {
-      const { data } = await client.query({
-        query: PARTS,
-        variables: { id: file.meta.depotUpload },
-        fetchPolicy: "network-only",
-      });
-      return data.uploadParts.map(({ partNumber, size, etag }) => ({ PartNumber: partNumber, Size: size, ETag: etag }));
-    },
-    async completeMultipartUpload(file, { parts }) {
-      const { data } = await client.mutate({
-        mutation: COMPLETE,
-        variables: { id: file.meta.depotUpload, parts: parts.map((p) => ({ partNumber: p.PartNumber, etag: p.ETag })) },
-      });
-      return data.completeMultipartUpload;
-    },
-    async abortMultipartUpload(file) {
-      await client.mutate({ mutation: CANCEL, variables: { id: file.meta.depotUpload } });
-    },
+/**
+ * The AwsS3 plugin's `signRequest`, signed by Depot. Uppy proposes the key
+ * (here the Uppy file's id, so the create can say which file); Depot answers
+ * the create with its own, which the plugin sends with every later request.
+ */
+export function depotSignRequest(client, uppy) {
+  return async (request) => {
+    const file = request.uploadId ? null : uppy.getFile(request.key);
+    const { data } = await client.mutate({
+      mutation: SIGN_REQUEST,
+      variables: {
+        request,
+        file: file && { path: file.meta.path ?? file.name, size: file.size, contentType: file.type },
+      },
+    });
+    return data.signUploadRequest;
   };
 }
 
-/** PUT one part to its presigned URL; S3's ETag (exposed by the bucket's CORS rule). */
-async function putPart(functions, file, partNumber) {
-  const { url, headers } = await functions.signPart(file, { partNumber });
-  const body = file.data.slice((partNumber - 1) * PART, partNumber * PART);
-  const response = await fetch(url, { method: "PUT", headers, body });
-  await response.arrayBuffer();
-  if (!response.ok) throw new Error(`part ${partNumber}: S3 answered ${response.status}`);
-  const etag = response.headers.get("ETag");
-  if (!etag) throw new Error(`part ${partNumber}: no ETag readable (the bucket's CORS must expose it)`);
-  return { PartNumber: partNumber, ETag: etag };
+function signedName({ method, uploadId, partNumber }) {
+  if (!uploadId) return "create";
+  if (partNumber) return `part ${partNumber}`;
+  return { GET: "list", POST: "complete", DELETE: "abort" }[method];
 }
 
 export async function multipartScenario() {
@@ -119,42 +79,63 @@ export async function multipartScenario() {
     variables: { input: { email: freshEmail("multipart"), password: PASSWORD, displayName: "Multipart" } },
   });
   token = data.register.accessToken;
-  const report = { calls: [] };
-  const counted = (functions) =>
-    Object.fromEntries(
-      Object.entries(functions).map(([name, call]) => [name, (...args) => (report.calls.push(name), call(...args))]),
-    );
+  const report = { signed: [] };
+
+  const uppy = new Uppy({ autoProceed: false });
+  const sign = depotSignRequest(client, uppy);
+  uppy.use(AwsS3, {
+    shouldUseMultipart: true,
+    generateObjectKey: (file) => file.id,
+    signRequest: (request) => (report.signed.push(signedName(request)), sign(request)),
+  });
 
   const bytes = new Uint8Array(SIZE);
   for (let at = 0; at < SIZE; at += 65536) crypto.getRandomValues(bytes.subarray(at, at + 65536));
   const blob = new Blob([bytes], { type: "application/octet-stream" });
   report.size = SIZE;
   report.expectedSha256 = await sha256Hex(blob);
-  const file = { name: "big.bin", type: blob.type, size: SIZE, data: blob, meta: { path: "multipart/big.bin" } };
 
-  const before = counted(multipartFunctions(client));
-  await before.createMultipartUpload(file);
-  await putPart(before, file, 1);
-  log("part 1 sent; the page reloads");
+  // Paused once the first part is in S3, looked at, then resumed.
+  let paused = null;
+  uppy.on("s3-multipart:part-uploaded", (file, part) => {
+    if (file.meta.path !== "multipart/big.bin" || part.PartNumber !== 1 || paused) return;
+    uppy.pauseResume(file.id);
+    paused = (async () => {
+      const { key } = uppy.getFile(file.id).s3Multipart;
+      const { data: held } = await client.query({ query: PARTS, variables: { id: key }, fetchPolicy: "network-only" });
+      report.heldWhilePaused = held.uploadParts.map(({ partNumber, size }) => ({ partNumber, size }));
+      log(`paused after part 1; S3 holds ${held.uploadParts.length} part(s); resuming`);
+      uppy.pauseResume(file.id);
+    })();
+  });
+  uppy.addFile({ name: "big.bin", type: blob.type, data: blob, meta: { path: "multipart/big.bin" } });
+  const result = await uppy.upload();
+  await paused;
+  if (result.failed?.length) throw new Error(`Uppy: ${result.failed.map((f) => f.error).join("; ")}`);
+  const [done] = result.successful;
+  report.uploadURL = done.uploadURL;
+  const { data: found } = await client.query({
+    query: FILE,
+    variables: { id: done.response.body.key },
+    fetchPolicy: "network-only",
+  });
+  report.file = found.node;
+  log(`completed ${report.file.path}`);
 
-  // After the reload: a new client, and the upload's id kept (as Uppy keeps it in localStorage).
-  const after = counted(multipartFunctions(createApolloClient(() => token)));
-  const resumed = { ...file, meta: { ...file.meta } };
-  const held = await after.listParts(resumed);
-  report.listed = held;
-  const parts = [...held];
-  for (let number = held.length + 1; (number - 1) * PART < SIZE; number += 1) {
-    parts.push(await putPart(after, resumed, number));
+  // A second upload, removed from Uppy once its first part is in: the plugin aborts it.
+  uppy.on("s3-multipart:part-uploaded", (file, part) => {
+    if (file.meta.path === "multipart/dropped.bin" && part.PartNumber === 1) uppy.removeFile(file.id);
+  });
+  uppy.addFile({ name: "dropped.bin", type: blob.type, data: blob, meta: { path: "multipart/dropped.bin" } });
+  await uppy.upload();
+  // The abort is sent in the background; wait for Depot to have ended the upload.
+  for (let tries = 0; ; tries += 1) {
+    const { data: left } = await client.query({ query: LEFT, fetchPolicy: "network-only" });
+    report.uploadsLeft = left.uploads.edges.length;
+    report.usedBytes = left.me.usage.usedBytes;
+    if (report.uploadsLeft === 0 || tries === 50) break;
+    await new Promise((resolve) => setTimeout(resolve, 100));
   }
-  report.file = await after.completeMultipartUpload(resumed, { parts });
-  log(`completed ${report.file.path} from ${parts.length} parts`);
-
-  // A second upload, given up after its first part.
-  const dropped = { ...file, meta: { path: "multipart/dropped.bin" } };
-  await after.createMultipartUpload(dropped);
-  await putPart(after, dropped, 1);
-  await after.abortMultipartUpload(dropped);
-  const { data: left } = await client.query({ query: UPLOADS, fetchPolicy: "network-only" });
-  report.uploadsLeft = left.uploads.edges.length;
+  log(`aborted the second upload; ${report.uploadsLeft} upload(s) left`);
   return report;
 }
