@@ -1,6 +1,6 @@
 """The control requests of a direct multipart upload, answered as S3 answers them.
 
-Uppy 5's AwsS3 plugin (``@uppy/aws-s3`` 6) sends every S3 request of a
+Uppy 6's AwsS3 plugin (``@uppy/aws-s3`` 6.3) sends every S3 request of a
 multipart upload itself, to the URL its ``signRequest`` callback returns
 (``signUploadRequest`` in GraphQL). The parts' PUTs go to S3, presigned;
 creating, listing, completing and aborting come here instead, to a link

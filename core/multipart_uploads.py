@@ -15,7 +15,7 @@ Each is a resumable upload row of kind MULTIPART, so ``uploads`` lists it,
 ``cancelUpload`` ends it and maintenance expires it with the tus ones. Only
 storage that presigns (S3) takes them; elsewhere, use tus.
 
-**Uppy 5's AwsS3 plugin** (``@uppy/aws-s3`` 6) no longer takes these five
+**Uppy 6's AwsS3 plugin** (``@uppy/aws-s3`` 6.3) no longer takes these five
 functions: it asks one ``signRequest`` callback to presign each S3 request
 (:class:`Operation`, told apart by ``operation``) and sends it itself. Only
 the bytes (``PART``) go to S3, presigned by ``sign_part``; the other four

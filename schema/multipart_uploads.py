@@ -2,7 +2,7 @@
 
 ``createMultipartUpload``, ``signUploadPart``, ``uploadParts``,
 ``completeMultipartUpload``; aborting is ``cancelUpload``, as for any
-unfinished upload (the functions Uppy 3 and 4's plugin took). Uppy 5's
+unfinished upload (the functions Uppy 3 and 4's plugin took). Uppy 6's
 (``@uppy/aws-s3`` 6) asks one ``signRequest`` for each S3 request instead:
 ``signUploadRequest``. The rules are ``core.multipart_uploads``'s.
 """
@@ -64,7 +64,7 @@ class UploadPartInput:
 
 
 @strawberry.input(
-    description="One S3 request of a multipart upload, as Uppy's AwsS3 plugin (5.x, "
+    description="One S3 request of a multipart upload, as Uppy's AwsS3 plugin (Uppy 6, "
     "`@uppy/aws-s3` 6) hands it to its `signRequest` option: pass it on unchanged."
 )
 class UploadRequestInput:

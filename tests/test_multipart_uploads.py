@@ -191,7 +191,7 @@ async def test_local_storage_takes_no_parts(tmp_path: Path, database_url: str) -
     assert "tus" in error["message"]
 
 
-# -- Uppy 5's AwsS3 plugin: one signRequest per S3 request ---------------------------
+# -- Uppy 6's AwsS3 plugin: one signRequest per S3 request ---------------------------
 
 SIGN_REQUEST = """mutation SignRequest($request: UploadRequestInput!, $file: CreateUploadInput) {
   signUploadRequest(request: $request, file: $file) { url key headers expiresAt }

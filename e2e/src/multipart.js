@@ -1,5 +1,5 @@
 // A direct multipart upload from the page straight to S3 by Uppy's own AwsS3
-// plugin (@uppy/aws-s3 6, Uppy 5), unmodified, with `shouldUseMultipart: true`:
+// plugin (@uppy/aws-s3 6.3, Uppy 6), unmodified, with `shouldUseMultipart: true`:
 // its `signRequest` option hands each S3 request to Depot's
 // `signUploadRequest`, and the plugin sends it where Depot says (each part's
 // PUT to S3, presigned; the create, list, complete and abort to Depot, which
