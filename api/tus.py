@@ -47,7 +47,7 @@ from core.errors import (
     Unauthenticated,
 )
 from core.events import FileCreated, announce
-from core.models import File, ResumableUpload, UploadKind
+from core.models import File, UploadKind
 from core.pipelines import Step
 from core.ratelimit import Action
 from core.settings import Settings
@@ -365,9 +365,6 @@ class TusRoutes:
         settings: Settings = request.state.settings
         silence_s = settings.body_timeout_seconds
         async with request.state.sessionmaker() as db:
-            # Its template, if any, for when this PATCH completes it (a primary-key read).
-            found = await db.get(ResumableUpload, upload_id)
-            metadata = parse_metadata(found.upload_metadata) if found is not None else {}
             try:
                 progress = await uploads.append(
                     db,
@@ -393,6 +390,8 @@ class TusRoutes:
         if progress.file is not None:
             metrics.UPLOAD_BYTES.labels("tus").inc(progress.file.size)
             await _announce(request, progress.file)
+            # Its template, if any: the metadata of the upload this PATCH completed.
+            metadata = parse_metadata(progress.metadata)
             if TEMPLATE_KEY in metadata:
                 await _process(request, principal, metadata, progress.file)
         return _answer(
