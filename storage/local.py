@@ -210,8 +210,9 @@ class LocalStorage(ServedByDepot):
                 await anyio.to_thread.run_sync(_write, fd, pending)
                 await anyio.to_thread.run_sync(os.fsync, fd)
                 raise AppendInterrupted(offset + size) from exc
-            await anyio.to_thread.run_sync(_write, fd, pending)
-            await anyio.to_thread.run_sync(os.fsync, fd)
+            # The rest, the flush and the close in one trip to a thread: under load
+            # each trip waits for a core.
+            await anyio.to_thread.run_sync(_write_sync_close, fd, pending)
         except AppendInterrupted:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(os.close, fd)
@@ -221,7 +222,6 @@ class LocalStorage(ServedByDepot):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_truncate_and_close, fd, offset)
             raise
-        await anyio.to_thread.run_sync(os.close, fd)
         return offset + size
 
     async def finish_append(self, key: str, handle: str, size: int) -> None:
@@ -277,6 +277,14 @@ def _write(fd: int, parts: list[bytes]) -> None:
         rest = memoryview(b"".join(parts))[written:]
         while rest:
             rest = rest[os.write(fd, rest) :]
+
+
+def _write_sync_close(fd: int, parts: list[bytes]) -> None:
+    """Write ``parts``, make everything written durable, then close ``fd`` (left open
+    if writing or flushing fails, for the caller to truncate)."""
+    _write(fd, parts)
+    os.fsync(fd)
+    os.close(fd)
 
 
 def _finish(fd: int, temp: Path, target: Path) -> None:
