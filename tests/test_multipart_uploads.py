@@ -303,6 +303,14 @@ async def test_uppy_sign_request_is_the_callers_own_upload_only(
     assert_error(
         await graphql(client, SIGN_REQUEST, bare, headers=ada), "BAD_USER_INPUT", field="file"
     )
+    # Parts S3 will not assemble are refused in S3's shape, the upload left open.
+    completing = await sign(client, ada, method="POST", key=key, uploadId=upload_id)
+    bogus = "<CompleteMultipartUpload><Part><PartNumber>1</PartNumber><ETag>0123</ETag></Part>"
+    refused = await client.post(completing["url"], content=bogus + "</CompleteMultipartUpload>")
+    assert (refused.status_code, tag(refused.text, "Code")) == (400, ["BAD_USER_INPUT"])
+    assert "ETag" in tag(refused.text, "Message")[0]
+    empty = await client.post(completing["url"], content="<CompleteMultipartUpload/>")
+    assert (empty.status_code, tag(empty.text, "Code")) == (400, ["BAD_USER_INPUT"])
     # A link is for its one request: tampered with, or sent with another method, refused.
     aborting = await sign(client, ada, method="DELETE", key=key, uploadId=upload_id)
     tampered = aborting["url"][:-2] + ("AA" if not aborting["url"].endswith("AA") else "BB")
