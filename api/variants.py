@@ -116,6 +116,7 @@ async def _render(request: Request, source: File, spec: VariantSpec, path: str) 
                 name=source.path,
                 seconds=settings.variant_render_seconds,
                 setting="DEPOT_VARIANT_RENDER_SECONDS",
+                memory_mb=settings.media_memory_limit_mb,
             )
         async with request.state.sessionmaker() as db:
             try:

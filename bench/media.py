@@ -64,6 +64,7 @@ EMAIL: Final = "media-bench@example.com"
 THUMBNAIL: Final = 256
 JOB_TARGET: Final = 1.3
 CACHED_TARGET: Final = 0.8
+MEMORY_MB: Final = Settings.model_construct().media_memory_limit_mb
 # A job's time comes from its row, so a slow poll costs no accuracy; polling every
 # 20 ms loaded the very process running the job (+250 ms a thumbnail, measured).
 POLL_S: Final = 0.25
@@ -195,11 +196,13 @@ def decoder_start_seconds(count: int = 10) -> float:
     """The median time ``run_isolated`` takes for a task that does nothing."""
 
     async def measure() -> list[float]:
-        await run_isolated(os.getpid, name="warm-up", seconds=60, setting="-")
+        await run_isolated(os.getpid, name="warm-up", seconds=60, setting="-", memory_mb=MEMORY_MB)
         spent = []
         for _ in range(count):
             started = time.perf_counter()
-            await run_isolated(os.getpid, name="nothing", seconds=60, setting="-")
+            await run_isolated(
+                os.getpid, name="nothing", seconds=60, setting="-", memory_mb=MEMORY_MB
+            )
             spent.append(time.perf_counter() - started)
         return spent
 

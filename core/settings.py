@@ -599,6 +599,15 @@ class Settings(BaseSettings):
         description="Time a decoder process gets for a `transcode`: under the kind's 3600 s "
         "job limit, so the decoder's own limit, and its message, come first.",
     )
+    media_memory_limit_mb: int = Field(
+        default=2048,
+        ge=16,
+        le=1024 * 1024,
+        description="Memory (MB) a decoder process may allocate for one file, beyond the "
+        "libraries it starts with (`RLIMIT_DATA`): a 50-megapixel photo decoded, resized "
+        "and encoded needs about 1 GB; a file that asks for more fails its job instead of "
+        "taking the machine's memory.",
+    )
     variant_render_seconds: float = Field(
         default=30,
         gt=0,

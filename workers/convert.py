@@ -95,6 +95,7 @@ async def run(ctx: JobContext) -> None:
                 name=file.path,
                 seconds=ctx.settings.media_picture_seconds,
                 setting="DEPOT_MEDIA_PICTURE_SECONDS",
+                memory_mb=ctx.settings.media_memory_limit_mb,
             )
         await ctx.progress(DECODED, f"Read {file.name} ({size[0]}x{size[1]})")
         await store(ctx, out, path, size, derived_from=file)

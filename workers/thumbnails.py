@@ -147,6 +147,7 @@ async def run(ctx: JobContext) -> None:
                 name=file.path,
                 seconds=ctx.settings.media_picture_seconds,
                 setting="DEPOT_MEDIA_PICTURE_SECONDS",
+                memory_mb=ctx.settings.media_memory_limit_mb,
             )
         paths = [output_path(file.path, size, made.format) for size in sizes]
         if asked is None:

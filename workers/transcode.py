@@ -141,6 +141,7 @@ async def run(ctx: JobContext) -> None:
                 name=file.path,
                 seconds=ctx.settings.media_transcode_seconds,
                 setting="DEPOT_MEDIA_TRANSCODE_SECONDS",
+                memory_mb=ctx.settings.media_memory_limit_mb,
                 progress=ctx.progress,
             )
         await ctx.create_output(path, chunks_of(out), derived_from=file)
