@@ -59,6 +59,21 @@ async def _by_key(db: AsyncSession, owner_id: uuid.UUID, key: str) -> Job | None
     return found.first()
 
 
+async def _check_input(
+    db: AsyncSession,
+    owner_id: uuid.UUID,
+    file_id: uuid.UUID,
+    check_file: Callable[[File], None] | None,
+) -> None:
+    """An input as a job starts (or starts again): the owner's, live, and what the kind
+    reads (``check_file`` raises ``BadUserInput``)."""
+    file = await files.get_owned_file(db, owner_id, file_id)
+    if file.trashed_at is not None:
+        raise Conflict(f"The file {file.path!r} is in the trash; restore it first.")
+    if check_file is not None:
+        check_file(file)
+
+
 async def create_job(
     db: AsyncSession,
     owner_id: uuid.UUID,
@@ -89,11 +104,7 @@ async def create_job(
         if existing is not None:
             return existing, False
     for file_id in input_ids:
-        file = await files.get_owned_file(db, owner_id, file_id)
-        if file.trashed_at is not None:
-            raise Conflict(f"The file {file.path!r} is in the trash; restore it first.")
-        if check_file is not None:
-            check_file(file)
+        await _check_input(db, owner_id, file_id, check_file)
     job = Job(
         owner_id=owner_id,
         kind=kind,
@@ -185,16 +196,27 @@ async def retry_job(
     *,
     max_attempts: int,
     traceparent: str | None = None,
+    check_file: Callable[[File], None] | None = None,
 ) -> Job:
     """Queue a failed or cancelled job again as a new attempt; commits.
 
     ``CONFLICT`` for a job that is queued, running or succeeded. Its next
-    attempts continue the retrying request's trace, when it has one.
+    attempts continue the retrying request's trace, when it has one. Its
+    inputs are checked again as :func:`create_job` checks them (``check_file``
+    included): the limits may have changed since, or the file (one query per
+    input, as at start).
     """
     retraced: dict[str, Any] = {"traceparent": traceparent} if traceparent else {}
     job = await get_owned_job(db, owner_id, job_id)
     if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise Conflict(f"Only a failed or cancelled job can be retried; this one is {job.status}.")
+    inputs = await db.exec(
+        select(JobInput.file_id)
+        .where(col(JobInput.job_id) == job.id)
+        .order_by(col(JobInput.position))
+    )
+    for file_id in inputs.all():
+        await _check_input(db, owner_id, file_id, check_file)
     result = await db.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.status) == job.status)

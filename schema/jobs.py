@@ -27,7 +27,7 @@ from schema.pagination import Connection
 from schema.permissions import IsAuthenticated, owned
 from schema.pipelines import cancel_pipeline, retry_pipeline, start_pipeline, step_ended
 from schema.ratelimits import count
-from workers.params import dump
+from workers.params import dump, load
 from workers.registry import KINDS
 
 logger = structlog.get_logger("depot.jobs")
@@ -133,7 +133,9 @@ class JobMutation:
         return Job.from_model(job)
 
     @strawberry.mutation(
-        description="Start a failed or cancelled job again, as a new attempt.",
+        description="Start a failed or cancelled job again, as a new attempt. Its inputs "
+        "are checked again as `startJob` checks them (`BAD_USER_INPUT` for one now beyond a "
+        "limit, `CONFLICT` for one in the trash).",
         permission_classes=[IsAuthenticated],
     )
     async def retry_job(self, info: Info, id: strawberry.ID) -> Job:
@@ -147,13 +149,16 @@ class JobMutation:
             return Job.from_model(await retry_pipeline(info, found))
         if found.pipeline_id is not None:
             raise Conflict("This job is a pipeline's step: retry the pipeline instead.")
+        kind, settings = KINDS[found.kind], info.context.settings
+        checked = load(kind.params, found.params)
         async with info.context.db() as db:
             job = await jobs.retry_job(
                 db,
                 user.id,
                 key,
-                max_attempts=KINDS[found.kind].max_attempts,
+                max_attempts=kind.max_attempts,
                 traceparent=current_traceparent(),
+                check_file=lambda file: kind.check_file(checked, file, settings),
             )
         await announce(
             info.context.events,

@@ -10,6 +10,8 @@ black first second, then colours). Outputs are downloaded through their
 from __future__ import annotations
 
 import io
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 from PIL import Image
 
 from core.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import make_settings, serve_app
 from tests.media import BLUE, GREEN, RED, avif, heic, nested_forms_pdf, pdf, png_claiming, video
 from tests.support import (
     USAGE,
@@ -31,9 +33,12 @@ from tests.support import (
     output_nodes,
     register,
     run_job,
+    start_job,
     try_start_job,
     upload_file,
+    wait_for_job,
 )
+from workers.decoders import CHILD_NAME, SERVER_NAME
 
 pytestmark = pytest.mark.anyio
 
@@ -290,3 +295,124 @@ async def test_a_runaway_decoder_is_cut_off_and_its_worker_goes_on(
     job = await run_job(client, headers, {"thumbnails": {"fileId": fine["id"], "sizes": [64]}})
     assert job["status"] == "SUCCEEDED", job
     assert near(centre(await picture(client, headers, output_nodes(job)[0]["id"])), GREEN)
+
+
+# -- a decoder that dies, one that wants too much memory ---------------------------------
+
+
+def _processes() -> dict[int, tuple[str, int, int]]:
+    """Every process: pid → (name, parent pid, CPU ticks so far), from /proc."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2 :].split()
+            found[int(entry)] = (name, int(fields[1]), int(fields[11]) + int(fields[12]))
+    return found
+
+
+async def busy_decoder() -> int:
+    """The pid of this process's decoder child that is burning CPU (its task's)."""
+    with anyio.fail_after(30):
+        while True:
+            before = _processes()
+            await anyio.sleep(0.2)
+            after = _processes()
+            # This process's server: another test process on the machine has its own.
+            servers = {
+                pid
+                for pid, (name, ppid, _) in after.items()
+                if name == SERVER_NAME and ppid == os.getpid()
+            }
+            for pid, (name, ppid, ticks) in after.items():
+                # 50 ms of CPU in 200 ms: on a task (an idle child uses none).
+                if (
+                    name == CHILD_NAME
+                    and ppid in servers
+                    and ticks - before.get(pid, ("", 0, ticks))[2] >= 5
+                ):
+                    return pid
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoder in /proc")
+async def test_a_decoder_killed_by_a_signal_fails_only_its_job(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    headers = await sign_up(client)
+    # Minutes of PDFium's work: the decoder is still on it when it is killed.
+    bomb = await upload_file(client, headers, "laughs.pdf", nested_forms_pdf(levels=7))
+    before = await graphql(client, USAGE, headers=headers)
+    job = await start_job(client, headers, {"thumbnails": {"fileId": bomb["id"], "sizes": [64]}})
+    os.kill(await busy_decoder(), signal.SIGKILL)
+    job = await wait_for_job(client, headers, job["id"])
+    assert job["status"] == "FAILED", job
+    assert job["attempts"] == 1, "a file that kills its decoder is not tried again"
+    assert "The decoder reading 'laughs.pdf' stopped (killed by SIGKILL)" in job["error"], job
+    assert job["outputs"]["totalCount"] == 0
+    assert await graphql(client, USAGE, headers=headers) == before, "usage unchanged"
+    assert len(leftover_objects(settings)) == 1, "only the source is stored"
+    # The same worker (this app's threads) and decoder server take the next job.
+    fine = await upload_file(client, headers, "fine.pdf", pdf(GREEN))
+    job = await run_job(client, headers, {"thumbnails": {"fileId": fine["id"], "sizes": [64]}})
+    assert job["status"] == "SUCCEEDED", job
+    assert near(centre(await picture(client, headers, output_nodes(job)[0]["id"])), GREEN)
+
+
+def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("overrides", [{"media_memory_limit_mb": 16}])
+async def test_a_decoder_past_its_memory_limit_fails_its_job(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    headers = await sign_up(client)
+    # 3000 x 3000: a legitimate photo size, 36 MB decoded, a few KB as a PNG.
+    source = await upload_file(client, headers, "large.png", png((3000, 3000), RED))
+    before = await graphql(client, USAGE, headers=headers)
+    job = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [64]}})
+    assert job["status"] == "FAILED", job
+    assert job["attempts"] == 1, job
+    assert "Reading 'large.png' needed more than the 16 MB" in job["error"], job
+    assert "DEPOT_MEDIA_MEMORY_LIMIT_MB" in job["error"], job
+    assert job["outputs"]["totalCount"] == 0
+    assert await graphql(client, USAGE, headers=headers) == before, "usage unchanged"
+    # A picture within the limit, next, in the same worker.
+    small = await upload_file(client, headers, "small.png", png((64, 64), RED))
+    job = await run_job(client, headers, {"thumbnails": {"fileId": small["id"], "sizes": [32]}})
+    assert job["status"] == "SUCCEEDED", job
+
+
+# -- retrying -----------------------------------------------------------------------------
+
+
+RETRY = "mutation R($id: ID!) { retryJob(id: $id) { id status } }"
+
+
+async def test_retry_checks_the_inputs_against_the_limits_again(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    headers = await sign_up(client)
+    thick = await upload_file(client, headers, "thick.pdf", pdf(RED, GREEN, BLUE))
+    job = await run_job(
+        client, headers, {"thumbnails": {"fileId": thick["id"], "sizes": [64], "page": 9}}
+    )
+    assert job["status"] == "FAILED", job
+    # The same database and storage, served with a lower page limit (a new deployment).
+    lower = settings.model_copy(update={"media_max_pdf_pages": 2})
+    async with serve_app(lower) as stricter:
+        body = await graphql(stricter, RETRY, {"id": job["id"]}, headers=headers)
+        error = assert_error(body, "BAD_USER_INPUT", field="fileId")
+        assert "'thick.pdf' has 3 pages" in error["message"], error
+        assert "DEPOT_MEDIA_MAX_PDF_PAGES" in error["message"], error
+        still = await wait_for_job(stricter, headers, job["id"])
+        assert still["status"] == "FAILED", "refused: not queued again"
+    # Under the limits it started with, it is queued again.
+    body = await graphql(client, RETRY, {"id": job["id"]}, headers=headers)
+    assert body["data"]["retryJob"]["status"] == "QUEUED", body

@@ -44,7 +44,8 @@ many run at once is bounded by the callers: a worker's threads, and
 
 Nothing outlives its parent: the server exits when its parent's end of their
 pipe closes; a child is killed when the server dies (``PR_SET_PDEATHSIG``),
-and by the server when its caller's end of the task's pipe closes.
+and by the server when its caller's end of the task's pipe closes. ``ps``
+shows them as ``depot-decoders`` (the server) and ``depot-decoder``.
 """
 
 from __future__ import annotations
@@ -97,8 +98,12 @@ START_SECONDS: Final = 120.0
 TASKS_PER_CHILD: Final = 100
 # Idle children kept: one is forked ahead of every task; more are kept after a burst.
 MAX_IDLE: Final = 2
-# prctl(2): the signal a process gets when its parent dies.
+# prctl(2): the signal a process gets when its parent dies; a process's name (``comm``).
 _PR_SET_PDEATHSIG: Final = 1
+_PR_SET_NAME: Final = 15
+# What ``ps``, ``top`` and /proc/<pid>/comm call the server and its children.
+SERVER_NAME: Final = "depot-decoders"
+CHILD_NAME: Final = "depot-decoder"
 
 
 class _Server:
@@ -246,6 +251,7 @@ class _Child:
 
 def _serve(requests: Connection) -> None:
     """The decoder server's loop: hand each task to a warm child, tell callers of deaths."""
+    _prctl(_PR_SET_NAME, SERVER_NAME.encode())
     for module in PRELOAD:
         __import__(module)
     _warm()
@@ -399,10 +405,10 @@ def _warm() -> None:
 def _child(control: Connection) -> None:
     """A warm child's life: tasks from the server, one at a time, each answered to its
     caller; it leaves after a task that did not succeed, or after TASKS_PER_CHILD."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
-        if os.getppid() == 1:
-            os._exit(0)  # the server died before the line above
+    _prctl(_PR_SET_NAME, CHILD_NAME.encode())
+    _prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    if os.getppid() == 1:
+        os._exit(0)  # the server died before the line above
     base = _data_bytes()
     for done in range(1, TASKS_PER_CHILD + 1):
         try:
@@ -448,6 +454,12 @@ def _run(caller: Connection, task: Any, reports: bool) -> tuple[str, Any]:
     except BaseException:  # noqa: BLE001 - a bug, told to the caller to log
         return ("error", traceback.format_exc())
     return ("done", result)
+
+
+def _prctl(option: int, value: int | bytes) -> None:
+    """prctl(2) where there is one (Linux); elsewhere nothing."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None).prctl(option, value)
 
 
 def _data_bytes() -> int:
