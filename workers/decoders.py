@@ -206,11 +206,21 @@ async def run_isolated(
         result: T = value
         return result
     finally:
-        ours.close()
-        if pid is not None and not ended:
+        if pid is not None and not ended and not _answered(ours):
             # Still on our task (the server reaps it only once it is dead): stop it now.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        ours.close()
+
+
+def _answered(conn: Connection) -> bool:
+    """Whether the child already sent its answer (and so may be on another caller's task,
+    which a kill would fail): what is left in the pipe, read without waiting."""
+    with contextlib.suppress(EOFError, OSError):
+        while conn.poll():
+            if conn.recv()[0] not in ("started", "progress"):
+                return True
+    return False
 
 
 async def _receive(conn: Connection, name: str) -> tuple[str, Any]:
