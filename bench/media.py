@@ -1,11 +1,11 @@
 """Media jobs and image variants, against the same library work done bare in this process.
 
 A real ``depot serve`` runs in a subprocess (embedded mode: SQLite, local
-storage, jobs in its own worker threads, each decoder in a process of its
-own). The bench makes its sources itself — a 12-megapixel JPEG (Pillow), an
-A4 PDF page holding a photo (Pillow's PDF writer), a 3 s 1080p H.264 video and
-a ``--transcode-seconds`` 720p H.264 + AAC one (PyAV) — uploads them, then
-measures, ``--rounds`` times, alternating sides:
+storage, jobs in its own worker threads, decoders in warm child processes of
+``workers.decoders``). The bench makes its sources itself — a 12-megapixel
+JPEG (Pillow), an A4 PDF page holding a photo (Pillow's PDF writer), a 3 s
+1080p H.264 video and a ``--transcode-seconds`` 720p H.264 + AAC one (PyAV)
+— uploads them, then measures, ``--rounds`` times, alternating sides:
 
 * **thumbnails** (one 256-pixel JPEG) of the JPEG, the PDF's page and the
   video's frame at a tenth of the way in, and a **transcode** of the 720p
@@ -22,8 +22,9 @@ measures, ``--rounds`` times, alternating sides:
   ``downloadUrl`` download of the same stored file (same bytes, same route
   machinery). Target: cached >= 0.8x the download's speed;
 * and, for scale, what any job costs with no decoder (``verify`` of 1 KB:
-  the floor under every job's ratio), and what one decoder process costs (a
-  task that does nothing, through ``workers.decoders.run_isolated``).
+  the floor under every job's ratio), and what handing a task to a decoder
+  process costs (a task that does nothing, through
+  ``workers.decoders.run_isolated``, its child warm).
 
 Run from the repository root: ``.venv/bin/python -m bench.media [--rounds 3]
 [--transcode-seconds 30]``. Linux only (the fork server).

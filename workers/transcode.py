@@ -178,6 +178,8 @@ def _transcode(
                     name, limits
                 )
     except (av.error.FFmpegError, OSError, ValueError) as exc:
+        if isinstance(exc, MemoryError):  # FFmpeg's ENOMEM: the decoder's memory limit
+            raise
         raise JobFailed(f"{name!r} is not a video or sound file Depot can read: {exc}.") from None
 
 

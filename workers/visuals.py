@@ -125,6 +125,8 @@ def _video_frame(path: Path, name: str, limits: MediaLimits, at_seconds: float |
             at = at_seconds if at_seconds is not None else (duration or 0) * DEFAULT_VIDEO_POSITION
             image = _frame_at(container, stream, at, name, limits)
     except (av.error.FFmpegError, OSError, ValueError) as exc:
+        if isinstance(exc, MemoryError):  # FFmpeg's ENOMEM: the decoder's memory limit
+            raise
         raise JobFailed(f"{name!r} is not a video Depot can read: {exc}.") from None
     if image is None:
         raise JobFailed(f"{name!r} has no frame Depot could decode.")
