@@ -329,11 +329,11 @@ async def busy_decoder() -> int:
                 if name == SERVER_NAME and ppid == os.getpid()
             }
             for pid, (name, ppid, ticks) in after.items():
-                # 50 ms of CPU in 200 ms: on a task (an idle child uses none).
+                # 20 ms of CPU in 200 ms: on a task (an idle child uses none).
                 if (
                     name == CHILD_NAME
                     and ppid in servers
-                    and ticks - before.get(pid, ("", 0, ticks))[2] >= 5
+                    and ticks - before.get(pid, ("", 0, ticks))[2] >= 2
                 ):
                     return pid
 
