@@ -379,7 +379,7 @@ class GraphQLView(GraphQL[Context, None]):
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
         if result.errors:
-            # Safety net: an error that escaped ErrorCodes (e.g. raised by an
+            # Safety net: an error that escaped schema.operation (e.g. raised by an
             # extension hook) is masked here rather than shown as it is.
             result.errors = [
                 e

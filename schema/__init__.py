@@ -7,7 +7,6 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from strawberry.extensions import DisableIntrospection, MaxTokensLimiter, ValidationCache
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext
@@ -17,14 +16,13 @@ from schema.admin import AdminMutation, AdminQuery
 from schema.auth import AuthMutation
 from schema.direct_uploads import DirectUploadMutation
 from schema.email import EmailMutation
-from schema.errors import ErrorCodes, SyntaxSafeParserCache
 from schema.events import Subscription
 from schema.files import FileMutation, FileQuery
 from schema.jobs import JobMutation, JobQuery
-from schema.limits import Limits, limit_rules, query_cost
-from schema.loaders import FreshLoaders
+from schema.limits import Limits
 from schema.multipart_uploads import MultipartUploadMutation, MultipartUploadQuery
 from schema.nodes import File, Job, User
+from schema.operation import DepotOperation, OperationRules
 from schema.pipelines import PipelineTemplate, PipelineTemplateMutation, PipelineTemplateQuery
 from schema.query import Query as NodeQuery
 from schema.resumable_uploads import (
@@ -35,7 +33,6 @@ from schema.resumable_uploads import (
 from schema.scalars import SCALARS
 from schema.tracing import OperationSpan
 from schema.uploads import UploadMutation
-from schema.validation import RequestRules
 from schema.webhooks import WebhookMutation, WebhookQuery
 
 Query = merge_types(
@@ -75,8 +72,9 @@ class _Schema(strawberry.Schema):
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
-        # ErrorCodes logs what deserves it (unexpected errors, with their request
-        # id); Strawberry's default would log every client mistake as an error.
+        # schema.operation codes every error, logging what deserves it (unexpected
+        # errors, with their request id); Strawberry's default would log every
+        # client mistake as an error.
         pass
 
 
@@ -96,7 +94,8 @@ def build_schema(
     """The schema with its limits (``schema.limits``) and caches, built once per set of limits.
 
     Building one takes about a third of an app's start. A built schema holds
-    no per-app state (its extensions are factories, called per operation), so
+    no per-app state (its extension is a factory, called per operation; its
+    document caches hold only what the schema's rules made of a text), so
     every app of a process with the same limits shares it: tests start
     hundreds of apps. ``introspection`` and ``suggestions`` are development
     aids that production turns off (``DEPOT_GRAPHQL_INTROSPECTION``,
@@ -105,23 +104,19 @@ def build_schema(
     ``traced`` adds a span per operation (:mod:`schema.tracing`), for a
     process that traces (:func:`core.tracing.configure_tracing`).
     """
-    limits = Limits(max_depth=max_depth, max_aliases=max_aliases, max_directives=max_directives)
-    # Factories, so each operation gets fresh extension state; the parser and
-    # validation caches live at module level in Strawberry and are shared. Their
-    # keys must not change between operations: see `limit_rules`.
+    rules = OperationRules.build(
+        limits=Limits(max_depth=max_depth, max_aliases=max_aliases, max_directives=max_directives),
+        max_tokens=max_tokens,
+        max_cost=max_cost,
+        introspection=introspection,
+        suggestions=suggestions,
+        metrics=metrics,
+    )
+    # One extension (see schema.operation for why), made per operation so each
+    # gets fresh state; its caches belong to the rules, built once per schema.
     extensions: list[Any] = [
         *([OperationSpan] if traced else []),
-        lambda: MaxTokensLimiter(max_token_count=max_tokens),
-        lambda: SyntaxSafeParserCache(maxsize=256),
-        limit_rules(limits),
-        lambda: ValidationCache(maxsize=256),
-        query_cost(max_cost),
-        RequestRules,
-        # A fixed rule class, so the validation cache key stays the same.
-        *([] if introspection else [DisableIntrospection]),
-        FreshLoaders,
-        # Also counts and times operations (`schema.metrics`), unless `metrics` is off.
-        lambda: ErrorCodes.configured(suggestions=suggestions, metrics=metrics),
+        functools.partial(DepotOperation, rules),
     ]
     return _Schema(
         query=Query,

@@ -50,7 +50,7 @@ class Context:
     trusted_labels: Mapping[str, str] = field(default_factory=dict)
     # The request's (or the WebSocket operation's) one session: `async with context.db() as db`.
     db: SharedSession = field(init=False)
-    # Replaced for every operation by the FreshLoaders extension.
+    # Replaced for every operation (schema.operation.DepotOperation).
     loaders: Loaders = field(init=False)
 
     def __post_init__(self) -> None:

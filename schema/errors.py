@@ -9,20 +9,14 @@ sees ``INTERNAL_SERVER_ERROR`` with that request id and nothing more.
 
 from __future__ import annotations
 
-import contextlib
 import re
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import structlog
-from graphql import GraphQLError, GraphQLSyntaxError
-from strawberry.extensions import ParserCache, SchemaExtension
-from strawberry.types.execution import ExecutionResult, StreamExecutionResult
+from graphql import DocumentNode, GraphQLError, GraphQLSyntaxError, parse
 
 from core.errors import DepotError
 from schema.limits import bound_errors
-from schema.metrics import record_operation
 
 logger = structlog.get_logger("depot.graphql")
 
@@ -35,71 +29,31 @@ _REQUEST_ERRORS = (GraphQLError, ValueError, TypeError)
 _SUGGESTION = re.compile(r" ?Did you mean [^?]*\?")
 
 
-class ErrorCodes(SchemaExtension):
-    """Give every error an ``extensions.code``; mask and log unexpected ones.
+def coded_errors(
+    errors: list[GraphQLError], *, suggestions: bool, request_id: str | None
+) -> list[GraphQLError]:
+    """Every error with an ``extensions.code``, bounded (:func:`schema.limits.bound_errors`).
 
-    :meth:`configured` with ``suggestions=False`` also drops graphql-core's
-    "Did you mean …?" from request errors: in production it would spell out
-    the schema to someone guessing at it with introspection turned off.
-
-    With ``metrics`` (the default), it also counts and times each operation
-    with the code it ended with (:func:`schema.metrics.record_operation`):
-    being the hook that knows the final codes, it saves the operation a
-    second extension.
+    With ``suggestions=False``, graphql-core's "Did you mean …?" is dropped
+    from request errors: in production it would spell out the schema to
+    someone guessing at it with introspection turned off. ``schema.operation``
+    calls this once an operation ends (and for each streamed result).
     """
+    return bound_errors([_coded(error, suggestions, request_id) for error in errors])
 
-    suggestions = True
-    metrics = True
 
-    @classmethod
-    def configured(cls, *, suggestions: bool = True, metrics: bool = True) -> ErrorCodes:
-        """The extension for a schema with (or without) suggestions and metrics."""
-        extension = cls()
-        extension.suggestions = suggestions
-        extension.metrics = metrics
-        return extension
-
-    @classmethod
-    def without_suggestions(cls) -> ErrorCodes:
-        """The extension for a schema whose errors suggest no names."""
-        return cls.configured(suggestions=False)
-
-    def on_operation(self) -> Iterator[None]:
-        self._streamed = False
-        self._streamed_errors: list[GraphQLError] | None = None
-        started = time.perf_counter()
-        yield
-        result = self.execution_context.result
-        # A streamed result was mapped before it was sent; mapping it twice
-        # would turn its coded errors into INTERNAL_SERVER_ERROR.
-        if not self._streamed and result is not None and result.errors:
-            result.errors = bound_errors([self._map(error) for error in result.errors])
-        if self.metrics:
-            errors = self._streamed_errors if self._streamed else getattr(result, "errors", None)
-            record_operation(self.execution_context, time.perf_counter() - started, errors)
-
-    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
-        # WebSocket operations send each result before on_operation resumes.
-        self._streamed = True
-        if isinstance(result, ExecutionResult) and result.errors:
-            result.errors = bound_errors([self._map(error) for error in result.errors])
-            # The operation's outcome is its first error.
-            self._streamed_errors = self._streamed_errors or result.errors
-        yield
-
-    def _map(self, error: GraphQLError) -> GraphQLError:
-        original = error.original_error
-        if isinstance(original, DepotError):
-            return _with_extensions(error, error.message, original.extensions())
-        if isinstance(error, GraphQLSyntaxError):
-            return _with_extensions(error, error.message, {"code": "GRAPHQL_PARSE_FAILED"})
-        if error.path is None and (original is None or isinstance(original, _REQUEST_ERRORS)):
-            # A limit's refusal (schema.limits) brings its own code.
-            code = (error.extensions or {}).get("code", "GRAPHQL_VALIDATION_FAILED")
-            message = error.message if self.suggestions else _SUGGESTION.sub("", error.message)
-            return _with_extensions(error, message, {"code": code})
-        request_id = getattr(self.execution_context.context, "request_id", None)
-        return internal_error(error, request_id)
+def _coded(error: GraphQLError, suggestions: bool, request_id: str | None) -> GraphQLError:
+    original = error.original_error
+    if isinstance(original, DepotError):
+        return _with_extensions(error, error.message, original.extensions())
+    if isinstance(error, GraphQLSyntaxError):
+        return _with_extensions(error, error.message, {"code": "GRAPHQL_PARSE_FAILED"})
+    if error.path is None and (original is None or isinstance(original, _REQUEST_ERRORS)):
+        # A limit's refusal (schema.limits) brings its own code.
+        code = (error.extensions or {}).get("code", "GRAPHQL_VALIDATION_FAILED")
+        message = error.message if suggestions else _SUGGESTION.sub("", error.message)
+        return _with_extensions(error, message, {"code": code})
+    return internal_error(error, request_id)
 
 
 def internal_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
@@ -116,21 +70,19 @@ def internal_error(error: GraphQLError, request_id: str | None) -> GraphQLError:
     )
 
 
-class SyntaxSafeParserCache(ParserCache):
-    """Strawberry's parser cache, minus one flaw: it parses inside its hook.
+def parse_or_none(query: str, max_tokens: int) -> DocumentNode | None:
+    """``query`` parsed, or None when it does not parse (``schema.operation`` caches it).
 
-    A syntax error raised there escapes the whole operation, so no extension
-    (ErrorCodes included) ever sees it. Left uncached, the document is parsed
-    again by Strawberry itself, which reports the error as a request error.
+    Strawberry's own ``ParserCache`` parses inside its hook, so a syntax
+    error raised there escapes the whole operation and no hook (the error
+    codes included) ever sees it. Left unparsed, the document is parsed again
+    by Strawberry itself, with the same token cap, which reports the error
+    as a request error.
     """
-
-    def on_parse(self) -> Iterator[None]:
-        context = self.execution_context
-        with contextlib.suppress(GraphQLError):
-            context.graphql_document = self.cached_parse_document(
-                context.query, **context.parse_options
-            )
-        yield
+    try:
+        return parse(query, max_tokens=max_tokens)
+    except GraphQLError:
+        return None
 
 
 def _with_extensions(error: GraphQLError, message: str, extensions: dict[str, Any]) -> GraphQLError:

@@ -27,9 +27,8 @@ input echoed back in a coercion error is cut.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Final
 
 from graphql import (
@@ -53,11 +52,9 @@ from graphql import (
     VariableNode,
     get_named_type,
     get_nullable_type,
-    get_operation_ast,
     is_leaf_type,
 )
 from graphql.validation.validate import ValidationAbortedError
-from strawberry.extensions import AddValidationRules, SchemaExtension
 
 from schema.pagination import DEFAULT_PAGE, MAX_PAGE
 from workers.archive import MAX_FILES as ARCHIVE_MAX_FILES
@@ -184,8 +181,12 @@ def _tally(selections: SelectionSetNode, fragments: Mapping[str, _Tally]) -> _Ta
     return tally
 
 
-def limit_rules(limits: Limits) -> Callable[[], SchemaExtension]:
-    """The depth, fragment, alias and directive limits, as one rule class made once."""
+def limit_rule(limits: Limits) -> type[ValidationRule]:
+    """The depth, fragment, alias and directive limits, as one rule class.
+
+    Made once per schema (``schema.operation``), so the validation cache's key
+    stays the same from request to request.
+    """
 
     class _LimitsRule(ValidationRule):
         def enter_document(self, node: DocumentNode, *_args: Any) -> None:
@@ -202,7 +203,7 @@ def limit_rules(limits: Limits) -> Callable[[], SchemaExtension]:
                 if isinstance(operation, OperationDefinitionNode):
                     _check(operation, _tally(operation.selection_set, tallies), limits)
 
-    return partial(AddValidationRules, [_LimitsRule])
+    return _LimitsRule
 
 
 def _check(operation: OperationDefinitionNode, tally: _Tally, limits: Limits) -> None:
@@ -250,48 +251,26 @@ def _check(operation: OperationDefinitionNode, tally: _Tally, limits: Limits) ->
         )
 
 
-class QueryCost(SchemaExtension):
-    """Refuse an operation whose :func:`operation_cost` is over ``max_cost``.
+def cost_refusal(
+    cost: int, max_cost: int, operation: OperationDefinitionNode
+) -> GraphQLError | None:
+    """The error refusing an operation whose :func:`operation_cost` is over ``max_cost``.
 
-    Cost depends on the variables (``first: $n``), so it is computed for each
-    request, after validation (from the cache) and before execution; listed
-    after ``ValidationCache``, it reports through ``pre_execution_errors``,
-    which makes Strawberry answer without running a resolver.
+    Cost depends on the variables (``first: $n``), so ``schema.operation``
+    checks it for each request, after the (cached) validation and before
+    execution, through ``pre_execution_errors``: Strawberry then answers
+    without running a resolver. An operation without variables costs the
+    same every time, so its cost is computed once per document.
     """
-
-    def __init__(self, max_cost: int, *, execution_context: Any = None) -> None:
-        super().__init__(execution_context=execution_context)
-        self.max_cost = max_cost
-
-    def on_validate(self) -> Iterator[None]:
-        context = self.execution_context
-        document = context.graphql_document
-        if not context.pre_execution_errors and document is not None:
-            operation = get_operation_ast(document, context.operation_name)
-            if operation is not None:
-                cost = operation_cost(
-                    context.schema._schema, document, operation, context.variables or {}
-                )
-                if cost > self.max_cost:
-                    context.pre_execution_errors = [
-                        GraphQLError(
-                            f"The operation would cost {cost}; at most {self.max_cost} "
-                            "(DEPOT_GRAPHQL_MAX_COST). Ask for smaller pages (`first`) "
-                            "or fewer nested lists.",
-                            operation,
-                            extensions={
-                                "code": "QUERY_TOO_COMPLEX",
-                                "cost": cost,
-                                "maxCost": self.max_cost,
-                            },
-                        )
-                    ]
-        yield
-
-
-def query_cost(max_cost: int) -> Callable[[], SchemaExtension]:
-    """:class:`QueryCost` as a factory, so each operation gets a fresh one."""
-    return partial(QueryCost, max_cost)
+    if cost <= max_cost:
+        return None
+    return GraphQLError(
+        f"The operation would cost {cost}; at most {max_cost} "
+        "(DEPOT_GRAPHQL_MAX_COST). Ask for smaller pages (`first`) "
+        "or fewer nested lists.",
+        operation,
+        extensions={"code": "QUERY_TOO_COMPLEX", "cost": cost, "maxCost": max_cost},
+    )
 
 
 def operation_cost(

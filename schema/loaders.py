@@ -3,7 +3,7 @@
 Resolvers never query a related row themselves; they ``load`` it here, and all
 loads of one tick become one ``IN (...)`` query. The number of SQL statements
 for an operation therefore does not grow with the number of rows it returns.
-Loaders cache, so they live for one operation only (``FreshLoaders``): a
+Loaders cache, so they live for one operation only (``schema.operation``): a
 WebSocket connection's later operations must not see earlier answers. The
 rows they keep are detached from the operation's shared session, which a
 mutation's rollback may roll back under them.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -21,8 +21,6 @@ from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.dataloader import DataLoader
-from strawberry.extensions import SchemaExtension
-from strawberry.types.graphql import OperationType
 
 from core import pipelines
 from core.db import SharedSession
@@ -68,7 +66,7 @@ class Loaders:
     """The dataloaders of one operation, all reading through the operation's session.
 
     Each is made when first asked for: most operations use one or none, and
-    every operation gets fresh ones (``FreshLoaders``), so making all five up
+    every operation gets fresh ones (``schema.operation``), so making all five up
     front cost more than some whole requests' resolvers.
     """
 
@@ -164,27 +162,3 @@ class Loaders:
             )
             counts = {owner_id: int(count) for owner_id, count in rows}
         return [counts.get(owner_id, 0) for owner_id in owner_ids]
-
-
-class FreshLoaders(SchemaExtension):
-    """Gives each operation its own loaders, and ends its database session with it.
-
-    So no cached row outlives the operation, and no WebSocket holds a session
-    (or, on PostgreSQL, a connection) between its operations. A mutation's
-    session runs its blocks in transactions (``SharedSession.for_writes``);
-    a query's reads need none.
-    """
-
-    async def on_operation(self) -> AsyncIterator[None]:
-        context = self.execution_context.context
-        context.loaders = Loaders(context.db)
-        try:
-            yield
-        finally:
-            await context.db.close()
-
-    async def on_execute(self) -> AsyncIterator[None]:
-        # A mutation's blocks need transactions; a query's reads run without one.
-        if self.execution_context.operation_type is OperationType.MUTATION:
-            await self.execution_context.context.db.for_writes()
-        yield

@@ -20,8 +20,6 @@ from graphql import (
     SelectionSetNode,
     ValidationRule,
 )
-from starlette.websockets import WebSocket
-from strawberry.extensions import SchemaExtension
 
 # Root fields that check a password or a token (each a full Argon2id hash or a
 # guess at a secret): aliases must not multiply them within one request.
@@ -97,8 +95,9 @@ class _CredentialFieldsOnceRule(ValidationRule):
                     yield from self._root_fields(fragment.selection_set, spread | {name})
 
 
-class RequestRules(SchemaExtension):
-    """Rules every request meets before anything runs.
+def request_rules(*, named: bool, websocket: bool) -> tuple[type[ValidationRule], ...]:
+    """Rules every request meets before anything runs, for an operation sent with a
+    name (``operationName``) or without, over a WebSocket or HTTP.
 
     - A document with several operations must say which one to run:
       Strawberry would silently run the first; the GraphQL spec requires an
@@ -108,14 +107,14 @@ class RequestRules(SchemaExtension):
       or make ten sessions.
     - A subscription comes over a WebSocket: over HTTP Strawberry would run
       it as a query, which fails inside the resolver (a 500).
-    """
 
-    def on_operation(self) -> Iterator[None]:
-        context = self.execution_context
-        rules: tuple[type[ValidationRule], ...] = (_CredentialFieldsOnceRule,)
-        if context.operation_name is None:
-            rules = (_SingleOperationRule, *rules)
-        if not isinstance(getattr(context.context, "request", None), WebSocket):
-            rules = (*rules, _NoSubscriptionOverHttpRule)
-        context.validation_rules = (*context.validation_rules, *rules)
-        yield
+    ``schema.operation`` builds the four combinations once per schema, so the
+    rules a request is validated with are one of four fixed tuples: the
+    validation cache's key never changes for the same document.
+    """
+    rules: tuple[type[ValidationRule], ...] = (_CredentialFieldsOnceRule,)
+    if not named:
+        rules = (_SingleOperationRule, *rules)
+    if not websocket:
+        rules = (*rules, _NoSubscriptionOverHttpRule)
+    return rules

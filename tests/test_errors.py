@@ -8,6 +8,7 @@ request-id middleware; the last tests ask the real app.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import uuid
@@ -33,7 +34,7 @@ from api.graphql import GraphQLView
 from api.middleware import RequestIdMiddleware
 from api.websocket import OpenSockets
 from core import access_tokens, migrate, users
-from core.db import create_engine, create_sessionmaker
+from core.db import SharedSession, create_engine, create_sessionmaker
 from core.errors import (
     BadUserInput,
     Conflict,
@@ -48,8 +49,9 @@ from core.links import LinkSigner
 from core.ratelimit import ActionLimiter, LoginLimiter
 from core.settings import Settings
 from schema import _Schema
-from schema.errors import ErrorCodes
 from schema.ids import encode_id
+from schema.limits import Limits
+from schema.operation import DepotOperation, OperationRules
 from storage import open_storage
 from tests.conftest import make_settings, started
 from tests.support import PASSWORD, WS_TIMEOUT_S, bearer, graphql, register
@@ -79,7 +81,16 @@ class _Query:
         raise _RAISES[kind]()
 
 
-SCHEMA = _Schema(query=_Query, extensions=[ErrorCodes])
+# Depot's one extension, on a schema of its own with the default limits.
+RULES = OperationRules.build(
+    limits=Limits(max_depth=10, max_aliases=15, max_directives=20),
+    max_tokens=1000,
+    max_cost=5000,
+    introspection=True,
+    suggestions=True,
+    metrics=False,
+)
+SCHEMA = _Schema(query=_Query, extensions=[functools.partial(DepotOperation, RULES)])
 
 
 def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
@@ -154,7 +165,7 @@ async def _fail_over_http(
     return response
 
 
-# -- the extension itself -----------------------------------------------------
+# -- the error codes themselves -----------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -174,7 +185,9 @@ async def test_depot_errors_keep_their_message_and_gain_a_code(
     kind: str, extensions: dict[str, object]
 ) -> None:
     result = await SCHEMA.execute(
-        FAIL, variable_values={"kind": kind}, context_value=SimpleNamespace(request_id="r1")
+        FAIL,
+        variable_values={"kind": kind},
+        context_value=SimpleNamespace(request_id="r1", db=SharedSession(None)),  # type: ignore[arg-type]
     )
     assert result.data == {"fail": None}
     assert result.errors is not None

@@ -29,7 +29,6 @@ import graphql
 import pytest
 import strawberry
 from graphql import (
-    DocumentNode,
     GraphQLError,
     GraphQLSchema,
     ValidationRule,
@@ -42,11 +41,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.extensions import (
-    AddValidationRules,
-    ParserCache,
-    SchemaExtension,
-)
+from strawberry.extensions import ParserCache, SchemaExtension
 from strawberry.file_uploads.scalars import UploadDefinition
 from strawberry.http import GraphQLRequestData, async_base_view
 from strawberry.http.async_base_view import AsyncBaseHTTPView, AsyncWebSocketAdapter
@@ -63,10 +58,8 @@ from strawberry.types.unset import UnsetType
 from api.graphql import GraphQLView, RequestAdapter
 from api.websocket import LegacyWSHandler, TransportWSHandler
 from schema import _Schema
-from schema.errors import ErrorCodes, SyntaxSafeParserCache
-from schema.limits import QueryCost
+from schema.operation import DepotOperation
 from schema.scalars import SCALARS, BigInt
-from schema.validation import RequestRules
 
 pytestmark = pytest.mark.anyio
 
@@ -550,31 +543,27 @@ def test_schema_process_errors_override_matches_strawberry() -> None:
 
 
 @pytest.mark.parametrize(
-    ("ours", "name"),
-    [
-        (ErrorCodes, "on_operation"),
-        (ErrorCodes, "on_stream_result"),
-        (SyntaxSafeParserCache, "on_parse"),
-        (RequestRules, "on_operation"),
-        (QueryCost, "on_validate"),
-    ],
+    "name", ["on_operation", "on_parse", "on_validate", "on_execute", "on_stream_result"]
 )
-def test_extension_hooks_match_strawberry(ours: type, name: str) -> None:
-    _assert_overrides(ours, SchemaExtension, name, f"{ours.__module__}.{ours.__name__}.{name}")
+def test_extension_hooks_match_strawberry(name: str) -> None:
+    _assert_overrides(
+        DepotOperation, SchemaExtension, name, f"schema.operation.DepotOperation.{name}"
+    )
 
 
 def test_execution_context_has_the_fields_extensions_use() -> None:
     used = {
-        "query": "SyntaxSafeParserCache parses it",
-        "parse_options": "SyntaxSafeParserCache parses with them",
-        "graphql_document": "SyntaxSafeParserCache stores the parsed document",
-        "operation_name": "RequestRules checks it",
-        "validation_rules": "RequestRules adds a rule to them",
-        "result": "ErrorCodes rewrites its errors",
-        "context": "ErrorCodes and FreshLoaders read Depot's Context",
-        "variables": "QueryCost reads `first` from them",
-        "pre_execution_errors": "QueryCost refuses through them",
-        "schema": "QueryCost reads the GraphQL schema from it",
+        "query": "DepotOperation parses it and keys its caches by it",
+        "parse_options": "DepotOperation sets the token cap Strawberry's own parse honours",
+        "graphql_document": "DepotOperation stores the parsed document",
+        "operation_name": "DepotOperation picks the rules by it",
+        "operation_type": "DepotOperation switches a mutation's session to transactions",
+        "validation_rules": "DepotOperation sets them",
+        "result": "DepotOperation codes its errors",
+        "context": "DepotOperation reads Depot's Context",
+        "variables": "DepotOperation reads `first` from them for the cost",
+        "pre_execution_errors": "DepotOperation validates and refuses through them",
+        "schema": "DepotOperation reads the GraphQL schema from it",
     }
     fields = {f.name for f in dataclasses.fields(ExecutionContext)}
     for name, why in used.items():
@@ -583,28 +572,25 @@ def test_execution_context_has_the_fields_extensions_use() -> None:
         )
 
 
-def test_parser_cache_keeps_its_cached_parse() -> None:
-    # SyntaxSafeParserCache.on_parse calls the cache ParserCache.__init__ builds.
-    cache = ParserCache(maxsize=8)
-    parse = getattr(cache, "cached_parse_document", None)
-    assert callable(parse), (
-        "ParserCache no longer has `cached_parse_document`: "
-        "schema.errors.SyntaxSafeParserCache.on_parse calls it."
+def test_the_default_validation_rules_are_graphql_cores() -> None:
+    # DepotOperation replaces the tuple with graphql-core's rules and its own:
+    # rules Strawberry added to the default would be dropped.
+    context = ExecutionContext(query="{ hello }", schema=_SCHEMA, allowed_operations=())
+    assert context.validation_rules == tuple(specified_rules), (
+        "Strawberry's ExecutionContext no longer starts from graphql-core's specified_rules: "
+        "schema.operation.OperationRules.build must start from what it starts from now."
     )
-    assert isinstance(parse("{ hello }"), DocumentNode)
 
 
-def test_add_validation_rules_takes_the_rule_classes_limit_rules_makes_once() -> None:
-    # schema.limits.limit_rules makes its rule class once per schema and hands it,
-    # per operation, to AddValidationRules (as QueryDepthLimiter did internally).
-    class Rule(ValidationRule):
-        pass
+def test_validate_document_takes_the_schema_the_document_and_the_rules() -> None:
+    # schema.operation.Documents validates through it, as Strawberry's ValidationCache does.
+    from strawberry.schema.schema import validate_document
 
-    extension = AddValidationRules([Rule])
-    assert list(extension.validation_rules) == [Rule], (
-        "AddValidationRules no longer keeps the rule classes it is given: "
-        "schema.limits.limit_rules hands its rule to it."
+    assert _parameters(validate_document) == ["schema", "document", "validation_rules"], (
+        "strawberry.schema.schema.validate_document changed: schema.operation.Documents calls it."
     )
+    errors = validate_document(_SCHEMA._schema, parse("{ nope }"), tuple(specified_rules))
+    assert [error.message for error in errors] == ["Cannot query field 'nope' on type 'Query'."]
 
 
 def test_validation_goes_through_graphql_validate_by_its_module_name() -> None:
@@ -618,20 +604,25 @@ def test_validation_goes_through_graphql_validate_by_its_module_name() -> None:
 
 
 async def test_parser_cache_still_lets_syntax_errors_escape_extensions() -> None:
-    # Why SyntaxSafeParserCache exists; when this fails, Strawberry's own cache may do.
-    schema = strawberry.Schema(
-        query=_Query, extensions=[lambda: ParserCache(maxsize=8), ErrorCodes]
-    )
+    # Why schema.errors.parse_or_none exists; when this fails, Strawberry's own cache may do.
+    ended: list[str] = []
+
+    class Ends(SchemaExtension):
+        def on_operation(self) -> typing.Iterator[None]:
+            yield
+            ended.append("after")
+
+    schema = strawberry.Schema(query=_Query, extensions=[lambda: ParserCache(maxsize=8), Ends])
     result = await schema.execute("{ hello ")
     assert result.errors
-    assert not result.errors[0].extensions, (
+    assert ended == [], (
         "Strawberry's ParserCache now lets extensions see syntax errors: "
-        "schema.errors.SyntaxSafeParserCache may be replaced by ParserCache."
+        "schema.errors.parse_or_none (schema.operation) may give way to ParserCache."
     )
 
 
 async def test_errors_set_before_validation_skip_validation_and_execution() -> None:
-    # QueryCost (after ValidationCache) refuses by setting pre_execution_errors in
+    # DepotOperation refuses a costly operation by setting pre_execution_errors in
     # on_validate; Strawberry must then neither validate again nor execute.
     ran: list[str] = []
 
@@ -650,12 +641,12 @@ async def test_errors_set_before_validation_skip_validation_and_execution() -> N
     result = await strawberry.Schema(query=Query, extensions=[Refuse]).execute("{ hello }")
     assert [error.message for error in (result.errors or [])] == ["refused"], (
         "Strawberry ignores pre_execution_errors set in on_validate: "
-        "schema.limits.QueryCost no longer refuses costly operations."
+        "schema.operation.DepotOperation no longer refuses costly operations."
     )
     assert result.data is None
     assert ran == []
     assert isinstance(strawberry.Schema(query=Query)._schema, GraphQLSchema), (
-        "strawberry.Schema._schema is not graphql-core's schema: QueryCost reads it."
+        "strawberry.Schema._schema is not graphql-core's schema: DepotOperation reads it."
     )
 
 

@@ -1,0 +1,232 @@
+"""The one extension of Depot's schema: what every operation goes through.
+
+Each hook does what used to take one Strawberry extension each, in the same
+order:
+
+* ``on_operation``: the parser's token cap (``DEPOT_GRAPHQL_MAX_TOKENS``), the
+  validation rules (graphql-core's, :func:`schema.limits.limit_rule`'s,
+  :func:`schema.validation.request_rules`', and graphql-core's
+  no-introspection rule when introspection is off), fresh dataloaders
+  (``schema.loaders``); once the operation ends, every error coded
+  (:func:`schema.errors.coded_errors`), the operation counted
+  (:func:`schema.metrics.record_operation`) and its database session closed;
+* ``on_parse``: the document from a cache keyed by its text, unless it does
+  not parse (:func:`schema.errors.parse_or_none`);
+* ``on_validate``: the validation errors from a cache keyed by the text and
+  the rules, then the cost check (:func:`schema.limits.cost_refusal`), whose
+  cost is cached too when the operation has no variables;
+* ``on_execute``: a mutation's session switched to transactions;
+* ``on_stream_result``: each streamed result's errors coded.
+
+Why one: Strawberry wraps every hook of every extension in a context manager
+for every operation (a ``getattr``, an ``inspect`` check, a
+``contextlib.contextmanager`` and its ``update_wrapper`` each), which made
+nine extensions a fifth of a ``{ __typename }`` request. The tracing span
+(``schema.tracing.OperationSpan``) stays an extension of its own, present
+only when tracing is on.
+
+The caches are per schema and bounded (:data:`CACHED_DOCUMENTS` texts). They
+are keyed by the document's text, whose hash Python keeps on the string,
+rather than by the parsed document, which graphql-core hashes node by node
+on every lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from graphql import (
+    ASTValidationRule,
+    DocumentNode,
+    GraphQLError,
+    GraphQLSchema,
+    OperationDefinitionNode,
+    get_operation_ast,
+    specified_rules,
+)
+from graphql.validation import NoSchemaIntrospectionCustomRule
+from starlette.websockets import WebSocket
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.schema import validate_document
+from strawberry.types.execution import ExecutionResult, StreamExecutionResult
+from strawberry.types.graphql import OperationType
+
+from schema import limits
+from schema.errors import coded_errors, parse_or_none
+from schema.limits import Limits, limit_rule, operation_cost
+from schema.loaders import Loaders
+from schema.metrics import record_operation
+from schema.validation import request_rules
+
+# Distinct document texts each cache keeps (least recently used dropped first),
+# as Strawberry's ParserCache and ValidationCache kept 256 each.
+CACHED_DOCUMENTS: Final = 256
+
+_Rules = tuple[type[ASTValidationRule], ...]
+
+
+class Documents:
+    """One schema's documents, each parsed, validated and (without variables) costed once.
+
+    Keyed by text: a persisted query, a trusted document and the same text
+    sent by hand share their entries.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.parsed = functools.lru_cache(maxsize=CACHED_DOCUMENTS)(self._parse)
+        self.errors = functools.lru_cache(maxsize=CACHED_DOCUMENTS)(self._validate)
+        self.operation = functools.lru_cache(maxsize=CACHED_DOCUMENTS)(self._operation)
+
+    def _parse(self, query: str) -> DocumentNode | None:
+        return parse_or_none(query, self.max_tokens)
+
+    def _validate(self, schema: GraphQLSchema, query: str, rules: _Rules) -> list[GraphQLError]:
+        document = self.parsed(query)
+        assert document is not None, "validated only once Strawberry has parsed it"
+        # Strawberry's own validate_document, as its ValidationCache calls it.
+        return validate_document(schema, document, rules)
+
+    def _operation(
+        self, schema: GraphQLSchema, query: str, name: str | None
+    ) -> tuple[OperationDefinitionNode | None, int | None]:
+        """The operation to run, and its cost when that does not depend on variables."""
+        document = self.parsed(query)
+        operation = get_operation_ast(document, name) if document is not None else None
+        if operation is None or operation.variable_definitions:
+            return operation, None
+        assert document is not None
+        return operation, operation_cost(schema, document, operation, {})
+
+
+@dataclass(frozen=True)
+class OperationRules:
+    """What one schema's operations are held to, fixed when the schema is built."""
+
+    documents: Documents
+    max_cost: int
+    suggestions: bool
+    metrics: bool
+    # By (operationName given, over a WebSocket): the whole tuple, graphql-core's
+    # rules first, so each request takes one of four fixed tuples.
+    rules: Mapping[tuple[bool, bool], _Rules]
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        limits: Limits,
+        max_tokens: int,
+        max_cost: int,
+        introspection: bool,
+        suggestions: bool,
+        metrics: bool,
+    ) -> OperationRules:
+        ours: _Rules = (limit_rule(limits),)
+        closing: _Rules = () if introspection else (NoSchemaIntrospectionCustomRule,)
+        rules = {
+            (named, websocket): (
+                *specified_rules,
+                *ours,
+                *request_rules(named=named, websocket=websocket),
+                *closing,
+            )
+            for named in (False, True)
+            for websocket in (False, True)
+        }
+        return cls(Documents(max_tokens), max_cost, suggestions, metrics, rules)
+
+
+class DepotOperation(SchemaExtension):
+    """The hooks of every operation (see the module's docstring), for one schema's rules."""
+
+    def __init__(self, rules: OperationRules, *, execution_context: Any = None) -> None:
+        super().__init__(execution_context=execution_context)
+        self.rules = rules
+        self._streamed = False
+        self._streamed_errors: list[GraphQLError] | None = None
+
+    async def on_operation(self) -> AsyncIterator[None]:
+        context = self.execution_context
+        rules = self.rules
+        request = context.context
+        context.parse_options["max_tokens"] = rules.documents.max_tokens
+        over_websocket = isinstance(getattr(request, "request", None), WebSocket)
+        # Before parsing, operation_name is the one the request gave.
+        context.validation_rules = rules.rules[(context.operation_name is not None, over_websocket)]
+        # Fresh loaders, so no cached row outlives the operation.
+        request.loaders = Loaders(request.db)
+        started = time.perf_counter()
+        try:
+            yield
+            result = context.result
+            # A streamed result was coded before it was sent; coding it twice
+            # would turn its codes into INTERNAL_SERVER_ERROR.
+            if not self._streamed and result is not None and result.errors:
+                result.errors = coded_errors(
+                    result.errors,
+                    suggestions=rules.suggestions,
+                    request_id=getattr(request, "request_id", None),
+                )
+            if rules.metrics:
+                errors = (
+                    self._streamed_errors if self._streamed else getattr(result, "errors", None)
+                )
+                record_operation(context, time.perf_counter() - started, errors)
+        finally:
+            # No WebSocket holds a session (on PostgreSQL, a connection) between operations.
+            await request.db.close()
+
+    def on_parse(self) -> Iterator[None]:
+        context = self.execution_context
+        if context.query:
+            context.graphql_document = self.rules.documents.parsed(context.query)
+        yield
+
+    def on_validate(self) -> Iterator[None]:
+        context = self.execution_context
+        query, document, documents = context.query, context.graphql_document, self.rules.documents
+        schema = context.schema._schema
+        name = context.operation_name
+        assert document is not None, "Strawberry validates parsed documents only"
+        cost: int | None = None
+        if query and document is documents.parsed(query):
+            errors = documents.errors(schema, query, context.validation_rules)
+            if not errors:
+                operation, cost = documents.operation(schema, query, name)
+        else:  # parsed by Strawberry, or our entry dropped meanwhile: nothing cached
+            errors = validate_document(schema, document, context.validation_rules)
+            operation = get_operation_ast(document, name)
+        context.pre_execution_errors = errors
+        if not errors and operation is not None:
+            if cost is None:
+                cost = operation_cost(schema, document, operation, context.variables or {})
+            # Looked up on the module, so bench.limits can measure Depot without it.
+            refusal = limits.cost_refusal(cost, self.rules.max_cost, operation)
+            if refusal is not None:
+                context.pre_execution_errors = [refusal]
+        yield
+
+    async def on_execute(self) -> AsyncIterator[None]:
+        # A mutation's blocks need transactions; a query's reads run without one.
+        context = self.execution_context
+        if context.operation_type is OperationType.MUTATION:
+            await context.context.db.for_writes()
+        yield
+
+    def on_stream_result(self, result: StreamExecutionResult) -> Iterator[None]:
+        # WebSocket operations send each result before on_operation resumes.
+        self._streamed = True
+        if isinstance(result, ExecutionResult) and result.errors:
+            result.errors = coded_errors(
+                result.errors,
+                suggestions=self.rules.suggestions,
+                request_id=getattr(self.execution_context.context, "request_id", None),
+            )
+            # The operation's outcome is its first error.
+            self._streamed_errors = self._streamed_errors or result.errors
+        yield
