@@ -17,10 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.middleware.gzip import GZipMiddleware
 from starlette.responses import RedirectResponse
 from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
 
 from api.drain import Drain
 from api.files import PATHS, RouteLinks
@@ -186,7 +184,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         *([Route("/metrics", metrics)] if settings.metrics_enabled else []),
-        Route("/graphql", _compressed(graphql, settings)),
+        Route("/graphql", graphql),
         WebSocketRoute("/graphql", graphql),
         *FILE_ROUTES,
         *NOTIFICATION_ROUTES,
@@ -238,19 +236,6 @@ def _action_limits(settings: Settings) -> dict[Action, ActionLimit]:
             settings.verification_mail_limit_per_user, settings.verification_mail_limit_per_address
         ),
     }
-
-
-def _compressed(graphql: ASGIApp, settings: Settings) -> ASGIApp:
-    """The GraphQL endpoint's answers gzip-compressed from ``DEPOT_GZIP_MIN_BYTES`` on.
-
-    Starlette's middleware, on this route only: byte routes (downloads, ranges,
-    uploads) keep their bytes as stored, and WebSockets have their own route.
-    It never touches a 206 or an already encoded body either. Level 6, zlib's
-    default: on JSON, 9 costs about twice the CPU for a few percent less.
-    """
-    if settings.gzip_min_bytes == 0:
-        return graphql
-    return GZipMiddleware(graphql, minimum_size=settings.gzip_min_bytes, compresslevel=6)
 
 
 async def _resend_unfinished(resources: Resources) -> None:

@@ -16,7 +16,9 @@ On top of Strawberry it adds:
   Apollo's ``extensions.persistedQuery`` hash or a trusted ``documentId``,
   by POST or GET, instead of sending it;
 * every refusal as a JSON body of GraphQL errors with ``extensions.code``,
-  never a plain-text or 500 answer.
+  never a plain-text or 500 answer;
+* answers from ``DEPOT_GZIP_MIN_BYTES`` on gzip-compressed for clients that
+  accept it (``api.compression``).
 
 The same view serves WebSockets, with the protocol handlers and sign-in of
 ``api.websocket``; the context of both is built by ``api.context``. Where
@@ -50,6 +52,7 @@ from strawberry.types import ExecutionResult
 from strawberry.types.unset import UnsetType
 
 from api.bodies import BodyRefused, read_body
+from api.compression import gzipped
 from api.context import build_context, end_request
 from api.graphiql import GraphiQL
 from api.multipart import CSRF_ADVICE, MultipartUploads, Refused, has_csrf_header
@@ -212,7 +215,7 @@ class GraphQLView(GraphQL[Context, None]):
                 response = await self._run_multipart(request, media_type)
             else:
                 response = await self._read_and_respond(request, media_type)
-        await response(scope, receive, send)
+        await gzipped(response, request, self.settings.gzip_min_bytes)(scope, receive, send)
 
     async def _read_and_respond(self, request: Request, media_type: str) -> Response:
         """Read a POST body within its bounds first, then answer; Strawberry finds it read."""
