@@ -582,7 +582,14 @@ async def profile(runs: Sequence[Comparison], args: argparse.Namespace) -> str:
     cProfile's own cost per call skews it towards code with many small calls.
     """
     wanted, baseline = args.profile.removeprefix("baseline:"), args.profile.startswith("baseline:")
-    run = next(run for run in runs if wanted in run.depot.name or wanted in run.label)
+    # By the label's start: "me" is also in "{ __typename }".
+    starts = {
+        "typename": "{ __typename }",
+        "me": "me (JWT)",
+        "token": "me (personal",
+        "files": "files(",
+    }
+    run = next(run for run in runs if run.label.startswith(starts.get(wanted, wanted)))
     target = run.baseline if baseline else run.depot
     for _ in range(20):
         await target.send()

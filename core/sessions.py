@@ -139,8 +139,10 @@ async def end_session_of_refresh_token(db: AsyncSession, refresh_token: str) -> 
 
 # Built once: building a statement (columns compared, the join) costs about as
 # much Python as running a cached one; SQLAlchemy caches its compiled SQL by shape.
+# The session's one column needed, not its entity: loading an ORM object (identity
+# map, instance state) costs more than the query's round trip on a small row.
 _USER_OF_SESSION = (
-    select(User, Session)
+    select(User, col(Session.revoked_at))
     .join(Session, col(Session.user_id) == col(User.id))
     .where(col(Session.id) == bindparam("session_id"), col(User.id) == bindparam("user_id"))
 )
@@ -152,8 +154,8 @@ async def user_of_session(db: AsyncSession, claims: tokens.AccessClaims) -> User
     row = (await db.exec(_USER_OF_SESSION, params=params)).first()
     if row is None:
         raise Unauthenticated(ENDED)
-    user, session = row
-    if session.revoked_at is not None:
+    user, revoked_at = row
+    if revoked_at is not None:
         raise Unauthenticated(ENDED)
     if not user.is_active:
         raise Unauthenticated("This account has been deactivated.")
