@@ -682,3 +682,33 @@ def test_upload_values_reach_resolvers_as_they_are() -> None:
         "Strawberry's Upload scalar no longer passes values through: "
         "api.multipart's streamed parts would not reach schema.uploads as they are."
     )
+
+
+def test_plain_fields_are_marked_so_build_schema_can_read_them_directly() -> None:
+    # schema._read_plain_fields_directly finds Strawberry's definition on each
+    # graphql-core type and replaces the marked resolver of each plain field.
+    @strawberry.type
+    class Plain:
+        some_name: str
+
+        @strawberry.field
+        def computed(self) -> str:
+            return "x"
+
+    schema = strawberry.Schema(query=Plain)
+    graphql_type = schema._schema.type_map["Plain"]
+    definition = (graphql_type.extensions or {}).get("strawberry-definition")
+    assert definition is not None, (
+        "Strawberry no longer keeps its type definition in a graphql-core type's "
+        "extensions['strawberry-definition']: schema._read_plain_fields_directly looks there."
+    )
+    plain, computed = definition.fields
+    assert plain.python_name == "some_name"
+    assert plain.is_basic_field
+    assert not computed.is_basic_field
+    assert schema.config.default_resolver is getattr
+    assert getattr(graphql_type.fields["someName"].resolve, "_is_default", False), (
+        "Strawberry no longer marks a plain field's resolver `_is_default`: "
+        "schema._read_plain_fields_directly replaces only marked ones, so it replaces none now."
+    )
+    assert schema.config.name_converter.get_graphql_name(plain) == "someName"
