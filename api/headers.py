@@ -8,11 +8,11 @@ Headers a route set itself (a download's ``Cache-Control``) are kept.
 
 from __future__ import annotations
 
-from starlette.datastructures import Headers, MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 # A year, as browsers' preload lists ask.
 HSTS = "max-age=31536000; includeSubDomains"
+_NO_STORE = (b"cache-control", b"no-store")
 
 
 class SecurityHeadersMiddleware:
@@ -29,21 +29,24 @@ class SecurityHeadersMiddleware:
         }
         if https:
             headers["Strict-Transport-Security"] = HSTS
-        self._headers = list(headers.items())
+        # Raw, as ASGI sends them: one pass over a response's own headers adds
+        # the missing ones (no Headers object per request or response).
+        self._headers = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        credentialed = "authorization" in Headers(scope=scope)
+        credentialed = any(name == b"authorization" for name, _ in scope["headers"])
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in self._headers:
-                    headers.setdefault(name, value)
-                if credentialed:
-                    headers.setdefault("Cache-Control", "no-store")
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers.extend(item for item in self._headers if item[0] not in present)
+                if credentialed and b"cache-control" not in present:
+                    headers.append(_NO_STORE)
+                message["headers"] = headers
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
