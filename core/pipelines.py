@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -41,6 +41,14 @@ from core.time import utcnow
 
 INPUT: Final = ":input"
 """What a step's ``use`` calls the pipeline's own files."""
+
+MAX_STEP_INPUTS: Final = 2000
+"""The most files a pipeline's steps read in all (a step that would read more fails).
+
+It bounds what ``job { steps { job { inputs } } }`` loads, so that the cost
+limit (``schema.limits``) can count a step's inputs as this share of the
+steps, not as an archive's 1,000 each: a pipeline's natural view fits it.
+"""
 
 
 @dataclass(frozen=True)
@@ -247,12 +255,19 @@ async def _start_step(
             f"Step {step.name!r} reads one file, and its `use` made {len(found)}; "
             "give it `accept` or a `use` that makes one."
         )
+    elif len(found) + await _step_inputs(db, pipeline.id) > MAX_STEP_INPUTS:
+        error = (
+            f"Step {step.name!r} would read {len(found)} files; a pipeline's steps read "
+            f"at most {MAX_STEP_INPUTS} in all."
+        )
     ids = [file.id for file in found]
-    params = {**step.params, step.files: [str(i) for i in ids] if step.many else str(ids[0])}
+    params = step.params
+    if error is None:
+        params = {**params, step.files: [str(i) for i in ids] if step.many else str(ids[0])}
     job = Job(
         owner_id=pipeline.owner_id,
         kind=step.kind,
-        params=params if error is None else step.params,
+        params=params,
         max_attempts=step.max_attempts,
         traceparent=pipeline.traceparent,
         pipeline_id=pipeline.id,
@@ -274,6 +289,17 @@ async def _start_step(
         await db.rollback()  # the step has its job already: another call started it
         return None
     return job
+
+
+async def _step_inputs(db: AsyncSession, pipeline_id: uuid.UUID) -> int:
+    """How many files the pipeline's steps read so far (one COUNT over its steps' jobs)."""
+    found = await db.exec(
+        select(func.count())
+        .select_from(JobInput)
+        .join(Job, col(Job.id) == col(JobInput.job_id))
+        .where(col(Job.pipeline_id) == pipeline_id)
+    )
+    return int(found.one())
 
 
 async def _used_files(

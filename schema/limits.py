@@ -56,6 +56,7 @@ from graphql import (
 )
 from graphql.validation.validate import ValidationAbortedError
 
+from core.pipelines import MAX_STEP_INPUTS
 from schema.pagination import DEFAULT_PAGE, MAX_PAGE
 from workers.archive import MAX_FILES as ARCHIVE_MAX_FILES
 from workers.pipeline import MAX_STEPS as PIPELINE_MAX_STEPS
@@ -73,6 +74,16 @@ LIST_MAXIMA: Final[Mapping[tuple[str, str], int]] = {
     # workers.pipeline.MAX_STEPS.
     ("Job", "steps"): PIPELINE_MAX_STEPS,
     ("PipelineStep", "use"): PIPELINE_MAX_STEPS,
+}
+
+# Lists bounded in all across the steps of one pipeline, counted per step as an
+# even share: ``Job.steps`` multiplies them by its MAX_STEPS, so the product is
+# the true bound on their sum, whichever step holds the files. A step's job's
+# inputs: core.pipelines.MAX_STEP_INPUTS in all, where an archive step alone
+# could read 1,000 (32 steps would count 32,000, and refuse a pipeline's
+# natural view, ``job { steps { job { inputs { id } } } }``).
+STEP_SHARES: Final[Mapping[tuple[str, str], int]] = {
+    ("Job", "inputs"): -(-MAX_STEP_INPUTS // PIPELINE_MAX_STEPS),
 }
 
 
@@ -288,7 +299,9 @@ def operation_cost(
     * A connection (a ``…Connection`` with a ``first`` argument) multiplies its
       ``edges`` by ``first``, or by its default page when absent; a value
       outside 0..MAX_PAGE is refused by the resolver, so it counts as MAX_PAGE.
-    * Another list multiplies its items by its maximum (:data:`LIST_MAXIMA`).
+    * Another list multiplies its items by its maximum (:data:`LIST_MAXIMA`),
+      or, directly on a pipeline step's job, by its share of a bound the
+      pipeline's steps hold in all (:data:`STEP_SHARES`).
     * Fragments count where they are spread; on an abstract type, every
       inline fragment counts (an upper bound).
     """
@@ -317,7 +330,9 @@ class _Costs:
         self.schema = schema
         self.fragments = fragments
         self.variables = variables
-        self.memo: dict[tuple[str, int | None], int] = {}
+        self.memo: dict[tuple[str, int | None, bool], int] = {}
+        # Whether the selections being counted are a pipeline step's job's own.
+        self.at_step_job = False
 
     def selections(
         self, selections: SelectionSetNode, parent: GraphQLNamedType, page: int | None
@@ -336,7 +351,7 @@ class _Costs:
 
     def spread(self, name: str, page: int | None) -> int:
         # Validation refused cycles and chains deeper than the depth limit.
-        key = (name, page)
+        key = (name, page, self.at_step_job)
         if key not in self.memo:
             fragment = self.fragments[name]
             condition = self.schema.get_type(fragment.type_condition.name.value)
@@ -357,12 +372,23 @@ class _Costs:
         if is_leaf_type(named):
             return 1 if name == "totalCount" and parent.name.endswith("Connection") else 0
         inner_page = self._page(node, definition) if named.name.endswith("Connection") else None
-        inner = self.selections(node.selection_set, named, inner_page) if node.selection_set else 0
+        # Directly inside a step's job, the lists bounded per pipeline count a share.
+        at_step_job = self.at_step_job
+        self.at_step_job = parent.name == "PipelineStep" and name == "job"
+        try:
+            inner = (
+                self.selections(node.selection_set, named, inner_page) if node.selection_set else 0
+            )
+        finally:
+            self.at_step_job = at_step_job
         if isinstance(get_nullable_type(definition.type), GraphQLList):
+            key = (parent.name, name)
             if name == "edges" and page is not None:
                 count = page
+            elif at_step_job and key in STEP_SHARES:
+                count = STEP_SHARES[key]
             else:
-                count = LIST_MAXIMA.get((parent.name, name), MAX_PAGE)
+                count = LIST_MAXIMA.get(key, MAX_PAGE)
             return count * (1 + inner)
         return 1 + inner
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from graphql import get_introspection_query
 from httpx_ws import aconnect_ws
 
+from schema.ids import encode_id
 from tests.conftest import make_settings, serve_app
 from tests.support import bearer, error_codes, register
 
@@ -117,6 +119,27 @@ async def test_an_absent_first_counts_as_the_default_page(client: httpx.AsyncCli
     # (an archive's most).
     error = await _refused(client, "{ jobs { edges { node { inputs { id } } } } }")
     assert error["extensions"] == {"code": "QUERY_TOO_COMPLEX", "cost": 20041, "maxCost": 5000}
+
+
+PIPELINE_VIEW = """query P($id: ID!) { job(id: $id) { id status steps { name status
+  job { id status inputs { id } outputs { totalCount edges { node { id path } } } } } } }"""
+
+
+async def test_a_pipelines_natural_view_fits_the_default_cost(client: httpx.AsyncClient) -> None:
+    token = (await register(client))["accessToken"]
+    missing = encode_id("Job", uuid.UUID(int=0))
+    response = await client.post(
+        "/graphql",
+        json={"query": PIPELINE_VIEW, "variables": {"id": missing}},
+        headers=bearer(token),
+    )
+    assert error_codes(response.json()) == ["NOT_FOUND"], response.text
+    # A step's inputs count as their share of core.pipelines.MAX_STEP_INPUTS; the
+    # pipeline's own inputs, reached from each step, still count as 1,000 each.
+    error = await _refused(
+        client, '{ job(id: "x") { steps { job { pipeline { inputs { id } } } } } }'
+    )
+    assert error["extensions"] == {"code": "QUERY_TOO_COMPLEX", "cost": 32097, "maxCost": 5000}
 
 
 async def test_introspection_passes_every_limit(client: httpx.AsyncClient) -> None:
