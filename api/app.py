@@ -79,6 +79,7 @@ CORS_EXPOSED_HEADERS = [
     "Upload-Length",
     "Upload-Expires",
     "Upload-Metadata",
+    "Depot-Processing",
 ]
 
 

@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from starlette.routing import Route
 
 from api.bodies import BodySilent, body_chunks
+from api.upload_progress import UploadProgress, waiting_pipeline
 from core.content import OCTET_STREAM, Fingerprint, content_disposition
 from core.direct_uploads import open_ticket, record_seen
 from core.downloads import may_download
@@ -357,6 +358,12 @@ async def upload(request: Request) -> Response:
     storage: Storage = request.state.storage
     silence_s: float = request.state.settings.body_timeout_seconds
     body = body_chunks(request, silence_s=silence_s)
+    # The ticket's pipeline hears the bytes arrive (api.upload_progress).
+    pipeline = await waiting_pipeline(request.state.sessionmaker, ticket.pipeline_id)
+    watch = None
+    if pipeline is not None:
+        watch = UploadProgress(request.state.events, pipeline, 0, size)
+        body = watch.through(body)
     # Hashed and sniffed as it streams in, so completeUpload need not read it again.
     fingerprint = Fingerprint(_exactly(body, size))
     sample = Sample(fingerprint)
@@ -374,6 +381,8 @@ async def upload(request: Request) -> Response:
     meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)
     async with request.state.sessionmaker() as db:
         await record_seen(db, key, fingerprint, meta, stored.etag)
+    if watch is not None:
+        await watch.tell(size)
     return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
 

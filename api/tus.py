@@ -16,6 +16,10 @@ this module translates HTTP to it and its errors back to tus's statuses. Each
 request costs the sign-in (one or two indexed reads) plus, for ``PATCH``, one
 conditional UPDATE to take the upload's lease and one to give it back with
 the new offset (and one more every third of the lease while bytes flow).
+An upload that names a pipeline template (``template``) gets its pipeline at
+creation, named by the answer's ``Depot-Processing`` header; each ``PATCH``
+of it reads that pipeline once and tells its stream of the bytes
+(``api.upload_progress``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import base64
 import binascii
 import uuid
+from collections.abc import AsyncIterable
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 from urllib.parse import urljoin
@@ -33,6 +38,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.bodies import BodySilent, body_chunks
+from api.upload_progress import UploadProgress, waiting_pipeline
 from core import metrics, pipeline_templates
 from core import resumable_uploads as uploads
 from core.auth import Principal, authenticate
@@ -47,14 +53,14 @@ from core.errors import (
     Unauthenticated,
 )
 from core.events import FileCreated, announce
-from core.models import File, UploadKind
-from core.pipelines import Step
+from core.models import File, ResumableUpload, UploadKind
+from core.pipelines import News, Step
 from core.ratelimit import Action
 from core.settings import Settings
 from core.users import require_verified
-from schema.ids import decode_id_of
+from schema.ids import decode_id_of, encode_id
 from storage.errors import StorageError, TooLarge
-from workers.pipeline import check_steps, requests_of, start_on_upload
+from workers.pipeline import check_steps, news, requests_of, uploaded
 
 logger = structlog.get_logger("depot.uploads")
 
@@ -69,6 +75,8 @@ LEASE_MARGIN_SECONDS = 30
 PATH_KEYS = ("path", "relativePath", "filename", "name")
 # The pipeline template (its global id) to start on the file once it is complete.
 TEMPLATE_KEY = "template"
+# Names the pipeline a template started (a Job's global id) in the creation's answer.
+PROCESSING_HEADER = "Depot-Processing"
 TYPE_KEYS = ("filetype", "type", "contentType")
 
 
@@ -278,9 +286,11 @@ class TusRoutes:
                 "BAD_REQUEST",
                 "Name the file in Upload-Metadata: `path` (e.g. photos/cat.png) or `filename`.",
             )
+        steps = None
         if TEMPLATE_KEY in metadata:
-            # Checked now, as createUpload checks its pipeline; started once complete.
-            await _template_steps(request, principal, metadata, _first(metadata, TYPE_KEYS))
+            # Checked now, as createUpload checks its pipeline; created now too, waiting
+            # for the file, so that its stream carries the bytes as they arrive.
+            steps = await _template_steps(request, principal, metadata, _first(metadata, TYPE_KEYS))
         checksum = _checksum(request)
         with_body = _has_body(request)
         if with_body and request.headers.get("content-type") != OFFSET_STREAM:
@@ -310,6 +320,8 @@ class TusRoutes:
                     metadata=raw_metadata,
                     max_upload_bytes=settings.max_upload_bytes,
                     expires_in=timedelta(hours=settings.resumable_upload_hours),
+                    pipeline=steps,
+                    news=_news(request),
                 )
             except BadUserInput as error:
                 raise _Refusal(400, error.code, error.message) from None
@@ -318,6 +330,11 @@ class TusRoutes:
             "Location": urljoin(links.base_url, PATH + upload.id.hex),
             "Upload-Expires": _http_date(upload.expires_at),
         }
+        pipeline = await waiting_pipeline(request.state.sessionmaker, upload.pipeline_id)
+        if pipeline is not None:
+            # The job to follow (jobEvents) from the first byte to the pipeline's end.
+            headers[PROCESSING_HEADER] = encode_id("Job", pipeline.id)
+            await UploadProgress(request.state.events, pipeline, 0, length).tell()
         if not (with_body or length == 0):
             return _answer(201, headers)
         try:
@@ -364,11 +381,25 @@ class TusRoutes:
     ) -> Response:
         settings: Settings = request.state.settings
         silence_s = settings.body_timeout_seconds
-        async with request.state.sessionmaker() as db:
+        state = request.state
+        watch: UploadProgress | None = None
+
+        async def watched(
+            upload: ResumableUpload, chunks: AsyncIterable[bytes]
+        ) -> AsyncIterable[bytes]:
+            # The claimed row names its pipeline: only an upload with one pays a read.
+            nonlocal watch
+            pipeline = await waiting_pipeline(state.sessionmaker, upload.pipeline_id)
+            if pipeline is None:
+                return chunks
+            watch = UploadProgress(state.events, pipeline, upload.offset, upload.length)
+            return watch.through(chunks)
+
+        async with state.sessionmaker() as db:
             try:
                 progress = await uploads.append(
                     db,
-                    request.state.storage,
+                    state.storage,
                     self.hashes,
                     principal.user.id,
                     upload_id,
@@ -377,6 +408,8 @@ class TusRoutes:
                     checksum=checksum,
                     lease=timedelta(seconds=silence_s + LEASE_MARGIN_SECONDS),
                     expires_in=timedelta(hours=settings.resumable_upload_hours),
+                    news=_news(request),
+                    watch=watched,
                 )
             except TooLarge:
                 raise _Refusal(
@@ -390,10 +423,12 @@ class TusRoutes:
         if progress.file is not None:
             metrics.UPLOAD_BYTES.labels("tus").inc(progress.file.size)
             await _announce(request, progress.file)
-            # Its template, if any: the metadata of the upload this PATCH completed.
-            metadata = parse_metadata(progress.metadata)
-            if TEMPLATE_KEY in metadata:
-                await _process(request, principal, metadata, progress.file)
+            # Its pipeline was queued with the file, in its transaction: start it.
+            await uploaded(
+                state.sessionmaker, state.jobs.send, state.events, settings, progress.file
+            )
+        elif watch is not None:
+            await watch.tell(progress.offset)
         return _answer(
             204,
             {
@@ -407,7 +442,12 @@ class TusRoutes:
     ) -> Response:
         async with request.state.sessionmaker() as db:
             await uploads.terminate(
-                db, request.state.storage, self.hashes, principal.user.id, upload_id
+                db,
+                request.state.storage,
+                self.hashes,
+                principal.user.id,
+                upload_id,
+                news=_news(request),
             )
         return _answer(204)
 
@@ -427,20 +467,8 @@ async def _template_steps(
         raise _Refusal(400, error.code, f"Upload-Metadata template: {error.message}") from None
 
 
-async def _process(
-    request: Request, principal: Principal, metadata: dict[str, str], file: File
-) -> None:
-    """Start the template's pipeline on the completed file (``File.processing``)."""
-    state = request.state
-    try:
-        steps = await _template_steps(request, principal, metadata, file.content_type)
-    except _Refusal as refusal:
-        # The file stands; a template deleted or changed meanwhile starts nothing.
-        logger.warning("upload's pipeline not started", file_id=str(file.id), error=refusal.message)
-        return
-    await start_on_upload(
-        state.sessionmaker, state.jobs.send, state.events, state.settings, file, steps
-    )
+def _news(request: Request) -> News:
+    return news(request.state.events, request.state.settings)
 
 
 async def _announce(request: Request, file: File) -> None:

@@ -20,6 +20,10 @@ A step's job (``pipeline_id`` set, see :mod:`core.pipelines`) is told to its
 pipeline's stream as well, naming its ``step``: one stream, in one cursor
 order, carries the whole pipeline.
 
+An upload's pipeline (``core.pipelines``) hears the upload's bytes arrive
+as ``JobProgressed`` events carrying ``upload`` (received, total) before
+its steps' events.
+
 ``CredentialsRevoked`` tells the user's open WebSockets to recheck their
 credential now (``api.websocket``); nobody replays it, so its stream keeps
 one event, for ``CREDENTIALS_STREAM_SECONDS``.
@@ -92,6 +96,10 @@ class JobStatusChanged:
     # A pipeline step's job: its pipeline and step.
     pipeline_id: uuid.UUID | None = None
     step: str | None = None
+    # An upload's pipeline while its file arrives: bytes received of the total
+    # (core.pipelines.upload_progress); None on every other event.
+    upload_received: int | None = None
+    upload_total: int | None = None
 
     @classmethod
     def of(cls, job: Job, at: datetime | None = None) -> Self:
@@ -118,6 +126,11 @@ class JobStatusChanged:
             **({"traceId": self.trace_id} if self.trace_id else {}),
             **({"pipelineId": str(self.pipeline_id)} if self.pipeline_id else {}),
             **({"step": self.step} if self.step else {}),
+            **(
+                {"upload": {"received": self.upload_received, "total": self.upload_total}}
+                if self.upload_received is not None
+                else {}
+            ),
         }
 
     @classmethod
@@ -131,6 +144,8 @@ class JobStatusChanged:
             trace_id=data.get("traceId"),
             pipeline_id=uuid.UUID(data["pipelineId"]) if data.get("pipelineId") else None,
             step=data.get("step"),
+            upload_received=data["upload"]["received"] if "upload" in data else None,
+            upload_total=data["upload"]["total"] if "upload" in data else None,
         )
 
 

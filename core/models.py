@@ -245,10 +245,16 @@ class Upload(SQLModel, table=True):
     seen_content_type: str | None = Field(default=None, max_length=255)
     seen_etag: str | None = Field(default=None, max_length=255)
     seen_meta: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
-    # The checked steps of the pipeline to start once the file is complete (core.pipelines).
+    # Tickets from before 0012 only: the checked steps of the pipeline to start once
+    # the file is complete. Newer ones name the pipeline itself (``pipeline_id``).
     pipeline: list[dict[str, Any]] | None = Field(
         default=None, sa_column=Column(JSON, nullable=True)
     )
+    # The pipeline (a job waiting for this upload, core.pipelines) to start on the file.
+    pipeline_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
+    # The file the ticket made, so that a retried completeUpload answers it again
+    # (no foreign key: the file may be purged while the ended ticket is kept).
+    file_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
 
 
 class UploadKind(enum.StrEnum):
@@ -289,6 +295,8 @@ class ResumableUpload(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
     busy_until: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # The pipeline (a job waiting for this upload, core.pipelines) to start on the file.
+    pipeline_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
 
 
 # A job kind's name ("verify", "thumbnails", ...). The kinds are declared in
@@ -361,6 +369,9 @@ class Job(SQLModel, table=True):
     # A step's job: the pipeline (a job of kind ``pipeline``) and the step's name.
     pipeline_id: uuid.UUID | None = Field(default=None, sa_type=Uuid)
     step: str | None = Field(default=None, max_length=64)
+    # A pipeline created with its upload, queued until the upload's file is complete
+    # (its input then): nothing advances it meanwhile (core.pipelines).
+    awaiting_upload: bool = Field(default=False)
 
 
 class JobInput(SQLModel, table=True):

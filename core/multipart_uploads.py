@@ -27,6 +27,7 @@ file and aborting releases the reservation, as the calls above do.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from enum import StrEnum
 from typing import Final
@@ -36,9 +37,10 @@ from sqlalchemy import update
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import resumable_uploads
+from core import pipelines, resumable_uploads
 from core.errors import BadUserInput, NotFound
 from core.models import File, ResumableUpload, UploadKind
+from core.pipelines import Step
 from core.time import utcnow
 from storage.base import Part, SignedRequest, Storage
 from storage.errors import PermanentStorageError
@@ -128,11 +130,14 @@ async def create(
     sha256: str | None,
     max_upload_bytes: int,
     expires_in: timedelta,
+    pipeline: Sequence[Step] | None = None,
+    news: pipelines.News | None = None,
 ) -> ResumableUpload:
     """Check the future file, reserve its size and open the multipart upload; commits.
 
     ``BAD_USER_INPUT`` when storage cannot take parts from clients (local),
-    and whatever ``resumable_uploads.create`` raises.
+    and whatever ``resumable_uploads.create`` raises; ``pipeline`` and ``news``
+    as there.
     """
     # Presigning is a local computation: asking costs nothing and writes nothing.
     probe = await storage.upload_request(
@@ -156,6 +161,8 @@ async def create(
         max_upload_bytes=max_upload_bytes,
         expires_in=expires_in,
         kind=UploadKind.MULTIPART,
+        pipeline=pipeline,
+        news=news,
     )
 
 
@@ -206,6 +213,8 @@ async def complete(
     owner_id: uuid.UUID,
     upload_id: uuid.UUID,
     parts: list[tuple[int, str]],
+    *,
+    news: pipelines.News | None = None,
 ) -> File:
     """Assemble ``parts`` (number, ETag) into the file; commits.
 
@@ -236,10 +245,10 @@ async def complete(
     if size != upload.length:
         with anyio.CancelScope(shield=True):
             await resumable_uploads.release(db, upload.id, 0)
-            await resumable_uploads.terminate(db, storage, None, owner_id, upload.id)
+            await resumable_uploads.terminate(db, storage, None, owner_id, upload.id, news=news)
         raise BadUserInput(
             f"The parts hold {size} bytes, but {upload.length} were declared; "
             "the upload was discarded.",
             field="parts",
         )
-    return await resumable_uploads.make_file(db, storage, upload, None)
+    return await resumable_uploads.make_file(db, storage, upload, None, news=news)

@@ -34,10 +34,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import jobs, metrics
+from core import jobs, metrics, webhooks
 from core.errors import Conflict
+from core.eventlog import EventLog
+from core.events import JobProgressed, JobStatusChanged, announce
 from core.models import PIPELINE, File, Job, JobInput, JobStatus
 from core.time import utcnow
+from core.tracing import trace_id_of
 
 INPUT: Final = ":input"
 """What a step's ``use`` calls the pipeline's own files."""
@@ -84,6 +87,144 @@ def upload_key(file_id: uuid.UUID) -> str:
     """The idempotency key of the pipeline an upload started (``File.processing``): a
     retried completion finds the pipeline the first one started instead of a second."""
     return f"depot:upload:{file_id}"
+
+
+# -- process on upload ------------------------------------------------------------------
+#
+# An upload that names a pipeline (``uploadFile``, ``createUpload``, tus,
+# ``createMultipartUpload``) gets it in the transaction that makes its file,
+# so no crash leaves a file without its processing: the pipeline is queued
+# with the file as its input and ``upload_key`` as its key, and whatever
+# advances it next (the request, once committed; maintenance, should the
+# request die first) starts its steps. An upload that takes more than one
+# request creates its pipeline with the upload instead (``awaiting_upload``,
+# no input), so that one id and one stream cover the bytes arriving too
+# (:func:`upload_progress`); nothing advances it until the file is attached
+# (:func:`attach_file`), and an upload that ends without a file ends it
+# (:func:`end_awaiting`), in the same transaction either way.
+
+
+def awaiting(owner_id: uuid.UUID, steps: Sequence[Step], *, traceparent: str | None) -> Job:
+    """A new pipeline (for the caller to add) that waits for an upload's file."""
+    return Job(
+        owner_id=owner_id,
+        kind=PIPELINE,
+        params={"steps": [step.to_data() for step in steps]},
+        max_attempts=1,
+        traceparent=traceparent,
+        awaiting_upload=True,
+        message="Waiting for the upload.",
+    )
+
+
+async def attach_file(db: AsyncSession, pipeline_id: uuid.UUID, file: File) -> None:
+    """Make the completed upload's ``file`` the input of the pipeline that waited for it.
+
+    Not committed: the caller commits it with the file's row. ``file`` must be
+    flushed (the input row's foreign key). A pipeline cancelled meanwhile
+    still becomes the file's ``processing``; it ran nothing and runs nothing.
+    """
+    result = await db.exec(
+        update(Job)
+        .where(col(Job.id) == pipeline_id, col(Job.awaiting_upload))
+        .values(
+            awaiting_upload=False,
+            idempotency_key=upload_key(file.id),
+            message=None,
+            updated_at=utcnow(),
+        )
+    )
+    if result.rowcount == 1:
+        db.add(JobInput(job_id=pipeline_id, position=0, file_id=file.id))
+
+
+async def start_for_file(
+    db: AsyncSession, file: File, steps: Sequence[Step], *, traceparent: str | None
+) -> Job:
+    """A queued pipeline on the just-made (flushed) ``file``, in the caller's transaction."""
+    job = awaiting(file.owner_id, steps, traceparent=traceparent)
+    db.add(job)
+    await db.flush()  # the job row first: JobInput's foreign key needs it
+    await attach_file(db, job.id, file)
+    return job
+
+
+async def of_file(db: AsyncSession, file: File) -> Job | None:
+    """The pipeline ``file``'s upload started (its ``File.processing``), if any."""
+    found = await db.exec(
+        select(Job).where(
+            col(Job.owner_id) == file.owner_id, col(Job.idempotency_key) == upload_key(file.id)
+        )
+    )
+    return found.first()
+
+
+async def end_awaiting(
+    db: AsyncSession, pipeline_id: uuid.UUID | None, status: JobStatus, reason: str
+) -> Job | None:
+    """End the pipeline of an upload that ended without a file: ``CANCELLED`` (the owner
+    ended the upload) or ``FAILED`` (it expired, or its bytes were refused), with
+    ``reason``. Not committed: it ends with the upload. None if it was not waiting."""
+    if pipeline_id is None:
+        return None
+    now = utcnow()
+    said: dict[str, Any] = (
+        {"message": reason, "cancel_requested_at": now}
+        if status is JobStatus.CANCELLED
+        else {"error": reason, "message": None}
+    )
+    result = await db.exec(
+        update(Job)
+        .where(
+            col(Job.id) == pipeline_id,
+            col(Job.awaiting_upload),
+            col(Job.status) == JobStatus.QUEUED,
+        )
+        .values(status=status, awaiting_upload=False, finished_at=now, updated_at=now, **said)
+        .returning(Job)
+    )
+    job = result.scalars().first()
+    if job is not None:
+        await webhooks.queue_job_finished(db, job)
+    return job
+
+
+@dataclass(frozen=True)
+class News:
+    """Where to tell, once committed, of the pipelines an upload's end ended: the event
+    log, and how long a finished job's stream is kept (``DEPOT_JOB_EVENTS_RETENTION_SECONDS``)."""
+
+    events: EventLog
+    retention_seconds: int
+
+    async def ended(self, job: Job | None) -> None:
+        if job is None:
+            return
+        metrics.JOBS_FINISHED.labels(PIPELINE, job.status.value).inc()
+        await announce(
+            self.events,
+            JobStatusChanged.of(job),
+            owner_id=job.owner_id,
+            retention_seconds=self.retention_seconds,
+        )
+
+
+def upload_progress(pipeline: Job, received: int, total: int) -> JobProgressed:
+    """The event of an upload's bytes received so far, on its pipeline's stream.
+
+    The pipeline's own state is as it is (queued, no progress): a step's
+    progress is the pipeline's, the bytes are the upload's.
+    """
+    return JobProgressed(
+        job_id=pipeline.id,
+        status=pipeline.status,
+        progress=pipeline.progress,
+        message=pipeline.message,
+        at=utcnow(),
+        trace_id=trace_id_of(pipeline.traceparent),
+        upload_received=received,
+        upload_total=total,
+    )
 
 
 def steps_of(pipeline: Job) -> list[Step]:
@@ -179,6 +320,8 @@ async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
     pipeline = await db.get(Job, pipeline_id, populate_existing=True)
     if pipeline is None or pipeline.kind != PIPELINE or pipeline.status.is_final:
         return Advanced([], None)
+    if pipeline.awaiting_upload and pipeline.cancel_requested_at is None:
+        return Advanced([], None)  # its file is not there yet
     now = utcnow()
     if pipeline.status is JobStatus.QUEUED:
         await db.exec(
@@ -191,15 +334,18 @@ async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
     children = await children_of(db, [pipeline.id])
     found = states(pipeline, children)
     done = {state.step.name: state for state in found}
-    started = []
+    started: list[Job] = []
     for state in found:
         ready = all(
             used == INPUT or done[used].status is StepStatus.SUCCEEDED for used in state.step.use
         )
         if state.status is StepStatus.PENDING and ready:
             job = await _start_step(db, pipeline, state.step, done)
-            if job is not None:
-                started.append(job)
+            if job is None:
+                # Another call started it first; the rollback expired what was read here.
+                again = await advance(db, pipeline_id)
+                return Advanced(started + again.started, again.pipeline)
+            started.append(job)
     if started:
         found = states(pipeline, await children_of(db, [pipeline.id]))
     return Advanced(started, await _update(db, pipeline, found))
@@ -288,6 +434,7 @@ async def _start_step(
     except IntegrityError:
         await db.rollback()  # the step has its job already: another call started it
         return None
+    db.expunge(job)  # kept as committed: a later rollback in this session must not expire it
     return job
 
 
@@ -424,6 +571,8 @@ async def quiet(db: AsyncSession, *, before: Any) -> list[uuid.UUID]:
             col(Job.kind) == PIPELINE,
             col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]),
             col(Job.updated_at) < before,
+            # Its upload ends it, or makes it ready, in that change's transaction.
+            col(Job.awaiting_upload).is_(False),
         )
     )
     return list(found.all())

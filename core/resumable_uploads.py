@@ -36,7 +36,7 @@ import hashlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -47,15 +47,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import quota, webhooks
+from core import pipelines, quota, webhooks
 from core.content import HEAD_BYTES, Fingerprint, sniff
 from core.direct_uploads import check_content_type, check_sha256, check_size, chosen_content_type
 from core.errors import BadUserInput, Conflict, NotFound
 from core.files import ensure_path_free, path_taken, storage_key
-from core.models import File, ResumableUpload, UploadKind
+from core.models import File, JobStatus, ResumableUpload, UploadKind
 from core.paths import file_name, normalize_path
+from core.pipelines import Step
 from core.probe import SAMPLE_BYTES, Sample, probe
 from core.time import utcnow
+from core.tracing import current_traceparent
 from storage.base import AppendInterrupted, Storage
 from storage.errors import PermanentStorageError, StorageError, TooLarge
 
@@ -71,6 +73,11 @@ trips to a thread per 8 MiB PATCH, at most two batches (4 MiB) held meanwhile.""
 
 HASHES_KEPT: Final = 10_000
 """Hash states one process keeps (about 200 bytes each); the oldest go first."""
+
+
+_CANCELLED: Final = (JobStatus.CANCELLED, "The upload was cancelled before it was complete.")
+_EXPIRED: Final = (JobStatus.FAILED, "The upload expired before it was complete.")
+_LOST: Final = (JobStatus.FAILED, "The upload's bytes were lost before it was complete.")
 
 
 class WrongOffset(Conflict):
@@ -99,13 +106,16 @@ class Checksum:
 
 @dataclass(frozen=True)
 class Progress:
-    """Where an upload stands after an append: its offset and expiry, or the file it made
-    (with the upload's metadata, for what the file's arrival starts)."""
+    """Where an upload stands after an append: its offset and expiry, or the file it made."""
 
     offset: int
     expires_at: datetime
     file: File | None = None
-    metadata: str = ""
+
+
+Watch = Callable[[ResumableUpload, AsyncIterable[bytes]], Awaitable[AsyncIterable[bytes]]]
+"""Given the claimed upload and its chunks, the chunks to append: how a transport
+watches the bytes pass (``api.upload_progress``) without reading the row again."""
 
 
 class Hashes:
@@ -161,11 +171,16 @@ async def create(
     max_upload_bytes: int,
     expires_in: timedelta,
     kind: UploadKind = UploadKind.TUS,
+    pipeline: Sequence[Step] | None = None,
+    news: pipelines.News | None = None,
 ) -> ResumableUpload:
     """Check the future file, reserve its ``length`` and open the upload; commits.
 
     Raises ``BAD_USER_INPUT`` (path, length, content type, SHA-256),
     ``CONFLICT`` (path taken) or ``QUOTA_EXCEEDED`` before anything is stored.
+    ``pipeline``: checked steps to start on the file, created now and waiting
+    for it (``ResumableUpload.pipeline_id``, ``core.pipelines``). ``news``:
+    where to tell of the pipelines of the owner's expired uploads this ends.
     """
     path = normalize_path(path)
     length = check_size(length, max_upload_bytes, field="length")
@@ -177,7 +192,7 @@ async def create(
         )
     now = utcnow()
     # The owner's abandoned uploads give their bytes back before new ones are reserved.
-    await expire_uploads(db, storage, now, owner_id)
+    await expire_uploads(db, storage, now, owner_id, news=news)
     await ensure_path_free(db, owner_id, path)
     key = storage_key(owner_id)
     await quota.reserve(db, owner_id, length)
@@ -197,6 +212,11 @@ async def create(
             created_at=now,
             expires_at=now + expires_in,
         )
+        if pipeline is not None:
+            job = pipelines.awaiting(owner_id, pipeline, traceparent=current_traceparent())
+            db.add(job)
+            await db.flush()
+            upload.pipeline_id = job.id
         db.add(upload)
         await db.commit()
     except BaseException:
@@ -373,6 +393,8 @@ async def append(
     checksum: Checksum | None,
     lease: timedelta,
     expires_in: timedelta,
+    news: pipelines.News | None = None,
+    watch: Watch | None = None,
 ) -> Progress:
     """Append ``chunks`` at ``offset``; the append that brings the last byte makes the file.
 
@@ -385,6 +407,13 @@ async def append(
     that is not the declared SHA-256: both end the upload).
     """
     upload = await claim(db, owner_id, upload_id, offset, lease)
+    if watch is not None:
+        try:
+            chunks = await watch(upload, chunks)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await release(db, upload.id, offset)
+            raise
     start = hashes.take(upload.id, offset)
     passing = _Passing(db, upload, None if start is None else start.copy(), checksum, lease)
     interrupted: BaseException | None = None
@@ -409,7 +438,7 @@ async def append(
         # this upload cannot go on.
         with anyio.CancelScope(shield=True):
             await release(db, upload.id, offset)
-            await _end(db, storage, hashes, upload.id, expired_before=None)
+            await _end(db, storage, hashes, upload.id, expired_before=None, why=_LOST, news=news)
         raise UploadExpired("This upload's bytes were lost; start it again.") from None
     except BaseException:
         with anyio.CancelScope(shield=True):
@@ -417,9 +446,8 @@ async def append(
         raise
     sha256 = passing.sha256 if size == offset + passing.received else None
     if size == upload.length:
-        metadata = upload.upload_metadata
-        file = await _finish(db, storage, hashes, upload, sha256)
-        return Progress(size, upload.expires_at, file, metadata)
+        made = await _finish(db, storage, hashes, upload, sha256, news)
+        return Progress(size, upload.expires_at, made)
     expires_at = utcnow() + expires_in
     with anyio.CancelScope(shield=True):
         if await release(db, upload.id, offset, offset=size, expires_at=expires_at):
@@ -450,10 +478,18 @@ class _Ending:
     length: int
     offset: int
     storage_key: str
+    pipeline_id: uuid.UUID | None
 
     @classmethod
     def of(cls, upload: ResumableUpload) -> _Ending:
-        return cls(upload.id, upload.owner_id, upload.length, upload.offset, upload.storage_key)
+        return cls(
+            upload.id,
+            upload.owner_id,
+            upload.length,
+            upload.offset,
+            upload.storage_key,
+            upload.pipeline_id,
+        )
 
 
 async def _finish(
@@ -462,6 +498,7 @@ async def _finish(
     hashes: Hashes,
     upload: ResumableUpload,
     sha256: Any | None,
+    news: pipelines.News | None,
 ) -> File:
     """Make the appended object visible and turn the upload into its file, in one commit."""
     hashes.forget(upload.id)
@@ -471,18 +508,25 @@ async def _finish(
         with anyio.CancelScope(shield=True):
             await release(db, upload.id, upload.offset)
         raise
-    return await make_file(db, storage, upload, sha256)
+    return await make_file(db, storage, upload, sha256, news=news)
 
 
 async def make_file(
-    db: AsyncSession, storage: Storage, upload: ResumableUpload, sha256: Any | None
+    db: AsyncSession,
+    storage: Storage,
+    upload: ResumableUpload,
+    sha256: Any | None,
+    *,
+    news: pipelines.News | None = None,
 ) -> File:
-    """Turn a leased upload whose object is now visible into its file, in one commit.
+    """Turn a leased upload whose object is now visible into its file, in one commit
+    (with its pipeline's input: ``core.pipelines.attach_file``).
 
     The head is sniffed and the headers probed (``core.probe``); the SHA-256
     is ``sha256``'s, or read back from the object when None. A SHA-256 other
-    than the one declared, or a path taken meanwhile, ends the upload (bytes
-    and reservation); any other failure gives the lease back.
+    than the one declared, or a path taken meanwhile, ends the upload (bytes,
+    reservation and pipeline, told to ``news``); any other failure gives the
+    lease back.
     """
     ending = _Ending.of(upload)
     key, length = upload.storage_key, upload.length
@@ -509,13 +553,13 @@ async def make_file(
             await release(db, upload.id, upload.offset)
         raise
     if upload.sha256 is not None and digest != upload.sha256:
-        with anyio.CancelScope(shield=True):
-            await _discard(db, storage, ending)
-        raise ChecksumMismatch(
+        message = (
             f"The file's SHA-256 is {digest}, not the {upload.sha256} declared; "
-            "the upload was discarded.",
-            field="sha256",
+            "the upload was discarded."
         )
+        with anyio.CancelScope(shield=True):
+            await _discard(db, storage, ending, message, news)
+        raise ChecksumMismatch(message, field="sha256")
     path = upload.path
     file = File(
         owner_id=upload.owner_id,
@@ -538,17 +582,21 @@ async def make_file(
             )
         )
         db.add(file)
+        if ending.pipeline_id is not None:
+            await db.flush()  # the file first: the pipeline's input names it
+            await pipelines.attach_file(db, ending.pipeline_id, file)
         await webhooks.queue_file_created(db, file)
         await db.commit()
     except IntegrityError:
         await db.rollback()
+        taken = path_taken(path)
         with anyio.CancelScope(shield=True):
-            await _discard(db, storage, ending)
-        raise path_taken(path) from None
+            await _discard(db, storage, ending, taken.message, news)
+        raise taken from None
     except BaseException:
         with anyio.CancelScope(shield=True):
             await db.rollback()
-            await _discard(db, storage, ending)
+            await _discard(db, storage, ending, "The upload could not be completed.", news)
         raise
     await db.refresh(file)
     return file
@@ -558,16 +606,27 @@ async def _read(storage: Storage, key: str, start: int, end: int) -> bytes:
     return b"".join([chunk async for chunk in storage.open(key, start, end)])
 
 
-async def _discard(db: AsyncSession, storage: Storage, ending: _Ending) -> None:
-    """End a finished-but-refused upload: its row and reservation, then its object."""
+async def _discard(
+    db: AsyncSession,
+    storage: Storage,
+    ending: _Ending,
+    reason: str,
+    news: pipelines.News | None,
+) -> None:
+    """End a finished-but-refused upload: its row, reservation and pipeline (failed with
+    ``reason``), then its object."""
     result = await db.exec(
         delete(ResumableUpload).where(
             col(ResumableUpload.id) == ending.id, col(ResumableUpload.offset) == ending.offset
         )
     )
+    ended = None
     if result.rowcount == 1:
         await quota.release(db, ending.owner_id, ending.length)
+        ended = await pipelines.end_awaiting(db, ending.pipeline_id, JobStatus.FAILED, reason)
     await db.commit()
+    if news is not None:
+        await news.ended(ended)
     await storage.delete(ending.storage_key)
 
 
@@ -578,9 +637,12 @@ async def _end(
     upload_id: uuid.UUID,
     *,
     expired_before: datetime | None,
+    why: tuple[JobStatus, str],
+    news: pipelines.News | None,
 ) -> bool:
     """End an unfinished upload nobody is appending to (only an expired one, with
-    ``expired_before``): its bytes, then its row and reservation. ``False`` if busy."""
+    ``expired_before``): its bytes, then its row, reservation and pipeline (ended
+    ``why``: a status and its reason). ``False`` if busy."""
     now = utcnow()
     conditions = [col(ResumableUpload.id) == upload_id, _free_of_leases(now)]
     if expired_before is not None:
@@ -604,9 +666,13 @@ async def _end(
     except StorageError:
         await release(db, upload_id, upload.offset)
         raise
+    pipeline_id = upload.pipeline_id
     await db.exec(delete(ResumableUpload).where(col(ResumableUpload.id) == upload_id))
     await quota.release(db, upload.owner_id, upload.length)
+    ended = await pipelines.end_awaiting(db, pipeline_id, *why)
     await db.commit()
+    if news is not None:
+        await news.ended(ended)
     return True
 
 
@@ -616,8 +682,11 @@ async def terminate(
     hashes: Hashes | None,
     owner_id: uuid.UUID,
     upload_id: uuid.UUID,
+    *,
+    news: pipelines.News | None = None,
 ) -> ResumableUpload:
-    """End ``owner_id``'s unfinished upload: bytes deleted, reservation released.
+    """End ``owner_id``'s unfinished upload: bytes deleted, reservation released, its
+    pipeline cancelled (told to ``news``).
 
     Returns the upload as it was. ``NOT_FOUND`` for anyone else's;
     ``UploadBusy`` while a request is appending to it.
@@ -626,7 +695,9 @@ async def terminate(
     if upload is None or upload.owner_id != owner_id:
         raise NotFound("No such upload.")
     db.expunge(upload)
-    if not await _end(db, storage, hashes, upload_id, expired_before=None):
+    if not await _end(
+        db, storage, hashes, upload_id, expired_before=None, why=_CANCELLED, news=news
+    ):
         if await db.get(ResumableUpload, upload_id, populate_existing=True) is None:
             raise NotFound("No such upload.")
         raise UploadBusy("A request is sending bytes to this upload; try again shortly.")
@@ -634,15 +705,21 @@ async def terminate(
 
 
 async def expire_uploads(
-    db: AsyncSession, storage: Storage, now: datetime, owner_id: uuid.UUID | None = None
+    db: AsyncSession,
+    storage: Storage,
+    now: datetime,
+    owner_id: uuid.UUID | None = None,
+    *,
+    news: pipelines.News | None = None,
 ) -> int:
-    """End every upload (of ``owner_id``, or everyone's) that expired by ``now``; how many."""
+    """End every upload (of ``owner_id``, or everyone's) that expired by ``now``, failing
+    their pipelines (told to ``news``); how many."""
     conditions = [col(ResumableUpload.expires_at) <= now]
     if owner_id is not None:
         conditions.append(col(ResumableUpload.owner_id) == owner_id)
     found = await db.exec(select(col(ResumableUpload.id)).where(*conditions))
     ended = 0
     for upload_id in found.all():
-        if await _end(db, storage, None, upload_id, expired_before=now):
+        if await _end(db, storage, None, upload_id, expired_before=now, why=_EXPIRED, news=news):
             ended += 1
     return ended

@@ -11,20 +11,22 @@ leaves neither bytes nor a row behind.
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import anyio
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import models, quota, webhooks
+from core import models, pipelines, quota, webhooks
 from core.content import Fingerprint
 from core.errors import QuotaExceeded
 from core.files import ensure_path_free, path_taken, storage_key
 from core.paths import file_name, normalize_path
+from core.pipelines import Step
 from core.probe import Sample, probe
 from core.settings import Settings
+from core.tracing import current_traceparent
 from storage.base import Storage
 from storage.errors import TooLarge
 
@@ -109,8 +111,12 @@ async def store_upload(
     produced_by: uuid.UUID | None = None,
     derived_from: uuid.UUID | None = None,
     meta: dict[str, Any] | None = None,
+    pipeline: Sequence[Step] | None = None,
 ) -> models.File:
     """Store ``incoming`` as ``owner_id``'s file at ``path`` (default: its filename).
+
+    ``pipeline``: checked steps to start on the file, queued in the same
+    transaction as its row (``core.pipelines``); the caller advances it.
 
     A job's output names the job (``produced_by``), maybe the file it was made
     from (``derived_from``), and may carry ``meta``;
@@ -156,6 +162,11 @@ async def store_upload(
         try:
             if produced_by is None:  # a job's outputs are told of when it succeeds
                 await webhooks.queue_file_created(db, file)
+            if pipeline is not None:
+                await db.flush()  # the file first: the pipeline's input names it
+                await pipelines.start_for_file(
+                    db, file, pipeline, traceparent=current_traceparent()
+                )
             await db.commit()
         except IntegrityError:
             raise path_taken(path) from None

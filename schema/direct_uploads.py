@@ -9,15 +9,19 @@ from strawberry.scalars import JSON
 
 from core import direct_uploads, metrics
 from core.events import FileCreated, announce
-from core.models import Upload as UploadRow
-from core.pipelines import Step
 from core.ratelimit import Action
 from core.users import require_verified
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
-from schema.nodes import File
+from schema.nodes import File, Job
 from schema.permissions import IsAuthenticated
-from schema.pipelines import UploadPipelineInput, process_upload, upload_steps
+from schema.pipelines import (
+    UploadPipelineInput,
+    announce_waiting,
+    upload_completed,
+    upload_news,
+    upload_steps,
+)
 from schema.ratelimits import count
 from schema.scalars import BigInt
 
@@ -37,8 +41,9 @@ class CreateUploadInput:
     )
     pipeline: UploadPipelineInput | None = strawberry.field(
         default=None,
-        description="A pipeline to start once `completeUpload` made the file "
-        "(`File.processing`); checked now.",
+        description="A pipeline to start once the upload made the file "
+        "(`File.processing`); checked now, and created now (the ticket's `processing`), "
+        "so that its `jobEvents` carry the upload's bytes first.",
     )
 
 
@@ -51,6 +56,11 @@ class UploadTicket:
     method: str
     headers: JSON = strawberry.field(description="Headers to send with the bytes, name to value.")
     expires_at: datetime
+    processing: Job | None = strawberry.field(
+        default=None,
+        description="The pipeline the ticket's `pipeline` created, queued until the file is "
+        "complete: subscribe to its `jobEvents` now for the bytes received, then its steps.",
+    )
 
 
 @strawberry.type
@@ -78,30 +88,37 @@ class DirectUploadMutation:
                 sha256=input.sha256,
                 max_upload_bytes=settings.max_upload_bytes,
                 expires_in=timedelta(minutes=settings.upload_url_minutes),
-                pipeline=[step.to_data() for step in steps] if steps is not None else None,
+                pipeline=steps,
+                news=upload_news(info),
             )
+        await announce_waiting(info, ticket.pipeline, input.size)
         return UploadTicket(
             id=strawberry.ID(encode_id("Upload", ticket.upload.id)),
             url=ticket.request.url,
             method=ticket.request.method,
             headers=JSON(dict(ticket.request.headers)),
             expires_at=ticket.upload.expires_at,
+            processing=Job.from_model(ticket.pipeline) if ticket.pipeline is not None else None,
         )
 
     @strawberry.mutation(
         description="Check the bytes sent for a ticket (size, and SHA-256 when declared) "
-        "and turn them into a file; bytes that do not match are discarded.",
+        "and turn them into a file; bytes that do not match are discarded (and the "
+        "ticket's pipeline fails). The file and its pipeline's start commit together; "
+        "completing a completed ticket again answers the same file (and pipeline).",
         permission_classes=[IsAuthenticated],
     )
     async def complete_upload(self, info: Info, id: strawberry.ID) -> File:
         user = info.context.require_principal().user
         key = decode_id_of("Upload", id)
         async with info.context.db() as db:
-            file = await direct_uploads.complete_ticket(db, info.context.storage, user.id, key)
-            ticket = await db.get(UploadRow, key)
-            pipeline = ticket.pipeline if ticket is not None else None
-        metrics.UPLOAD_BYTES.labels("direct").inc(file.size)
-        await announce(info.context.events, FileCreated.of(file), owner_id=file.owner_id)
-        if pipeline:
-            await process_upload(info, file, [Step.from_data(data) for data in pipeline])
+            file, made = await direct_uploads.complete_ticket(
+                db, info.context.storage, user.id, key, news=upload_news(info)
+            )
+            db.expunge(file)  # kept: a later block's rollback (a raced advance) must not expire it
+        if made:
+            metrics.UPLOAD_BYTES.labels("direct").inc(file.size)
+            await announce(info.context.events, FileCreated.of(file), owner_id=file.owner_id)
+        # Also on a retry: it starts what a completion that died after its commit did not.
+        await upload_completed(info, file)
         return File.from_model(file)

@@ -34,6 +34,13 @@ from schema.context import Info
 from schema.enums import JobStatus
 from schema.ids import decode_id_of, encode_id
 from schema.permissions import IsAuthenticated
+from schema.scalars import BigInt
+
+
+@strawberry.type(description="The bytes of an upload received so far, of all it will have.")
+class UploadProgress:
+    received_bytes: BigInt
+    total_bytes: BigInt
 
 
 @strawberry.type(description="A change in a job: its status, progress and message at that moment.")
@@ -52,6 +59,11 @@ class JobEvent:
         description="In a pipeline's stream, the step whose job this event is of "
         "(`jobId` is that job); null for the pipeline's own events.",
     )
+    upload: UploadProgress | None = strawberry.field(
+        default=None,
+        description="On the stream of a pipeline an upload named: the upload's bytes "
+        "received so far (its first events, before the steps'); null on every other event.",
+    )
 
     @classmethod
     def from_event(cls, cursor: str, event: JobStatusChanged) -> Self:
@@ -64,6 +76,14 @@ class JobEvent:
             at=event.at,
             trace_id=event.trace_id,
             step=event.step,
+            upload=(
+                UploadProgress(
+                    received_bytes=BigInt(event.upload_received),
+                    total_bytes=BigInt(event.upload_total or 0),
+                )
+                if event.upload_received is not None
+                else None
+            ),
         )
 
 

@@ -18,6 +18,7 @@ from core import metrics, multipart_uploads
 from core.downloads import credential_of
 from core.errors import BadUserInput
 from core.events import FileCreated, announce
+from core.models import Job as JobRow
 from core.ratelimit import Action
 from core.time import utcnow
 from core.users import require_verified
@@ -26,6 +27,7 @@ from schema.direct_uploads import CreateUploadInput
 from schema.ids import decode_id_of, encode_id
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
+from schema.pipelines import announce_waiting, upload_completed, upload_news, upload_steps
 from schema.ratelimits import count
 from schema.resumable_uploads import ResumableUpload
 from schema.scalars import BigInt
@@ -131,6 +133,7 @@ class MultipartUploadMutation:
         settings = info.context.settings
         require_verified(settings, user)
         await count(info.context, Action.UPLOAD)
+        steps = await upload_steps(info, input.pipeline, input.content_type)
         async with info.context.db() as db:
             upload = await multipart_uploads.create(
                 db,
@@ -142,7 +145,12 @@ class MultipartUploadMutation:
                 sha256=input.sha256,
                 max_upload_bytes=settings.max_upload_bytes,
                 expires_in=_expiry(info),
+                pipeline=steps,
+                news=upload_news(info),
             )
+            pipeline = await db.get(JobRow, upload.pipeline_id) if upload.pipeline_id else None
+        # Its bytes go straight to S3: the stream hears of none until completion.
+        await announce_waiting(info, pipeline, input.size)
         return MultipartUpload(
             upload=ResumableUpload.from_model(upload),
             upload_id=upload.storage_handle,
@@ -257,7 +265,10 @@ class MultipartUploadMutation:
                 user.id,
                 key,
                 [(part.part_number, part.etag) for part in parts],
+                news=upload_news(info),
             )
+            db.expunge(file)  # kept: a later block's rollback (a raced advance) must not expire it
         metrics.UPLOAD_BYTES.labels("s3-multipart").inc(file.size)
         await announce(info.context.events, FileCreated.of(file), owner_id=file.owner_id)
+        await upload_completed(info, file)
         return File.from_model(file)

@@ -23,7 +23,7 @@ from core.models import PIPELINE
 from core.models import File as FileRow
 from core.models import Job as JobRow
 from core.models import PipelineTemplate as TemplateRow
-from core.pipelines import Step
+from core.pipelines import News, Step
 from core.tracing import current_traceparent
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
@@ -31,7 +31,7 @@ from schema.job_inputs import JobInput, StepInput, file_keys, given, step_reques
 from schema.node import Node
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAuthenticated
-from workers.pipeline import advance, check_steps, requests_of, send, start_on_upload
+from workers.pipeline import advance, check_steps, news, requests_of, send, uploaded
 
 
 @strawberry.type(description="Saved pipeline steps; start them with `startJob(input: {template})`.")
@@ -112,12 +112,22 @@ async def upload_steps(
     return check_steps(requests, inputs, info.context.settings)
 
 
-async def process_upload(info: Info, file: FileRow, steps: list[Step]) -> None:
-    """Start the pipeline of a completed upload, once: its key is the file's."""
+async def upload_completed(info: Info, file: FileRow) -> None:
+    """Start the pipeline a completed upload made with its file, if any (idempotent)."""
     context = info.context
-    await start_on_upload(
-        context.db, context.jobs.send, context.events, context.settings, file, steps
-    )
+    await uploaded(context.db, context.jobs.send, context.events, context.settings, file)
+
+
+def upload_news(info: Info) -> News:
+    """Where an upload's end tells of the pipeline it ended."""
+    return news(info.context.events, info.context.settings)
+
+
+async def announce_waiting(info: Info, pipeline: JobRow | None, total: int) -> None:
+    """The first event of a pipeline created with its upload: no byte received yet."""
+    if pipeline is not None:
+        event = pipelines.upload_progress(pipeline, 0, total)
+        await announce(info.context.events, event, owner_id=pipeline.owner_id)
 
 
 # -- starting, cancelling, retrying --------------------------------------------------

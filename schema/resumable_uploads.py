@@ -19,8 +19,10 @@ from core.time import utcnow
 from schema.context import Info
 from schema.ids import decode_id_of, encode_id
 from schema.node import Node
+from schema.nodes import Job
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAuthenticated
+from schema.pipelines import upload_news
 from schema.scalars import BigInt
 
 
@@ -41,6 +43,19 @@ class ResumableUpload(Node):
         "after the last ones): its bytes are deleted and its reservation released."
     )
 
+    pipeline_id: strawberry.Private[uuid.UUID | None] = None
+
+    @strawberry.field(
+        description="The pipeline the upload named (tus `Upload-Metadata` `template`, or "
+        "`createMultipartUpload`'s `pipeline`), queued until the file is complete: its "
+        "`jobEvents` carry the bytes received, then its steps. Null without one."
+    )
+    async def processing(self, info: Info) -> Job | None:
+        if self.pipeline_id is None:
+            return None
+        found = await info.context.loaders.jobs.load(self.pipeline_id)
+        return Job.from_model(found) if found is not None else None
+
     @classmethod
     def from_model(cls, upload: ResumableUploadRow) -> Self:
         return cls(
@@ -51,6 +66,7 @@ class ResumableUpload(Node):
             length=BigInt(upload.length),
             created_at=upload.created_at,
             expires_at=upload.expires_at,
+            pipeline_id=upload.pipeline_id,
         )
 
 
@@ -82,15 +98,17 @@ class ResumableUploadQuery:
 class ResumableUploadMutation:
     @strawberry.mutation(
         description="End an unfinished resumable upload (as tus's DELETE does): its bytes "
-        "are deleted and its reservation released. Returns its id. CONFLICT while a "
-        "request is sending bytes to it.",
+        "are deleted, its reservation released and its pipeline cancelled. Returns its "
+        "id. CONFLICT while a request is sending bytes to it.",
         permission_classes=[IsAuthenticated],
     )
     async def cancel_upload(self, info: Info, id: strawberry.ID) -> strawberry.ID:
         user = info.context.require_principal().user
         key = decode_id_of("ResumableUpload", id)
         async with info.context.db() as db:
-            await resumable_uploads.terminate(db, info.context.storage, None, user.id, key)
+            await resumable_uploads.terminate(
+                db, info.context.storage, None, user.id, key, news=upload_news(info)
+            )
         return id
 
 

@@ -14,7 +14,7 @@ from core.users import require_verified
 from schema.context import Info
 from schema.nodes import File
 from schema.permissions import IsAuthenticated
-from schema.pipelines import UploadPipelineInput, process_upload, upload_steps
+from schema.pipelines import UploadPipelineInput, upload_completed, upload_steps
 from schema.ratelimits import count
 
 
@@ -26,7 +26,8 @@ class UploadMutation:
         "(default: the file's name). The bytes stream to storage as they arrive; the "
         "content type is sniffed from them. Multipart requests need the header "
         "`x-depot-csrf: 1` (or `Apollo-Require-Preflight: true`). With `pipeline`, "
-        "the pipeline starts on the file once it is stored (`File.processing`).",
+        "the pipeline is queued with the file, in its transaction, and starts at once "
+        "(`File.processing`).",
     )
     async def upload_file(
         self,
@@ -47,11 +48,19 @@ class UploadMutation:
         await count(info.context, Action.UPLOAD)
         steps = await upload_steps(info, pipeline, None)
         async with info.context.db() as db:
+            # The pipeline, if any, is queued in the file's own transaction.
             row = await store_upload(
-                db, info.context.storage, info.context.settings, principal.user.id, path, incoming
+                db,
+                info.context.storage,
+                info.context.settings,
+                principal.user.id,
+                path,
+                incoming,
+                pipeline=steps,
             )
+            db.expunge(row)  # kept: a later block's rollback (a raced advance) must not expire it
         metrics.UPLOAD_BYTES.labels("multipart").inc(row.size)
         await announce(info.context.events, FileCreated.of(row), owner_id=row.owner_id)
         if steps is not None:
-            await process_upload(info, row, steps)
+            await upload_completed(info, row)
         return File.from_model(row)

@@ -8,6 +8,7 @@ elsewhere.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 from contextlib import AsyncExitStack
@@ -19,7 +20,11 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import serve_app
+from core.db import create_engine, create_sessionmaker
+from core.direct_uploads import complete_ticket
+from schema.ids import decode_id_of
+from storage import open_storage
+from tests.conftest import make_settings, serve_app
 from tests.processes import depot_scheduler, depot_worker, in_background
 from tests.support import (
     CSRF_HEADER,
@@ -36,7 +41,7 @@ from tests.support import (
     try_start_job,
     upload_file,
 )
-from tests.test_direct_uploads import create_upload, put_bytes, try_create_upload
+from tests.test_direct_uploads import put_bytes, try_create_upload
 from tests.test_jobs_faults import ENTRIES, MADE_BEFORE_KILL, fault_settings, private_redis
 from tests.test_tus import create as tus_create
 from tests.test_tus import patch as tus_patch
@@ -538,25 +543,65 @@ UPLOAD_WITH_PIPELINE = (
     "{ uploadFile(file: $file, path: $path, pipeline: $pipeline) "
     "{ id processing { id status } } }"
 )
+CREATE_WITH_PIPELINE = (
+    "mutation T($input: CreateUploadInput!) "
+    "{ createUpload(input: $input) { id url method headers processing { id status message } } }"
+)
 COMPLETE_WITH_PIPELINE = (
     "mutation C($id: ID!) { completeUpload(id: $id) { id processing { id status } } }"
 )
+UPLOAD_EVENTS = (
+    "subscription Events($id: ID!, $after: String) { jobEvents(jobId: $id, after: $after) "
+    "{ cursor jobId step status upload { receivedBytes totalBytes } } }"
+)
+PIPELINE_COUNT = "{ jobs(filter: {kind: PIPELINE}) { totalCount } }"
+WEBP = [step("webp", {"convert": {"format": "WEBP"}})]
+
+
+async def pipelines_of(client: httpx.AsyncClient, headers: dict[str, str]) -> int:
+    body = await graphql(client, PIPELINE_COUNT, headers=headers)
+    count: int = body["data"]["jobs"]["totalCount"]
+    return count
+
+
+async def ticket_with_pipeline(
+    client: httpx.AsyncClient, headers: dict[str, str], path: str, data: bytes, **extra: str
+) -> dict[str, Any]:
+    fields = {"path": path, "size": len(data), "contentType": "image/png", **extra}
+    body = await graphql(
+        client,
+        CREATE_WITH_PIPELINE,
+        {"input": {**fields, "pipeline": {"steps": WEBP}}},
+        headers=headers,
+    )
+    assert "errors" not in body, body
+    ticket: dict[str, Any] = body["data"]["createUpload"]
+    return ticket
+
+
+def uploading(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The upload's progress events, as (received, total)."""
+    return [
+        (int(e["upload"]["receivedBytes"]), int(e["upload"]["totalBytes"]))
+        for e in events
+        if e["upload"] is not None
+    ]
 
 
 async def test_an_upload_starts_its_pipeline_once_the_file_is_complete(
     jobs_client: httpx.AsyncClient,
 ) -> None:
-    _, headers = await signed_in(jobs_client)
-    steps = [step("webp", {"convert": {"format": "WEBP"}})]
-    # Multipart: the pipeline is checked before any byte is stored, then starts on the file.
+    token, headers = await signed_in(jobs_client)
+    # Multipart: the pipeline is checked before any byte is stored, then queued with the file.
     operations = {
         "query": UPLOAD_WITH_PIPELINE,
-        "variables": {"file": None, "path": "cat.png", "pipeline": {"steps": steps}},
+        "variables": {"file": None, "path": "cat.png", "pipeline": {"steps": WEBP}},
     }
+    data = png()
     response = await jobs_client.post(
         "/graphql",
         data={"operations": json.dumps(operations), "map": json.dumps({"0": ["variables.file"]})},
-        files={"0": ("cat.png", png(), "image/png")},
+        files={"0": ("cat.png", data, "image/png")},
         headers={**CSRF_HEADER, **headers},
     )
     body = response.json()
@@ -566,55 +611,131 @@ async def test_an_upload_starts_its_pipeline_once_the_file_is_complete(
     done = await wait(jobs_client, headers, uploaded["processing"]["id"])
     assert done["status"] == "SUCCEEDED", done
     assert [i["id"] for i in done["inputs"]] == [uploaded["id"]]
+    async with subscriber(jobs_client, token) as ws:
+        events = await collect_job_events(
+            ws, "1", uploaded["processing"]["id"], query=UPLOAD_EVENTS
+        )
+    # Its stream starts with the upload, complete (the bytes came in this one request).
+    assert events[0]["upload"] == {"receivedBytes": len(data), "totalBytes": len(data)}
+    assert events[-1]["status"] == "SUCCEEDED"
 
-    # A direct upload: checked at createUpload against the declared type, started once.
+    # A direct upload: checked at createUpload against the declared type.
     bad = await try_create_upload(
         jobs_client,
         headers,
         path="notes.txt",
         size=6,
         contentType="text/plain",
-        pipeline={"steps": steps},
+        pipeline={"steps": WEBP},
     )
     assert_error(bad, "BAD_USER_INPUT", field="steps.webp.use")
+    assert await pipelines_of(jobs_client, headers) == 1
+
+
+async def test_a_direct_uploads_pipeline_streams_its_bytes_then_its_steps_once(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    token, headers = await signed_in(jobs_client)
     data = png(colour=(0, 90, 0))
-    ticket = await create_upload(
-        jobs_client,
-        headers,
-        path="dog.png",
-        size=len(data),
-        contentType="image/png",
-        pipeline={"steps": steps},
-    )
-    assert (await put_bytes(jobs_client, ticket, data)).is_success
-    body = await graphql(jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers)
-    assert "errors" not in body, body
-    completed = body["data"]["completeUpload"]
-    # Completing again changes nothing: still one file, one pipeline.
+    ticket = await ticket_with_pipeline(jobs_client, headers, "dog.png", data)
+    # The pipeline exists from the ticket on, waiting for its file.
+    processing = ticket["processing"]
+    assert processing["status"] == "QUEUED", ticket
+    async with subscriber(jobs_client, token) as ws:
+        await subscribe(ws, "1", UPLOAD_EVENTS, {"id": processing["id"], "after": None})
+        first = await next_message(ws)
+        assert first["payload"]["data"]["jobEvents"]["upload"] == {
+            "receivedBytes": 0,
+            "totalBytes": len(data),
+        }, first
+        assert (await put_bytes(jobs_client, ticket, data)).is_success
+        body = await graphql(
+            jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers
+        )
+        assert "errors" not in body, body
+        completed = body["data"]["completeUpload"]
+        assert completed["processing"]["id"] == processing["id"]
+        events = [first["payload"]["data"]["jobEvents"]]
+        while events[-1]["status"] not in FINAL_STATUSES or events[-1]["step"] is not None:
+            message = await next_message(ws)
+            assert message["type"] == "next", message
+            events.append(message["payload"]["data"]["jobEvents"])
+    progress = uploading(events)
+    assert progress[0] == (0, len(data)), progress
+    assert progress[-1] == (len(data), len(data)), progress
+    assert [received for received, _ in progress] == sorted(received for received, _ in progress)
+    # Then the steps, then the pipeline's final status; no byte event after a step's.
+    last_upload = max(i for i, e in enumerate(events) if e["upload"] is not None)
+    assert all(e["step"] is None for e in events[: last_upload + 1])
+    assert {e["step"] for e in events[last_upload + 1 :]} == {"webp", None}
+    assert events[-1]["status"] == "SUCCEEDED"
+    assert events[-1]["jobId"] == processing["id"]
+
+    # A retried completion answers the same file and the same pipeline: no error, no second.
     again = await graphql(
         jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers
     )
-    assert_error(again, "CONFLICT")
-    done = await wait(jobs_client, headers, completed["processing"]["id"])
-    assert done["status"] == "SUCCEEDED", done
-    assert [i["id"] for i in done["inputs"]] == [completed["id"]]
-    listed = await graphql(
-        jobs_client, "{ jobs(filter: {kind: PIPELINE}) { totalCount } }", headers=headers
-    )
-    assert listed["data"]["jobs"]["totalCount"] == 2, listed
+    assert "errors" not in again, again
+    assert again["data"]["completeUpload"]["id"] == completed["id"]
+    assert again["data"]["completeUpload"]["processing"] == {
+        "id": processing["id"],
+        "status": "SUCCEEDED",
+    }
+    assert await pipelines_of(jobs_client, headers) == 1
 
 
-FILE_PROCESSING = "query F($id: ID!) { node(id: $id) { ... on File { processing { id } } } }"
-
-
-async def test_a_tus_upload_naming_a_template_starts_it_once_complete(
+async def test_racing_completions_make_one_file_and_one_pipeline(
     jobs_client: httpx.AsyncClient,
 ) -> None:
     _, headers = await signed_in(jobs_client)
+    data = png(colour=(9, 9, 200))
+    ticket = await ticket_with_pipeline(jobs_client, headers, "race.png", data)
+    assert (await put_bytes(jobs_client, ticket, data)).is_success
+    answers: list[dict[str, Any]] = []
+
+    async def complete() -> None:
+        answers.append(
+            await graphql(
+                jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers
+            )
+        )
+
+    async with anyio.create_task_group() as group:
+        for _ in range(3):
+            group.start_soon(complete)
+    assert all("errors" not in answer for answer in answers), answers
+    files = {answer["data"]["completeUpload"]["id"] for answer in answers}
+    processing = {answer["data"]["completeUpload"]["processing"]["id"] for answer in answers}
+    assert len(files) == 1, answers
+    assert processing == {ticket["processing"]["id"]}, answers
+    done = await wait(jobs_client, headers, ticket["processing"]["id"])
+    assert done["status"] == "SUCCEEDED", done
+    assert [i["id"] for i in done["inputs"]] == list(files)
+    assert await pipelines_of(jobs_client, headers) == 1
+
+
+FILE_PROCESSING = "query F($id: ID!) { node(id: $id) { ... on File { processing { id } } } }"
+UPLOADS = "{ uploads { edges { node { id offset processing { id status } } } } }"
+CANCEL_UPLOAD = "mutation X($id: ID!) { cancelUpload(id: $id) }"
+
+
+async def tus_with_template(
+    client: httpx.AsyncClient, headers: dict[str, str], template_id: str, data: bytes, name: str
+) -> tuple[str, str]:
+    """A tus upload naming the template: its URL's path and its pipeline's id."""
+    response = await tus_create(client, headers, len(data), filename=name, template=template_id)
+    assert response.status_code == 201, response.text
+    return httpx.URL(response.headers["location"]).path, response.headers["depot-processing"]
+
+
+async def test_a_tus_upload_naming_a_template_streams_its_bytes_then_its_steps(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    token, headers = await signed_in(jobs_client)
     body = await graphql(
         jobs_client,
         CREATE_TEMPLATE,
-        {"input": {"name": "web", "steps": [step("webp", {"convert": {"format": "WEBP"}})]}},
+        {"input": {"name": "web", "steps": WEBP}},
         headers=headers,
     )
     template = body["data"]["createPipelineTemplate"]
@@ -628,19 +749,107 @@ async def test_a_tus_upload_naming_a_template_starts_it_once_complete(
     )
     assert refused.status_code == 400, refused.text
     data = png()
-    url = httpx.URL(
-        (
-            await tus_create(
-                jobs_client, headers, len(data), filename="cat.png", template=template["id"]
-            )
-        ).headers["location"]
-    ).path
+    url, pipeline_id = await tus_with_template(jobs_client, headers, template["id"], data, "c.png")
+    listed = await graphql(jobs_client, UPLOADS, headers=headers)
+    [upload] = [e["node"] for e in listed["data"]["uploads"]["edges"]]
+    assert upload["processing"] == {"id": pipeline_id, "status": "QUEUED"}
     half = len(data) // 2
-    assert (await tus_patch(jobs_client, headers, url, 0, data[:half])).status_code == 204
-    assert (await tus_patch(jobs_client, headers, url, half, data[half:])).status_code == 204
+    async with subscriber(jobs_client, token) as ws:
+        await subscribe(ws, "1", UPLOAD_EVENTS, {"id": pipeline_id, "after": None})
+        first = await next_message(ws)
+        assert first["payload"]["data"]["jobEvents"]["upload"]["receivedBytes"] == 0
+        assert (await tus_patch(jobs_client, headers, url, 0, data[:half])).status_code == 204
+        assert (await tus_patch(jobs_client, headers, url, half, data[half:])).status_code == 204
+    async with subscriber(jobs_client, token) as ws:
+        events = await collect_job_events(ws, "1", pipeline_id, query=UPLOAD_EVENTS)
+    assert uploading(events) == [(0, len(data)), (half, len(data)), (len(data), len(data))]
+    assert events[-1]["status"] == "SUCCEEDED"
+    assert events[-1]["jobId"] == pipeline_id
     files = await graphql(jobs_client, "{ files { edges { node { id path } } } }", headers=headers)
-    [file] = [e["node"] for e in files["data"]["files"]["edges"]]
+    [file] = [e["node"] for e in files["data"]["files"]["edges"] if e["node"]["path"] == "c.png"]
     found = await graphql(jobs_client, FILE_PROCESSING, {"id": file["id"]}, headers=headers)
-    done = await wait(jobs_client, headers, found["data"]["node"]["processing"]["id"])
-    assert done["status"] == "SUCCEEDED", done
+    assert found["data"]["node"]["processing"]["id"] == pipeline_id
+    done = await get(jobs_client, headers, pipeline_id)
     assert [i["id"] for i in done["inputs"]] == [file["id"]]
+
+    # Cancelling an upload ends its pipeline, and its subscribers hear it.
+    url, pipeline_id = await tus_with_template(jobs_client, headers, template["id"], data, "d.png")
+    assert (await tus_patch(jobs_client, headers, url, 0, data[:half])).status_code == 204
+    async with subscriber(jobs_client, token) as ws:
+        await subscribe(ws, "1", UPLOAD_EVENTS, {"id": pipeline_id, "after": None})
+        assert (await next_message(ws))["type"] == "next"
+        listed = await graphql(jobs_client, UPLOADS, headers=headers)
+        [upload] = [e["node"] for e in listed["data"]["uploads"]["edges"]]
+        body = await graphql(jobs_client, CANCEL_UPLOAD, {"id": upload["id"]}, headers=headers)
+        assert "errors" not in body, body
+        while True:
+            message = await next_message(ws)
+            if message["type"] == "complete":
+                break
+            last = message["payload"]["data"]["jobEvents"]
+    assert last["status"] == "CANCELLED"
+    assert last["jobId"] == pipeline_id
+    cancelled = await get(jobs_client, headers, pipeline_id)
+    assert cancelled["status"] == "CANCELLED", cancelled
+    assert {s["status"] for s in cancelled["steps"]} == {"SKIPPED"}
+
+
+async def test_an_upload_refused_at_completion_fails_its_pipeline(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    data = png(colour=(1, 2, 3))
+    ticket = await ticket_with_pipeline(
+        jobs_client, headers, "bad.png", data, sha256=hashlib.sha256(b"other").hexdigest()
+    )
+    assert (await put_bytes(jobs_client, ticket, data)).is_success
+    refused = await graphql(
+        jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers
+    )
+    assert_error(refused, "BAD_USER_INPUT", field="id")
+    failed = await get(jobs_client, headers, ticket["processing"]["id"])
+    assert failed["status"] == "FAILED", failed
+    assert "SHA-256" in failed["error"]
+    again = await graphql(
+        jobs_client, COMPLETE_WITH_PIPELINE, {"id": ticket["id"]}, headers=headers
+    )
+    assert_error(again, "CONFLICT")
+
+
+async def test_a_completion_that_died_after_its_commit_is_started_by_maintenance(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url=database_url,
+        storage_url=(tmp_path / "storage").as_uri(),
+        maintenance_interval_seconds=0.2,
+        job_resend_after_seconds=0.5,
+        graphql_max_cost=200_000,
+    )
+    async with serve_app(settings) as client:
+        _, headers = await signed_in(client)
+        data = png(colour=(50, 50, 50))
+        ticket = await ticket_with_pipeline(client, headers, "late.png", data)
+        assert (await put_bytes(client, ticket, data)).is_success
+        me = await graphql(client, "{ me { id } }", headers=headers)
+        # The request's commit, and nothing after it: the process died before advancing.
+        engine = create_engine(settings)
+        storage = open_storage(settings.storage_url)
+        try:
+            async with create_sessionmaker(engine)() as db:
+                _, made = await complete_ticket(
+                    db,
+                    storage,
+                    decode_id_of("User", me["data"]["me"]["id"]),
+                    decode_id_of("Upload", ticket["id"]),
+                )
+        finally:
+            await storage.aclose()
+            await engine.dispose()
+        assert made
+        queued = await get(client, headers, ticket["processing"]["id"])
+        assert queued["status"] == "QUEUED", queued
+        assert [i["path"] for i in queued["inputs"]] == ["late.png"]
+        done = await wait(client, headers, ticket["processing"]["id"])
+        assert done["status"] == "SUCCEEDED", done

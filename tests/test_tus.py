@@ -23,6 +23,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import create_sessionmaker
+from core.eventlog import MemoryEventLog
 from core.models import ResumableUpload
 from core.settings import Settings
 from core.time import utcnow
@@ -447,7 +448,9 @@ async def test_expired_uploads_are_gone_and_maintenance_gives_their_bytes_back(
     assert await used_bytes(client, ada) == 100  # until maintenance ends it
     storage = open_storage(settings.storage_url)
     try:
-        ended = await expire_resumable_uploads(create_sessionmaker(engine), storage, utcnow())
+        ended = await expire_resumable_uploads(
+            create_sessionmaker(engine), storage, MemoryEventLog(), settings, utcnow()
+        )
     finally:
         await storage.aclose()
     assert ended == 1

@@ -82,7 +82,11 @@ async def purge_trash(
 
 
 async def expire_tickets(
-    sessionmaker: SessionMaker, storage: Storage, settings: Settings, now: datetime
+    sessionmaker: SessionMaker,
+    storage: Storage,
+    events: EventLog,
+    settings: Settings,
+    now: datetime,
 ) -> int:
     """End the upload tickets that expired unused, and forget the long-ended ones.
 
@@ -93,7 +97,9 @@ async def expire_tickets(
     rows removed.
     """
     async with sessionmaker() as db:
-        ended = await direct_uploads.expire_tickets(db, storage, now)
+        ended = await direct_uploads.expire_tickets(
+            db, storage, now, news=pipelines.News(events, settings.job_events_retention_seconds)
+        )
     removed = await _sweep_ended_tickets(
         sessionmaker, storage, now - timedelta(minutes=settings.upload_url_minutes), now
     )
@@ -129,12 +135,18 @@ async def _sweep_ended_tickets(
 
 
 async def expire_resumable_uploads(
-    sessionmaker: SessionMaker, storage: Storage, now: datetime
+    sessionmaker: SessionMaker,
+    storage: Storage,
+    events: EventLog,
+    settings: Settings,
+    now: datetime,
 ) -> int:
     """End the resumable (tus) uploads that expired unfinished: bytes deleted, reservations
-    released. One a request is still appending to waits for the next run. Returns how many."""
+    released, pipelines failed. One a request is still appending to waits for the next
+    run. Returns how many."""
+    news = pipelines.News(events, settings.job_events_retention_seconds)
     async with sessionmaker() as db:
-        ended = await resumable_uploads.expire_uploads(db, storage, now)
+        ended = await resumable_uploads.expire_uploads(db, storage, now, news=news)
     if ended:
         logger.info("resumable uploads expired", ended=ended)
     return ended
@@ -293,8 +305,10 @@ async def run_all(
     now = now or utcnow()
     tasks: dict[str, Callable[[], Awaitable[int]]] = {
         "purge_trash": lambda: purge_trash(sessionmaker, storage, events, settings, now),
-        "expire_tickets": lambda: expire_tickets(sessionmaker, storage, settings, now),
-        "expire_resumable_uploads": lambda: expire_resumable_uploads(sessionmaker, storage, now),
+        "expire_tickets": lambda: expire_tickets(sessionmaker, storage, events, settings, now),
+        "expire_resumable_uploads": lambda: expire_resumable_uploads(
+            sessionmaker, storage, events, settings, now
+        ),
         "resend_stuck_jobs": lambda: resend_stuck_jobs(sessionmaker, send, settings, now),
         "advance_pipelines": lambda: advance_pipelines(sessionmaker, send, events, settings, now),
         "prune_events": lambda: prune_events(events),

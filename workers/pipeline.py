@@ -31,10 +31,9 @@ from core import jobs, pipelines
 from core.errors import BadUserInput
 from core.eventlog import EventLog
 from core.events import JobProgressed, JobStatusChanged, announce
-from core.models import PIPELINE, File, JobStatus
+from core.models import File, JobStatus
 from core.pipelines import INPUT, Step
 from core.settings import Settings
-from core.tracing import current_traceparent
 from workers.kind import Kind
 from workers.params import FileId, declared, dump, optional_of, typed
 from workers.registry import KINDS
@@ -233,27 +232,30 @@ async def advance(
         await advance(sessions, broker, events, settings, pipeline_id)
 
 
-async def start_on_upload(
-    sessions: Sessions,
-    broker: Send,
-    events: EventLog,
-    settings: Settings,
-    file: File,
-    steps: Sequence[Step],
+async def uploaded(
+    sessions: Sessions, broker: Send, events: EventLog, settings: Settings, file: File
 ) -> None:
-    """Start the pipeline of a completed upload, once: its idempotency key is the file's."""
+    """An upload made ``file`` (or its completion was retried): the pipeline it names, if
+    any, hears the last bytes arrive and starts.
+
+    The pipeline was queued with the file, in its transaction; this is the
+    first advance, and it is idempotent, so a retried completion starts
+    whatever a first one that died after its commit did not (as maintenance
+    would, later).
+    """
     async with sessions() as db:
-        job, _ = await jobs.create_job(
-            db,
-            file.owner_id,
-            PIPELINE,
-            {"steps": [step.to_data() for step in steps]},
-            [file.id],
-            max_attempts=1,
-            idempotency_key=pipelines.upload_key(file.id),
-            traceparent=current_traceparent(),
-        )
-    await advance(sessions, broker, events, settings, job.id)
+        pipeline = await pipelines.of_file(db, file)
+    if pipeline is None:
+        return
+    if pipeline.status is JobStatus.QUEUED:
+        done = pipelines.upload_progress(pipeline, file.size, file.size)
+        await announce(events, done, owner_id=pipeline.owner_id)
+    await advance(sessions, broker, events, settings, pipeline.id)
+
+
+def news(events: EventLog, settings: Settings) -> pipelines.News:
+    """Where the upload functions tell of the pipelines an upload's end ended."""
+    return pipelines.News(events, settings.job_events_retention_seconds)
 
 
 async def send(sessions: Sessions, broker: Send, job_id: uuid.UUID, kind: str) -> bool:
