@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import anyio
 import httpx
 import pytest
 
@@ -20,6 +21,7 @@ from core.settings import Settings
 from schema.ids import decode_id_of
 from tests.conftest import make_settings, serve_app
 from tests.support import (
+    JOB_TIMEOUT_S,
     assert_error,
     bearer,
     graphql,
@@ -324,3 +326,37 @@ async def test_uppy_sign_request_is_the_callers_own_upload_only(
     assert await used_bytes(client, ada) == 0
     assert (await ok(client, ada, UPLOADS))["edges"] == []
     assert leftover_objects(settings) == []
+
+
+CREATE_WITH_PIPELINE = """mutation Create($input: CreateUploadInput!) {
+  createMultipartUpload(input: $input) { upload { id processing { id status message } } }
+}"""
+COMPLETE_PROCESSING = """mutation Complete($id: ID!, $parts: [UploadPartInput!]!) {
+  completeMultipartUpload(id: $id, parts: $parts) { id processing { id } }
+}"""
+PIPELINE = "query P($id: ID!) { job(id: $id) { status inputs { id } } }"
+
+
+async def test_a_multipart_uploads_pipeline_waits_for_its_file_then_runs(
+    client: httpx.AsyncClient, ada: dict[str, str]
+) -> None:
+    steps = [{"name": "check", "run": {"verify": {}}}]
+    created = await ok(
+        client,
+        ada,
+        CREATE_WITH_PIPELINE,
+        input={"path": "big/checked.bin", "size": len(DATA), "pipeline": {"steps": steps}},
+    )
+    processing = created["upload"]["processing"]
+    assert processing["status"] == "QUEUED", created
+    assert processing["message"] == "Waiting for the upload."
+    parts = await send_parts(client, ada, created["upload"]["id"])
+    file = await ok(client, ada, COMPLETE_PROCESSING, id=created["upload"]["id"], parts=parts)
+    assert file["processing"] == {"id": processing["id"]}
+    with anyio.fail_after(JOB_TIMEOUT_S):
+        while True:
+            job = await ok(client, ada, PIPELINE, id=processing["id"])
+            if job["status"] not in ("QUEUED", "RUNNING"):
+                break
+            await anyio.sleep(0.05)
+    assert job == {"status": "SUCCEEDED", "inputs": [{"id": file["id"]}]}
