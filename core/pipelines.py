@@ -532,6 +532,8 @@ async def retry(
         raise Conflict(
             f"Only a failed or cancelled job can be retried; this one is {pipeline.status}."
         )
+    if not await _inputs(db, pipeline.id):
+        raise Conflict("This pipeline's upload ended without a file: upload it again.")
     by_name = {step.name: step for step in steps_of(pipeline)}
     retried = []
     for child in await children_of(db, [pipeline.id]):

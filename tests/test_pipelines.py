@@ -792,6 +792,9 @@ async def test_a_tus_upload_naming_a_template_streams_its_bytes_then_its_steps(
     cancelled = await get(jobs_client, headers, pipeline_id)
     assert cancelled["status"] == "CANCELLED", cancelled
     assert {s["status"] for s in cancelled["steps"]} == {"SKIPPED"}
+    # With no file it has nothing to run again.
+    retried = await graphql(jobs_client, RETRY, {"id": pipeline_id}, headers=headers)
+    assert_error(retried, "CONFLICT")
 
 
 async def test_an_upload_refused_at_completion_fails_its_pipeline(
