@@ -42,6 +42,7 @@ from core.models import UploadKind
 from core.multipart_uploads import METHODS, Operation
 from core.time import utcnow
 from storage.errors import StorageError
+from workers.pipeline import news, uploaded
 
 MAX_COMPLETE_BYTES: Final = 2 * 1024 * 1024
 """The longest CompleteMultipartUpload body: 10,000 parts of about 100 bytes each."""
@@ -158,16 +159,32 @@ async def _answer(
                 "</ListPartsResult>",
             )
         if operation is Operation.ABORT:
-            await resumable_uploads.terminate(db, state.storage, None, owner_id, upload_id)
+            await resumable_uploads.terminate(
+                db,
+                state.storage,
+                None,
+                owner_id,
+                upload_id,
+                news=news(state.events, state.settings),
+            )
             return _xml(204)
         silence_s = state.settings.body_timeout_seconds
         body = b"".join(
             [c async for c in body_chunks(request, silence_s=silence_s, limit=MAX_COMPLETE_BYTES)]
         )
         parts = parse_parts(body.decode("utf-8", "replace"))
-        file = await multipart_uploads.complete(db, state.storage, owner_id, upload_id, parts)
+        file = await multipart_uploads.complete(
+            db,
+            state.storage,
+            owner_id,
+            upload_id,
+            parts,
+            news=news(state.events, state.settings),
+        )
     metrics.UPLOAD_BYTES.labels("s3-multipart").inc(file.size)
     await announce(state.events, FileCreated.of(file), owner_id=file.owner_id)
+    # Its pipeline, if its creation named one, was queued with the file: start it.
+    await uploaded(state.sessionmaker, state.jobs.send, state.events, state.settings, file)
     # Where the file is now, as S3 says where the object is: its download link; its key, the
     # File's id (the page's `node(id:)`).
     location = state.links.for_request(request).download(

@@ -184,6 +184,7 @@ class MultipartUploadMutation:
                 settings = info.context.settings
                 require_verified(settings, user)
                 await count(info.context, Action.UPLOAD)
+                steps = await upload_steps(info, file.pipeline, file.content_type)
                 upload = await multipart_uploads.create(
                     db,
                     storage,
@@ -194,8 +195,13 @@ class MultipartUploadMutation:
                     sha256=file.sha256,
                     max_upload_bytes=settings.max_upload_bytes,
                     expires_in=_expiry(info),
+                    pipeline=steps,
+                    news=upload_news(info),
                 )
                 key = upload.id
+                if upload.pipeline_id is not None:
+                    pipeline = await db.get(JobRow, upload.pipeline_id)
+                    await announce_waiting(info, pipeline, file.size)
             else:
                 key = decode_id_of("ResumableUpload", request.key, field="key")
                 assert request.upload_id is not None  # as operation() saw
