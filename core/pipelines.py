@@ -379,6 +379,9 @@ async def _update(db: AsyncSession, pipeline: Job, found: list[StepState]) -> Jo
         .returning(Job)
     )
     changed = result.scalars().first()
+    if changed is not None and changed.status.is_final:
+        # In the same transaction, as any job's end: its webhooks commit with it.
+        await webhooks.queue_job_finished(db, changed)
     await db.commit()
     if changed is not None and changed.status.is_final:
         metrics.JOBS_FINISHED.labels(PIPELINE, changed.status.value).inc()

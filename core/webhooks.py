@@ -206,7 +206,7 @@ def _job_data(job: Job) -> dict[str, Any]:
     return {
         "job": {
             "id": encode_id("Job", job.id),
-            "kind": job.kind,
+            "kind": job.kind.upper(),  # the API's JobKind, as status is its JobStatus
             "status": job.status.name,
             "message": job.message,
             "error": job.error,

@@ -407,6 +407,31 @@ async def test_cancelled_jobs_are_delivered_whoever_cancels_them(
     assert {verified(secret, r)["type"] for r in requests} == {"JOB_CANCELLED"}
 
 
+@pytest.mark.settings(**FAST)
+async def test_a_pipeline_is_delivered_when_it_ends_as_its_steps_are(
+    jobs_client: httpx.AsyncClient, receiver: Receiver
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    secret = (await create_webhook(jobs_client, headers, receiver.url(), ["JOB_SUCCEEDED"]))[
+        "secret"
+    ]
+    file = await upload_file(jobs_client, headers, "a.txt", b"hello pipelines")
+    steps = [
+        {"name": "first", "run": {"verify": {}}},
+        {"name": "second", "use": ["first"], "run": {"verify": {}}},
+    ]
+    pipeline = await run_job(
+        jobs_client, headers, {"pipeline": {"fileIds": [file["id"]], "steps": steps}}
+    )
+    assert pipeline["status"] == "SUCCEEDED"
+    requests = await receiver.wait_for(3)
+    jobs = [verified(secret, r)["data"]["job"] for r in requests]
+    assert sorted(job["kind"] for job in jobs) == ["PIPELINE", "VERIFY", "VERIFY"]
+    (told,) = [job for job in jobs if job["kind"] == "PIPELINE"]
+    assert told["id"] == pipeline["id"]
+    assert told["status"] == "SUCCEEDED"
+
+
 @pytest.mark.settings(**{**FAST, "webhook_disable_after_seconds": 0.5})
 async def test_a_webhook_failing_too_long_is_disabled_and_its_owner_told(
     jobs_client: httpx.AsyncClient, receiver: Receiver
