@@ -16,10 +16,8 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 import click
-import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api.persisted import ManifestError, load_manifest
 from core import migrate as migrations
 from core import tracing, users
 from core.db import create_sessionmaker
@@ -105,6 +103,13 @@ def main() -> None:
 @click.option("--log-level", type=LOG_LEVELS, help="Overrides DEPOT_LOG_LEVEL.")
 def serve(host: str, port: int, reload: bool, workers: int, log_level: str | None) -> None:
     """Serve the API, with GraphiQL at /graphql."""
+    # Imported here, not at the top: `depot worker`, `depot scheduler` and
+    # `depot migrate` need neither the server nor GraphQL, and each would pay
+    # for importing them (strawberry and graphql-core are a fifth of the modules).
+    import uvicorn
+
+    from api.persisted import ManifestError, load_manifest
+
     if log_level:
         # Also read by the reloader's and the workers' processes, which load their own settings.
         os.environ["DEPOT_LOG_LEVEL"] = log_level.upper()
@@ -183,6 +188,8 @@ def _serve_processes(workers: int, options: dict[str, object]) -> None:
     dies is replaced by uvicorn; its live gauges are dropped at the next
     scrape (``core.metrics``).
     """
+    import uvicorn
+
     directory = tempfile.mkdtemp(prefix="depot-metrics-")
     os.environ[MULTIPROC_DIR] = directory
     click.echo(
@@ -360,6 +367,8 @@ def check() -> None:
     settings = _settings()
     problems = asyncio.run(_check_services(settings))
     if settings.trusted_documents is not None:
+        from api.persisted import ManifestError, load_manifest
+
         try:
             manifest = load_manifest(settings.trusted_documents)
             count = len(manifest.by_id)

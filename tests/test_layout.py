@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -209,3 +211,23 @@ def test_the_cycle_checker_sees_cycles_however_hidden(tmp_path: Path) -> None:
         "pkg.d": {"pkg.a"},
     }
     assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.c"]]
+
+
+def test_the_worker_commands_load_no_graphql_and_no_http_server() -> None:
+    """``depot worker`` and ``depot scheduler`` start without strawberry, graphql-core,
+    Starlette or uvicorn: a fifth of the modules ``depot serve`` loads, paid again
+    at every worker start (the rule above, for what a process actually imports)."""
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, api.cli, workers.lifecycle, workers.broker, workers.scheduler\n"
+            "print(' '.join(sorted({name.partition('.')[0] for name in sys.modules})))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert {"api", "workers"} <= set(loaded)
+    assert sorted({"strawberry", "graphql", "starlette", "uvicorn", "schema"} & set(loaded)) == []
