@@ -86,6 +86,32 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["DEPOT_TEST_REDIS_URL"] = urlsplit(url)._replace(path=f"/{number}").geturl()
 
 
+SLOW_TESTS = Path(__file__).with_name("slow_tests.txt")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests ``slow_tests.txt`` names first, slowest first; the rest keep their order.
+
+    xdist's worksteal hands each worker a share of the collection and lets an
+    idle one take the back half of another's queue: a 40 s test collected last
+    would run alone on one core at the end while the others wait. First, the
+    short tests fill the gaps around it. An entry is a test id, or a file for all
+    of its tests (a module whose fixtures are shared stays together); a name
+    that no longer matches only loses its place.
+    """
+    entries = [
+        line.strip()
+        for line in SLOW_TESTS.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    rank = {entry: index for index, entry in enumerate(entries)}
+
+    def place(item: pytest.Item) -> int:
+        return rank.get(item.nodeid, rank.get(item.nodeid.partition("::")[0], len(rank)))
+
+    items.sort(key=place)
+
+
 def _run_async(main: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``main`` on an event loop of its own, off the test's (session fixtures are sync)."""
     with ThreadPoolExecutor(max_workers=1) as thread:
