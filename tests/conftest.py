@@ -22,7 +22,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +44,13 @@ from core.db import create_engine
 from core.logging import configure_logging
 from core.migrate import upgrade
 from core.settings import Settings
-from tests.processes import answers_http, depot_worker, free_port, wait_until_ready
+from tests.processes import (
+    answers_http,
+    depot_worker,
+    free_port,
+    start_together,
+    wait_until_ready,
+)
 from tests.support import STRONG_SECRET, require_service, storage_root
 
 T = TypeVar("T")
@@ -457,6 +463,10 @@ async def jobs_client(jobs_settings: Settings, tmp_path: Path) -> AsyncIterator[
         async with serve_app(jobs_settings) as client:
             yield client
         return
-    with depot_worker(jobs_settings, tmp_path / "worker.log"):
-        async with serve_app(jobs_settings) as client:
-            yield client
+    # The worker process imports Depot while the app starts: one wait, not two. The
+    # database is migrated already (a template's copy), so neither migrates it.
+    async with AsyncExitStack() as stack:
+        client, _ = await start_together(
+            stack, serve_app(jobs_settings), depot_worker(jobs_settings, tmp_path / "worker.log")
+        )
+        yield client

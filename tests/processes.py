@@ -11,7 +11,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -199,24 +200,51 @@ Starting = contextlib.AbstractContextManager[Any] | contextlib.AbstractAsyncCont
 async def start_together(stack: contextlib.AsyncExitStack, *contexts: Starting) -> list[Any]:
     """Enter several contexts that start processes at once, on ``stack``; their values.
 
-    A blocking one starts in a thread of its own (:func:`in_background`), so
-    two processes import at the same time instead of one after the other.
-    Each start is shielded: when one fails, the others still finish starting
-    and are on ``stack``, which stops them.
+    Each blocking one starts in a thread of its own, so two processes import at
+    the same time instead of one after the other; the async ones (an in-process
+    app) are entered meanwhile in the caller's own task, as the cancel scopes
+    of asgi-lifespan and httpx-ws require. Every blocking start runs to its end
+    even when another fails, and is on ``stack``, which stops it; leaving runs
+    in a thread too (:func:`in_background`).
     """
     values: list[Any] = [None] * len(contexts)
-
-    async def enter(index: int, context: Starting) -> None:
-        with anyio.CancelScope(shield=True):
+    threads = ThreadPoolExecutor(max(1, len(contexts)), thread_name_prefix="start-together")
+    blocking = [
+        (index, context, threads.submit(context.__enter__))
+        for index, context in enumerate(contexts)
+        if not isinstance(context, contextlib.AbstractAsyncContextManager)
+    ]
+    threads.shutdown(wait=False)
+    failures: list[BaseException] = []
+    try:
+        for index, context in enumerate(contexts):
             if isinstance(context, contextlib.AbstractAsyncContextManager):
                 values[index] = await stack.enter_async_context(context)
-            else:
-                values[index] = await stack.enter_async_context(in_background(context))
-
-    async with anyio.create_task_group() as group:
-        for index, context in enumerate(contexts):
-            group.start_soon(enter, index, context)
+    finally:
+        for index, context, entered in blocking:
+            with anyio.CancelScope(shield=True):
+                try:
+                    values[index] = await anyio.to_thread.run_sync(entered.result)
+                except BaseException as exc:  # noqa: BLE001 - raised below, once all started
+                    failures.append(exc)
+                    continue
+            stack.push_async_exit(_leave_in_background(context))
+    if failures:
+        raise failures[0]
     return values
+
+
+def _leave_in_background(
+    blocking: contextlib.AbstractContextManager[Any],
+) -> Callable[..., Coroutine[Any, Any, bool | None]]:
+    """An exit callback for ``AsyncExitStack.push_async_exit``: ``blocking``'s
+    ``__exit__`` in a thread, shielded, so a test that times out still stops it."""
+
+    async def leave(*exc_info: Any) -> bool | None:
+        with anyio.CancelScope(shield=True):
+            return await anyio.to_thread.run_sync(blocking.__exit__, *exc_info)
+
+    return leave
 
 
 @contextlib.contextmanager
