@@ -25,7 +25,7 @@ from core.direct_uploads import complete_ticket
 from schema.ids import decode_id_of
 from storage import open_storage
 from tests.conftest import make_settings, serve_app
-from tests.processes import depot_scheduler, depot_worker, in_background
+from tests.processes import depot_scheduler, depot_worker, start_together
 from tests.support import (
     CSRF_HEADER,
     FINAL_STATUSES,
@@ -483,9 +483,8 @@ async def test_a_worker_killed_mid_step_still_ends_the_pipeline_once(
     async with AsyncExitStack() as stack:
         redis = await stack.enter_async_context(private_redis(tmp_path))
         settings = fault_settings(tmp_path, database_url, redis.url, graphql_max_cost=200_000)
-        client = await stack.enter_async_context(serve_app(settings))
-        worker_a = await stack.enter_async_context(
-            in_background(depot_worker(settings, tmp_path / "worker-a.log"))
+        client, worker_a = await start_together(
+            stack, serve_app(settings), depot_worker(settings, tmp_path / "worker-a.log")
         )
         token, headers = await signed_in(client)
         archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
@@ -509,11 +508,10 @@ async def test_a_worker_killed_mid_step_still_ends_the_pipeline_once(
         )
         await anyio.to_thread.run_sync(worker_a.kill)
         # Maintenance sends the step again once its heartbeat is stale; B takes it over.
-        scheduler = await stack.enter_async_context(
-            in_background(depot_scheduler(settings, tmp_path / "scheduler.log"))
-        )
-        await stack.enter_async_context(
-            in_background(depot_worker(settings, tmp_path / "worker-b.log"))
+        scheduler, _ = await start_together(
+            stack,
+            depot_scheduler(settings, tmp_path / "scheduler.log"),
+            depot_worker(settings, tmp_path / "worker-b.log"),
         )
         await wait(
             client, headers, job["id"], until=lambda j: by_name(j)["unpack"]["job"]["attempts"] == 2
