@@ -259,19 +259,13 @@ async def _resend_unfinished(resources: Resources) -> None:
 
 
 def _server_spans() -> Middleware:
-    """OpenTelemetry's ASGI middleware: a server span per request and WebSocket.
+    """A server span per request and WebSocket (:class:`api.tracing.ServerSpans`).
 
-    No spans per body chunk or WebSocket message (an upload would make
-    thousands), none for the probes; the request-id middleware redacts
-    secret path parameters from the span (:func:`core.tracing.redact_server_span`).
+    Imported only when tracing is on: the propagators load at import.
     """
-    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+    from api.tracing import ServerSpans
 
-    return Middleware(
-        OpenTelemetryMiddleware,
-        excluded_urls="/healthz,/readyz,/metrics",
-        exclude_spans=["receive", "send"],
-    )
+    return Middleware(ServerSpans)
 
 
 def create_app_from_env() -> Starlette:

@@ -63,13 +63,15 @@ from starlette.types import ASGIApp, Message
 
 from bench import http_baselines
 from bench.client import CSRF, REGISTER, multipart, registration
-from bench.harness import depot_env, progress, throwaway_postgres
+from bench.harness import Process, depot_env, free_port, progress, throwaway_postgres
 from bench.http import CREATE_TOKEN, FILES, HELLO, ME, TYPENAME, UPLOAD
 from bench.report import environment, table, times
 from core.logging import configure_logging
 from schema.ids import decode_id
 
-REQUESTS: Final = ("typename", "me", "token", "files")
+REQUESTS: Final = ("typename", "me", "token", "files", "metrics", "tracing")
+# What the ``tracing`` targets' traced Depot samples by default: every trace.
+SAMPLER: Final = "always_on"
 UNDER_CALLGRIND: Final = "BENCH_COST_CALLGRIND_DIR"
 
 # ------------------------------------------------------------------ the ASGI driver
@@ -359,6 +361,15 @@ async def seed(depot: Served, files: int) -> tuple[str, str, str]:
     return jwt, token, str(key)
 
 
+@dataclass(frozen=True)
+class Observed:
+    """The same Depot with metrics off, and traced (each None unless asked for)."""
+
+    unmetered: Served | None = None
+    traced: Served | None = None
+    sampler: str = SAMPLER
+
+
 def comparisons(
     depot: Served,
     base: Served,
@@ -366,14 +377,71 @@ def comparisons(
     requests: Sequence[str],
     page: int,
     sqlite: bool,
+    observed: Observed = Observed(),
 ) -> list[Comparison]:
     jwt, token, owner = seeded
     strawberry = "/graphql"
     runs: list[Comparison] = []
-    if "typename" in requests:
-        depot_typename = Target(
-            "Depot { __typename }", depot, "/graphql", json_request(TYPENAME), headers()
+    depot_typename = Target(
+        "Depot { __typename }", depot, "/graphql", json_request(TYPENAME), headers()
+    )
+    depot_me = Target("Depot me (JWT)", depot, "/graphql", json_request(ME), headers(jwt))
+    if observed.unmetered is not None:
+        # The same Depot, the same database: only DEPOT_METRICS_ENABLED differs.
+        runs.append(
+            Comparison(
+                "{ __typename }: metrics on / off",
+                depot_typename,
+                Target(
+                    "Depot, metrics off, { __typename }",
+                    observed.unmetered,
+                    "/graphql",
+                    json_request(TYPENAME),
+                    headers(),
+                ),
+            )
         )
+        runs.append(
+            Comparison(
+                "me (JWT): metrics on / off",
+                depot_me,
+                Target(
+                    "Depot, metrics off, me (JWT)",
+                    observed.unmetered,
+                    "/graphql",
+                    json_request(ME),
+                    headers(jwt),
+                ),
+            )
+        )
+    if observed.traced is not None:
+        runs.append(
+            Comparison(
+                f"{{ __typename }}: traced ({observed.sampler}) / not",
+                Target(
+                    "Depot traced { __typename }",
+                    observed.traced,
+                    "/graphql",
+                    json_request(TYPENAME),
+                    headers(),
+                ),
+                depot_typename,
+            )
+        )
+        runs.append(
+            Comparison(
+                f"me (JWT): traced ({observed.sampler}) / not",
+                Target(
+                    "Depot traced me (JWT)",
+                    observed.traced,
+                    "/graphql",
+                    json_request(ME),
+                    headers(jwt),
+                ),
+                depot_me,
+            )
+        )
+    if "typename" in requests:
         runs.append(
             Comparison(
                 "{ __typename } / bare Strawberry",
@@ -399,7 +467,7 @@ def comparisons(
         runs.append(
             Comparison(
                 "me (JWT) / bare { hello }",
-                Target("Depot me (JWT)", depot, "/graphql", json_request(ME), headers(jwt)),
+                depot_me,
                 hello,
             )
         )
@@ -552,25 +620,89 @@ async def _run(
     os.environ.update(env)
     settings = Settings(_env_file=None)
     configure_logging(settings.log_level, json=settings.json_logs)
-    depot = Served(create_app(settings))
-    await depot.start()
-    base: Served | None = None
+    served: list[Served] = []
+    sink: Process | None = None
+
+    async def started(app: ASGIApp) -> Served:
+        one = Served(app)
+        await one.start()
+        served.append(one)
+        return one
+
     try:
+        depot = await started(create_app(settings))
         progress(f"seeding an account and {args.files} files")
         seeded = await seed(depot, args.files if "files" in args.requests else 0)
-        base = Served(baselines(sqlite))
-        await base.start()
-        runs = comparisons(depot, base, seeded, args.requests, args.files, sqlite is not None)
+        base = await started(baselines(sqlite))
+        unmetered = None
+        if "metrics" in args.requests:
+            unmetered = await started(create_app(Settings(_env_file=None, metrics_enabled=False)))
+        traced = None
+        if "tracing" in args.requests:
+            # Last: tracing is one switch per process, and what was built before stays untraced.
+            sink = start_trace_sink(workdir)
+            configure_traces(sink, args.sampler)
+            notes.append(f"traced Depot: OTLP/HTTP to a sink on loopback, sampler {args.sampler}")
+            traced = await started(create_app(settings))
+        observed = Observed(unmetered, traced, args.sampler)
+        runs = comparisons(
+            depot, base, seeded, args.requests, args.files, sqlite is not None, observed
+        )
         await check_pages(runs)
         if args.profile:
             return await profile(runs, args)
         await measure(runs, args.rounds, args.count, meter)
         await check_pages(runs)
     finally:
-        if base is not None:
-            await base.stop()
-        await depot.stop()
+        for one in reversed(served):
+            await one.stop()
+        if sink is not None:
+            flush_traces()
+            sink.stop()
     return report(runs, args, meter, notes)
+
+
+def start_trace_sink(workdir: Path) -> Process:
+    """``bench.http_baselines`` in a process of its own: it takes OTLP posts and answers 200.
+
+    Its own CPU is not the measuring process's, as a collector's would not be.
+    """
+    port = free_port()
+    sink = Process(
+        "trace sink",
+        ["-m", "bench.http_baselines", "--port", str(port)],
+        dict(os.environ),
+        workdir / "sink.log",
+    )
+    sink.wait_until_healthy(f"http://127.0.0.1:{port}")
+    os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    return sink
+
+
+def configure_traces(sink: Process, sampler: str) -> None:
+    """Turn this process's tracing on, as ``OTEL_*`` would in a real one.
+
+    ``sampler`` is ``OTEL_TRACES_SAMPLER``, with ``:ARG`` for its argument
+    (``parentbased_traceidratio:0.01``).
+    """
+    from core.tracing import configure_tracing
+
+    name, _, argument = sampler.partition(":")
+    os.environ["OTEL_TRACES_EXPORTER"] = "otlp"
+    os.environ["OTEL_TRACES_SAMPLER"] = name
+    if argument:
+        os.environ["OTEL_TRACES_SAMPLER_ARG"] = argument
+    sink.check_alive()
+    configure_tracing("depot-bench")
+
+
+def flush_traces() -> None:
+    """Send what the batch processor still holds, so the sink is not stopped under it."""
+    from opentelemetry import trace
+
+    flush = getattr(trace.get_tracer_provider(), "force_flush", None)
+    if flush is not None:
+        flush()
 
 
 async def profile(runs: Sequence[Comparison], args: argparse.Namespace) -> str:
@@ -660,6 +792,12 @@ def main(argv: list[str] | None = None) -> None:
         "--profile",
         help="profile this Depot request (typename, me, token, files), or its baseline "
         "(baseline:typename, ...)",
+    )
+    parser.add_argument(
+        "--sampler",
+        default=SAMPLER,
+        help="the tracing targets' OTEL_TRACES_SAMPLER, with :ARG for its argument "
+        f"(parentbased_traceidratio:0.01; default {SAMPLER})",
     )
     parser.add_argument(
         "--setting",

@@ -256,8 +256,8 @@ async def observed_throughput(
 
     Two stacks on the run's database and Redis, told apart only by
     ``DEPOT_METRICS_ENABLED`` and ``OTEL_TRACES_EXPORTER`` (on: OTLP to a sink
-    on loopback, every trace sampled, as an operator who traces everything
-    runs it). Their ``depot worker`` processes share Dramatiq's queue, so only
+    on loopback, ``--observed-sampler``: by default every trace, as an operator
+    who traces everything runs it). Their ``depot worker`` processes share Dramatiq's queue, so only
     one runs at a time: each round starts one side's worker, warms it, times
     ``--throughput-jobs`` jobs and stops it, the order flipping every round.
     The CPU time of its ``depot serve`` and ``depot worker`` over the timed
@@ -276,7 +276,7 @@ async def observed_throughput(
             DEPOT_METRICS_ENABLED="true",
             OTEL_TRACES_EXPORTER="otlp",
             OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
-            OTEL_TRACES_SAMPLER="always_on",
+            **sampler_env(args.observed_sampler),
         ),
         "off": dict(env, DEPOT_METRICS_ENABLED="false", OTEL_TRACES_EXPORTER="none"),
     }
@@ -301,6 +301,15 @@ async def observed_throughput(
             stack.stop()
         sink.stop()
     return rounds
+
+
+def sampler_env(sampler: str) -> dict[str, str]:
+    """``OTEL_TRACES_SAMPLER`` (and ``_ARG``) from ``name`` or ``name:argument``."""
+    name, _, argument = sampler.partition(":")
+    return {
+        "OTEL_TRACES_SAMPLER": name,
+        **({"OTEL_TRACES_SAMPLER_ARG": argument} if argument else {}),
+    }
 
 
 async def _observed_side(
@@ -604,6 +613,7 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
             notes,
             observed,
             pipelines,
+            args.observed_sampler,
         )
     )
 
@@ -620,6 +630,12 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=4,
         help="rounds of metrics+tracing on / off, --throughput-jobs each side (4; 0 skips)",
+    )
+    parser.add_argument(
+        "--observed-sampler",
+        default="always_on",
+        help="2b's OTEL_TRACES_SAMPLER, with :ARG for its argument "
+        "(parentbased_traceidratio:0.01; default always_on: every trace)",
     )
     parser.add_argument(
         "--pipelines", type=int, default=20, help="pipeline rounds against separate jobs (20)"

@@ -114,6 +114,8 @@ class Results:
     notes: list[str]
     observed: list[Observed] = field(default_factory=list)
     pipelines: Pipelines | None = None
+    # 2b's OTEL_TRACES_SAMPLER (":ARG" for its argument).
+    observed_sampler: str = "always_on"
 
 
 def report(results: Results) -> str:
@@ -171,7 +173,7 @@ def report(results: Results) -> str:
     ]
     if depot.failed:
         lines.append(f"  {depot.failed} Depot jobs did not succeed")
-    lines += _observed(results.observed)
+    lines += _observed(results.observed, results.observed_sampler)
     rows = [["layout", "subscriptions", "RSS before", "RSS after", "each", "live*", "target"]]
     for memory in results.memories:
         rows.append(
@@ -211,7 +213,7 @@ def report(results: Results) -> str:
     return "\n".join(lines)
 
 
-def _observed(rounds: list[Observed]) -> list[str]:
+def _observed(rounds: list[Observed], sampler: str) -> list[str]:
     """Section 2b: what metrics and tracing cost a no-op job, by rate and by CPU."""
     if not rounds:
         return []
@@ -224,7 +226,7 @@ def _observed(rounds: list[Observed]) -> list[str]:
     failed = sum(r.on.failed + r.off.failed for r in rounds)
     return [
         "",
-        f"2b. Metrics + tracing (OTLP to a loopback sink, every trace) on / both off, "
+        f"2b. Metrics + tracing (OTLP to a loopback sink, sampler {sampler}) on / both off, "
         f"{len(rounds)} interleaved rounds of {rounds[0].on.jobs} verify jobs per side",
         *table(
             [

@@ -53,7 +53,6 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        # Looked up on the module: traced once core.tracing instrumented it.
         engine = sa_asyncio.create_async_engine(url, hide_parameters=hide_parameters)
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
     else:

@@ -10,11 +10,19 @@ no-op one. The SDK itself reads the rest: ``OTEL_SERVICE_NAME``,
 ``OTEL_TRACES_SAMPLER_ARG``), batching (``OTEL_BSP_*``) and the exporter's
 ``OTEL_EXPORTER_OTLP_*`` options.
 
-Switched on, a process traces its HTTP requests (``api.middleware``), its
-GraphQL operations (``schema.tracing``), its SQL (every engine from
-:func:`core.db.create_engine`), its Redis commands (the client from
+Switched on, a process traces its HTTP requests (``api.tracing``), its
+GraphQL operations (``schema.tracing``), its SQL (:func:`trace_sql`, every
+engine), its Redis commands (the client from
 :func:`core.redis_client.open_redis`; not the broker's polling) and its S3
 calls.
+
+**What it costs is decided first.** A trace starts only at a request or a job
+attempt (:class:`core.trace_sampling.WorkRoots`): a Redis command or an S3 call outside both (a
+listener's blocking read, maintenance) makes no trace of its own, and SQL is
+traced only inside a span that records. A span the sampler dropped gets no
+attributes and no children from Depot's code, so sampling at a low ratio
+(``OTEL_TRACES_SAMPLER=parentbased_traceidratio``) costs each unsampled
+request a sampling decision and a context switch.
 
 **A job carries its trace through the queue.** The request that starts a job
 stores its span's W3C ``traceparent`` on the job row
@@ -25,13 +33,16 @@ does ``Job.traceId``.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
 from typing import Any, Final
 
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 from structlog.typing import EventDict, WrappedLogger
 
 EXPORTERS: Final = ("otlp", "console", "none")
@@ -60,7 +71,6 @@ def configure_tracing(default_service_name: str) -> bool:
         )
     # Imported only when on: the SDK and the instrumentations cost start-up time.
     from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
-    from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -69,8 +79,12 @@ def configure_tracing(default_service_name: str) -> bool:
         SpanExporter,
     )
 
+    from core.trace_sampling import WorkRoots
+
     service = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    # The sampler the SDK chose from OTEL_TRACES_SAMPLER, starting traces only at work.
+    provider.sampler = WorkRoots(provider.sampler)
     exporter: SpanExporter
     if name == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -80,13 +94,88 @@ def configure_tracing(default_service_name: str) -> bool:
         exporter = ConsoleSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    # Engines created from now on (through sqlalchemy.ext.asyncio's module
-    # attribute, see core.db) are traced; S3 through aiobotocore.
-    # It declares SQLAlchemy < 2.1 and refuses 2.1 by default; the engine
-    # events it listens to are the same (tests/test_tracing.py shows the spans).
-    SQLAlchemyInstrumentor().instrument(skip_dep_check=True)
-    BotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    trace_sql()
+    BotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]  # S3, through aiobotocore
     return True
+
+
+# -- SQL ---------------------------------------------------------------------------
+
+
+def trace_sql() -> None:
+    """A ``CLIENT`` span per SQL statement of every engine, inside a span that records.
+
+    Depot's own listener rather than ``opentelemetry-instrumentation-sqlalchemy``,
+    which parsed the engine's URL and stripped the statement's comments with a
+    regular expression for every statement before it asked the sampler: in a
+    request sampled out, or outside any request (a worker's heartbeats),
+    this one returns at its first test.
+    """
+    if not event.contains(Engine, "before_cursor_execute", _before_execute):
+        event.listen(Engine, "before_cursor_execute", _before_execute)
+        event.listen(Engine, "after_cursor_execute", _after_execute)
+        event.listen(Engine, "handle_error", _on_error)
+
+
+_SPAN_KEY: Final = "_depot_span"
+
+
+def _before_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    if context is None or not trace.get_current_span().is_recording():
+        return
+    operation = statement.split(None, 1)[0].upper() if statement else "SQL"
+    engine = conn.engine
+    attributes = dict(_engine_attributes(engine.url, engine.dialect.name))
+    attributes["db.operation.name"] = operation
+    attributes["db.query.text"] = statement
+    span = _sql_tracer.start_span(operation, kind=SpanKind.CLIENT, attributes=attributes)
+    setattr(context, _SPAN_KEY, span)
+
+
+def _after_execute(
+    conn: Connection,
+    cursor: Any,
+    statement: str,
+    parameters: Any,
+    context: Any,
+    executemany: bool,
+) -> None:
+    span: Span | None = getattr(context, _SPAN_KEY, None)
+    if span is not None:
+        setattr(context, _SPAN_KEY, None)
+        span.end()
+
+
+def _on_error(exception_context: ExceptionContext) -> None:
+    span: Span | None = getattr(exception_context.execution_context, _SPAN_KEY, None)
+    if span is not None:
+        setattr(exception_context.execution_context, _SPAN_KEY, None)
+        error = exception_context.original_exception
+        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        span.end()
+
+
+@functools.lru_cache(maxsize=16)
+def _engine_attributes(url: URL, system: str) -> tuple[tuple[str, str | int], ...]:
+    """What every statement of one database shares (no password, no user)."""
+    attributes: list[tuple[str, str | int]] = [("db.system.name", system)]
+    if url.database:
+        attributes.append(("db.namespace", url.database))
+    if url.host:
+        attributes.append(("server.address", url.host))
+    if url.port:
+        attributes.append(("server.port", url.port))
+    return tuple(attributes)
+
+
+_sql_tracer = trace.get_tracer("depot.sql")
 
 
 def enabled() -> bool:

@@ -2,12 +2,18 @@
 
 Resolvers get no span of their own: a page of fifty files would make a few
 hundred. The SQL, Redis and S3 spans of the operation nest under it.
+
+It costs only what a sampled operation needs: in a trace the sampler dropped
+(the server span does not record) it makes no span at all — any sampler
+would drop it too, the trace id being the same — and the name and
+attributes are set only on a span that records.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Status, StatusCode
 from strawberry.extensions import SchemaExtension
@@ -20,17 +26,29 @@ class OperationSpan(SchemaExtension):
     and execution."""
 
     def on_operation(self) -> Iterator[None]:
-        context = self.execution_context
-        with _tracer.start_as_current_span("graphql.operation") as span:
+        parent = trace.get_current_span()
+        if parent.get_span_context().is_valid and not parent.is_recording():
+            yield  # a trace sampled out
+            return
+        span = _tracer.start_span("graphql.operation")
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             yield
-            name = context.operation_name or "anonymous"
-            try:
-                kind = context.operation_type.value
-            except RuntimeError:  # the document did not parse
-                kind = "operation"
-            span.update_name(f"{kind} {name}")
-            span.set_attribute("graphql.operation.name", name)
-            span.set_attribute("graphql.operation.type", kind)
-            errors = context.result.errors if context.result is not None else None
-            if errors or context.pre_execution_errors:
-                span.set_status(Status(StatusCode.ERROR))
+        finally:
+            otel_context.detach(token)
+            if span.is_recording():
+                self._describe(span)
+            span.end()
+
+    def _describe(self, span: trace.Span) -> None:
+        context = self.execution_context
+        name = context.operation_name or "anonymous"
+        try:
+            kind = context.operation_type.value
+        except RuntimeError:  # the document did not parse
+            kind = "operation"
+        span.update_name(f"{kind} {name}")
+        span.set_attributes({"graphql.operation.name": name, "graphql.operation.type": kind})
+        errors = context.result.errors if context.result is not None else None
+        if errors or context.pre_execution_errors:
+            span.set_status(Status(StatusCode.ERROR))

@@ -50,6 +50,9 @@ TRACED_EVENTS = (
 JOB = "query Job($id: ID!) { job(id: $id) { status traceId } }"
 DOWNLOAD_URL = "query Url($id: ID!) { file(id: $id) { downloadUrl } }"
 SPANS_TIMEOUT_S = 20
+# Span.SpanKind in OTLP's protobuf.
+OTLP_SERVER = 2
+OTLP_CONSUMER = 5
 APP_ORIGIN = "https://app.example.com"
 
 
@@ -60,6 +63,7 @@ class Span:
     trace_id: str
     span_id: str
     parent_id: str
+    kind: int
     attributes: dict[str, Any]
 
 
@@ -107,6 +111,7 @@ class _Receiver(ThreadingHTTPServer):
                                 trace_id=span.trace_id.hex(),
                                 span_id=span.span_id.hex(),
                                 parent_id=span.parent_span_id.hex(),
+                                kind=span.kind,
                                 attributes={a.key: _value(a.value) for a in span.attributes},
                             )
                         )
@@ -121,6 +126,10 @@ class _Receiver(ThreadingHTTPServer):
             time.sleep(0.05)
         names = sorted({(s.name, s.trace_id) for s in self.spans})
         pytest.fail(f"no span {name!r} in trace {trace_id}; got {names}")
+
+    def spans_now(self) -> list[Span]:
+        with self._lock:
+            return list(self.spans)
 
     def in_trace(self, trace_id: str) -> list[Span]:
         with self._lock:
@@ -193,12 +202,19 @@ def _assert_one_trace(
     spans = receiver.in_trace(trace_id)
     [server] = [s for s in spans if s.span_id == operation.parent_id]
     assert server.name == "POST /graphql", server
+    assert server.kind == OTLP_SERVER, server
+    assert server.attributes["http.route"] == "/graphql", server
+    assert server.attributes["http.response.status_code"] == 200, server
     sql = [s for s in spans if s.parent_id == attempt.span_id and s.service == attempt.service]
     assert any("db.system" in s.attributes or "db.system.name" in s.attributes for s in sql), (
         "the attempt's SQL nests under it"
     )
     assert [e["traceId"] for e in events] == [trace_id] * len(events)
     assert events[-1]["status"] == "SUCCEEDED"
+    # A trace starts only at a request or an attempt: no trace of one SQL
+    # statement or Redis command (a listener's read, a heartbeat) of its own.
+    roots = [s for s in receiver.spans_now() if not s.parent_id]
+    assert {s.kind for s in roots} <= {OTLP_SERVER, OTLP_CONSUMER}, roots
 
 
 async def test_one_trace_from_start_job_to_the_last_event_in_process(tmp_path: Path) -> None:
@@ -217,6 +233,18 @@ async def test_one_trace_from_start_job_to_the_last_event_in_process(tmp_path: P
             _assert_one_trace(receiver, job, events, operation, attempt)
             assert attempt.service == "depot-api", "in-process jobs"
 
+            # A caller that sampled its trace out: its id goes on, nothing is exported.
+            _, headers = await signed_in(client, "mary@example.com")
+            unsampled = "4bf92f3577b34da6a3ce929d0e0e4736"
+            uploaded = await upload_file(client, headers, "c.bin", b"unsampled bytes")
+            body = await graphql(
+                client,
+                START_VERIFY,
+                {"input": {"verify": {"fileId": uploaded["id"]}}},
+                headers={**headers, "traceparent": f"00-{unsampled}-00f067aa0ba902b7-00"},
+            )
+            assert body["data"]["startJob"]["traceId"] == unsampled, body
+
             # A download's signed token stays out of the span, as out of the log.
             _, headers = await signed_in(client, "grace@example.com")
             uploaded = await upload_file(client, headers, "b.bin", b"bytes")
@@ -234,6 +262,8 @@ async def test_one_trace_from_start_job_to_the_last_event_in_process(tmp_path: P
             answered = await anyio.to_thread.run_sync(_wait_for_download, receiver, "OPTIONS")
             assert answered.name == "OPTIONS /files/download/<redacted>"
             assert not [v for v in answered.attributes.values() if secret in str(v)]
+            # Exported in order: the unsampled request came before these.
+            assert receiver.in_trace(unsampled) == []
             log = api.output()
         assert f"trace_id={job['traceId']}" in log, "log lines carry the trace id"
 
