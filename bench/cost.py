@@ -401,6 +401,7 @@ def comparisons(
                 ),
             )
         )
+    if observed.unmetered is not None and "me" in requests:
         runs.append(
             Comparison(
                 "me (JWT): metrics on / off",
@@ -428,6 +429,7 @@ def comparisons(
                 depot_typename,
             )
         )
+    if observed.traced is not None and "me" in requests:
         runs.append(
             Comparison(
                 f"me (JWT): traced ({observed.sampler}) / not",
@@ -631,8 +633,9 @@ async def _run(
 
     try:
         depot = await started(create_app(settings))
-        progress(f"seeding an account and {args.files} files")
-        seeded = await seed(depot, args.files if "files" in args.requests else 0)
+        files = args.files if "files" in args.requests else 0
+        progress(f"seeding an account and {files} files")
+        seeded = await seed(depot, files)
         base = await started(baselines(sqlite))
         unmetered = None
         if "metrics" in args.requests:

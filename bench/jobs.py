@@ -552,6 +552,7 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                 await asyncio.to_thread(stack.start_serve)
                 await asyncio.to_thread(stack.start_worker)
                 api = Api(stack.url)
+                pipelines: Pipelines | None = None
                 try:
                     solo = await api.register("latency@example.com")
                     users.append(solo.user_id)
@@ -567,8 +568,9 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                     depot = await depot_throughput(
                         api, stack.ws_url, busy, files, args.throughput_jobs
                     )
-                    progress(f"2c. a three-step pipeline against its steps x {args.pipelines}…")
-                    pipelines = await pipeline_rounds(api, stack.ws_url, busy, args.pipelines)
+                    if args.pipelines:  # --pipelines 0 skips 2c
+                        progress(f"2c. a three-step pipeline against its steps x {args.pipelines}…")
+                        pipelines = await pipeline_rounds(api, stack.ws_url, busy, args.pipelines)
                 finally:
                     await api.aclose()
                 stack.stop_worker()
