@@ -32,7 +32,6 @@ from schema.resumable_uploads import (
     ResumableUploadQuery,
 )
 from schema.scalars import SCALARS
-from schema.tracing import OperationSpan
 from schema.uploads import UploadMutation
 from schema.webhooks import WebhookMutation, WebhookQuery
 
@@ -112,13 +111,11 @@ def build_schema(
         introspection=introspection,
         suggestions=suggestions,
         metrics=metrics,
+        traced=traced,
     )
     # One extension (see schema.operation for why), made per operation so each
     # gets fresh state; its caches belong to the rules, built once per schema.
-    extensions: list[Any] = [
-        *([OperationSpan] if traced else []),
-        functools.partial(DepotOperation, rules),
-    ]
+    extensions: list[Any] = [functools.partial(DepotOperation, rules)]
     schema = _Schema(
         query=Query,
         mutation=Mutation,

@@ -3,7 +3,9 @@
 Each hook does what used to take one Strawberry extension each, in the same
 order:
 
-* ``on_operation``: the parser's token cap (``DEPOT_GRAPHQL_MAX_TOKENS``), the
+* ``on_operation``: when tracing is on, the operation's span
+  (:func:`schema.tracing.open_span`) around all the rest; the parser's token
+  cap (``DEPOT_GRAPHQL_MAX_TOKENS``), the
   validation rules (graphql-core's, :func:`schema.limits.limit_rule`'s,
   :func:`schema.validation.request_rules`', and graphql-core's
   no-introspection rule when introspection is off), fresh dataloaders
@@ -21,9 +23,7 @@ order:
 Why one: Strawberry wraps every hook of every extension in a context manager
 for every operation (a ``getattr``, an ``inspect`` check, a
 ``contextlib.contextmanager`` and its ``update_wrapper`` each), which made
-nine extensions a fifth of a ``{ __typename }`` request. The tracing span
-(``schema.tracing.OperationSpan``) stays an extension of its own, present
-only when tracing is on.
+nine extensions a fifth of a ``{ __typename }`` request.
 
 The caches are per schema and bounded (:data:`CACHED_DOCUMENTS` texts). They
 are keyed by the document's text, whose hash Python keeps on the string,
@@ -60,6 +60,7 @@ from schema.errors import coded_errors, parse_or_none
 from schema.limits import Limits, limit_rule, operation_cost
 from schema.loaders import Loaders
 from schema.metrics import record_operation
+from schema.tracing import close_span, open_span
 from schema.validation import request_rules
 
 # Distinct document texts each cache keeps (least recently used dropped first),
@@ -111,6 +112,7 @@ class OperationRules:
     max_cost: int
     suggestions: bool
     metrics: bool
+    traced: bool
     # By (operationName given, over a WebSocket): the whole tuple, graphql-core's
     # rules first, so each request takes one of four fixed tuples.
     rules: Mapping[tuple[bool, bool], _Rules]
@@ -125,6 +127,7 @@ class OperationRules:
         introspection: bool,
         suggestions: bool,
         metrics: bool,
+        traced: bool,
     ) -> OperationRules:
         ours: _Rules = (limit_rule(limits),)
         closing: _Rules = () if introspection else (NoSchemaIntrospectionCustomRule,)
@@ -138,7 +141,7 @@ class OperationRules:
             for named in (False, True)
             for websocket in (False, True)
         }
-        return cls(Documents(max_tokens), max_cost, suggestions, metrics, rules)
+        return cls(Documents(max_tokens), max_cost, suggestions, metrics, traced, rules)
 
 
 class DepotOperation(SchemaExtension):
@@ -153,6 +156,7 @@ class DepotOperation(SchemaExtension):
     async def on_operation(self) -> AsyncIterator[None]:
         context = self.execution_context
         rules = self.rules
+        span = open_span() if rules.traced else None
         request = context.context
         context.parse_options["max_tokens"] = rules.documents.max_tokens
         over_websocket = isinstance(getattr(request, "request", None), WebSocket)
@@ -178,8 +182,12 @@ class DepotOperation(SchemaExtension):
                 )
                 record_operation(context, time.perf_counter() - started, errors)
         finally:
-            # No WebSocket holds a session (on PostgreSQL, a connection) between operations.
-            await request.db.close()
+            try:
+                # No WebSocket holds a session (on PostgreSQL, a connection) between operations.
+                await request.db.close()
+            finally:
+                if span is not None:
+                    close_span(span, context)
 
     def on_parse(self) -> Iterator[None]:
         context = self.execution_context

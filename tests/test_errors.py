@@ -89,6 +89,7 @@ RULES = OperationRules.build(
     introspection=True,
     suggestions=True,
     metrics=False,
+    traced=False,
 )
 SCHEMA = _Schema(query=_Query, extensions=[functools.partial(DepotOperation, RULES)])
 
