@@ -24,7 +24,7 @@ import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
 
-from bench.harness import TIMEOUT_S, Process
+from bench.harness import TIMEOUT_S, Process, cpu_seconds
 from workers.broker import POLL_MS
 
 NAMESPACE: Final = "depot-bench-bare"
@@ -84,14 +84,19 @@ def bare_run(url: str, total: int) -> float:
         actor.broker.close()
 
 
-def bare_throughput(workdir: Path, url: str, threads: int, total: int, rounds: int = 2) -> float:
-    """The fastest of ``rounds`` bare runs, each timed with the bare worker already idle."""
+def bare_throughput(
+    workdir: Path, url: str, threads: int, total: int, rounds: int = 2
+) -> tuple[float, float]:
+    """The fastest of ``rounds`` bare runs, each timed with the bare worker already idle,
+    and the worker's CPU seconds per message over all of them."""
     args = ["-m", "bench.bare_dramatiq", "--redis-url", url, "--threads", str(threads)]
     worker = Process("bare worker", args, os.environ, workdir / "bare-worker.log")
     try:
         worker.wait_for_output(READY)
         bare_run(url, min(total, 50))  # warm-up: connections, imports
-        return min(bare_run(url, total) for _ in range(rounds))
+        before = cpu_seconds(worker.pid)
+        fastest = min(bare_run(url, total) for _ in range(rounds))
+        return fastest, (cpu_seconds(worker.pid) - before) / (total * rounds)
     finally:
         worker.stop()
 

@@ -46,6 +46,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -565,8 +566,19 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                     users.append(busy.user_id)
                     files = [await upload(api, busy, f"bench/{i}.txt") for i in range(args.clients)]
                     progress(f"2/3 throughput of {args.throughput_jobs} jobs…")
+                    assert stack.serve is not None
+                    assert stack.worker is not None
+                    pids = {"serve": stack.serve.pid, "worker": stack.worker.pid}
+                    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
                     depot = await depot_throughput(
                         api, stack.ws_url, busy, files, args.throughput_jobs
+                    )
+                    depot = replace(
+                        depot,
+                        cpu={
+                            name: (cpu_seconds(pid) - before[name]) / depot.jobs
+                            for name, pid in pids.items()
+                        },
                     )
                     if args.pipelines:  # --pipelines 0 skips 2c
                         progress(f"2c. a three-step pipeline against its steps x {args.pipelines}…")
@@ -574,14 +586,14 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                 finally:
                     await api.aclose()
                 stack.stop_worker()
-                seconds = await asyncio.to_thread(
+                seconds, bare_cpu = await asyncio.to_thread(
                     bare_dramatiq.bare_throughput,
                     workdir,
                     redis_url,
                     args.threads,
                     args.throughput_jobs,
                 )
-                bare = Throughput(args.throughput_jobs, seconds, 0)
+                bare = Throughput(args.throughput_jobs, seconds, 0, {"worker": bare_cpu})
                 observed: list[Observed] = []
                 if args.observed_rounds:
                     progress(f"2b. metrics and tracing on / off, {args.observed_rounds} rounds…")

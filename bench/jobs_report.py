@@ -40,10 +40,17 @@ class Throughput:
     jobs: int
     seconds: float
     failed: int
+    # CPU seconds (user + system, /proc) per job of each process doing the work,
+    # by name: the steadier figure on a loaded machine.
+    cpu: dict[str, float] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.jobs / self.seconds
+
+    @property
+    def cpu_text(self) -> str:
+        return ", ".join(f"{name} {ms(seconds)}" for name, seconds in self.cpu.items())
 
 
 @dataclass(frozen=True)
@@ -150,7 +157,7 @@ def report(results: Results) -> str:
         f"2. Throughput, {results.threads} worker threads in each worker process",
         *table(
             [
-                ["path", "jobs", "time", "jobs/s", "vs bare", "target"],
+                ["path", "jobs", "time", "jobs/s", "vs bare", "target", "CPU per job"],
                 [
                     "bare Dramatiq actor (one INCR)",
                     str(bare.jobs),
@@ -158,6 +165,7 @@ def report(results: Results) -> str:
                     f"{bare.rate:.0f}",
                     times(1),
                     "",
+                    bare.cpu_text,
                 ],
                 [
                     f"Depot verify jobs, {results.clients} GraphQL clients",
@@ -166,6 +174,7 @@ def report(results: Results) -> str:
                     f"{depot.rate:.0f}",
                     times(ratio),
                     f">= {times(RATIO_TARGET)}",
+                    depot.cpu_text,
                 ],
             ],
             indent="  ",
