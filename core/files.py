@@ -109,13 +109,13 @@ async def ensure_path_free(db: AsyncSession, owner_id: uuid.UUID, path: str) -> 
 
 
 async def set_meta(db: AsyncSession, file_id: uuid.UUID, meta: dict[str, Any]) -> None:
-    """Replace a file's metadata (what a job learnt about it); commits.
+    """Replace a file's metadata (what a job learnt about it); not committed: a job's
+    go with its final status (:func:`core.jobs.finish`).
 
     One UPDATE by id, so a job whose copy of the row is old changes nothing
     else about the file (its path may have moved meanwhile).
     """
     await db.exec(update(File).where(col(File.id) == file_id).values(meta=meta))
-    await db.commit()
 
 
 def _require_live(file: File) -> None:

@@ -97,11 +97,14 @@ async def webhook_disabled(
     )
 
 
-async def job_ended(sessionmaker: SessionMaker, job: Job) -> None:
-    """Record a job that succeeded or failed (a cancelled one its owner knows of); commits.
+async def job_ended(db: AsyncSession, job: Job) -> None:
+    """Keep a notification of a job that succeeded or failed (a cancelled one its owner
+    knows of), in the transaction that records its final status (not committed).
 
-    Called before the job's final status is announced, so a subscriber that
-    sees it finds the row to delete. A failure here is logged, never the job's.
+    One statement in that transaction rather than one of its own, and committed
+    with the status, so a subscriber that sees the final event finds the row to
+    delete. It fails only when the database does, and then the finish is tried
+    again as a whole.
     """
     if job.status is JobStatus.SUCCEEDED:
         kind, summary = NotificationKind.JOB_SUCCEEDED, f"Your {job.kind} job finished."
@@ -110,12 +113,7 @@ async def job_ended(sessionmaker: SessionMaker, job: Job) -> None:
         summary = f"Your {job.kind} job failed: {job.error or 'no reason given'}"
     else:
         return
-    try:
-        async with sessionmaker() as db:
-            await record(db, job.owner_id, kind, summary, subject_id=job.id)
-            await db.commit()
-    except Exception:
-        logger.exception("notification not recorded", job_id=str(job.id))
+    await record(db, job.owner_id, kind, summary, subject_id=job.id)
 
 
 async def seen(sessionmaker: SessionMaker, user_id: uuid.UUID, subject_id: uuid.UUID) -> None:

@@ -176,10 +176,18 @@ async def _subscribed(
     db: AsyncSession, owner_id: uuid.UUID, event_type: WebhookEventType
 ) -> list[Webhook]:
     """The owner's enabled webhooks that want ``event_type``: one indexed SELECT."""
+    return _wanting(await _enabled(db, owner_id), event_type)
+
+
+async def _enabled(db: AsyncSession, owner_id: uuid.UUID) -> list[Webhook]:
     found = await db.exec(
         select(Webhook).where(col(Webhook.owner_id) == owner_id, col(Webhook.enabled))
     )
-    return [w for w in found.all() if event_type.value in w.events]
+    return list(found.all())
+
+
+def _wanting(hooks: list[Webhook], event_type: WebhookEventType) -> list[Webhook]:
+    return [w for w in hooks if event_type.value in w.events]
 
 
 def _queue(db: AsyncSession, hooks: list[Webhook], event_type: WebhookEventType, data: Any) -> None:
@@ -237,11 +245,13 @@ async def queue_job_finished(db: AsyncSession, job: Job) -> None:
     webhooks it costs one indexed SELECT.
     """
     event_type = _JOB_EVENTS[job.status]
-    hooks = await _subscribed(db, job.owner_id, event_type)
+    # One SELECT for both questions: the owner's enabled webhooks, split here.
+    enabled = await _enabled(db, job.owner_id)
+    hooks = _wanting(enabled, event_type)
     if hooks:
         _queue(db, hooks, event_type, _job_data(job))
     if job.status is JobStatus.SUCCEEDED:
-        file_hooks = await _subscribed(db, job.owner_id, WebhookEventType.FILE_CREATED)
+        file_hooks = _wanting(enabled, WebhookEventType.FILE_CREATED)
         if file_hooks:
             outputs = await db.exec(
                 select(File).where(

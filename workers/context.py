@@ -13,18 +13,18 @@ import asyncio
 import contextlib
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterable, AsyncIterator
 from pathlib import Path
 from typing import Any, Final
 
 import anyio
 import structlog
-from sqlmodel import col, select
 
 from core import jobs
 from core.errors import BadUserInput, Conflict, QuotaExceeded
 from core.events import JobProgressed, announce
-from core.models import File, Job, JobInput
+from core.models import File, Job
 from core.uploads import Produced, store_upload
 from storage.errors import ObjectNotFound
 from workers.errors import JobCancelled, JobFailed, JobInterrupted
@@ -39,9 +39,20 @@ logger = structlog.get_logger("depot.jobs")
 class JobContext:
     """One attempt of one job, as its kind's ``run`` sees it."""
 
-    def __init__(self, job: Job, resources: Resources, *, input_count: int) -> None:
+    def __init__(
+        self,
+        job: Job,
+        resources: Resources,
+        *,
+        input_count: int,
+        inputs: list[File | None] | None = None,
+    ) -> None:
         self.job = job
         self._input_count = input_count
+        # Read by the claim, in its transaction (core.jobs.claim); else read when asked.
+        self._inputs = inputs
+        # What the attempt learnt about files, written with its final status.
+        self.file_meta: dict[uuid.UUID, dict[str, Any]] = {}
         self.params: dict[str, Any] = job.params
         self.settings = resources.settings
         self.storage = resources.storage
@@ -125,19 +136,25 @@ class JobContext:
     # ------------------------------------------------------------- files
 
     async def inputs(self) -> list[File]:
-        """The job's input files, in the order given; ``JobFailed`` if one is gone."""
-        async with self.sessionmaker() as db:
-            found = await db.exec(
-                select(JobInput.file_id, File)
-                .join(File, col(File.id) == col(JobInput.file_id), isouter=True)
-                .where(col(JobInput.job_id) == self.job.id)
-                .order_by(col(JobInput.position))
-            )
-            rows = found.all()
-        files = [file for _, file in rows if file is not None]
+        """The job's input files, in the order given; ``JobFailed`` if one is gone.
+
+        As the attempt's claim found them (a file trashed since then is still
+        read: it was live when the attempt started).
+        """
+        rows = self._inputs
+        if rows is None:
+            async with self.sessionmaker() as db:
+                rows = self._inputs = await jobs.job_inputs(db, self.job.id)
+        files = [file for file in rows if file is not None]
         if len(files) != self._input_count or any(file.trashed_at is not None for file in files):
             raise JobFailed("An input file was deleted or moved to the trash.")
         return files
+
+    def set_meta(self, file: File, meta: dict[str, Any]) -> None:
+        """Replace ``file``'s metadata when the attempt's outcome is recorded, in that
+        transaction (:func:`core.jobs.finish`), whether the job succeeds or fails;
+        an attempt sent again or taken over writes nothing."""
+        self.file_meta[file.id] = meta
 
     async def read(
         self, file: File, start: int = 0, end: int | None = None

@@ -40,7 +40,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import files, jobs, notifications, tracing
+from core import files, jobs, tracing
 from core.errors import NotFound
 from core.events import FileCreated, JobStatusChanged, announce
 from core.models import File, Job, JobStatus
@@ -195,12 +195,17 @@ class _Attempt:
     kind: Kind | None
     # The attempt's span, a child of the request that started the job (core.tracing).
     span: Span
+    # Its input files, as the claim read them.
+    inputs: list[File | None] | None = None
     # Once the actor started it (it holds what the attempt produced).
     context: JobContext | None = None
 
 
-async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, Job | None]:
-    """Start the job's next attempt if it may run now; see :func:`core.jobs.claim`."""
+async def _claim(resources: Resources, job_id: uuid.UUID) -> jobs.Claimed:
+    """Start the job's next attempt if it may run now; see :func:`core.jobs.claim`.
+
+    RUN comes with the job and its inputs; anything else is a bare claim.
+    """
     settings = resources.settings
     stale_before = utcnow() - timedelta(seconds=settings.job_stale_seconds)
     async with resources.sessionmaker() as db:
@@ -212,36 +217,44 @@ async def _claim(resources: Resources, job_id: uuid.UUID) -> tuple[jobs.Claim, J
             if job is not None and job.pipeline_id is not None:
                 # Its step ended, maybe with its pipeline not told (the worker stopped).
                 await _advance(resources, job.pipeline_id)
-            return claimed.claim, None
+            return jobs.Claimed(claimed.claim)
         if job is None:
-            return claimed.claim, None
+            return jobs.Claimed(claimed.claim)
         if claimed.took_over or claimed.claim is jobs.Claim.END:
             # Kept as claimed: a purge that loses a race with another process
             # removing the same outputs rolls back, which would expire it.
             db.expunge(job)
+            for file in claimed.inputs or ():
+                if file is not None:
+                    db.expunge(file)
             # What a dead attempt wrote is partial: it goes before anything else.
             await jobs.remove_outputs(db, resources.storage, job)
         if claimed.claim is jobs.Claim.END:
             assert claimed.status is not None
             ended = await jobs.finish(
-                db, job.id, claimed.status, error=claimed.error, message=claimed.message
+                db,
+                job.id,
+                claimed.status,
+                error=claimed.error,
+                message=claimed.message,
+                notify=resources.settings.mail_enabled,
             )
             if ended is not None:
-                if resources.settings.mail_enabled:
-                    await notifications.job_ended(resources.sessionmaker, ended)
                 await _publish_status(resources, ended)
             if job.pipeline_id is not None:
                 await _advance(resources, job.pipeline_id)
-            return jobs.Claim.SKIP, None
+            return jobs.Claimed(jobs.Claim.SKIP)
     await _publish_status(resources, job)
-    return claimed.claim, job
+    return claimed
 
 
 async def _execute(resources: Resources, attempt: _Attempt) -> None:
     """Run the claimed attempt's kind, with heartbeats."""
     job, kind = attempt.job, attempt.kind
     assert kind is not None, "only declared actors run"
-    context = JobContext(job, resources, input_count=len(kind.inputs(job.params)))
+    context = JobContext(
+        job, resources, input_count=len(kind.inputs(job.params)), inputs=attempt.inputs
+    )
     attempt.context = context
     with trace.use_span(attempt.span, end_on_exit=False):
         async with context.running():
@@ -256,12 +269,12 @@ async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -
     go out after the record, never undoing it.
     """
     outputs = attempt.context.outputs if attempt.context is not None else []
+    file_meta = attempt.context.file_meta if attempt.context is not None else {}
     with trace.use_span(attempt.span, end_on_exit=False):
-        again, changed = await patiently(lambda: _record(resources, attempt.job, outputs, outcome))
+        again, changed = await patiently(
+            lambda: _record(resources, attempt.job, outputs, outcome, file_meta)
+        )
         if changed is not None:
-            if changed.status.is_final and resources.settings.mail_enabled:
-                # Before the announcement, so a subscriber that sees it finds the row.
-                await notifications.job_ended(resources.sessionmaker, changed)
             if isinstance(outcome, Succeeded):
                 for file in outputs:
                     await _publish_file(resources, file)
@@ -270,7 +283,11 @@ async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -
 
 
 async def _record(
-    resources: Resources, ran: Job, outputs: list[File], outcome: Outcome
+    resources: Resources,
+    ran: Job,
+    outputs: list[File],
+    outcome: Outcome,
+    file_meta: dict[uuid.UUID, dict[str, Any]],
 ) -> tuple[bool, Job | None]:
     """The database side of ``_conclude``: (send again?, the job if its status changed).
 
@@ -280,7 +297,21 @@ async def _record(
     job_id, attempt = ran.id, ran.attempts
     mine = {f.id for f in outputs}
     storage = resources.storage
+    # Its notification (before the announcement, so a subscriber that sees the
+    # final event finds the row) and what it learnt about files go with the status.
+    ending: dict[str, Any] = {
+        "notify": resources.settings.mail_enabled,
+        "file_meta": file_meta,
+    }
     async with resources.sessionmaker() as db:
+        if isinstance(outcome, Succeeded):
+            # The common case, in one conditional UPDATE: it wins only while this
+            # attempt is the job's running one; otherwise look at the row below.
+            ended = await jobs.finish(
+                db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt, **ending
+            )
+            if ended is not None:
+                return False, ended
         job = await db.get(Job, job_id, populate_existing=True)
         if job is None:
             return False, None
@@ -296,7 +327,7 @@ async def _record(
             return False, None
         if isinstance(outcome, Succeeded):
             ended = await jobs.finish(
-                db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt
+                db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt, **ending
             )
             if ended is None:
                 await _remove(db, resources, job, only=mine)
@@ -326,6 +357,7 @@ async def _record(
             error=outcome.error if isinstance(outcome, Failed) else None,
             message="Cancelled." if isinstance(outcome, Cancelled) else None,
             attempt=attempt,
+            **ending,
         )
         return False, ended
 
@@ -456,16 +488,17 @@ class JobLifecycle(Middleware):
             return
         job_id = job_id_of(message)
         try:
-            claim, job = _run(_claim(self.resources, job_id))
+            claimed = _run(_claim(self.resources, job_id))
         except Exception as exc:
             if not is_transient(exc):
                 logger.exception("job claim failed", job_id=str(job_id))
                 raise SkipMessage() from exc
             logger.warning("job claim failed; trying later", job_id=str(job_id), error=str(exc))
-            claim, job = jobs.Claim.DEFER, None
-        if claim is jobs.Claim.DEFER:
+            claimed = jobs.Claimed(jobs.Claim.DEFER)
+        job = claimed.job
+        if claimed.claim is jobs.Claim.DEFER:
             broker.enqueue(message.copy(), delay=DEFER_MS)
-        if claim is not jobs.Claim.RUN or job is None:
+        if claimed.claim is not jobs.Claim.RUN or job is None:
             raise SkipMessage()
         span = tracing.start_attempt_span(
             f"job {job.kind}",
@@ -476,7 +509,7 @@ class JobLifecycle(Middleware):
                 "depot.job.attempt": job.attempts,
             },
         )
-        self._attempts[message.message_id] = _Attempt(job, kind, span)
+        self._attempts[message.message_id] = _Attempt(job, kind, span, claimed.inputs)
 
     def run_current(self) -> None:
         """The actors' body: run the attempt claimed for the message this thread handles."""

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 import anyio
 
-from core.files import set_meta
 from core.time import utcnow
 from workers.context import JobContext
 from workers.errors import JobFailed
@@ -37,9 +36,7 @@ async def run(ctx: JobContext) -> None:
         size += len(chunk)
         await ctx.progress(size / file.size if file.size else 1.0, f"Reading {file.name}")
     corrupt = size != file.size or digest.hexdigest() != file.sha256
-    meta = {**file.meta, "corrupt": corrupt, "verifiedAt": utcnow().isoformat()}
-    async with ctx.sessionmaker() as db:
-        await set_meta(db, file.id, meta)
+    ctx.set_meta(file, {**file.meta, "corrupt": corrupt, "verifiedAt": utcnow().isoformat()})
     if corrupt:
         raise JobFailed(
             f"{file.path!r} is corrupt: its bytes in storage ({size} bytes, SHA-256 "
