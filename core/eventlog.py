@@ -170,6 +170,10 @@ class _Fanout:
         finally:
             self.remove(stream, listener)
 
+    def listened(self, stream: str) -> bool:
+        """Whether ``stream`` has a listener here now (a dict lookup: no lock needed)."""
+        return stream in self._listeners
+
     def dispatch(self, stream: str, item: Entry | _Resync) -> None:
         with self._lock:
             listeners = list(self._listeners.get(stream, ()))
@@ -450,8 +454,11 @@ class RedisEventLog:
                 await asyncio.sleep(self._reconnect_delay)
 
     def _dispatch(self, raw: bytes | str) -> None:
+        # Every process hears every event of the installation: decode only those
+        # someone here listens to (a job's progress mostly has no listener).
         stream, cursor, payload = _text(raw).split("\n", 2)
-        self._fanout.dispatch(stream, Entry(cursor, json.loads(payload)))
+        if self._fanout.listened(stream):
+            self._fanout.dispatch(stream, Entry(cursor, json.loads(payload)))
 
     async def aclose(self) -> None:
         if self._reader is not None:
