@@ -36,8 +36,10 @@ from api.upload_progress import UploadProgress, waiting_pipeline
 from core.content import OCTET_STREAM, Fingerprint, content_disposition
 from core.direct_uploads import open_ticket, record_seen
 from core.downloads import may_download
+from core.errors import Conflict, DepotError, NotFound, QuotaExceeded
 from core.links import LinkExpired, LinkInvalid, LinkSigner, Purpose
 from core.probe import Sample, probe
+from core.resumable_uploads import UploadExpired
 from storage.base import Stat, Storage
 from storage.errors import ObjectNotFound, TooLarge
 
@@ -63,6 +65,20 @@ class LinkRefused(Exception):
 
     def __init__(self, response: Response) -> None:
         self.response = response
+
+
+def upload_refusal_status(error: DepotError) -> int:
+    """The HTTP status of core's refusal of an upload request: the one map the routes
+    that speak another protocol's errors (tus, S3's XML) start from."""
+    if isinstance(error, UploadExpired):
+        return 410
+    if isinstance(error, NotFound):
+        return 404
+    if isinstance(error, Conflict):
+        return 409
+    if isinstance(error, QuotaExceeded):
+        return 413
+    return 400
 
 
 def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -32,9 +32,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.bodies import BodyRefused, body_chunks
-from api.files import PATHS, RouteLinks
+from api.files import PATHS, RouteLinks, upload_refusal_status
 from core import metrics, multipart_uploads, resumable_uploads
-from core.errors import BadUserInput, Conflict, DepotError, NotFound, QuotaExceeded
+from core.errors import BadUserInput, DepotError
 from core.events import FileCreated, announce
 from core.ids import encode_id
 from core.links import LinkExpired, LinkInvalid
@@ -66,18 +66,6 @@ def _xml(status: int, body: str = "") -> Response:
 
 def _error(status: int, code: str, message: str) -> Response:
     return _xml(status, f"<Error><Code>{code}</Code><Message>{escape(message)}</Message></Error>")
-
-
-def _status_of(error: DepotError) -> int:
-    if isinstance(error, resumable_uploads.UploadExpired):
-        return 410
-    if isinstance(error, NotFound):
-        return 404
-    if isinstance(error, Conflict):
-        return 409
-    if isinstance(error, QuotaExceeded):
-        return 413
-    return 400
 
 
 def parse_parts(body: str) -> list[tuple[int, str]]:
@@ -113,7 +101,7 @@ async def control(request: Request) -> Response:
     try:
         return await _answer(request, operation, upload_id, owner_id, credential)
     except DepotError as error:
-        return _error(_status_of(error), error.code, error.message)
+        return _error(upload_refusal_status(error), error.code, error.message)
     except BodyRefused as refused:
         return _error(refused.status, refused.code, refused.message)
     except ClientDisconnect:

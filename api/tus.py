@@ -38,17 +38,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from api.bodies import BodySilent, body_chunks
+from api.files import upload_refusal_status
 from api.upload_progress import UploadProgress, waiting_pipeline
 from core import metrics, pipeline_templates
 from core import resumable_uploads as uploads
 from core.auth import Principal, authenticate
 from core.errors import (
     BadUserInput,
-    Conflict,
     DepotError,
     EmailNotVerified,
     NotFound,
-    QuotaExceeded,
     RateLimited,
     Unauthenticated,
 )
@@ -91,19 +90,11 @@ def _status_of(error: DepotError) -> int:
         return 460  # tus's "Checksum Mismatch"
     if isinstance(error, uploads.UploadBusy):
         return 423
-    if isinstance(error, uploads.UploadExpired):
-        return 410
-    if isinstance(error, NotFound):
-        return 404
-    if isinstance(error, Conflict):
-        return 409
-    if isinstance(error, QuotaExceeded):
-        return 413
     if isinstance(error, Unauthenticated):
         return 401
     if isinstance(error, RateLimited):
         return 429
-    return 400
+    return upload_refusal_status(error)
 
 
 def _answer(status: int, headers: dict[str, str] | None = None) -> Response:
