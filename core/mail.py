@@ -24,17 +24,19 @@ from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from functools import cache
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
 import anyio
 import structlog
-from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from core.errors import FeatureDisabled
 from core.settings import Settings
 from core.time import utcnow
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
 
 logger = structlog.get_logger("depot.mail")
 
@@ -46,6 +48,10 @@ DISABLED: Final = "Mail is switched off: this installation has no mail server (s
 
 @cache
 def _templates() -> Environment:
+    # Imported at the first mail, not with the module: every `depot worker` and app
+    # imports this module, and most never compose a mail (jinja2: ~30 ms of CPU).
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
     return Environment(
         loader=PackageLoader("core", "templates/mail"),
         autoescape=select_autoescape(["html"]),
