@@ -1,7 +1,9 @@
 """Fixtures: one app and client per database backend, each test on a fresh database.
 
 A fresh database is a copy of one migrated once per session (per xdist worker),
-so hundreds of tests do not each run every migration; ``make test`` runs the
+so hundreds of tests do not each run every migration; on PostgreSQL one copy
+per xdist worker is emptied between tests instead of copied again
+(:class:`ReusedPostgresDatabase`). ``make test`` runs the
 suite on every core, each worker with a Redis database of its own.
 
 Async tests run under AnyIO's pytest plugin (``pytestmark = pytest.mark.anyio``):
