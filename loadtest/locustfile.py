@@ -24,6 +24,7 @@ import zlib
 from typing import Any
 from urllib.parse import urlsplit
 
+import gevent
 import websocket
 from locust import HttpUser, SequentialTaskSet, between, task
 from locust.exception import InterruptTaskSet
@@ -34,6 +35,9 @@ JOB_TIMEOUT_S = float(os.environ.get("LOADTEST_JOB_TIMEOUT_SECONDS", "120"))
 """How long a job may take, queued and running, before it counts as failed."""
 WAIT_SECONDS = tuple(float(x) for x in os.environ.get("LOADTEST_WAIT_SECONDS", "0.5-2").split("-"))
 """How long a user pauses between two steps, at least and at most."""
+VISITS = int(os.environ.get("LOADTEST_VISITS", "0"))
+"""With a positive number the run ends once every user has made that many whole
+visits (a smoke test that every step works); 0 runs until ``--run-time``."""
 PAGE_SIZE = 10
 PAGES = 3
 
@@ -61,6 +65,9 @@ DOWNLOAD_URL = """query DownloadUrl($id: ID!) { file(id: $id) { downloadUrl size
 SIGN_OUT = """mutation SignOut($token: String!) { logout(refreshToken: $token) }"""
 
 FINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+
+_VISITS: dict[str, int] = {}
+"""Whole visits (sign-out included) each user of this run has made, by email."""
 
 
 def png(width: int = 64, height: int = 64) -> bytes:
@@ -178,6 +185,7 @@ class Visit(SequentialTaskSet):
     def sign_out(self) -> None:
         self.graphql("logout", SIGN_OUT, token=self.refresh_token)
         self.access_token = self.refresh_token = ""
+        self.user.visit_made()
 
 
 def _data(response: Any) -> dict[str, Any]:
@@ -205,6 +213,7 @@ class DepotUser(HttpUser):
     def on_start(self) -> None:
         self.email = f"load-{secrets.token_hex(8)}@example.com"
         self.password = secrets.token_urlsafe(18)
+        _VISITS[self.email] = 0
         # A failure is reported; the visits then fail to sign in, visibly.
         with (
             contextlib.suppress(InterruptTaskSet),
@@ -225,6 +234,20 @@ class DepotUser(HttpUser):
             ) as response,
         ):
             _data(response)
+
+    def visit_made(self) -> None:
+        """Count a whole visit; with ``LOADTEST_VISITS``, end the run once every user
+        has made that many (visits still in progress are cut short, unreported)."""
+        _VISITS[self.email] += 1
+        runner = self.environment.runner
+        if (
+            VISITS
+            and runner is not None
+            and len(_VISITS) >= runner.target_user_count
+            and min(_VISITS.values()) >= VISITS
+        ):
+            # From a greenlet of its own: quitting stops every user, this one too.
+            gevent.spawn(runner.quit)
 
     def follow_job(self, job_id: str, token: str) -> None:
         """Subscribe to ``jobEvents`` over graphql-transport-ws until the job ends.

@@ -1,11 +1,12 @@
-"""A 30-second smoke of the Locust scenario in loadtest/ against a real ``depot serve``.
+"""A smoke of the Locust scenario in loadtest/ against a real ``depot serve``.
 
 Five users register, sign in, page, upload small and large files, run a job
-and follow it over the WebSocket, download and sign out, for half a minute,
-headless. Any failed request, any exception in the scenario, or a step that
-never ran fails the test: the load test stays runnable against the API as
-it changes. The figures it prints are not measurements (this machine is
-shared); loadtest/README.md says how to run it for those.
+and follow it over the WebSocket, download and sign out, headless, until each
+has made one whole visit (``LOADTEST_VISITS``; half a minute at most). Any
+failed request, any exception in the scenario, or a step that never ran fails
+the test: the load test stays runnable against the API as it changes. The
+figures it prints are not measurements (this machine is shared);
+loadtest/README.md says how to run it for those.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from tests.processes import answers_http, free_port, wait_until_ready
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SMOKE_SECONDS = 30
+"""The most the run may take; it ends sooner, once every user has visited once."""
 USERS = 5
+VISITS = 1
 STEPS = {
     "register",
     "login",
@@ -83,7 +86,12 @@ def test_the_load_test_runs_against_depot_serve_without_a_failure(tmp_path: Path
                 *("--exit-code-on-error", "1"),
             ],
             cwd=tmp_path,
-            env={**environment, "LOADTEST_LARGE_UPLOAD_MIB": "2", "LOADTEST_WAIT_SECONDS": "0.2-1"},
+            env={
+                **environment,
+                "LOADTEST_LARGE_UPLOAD_MIB": "2",
+                "LOADTEST_WAIT_SECONDS": "0.2-1",
+                "LOADTEST_VISITS": str(VISITS),
+            },
             capture_output=True,
             text=True,
             timeout=SMOKE_SECONDS + 90,

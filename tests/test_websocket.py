@@ -18,6 +18,7 @@ from httpx_ws import AsyncWebSocketSession, WebSocketDisconnect, aconnect_ws
 
 from core.db import create_engine
 from core.models import Role
+from core.tokens import CLOCK_SKEW
 from tests.conftest import make_settings, serve_app
 from tests.support import (
     PASSWORD,
@@ -575,9 +576,11 @@ async def _silent_until_closed(ws: AsyncWebSocketSession) -> None:
 
 
 async def test_a_socket_ends_when_its_access_token_expires(pushed: httpx.AsyncClient) -> None:
-    # A token valid for two more seconds (plus the 10 s leeway every check allows); the
-    # poll is an hour away, so only the watch's wake-up at expiry can close it.
-    token = resigned(await _token(pushed), exp=int(time.time()) + 2)
+    # A token whose ``exp`` has passed but which the clock leeway every check allows
+    # still accepts for two to three more seconds (not the leeway's ten and more);
+    # the poll is an hour away, so only the watch's wake-up at expiry can close it.
+    leeway = int(CLOCK_SKEW.total_seconds())
+    token = resigned(await _token(pushed), exp=int(time.time()) - leeway + 3)
     async with _connect(pushed) as ws:
         await _acknowledged(ws, token)
         await _still_answers(ws, "q1")
