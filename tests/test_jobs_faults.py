@@ -298,6 +298,7 @@ async def test_a_stopping_worker_hands_its_job_back_to_the_queue_at_once(
         job = await _extract_under_way(client, headers)
         assert await anyio.to_thread.run_sync(worker_a.stop) == 0
         assert "job interrupted: its worker is stopping" in worker_a.output()
+        assert "unhandled exception" not in worker_a.output(), "a hand-back is no error"
         handed_back = await _progress(client, headers, job["id"])
         assert handed_back["status"] == "QUEUED", handed_back
         assert handed_back["attempts"] == 0, "the interrupted attempt is not counted"

@@ -588,7 +588,10 @@ def _declare_actors(broker: dramatiq.Broker, queue: str, lifecycle: JobLifecycle
             priority=0,
             options={
                 "time_limit": int(kind.time_limit_seconds * 1000),
-                "throws": (JobFailed, JobCancelled),
+                # Expected ends: Dramatiq logs them in one line, not as an error
+                # with a traceback (whose rendering, locals and all, took seconds
+                # of a stopping worker's time when a job was handed back).
+                "throws": (JobFailed, JobCancelled, JobInterrupted),
             },
         )
 
