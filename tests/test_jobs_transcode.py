@@ -110,7 +110,7 @@ async def test_a_transcode_is_cancelled_mid_file(
     client: httpx.AsyncClient, tmp_path: Path, settings: Settings
 ) -> None:
     headers = await sign_up(client)
-    long = video(tmp_path / "long.mp4", seconds=120, fps=15, size=(320, 240), sound=True)
+    long = video(tmp_path / "long.mp4", seconds=120, fps=15, size=(320, 240))
     source = await upload_file(client, headers, "long.mp4", long)
     job = await start_job(
         client, headers, {"transcode": {"fileId": source["id"], "format": "WEBM"}}
