@@ -362,11 +362,12 @@ async def test_a_job_whose_message_was_lost_is_sent_again_and_runs(
     async with engine.begin() as connection:
         await connection.execute(update(Job).values(sent_at=None))
 
-    with depot(settings, "worker", name="worker") as worker:
+    # Both start at once: a message the scheduler sends before the worker listens
+    # waits for it in Redis's queue.
+    with depot(settings, "worker", name="worker") as worker, scheduler(settings) as process:
         await until(lambda: "Depot worker running" in worker.output())
-        with scheduler(settings) as process:
-            await wait_for_runs(process, 2)
-            process.stop()
+        await wait_for_runs(process, 2)
+        process.stop()
         try:
             done = await wait_for_job(client, headers, job["id"])
         except TimeoutError:
