@@ -593,8 +593,11 @@ async def test_s3_presigns_for_the_endpoint_clients_reach(
 
 
 async def test_s3_failures_other_than_not_found_are_storage_errors(
-    s3_server: S3Server, tmp_path: Path
+    s3_server: S3Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # One try each: what the error becomes is the point here, not botocore's
+    # retries with backoff (two more, over a second or two).
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     missing_bucket = s3_server.storage_url("no-such-bucket")
     storage = opened(make_settings(tmp_path, storage_url=missing_bucket))
     try:
