@@ -44,6 +44,7 @@ from core.logging import configure_logging
 from core.migrate import prepare_schema
 from core.ratelimit import Action, ActionLimit, ActionLimiter, LoginLimiter, limiter_storage
 from core.settings import Settings, load_settings
+from core.signins import SignIns
 from core.time import utcnow
 from schema import build_schema
 from storage import Storage
@@ -96,6 +97,7 @@ class State(TypedDict):
     storage: Storage
     links: RouteLinks
     events: EventLog
+    signins: SignIns
     jobs: Jobs
     drain: Drain
     # Bounds how many image variants render at once (api/variants.py).
@@ -138,6 +140,7 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
             await prepare_schema(r.engine, production=settings.is_production)
             maintenance: Maintenance | None = None
             dispatcher: Dispatcher | None = None
+            signins: SignIns | None = None
             try:
                 if r.redis is None:
                     await _resend_unfinished(r)
@@ -156,6 +159,12 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                     slowdown_per_account=settings.login_slowdown_per_account,
                     max_delay_seconds=settings.login_max_delay_seconds,
                 )
+                signins = SignIns(
+                    r.events,
+                    r.sessionmaker,
+                    cache_seconds=settings.sign_in_cache_seconds,
+                    recheck_seconds=settings.ws_auth_recheck_seconds,
+                )
                 yield State(
                     settings=settings,
                     engine=r.engine,
@@ -170,11 +179,14 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                     storage=r.storage,
                     links=links,
                     events=r.events,
+                    signins=signins,
                     jobs=r.jobs,
                     drain=drain,
                     variant_limiter=anyio.CapacityLimiter(settings.variant_render_concurrency),
                 )
             finally:
+                if signins is not None:
+                    await signins.aclose()
                 if dispatcher is not None:
                     await dispatcher.stop()
                 if maintenance is not None:

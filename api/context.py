@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from core.auth import authenticate
+from core.auth import presented, verify
 from core.errors import Unauthenticated
 from core.settings import Settings
 from schema.context import Context
@@ -46,6 +46,7 @@ async def build_context(
         storage=state.storage,
         links=state.links.for_request(request),
         events=state.events,
+        signins=state.signins,
         jobs=state.jobs,
         request_id=state.request_id,
     )
@@ -67,16 +68,25 @@ async def end_request(request: Request) -> None:
 async def sign_in(context: Context, authorization: str) -> None:
     """Resolve the caller; a refused credential is kept to explain later errors.
 
-    In the context's shared session: over HTTP the request's resolvers go on
-    in it; a WebSocket's is closed at once, so that the socket holds none
-    while it waits for operations.
+    A credential this process verified a moment ago comes from the sign-in
+    cache (``core.signins``) without SQL; otherwise it is read in the
+    context's shared session: over HTTP the request's resolvers go on in it;
+    a WebSocket's is closed at once, so that the socket holds none while it
+    waits for operations.
     """
+    signins = context.signins
     try:
-        async with context.db() as db:
-            principal = await authenticate(db, context.settings, authorization)
-            # Out of the session: a later block's rollback would expire it, and an
-            # expired row cannot load itself again in async code.
-            db.expunge(principal.user)
+        credential = presented(context.settings, authorization)
+        expires_at = credential.claims.expires_at if credential.claims is not None else None
+        principal = signins.get(credential.key, expires_at)
+        if principal is None:
+            started = signins.now()
+            async with context.db() as db:
+                principal = await verify(db, credential)
+                # Out of the session: a later block's rollback would expire it, and an
+                # expired row cannot load itself again in async code.
+                db.expunge(principal.user)
+            signins.put(credential.key, principal, started)
         context.principal = principal
     except Unauthenticated as exc:
         context.auth_error = exc

@@ -14,7 +14,9 @@ Strawberry's protocol handlers do the protocol; Depot adds, for both
   revocation is announced on the event bus (``core.events.CredentialsRevoked``)
   and every socket of that user rechecks at once; a rare poll
   (``DEPOT_WS_AUTH_RECHECK_SECONDS``) covers an event lost in transit, and
-  the watch also wakes when the access token expires;
+  the watch also wakes when the access token expires. The watch is the
+  process's one per user (``core.signins.SignIns.watching``), not one per
+  socket: a socket adds an entry to it, no task and no subscription;
 * persisted documents (``api.persisted``), as over HTTP: a ``subscribe``
   (``start``) payload may name its document by ``extensions.persistedQuery``
   or ``documentId`` instead of sending it, and with
@@ -28,10 +30,8 @@ The legacy protocol is served only with ``DEPOT_GRAPHQL_WS_LEGACY``
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack, suppress
+from collections.abc import Awaitable
 from datetime import timedelta
 
 import structlog
@@ -57,23 +57,14 @@ from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, St
 
 from api.context import sign_in
 from api.persisted import PersistedDocuments, PersistedQueryError
-from core.auth import Principal, recheck
-from core.errors import Unauthenticated
-from core.eventlog import Listener
-from core.events import credentials_stream
 from core.settings import Settings
-from core.time import utcnow
-from core.tokens import CLOCK_SKEW
+from core.signins import SocketWatch
 from schema.context import Context
 
 logger = structlog.get_logger("depot.graphql")
 
 # How long a socket may stay open without sending `connection_init` (then 4408).
 CONNECTION_INIT_TIMEOUT = timedelta(seconds=10)
-# A WebSocket close reason may have at most 123 bytes.
-_MAX_CLOSE_REASON = 123
-# How long a socket waits for the event bus to listen before it only polls.
-LISTEN_PATIENCE_S = 5.0
 # graphql-transport-ws's "too many" (its codes mirror HTTP statuses: 429).
 TOO_MANY = 4429
 
@@ -190,66 +181,6 @@ async def sign_in_socket(context: Context) -> None:
         raise TooManySockets("Too many open WebSockets for this user; close one first.")
 
 
-async def watch_credential(
-    context: Context, close: Callable[[int, str], Awaitable[None]], interval_s: float
-) -> None:
-    """Close a signed-in socket with 4403 once its credential ends, ending its operations.
-
-    Rechecks every ``interval_s`` seconds on any replica, whoever revoked the
-    credential. A database that cannot be reached keeps the socket open: a
-    failed recheck is not a refusal.
-    """
-    principal = context.principal
-    assert principal is not None, "only a signed-in socket is watched"
-    async with AsyncExitStack() as stack:
-        listener = await _listen(context, stack, principal, min(interval_s, LISTEN_PATIENCE_S))
-        while True:
-            await _wait(listener, min(interval_s, _until_expiry(principal)))
-            try:
-                async with context.sessionmaker() as db:
-                    await recheck(db, principal)
-            except Unauthenticated as exc:
-                reason = f"Forbidden: {exc}".encode()[:_MAX_CLOSE_REASON]
-                await close(4403, reason.decode(errors="ignore"))
-                return
-            except Exception:
-                logger.warning("websocket credential recheck failed", exc_info=True)
-
-
-async def _listen(
-    context: Context, stack: AsyncExitStack, principal: Principal, patience_s: float
-) -> Listener | None:
-    """Listen to the user's revocations; None (poll only) if the bus does not answer in time."""
-    try:
-        async with asyncio.timeout(patience_s):
-            return await stack.enter_async_context(
-                context.events.listen(credentials_stream(principal.user.id))
-            )
-    except Exception:
-        logger.warning("websocket not listening for revocations; polling", exc_info=True)
-        return None
-
-
-async def _wait(listener: Listener | None, seconds: float) -> None:
-    """Until a revocation (or a lost-event warning) arrives, or ``seconds`` pass."""
-    if listener is None:
-        await asyncio.sleep(seconds)
-        return
-    with suppress(TimeoutError):
-        await asyncio.wait_for(listener.queue.get(), seconds)
-    # Several revocations at once need one recheck.
-    while not listener.queue.empty():
-        listener.queue.get_nowait()
-
-
-def _until_expiry(principal: Principal) -> float:
-    """Seconds until the socket's access token has expired, leeway included."""
-    if principal.expires_at is None:
-        return float("inf")
-    left = (principal.expires_at + CLOCK_SKEW - utcnow()).total_seconds()
-    return max(0.0, left) + 0.05
-
-
 async def resolve_payload(
     persisted: PersistedDocuments, payload: object, redis: Redis | None
 ) -> PersistedQueryError | None:
@@ -277,7 +208,7 @@ class _Watched:
 
     context: Context
     websocket: AsyncWebSocketAdapter
-    _watch: asyncio.Task[None] | None = None
+    _watch: SocketWatch | None = None
 
     async def handle(self) -> None:
         sockets = _sockets(self.context)
@@ -308,16 +239,12 @@ class _Watched:
     def start_watching(self) -> None:
         if self.context.principal is None or self._watch is not None:
             return
-        interval = self.context.settings.ws_auth_recheck_seconds
-        self._watch = asyncio.create_task(
-            watch_credential(self.context, self.websocket.close, interval)
-        )
+        self._watch = self.context.signins.watching(self.context.principal, self.websocket.close)
 
     async def stop_watching(self) -> None:
         if self._watch is not None:
-            self._watch.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._watch
+            self.context.signins.unwatch(self._watch)
+            self._watch = None
 
 
 class TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None]):

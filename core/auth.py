@@ -26,23 +26,56 @@ class Principal:
     access_token_id: uuid.UUID | None = None
     # When the session's access token (a JWT) stops being valid.
     expires_at: datetime | None = None
+    # When the personal access token stops being valid (core.signins caches no longer).
+    personal_token_expires_at: datetime | None = None
 
 
-async def authenticate(db: AsyncSession, settings: Settings, authorization: str) -> Principal:
-    """Resolve ``Bearer <access token | personal access token>``, or raise why not."""
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """A credential as sent, its form checked (and an access token's signature and expiry).
+
+    ``key`` names it in the sign-in cache (``core.signins``): a session by its
+    id and user, a personal access token by its hash.
+    """
+
+    key: str
+    claims: tokens.AccessClaims | None = None
+    secret: str | None = None
+
+
+def presented(settings: Settings, authorization: str) -> Presented:
+    """Parse ``Bearer <access token | personal access token>``, or raise why it is refused.
+
+    No database: a personal token's hash (one SHA-256) or an access token's
+    HMAC and claims.
+    """
     scheme, _, credential = authorization.strip().partition(" ")
     credential = credential.strip()
     if scheme.lower() != "bearer" or not credential:
         raise Unauthenticated("Send credentials as `Authorization: Bearer <token>`.")
     if credential.startswith(tokens.PERSONAL_PREFIX):
-        user, token = await user_of_access_token(db, credential)
-        return Principal(user, access_token_id=token.id)
+        return Presented(f"t:{tokens.token_hash(credential)}", secret=credential)
     claims = tokens.decode_access_token(settings, credential)
+    return Presented(f"s:{claims.session_id}:{claims.user_id}", claims=claims)
+
+
+async def verify(db: AsyncSession, credential: Presented) -> Principal:
+    """The principal behind ``credential``, read from the database, or raise why not."""
+    if credential.claims is None:
+        assert credential.secret is not None
+        user, token = await user_of_access_token(db, credential.secret)
+        return Principal(user, access_token_id=token.id, personal_token_expires_at=token.expires_at)
+    claims = credential.claims
     return Principal(
         await user_of_session(db, claims),
         session_id=claims.session_id,
         expires_at=claims.expires_at,
     )
+
+
+async def authenticate(db: AsyncSession, settings: Settings, authorization: str) -> Principal:
+    """Resolve ``Bearer <access token | personal access token>``, or raise why not."""
+    return await verify(db, presented(settings, authorization))
 
 
 async def recheck(db: AsyncSession, principal: Principal) -> None:

@@ -27,6 +27,17 @@ from core.time import utcnow
 ENDED = "The session has ended; sign in again."
 
 
+class RefreshTokenReused(Unauthenticated):
+    """A used refresh token came again: its session has been revoked (and committed)."""
+
+    def __init__(self, user_id: uuid.UUID) -> None:
+        super().__init__(
+            "This refresh token was already used, so it may have been stolen: "
+            "the session has been ended. Sign in again."
+        )
+        self.user_id = user_id
+
+
 @dataclass(frozen=True)
 class Tokens:
     access_token: str
@@ -100,10 +111,7 @@ async def refresh_session(
     if claimed.rowcount != 1:
         await revoke_sessions(db, col(Session.id) == session.id)
         await db.commit()  # the revocation must outlive the error raised next
-        raise Unauthenticated(
-            "This refresh token was already used, so it may have been stolen: "
-            "the session has been ended. Sign in again."
-        )
+        raise RefreshTokenReused(user.id)
     session.last_used_at = now
     new_credential, refresh = _refresh_credential(settings, session, now)
     db.add(new_credential)

@@ -662,6 +662,19 @@ class Settings(BaseSettings):
         description='Add "Did you mean …?" to validation errors, which reveals field '
         "and type names. Default: on in development, off in production.",
     )
+    sign_in_cache_seconds: float = Field(
+        default=5,
+        ge=0,
+        le=300,
+        description="How long this process answers a signed-in request from its sign-in "
+        "cache, without SQL, after it verified the credential (0 turns the cache off). A "
+        "sign-out, password change, revoked token, deactivation, role or email change is "
+        "exact at once in the process that made it and reaches the others through the event "
+        "bus; only an announcement lost in transit leaves another replica honouring the old "
+        "credential or account, for at most this long. Changes made straight in the database "
+        "are seen after it too. A few seconds spare the database a round trip on nearly "
+        "every request of a busy client.",
+    )
     ws_auth_recheck_seconds: float = Field(
         default=300,
         gt=0,

@@ -10,7 +10,6 @@ import strawberry
 from sqlmodel import col
 
 from core import access_tokens
-from core.events import CredentialsRevoked, announce
 from core.models import Credential, CredentialKind
 from core.ratelimit import Action
 from schema.context import Info
@@ -102,7 +101,7 @@ class AccessTokenMutation:
         async with info.context.db() as db:
             credential = await access_tokens.revoke_access_token(db, user.id, key)
             await db.commit()
-        await announce(info.context.events, CredentialsRevoked.of(user.id), owner_id=user.id)
+        await info.context.signins.changed(user.id)
         return AccessToken.from_model(credential)
 
 

@@ -9,7 +9,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import models, sessions, users
 from core.errors import BadUserInput
-from core.events import CredentialsRevoked, announce
 from core.mail import require_mail
 from schema.context import Info
 from schema.email import ask_for_reset
@@ -92,7 +91,10 @@ class AdminMutation:
         async with info.context.db() as db:
             user = await _target(db, info, id, self_allowed=False)
             user.role = models.Role(role.value)
-            return await _save(db, user)
+            saved = await _save(db, user)
+        # What they may do changed: every process's cached sign-in of theirs ends.
+        await info.context.signins.changed(user.id)
+        return saved
 
     @strawberry.mutation(
         description="Deactivate a user (their sessions and tokens stop working at once) "
@@ -106,8 +108,7 @@ class AdminMutation:
             if not active:
                 await sessions.revoke_sessions(db, col(models.Session.user_id) == user.id)
             saved = await _save(db, user)
-        if not active:
-            await announce(info.context.events, CredentialsRevoked.of(user.id), owner_id=user.id)
+        await info.context.signins.changed(user.id)
         return saved
 
     @strawberry.mutation(description="Set a user's storage quota.", permission_classes=[IsAdmin])
@@ -117,7 +118,9 @@ class AdminMutation:
         async with info.context.db() as db:
             user = await _target(db, info, id)
             user.quota_bytes = quota_bytes
-            return await _save(db, user)
+            saved = await _save(db, user)
+        await info.context.signins.changed(user.id)  # cached copies show the old quota
+        return saved
 
     @strawberry.mutation(
         description="Mail a user a password-reset link, for one who asks for help; counted "

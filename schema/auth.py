@@ -10,7 +10,6 @@ from sqlmodel import col
 
 from core import access_tokens, models, sessions, users
 from core.errors import Unauthenticated
-from core.events import CredentialsRevoked, announce
 from core.models import Session
 from core.ratelimit import Action
 from core.sessions import Tokens
@@ -54,8 +53,9 @@ def payload(user: models.User, tokens: Tokens) -> AuthPayload:
 
 
 async def _revoked(context: Context, user_id: uuid.UUID) -> None:
-    """Tell the user's open sockets, once committed, to recheck their credentials now."""
-    await announce(context.events, CredentialsRevoked.of(user_id), owner_id=user_id)
+    """Once committed: forget the user's cached sign-ins and have their sockets recheck,
+    here at once and, through the event bus, in every other process."""
+    await context.signins.changed(user_id)
 
 
 @strawberry.type
@@ -106,7 +106,9 @@ class AuthMutation:
             async with context.db() as db:
                 user, tokens = await sessions.refresh_session(db, context.settings, refresh_token)
                 await db.commit()
-        except Unauthenticated:
+        except Unauthenticated as exc:
+            if isinstance(exc, sessions.RefreshTokenReused):
+                await _revoked(context, exc.user_id)  # the thief's access tokens end too
             await failed(context, Action.REFRESH_FAILURE)
             raise
         return payload(user, tokens)
@@ -149,6 +151,8 @@ class AuthMutation:
             users.touch(user)
             db.add(user)
             await db.commit()
+        # Not a credential: other replicas' cached copies show the old name for their TTL.
+        info.context.signins.forget(user.id)
         return User.from_model(user)
 
     @strawberry.mutation(

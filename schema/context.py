@@ -18,6 +18,7 @@ from core.eventlog import EventLog
 from core.models import User
 from core.ratelimit import ActionLimiter, LoginLimiter
 from core.settings import Settings
+from core.signins import SignIns
 from schema.loaders import Loaders
 from storage import Links, Storage
 from workers.broker import Jobs
@@ -38,6 +39,9 @@ class Context:
     # Depot's signed links (every download URL), pointed at this request's host in development.
     links: Links
     events: EventLog
+    # This process's sign-in cache and credential watches: `signins.changed(user_id)`
+    # after any committed change to a user's credentials or account.
+    signins: SignIns
     jobs: Jobs
     request_id: str
     principal: Principal | None = None

@@ -12,7 +12,6 @@ import strawberry
 
 from core import passwords, sessions, users
 from core.errors import BadUserInput, Conflict, FeatureDisabled, Unauthenticated
-from core.events import CredentialsRevoked, announce
 from core.mail import require_mail
 from core.ratelimit import Action
 from schema.auth import AuthPayload, payload
@@ -68,7 +67,7 @@ class EmailMutation:
             user = await sessions.reset_password(db, context.settings, token, new_password)
             tokens = await sessions.start_session(db, context.settings, user)
             await db.commit()
-        await announce(context.events, CredentialsRevoked.of(user.id), owner_id=user.id)
+        await context.signins.changed(user.id)
         return payload(user, tokens)
 
     @strawberry.mutation(
@@ -81,6 +80,8 @@ class EmailMutation:
         async with context.db() as db:
             user, former = await users.verify_email(db, token)
             await db.commit()
+        # The address, or its being verified, changed: cached copies of the account end.
+        await context.signins.changed(user.id)
         if former is not None:
             notice = mail.outgoing(former, "email_changed", {"new_email": user.email})
             await context.jobs.send_to(mail.SEND, notice)
@@ -157,4 +158,5 @@ class EmailMutation:
             users.touch(user)
             db.add(user)
             await db.commit()
+        context.signins.forget(user.id)  # not a credential: other replicas' copies lapse
         return NotificationPreferences.from_model(user)

@@ -56,11 +56,20 @@ T = TypeVar("T")
 
 @strawberry.type
 class Usage:
-    used_bytes: BigInt = strawberry.field(
-        description="Bytes held by your files (trash included) and open uploads."
-    )
-    quota_bytes: BigInt
+    # Read from the user's row when asked, not from the signed-in user's: that may
+    # come from the sign-in cache (core.signins), a few seconds old, and uploads and
+    # jobs change the count all the time. Both fields share one loaded row.
     owner_id: strawberry.Private[uuid.UUID]
+
+    @strawberry.field(description="Bytes held by your files (trash included) and open uploads.")
+    async def used_bytes(self, info: Info) -> BigInt:
+        user = await info.context.loaders.users.load(self.owner_id)
+        return BigInt(user.used_bytes if user is not None else 0)
+
+    @strawberry.field
+    async def quota_bytes(self, info: Info) -> BigInt:
+        user = await info.context.loaders.users.load(self.owner_id)
+        return BigInt(user.quota_bytes if user is not None else 0)
 
     @strawberry.field(
         description="How many live files you have; files in the trash are not counted "
@@ -114,11 +123,7 @@ class User(Node):
             role=user.role,
             is_active=user.is_active,
             created_at=user.created_at,
-            usage=Usage(
-                used_bytes=BigInt(user.used_bytes),
-                quota_bytes=BigInt(user.quota_bytes),
-                owner_id=user.id,
-            ),
+            usage=Usage(owner_id=user.id),
             email_verified=user.email_verified_at is not None,
             notification_preferences=NotificationPreferences.from_model(user),
         )

@@ -396,6 +396,9 @@ def make_settings(tmp_path: Path, **overrides: object) -> Settings:
         # every test's (statements counted, worker threads started). tests/test_mail.py
         # turns it on.
         "email_verification": False,
+        # Tests change users' rows behind the API's back (tests.support.update_user) and
+        # expect the next request to see it: no sign-in cache, but in the tests of it.
+        "sign_in_cache_seconds": 0,
         # Redis outlives a test and every test client has one address (127.0.0.1): its
         # per-address counters would add up over the whole run. Tests of a limit set it.
         **(

@@ -365,10 +365,10 @@ def test_handlers_extend_strawberrys_defaults() -> None:
 
 
 def test_the_socket_close_depot_calls_takes_a_code_and_a_reason() -> None:
-    # watch_credential is handed `websocket.close` and calls close(4403, reason).
+    # core.signins.SignIns.watching is handed `websocket.close` and calls close(4403, reason).
     assert _parameters(AsyncWebSocketAdapter.close) == ["self", "code", "reason"], (
         "Strawberry's AsyncWebSocketAdapter.close(code, reason) changed: "
-        "api.websocket.watch_credential closes sockets with it."
+        "core.signins.SignIns.watching closes sockets with it."
     )
 
 
