@@ -113,6 +113,8 @@ class _Watch:
     listening_since: float | None = None
     # time.monotonic() of the last revocation heard or made here.
     revoked_at: float = float("-inf")
+    # time.monotonic() until which a sign-in wants the watch kept without sockets.
+    wanted_until: float = float("-inf")
     # Set to have the watch look again now; `recheck` to have its sockets rechecked.
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     recheck: bool = False
@@ -171,6 +173,9 @@ class SignIns:
         if self._ttl <= 0:
             return
         watch = self._watch(principal.user.id)
+        # A user signing in keeps the watch up two TTLs: their next sign-in is cached, and
+        # the one after their entry lapses is cached again without waiting for a new watch.
+        watch.wanted_until = time.monotonic() + 2 * self._ttl
         if (
             watch.listening_since is None
             or watch.listening_since > started
@@ -277,11 +282,15 @@ class SignIns:
             now = time.monotonic()
             for key in [key for key in watch.keys if self._entries[key].until <= now]:
                 self._drop(key)
-            if not watch.sockets and not watch.keys:
+            if not watch.sockets and not watch.keys and watch.wanted_until <= now:
                 # Gone before any await, so that no socket or entry joins a watch that ends.
                 del self._watches[watch.user_id]
                 return
-            lapses = max((self._entries[key].until for key in watch.keys), default=float("inf"))
+            # Without sockets, the watch ends once its entries have lapsed and nobody wants it.
+            lapses = float("inf")
+            if not watch.sockets:
+                lapses = max([self._entries[key].until for key in watch.keys], default=now)
+                lapses = max(lapses, watch.wanted_until)
             # Just past the soonest expiry, so that the recheck finds the token expired.
             wait = min(next_poll - now, self._to_expiry(watch) + 0.05, lapses - now)
             if await self._next(watch, listener, wait):
