@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import time
@@ -601,3 +602,31 @@ async def test_a_message_nested_too_deeply_closes_the_socket_as_unreadable(
         await ws.send_text('{"type": "subscribe", "id": "q1", "payload": ' + deep + "}")
         code, _ = await _closed(ws)
     assert code == 4400
+
+
+# -- one credentials watch per user and process (core.signins) --------------------
+
+WATCH_TASK = "depot-credentials-watch"
+
+
+def _watches() -> int:
+    """The credentials watches running on this loop (the app's, in-process)."""
+    return sum(1 for t in asyncio.all_tasks() if t.get_name() == WATCH_TASK and not t.done())
+
+
+async def test_a_users_sockets_share_one_watch_that_closes_them_all(
+    pushed: httpx.AsyncClient,
+) -> None:
+    token = await _token(pushed)
+    async with _connect(pushed) as a, _connect(pushed) as b, _connect(pushed) as c:
+        for ws in (a, b, c):
+            await _acknowledged(ws, token)
+        assert _watches() == 1, "one task and one listener for the user, not one per socket"
+        assert "errors" not in await graphql(pushed, LOGOUT_EVERYWHERE, headers=bearer(token))
+        for ws in (a, b, c):
+            assert await _closed(ws) == ENDED
+    with anyio.fail_after(TIMEOUT_S):
+        for _ in range(10_000):
+            if not _watches():
+                break  # gone with the user's last socket
+            await anyio.sleep(0.01)
