@@ -16,6 +16,9 @@ this module translates HTTP to it and its errors back to tus's statuses. Each
 request costs the sign-in (one or two indexed reads) plus, for ``PATCH``, one
 conditional UPDATE to take the upload's lease and one to give it back with
 the new offset (and one more every third of the lease while bytes flow).
+A completed upload's record stays until it expires: ``HEAD`` answers its
+final offset, and a ``PATCH`` retried after its answer was lost is answered
+again (``_after_completion``) instead of 404.
 An upload that names a pipeline template (``template``) gets its pipeline at
 creation, named by the answer's ``Depot-Processing`` header; each ``PATCH``
 of it reads that pipeline once and tells its stream of the bytes
@@ -408,6 +411,8 @@ class TusRoutes:
                 ) from None
             except BodySilent as silent:
                 raise _Refusal(silent.status, silent.code, silent.message) from None
+            except uploads.UploadComplete as complete:
+                return _after_completion(request, offset, complete)
             except ClientDisconnect:
                 # Nobody reads this; what arrived is kept (without a checksum).
                 raise _Refusal(400, "BAD_REQUEST", "The client went away.") from None
@@ -441,6 +446,23 @@ class TusRoutes:
                 news=_news(request),
             )
         return _answer(204)
+
+
+def _after_completion(request: Request, offset: int, complete: uploads.UploadComplete) -> Response:
+    """The answer to a PATCH of a completed upload: most likely the last one again, its
+    answer lost (tus-js-client retries it). If its bytes end where the upload did, it
+    is answered as the first time was, without reading them; otherwise it is the
+    offset mismatch tus calls 409."""
+    sent = _number(request, "content-length")
+    if sent is not None and offset + sent == complete.length:
+        return _answer(
+            204,
+            {
+                "Upload-Offset": str(complete.length),
+                "Upload-Expires": _http_date(complete.expires_at),
+            },
+        )
+    return _refused(409, complete.code, complete.message)
 
 
 async def _template_steps(

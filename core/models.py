@@ -270,7 +270,9 @@ class ResumableUpload(SQLModel, table=True):
 
     The bytes so far are appended to ``storage_key`` (``Storage.append``, with
     ``storage_handle``); the object becomes the file's own once the last byte
-    arrives, and the row goes in the same transaction as the file's comes.
+    arrives, and the row goes in the same transaction as the file's comes (a tus
+    upload's stays, complete at ``offset == length``, until it expires, so that a
+    retried request learns the final offset: ``core.resumable_uploads``).
     ``busy_until`` is the lease of the request appending now, so two requests
     never append at once, on one replica or many.
     """

@@ -12,6 +12,15 @@ client declared, and the file's row replaces the upload's in one transaction.
 ``terminate`` and ``expire_uploads`` end an unfinished upload, its bytes
 deleted and its reservation released.
 
+**A completed tus upload keeps its row** until it expires, at ``offset ==
+length`` (:func:`is_complete`; ``length > 0``: an empty upload completes at
+its creation, with no ``PATCH`` to retry): a client whose last ``PATCH``
+lost its answer asks again, and ``HEAD`` and the retried ``PATCH`` are told
+the final offset (:class:`UploadComplete`) instead of 404. The row holds no
+bytes and no reservation of its own (its key is the file's now), so expiry
+only deletes it; every rule about unfinished uploads (the lease, the list,
+cancelling, the quota recount) reads :func:`unfinished` rows only.
+
 Requests for one upload never append at once, on one replica or many: each
 takes a lease (``busy_until``) with one conditional UPDATE on the offset it
 starts from, renews it while bytes flow, and gives it back with the new
@@ -88,6 +97,15 @@ class UploadBusy(Conflict):
     """Raised when another request is appending to the upload right now."""
 
 
+class UploadComplete(Conflict):
+    """Raised for an append to a completed upload (its file exists); says its final
+    ``length`` and until when the record is kept, for a retried request's answer."""
+
+    def __init__(self, length: int, expires_at: datetime) -> None:
+        super().__init__(f"The upload is complete, at offset {length}.")
+        self.length, self.expires_at = length, expires_at
+
+
 class UploadExpired(NotFound):
     """Raised for an upload whose time ran out; its bytes are (or will be) deleted."""
 
@@ -151,6 +169,18 @@ def _update(states: list[Any], chunks: list[bytes]) -> None:
     for state in states:
         for chunk in chunks:
             state.update(chunk)
+
+
+def is_complete(upload: ResumableUpload) -> bool:
+    """Whether ``upload`` is the kept record of a completed one (see the module's docstring)."""
+    return upload.length > 0 and upload.offset == upload.length
+
+
+def unfinished() -> Any:
+    """The SQL condition for the rows of uploads still under way (not :func:`is_complete`)."""
+    return or_(
+        col(ResumableUpload.offset) < col(ResumableUpload.length), col(ResumableUpload.length) == 0
+    )
 
 
 def _free_of_leases(now: datetime) -> Any:
@@ -268,6 +298,7 @@ async def claim(
             col(ResumableUpload.kind) == kind,
             col(ResumableUpload.offset) == offset,
             col(ResumableUpload.expires_at) > now,
+            unfinished(),
             _free_of_leases(now),
         )
         .values(busy_until=now + lease)
@@ -279,6 +310,8 @@ async def claim(
     if leased is not None:
         return leased
     upload = await get_upload(db, owner_id, upload_id, kind)
+    if is_complete(upload):
+        raise UploadComplete(upload.length, upload.expires_at)
     if upload.offset != offset:
         raise WrongOffset(f"The upload is at offset {upload.offset}, not {offset}.")
     raise UploadBusy("Another request is sending bytes to this upload; try again shortly.")
@@ -574,13 +607,18 @@ async def make_file(
         # file keeps the upload's key.
         storage_key=upload.storage_key,
     )
+    this_upload = (
+        col(ResumableUpload.id) == upload.id,
+        col(ResumableUpload.offset) == upload.offset,
+    )
     try:
-        await db.exec(
-            delete(ResumableUpload).where(
-                col(ResumableUpload.id) == upload.id,
-                col(ResumableUpload.offset) == upload.offset,
+        if upload.kind == UploadKind.TUS and length > 0:
+            # Kept, complete, until it expires: a retried PATCH is told its final offset.
+            await db.exec(
+                update(ResumableUpload).where(*this_upload).values(offset=length, busy_until=None)
             )
-        )
+        else:
+            await db.exec(delete(ResumableUpload).where(*this_upload))
         db.add(file)
         if ending.pipeline_id is not None:
             await db.flush()  # the file first: the pipeline's input names it
@@ -644,7 +682,7 @@ async def _end(
     ``expired_before``): its bytes, then its row, reservation and pipeline (ended
     ``why``: a status and its reason). ``False`` if busy."""
     now = utcnow()
-    conditions = [col(ResumableUpload.id) == upload_id, _free_of_leases(now)]
+    conditions = [col(ResumableUpload.id) == upload_id, unfinished(), _free_of_leases(now)]
     if expired_before is not None:
         conditions.append(col(ResumableUpload.expires_at) <= expired_before)
     # Leased for as long as ending takes, so no append starts meanwhile.
@@ -692,7 +730,7 @@ async def terminate(
     ``UploadBusy`` while a request is appending to it.
     """
     upload = await db.get(ResumableUpload, upload_id, populate_existing=True)
-    if upload is None or upload.owner_id != owner_id:
+    if upload is None or upload.owner_id != owner_id or is_complete(upload):
         raise NotFound("No such upload.")
     db.expunge(upload)
     if not await _end(
@@ -712,12 +750,16 @@ async def expire_uploads(
     *,
     news: pipelines.News | None = None,
 ) -> int:
-    """End every upload (of ``owner_id``, or everyone's) that expired by ``now``, failing
-    their pipelines (told to ``news``); how many."""
+    """End every unfinished upload (of ``owner_id``, or everyone's) that expired by
+    ``now``, failing their pipelines (told to ``news``); how many. The expired records
+    of completed ones go too, in one DELETE: their bytes are their files'."""
     conditions = [col(ResumableUpload.expires_at) <= now]
     if owner_id is not None:
         conditions.append(col(ResumableUpload.owner_id) == owner_id)
-    found = await db.exec(select(col(ResumableUpload.id)).where(*conditions))
+    kept = await db.exec(delete(ResumableUpload).where(*conditions, ~unfinished()))
+    if kept.rowcount:
+        await db.commit()
+    found = await db.exec(select(col(ResumableUpload.id)).where(*conditions, unfinished()))
     ended = 0
     for upload_id in found.all():
         if await _end(db, storage, None, upload_id, expired_before=now, why=_EXPIRED, news=news):

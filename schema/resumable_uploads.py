@@ -87,6 +87,7 @@ class ResumableUploadQuery:
                 [
                     col(ResumableUploadRow.owner_id) == user.id,
                     col(ResumableUploadRow.expires_at) > utcnow(),
+                    resumable_uploads.unfinished(),
                 ],
                 first=first,
                 after=after,
@@ -119,6 +120,11 @@ async def resolve_resumable_upload(info: Info, key: uuid.UUID) -> ResumableUploa
         return None
     async with info.context.db() as db:
         upload = await db.get(ResumableUploadRow, key)
-    if upload is None or upload.owner_id != viewer.id or upload.expires_at <= utcnow():
+    if (
+        upload is None
+        or upload.owner_id != viewer.id
+        or upload.expires_at <= utcnow()
+        or resumable_uploads.is_complete(upload)
+    ):
         return None
     return ResumableUpload.from_model(upload)

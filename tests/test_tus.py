@@ -42,7 +42,7 @@ from tests.support import (
     used_bytes,
 )
 from tests.test_metrics import delta, scrape
-from workers.maintenance import expire_resumable_uploads
+from workers.maintenance import expire_resumable_uploads, recount_usage
 
 pytestmark = pytest.mark.anyio
 
@@ -194,7 +194,9 @@ async def test_an_upload_in_uneven_pieces_becomes_a_file(
     assert file["contentType"] == "image/png"  # sniffed, not the client's claim
     assert file["sha256"] == hashlib.sha256(data).hexdigest()
     assert await uploads(client, ada) == []
-    assert (await head(client, ada, url)).status_code == 404  # the upload is the file now
+    final = await head(client, ada, url)  # the upload is the file now; its record says so
+    assert final.status_code == 200
+    assert final.headers["upload-offset"] == final.headers["upload-length"] == str(len(data))
     assert await used_bytes(client, ada) == len(data)
     rows = leftover_objects(settings)
     assert len(rows) == 1, rows  # the file's object, no staged piece left
@@ -586,3 +588,57 @@ async def test_creations_count_against_the_upload_limit(tmp_path: Path, database
         refused = await create(client, ada, 1, filename="three.bin")
     assert (refused.status_code, refused.json()["code"]) == (429, "RATE_LIMITED")
     assert int(refused.headers["retry-after"]) > 0
+
+
+@on_local_and_s3
+async def test_a_patch_retried_after_completion_is_answered_again(
+    client: httpx.AsyncClient, ada: dict[str, str], settings: Settings, engine: AsyncEngine
+) -> None:
+    """The last PATCH's answer lost, tus-js-client sends it again: it is told the
+    final offset (not 404), no second file is made, nothing is reserved twice, and
+    the completed upload's record goes at its expiry without taking the file's bytes."""
+    data = bytes(range(256)) * 40
+    url = await created(client, ada, len(data), filename="retried.bin")
+    assert (await patch(client, ada, url, 0, data[:6000])).status_code == 204
+    last = await patch(client, ada, url, 6000, data[6000:])
+    assert last.status_code == 204, last.text
+    again = await patch(client, ada, url, 6000, data[6000:])
+    assert again.status_code == 204, again.text
+    assert again.headers["upload-offset"] == str(len(data))
+    assert again.headers["upload-expires"] == last.headers["upload-expires"]
+    described = await head(client, ada, url)
+    assert described.status_code == 200
+    assert described.headers["upload-offset"] == str(len(data))
+    # Bytes that would not end where the upload did: tus's offset mismatch.
+    wrong = await patch(client, ada, url, 0, data[:6000])
+    assert wrong.status_code == 409
+    assert wrong.json()["code"] == "CONFLICT"
+    assert (await patch(client, ada, url, len(data), b"more")).status_code == 409
+    # The record is no unfinished upload: not listed, not cancelled, not counted.
+    assert await uploads(client, ada) == []
+    assert (await client.delete(url, headers={**TUS, **ada})).status_code == 404
+    [file] = await files(client, ada)
+    assert file["sha256"] == hashlib.sha256(data).hexdigest()
+    assert await used_bytes(client, ada) == len(data)
+    suspects: dict[Any, tuple[int, int]] = {}
+    sessionmaker = create_sessionmaker(engine)
+    assert [await recount_usage(sessionmaker, suspects) for _ in range(2)] == [0, 0]
+    assert suspects == {}
+    # At its expiry only the record goes: the file keeps its bytes.
+    async with engine.begin() as connection:
+        await connection.execute(
+            update(ResumableUpload).values(expires_at=utcnow() - timedelta(seconds=1))
+        )
+    assert (await head(client, ada, url)).status_code == 410
+    storage = open_storage(settings.storage_url)
+    try:
+        ended = await expire_resumable_uploads(
+            sessionmaker, storage, MemoryEventLog(), settings, utcnow()
+        )
+    finally:
+        await storage.aclose()
+    assert ended == 0  # nothing unfinished ended
+    assert (await head(client, ada, url)).status_code == 404
+    assert await used_bytes(client, ada) == len(data)
+    [key] = leftover_objects(settings)
+    assert read_object(settings, key) == data

@@ -230,7 +230,8 @@ def _actual_usage() -> ColumnElement[int]:
     )
     resumable_bytes = (
         select(func.coalesce(func.sum(col(ResumableUpload.length)), 0))
-        .where(col(ResumableUpload.owner_id) == col(User.id))
+        # A completed upload's kept record reserves nothing: its file's size counts.
+        .where(col(ResumableUpload.owner_id) == col(User.id), resumable_uploads.unfinished())
         .scalar_subquery()
     )
     # PostgreSQL sums a bigint as numeric: back to the column's type.
