@@ -46,7 +46,9 @@ INPUT: Final = ":input"
 """What a step's ``use`` calls the pipeline's own files."""
 
 MAX_STEP_INPUTS: Final = 2000
-"""The most files a pipeline's steps read in all (a step that would read more fails).
+"""The most files a pipeline's steps read in all: a pipeline whose counts are known
+before it runs (its own files) is refused past it (``workers.pipeline.check_steps``),
+and a step that would read more at run time fails.
 
 It bounds what ``job { steps { job { inputs } } }`` loads, so that the cost
 limit (``schema.limits``) can count a step's inputs as this share of the

@@ -854,3 +854,65 @@ async def test_a_completion_that_died_after_its_commit_is_started_by_maintenance
         assert [i["path"] for i in queued["inputs"]] == ["late.png"]
         done = await wait(client, headers, ticket["processing"]["id"])
         assert done["status"] == "SUCCEEDED", done
+
+
+# -- bounds ----------------------------------------------------------------------------
+
+
+async def upload_many(
+    client: httpx.AsyncClient, headers: dict[str, str], count: int, per_request: int = 15
+) -> list[str]:
+    """``count`` tiny files, ``per_request`` at a time: one spec multipart request of
+    aliased ``uploadFile``s each (15 is DEPOT_GRAPHQL_MAX_ALIASES's default)."""
+    ids: list[str] = []
+    for first in range(0, count, per_request):
+        names = [f"f{i}" for i in range(first, min(count, first + per_request))]
+        query = "mutation Many({}) {{ {} }}".format(
+            ", ".join(f"${name}: Upload!" for name in names),
+            " ".join(
+                f'{name}: uploadFile(file: ${name}, path: "many/{name}") {{ id }}' for name in names
+            ),
+        )
+        operations = {"query": query, "variables": dict.fromkeys(names)}
+        response = await client.post(
+            "/graphql",
+            data={
+                "operations": json.dumps(operations),
+                "map": json.dumps({name: [f"variables.{name}"] for name in names}),
+            },
+            files={name: (name, name.encode(), "text/plain") for name in names},
+            headers={**CSRF_HEADER, **headers},
+        )
+        body = response.json()
+        assert "errors" not in body, body
+        ids += [body["data"][name]["id"] for name in names]
+    return ids
+
+
+@pytest.mark.parametrize("jobs_mode", ["inprocess"], indirect=True)
+async def test_a_pipeline_past_the_step_inputs_bound_is_refused_naming_the_step(
+    jobs_client: httpx.AsyncClient,
+) -> None:
+    """core.pipelines.MAX_STEP_INPUTS (2,000) over all steps: 25 archive steps of the same
+    80 files read exactly that many and start; a 26th is refused before anything runs.
+    The 80 files: six multipart requests of aliased uploadFiles (``upload_many``)."""
+    _, headers = await signed_in(jobs_client)
+    ids = await upload_many(jobs_client, headers, 80)
+    zips = [step(f"zip{i:02}", {"archive": {"path": f"z{i}.zip"}}) for i in range(26)]
+    refused = await try_start_job(jobs_client, headers, pipeline(ids, *zips))
+    assert_error(refused, "BAD_USER_INPUT", field="steps.zip25.use")
+    assert "2080 files" in refused["errors"][0]["message"]
+    jobs = await graphql(jobs_client, "{ jobs { totalCount } }", headers=headers)
+    assert jobs["data"]["jobs"]["totalCount"] == 0, "nothing ran"
+    at_bound = await try_start_job(jobs_client, headers, pipeline(ids, *zips[:25]))
+    assert "errors" not in at_bound, at_bound
+    job_id = at_bound["data"]["startJob"]["id"]
+    # Accepted is what is checked; the 25 archives need not run.
+    body = await graphql(
+        jobs_client,
+        "mutation C($id: ID!) { cancelJob(id: $id) { id } }",
+        {"id": job_id},
+        headers=headers,
+    )
+    assert "errors" not in body, body
+    assert (await wait(jobs_client, headers, job_id))["status"] in ("CANCELLED", "SUCCEEDED")

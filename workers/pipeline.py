@@ -32,7 +32,7 @@ from core.errors import BadUserInput
 from core.eventlog import EventLog
 from core.events import JobProgressed, JobStatusChanged, announce
 from core.models import File, JobStatus
-from core.pipelines import INPUT, Step
+from core.pipelines import INPUT, MAX_STEP_INPUTS, Step
 from core.settings import Settings
 from workers.kind import Kind
 from workers.params import FileId, declared, dump, optional_of, typed
@@ -135,6 +135,7 @@ def check_steps(
         INPUT: (input_types, len(inputs) if inputs is not None else 1)
     }
     steps = []
+    read = 0  # files the steps read in all, as far as the counts are known before running
     for request in _order(requests):
         kind = request.kind
         files = file_param(kind)
@@ -179,6 +180,15 @@ def check_steps(
             raise _refuse(
                 request.name,
                 f"a {kind.name} job reads one file, and its `use` makes {count}.",
+                "use",
+            )
+        read += count or 0
+        if read > MAX_STEP_INPUTS:
+            # Refused now rather than failed at run time, where the count is known.
+            raise _refuse(
+                request.name,
+                f"the steps up to this one read {read} files; a pipeline's steps read "
+                f"at most {MAX_STEP_INPUTS} in all.",
                 "use",
             )
         made_types = list(kind.makes) if kind.makes is not None else types
