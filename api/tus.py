@@ -15,7 +15,10 @@ What an upload is, and every rule it keeps, is ``core.resumable_uploads``'s;
 this module translates HTTP to it and its errors back to tus's statuses. Each
 request costs the sign-in (one or two indexed reads) plus, for ``PATCH``, one
 conditional UPDATE to take the upload's lease and one to give it back with
-the new offset (and one more every third of the lease while bytes flow).
+the new offset (and one more every third of the lease while bytes flow). A
+``PATCH`` signed by a session's access token has no sign-in query: the
+session's liveness is one more condition (an ``EXISTS`` on two primary keys)
+of the lease's UPDATE, and only a refused lease signs in in full to say why.
 A completed upload's record stays until it expires: ``HEAD`` answers its
 final offset, and a ``PATCH`` retried after its answer was lost is answered
 again (``_after_completion``) instead of 404.
@@ -36,6 +39,7 @@ from email.utils import format_datetime
 from urllib.parse import urljoin
 
 import structlog
+from sqlalchemy import ColumnElement
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -45,7 +49,7 @@ from api.files import upload_refusal_status
 from api.upload_progress import UploadProgress, waiting_pipeline
 from core import metrics, pipeline_templates
 from core import resumable_uploads as uploads
-from core.auth import Principal, authenticate
+from core.auth import Deferred, Principal, authenticate, defer
 from core.errors import (
     BadUserInput,
     DepotError,
@@ -229,12 +233,12 @@ class TusRoutes:
             if method not in ("HEAD", "PATCH", "DELETE"):
                 raise _Refusal(405, "METHOD_NOT_ALLOWED", "Use HEAD, PATCH or DELETE here.")
             _require_version(request)
+            if method == "PATCH":
+                return await self._patch(request)
             principal = await _sign_in(request)
             upload_id = _upload_id(request)
             if method == "HEAD":
                 return await self._head(request, principal, upload_id)
-            if method == "PATCH":
-                return await self._patch(request, principal, upload_id)
             return await self._terminate(request, principal, upload_id)
         except _Refusal as refusal:
             return _refused(refusal.status, refusal.code, refusal.message)
@@ -332,7 +336,7 @@ class TusRoutes:
         if not (with_body or length == 0):
             return _answer(201, headers)
         try:
-            response = await self._append(request, principal, upload.id, 0, checksum)
+            response = await self._append(request, principal.user.id, upload.id, 0, checksum)
         except _Refusal as refusal:
             response = _refused(refusal.status, refusal.code, refusal.message)
         except DepotError as error:
@@ -355,24 +359,35 @@ class TusRoutes:
             headers["Upload-Metadata"] = upload.upload_metadata
         return _answer(200, headers)
 
-    async def _patch(
-        self, request: Request, principal: Principal, upload_id: uuid.UUID
-    ) -> Response:
+    async def _patch(self, request: Request) -> Response:
+        """Append; signed in by the lease's own UPDATE where the token allows (``defer``):
+        a stream of PATCHes carries the same token each time, and its check was a query."""
+        signed_in = await _sign_in_deferred(request)
+        upload_id = _upload_id(request)
         if request.headers.get("content-type") != OFFSET_STREAM:
             raise _Refusal(415, "UNSUPPORTED_MEDIA_TYPE", f"Send PATCH bodies as {OFFSET_STREAM}.")
         offset = _number(request, "upload-offset")
         if offset is None:
             raise _Refusal(400, "BAD_REQUEST", "Send Upload-Offset, where these bytes start.")
-        return await self._append(request, principal, upload_id, offset, _checksum(request))
+        checksum = _checksum(request)
+        if isinstance(signed_in, Deferred):
+            return await self._append(
+                request, signed_in.user_id, upload_id, offset, checksum, signed_in.live
+            )
+        return await self._append(request, signed_in.user.id, upload_id, offset, checksum)
 
     async def _append(
         self,
         request: Request,
-        principal: Principal,
+        owner_id: uuid.UUID,
         upload_id: uuid.UUID,
         offset: int,
         checksum: uploads.Checksum | None,
+        live: ColumnElement[bool] | None = None,
     ) -> Response:
+        """Append the body at ``offset``. ``live``: the deferred sign-in's condition
+        (``core.auth.defer``); when the lease is refused, the request signs in in full
+        first, so that a dead credential is refused as such."""
         settings: Settings = request.state.settings
         silence_s = settings.body_timeout_seconds
         state = request.state
@@ -395,7 +410,7 @@ class TusRoutes:
                     db,
                     state.storage,
                     self.hashes,
-                    principal.user.id,
+                    owner_id,
                     upload_id,
                     offset=offset,
                     chunks=body_chunks(request, silence_s=silence_s),
@@ -404,6 +419,7 @@ class TusRoutes:
                     expires_in=timedelta(hours=settings.resumable_upload_hours),
                     news=_news(request),
                     watch=watched,
+                    signed_in=live,
                 )
             except TooLarge:
                 raise _Refusal(
@@ -412,7 +428,13 @@ class TusRoutes:
             except BodySilent as silent:
                 raise _Refusal(silent.status, silent.code, silent.message) from None
             except uploads.UploadComplete as complete:
+                if live is not None:
+                    await _sign_in(request)
                 return _after_completion(request, offset, complete)
+            except DepotError:
+                if live is not None:
+                    await _sign_in(request)
+                raise
             except ClientDisconnect:
                 # Nobody reads this; what arrived is kept (without a checksum).
                 raise _Refusal(400, "BAD_REQUEST", "The client went away.") from None
@@ -500,6 +522,16 @@ def _upload_id(request: Request) -> uuid.UUID:
         return uuid.UUID(hex=request.path_params["upload_id"])
     except ValueError:
         raise NotFound("No such upload.") from None
+
+
+async def _sign_in_deferred(request: Request) -> Principal | Deferred:
+    """An access token verified without a query (``core.auth.defer``), else signed in."""
+    authorization = request.headers.get("authorization")
+    if authorization:
+        deferred = defer(request.state.settings, authorization)
+        if deferred is not None:
+            return deferred
+    return await _sign_in(request)
 
 
 async def _sign_in(request: Request) -> Principal:

@@ -6,13 +6,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import ColumnElement
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import tokens
 from core.access_tokens import user_of_access_token
 from core.errors import Unauthenticated
 from core.models import Credential, Session, User
-from core.sessions import ENDED, user_of_session
+from core.sessions import ENDED, session_is_live, user_of_session
 from core.settings import Settings
 from core.time import utcnow
 
@@ -76,6 +77,28 @@ async def verify(db: AsyncSession, credential: Presented) -> Principal:
 async def authenticate(db: AsyncSession, settings: Settings, authorization: str) -> Principal:
     """Resolve ``Bearer <access token | personal access token>``, or raise why not."""
     return await verify(db, presented(settings, authorization))
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """An access token verified without a query: its user, and the SQL condition that its
+    session is still live, for the one statement the request needs to add it to."""
+
+    user_id: uuid.UUID
+    live: ColumnElement[bool]
+
+
+def defer(settings: Settings, authorization: str) -> Deferred | None:
+    """``Bearer <access token>`` checked as far as it can be without the database, or
+    None for a personal access token (:func:`authenticate` it); raises as
+    :func:`presented` does for a malformed, forged or expired one.
+
+    A request that takes it must add ``live`` to its one conditional statement, and,
+    when that statement matches nothing, :func:`authenticate` before saying why: a
+    dead session is refused as ``authenticate`` would refuse it.
+    """
+    claims = presented(settings, authorization).claims
+    return None if claims is None else Deferred(claims.user_id, session_is_live(claims))
 
 
 async def recheck(db: AsyncSession, principal: Principal) -> None:

@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import anyio
-from sqlalchemy import delete, or_, update
+from sqlalchemy import ColumnElement, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -283,13 +283,18 @@ async def claim(
     offset: int,
     lease: timedelta,
     kind: UploadKind = UploadKind.TUS,
+    signed_in: ColumnElement[bool] | None = None,
 ) -> ResumableUpload:
     """Take the lease on an upload of ``kind`` at ``offset`` (committed), or raise why not.
 
     One conditional UPDATE that returns the row it leased, then the commit;
-    only a refusal reads the row again, to say why.
+    only a refusal reads the row again, to say why. ``signed_in``: a further
+    condition the UPDATE checks, the caller's credential still live
+    (``core.auth.defer``); when it fails the refusal is what the row says, and
+    the caller signs in to say why instead.
     """
     now = utcnow()
+    extra = [] if signed_in is None else [signed_in]
     result = await db.exec(
         update(ResumableUpload)
         .where(
@@ -300,6 +305,7 @@ async def claim(
             col(ResumableUpload.expires_at) > now,
             unfinished(),
             _free_of_leases(now),
+            *extra,
         )
         .values(busy_until=now + lease)
         .returning(ResumableUpload)
@@ -346,6 +352,7 @@ class _Passing:
         self.checksum = checksum
         self.lease = lease
         self.received = 0
+        self._last: asyncio.Future[None] | None = None
 
     async def through(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         """``chunks`` on to storage as they come; hashed beside them, in a thread.
@@ -356,7 +363,10 @@ class _Passing:
         ``HASH_BATCH`` of chunks is hashed in a worker thread (``hashlib``
         lets go of the GIL) while the loop takes the next from the socket;
         one batch at a time, in order, so the states see the bytes as sent.
-        Every byte yielded is hashed before this ends, however it ends.
+        Every byte yielded is hashed before this ends, however it ends, except
+        that without a request checksum (which must be matched before storage
+        keeps the bytes) the last batch is left hashing while storage writes
+        and flushes the last block: :meth:`hashed` waits for it.
         """
         request_hash = None if self.checksum is None else hashlib.new(self.checksum.algorithm)
         states = [state for state in (self.sha256, request_hash) if state is not None]
@@ -390,7 +400,10 @@ class _Passing:
             # Shielded: what was yielded is in storage, so it is in the hash too.
             with anyio.CancelScope(shield=True):
                 await hand_over()
-                await hand_over()
+                if self.checksum is None:
+                    self._last, hashing = hashing, None
+                else:
+                    await hand_over()
         if (
             self.checksum is not None
             and request_hash is not None
@@ -401,6 +414,13 @@ class _Passing:
                 "none of them were kept.",
                 field="checksum",
             )
+
+    async def hashed(self) -> None:
+        """Wait until every byte passed is in the hash states (see :meth:`through`)."""
+        if self._last is not None:
+            with anyio.CancelScope(shield=True):
+                await self._last
+            self._last = None
 
     async def _renew(self) -> None:
         await self.db.exec(
@@ -428,6 +448,7 @@ async def append(
     expires_in: timedelta,
     news: pipelines.News | None = None,
     watch: Watch | None = None,
+    signed_in: ColumnElement[bool] | None = None,
 ) -> Progress:
     """Append ``chunks`` at ``offset``; the append that brings the last byte makes the file.
 
@@ -437,9 +458,10 @@ async def append(
     (nothing kept); the chunks' own error once what arrived is kept (no
     ``checksum``) or dropped; and, for the last byte, whatever stops the file
     (``CONFLICT`` for a path taken meanwhile, ``ChecksumMismatch`` for a file
-    that is not the declared SHA-256: both end the upload).
+    that is not the declared SHA-256: both end the upload). ``signed_in``: as
+    :func:`claim`'s.
     """
-    upload = await claim(db, owner_id, upload_id, offset, lease)
+    upload = await claim(db, owner_id, upload_id, offset, lease, signed_in=signed_in)
     if watch is not None:
         try:
             chunks = await watch(upload, chunks)
@@ -462,6 +484,8 @@ async def append(
             )
         except AppendInterrupted as stop:
             size, interrupted = stop.size, stop.__cause__
+        finally:
+            await passing.hashed()
     except TooLarge:
         with anyio.CancelScope(shield=True):
             await _give_back(db, hashes, upload.id, offset, start)

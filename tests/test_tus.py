@@ -30,6 +30,7 @@ from core.time import utcnow
 from storage import open_storage
 from tests.conftest import make_settings, on_local_and_s3, serve_app
 from tests.support import (
+    PASSWORD,
     assert_error,
     bearer,
     graphql,
@@ -419,6 +420,41 @@ async def test_only_the_owner_reaches_an_upload(
     assert signed_out.status_code == 401
     assert signed_out.headers["www-authenticate"] == "Bearer"
     assert (await head(client, bearer("not-a-token"), url)).status_code == 401
+
+
+async def test_a_patch_after_sign_out_is_refused(client: httpx.AsyncClient) -> None:
+    """A PATCH's session check rides on its lease's UPDATE (``core.auth.defer``): a
+    session ended meanwhile is refused as a sign-in would refuse it, not as a wrong
+    offset, and nothing is appended; so is a retried PATCH of a completed upload."""
+    payload = await register(client)
+    ada = bearer(payload["accessToken"])
+    url = await created(client, ada, 8)
+    done = await created(client, ada, 4, filename="done.bin")
+    assert (await patch(client, ada, url, 0, b"abcd")).status_code == 204
+    assert (await patch(client, ada, done, 0, b"abcd")).status_code == 204
+    bob = bearer((await register(client, email="bob@example.com"))["accessToken"])
+    assert (await patch(client, bob, url, 4, b"efgh")).status_code == 404  # not bob's
+    logout = "mutation Out($token: String!) { logout(refreshToken: $token) }"
+    body = await graphql(client, logout, {"token": payload["refreshToken"]}, headers=ada)
+    assert "errors" not in body, body
+    # At the upload's offset, at another, and the completed upload's last PATCH again.
+    for target, offset, data in ((url, 4, b"efgh"), (url, 0, b"abcd"), (done, 0, b"abcd")):
+        refused = await patch(client, ada, target, offset, data)
+        assert refused.status_code == 401, refused.text
+        assert refused.json()["code"] == "UNAUTHENTICATED"
+    assert (await patch(client, bearer("not-a-token"), url, 4, b"efgh")).status_code == 401
+    again = bearer((await signed_in_again(client))["accessToken"])
+    assert (await head(client, again, url)).headers["upload-offset"] == "4"
+
+
+async def signed_in_again(client: httpx.AsyncClient) -> dict[str, Any]:
+    login = "mutation In($input: LoginInput!) { login(input: $input) { accessToken } }"
+    body = await graphql(
+        client, login, {"input": {"email": "ada@example.com", "password": PASSWORD}}
+    )
+    assert "errors" not in body, body
+    result: dict[str, Any] = body["data"]["login"]
+    return result
 
 
 async def test_a_personal_access_token_uploads_too(
