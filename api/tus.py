@@ -39,7 +39,6 @@ from email.utils import format_datetime
 from urllib.parse import urljoin
 
 import structlog
-from sqlalchemy import ColumnElement
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -372,7 +371,7 @@ class TusRoutes:
         checksum = _checksum(request)
         if isinstance(signed_in, Deferred):
             return await self._append(
-                request, signed_in.user_id, upload_id, offset, checksum, signed_in.live
+                request, signed_in.user_id, upload_id, offset, checksum, signed_in
             )
         return await self._append(request, signed_in.user.id, upload_id, offset, checksum)
 
@@ -383,7 +382,7 @@ class TusRoutes:
         upload_id: uuid.UUID,
         offset: int,
         checksum: uploads.Checksum | None,
-        live: ColumnElement[bool] | None = None,
+        live: Deferred | None = None,
     ) -> Response:
         """Append the body at ``offset``. ``live``: the deferred sign-in's condition
         (``core.auth.defer``); when the lease is refused, the request signs in in full

@@ -13,7 +13,7 @@ from core import tokens
 from core.access_tokens import user_of_access_token
 from core.errors import Unauthenticated
 from core.models import Credential, Session, User
-from core.sessions import ENDED, session_is_live, user_of_session
+from core.sessions import ENDED, SESSION_IS_LIVE, session_is_live_params, user_of_session
 from core.settings import Settings
 from core.time import utcnow
 
@@ -81,11 +81,13 @@ async def authenticate(db: AsyncSession, settings: Settings, authorization: str)
 
 @dataclass(frozen=True)
 class Deferred:
-    """An access token verified without a query: its user, and the SQL condition that its
-    session is still live, for the one statement the request needs to add it to."""
+    """An access token verified without a query: its user, and the SQL condition (with
+    its parameters) that its session is still live, for the one statement the request
+    needs to add it to."""
 
     user_id: uuid.UUID
     live: ColumnElement[bool]
+    params: dict[str, uuid.UUID]
 
 
 def defer(settings: Settings, authorization: str) -> Deferred | None:
@@ -98,7 +100,9 @@ def defer(settings: Settings, authorization: str) -> Deferred | None:
     dead session is refused as ``authenticate`` would refuse it.
     """
     claims = presented(settings, authorization).claims
-    return None if claims is None else Deferred(claims.user_id, session_is_live(claims))
+    if claims is None:
+        return None
+    return Deferred(claims.user_id, SESSION_IS_LIVE, session_is_live_params(claims))
 
 
 async def recheck(db: AsyncSession, principal: Principal) -> None:

@@ -51,12 +51,13 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import anyio
-from sqlalchemy import ColumnElement, delete, or_, update
+from sqlalchemy import delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import pipelines, quota, webhooks
+from core.auth import Deferred
 from core.content import HEAD_BYTES, Fingerprint, sniff
 from core.direct_uploads import check_content_type, check_sha256, check_size, chosen_content_type
 from core.errors import BadUserInput, Conflict, NotFound
@@ -283,7 +284,7 @@ async def claim(
     offset: int,
     lease: timedelta,
     kind: UploadKind = UploadKind.TUS,
-    signed_in: ColumnElement[bool] | None = None,
+    signed_in: Deferred | None = None,
 ) -> ResumableUpload:
     """Take the lease on an upload of ``kind`` at ``offset`` (committed), or raise why not.
 
@@ -294,7 +295,7 @@ async def claim(
     the caller signs in to say why instead.
     """
     now = utcnow()
-    extra = [] if signed_in is None else [signed_in]
+    extra = [] if signed_in is None else [signed_in.live]
     result = await db.exec(
         update(ResumableUpload)
         .where(
@@ -309,7 +310,8 @@ async def claim(
         )
         .values(busy_until=now + lease)
         .returning(ResumableUpload)
-        .execution_options(populate_existing=True)
+        .execution_options(populate_existing=True),
+        params=None if signed_in is None else signed_in.params,
     )
     leased: ResumableUpload | None = result.scalars().first()
     await db.commit()
@@ -448,7 +450,7 @@ async def append(
     expires_in: timedelta,
     news: pipelines.News | None = None,
     watch: Watch | None = None,
-    signed_in: ColumnElement[bool] | None = None,
+    signed_in: Deferred | None = None,
 ) -> Progress:
     """Append ``chunks`` at ``offset``; the append that brings the last byte makes the file.
 
