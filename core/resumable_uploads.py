@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import anyio
-from sqlalchemy import delete, or_, update
+from sqlalchemy import bindparam, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -66,6 +66,7 @@ from core.models import File, JobStatus, ResumableUpload, UploadKind
 from core.paths import file_name, normalize_path
 from core.pipelines import Step
 from core.probe import SAMPLE_BYTES, Sample, probe
+from core.sessions import SESSION_IS_LIVE
 from core.time import utcnow
 from core.tracing import current_traceparent
 from storage.base import AppendInterrupted, Storage
@@ -295,24 +296,17 @@ async def claim(
     the caller signs in to say why instead.
     """
     now = utcnow()
-    extra = [] if signed_in is None else [signed_in.live]
-    result = await db.exec(
-        update(ResumableUpload)
-        .where(
-            col(ResumableUpload.id) == upload_id,
-            col(ResumableUpload.owner_id) == owner_id,
-            col(ResumableUpload.kind) == kind,
-            col(ResumableUpload.offset) == offset,
-            col(ResumableUpload.expires_at) > now,
-            unfinished(),
-            _free_of_leases(now),
-            *extra,
-        )
-        .values(busy_until=now + lease)
-        .returning(ResumableUpload)
-        .execution_options(populate_existing=True),
-        params=None if signed_in is None else signed_in.params,
-    )
+    params: dict[str, Any] = {
+        "upload_id": upload_id,
+        "upload_owner_id": owner_id,
+        "upload_kind": kind,
+        "at": offset,
+        "now": now,
+        "until": now + lease,
+    }
+    if signed_in is not None:
+        params.update(signed_in.params)
+    result = await db.exec(_CLAIMS[signed_in is not None], params=params)
     leased: ResumableUpload | None = result.scalars().first()
     await db.commit()
     if leased is not None:
@@ -323,6 +317,32 @@ async def claim(
     if upload.offset != offset:
         raise WrongOffset(f"The upload is at offset {upload.offset}, not {offset}.")
     raise UploadBusy("Another request is sending bytes to this upload; try again shortly.")
+
+
+def _claim_statement(signed_in: bool) -> Any:
+    """:func:`claim`'s UPDATE, with bind parameters (``signed_in``: with
+    ``core.sessions.SESSION_IS_LIVE`` too)."""
+    now = bindparam("now")
+    return (
+        update(ResumableUpload)
+        .where(
+            col(ResumableUpload.id) == bindparam("upload_id"),
+            col(ResumableUpload.owner_id) == bindparam("upload_owner_id"),
+            col(ResumableUpload.kind) == bindparam("upload_kind"),
+            col(ResumableUpload.offset) == bindparam("at"),
+            col(ResumableUpload.expires_at) > now,
+            unfinished(),
+            or_(col(ResumableUpload.busy_until).is_(None), col(ResumableUpload.busy_until) <= now),
+            *([SESSION_IS_LIVE] if signed_in else []),
+        )
+        .values(busy_until=bindparam("until"))
+        .returning(ResumableUpload)
+        .execution_options(populate_existing=True)
+    )
+
+
+# Built once: building the statement took a quarter of a lease's own Python time.
+_CLAIMS: Final = {False: _claim_statement(False), True: _claim_statement(True)}
 
 
 async def release(db: AsyncSession, upload_id: uuid.UUID, at: int, **values: Any) -> bool:
