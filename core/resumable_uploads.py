@@ -51,7 +51,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import anyio
-from sqlalchemy import bindparam, delete, or_, update
+from sqlalchemy import BindParameter, bindparam, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -322,7 +322,7 @@ async def claim(
 def _claim_statement(signed_in: bool) -> Any:
     """:func:`claim`'s UPDATE, with bind parameters (``signed_in``: with
     ``core.sessions.SESSION_IS_LIVE`` too)."""
-    now = bindparam("now")
+    now: BindParameter[datetime] = bindparam("now")
     return (
         update(ResumableUpload)
         .where(
