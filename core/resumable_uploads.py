@@ -345,6 +345,28 @@ def _claim_statement(signed_in: bool) -> Any:
 _CLAIMS: Final = {False: _claim_statement(False), True: _claim_statement(True)}
 
 
+_ADVANCE: Final = (
+    update(ResumableUpload)
+    .where(
+        col(ResumableUpload.id) == bindparam("upload_id"),
+        col(ResumableUpload.offset) == bindparam("at"),
+    )
+    .values(busy_until=None, offset=bindparam("new_offset"), expires_at=bindparam("new_expiry"))
+)
+""":func:`advance`'s UPDATE, built once like :data:`_CLAIMS`."""
+
+
+async def advance(
+    db: AsyncSession, upload_id: uuid.UUID, at: int, offset: int, expires_at: datetime
+) -> bool:
+    """Give the lease back at the new ``offset`` and expiry, unless the upload moved on
+    from ``at``; commits. Every appending request ends here."""
+    params = {"upload_id": upload_id, "at": at, "new_offset": offset, "new_expiry": expires_at}
+    result = await db.exec(_ADVANCE, params=params)
+    await db.commit()
+    return bool(result.rowcount == 1)
+
+
 async def release(db: AsyncSession, upload_id: uuid.UUID, at: int, **values: Any) -> bool:
     """Give the lease back (with ``values``), unless the upload moved on from ``at``; commits."""
     result = await db.exec(
@@ -529,7 +551,7 @@ async def append(
         return Progress(size, upload.expires_at, made)
     expires_at = utcnow() + expires_in
     with anyio.CancelScope(shield=True):
-        if await release(db, upload.id, offset, offset=size, expires_at=expires_at):
+        if await advance(db, upload.id, offset, size, expires_at):
             if size == offset and start is not None:
                 hashes.keep(upload.id, offset, start)
             elif sha256 is not None:
