@@ -271,11 +271,13 @@ async def observed_throughput(
         dict(os.environ),
         workdir / "sink.log",
     )
+    metered = args.observed_on in ("both", "metrics")
+    traced = args.observed_on in ("both", "tracing")
     sides = {
         "on": dict(
             env,
-            DEPOT_METRICS_ENABLED="true",
-            OTEL_TRACES_EXPORTER="otlp",
+            DEPOT_METRICS_ENABLED=str(metered).lower(),
+            OTEL_TRACES_EXPORTER="otlp" if traced else "none",
             OTEL_EXPORTER_OTLP_ENDPOINT=f"http://127.0.0.1:{sink_port}",
             **sampler_env(args.observed_sampler),
         ),
@@ -292,7 +294,7 @@ async def observed_throughput(
             await asyncio.to_thread(stacks[name].start_serve)
         for round_ in range(args.observed_rounds):
             order = ["on", "off"] if round_ % 2 == 0 else ["off", "on"]
-            figures: dict[str, tuple[Throughput, float]] = {}
+            figures: dict[str, tuple[Throughput, dict[str, float]]] = {}
             for name in order:
                 progress(f"2b. round {round_ + 1}/{args.observed_rounds}, metrics+tracing {name}")
                 figures[name] = await _observed_side(stacks[name], args, f"{name}{round_}", users)
@@ -315,8 +317,8 @@ def sampler_env(sampler: str) -> dict[str, str]:
 
 async def _observed_side(
     stack: Stack, args: argparse.Namespace, tag: str, users: list[str]
-) -> tuple[Throughput, float]:
-    """One side of one round: its throughput, and its processes' CPU seconds per job."""
+) -> tuple[Throughput, dict[str, float]]:
+    """One side of one round: its throughput, and each process's CPU seconds per job."""
     worker = await asyncio.to_thread(stack.start_worker)
     assert stack.serve is not None
     api = Api(stack.url)
@@ -325,14 +327,14 @@ async def _observed_side(
         users.append(account.user_id)
         files = [await upload(api, account, f"bench/{i}.txt") for i in range(args.clients)]
         await depot_throughput(api, stack.ws_url, account, files, WARMUP_JOBS)
-        pids = (stack.serve.pid, worker.pid)
-        before = sum(cpu_seconds(pid) for pid in pids)
+        pids = {"serve": stack.serve.pid, "worker": worker.pid}
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         throughput = await depot_throughput(api, stack.ws_url, account, files, args.throughput_jobs)
-        cpu = sum(cpu_seconds(pid) for pid in pids) - before
+        cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
         await api.aclose()
         stack.stop_worker()
-    return throughput, cpu / throughput.jobs
+    return throughput, {name: seconds / throughput.jobs for name, seconds in cpu.items()}
 
 
 # ----------------------------------------------------------------- 2c. a pipeline
@@ -628,6 +630,7 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
             observed,
             pipelines,
             args.observed_sampler,
+            args.observed_on,
         )
     )
 
@@ -650,6 +653,12 @@ def main(argv: list[str] | None = None) -> None:
         default="always_on",
         help="2b's OTEL_TRACES_SAMPLER, with :ARG for its argument "
         "(parentbased_traceidratio:0.01; default always_on: every trace)",
+    )
+    parser.add_argument(
+        "--observed-on",
+        choices=("both", "metrics", "tracing"),
+        default="both",
+        help="what 2b's 'on' side switches on (both; metrics or tracing alone splits the cost)",
     )
     parser.add_argument(
         "--pipelines", type=int, default=20, help="pipeline rounds against separate jobs (20)"

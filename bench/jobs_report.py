@@ -92,12 +92,21 @@ class Pipelines:
 @dataclass(frozen=True)
 class Observed:
     """One round of no-op jobs with metrics and tracing on, then off (or the reverse):
-    each side's throughput and its processes' CPU seconds per job."""
+    each side's throughput and its processes' CPU seconds per job, by process
+    (``serve``, ``worker``)."""
 
     on: Throughput
-    on_cpu: float
+    on_cpus: dict[str, float]
     off: Throughput
-    off_cpu: float
+    off_cpus: dict[str, float]
+
+    @property
+    def on_cpu(self) -> float:
+        return sum(self.on_cpus.values())
+
+    @property
+    def off_cpu(self) -> float:
+        return sum(self.off_cpus.values())
 
     @property
     def rate_ratio(self) -> float:
@@ -125,6 +134,8 @@ class Results:
     pipelines: Pipelines | None = None
     # 2b's OTEL_TRACES_SAMPLER (":ARG" for its argument).
     observed_sampler: str = "always_on"
+    # What 2b's "on" side switched on: both, metrics or tracing.
+    observed_on: str = "both"
 
 
 def report(results: Results) -> str:
@@ -185,7 +196,7 @@ def report(results: Results) -> str:
     ]
     if depot.failed:
         lines.append(f"  {depot.failed} Depot jobs did not succeed")
-    lines += _observed(results.observed, results.observed_sampler)
+    lines += _observed(results.observed, results.observed_sampler, results.observed_on)
     rows = [["layout", "subscriptions", "RSS before", "RSS after", "each", "live*", "target"]]
     for memory in results.memories:
         rows.append(
@@ -226,7 +237,7 @@ def report(results: Results) -> str:
     return "\n".join(lines)
 
 
-def _observed(rounds: list[Observed], sampler: str) -> list[str]:
+def _observed(rounds: list[Observed], sampler: str, switched: str) -> list[str]:
     """Section 2b: what metrics and tracing cost a no-op job, by rate and by CPU."""
     if not rounds:
         return []
@@ -237,9 +248,23 @@ def _observed(rounds: list[Observed], sampler: str) -> list[str]:
     rates = [r.rate_ratio for r in rounds]
     cpus = [r.cpu_ratio for r in rounds]
     failed = sum(r.on.failed + r.off.failed for r in rounds)
+    on = {
+        "both": f"Metrics + tracing (OTLP to a loopback sink, sampler {sampler})",
+        "metrics": "Metrics alone (tracing off on both sides)",
+        "tracing": f"Tracing alone (OTLP to a loopback sink, sampler {sampler}; metrics off)",
+    }[switched]
+    by_process = [
+        [
+            f"  CPU per job, depot {name}",
+            ms(statistics.median(r.on_cpus[name] for r in rounds)),
+            ms(statistics.median(r.off_cpus[name] for r in rounds)),
+            *spread([r.off_cpus[name] / r.on_cpus[name] for r in rounds]),
+        ]
+        for name in rounds[0].on_cpus
+    ]
     return [
         "",
-        f"2b. Metrics + tracing (OTLP to a loopback sink, sampler {sampler}) on / both off, "
+        f"2b. {on} on / both off, "
         f"{len(rounds)} interleaved rounds of {rounds[0].on.jobs} verify jobs per side",
         *table(
             [
@@ -256,6 +281,7 @@ def _observed(rounds: list[Observed], sampler: str) -> list[str]:
                     ms(statistics.median(r.off_cpu for r in rounds)),
                     *spread(cpus),
                 ],
+                *by_process,
             ],
             indent="  ",
         ),
