@@ -24,7 +24,5 @@ def open_redis(url: str) -> Redis:
         url, retry=Retry(ExponentialWithJitterBackoff(cap=1.0, base=0.01), RETRIES)
     )
     if tracing.enabled():
-        from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-        RedisInstrumentor.instrument_client(client)
+        tracing.trace_redis(client)
     return client

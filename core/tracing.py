@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping
-from typing import Any, Final
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -44,6 +44,9 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 from structlog.typing import EventDict, WrappedLogger
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 EXPORTERS: Final = ("otlp", "console", "none")
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
@@ -97,6 +100,53 @@ def configure_tracing(default_service_name: str) -> bool:
     trace_sql()
     BotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]  # S3, through aiobotocore
     return True
+
+
+# -- Redis -------------------------------------------------------------------------
+
+
+def trace_redis(client: Redis) -> None:
+    """A ``CLIENT`` span per command ``client`` sends (scripts too), inside a span that records.
+
+    Depot's own rather than ``opentelemetry-instrumentation-redis``, which
+    formatted every command's arguments into a statement and opened a
+    current span through the sampler before it looked whether anything
+    records: in the worker six commands a job, each ~25 µs in a trace sampled
+    out or outside any. Here such a command costs a context lookup. The span
+    names the command, never its arguments (event payloads, keys with ids).
+    Pub/Sub reads go through their own connection and make no spans.
+    """
+    execute: Callable[..., Awaitable[Any]] = client.execute_command
+    attributes = _redis_attributes(client)
+
+    async def execute_command(*args: Any, **options: Any) -> Any:
+        if not trace.get_current_span().is_recording():
+            return await execute(*args, **options)
+        command = str(args[0]).upper() if args else "REDIS"
+        with _redis_tracer.start_as_current_span(
+            command,
+            kind=SpanKind.CLIENT,
+            attributes={**attributes, "db.operation.name": command},
+        ):
+            return await execute(*args, **options)
+
+    client.execute_command = execute_command  # type: ignore[method-assign]
+
+
+def _redis_attributes(client: Redis) -> dict[str, str | int]:
+    """What every command of one client shares."""
+    connection: Mapping[str, Any] = client.connection_pool.connection_kwargs
+    attributes: dict[str, str | int] = {"db.system.name": "redis"}
+    if connection.get("db") is not None:
+        attributes["db.namespace"] = str(connection["db"])
+    if connection.get("host"):
+        attributes["server.address"] = str(connection["host"])
+    if isinstance(connection.get("port"), int):
+        attributes["server.port"] = connection["port"]
+    return attributes
+
+
+_redis_tracer = trace.get_tracer("depot.redis")
 
 
 # -- SQL ---------------------------------------------------------------------------

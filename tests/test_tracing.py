@@ -306,3 +306,12 @@ async def test_the_trace_goes_through_the_queue_to_a_worker(
         )
         _assert_one_trace(receiver, job, events, operation, attempt)
         assert attempt.service == "depot-worker"
+        # The attempt's announcements to Redis nest under it, named by command only.
+        redis_spans = [
+            s
+            for s in receiver.in_trace(job["traceId"])
+            if s.parent_id == attempt.span_id and s.attributes.get("db.system.name") == "redis"
+        ]
+        assert redis_spans, "the attempt's Redis commands nest under it"
+        assert all(s.name == s.attributes["db.operation.name"] for s in redis_spans)
+        assert all(s.name.isupper() and " " not in s.name for s in redis_spans)
