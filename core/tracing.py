@@ -73,7 +73,7 @@ def configure_tracing(default_service_name: str) -> bool:
             f"{', '.join(EXPORTERS)}."
         )
     # Imported only when on: the SDK and the instrumentations cost start-up time.
-    from opentelemetry.instrumentation.botocore import BotocoreInstrumentor
+    from opentelemetry.instrumentation.botocore import AiobotocoreInstrumentor
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import (
@@ -98,7 +98,9 @@ def configure_tracing(default_service_name: str) -> bool:
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
     trace_sql()
-    BotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]  # S3, through aiobotocore
+    # S3: aioboto3's calls go through aiobotocore's own async ``_make_api_call``,
+    # which BotocoreInstrumentor (botocore's, synchronous) never sees.
+    AiobotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]
     return True
 
 

@@ -315,3 +315,34 @@ async def test_the_trace_goes_through_the_queue_to_a_worker(
         assert redis_spans, "the attempt's Redis commands nest under it"
         assert all(s.name == s.attributes["db.operation.name"] for s in redis_spans)
         assert all(s.name.isupper() and " " not in s.name for s in redis_spans)
+
+
+async def test_s3_calls_nest_under_the_request(tmp_path: Path, s3_url: str) -> None:
+    port = free_port()
+    settings = make_settings(tmp_path, storage_url=s3_url)
+    with otlp_receiver() as receiver:
+        async with (
+            in_background(
+                depot_serve(settings, tmp_path / "serve.log", port, env=otel_env(receiver))
+            ),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        ):
+            _, headers = await signed_in(client)
+            await upload_file(client, headers, "a.bin", b"bytes for S3")
+            s3 = await anyio.to_thread.run_sync(_wait_for_s3, receiver)
+    by_id = {s.span_id: s for s in receiver.in_trace(s3.trace_id)}
+    parent = by_id[s3.parent_id]
+    while parent.parent_id:
+        parent = by_id[parent.parent_id]
+    assert (parent.name, parent.kind) == ("POST /graphql", OTLP_SERVER), parent
+    assert s3.attributes["rpc.service"] == "S3", s3
+
+
+def _wait_for_s3(receiver: _Receiver) -> Span:
+    deadline = time.monotonic() + SPANS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        found = [s for s in receiver.spans_now() if s.name.startswith("S3.") and s.parent_id]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    pytest.fail(f"no S3 span; got {sorted({s.name for s in receiver.spans_now()})}")
