@@ -101,6 +101,7 @@ def configure_tracing(default_service_name: str) -> bool:
     # S3: aioboto3's calls go through aiobotocore's own async ``_make_api_call``,
     # which BotocoreInstrumentor (botocore's, synchronous) never sees.
     AiobotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]
+    _s3_only_when_recording()
     return True
 
 
@@ -149,6 +150,39 @@ def _redis_attributes(client: Redis) -> dict[str, str | int]:
 
 
 _redis_tracer = trace.get_tracer("depot.redis")
+
+
+# -- S3 --------------------------------------------------------------------------
+
+
+def _s3_only_when_recording() -> None:
+    """Let the aiobotocore instrumentation's two wrappers run only inside a span that records.
+
+    Sampled out, they still built the call's attributes, opened a current span
+    through the sampler and put an X-Ray trace header on the request: about
+    350 µs of CPU on a 2.2 ms S3 call (HeadBucket against moto, a trace sampled
+    out). Each wrapper is ``wrapt``'s, keeping the original as ``__wrapped__``;
+    the test is one context lookup.
+    """
+    from aiobotocore.client import AioBaseClient  # type: ignore[import-untyped]
+    from botocore.endpoint import Endpoint  # type: ignore[import-untyped]
+
+    traced_call = AioBaseClient._make_api_call
+    plain_call = traced_call.__wrapped__
+
+    async def _make_api_call(self: AioBaseClient, operation_name: str, api_params: Any) -> Any:
+        call = traced_call if trace.get_current_span().is_recording() else plain_call
+        return await call.__get__(self, type(self))(operation_name, api_params)
+
+    traced_prepare = Endpoint.prepare_request
+    plain_prepare = traced_prepare.__wrapped__
+
+    def prepare_request(self: Endpoint, request: Any) -> Any:
+        prepare = traced_prepare if trace.get_current_span().is_recording() else plain_prepare
+        return prepare.__get__(self, type(self))(request)
+
+    AioBaseClient._make_api_call = _make_api_call
+    Endpoint.prepare_request = prepare_request
 
 
 # -- SQL ---------------------------------------------------------------------------
