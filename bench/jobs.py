@@ -294,16 +294,21 @@ async def observed_throughput(
             await asyncio.to_thread(stacks[name].start_serve)
         for round_ in range(args.observed_rounds):
             order = ["on", "off"] if round_ % 2 == 0 else ["off", "on"]
-            figures: dict[str, tuple[Throughput, dict[str, float]]] = {}
+            figures: dict[str, tuple[Throughput, dict[str, float], dict[str, float]]] = {}
             for name in order:
                 progress(f"2b. round {round_ + 1}/{args.observed_rounds}, metrics+tracing {name}")
                 figures[name] = await _observed_side(stacks[name], args, f"{name}{round_}", users)
-            rounds.append(Observed(*figures["on"], *figures["off"]))
+            on, off = figures["on"], figures["off"]
+            rounds.append(Observed(on[0], on[1], off[0], off[1], on[2], off[2]))
     finally:
         for stack in stacks.values():
             stack.stop()
         sink.stop()
     return rounds
+
+
+# 2b: how long each side's processes are watched idle before its timed jobs.
+IDLE_S: Final = 2.0
 
 
 def sampler_env(sampler: str) -> dict[str, str]:
@@ -317,8 +322,14 @@ def sampler_env(sampler: str) -> dict[str, str]:
 
 async def _observed_side(
     stack: Stack, args: argparse.Namespace, tag: str, users: list[str]
-) -> tuple[Throughput, dict[str, float]]:
-    """One side of one round: its throughput, and each process's CPU seconds per job."""
+) -> tuple[Throughput, dict[str, float], dict[str, float]]:
+    """One side of one round: its throughput, each process's CPU seconds per job, and
+    each process's CPU seconds per second while idle just before (``IDLE_S``).
+
+    An idle ``depot worker`` polls Redis every few milliseconds, so a side whose
+    jobs take longer also spends more CPU per job polling, whatever each job
+    itself costs: the idle rate lets the report take that off.
+    """
     worker = await asyncio.to_thread(stack.start_worker)
     assert stack.serve is not None
     api = Api(stack.url)
@@ -328,13 +339,17 @@ async def _observed_side(
         files = [await upload(api, account, f"bench/{i}.txt") for i in range(args.clients)]
         await depot_throughput(api, stack.ws_url, account, files, WARMUP_JOBS)
         pids = {"serve": stack.serve.pid, "worker": worker.pid}
+        await asyncio.sleep(IDLE_S / 4)  # the warm-up's last events delivered
+        before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        await asyncio.sleep(IDLE_S)
+        idle = {name: (cpu_seconds(pid) - before[name]) / IDLE_S for name, pid in pids.items()}
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         throughput = await depot_throughput(api, stack.ws_url, account, files, args.throughput_jobs)
         cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
     finally:
         await api.aclose()
         stack.stop_worker()
-    return throughput, {name: seconds / throughput.jobs for name, seconds in cpu.items()}
+    return throughput, {name: seconds / throughput.jobs for name, seconds in cpu.items()}, idle
 
 
 # ----------------------------------------------------------------- 2c. a pipeline
