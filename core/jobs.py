@@ -25,7 +25,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import files, metrics, notifications, webhooks
+from core import files, metrics, notifications, quota, webhooks
 from core.errors import BadUserInput, Conflict, NotFound
 from core.models import FINAL_STATUSES, PIPELINE, File, Job, JobInput, JobKind, JobStatus
 from core.time import utcnow
@@ -427,15 +427,20 @@ async def finish(
     attempt: int | None = None,
     notify: bool = False,
     file_meta: Mapping[uuid.UUID, dict[str, Any]] | None = None,
+    outputs: Sequence[File] = (),
 ) -> Job | None:
     """End a running job with ``status``; commits.
 
     None if it was not running (or, given ``attempt``, runs another attempt:
     a worker whose heartbeat went stale was taken over). In the same
     transaction, only if it ends the job: its webhooks, with ``notify`` the
-    owner's notification (:func:`core.notifications.job_ended`), and the
+    owner's notification (:func:`core.notifications.job_ended`), the
     metadata the attempt learnt about files (``file_meta``, by file id; see
-    :meth:`workers.context.JobContext.set_meta`): one transaction per finish.
+    :meth:`workers.context.JobContext.set_meta`), and the rows of the
+    ``outputs`` it stored (:func:`core.uploads.stage_output`) with the quota
+    their bytes take: one transaction per finish. ``QUOTA_EXCEEDED`` or
+    ``CONFLICT`` (a path another file took meanwhile) with nothing written;
+    the caller rolls back and ends the job otherwise.
     """
     now = utcnow()
     values: dict[str, Any] = {
@@ -454,8 +459,10 @@ async def finish(
     result = await db.exec(update(Job).where(*conditions).values(**values).returning(Job))
     job = result.scalars().first()
     if job is not None:
-        # In the same transaction: the final status, its webhooks and its
-        # notification commit together.
+        # In the same transaction: the final status, its outputs, its webhooks
+        # and its notification commit together.
+        if outputs:
+            await _keep_outputs(db, job.owner_id, outputs)
         for file_id, meta in (file_meta or {}).items():
             await files.set_meta(db, file_id, meta)
         await webhooks.queue_job_finished(db, job)
@@ -465,6 +472,25 @@ async def finish(
     if job is not None:
         _count_finished(job)
     return job
+
+
+async def _keep_outputs(db: AsyncSession, owner_id: uuid.UUID, outputs: Sequence[File]) -> None:
+    """Insert an attempt's output rows and reserve their bytes (not committed).
+
+    One conditional UPDATE for the quota and one INSERT per row, in the
+    finishing transaction, so a worker killed before it commits leaks no
+    reserved bytes. A path taken meanwhile fails the unique index: ``CONFLICT``
+    naming it (the job's early checks make that a rare race).
+    """
+    await quota.reserve(db, owner_id, sum(file.size for file in outputs), commit=False)
+    paths = [file.path for file in outputs]
+    db.add_all(outputs)
+    try:
+        await db.flush()
+    except IntegrityError:
+        await db.rollback()
+        taken = await files.first_taken_path(db, owner_id, paths)
+        raise files.path_taken(taken or paths[0]) from None
 
 
 async def requeue(

@@ -25,8 +25,13 @@ async def free_bytes(db: AsyncSession, user_id: uuid.UUID) -> int:
     return 0 if user is None else user.quota_bytes - user.used_bytes
 
 
-async def reserve(db: AsyncSession, user_id: uuid.UUID, size: int) -> None:
-    """Add ``size`` bytes to the user's usage, or raise ``QUOTA_EXCEEDED``; commits."""
+async def reserve(db: AsyncSession, user_id: uuid.UUID, size: int, *, commit: bool = True) -> None:
+    """Add ``size`` bytes to the user's usage, or raise ``QUOTA_EXCEEDED``; commits.
+
+    ``commit=False``: the reservation joins the caller's transaction (a job's
+    outputs, reserved with the rows that hold them), which rolls it back on
+    ``QUOTA_EXCEEDED`` or any other error.
+    """
     if size <= 0:
         return
     result = await db.exec(
@@ -34,7 +39,8 @@ async def reserve(db: AsyncSession, user_id: uuid.UUID, size: int) -> None:
         .where(col(User.id) == user_id, col(User.used_bytes) + size <= col(User.quota_bytes))
         .values(used_bytes=col(User.used_bytes) + size)
     )
-    await db.commit()
+    if commit:
+        await db.commit()
     if result.rowcount != 1:
         raise QuotaExceeded("This file would go over your storage quota.")
 

@@ -100,6 +100,62 @@ class _Reservation:
                 await chunks.aclose()
 
 
+async def _put(storage: Storage, settings: Settings, key: str, chunks: AsyncIterable[bytes]) -> int:
+    try:
+        return await storage.put(key, chunks, max_size=settings.max_upload_bytes)
+    except TooLarge:
+        raise QuotaExceeded(
+            f"A file may have at most {settings.max_upload_bytes} bytes "
+            "(DEPOT_MAX_UPLOAD_BYTES); this one has more."
+        ) from None
+
+
+async def stage_output(
+    storage: Storage,
+    settings: Settings,
+    owner_id: uuid.UUID,
+    path: str,
+    chunks: AsyncIterable[bytes],
+    *,
+    produced_by: uuid.UUID,
+    derived_from: uuid.UUID | None = None,
+    meta: dict[str, Any] | None = None,
+) -> models.File:
+    """Store a job's output's bytes and return its row, not added to any session.
+
+    The row is written later, with the job's final status and the quota its
+    bytes take, in one transaction (:func:`core.jobs.finish`): a worker killed
+    before that leaves bytes under the job's storage prefix, which the next
+    attempt deletes, and neither a row nor reserved bytes. Hence no quota
+    here, only ``settings.max_upload_bytes`` per file (``QUOTA_EXCEEDED``);
+    a bad path is ``BAD_USER_INPUT``. On any error nothing stays stored.
+    """
+    path = normalize_path(path)
+    key = storage_key(owner_id, job_id=produced_by)
+    fingerprint = Fingerprint(chunks)
+    sample = Sample(fingerprint)
+    try:
+        size = await _put(storage, settings, key, sample)
+        if meta is None:
+            meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await storage.delete(key)
+        raise
+    return models.File(
+        owner_id=owner_id,
+        path=path,
+        name=file_name(path),
+        size=size,
+        content_type=fingerprint.content_type,
+        sha256=fingerprint.sha256,
+        storage_key=key,
+        produced_by_job_id=produced_by,
+        derived_from_id=derived_from,
+        meta=meta,
+    )
+
+
 async def store_upload(
     db: AsyncSession,
     storage: Storage,
@@ -136,13 +192,7 @@ async def store_upload(
     fingerprint = Fingerprint(chunks)
     sample = Sample(fingerprint)
     try:
-        try:
-            size = await storage.put(key, sample, max_size=settings.max_upload_bytes)
-        except TooLarge:
-            raise QuotaExceeded(
-                f"A file may have at most {settings.max_upload_bytes} bytes "
-                "(DEPOT_MAX_UPLOAD_BYTES); this one has more."
-            ) from None
+        size = await _put(storage, settings, key, sample)
         await incoming.complete()
         if meta is None:
             meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)

@@ -103,6 +103,17 @@ class LocalStorage(ServedByDepot):
     def root(self) -> Path:
         return self._root
 
+    def local_path(self, key: str) -> Path:
+        """The file that holds ``key``, for a reader that needs a path to seek in (a
+        decoder): it reads the object where it lies instead of a copy.
+
+        Safe to read while others write: a put renames a whole new file over its
+        key and never changes one in place, and a file deleted under an open
+        reader stays readable to it. Nothing is checked here (no I/O); opening a
+        key that is gone fails as opening any missing file does.
+        """
+        return key_path(self._root, key)
+
     async def put(
         self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
     ) -> int:

@@ -38,14 +38,14 @@ from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import files, jobs, tracing
-from core.errors import NotFound
+from core import jobs, tracing
+from core.errors import Conflict, QuotaExceeded
 from core.events import FileCreated, JobStatusChanged, announce
 from core.models import File, Job, JobStatus
 from core.settings import Settings
 from core.time import utcnow
+from storage.errors import StorageError
 from workers import mail
 from workers.broker import (
     Jobs,
@@ -275,7 +275,7 @@ async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -
             lambda: _record(resources, attempt.job, outputs, outcome, file_meta)
         )
         if changed is not None:
-            if isinstance(outcome, Succeeded):
+            if changed.status is JobStatus.SUCCEEDED:
                 for file in outputs:
                     await _publish_file(resources, file)
             await _publish_status(resources, changed)
@@ -291,11 +291,12 @@ async def _record(
 ) -> tuple[bool, Job | None]:
     """The database side of ``_conclude``: (send again?, the job if its status changed).
 
-    Safe to repeat after a failure midway: a status this attempt already
-    recorded is recognised, not undone.
+    A success writes the attempt's output rows and their quota with the
+    final status (:func:`core.jobs.finish`); a full quota or a path taken
+    meanwhile fails the job instead. Safe to repeat after a failure midway: a
+    status this attempt already recorded is recognised, not undone.
     """
     job_id, attempt = ran.id, ran.attempts
-    mine = {f.id for f in outputs}
     storage = resources.storage
     # Its notification (before the announcement, so a subscriber that sees the
     # final event finds the row) and what it learnt about files go with the status.
@@ -305,15 +306,27 @@ async def _record(
     }
     async with resources.sessionmaker() as db:
         if isinstance(outcome, Succeeded):
-            # The common case, in one conditional UPDATE: it wins only while this
-            # attempt is the job's running one; otherwise look at the row below.
-            ended = await jobs.finish(
-                db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt, **ending
-            )
-            if ended is not None:
-                return False, ended
+            # The common case, in one transaction: its conditional UPDATE wins only
+            # while this attempt is the job's running one; otherwise look at the row below.
+            try:
+                ended = await jobs.finish(
+                    db,
+                    job_id,
+                    JobStatus.SUCCEEDED,
+                    message="Done.",
+                    attempt=attempt,
+                    outputs=outputs,
+                    **ending,
+                )
+            except (Conflict, QuotaExceeded) as exc:
+                await db.rollback()
+                outcome = Failed(exc.message)
+            else:
+                if ended is not None:
+                    return False, ended
         job = await db.get(Job, job_id, populate_existing=True)
         if job is None:
+            await _discard(resources, outputs)
             return False, None
         if job.attempts == attempt and job.status is not JobStatus.RUNNING:
             if job.status is outcome.status:
@@ -323,15 +336,22 @@ async def _record(
         if job.status is not JobStatus.RUNNING or job.attempts != attempt:
             # Not ours any more (taken over while our heartbeat was stale):
             # keep nothing of this attempt.
-            await _remove(db, resources, job, only=mine)
+            await _discard(resources, outputs)
             return False, None
         if isinstance(outcome, Succeeded):
             ended = await jobs.finish(
-                db, job_id, JobStatus.SUCCEEDED, message="Done.", attempt=attempt, **ending
+                db,
+                job_id,
+                JobStatus.SUCCEEDED,
+                message="Done.",
+                attempt=attempt,
+                outputs=outputs,
+                **ending,
             )
             if ended is None:
-                await _remove(db, resources, job, only=mine)
+                await _discard(resources, outputs)
             return False, ended
+        # Whatever this attempt stored, its rows unwritten, goes with the job's prefix.
         await jobs.remove_outputs(db, storage, job)
         if isinstance(outcome, Interrupted):
             requeued = await jobs.requeue(
@@ -382,10 +402,13 @@ async def _advance(resources: Resources, pipeline_id: uuid.UUID) -> None:
         logger.exception("pipeline not advanced", pipeline_id=str(pipeline_id))
 
 
-async def _remove(db: AsyncSession, resources: Resources, job: Job, only: set[uuid.UUID]) -> None:
-    for file_id in only:
-        with contextlib.suppress(NotFound):
-            await files.purge(db, resources.storage, job.owner_id, file_id)
+async def _discard(resources: Resources, outputs: list[File]) -> None:
+    """Delete the bytes of outputs whose rows were never written (an attempt that lost)."""
+    for file in outputs:
+        try:
+            await resources.storage.delete(file.storage_key)
+        except StorageError as exc:  # unnamed bytes only cost space
+            logger.warning("output not deleted", key=file.storage_key, error=str(exc))
 
 
 # ----------------------------------------------------------------- the middleware
