@@ -18,7 +18,8 @@ measures
    tracing on against both off, in interleaved rounds; and (2c) a three-step
    **pipeline** (verify → convert → thumbnails of a small PNG) end to end,
    against the same three kinds run as separate jobs one after the other, in
-   the same run;
+   the same run, and two independent steps (thumbnails and verify of the
+   upload) as one pipeline against the two run one after the other;
 3. the **memory per idle subscription**: ``depot serve``'s resident memory
    before and after opening ``jobEvents`` subscriptions to jobs that stay
    queued (the worker is stopped), spread over a few WebSockets and then one
@@ -414,15 +415,42 @@ async def as_separate_jobs(api: Api, ws: ClientConnection, account: Account, tur
     return ok
 
 
+# Independent of each other: a pipeline runs them at once (on two worker threads).
+BRANCHES: Final[tuple[tuple[str, dict[str, Any]], ...]] = (
+    ("thumbnails", {"sizes": [16]}),
+    ("verify", {}),
+)
+
+
+async def as_branches(api: Api, ws: ClientConnection, account: Account, turn: int) -> bool:
+    file_id = await upload_png(api, account, f"bench/b{turn}.png")
+    steps = [{"name": kind, "run": {kind: params}} for kind, params in BRANCHES]
+    job = await api.call(
+        START_JOB, {"input": {"pipeline": {"fileIds": [file_id], "steps": steps}}}, account
+    )
+    return await until_final(ws, f"b{turn}", job["startJob"]["id"]) == "SUCCEEDED"
+
+
+async def as_separate_branches(api: Api, ws: ClientConnection, account: Account, turn: int) -> bool:
+    source = await upload_png(api, account, f"bench/t{turn}.png")
+    ok = True
+    for n, (kind, params) in enumerate(BRANCHES):
+        job = await api.call(START_JOB, {"input": {kind: {**params, "fileId": source}}}, account)
+        ok = ok and await until_final(ws, f"t{turn}-{n}", job["startJob"]["id"]) == "SUCCEEDED"
+    return ok
+
+
 async def pipeline_rounds(api: Api, ws_url: str, account: Account, rounds: int) -> Pipelines:
     """Each round (after two of warm-up), on fresh uploads: verify, convert to WebP and
-    thumbnails of the WebP as one pipeline, then as three jobs one after the other.
-    Uploads are outside the timings."""
+    thumbnails of the WebP as one pipeline, then as three jobs one after the other;
+    then thumbnails and verify of the upload as one pipeline of two parallel branches,
+    then as two jobs one after the other. Uploads are outside the timings."""
     found = Pipelines()
+    ways = (as_pipeline, as_separate_jobs, as_branches, as_separate_branches)
     async with socket(ws_url, account) as ws:
         for turn in range(rounds + 2):
             timed = []
-            for way in (as_pipeline, as_separate_jobs):
+            for way in ways:
                 began = time.perf_counter()
                 ok = await way(api, ws, account, turn)
                 timed.append(time.perf_counter() - began)
@@ -430,6 +458,8 @@ async def pipeline_rounds(api: Api, ws_url: str, account: Account, rounds: int) 
             if turn >= 2:
                 found.pipeline.append(timed[0])
                 found.separate.append(timed[1])
+                found.branched.append(timed[2])
+                found.branches_separate.append(timed[3])
     return found
 
 

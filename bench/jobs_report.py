@@ -82,11 +82,19 @@ class Pipelines:
 
     pipeline: list[float] = field(default_factory=list)
     separate: list[float] = field(default_factory=list)
+    # Two independent steps (thumbnails and verify, both of ``:input``) as one
+    # pipeline, and as two jobs one after the other.
+    branched: list[float] = field(default_factory=list)
+    branches_separate: list[float] = field(default_factory=list)
     failed: int = 0
 
     @property
     def ratio(self) -> float:
         return statistics.median(self.pipeline) / statistics.median(self.separate)
+
+    @property
+    def branched_ratio(self) -> float:
+        return statistics.median(self.branched) / statistics.median(self.branches_separate)
 
 
 @dataclass(frozen=True)
@@ -346,4 +354,27 @@ def _pipeline_lines(found: Pipelines) -> list[str]:
         *([f"  {found.failed} rounds did not succeed"] if found.failed else []),
         f"pipeline vs separate jobs {times(ratio)}: "
         f"{verdict(ratio <= PIPELINE_TARGET and not found.failed)}",
+        *_branched_lines(found),
+    ]
+
+
+def _branched_lines(found: Pipelines) -> list[str]:
+    if not found.branched:
+        return []
+    ratio = found.branched_ratio
+    separate, branched = (
+        statistics.median(found.branches_separate),
+        statistics.median(found.branched),
+    )
+    return [
+        f"  parallel branches (thumbnails and verify of :input), {len(found.branched)} rounds",
+        *table(
+            [
+                ["path", "median", "vs separate", "target"],
+                ["two jobs, one after the other", ms(separate), times(1), ""],
+                ["one pipeline, two branches", ms(branched), times(ratio), f"< {times(1)}"],
+            ],
+            indent="  ",
+        ),
+        f"branches vs separate jobs {times(ratio)}: {verdict(ratio < 1 and not found.failed)}",
     ]

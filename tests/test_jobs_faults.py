@@ -68,7 +68,7 @@ ENTRIES = 150
 # Outputs the first attempt has made when its worker is killed.
 MADE_BEFORE_KILL = 40
 WAIT_S = 40
-PROGRESS = "query P($id: ID!) { job(id: $id) { status attempts outputs { totalCount } } }"
+PROGRESS = "query P($id: ID!) { job(id: $id) { status attempts progress outputs { totalCount } } }"
 MY_EVENTS = "subscription { myEvents { cursor type fileId jobId status } }"
 DELETE = "mutation D($id: ID!) { deleteFile(id: $id) { id } }"
 
@@ -109,7 +109,7 @@ async def _wait_until(
     job_id: str,
     condition: Callable[[dict[str, Any]], bool],
 ) -> dict[str, Any]:
-    """Poll the job (status, attempts, output count) until ``condition`` holds."""
+    """Poll the job (status, attempts, progress, output count) until ``condition`` holds."""
     with anyio.fail_after(WAIT_S):
         while not condition(job := await _progress(client, headers, job_id)):
             assert job["status"] not in ("SUCCEEDED", "FAILED", "CANCELLED"), job
@@ -118,14 +118,15 @@ async def _wait_until(
 
 
 async def _extract_under_way(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str, Any]:
-    """An ``extract`` of ``ENTRIES`` entries, once it has made ``MADE_BEFORE_KILL`` of them."""
+    """An ``extract`` of ``ENTRIES`` entries, once it has stored ``MADE_BEFORE_KILL`` of them
+    (their rows are written when the job succeeds; its progress counts the bytes)."""
     archive = await upload_file(client, headers, "many.zip", many_entries_zip(ENTRIES))
     job = await start_job(client, headers, {"extract": {"fileId": archive["id"], "path": "out"}})
     await _wait_until(
         client,
         headers,
         job["id"],
-        lambda j: j["status"] == "RUNNING" and j["outputs"]["totalCount"] >= MADE_BEFORE_KILL,
+        lambda j: j["status"] == "RUNNING" and j["progress"] >= MADE_BEFORE_KILL / ENTRIES,
     )
     return job
 
@@ -170,30 +171,16 @@ def _assert_one_final_status(events: list[dict[str, Any]], status: str) -> None:
 
 
 async def _assert_storage_matches_rows(
-    client: httpx.AsyncClient,
-    headers: dict[str, str],
-    settings: Settings,
-    *,
-    recounted: bool = False,
+    client: httpx.AsyncClient, headers: dict[str, str], settings: Settings
 ) -> list[File]:
     """No object without a row, no row without an object, usage exactly the files' sizes.
 
-    ``recounted``: a scheduler is running, and usage must come to the files' sizes
-    within a few maintenance intervals. A worker SIGKILLed after it reserved an
-    output's bytes (``core.quota.reserve`` commits at once, so no lock is held
-    while the bytes stream) and before that output's row committed leaves those
-    bytes reserved with nothing to show for them; only maintenance's recount
-    (``workers.maintenance.recount_usage``, two intervals with the same figures)
-    gives them back.
+    Exactly, with no recount by maintenance: a job's output rows and the quota
+    their bytes take are written together with its success (``core.jobs.finish``),
+    so a worker SIGKILLed mid-job leaves neither reserved bytes nor rows.
     """
     rows = await _rows(settings)
     expected = sum(f.size for f in rows)
-    if recounted:
-        with anyio.fail_after(WAIT_S):
-            while True:
-                if await used_bytes(client, headers) == expected:
-                    break
-                await anyio.sleep(settings.maintenance_interval_seconds)
     assert await used_bytes(client, headers) == expected
     objects, keys = set(leftover_objects(settings)), {f.storage_key for f in rows}
     assert sorted(keys - objects) == [], "file rows whose object is missing"
@@ -216,13 +203,11 @@ async def test_a_job_whose_worker_is_killed_is_taken_over_and_ends_once(
         token, headers = await signed_in(client)
         job = await _extract_under_way(client, headers)
         await anyio.to_thread.run_sync(worker_a.kill)
-        left = [f for f in await _rows(settings) if f.produced_by_job_id == _key(job["id"])]
-        assert MADE_BEFORE_KILL <= len(left) < ENTRIES, "killed mid-job"
+        assert [f.path for f in await _rows(settings)] == ["many.zip"], "no output row yet"
+        staged = [k for k in leftover_objects(settings) if f"/j/{_key(job['id']).hex}/" in k]
+        assert MADE_BEFORE_KILL - 1 <= len(staged) < ENTRIES, "killed mid-job"
 
         # Maintenance sends the job again once its heartbeat is stale; B takes it over.
-        # One after the other, so the scheduler's recount has given back what A's
-        # kill left reserved (see _assert_storage_matches_rows) before B starts
-        # and the scheduler is stopped: 180 bytes over once, with both at once.
         scheduler = await stack.enter_async_context(
             in_background(depot_scheduler(settings, tmp_path / "scheduler.log"))
         )
@@ -271,7 +256,8 @@ async def test_a_job_out_of_attempts_when_its_worker_dies_fails_saying_so(
         assert "worker" in done["error"], done["error"]
         assert done["attempts"] == 1
         assert done["outputs"]["totalCount"] == 0
-        rows = await _assert_storage_matches_rows(client, headers, settings, recounted=True)
+        # No recount needed: the dead attempt's outputs had no rows and reserved nothing.
+        rows = await _assert_storage_matches_rows(client, headers, settings)
         assert [f.path for f in rows] == ["many.zip"], "the partial outputs are gone"
         _assert_one_final_status(await _all_events(client, token, job["id"]), "FAILED")
 
