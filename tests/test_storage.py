@@ -722,3 +722,17 @@ async def test_an_empty_appended_object(backend: Backend) -> None:
     handle = await backend.storage.start_append(KEY)
     await backend.storage.finish_append(KEY, handle, 0)
     assert await read(backend.storage, KEY) == b""
+
+
+async def test_a_local_object_is_read_in_place_where_it_lies(tmp_path: Path) -> None:
+    # Jobs hand decoders this path instead of a copy (workers.context.JobContext.spool).
+    storage = LocalStorage(tmp_path / "files")
+    await storage.put(KEY, stream(b"in place"))
+    path = storage.local_path(KEY)
+    assert path.read_bytes() == b"in place"
+    with path.open("rb") as reader:
+        await storage.put(KEY, stream(b"replaced"))  # a new file renamed over the key
+        await storage.delete(KEY)
+        assert reader.read() == b"in place", "an open reader keeps the file it opened"
+    with pytest.raises(ValueError, match="not a storage key"):
+        storage.local_path("../outside")
