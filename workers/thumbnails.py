@@ -7,7 +7,8 @@ becomes ``photos/cat@256.webp``; without a format, thumbnails keep the
 source's (PNG, JPEG, WebP or AVIF), HEIC photos, PDFs and videos give JPEG,
 and other images (GIF, BMP) PNG. ``page`` picks a PDF's page (the first by
 default), ``atSeconds`` a video's frame (by default a tenth of the way in). A
-path already in use fails the whole job, and what it made so far is removed.
+path already in use fails the whole job, and what it made so far is removed
+(with a format asked for, before any decoding).
 See :mod:`workers.images` and :mod:`workers.visuals` for what is read and how
 safely; the decoding and encoding run in a decoder process of their own
 (:mod:`workers.decoders`), within ``DEPOT_MEDIA_PICTURE_SECONDS``. A file
@@ -149,9 +150,10 @@ async def run(ctx: JobContext) -> None:
                 setting="DEPOT_MEDIA_PICTURE_SECONDS",
                 memory_mb=ctx.settings.media_memory_limit_mb,
             )
+        # Without an asked format the paths are known only now; not checked here: the
+        # outputs' rows are written when the job ends, and a taken path fails it then
+        # (core.jobs.finish), as early a check would, for one transaction less.
         paths = [output_path(file.path, size, made.format) for size in sizes]
-        if asked is None:
-            await ensure_paths_free(ctx, paths)
         await ctx.progress(DECODED, f"Read {file.name} ({made.width}x{made.height})")
         for index, (path, size) in enumerate(zip(paths, made.sizes, strict=True)):
             out = scratch / f"{index}.{EXTENSIONS[made.format]}"
