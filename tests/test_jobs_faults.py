@@ -61,10 +61,11 @@ from tests.support import (
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
 
 # Long enough that a kill or a stop lands mid-job on a fast machine: after the
-# MADE_BEFORE_KILL outputs the test waits for, over a hundred are left (a stop's
-# 0.2 s grace takes a few dozen); each entry more is one more for the next
+# MADE_BEFORE_KILL outputs the test waits for, over 250 are left (a stop's
+# 0.2 s grace takes many more now that an entry costs no transaction: its row is
+# written with the job's success); each entry more is one more for the next
 # worker to make again.
-ENTRIES = 150
+ENTRIES = 300
 # Outputs the first attempt has made when its worker is killed.
 MADE_BEFORE_KILL = 40
 WAIT_S = 40
@@ -310,7 +311,7 @@ async def test_a_stopping_worker_hands_its_job_back_to_the_queue_at_once(
 
 # Enough entries that the job outlives stopping and starting ``depot serve``: on a
 # quiet machine the restart takes about two thirds of their time.
-RESTART_ENTRIES = 450
+RESTART_ENTRIES = 900
 
 
 async def _read_until_gone(ws: AsyncWebSocketSession) -> list[dict[str, Any]]:
