@@ -69,7 +69,6 @@ from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any, Final, TypeVar
 
 import anyio
-import av
 import structlog
 from PIL import Image
 
@@ -402,7 +401,10 @@ def _reap(pid: int) -> int:
 def _warm() -> None:
     """What the libraries do once per process on first use, done here for every child:
     Pillow imports its format plugins (115 ms, measured); FFmpeg's decoders fill
-    their static tables when first opened."""
+    their static tables when first opened. PyAV is imported here, in the decoder
+    server, so the processes that start it do not load it."""
+    import av
+
     Image.init()
     for codec in WARM_DECODERS:
         with contextlib.suppress(Exception):  # a codec this build lacks

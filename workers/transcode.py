@@ -33,9 +33,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import av
-import av.error
-
 from core.errors import BadUserInput
 from core.models import File
 from core.settings import Settings
@@ -156,7 +153,11 @@ def check_file(params: Params, file: File, settings: Settings) -> None:
 def _transcode(
     source: Path, out: Path, name: str, params: Params, limits: MediaLimits, report: Any
 ) -> None:
-    """Decode ``source`` and encode it into ``out``. Runs in a decoder process."""
+    """Decode ``source`` and encode it into ``out``. Runs in a decoder process (hence
+    PyAV imported here: the processes that only register this kind never load it)."""
+    import av
+    import av.error
+
     recipe = RECIPES[params.format]
     try:
         with av.open(str(source)) as inp:
@@ -212,6 +213,8 @@ class _Encoder:
             self._audio_out = output.add_stream(recipe.audio, rate=recipe.audio_rate)
             self._audio_out.bit_rate = _AUDIO_BITS[params.quality]
             self._audio_out.layout = "stereo"
+            import av  # loaded already by _transcode, the only caller
+
             self._resampler = av.AudioResampler(
                 format=self._audio_out.codec_context.codec.audio_formats[0].name,
                 layout="stereo",

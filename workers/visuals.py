@@ -23,17 +23,21 @@ from __future__ import annotations
 
 from fractions import Fraction
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import av
-import av.error
-import pypdfium2 as pdfium
 from PIL import Image
 
 from core.content import HEAD_BYTES, sniff
 from workers.errors import JobFailed
 from workers.images import Source, decode
 from workers.media_limits import MediaLimits
+
+if TYPE_CHECKING:
+    import av
+
+# PyAV and PDFium are imported where a decoder uses them, not with this module: every
+# process that registers the job kinds imports it (the API, a worker; ~90 ms of CPU for
+# both libraries), and decoding runs in decoder processes, warmed by workers.decoders.
 
 PDF: Final = "application/pdf"
 # A video's default frame: this share of the way in.
@@ -80,6 +84,8 @@ def decode_visual(
 
 
 def _pdf_page(path: Path, name: str, limits: MediaLimits, side: int, number: int) -> Source:
+    import pypdfium2 as pdfium
+
     try:
         document = pdfium.PdfDocument(str(path))
     except pdfium.PdfiumError as exc:
@@ -109,6 +115,9 @@ def _pdf_page(path: Path, name: str, limits: MediaLimits, side: int, number: int
 
 
 def _video_frame(path: Path, name: str, limits: MediaLimits, at_seconds: float | None) -> Source:
+    import av
+    import av.error
+
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -135,6 +144,8 @@ def _video_frame(path: Path, name: str, limits: MediaLimits, at_seconds: float |
 
 
 def _duration(container: av.container.InputContainer, stream: av.VideoStream) -> float | None:
+    import av
+
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
     if container.duration is not None:
