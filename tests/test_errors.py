@@ -48,6 +48,7 @@ from core.eventlog import MemoryEventLog
 from core.links import LinkSigner
 from core.ratelimit import ActionLimiter, LoginLimiter
 from core.settings import Settings
+from core.signins import SignIns
 from schema import _Schema
 from schema.ids import encode_id
 from schema.limits import Limits
@@ -100,18 +101,28 @@ def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         # The view puts these into every context; the database signs WebSockets in.
+        sessionmaker = create_sessionmaker(engine)
+        events = MemoryEventLog()
+        signins = SignIns(
+            events,
+            sessionmaker,
+            cache_seconds=settings.sign_in_cache_seconds,
+            recheck_seconds=settings.ws_auth_recheck_seconds,
+        )
         yield {
-            "sessionmaker": create_sessionmaker(engine),
+            "sessionmaker": sessionmaker,
             "redis": None,
             "login_limiter": LoginLimiter(MemoryStorage(), "1/second", "1/second"),
             "action_limiter": ActionLimiter(MemoryStorage(), {}),
             "sockets": OpenSockets(per_user=10, per_address=10),
             "storage": open_storage(settings.storage_url),
             "links": RouteLinks(LinkSigner(settings.secret), str(settings.public_base_url)),
-            "events": MemoryEventLog(),
+            "events": events,
+            "signins": signins,
             # Jobs are never sent here: a broker nobody consumes from will do.
             "jobs": sender(settings),
         }
+        await signins.aclose()
 
     return Starlette(
         routes=[Route("/graphql", view), WebSocketRoute("/graphql", view)],
