@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
+import locust.stats
 import websocket
 from locust import HttpUser, SequentialTaskSet, between, task
 from locust.exception import InterruptTaskSet
@@ -246,8 +247,11 @@ class DepotUser(HttpUser):
             and len(_VISITS) >= runner.target_user_count
             and min(_VISITS.values()) >= VISITS
         ):
-            # From a greenlet of its own: quitting stops every user, this one too.
-            gevent.spawn(runner.quit)
+            # From a greenlet of its own: quitting stops every user, this one too. Not at
+            # once: Locust writes --csv files every CSV_STATS_INTERVAL_SEC and not again
+            # when it quits, so a quit right after this visit's last request left that
+            # request out of the stats file.
+            gevent.spawn_later(locust.stats.CSV_STATS_INTERVAL_SEC + 0.5, runner.quit)
 
     def follow_job(self, job_id: str, token: str) -> None:
         """Subscribe to ``jobEvents`` over graphql-transport-ws until the job ends.
