@@ -142,6 +142,20 @@ async def stage_output(
         with anyio.CancelScope(shield=True):
             await storage.delete(key)
         raise
+    return _row(owner_id, path, key, size, fingerprint, produced_by, derived_from, meta)
+
+
+def _row(
+    owner_id: uuid.UUID,
+    path: str,
+    key: str,
+    size: int,
+    fingerprint: Fingerprint,
+    produced_by: uuid.UUID | None,
+    derived_from: uuid.UUID | None,
+    meta: dict[str, Any],
+) -> models.File:
+    """The row of a file stored under ``key``, its bytes seen by ``fingerprint``."""
     return models.File(
         owner_id=owner_id,
         path=path,
@@ -196,18 +210,7 @@ async def store_upload(
         await incoming.complete()
         if meta is None:
             meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)
-        file = models.File(
-            owner_id=owner_id,
-            path=path,
-            name=file_name(path),
-            size=size,
-            content_type=fingerprint.content_type,
-            sha256=fingerprint.sha256,
-            storage_key=key,
-            produced_by_job_id=produced_by,
-            derived_from_id=derived_from,
-            meta=meta,
-        )
+        file = _row(owner_id, path, key, size, fingerprint, produced_by, derived_from, meta)
         db.add(file)
         try:
             if produced_by is None:  # a job's outputs are told of when it succeeds
