@@ -8,8 +8,8 @@ change are made in the database, since the mail is not what is tested here.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,8 +18,6 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from core.db import create_sessionmaker
@@ -38,6 +36,7 @@ from tests.support import (
     sign_in,
     update_user,
 )
+from tests.test_database_work import statements
 
 pytestmark = pytest.mark.anyio
 
@@ -69,21 +68,6 @@ SET_ROLE = "mutation Set($id: ID!, $role: Role!) { setUserRole(id: $id, role: $r
 NEW_PASSWORD = "a brand new passphrase"
 
 
-@contextmanager
-def counting_statements() -> Iterator[list[str]]:
-    """Every SQL statement any engine of this process runs while the block runs."""
-    seen: list[str] = []
-
-    def record(_conn: object, _cursor: object, statement: str, *_args: Any) -> None:
-        seen.append(statement)
-
-    event.listen(Engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(Engine, "before_cursor_execute", record)
-
-
 async def ok(
     client: httpx.AsyncClient, query: str, variables: dict[str, Any], headers: dict[str, str]
 ) -> dict[str, Any]:
@@ -97,7 +81,7 @@ async def cached(client: httpx.AsyncClient, headers: dict[str, str]) -> dict[str
     """``me`` once it is answered from the cache, without SQL (the first sign-in of a
     user starts their watch; one after it is cached)."""
     for _ in range(50):
-        with counting_statements() as seen:
+        with statements() as seen:
             me = (await ok(client, ME, {}, headers))["me"]
         if not seen:
             assert me is not None
