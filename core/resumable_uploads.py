@@ -185,7 +185,7 @@ def unfinished() -> Any:
     )
 
 
-def _free_of_leases(now: datetime) -> Any:
+def _free_of_leases(now: datetime | BindParameter[datetime]) -> Any:
     return or_(col(ResumableUpload.busy_until).is_(None), col(ResumableUpload.busy_until) <= now)
 
 
@@ -332,7 +332,7 @@ def _claim_statement(signed_in: bool) -> Any:
             col(ResumableUpload.offset) == bindparam("at"),
             col(ResumableUpload.expires_at) > now,
             unfinished(),
-            or_(col(ResumableUpload.busy_until).is_(None), col(ResumableUpload.busy_until) <= now),
+            _free_of_leases(now),
             *([SESSION_IS_LIVE] if signed_in else []),
         )
         .values(busy_until=bindparam("until"))
