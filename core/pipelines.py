@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
@@ -524,14 +524,21 @@ async def cancel(db: AsyncSession, owner_id: uuid.UUID, pipeline: Job) -> list[J
 
 
 async def retry(
-    db: AsyncSession, owner_id: uuid.UUID, pipeline: Job, *, traceparent: str | None = None
+    db: AsyncSession,
+    owner_id: uuid.UUID,
+    pipeline: Job,
+    *,
+    traceparent: str | None = None,
+    check_file: Callable[[Job, File], None] | None = None,
 ) -> tuple[Job, list[Job]]:
     """Run a failed or cancelled pipeline's failed and cancelled steps again; commits.
 
     What succeeded is kept, outputs included; skipped steps become pending
     again. The steps' jobs go back to the queue before the pipeline runs
     again, so no :func:`advance` meanwhile can end it on their old status.
-    Returns the pipeline and the steps' jobs queued again (to send).
+    ``check_file(step's job, input)`` looks at each input of each step to run
+    again, all before any is queued (it raises ``BadUserInput``), as a job's
+    retry does. Returns the pipeline and the steps' jobs queued again (to send).
     """
     if pipeline.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise Conflict(
@@ -540,16 +547,26 @@ async def retry(
     if not await _inputs(db, pipeline.id):
         raise Conflict("This pipeline's upload ended without a file: upload it again.")
     by_name = {step.name: step for step in steps_of(pipeline)}
+    again = [
+        child
+        for child in await children_of(db, [pipeline.id])
+        if child.status in (JobStatus.FAILED, JobStatus.CANCELLED)
+    ]
+    if check_file is not None:
+        # Every step's inputs before any step is queued: one refused retries none.
+        for child in again:
+            for file in await jobs.job_inputs(db, child.id):
+                if file is not None:  # a purged input: retry_job refuses it
+                    check_file(child, file)
     retried = []
-    for child in await children_of(db, [pipeline.id]):
-        if child.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            step = by_name.get(child.step or "")
-            attempts = step.max_attempts if step is not None else 1
-            retried.append(
-                await jobs.retry_job(
-                    db, owner_id, child.id, max_attempts=attempts, traceparent=traceparent
-                )
+    for child in again:
+        step = by_name.get(child.step or "")
+        attempts = step.max_attempts if step is not None else 1
+        retried.append(
+            await jobs.retry_job(
+                db, owner_id, child.id, max_attempts=attempts, traceparent=traceparent
             )
+        )
     retraced: dict[str, Any] = {"traceparent": traceparent} if traceparent else {}
     result = await db.exec(
         update(Job)

@@ -31,7 +31,9 @@ from schema.job_inputs import JobInput, StepInput, file_keys, given, step_reques
 from schema.node import Node
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAuthenticated
+from workers.params import load
 from workers.pipeline import advance, check_steps, news, requests_of, send, uploaded
+from workers.registry import KINDS
 
 
 @strawberry.type(description="Saved pipeline steps; start them with `startJob(input: {template})`.")
@@ -198,9 +200,16 @@ async def cancel_pipeline(info: Info, pipeline: JobRow) -> JobRow:
 async def retry_pipeline(info: Info, pipeline: JobRow) -> JobRow:
     """Run its failed and cancelled steps again, keeping what succeeded."""
     user = info.context.require_principal().user
+    settings = info.context.settings
+
+    def check_file(step: JobRow, file: FileRow) -> None:
+        # As retryJob checks a job's inputs (workers.media_limits): limits may be lower now.
+        kind = KINDS[step.kind]
+        kind.check_file(load(kind.params, step.params), file, settings)
+
     async with info.context.db() as db:
         job, retried = await pipelines.retry(
-            db, user.id, pipeline, traceparent=current_traceparent()
+            db, user.id, pipeline, traceparent=current_traceparent(), check_file=check_file
         )
     await _announce(info, job)
     for step in retried:

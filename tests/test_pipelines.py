@@ -22,9 +22,11 @@ from PIL import Image
 
 from core.db import create_engine, create_sessionmaker
 from core.direct_uploads import complete_ticket
+from core.settings import Settings
 from schema.ids import decode_id_of
 from storage import open_storage
 from tests.conftest import make_settings, serve_app
+from tests.media import BLUE, GREEN, RED, pdf
 from tests.processes import depot_scheduler, depot_worker, start_together
 from tests.support import (
     CSRF_HEADER,
@@ -317,6 +319,34 @@ async def test_cancelling_mid_pipeline_cancels_the_running_step_and_skips_the_re
     assert [e["status"] for e in events if e["step"] is None and e["status"] in FINAL_STATUSES] == [
         "CANCELLED"
     ]
+
+
+async def test_retry_checks_the_steps_inputs_against_the_media_limits_again(
+    jobs_client: httpx.AsyncClient, jobs_settings: Settings
+) -> None:
+    _, headers = await signed_in(jobs_client)
+    thick = await upload_file(jobs_client, headers, "thick.pdf", pdf(RED, GREEN, BLUE))
+    job = await start(
+        jobs_client,
+        headers,
+        pipeline([thick["id"]], step("thumbs", {"thumbnails": {"sizes": [8], "page": 9}})),
+    )
+    failed = await wait(jobs_client, headers, job["id"])
+    assert failed["status"] == "FAILED", failed
+    # The same database and storage, served with a lower page limit (a new deployment).
+    lower = jobs_settings.model_copy(update={"media_max_pdf_pages": 2})
+    async with serve_app(lower) as stricter:
+        body = await graphql(stricter, RETRY, {"id": job["id"]}, headers=headers)
+        error = assert_error(body, "BAD_USER_INPUT", field="fileId")
+        assert "'thick.pdf' has 3 pages" in error["message"], error
+        assert "DEPOT_MEDIA_MAX_PDF_PAGES" in error["message"], error
+        still = await get(stricter, headers, job["id"])
+        assert still["status"] == "FAILED", "refused: not run again"
+        assert by_name(still)["thumbs"]["job"]["status"] == "FAILED", "its step not queued"
+    # Under the limits it started with, it runs again.
+    body = await graphql(jobs_client, RETRY, {"id": job["id"]}, headers=headers)
+    assert "errors" not in body, body
+    assert body["data"]["retryJob"]["status"] == "RUNNING", body
 
 
 async def test_retry_after_a_failed_middle_step_keeps_the_first_steps_outputs(
