@@ -13,6 +13,9 @@ import contextlib
 import io
 import os
 import signal
+import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +43,7 @@ from tests.support import (
     wait_for_job,
 )
 from workers.decoders import CHILD_NAME, SERVER_NAME
+from workers.scratch import scratch_directory
 
 pytestmark = pytest.mark.anyio
 
@@ -397,6 +401,43 @@ async def test_a_warm_decoder_keeps_the_memory_of_its_last_frame(
         assert job["status"] == "SUCCEEDED", job
         faults.append(_decoder_faults() - before)
     assert faults[-1] < 1000, faults
+
+
+ABANDON = """
+import os, signal, sys
+from workers.scratch import scratch_directory
+with scratch_directory("thumbnails") as scratch:
+    (scratch / "input").write_bytes(b"x" * 4096)
+    print(scratch, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+async def test_a_starting_worker_removes_what_killed_workers_left_in_tmp(
+    client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # this process's $TMPDIR
+    # A process SIGKILLed in the middle of a job's work: its directory stays.
+    killed = await anyio.run_process(
+        [sys.executable, "-c", ABANDON], env={**os.environ, "TMPDIR": str(tmp)}, check=False
+    )
+    assert killed.returncode == -signal.SIGKILL
+    abandoned = Path(killed.stdout.decode().strip())
+    with scratch_directory("input") as live:  # a live process's, however old
+        long_ago = time.time() - 3600
+        for directory in (abandoned, live):
+            os.utime(directory, (long_ago, long_ago))
+        assert await anyio.Path(abandoned).is_dir()
+        headers = await sign_up(client)
+        source = await upload_file(client, headers, "red.png", png((32, 32), RED))
+        # The app's worker threads start with its first job, and clean up first.
+        job = await run_job(client, headers, {"thumbnails": {"fileId": source["id"], "sizes": [8]}})
+        assert job["status"] == "SUCCEEDED", job
+        assert not await anyio.Path(abandoned).exists(), "the dead process's directory is gone"
+        assert sorted(tmp.iterdir()) == [live], "the live one stays; the job left none"
+    assert list(tmp.iterdir()) == []
 
 
 def png(size: tuple[int, int], colour: tuple[int, int, int]) -> bytes:

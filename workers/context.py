@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator
@@ -31,6 +30,7 @@ from storage.errors import ObjectNotFound
 from storage.local import LocalStorage
 from workers.errors import JobCancelled, JobFailed, JobInterrupted
 from workers.resources import Resources
+from workers.scratch import scratch_directory
 
 EVENT_INTERVAL: Final = 0.1
 SPOOL_CHUNK: Final = 1024 * 1024
@@ -184,8 +184,8 @@ class JobContext:
                 raise JobFailed(f"The bytes of {file.path!r} are missing from storage.")
             yield path
             return
-        with tempfile.TemporaryDirectory(prefix="depot-job-") as directory:
-            path = Path(directory) / "input"
+        with scratch_directory("input") as directory:
+            path = directory / "input"
             async with await anyio.open_file(path, "wb") as out:
                 async for chunk in self.read(file):
                     await out.write(chunk)

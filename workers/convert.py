@@ -13,7 +13,6 @@ a decoder process (:mod:`workers.decoders`) within
 from __future__ import annotations
 
 import functools
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final
@@ -36,6 +35,7 @@ from workers.images import (
 from workers.kind import Kind
 from workers.media_limits import MediaLimits, known_excess
 from workers.params import Doc, FileId, load
+from workers.scratch import scratch_directory
 
 # The share of the progress bar that decoding and encoding (in a decoder process) stand for.
 DECODED: Final = 0.8
@@ -87,8 +87,8 @@ async def run(ctx: JobContext) -> None:
     await ensure_paths_free(ctx, [path])
     await ctx.progress(0.0, f"Reading {file.name}")
     limits = MediaLimits.of(ctx.settings)
-    with tempfile.TemporaryDirectory(prefix="depot-convert-") as scratch:
-        out = Path(scratch) / f"output.{EXTENSIONS[params.format]}"
+    with scratch_directory("convert") as scratch:
+        out = scratch / f"output.{EXTENSIONS[params.format]}"
         async with ctx.spool(file) as spooled:
             size = await run_isolated(
                 functools.partial(_make, spooled, file.path, limits, params, out),

@@ -61,6 +61,7 @@ from workers.kind import Kind
 from workers.pipeline import advance
 from workers.registry import KINDS
 from workers.resources import Resources, Shared, open_resources
+from workers.scratch import remove_abandoned
 from workers.webhooks import ACTOR as WEBHOOK_ACTOR
 from workers.webhooks import Dispatcher, deliver
 
@@ -468,6 +469,8 @@ class JobLifecycle(Middleware):
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         # Before the worker threads start taking messages (a backlog waits at
         # boot); the AsyncIO middleware, listed first, has started the loop.
+        if removed := remove_abandoned():
+            logger.info("removed scratch directories of dead workers", count=removed)
         shared = self._shared
         if shared.jobs is None:
             shared = replace(shared, jobs=Jobs(broker, queue_name(self._settings.redis_prefix)))

@@ -19,7 +19,6 @@ refused at start.
 from __future__ import annotations
 
 import functools
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Final
@@ -43,6 +42,7 @@ from workers.images import (
 from workers.kind import Kind
 from workers.media_limits import MediaLimits, known_excess
 from workers.params import Doc, FileId, load
+from workers.scratch import scratch_directory
 from workers.visuals import decode_visual
 
 MAX_SIZES: Final = 10
@@ -140,8 +140,7 @@ async def run(ctx: JobContext) -> None:
         await ensure_paths_free(ctx, [output_path(file.path, size, asked) for size in sizes])
     await ctx.progress(0.0, f"Reading {file.name}")
     limits = MediaLimits.of(ctx.settings)
-    with tempfile.TemporaryDirectory(prefix="depot-thumbnails-") as directory:
-        scratch = Path(directory)
+    with scratch_directory("thumbnails") as scratch:
         async with ctx.spool(file) as spooled:
             made = await run_isolated(
                 functools.partial(_make, spooled, file.path, limits, params, scratch),

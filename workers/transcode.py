@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import enum
 import functools
-import tempfile
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -43,6 +42,7 @@ from workers.images import chunks_of, ensure_paths_free, stem_of
 from workers.kind import Kind
 from workers.media_limits import MediaLimits, known_excess
 from workers.params import Doc, FileId, load
+from workers.scratch import scratch_directory
 
 
 class MediaFormat(enum.StrEnum):
@@ -129,8 +129,8 @@ async def run(ctx: JobContext) -> None:
     await ensure_paths_free(ctx, [path])
     await ctx.progress(0.0, f"Reading {file.name}")
     limits = MediaLimits.of(ctx.settings)
-    with tempfile.TemporaryDirectory(prefix="depot-transcode-") as scratch:
-        out = Path(scratch) / f"output.{RECIPES[params.format].extension}"
+    with scratch_directory("transcode") as scratch:
+        out = scratch / f"output.{RECIPES[params.format].extension}"
         async with ctx.spool(file) as spooled:
             # Each report is awaited here: a cancel raises JobCancelled and kills the encoder.
             await run_isolated(
