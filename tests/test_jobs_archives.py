@@ -267,6 +267,27 @@ async def test_an_archive_over_quota_fails_and_leaves_nothing(
     assert leftover_objects(settings) == objects
 
 
+async def test_an_archive_over_quota_stops_as_it_writes_not_at_its_end(
+    client: httpx.AsyncClient, settings: Settings, engine: AsyncEngine
+) -> None:
+    headers = await _user(client)
+    # 12 MiB that deflate cannot shrink, and 1 MiB of quota free: the zip's bytes are
+    # held to the quota each 8 MiB (QUOTA_CHECK_BYTES), not only once all are stored.
+    uploads = [
+        await upload_file(client, headers, f"{n}.bin", os.urandom(4 * 1024 * 1024)) for n in "abc"
+    ]
+    usage = await used_bytes(client, headers)
+    objects = leftover_objects(settings)
+    await update_user(engine, "ada@example.com", quota_bytes=usage + 1024 * 1024)
+    ids = [upload["id"] for upload in uploads]
+    job = await run_job(client, headers, {"archive": {"fileIds": ids, "path": "all.zip"}})
+    assert job["status"] == "FAILED", job
+    assert f"{1024 * 1024} bytes are free, and it had made" in job["error"], job["error"]
+    assert output_nodes(job) == []
+    assert await used_bytes(client, headers) == usage
+    assert leftover_objects(settings) == objects
+
+
 # -- extract ---------------------------------------------------------------------------
 
 EXTRACTED = {

@@ -20,7 +20,7 @@ from typing import Any, Final
 import anyio
 import structlog
 
-from core import jobs
+from core import jobs, quota
 from core.errors import BadUserInput, QuotaExceeded
 from core.events import JobProgressed, announce
 from core.files import path_taken
@@ -34,6 +34,9 @@ from workers.scratch import scratch_directory
 
 EVENT_INTERVAL: Final = 0.1
 SPOOL_CHUNK: Final = 1024 * 1024
+# A job's outputs are held to its owner's free quota each time they pass this many more
+# bytes (one SELECT; none for a job whose outputs are smaller, a thumbnail's).
+QUOTA_CHECK_BYTES: Final = 8 * 1024 * 1024
 
 logger = structlog.get_logger("depot.jobs")
 
@@ -62,6 +65,9 @@ class JobContext:
         self.events = resources.events
         # Stored, their rows not yet written (``create_output``).
         self.outputs: list[File] = []
+        # The outputs' bytes so far, and how many there were when the quota was last read.
+        self._output_bytes = 0
+        self._quota_checked_at = 0
         self._output_paths: set[str] = set()
         self._cancelled = False
         # Set from another thread by ``interrupt`` (the worker is stopping).
@@ -207,8 +213,11 @@ class JobContext:
         (:func:`core.jobs.finish`, :func:`core.uploads.stage_output`): no
         transaction here. A bad path, one this job already made, or a file
         over ``DEPOT_MAX_UPLOAD_BYTES`` fails the job now; a path taken by
-        another file or a full quota fails it when it ends (kinds check paths
-        early, before the work, with :func:`core.files.first_taken_path`).
+        another file fails it when it ends (kinds check paths early, before
+        the work, with :func:`core.files.first_taken_path`), and so does a
+        full quota, which is also read each time the job's outputs pass
+        another ``QUOTA_CHECK_BYTES``: an archive over quota stops within
+        that many bytes of it, not after storing all its inputs' size.
         """
         self.check_cancelled()
         try:
@@ -217,7 +226,7 @@ class JobContext:
                 self.settings,
                 self.job.owner_id,
                 path,
-                chunks,
+                self._within_quota(chunks),
                 produced_by=self.job.id,
                 derived_from=derived_from.id if derived_from is not None else None,
                 meta=meta,
@@ -229,3 +238,19 @@ class JobContext:
             raise JobFailed(path_taken(file.path).message)
         self._output_paths.add(file.path)
         return file
+
+    async def _within_quota(self, chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+        """``chunks``, failing the job once its outputs so far are more than its owner's
+        free quota (read, not reserved: a killed worker leaves nothing reserved)."""
+        async for chunk in chunks:
+            self._output_bytes += len(chunk)
+            if self._output_bytes - self._quota_checked_at >= QUOTA_CHECK_BYTES:
+                self._quota_checked_at = self._output_bytes
+                async with self.sessionmaker() as db:
+                    free = await quota.free_bytes(db, self.job.owner_id)
+                if self._output_bytes > free:
+                    raise JobFailed(
+                        f"The job's files would go over your storage quota: {free} bytes "
+                        f"are free, and it had made {self._output_bytes} when it stopped."
+                    )
+            yield chunk
