@@ -35,7 +35,7 @@ import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import BinaryIO, Final
 
 import anyio
 from PIL import ExifTags, Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -240,10 +240,35 @@ def _for_output(image: Image.Image, output_format: ImageFormat) -> Image.Image:
 
 
 async def chunks_of(path: Path) -> AsyncIterator[bytes]:
-    """The bytes of the file at ``path``, in chunks, read off the event loop."""
-    async with await anyio.open_file(path, "rb") as handle:
-        while chunk := await handle.read(STREAM_CHUNK):
+    """The bytes of the file at ``path``, in chunks, read off the event loop.
+
+    A file of less than one chunk (a thumbnail, a variant) is opened, read and
+    closed in one trip to a thread, not four (open, read, the read that finds
+    its end, close): under load each trip waits for a core.
+    """
+    handle, chunk = await anyio.to_thread.run_sync(_open_and_read, path)
+    if handle is None:
+        if chunk:
             yield chunk
+        return
+    async with anyio.wrap_file(handle) as opened:
+        while chunk:
+            yield chunk
+            chunk = await opened.read(STREAM_CHUNK)
+
+
+def _open_and_read(path: Path) -> tuple[BinaryIO | None, bytes]:
+    """The file's first chunk, and the file still open if there may be more."""
+    handle = path.open("rb")
+    try:
+        chunk = handle.read(STREAM_CHUNK)
+    except BaseException:
+        handle.close()
+        raise
+    if len(chunk) < STREAM_CHUNK:  # a regular file reads short only at its end
+        handle.close()
+        return None, chunk
+    return handle, chunk
 
 
 async def ensure_paths_free(ctx: JobContext, paths: list[str]) -> None:
@@ -261,10 +286,7 @@ async def ensure_paths_free(ctx: JobContext, paths: list[str]) -> None:
 async def store(
     ctx: JobContext, out: Path, path: str, size: tuple[int, int], *, derived_from: File
 ) -> File:
-    """Stream the picture a decoder encoded into ``out`` to ``path``, a derivative of the
-    file ``derived_from`` of ``size`` pixels; ``out`` is removed either way."""
-    try:
-        meta = {"width": size[0], "height": size[1]}
-        return await ctx.create_output(path, chunks_of(out), meta=meta, derived_from=derived_from)
-    finally:
-        await anyio.Path(out).unlink(missing_ok=True)
+    """Stream the picture a decoder encoded into ``out`` (in a scratch directory, removed
+    with it) to ``path``, a derivative of the file ``derived_from`` of ``size`` pixels."""
+    meta = {"width": size[0], "height": size[1]}
+    return await ctx.create_output(path, chunks_of(out), meta=meta, derived_from=derived_from)
