@@ -36,6 +36,7 @@ import argparse
 import asyncio
 import functools
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -55,7 +56,7 @@ from bench.harness import Stack, depot_env, free_port, progress
 from bench.report import GIB, environment, ms, table, times, verdict
 from core.settings import Settings
 from workers import thumbnails, transcode
-from workers.decoders import run_isolated
+from workers.decoders import CHILD_NAME, SERVER_NAME, run_isolated
 from workers.images import ImageFormat
 from workers.media_limits import MediaLimits
 from workers.params import FileId
@@ -210,10 +211,101 @@ def decoder_start_seconds(count: int = 10) -> float:
     return statistics.median(asyncio.run(measure()))
 
 
+# ----------------------------------------------------------------- counts, not times
+
+
+def _children() -> dict[int, tuple[int, int]]:
+    """This process's decoder children: pid → (CPU ticks, minor page faults), from /proc."""
+    servers = set()
+    found: dict[int, tuple[int, int, int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if name == SERVER_NAME and int(fields[1]) == os.getpid():
+            servers.add(int(entry))
+        elif name == CHILD_NAME:
+            found[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]), int(fields[7]))
+    return {pid: (ticks, faults) for pid, (ppid, ticks, faults) in found.items() if ppid in servers}
+
+
+def _own() -> tuple[float, int]:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    return used.ru_utime + used.ru_stime, used.ru_minflt
+
+
+def counts(sources: dict[str, Path], scratch: Path, limits: MediaLimits, rounds: int) -> str:
+    """Each decoding task in a warm decoder child against the same call in this process:
+    CPU seconds and minor page faults, which a loaded machine moves far less than time."""
+    tick = os.sysconf("SC_CLK_TCK")
+    tasks: dict[str, tuple[Callable[..., Any], Callable[[], Any]]] = {}
+    for kind in ("jpeg", "pdf", "video"):
+        work = bare_thumbnail(sources[kind], scratch, limits)
+        tasks[f"thumbnail: {kind}"] = (work, work)
+    source = sources["transcode"]
+    params = transcode.Params(file_id=FileId(uuid.uuid4()), format=transcode.MediaFormat.MP4)
+    # In a child it reports through the pipe (to nothing here); bare, to nothing.
+    reporting = functools.partial(
+        transcode._transcode, source, scratch / "child.mp4", source.name, params, limits
+    )
+    tasks["transcode"] = (reporting, bare_transcode(source, scratch, limits))
+
+    async def ignore(fraction: float, message: str) -> None:
+        return None
+
+    async def measure() -> dict[str, list[tuple[float, int, float, int]]]:
+        found: dict[str, list[tuple[float, int, float, int]]] = {}
+        for round_ in range(rounds + 1):  # the first warms the child
+            for label, (isolated, bare) in tasks.items():
+                before = _children()
+                reports = ignore if label == "transcode" else None
+                await run_isolated(
+                    isolated,
+                    name=label,
+                    seconds=3600,
+                    setting="-",
+                    memory_mb=MEMORY_MB,
+                    progress=reports,
+                )
+                after = _children()
+                ticks = sum(t - before.get(pid, (0, 0))[0] for pid, (t, _) in after.items())
+                faults = sum(f - before.get(pid, (0, 0))[1] for pid, (_, f) in after.items())
+                cpu, own_faults = _own()
+                bare()
+                cpu_after, own_faults_after = _own()
+                if round_:
+                    found.setdefault(label, []).append(
+                        (ticks / tick, faults, cpu_after - cpu, own_faults_after - own_faults)
+                    )
+        return found
+
+    rows = [["task", "child CPU", "bare CPU", "child faults", "bare faults"]]
+    for label, runs in asyncio.run(measure()).items():
+        child_cpu, child_faults, bare_cpu, bare_faults = (
+            statistics.mean(run[i] for run in runs) for i in range(4)
+        )
+        rows.append(
+            [label, ms(child_cpu), ms(bare_cpu), f"{child_faults:,.0f}", f"{bare_faults:,.0f}"]
+        )
+    return "\n".join(
+        [
+            f"Decoder children against the same calls bare: means of {rounds} round(s) after "
+            "a warm-up; CPU from /proc (clock ticks) and getrusage, minor page faults",
+            "",
+            *table(rows),
+        ]
+    )
+
+
 # ----------------------------------------------------------------- the run
 
 
-def run(rounds: int, transcode_seconds: float, downloads: int) -> str:
+def run(rounds: int, transcode_seconds: float, downloads: int, *, count: bool = False) -> str:
     with tempfile.TemporaryDirectory(prefix="depot-bench-media-") as name:
         workdir = Path(name)
         progress("making the sources…")
@@ -228,6 +320,10 @@ def run(rounds: int, transcode_seconds: float, downloads: int) -> str:
         clip(sources["video"], 3, (1920, 1080), sound=False)
         clip(sources["transcode"], transcode_seconds, (1280, 720), sound=True)
         limits = MediaLimits.of(Settings.model_construct())
+        if count:
+            scratch = workdir / "scratch"
+            scratch.mkdir()
+            return counts(sources, scratch, limits, rounds)
         port = free_port()
         env = depot_env(workdir / "var", workdir / "storage", port)
         env["DEPOT_DEFAULT_QUOTA_BYTES"] = str(4 * GIB)
@@ -381,8 +477,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--downloads", type=int, default=20, help="cached-variant and plain downloads a round (20)"
     )
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="no Depot: CPU and page faults of each task in a decoder child against bare",
+    )
     args = parser.parse_args(argv)
-    print(run(args.rounds, args.transcode_seconds, args.downloads))
+    print(run(args.rounds, args.transcode_seconds, args.downloads, count=args.counts))
 
 
 if __name__ == "__main__":
