@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Protocol
+from typing import Any, Final, Generic, Protocol, TypeVar
 
 import structlog
 from redis.asyncio import Redis
@@ -39,6 +39,8 @@ logger = structlog.get_logger("depot.events")
 # Events a slow subscriber may fall behind before it re-reads the log instead.
 LISTENER_BACKLOG: Final = 256
 PAGE: Final = 500
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,39 +74,52 @@ class _Resync:
 RESYNC: Final = _Resync()
 
 
-class Mailbox:
-    """A bounded queue with one reader: the part of :class:`asyncio.Queue` a listener uses.
+class Mailbox(Generic[T]):
+    """A queue with one reader: the part of :class:`asyncio.Queue` a listener uses.
 
     Every idle subscription holds one (and a signed-in socket one more, for
     revocations), so its size is the size of a socket: an ``asyncio.Queue``
     is four deques and an Event, about 3.3 KiB empty; this is a list and, while
-    its reader waits, one future (about 0.2 KiB). Used on one event loop only.
+    its reader waits, one future (about 0.2 KiB). ``api.wsprotocol`` keeps a
+    socket's ASGI events in one too. ``maxsize`` 0 bounds nothing, as for
+    ``asyncio.Queue``. Used on one event loop only, by one reader at a time.
     """
 
     __slots__ = ("_items", "_maxsize", "_waiter")
 
-    def __init__(self, maxsize: int) -> None:
-        self._items: list[Entry | _Resync] = []
+    def __init__(self, maxsize: int = 0) -> None:
+        self._items: list[T] = []
         self._maxsize = maxsize
         self._waiter: asyncio.Future[None] | None = None
 
     def empty(self) -> bool:
         return not self._items
 
-    def put_nowait(self, item: Entry | _Resync) -> None:
-        if len(self._items) >= self._maxsize:
+    def put_nowait(self, item: T) -> None:
+        if self._maxsize and len(self._items) >= self._maxsize:
             raise asyncio.QueueFull
         self._items.append(item)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    def get_nowait(self) -> Entry | _Resync:
+    def get_nowait(self) -> T:
         if not self._items:
             raise asyncio.QueueEmpty
-        # At most LISTENER_BACKLOG items, and usually one: a shift costs nothing.
+        # A few items, and usually one: a shift costs nothing.
         return self._items.pop(0)
 
-    async def get(self) -> Entry | _Resync:
+    def ready(self) -> asyncio.Future[None]:
+        """A future done once the mailbox holds an item, for ``asyncio.wait`` beside others.
+
+        The reader's own (no task: a coroutine given to ``asyncio.wait`` is one).
+        """
+        if self._waiter is None or self._waiter.done():
+            self._waiter = asyncio.get_running_loop().create_future()
+            if self._items:
+                self._waiter.set_result(None)
+        return self._waiter
+
+    async def get(self) -> T:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -126,7 +141,7 @@ class Listener:
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.queue = Mailbox(LISTENER_BACKLOG)
+        self.queue: Mailbox[Entry | _Resync] = Mailbox(LISTENER_BACKLOG)
 
     def deliver(self, item: Entry | _Resync) -> None:
         with contextlib.suppress(RuntimeError):  # the loop closed: nobody listens

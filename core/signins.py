@@ -115,10 +115,25 @@ class _Watch:
     revoked_at: float = float("-inf")
     # time.monotonic() until which a sign-in wants the watch kept without sockets.
     wanted_until: float = float("-inf")
-    # Set to have the watch look again now; `recheck` to have its sockets rechecked.
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set (`_wake`) to have the watch look again now; `recheck` to have its sockets
+    # rechecked. `waiter` is what the watch waits on meanwhile: a future, not an
+    # asyncio.Event, whose wait() would need a task of its own (about 2 KiB a user).
+    woken: bool = False
+    waiter: asyncio.Future[None] | None = None
     recheck: bool = False
     task: asyncio.Task[None] | None = None
+
+
+def _wake(watch: _Watch) -> None:
+    """Have ``watch`` look again now (its sockets, its entries, its nearest expiry)."""
+    watch.woken = True
+    if watch.waiter is not None:
+        _resolve(watch.waiter)
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class SignIns:
@@ -219,7 +234,7 @@ class SignIns:
         watch = self._watches.get(user_id)
         if watch is not None and watch.sockets:
             watch.recheck = True
-            watch.wake.set()
+            _wake(watch)
         await announce(self._events, CredentialsRevoked.of(user_id), owner_id=user_id)
 
     # -- the watch -------------------------------------------------------------
@@ -233,14 +248,14 @@ class SignIns:
         socket = SocketWatch(principal, close)
         watch = self._watch(principal.user.id)
         watch.sockets.add(socket)
-        watch.wake.set()  # its expiry may be the nearest
+        _wake(watch)  # its expiry may be the nearest
         return socket
 
     def unwatch(self, socket: SocketWatch) -> None:
         watch = self._watches.get(socket.principal.user.id)
         if watch is not None:
             watch.sockets.discard(socket)
-            watch.wake.set()
+            _wake(watch)
 
     def _watch(self, user_id: uuid.UUID) -> _Watch:
         watch = self._watches.get(user_id)
@@ -306,21 +321,24 @@ class SignIns:
 
     @staticmethod
     async def _next(watch: _Watch, listener: Listener | None, seconds: float) -> bool:
-        """Wait up to ``seconds`` for news; whether a revocation (or a lost-event warning) came."""
+        """Wait up to ``seconds`` for news; whether a revocation (or a lost-event warning) came.
+
+        Waits on one future, not on coroutines: ``asyncio.wait`` would wrap each
+        in a task, two per user for as long as the user is idle (3 KiB).
+        """
+        if seconds > 0 and not watch.woken and (listener is None or listener.queue.empty()):
+            loop = asyncio.get_running_loop()
+            # One future for all three: the mailbox's own, which _wake and the timer resolve too.
+            waiter = listener.queue.ready() if listener is not None else loop.create_future()
+            watch.waiter = waiter
+            timer = loop.call_later(seconds, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                watch.waiter = None
+        watch.woken = False
         heard = False
-        if seconds > 0 and not watch.wake.is_set():
-            woken = asyncio.ensure_future(watch.wake.wait())
-            waits: list[asyncio.Future[Any]] = [woken]
-            if listener is not None:
-                waits.append(asyncio.ensure_future(listener.queue.get()))
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-            for wait in waits:
-                # Awaited, not only cancelled: a mailbox's reader must be gone before the next.
-                wait.cancel()
-                with suppress(asyncio.CancelledError):
-                    await wait
-            heard = len(waits) > 1 and not waits[1].cancelled()
-        watch.wake.clear()
         while listener is not None and not listener.queue.empty():
             listener.queue.get_nowait()  # several revocations at once need one recheck
             heard = True
