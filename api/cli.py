@@ -109,6 +109,7 @@ def serve(host: str, port: int, reload: bool, workers: int, log_level: str | Non
     import uvicorn
 
     from api.persisted import ManifestError, load_manifest
+    from api.wsprotocol import DepotWebSocketProtocol
 
     if log_level:
         # Also read by the reloader's and the workers' processes, which load their own settings.
@@ -158,6 +159,8 @@ def serve(host: str, port: int, reload: bool, workers: int, log_level: str | Non
         # Events are a few hundred bytes: compression would cost each socket
         # ~40 KiB of zlib state for nothing.
         "ws_per_message_deflate": False,
+        # uvicorn's own protocol, holding less per idle socket (api.wsprotocol).
+        "ws": DepotWebSocketProtocol,
         # httptools reads headers without any bound; h11 refuses (400) a request
         # whose line and headers pass this size, which also bounds their count.
         "http": "h11",
