@@ -171,6 +171,8 @@ async def sign_in_socket(context: Context) -> None:
     _sockets(context).sign_out(context)
     context.principal = None
     authorization = connection_authorization(context.connection_params)
+    # Read once: the socket need not hold the decoded payload (its token) while it is open.
+    context.connection_params = None
     if not isinstance(authorization, str):
         raise ConnectionRejectionError()
     await sign_in(context, authorization)
@@ -267,6 +269,9 @@ class TransportWSHandler(_Watched, BaseGraphQLTransportWSHandler[Context, None])
             )
             return
         await self._init(super().handle_connection_init(message))
+        # Strawberry keeps the cancelled init timeout's task (and, through its
+        # CancelledError, its frames: 1.4 KiB) for the socket's life; let it go.
+        self.connection_init_timeout_task = None
         if self.connection_acknowledged:
             self.start_watching()
 
