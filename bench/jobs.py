@@ -46,9 +46,10 @@ import os
 import resource
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -98,6 +99,15 @@ JOB_EVENTS: Final = (
 # From the start of the user's stream (the user is new), so no event can slip
 # by between subscribing and the server registering the subscription.
 MY_EVENTS: Final = 'subscription { myEvents(after: "0-0") { type jobId status } }'
+
+
+@dataclass(eq=False)
+class Owner:
+    """A user of part 3, the file its jobs verify, and its jobs that stay queued."""
+
+    account: Account
+    file_id: str
+    queued: list[str] = field(default_factory=list)
 
 
 def jobs_env(
@@ -503,6 +513,31 @@ async def queued_jobs(api: Api, account: Account, file_id: str, count: int) -> l
     return job_ids
 
 
+async def memory_accounts(api: Api, solo: Account, file_id: str, users: int) -> list[Owner]:
+    """Part 3's users: ``solo`` and ``users - 1`` more, each with a file to start jobs of."""
+    owners = [Owner(solo, file_id)]
+    for i in range(1, users):
+        account = await api.register(f"memory{i}@example.com")
+        owners.append(Owner(account, await upload(api, account, "bench/memory.txt")))
+    return owners
+
+
+def owner_of(owners: Sequence[Owner], socket_index: int) -> Owner:
+    """The user socket ``socket_index`` signs in as: the users take turns."""
+    return owners[socket_index % len(owners)]
+
+
+async def queue_for(
+    api: Api, owners: Sequence[Owner], connections: int, per_connection: int
+) -> None:
+    """Top up each owner's queued jobs to what ``connections`` x ``per_connection`` follows."""
+    needed = Counter(owner_of(owners, c).account.user_id for c in range(connections))
+    for owner in owners:
+        missing = needed[owner.account.user_id] * per_connection - len(owner.queued)
+        if missing > 0:
+            owner.queued += await queued_jobs(api, owner.account, owner.file_id, missing)
+
+
 async def expect_cancelled(ws: ClientConnection, subs: set[str]) -> int:
     """How many of ``subs`` deliver a CANCELLED event and complete."""
     if not subs:
@@ -521,31 +556,46 @@ async def expect_cancelled(ws: ClientConnection, subs: set[str]) -> int:
 
 
 async def subscription_memory(
-    stack: Stack, account: Account, queued: list[str], connections: int, per_connection: int
+    stack: Stack, owners: Sequence[Owner], connections: int, per_connection: int
 ) -> Memory:
     """RSS of a fresh ``depot serve`` before and after opening the subscriptions.
 
-    Each subscription follows its own job, taken from ``queued``. Afterwards
-    every ``SAMPLE_EVERY``-th of those jobs is cancelled (and removed from
-    ``queued``); its subscription must deliver that: it was live.
+    Socket ``c`` signs in as ``owner_of(owners, c)`` and follows that user's
+    own queued jobs, one per subscription. Afterwards every
+    ``SAMPLE_EVERY``-th subscription's job is cancelled (and dropped from its
+    owner's queue); its subscription must deliver that: it was live.
     """
     serve = await asyncio.to_thread(stack.restart_serve)
     api = Api(stack.url)
     sockets: list[ClientConnection] = []
     total = connections * per_connection
+    # Subscription i (socket i // per_connection) follows jobs[i] of owners[i].
+    taken: Counter[str] = Counter()
+    followed: list[tuple[Owner, str]] = []
+    for c in range(connections):
+        owner = owner_of(owners, c)
+        start = taken[owner.account.user_id]
+        taken[owner.account.user_id] += per_connection
+        followed += [(owner, job) for job in owner.queued[start : start + per_connection]]
     try:
         # Warm up: what a subscription needs is loaded before the baseline.
-        async with socket(stack.ws_url, account) as ws:
-            for k, job_id in enumerate(queued[:20]):
+        first = owners[0]
+        async with socket(stack.ws_url, first.account) as ws:
+            for k, job_id in enumerate(first.queued[:20]):
                 await subscribe(ws, f"w{k}", JOB_EVENTS, {"id": job_id})
             await asyncio.sleep(1)
         before = await steady_rss(serve.pid)
         sockets = await gather_limited(
-            20, [lambda: open_socket(stack.ws_url, account) for _ in range(connections)]
+            20,
+            [
+                partial(open_socket, stack.ws_url, owner_of(owners, c).account)
+                for c in range(connections)
+            ],
         )
         for c, ws in enumerate(sockets):
             for k in range(per_connection):
-                await subscribe(ws, f"s{k}", JOB_EVENTS, {"id": queued[c * per_connection + k]})
+                job_id = followed[c * per_connection + k][1]
+                await subscribe(ws, f"s{k}", JOB_EVENTS, {"id": job_id})
         after = await steady_rss(serve.pid, quiet_s=2.0)
         sampled = range(0, total, SAMPLE_EVERY)
         readers = [
@@ -557,11 +607,15 @@ async def subscription_memory(
             )
             for c, ws in enumerate(sockets)
         ]
-        cancelled = [queued[i] for i in sampled]
-        await gather_limited(8, [partial(cancel, api, account, job_id) for job_id in cancelled])
+        cancelled = [followed[i] for i in sampled]
+        await gather_limited(
+            8, [partial(cancel, api, owner.account, job_id) for owner, job_id in cancelled]
+        )
         confirmed = sum(await asyncio.gather(*readers))
-        queued[:] = [job_id for job_id in queued if job_id not in set(cancelled)]
-        return Memory(connections, per_connection, before, after, len(cancelled), confirmed)
+        for owner, job_id in cancelled:
+            owner.queued.remove(job_id)
+        users = len({owner.account.user_id for owner, _ in followed})
+        return Memory(connections, per_connection, before, after, len(cancelled), confirmed, users)
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
         await api.aclose()
@@ -660,19 +714,24 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                 if args.observed_rounds:
                     progress(f"2b. metrics and tracing on / off, {args.observed_rounds} rounds…")
                     observed = await observed_throughput(workdir, stack.env, args, users)
-                # Jobs that stay queued (no worker runs now): enough for every layout.
-                spare = (args.subscriptions // SAMPLE_EVERY + 1) * (len(layouts) - 1)
-                progress(f"3/3 memory: starting {args.subscriptions + spare} jobs to follow…")
+                progress(f"3/3 memory: {args.users} users…")
                 api = Api(stack.url)
                 try:
-                    queued = await queued_jobs(api, solo, file_id, args.subscriptions + spare)
+                    owners = await memory_accounts(api, solo, file_id, args.users)
+                    users += [owner.account.user_id for owner in owners[1:]]
                 finally:
                     await api.aclose()
                 memories = []
                 for connections, per_connection in layouts:
                     progress(f"3/3 memory: {connections} WebSockets x {per_connection}…")
+                    # Jobs that stay queued (no worker runs now), each user's own.
+                    api = Api(stack.url)
+                    try:
+                        await queue_for(api, owners, connections, per_connection)
+                    finally:
+                        await api.aclose()
                     memories.append(
-                        await subscription_memory(stack, solo, queued, connections, per_connection)
+                        await subscription_memory(stack, owners, connections, per_connection)
                     )
             finally:
                 stack.stop()
@@ -729,6 +788,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--connections", type=int, default=50, help="WebSockets they share at first (50)"
     )
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=1,
+        help="users the memory part's sockets sign in as, taking turns (1: one user, whose "
+        "sockets share one credentials watch; real sockets mostly belong to different users)",
+    )
     default_threads = Settings.model_fields["worker_threads"].default
     parser.add_argument(
         "--threads",
@@ -757,6 +823,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     if min(args.jobs, args.throughput_jobs) < 20 or args.clients < 1 or args.threads < 1:
         parser.error("--jobs and --throughput-jobs need at least 20; --clients and --threads 1")
+    if args.users < 1:
+        parser.error("--users needs at least 1")
     if args.connections < 1 or args.subscriptions % args.connections:
         parser.error("--subscriptions must be a multiple of --connections")
     postgres_url = None if args.sqlite else args.database_url

@@ -65,6 +65,7 @@ class Memory:
     after: int
     sampled: int  # subscriptions whose job was then cancelled
     confirmed: int  # of those, the ones that delivered it: they were live
+    users: int = 1  # the sockets' users, one after the other
 
     @property
     def subscriptions(self) -> int:
@@ -226,7 +227,8 @@ def report(results: Results) -> str:
     for memory in results.memories:
         rows.append(
             [
-                f"{memory.connections} WebSockets x {memory.per_connection}",
+                f"{memory.connections} WebSockets x {memory.per_connection}"
+                + (f", {memory.users} users" if memory.users > 1 else ", one user"),
                 str(memory.subscriptions),
                 f"{memory.before / MIB:.1f} MiB",
                 f"{memory.after / MIB:.1f} MiB",
