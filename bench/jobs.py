@@ -585,17 +585,25 @@ async def subscription_memory(
                 await subscribe(ws, f"w{k}", JOB_EVENTS, {"id": job_id})
             await asyncio.sleep(1)
         before = await steady_rss(serve.pid)
-        sockets = await gather_limited(
-            20,
-            [
-                partial(open_socket, stack.ws_url, owner_of(owners, c).account)
-                for c in range(connections)
-            ],
-        )
-        for c, ws in enumerate(sockets):
-            for k in range(per_connection):
-                job_id = followed[c * per_connection + k][1]
-                await subscribe(ws, f"s{k}", JOB_EVENTS, {"id": job_id})
+        # In two halves: what fills once (the database's pool, caches) lands in the
+        # first; the second half's growth is what one more subscription costs.
+        half = connections // 2
+        middle = before
+        for lo, hi in ((0, half), (half, connections)):
+            opened = await gather_limited(
+                20,
+                [
+                    partial(open_socket, stack.ws_url, owner_of(owners, c).account)
+                    for c in range(lo, hi)
+                ],
+            )
+            sockets += opened
+            for c, ws in enumerate(opened, start=lo):
+                for k in range(per_connection):
+                    job_id = followed[c * per_connection + k][1]
+                    await subscribe(ws, f"s{k}", JOB_EVENTS, {"id": job_id})
+            if hi == half:
+                middle = await steady_rss(serve.pid, quiet_s=2.0)
         after = await steady_rss(serve.pid, quiet_s=2.0)
         sampled = range(0, total, SAMPLE_EVERY)
         readers = [
@@ -615,7 +623,17 @@ async def subscription_memory(
         for owner, job_id in cancelled:
             owner.queued.remove(job_id)
         users = len({owner.account.user_id for owner, _ in followed})
-        return Memory(connections, per_connection, before, after, len(cancelled), confirmed, users)
+        return Memory(
+            connections,
+            per_connection,
+            before,
+            after,
+            len(cancelled),
+            confirmed,
+            users,
+            middle,
+            half * per_connection,
+        )
     finally:
         await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
         await api.aclose()

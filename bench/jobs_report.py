@@ -66,6 +66,9 @@ class Memory:
     sampled: int  # subscriptions whose job was then cancelled
     confirmed: int  # of those, the ones that delivered it: they were live
     users: int = 1  # the sockets' users, one after the other
+    # RSS once the first `first_half` subscriptions were open (the sockets open in two halves).
+    middle: int = 0
+    first_half: int = 0
 
     @property
     def subscriptions(self) -> int:
@@ -74,6 +77,14 @@ class Memory:
     @property
     def per_subscription(self) -> float:
         return (self.after - self.before) / self.subscriptions
+
+    @property
+    def second_half(self) -> float | None:
+        """Growth per subscription of the second half alone: without what fills once."""
+        opened = self.subscriptions - self.first_half
+        if not self.first_half or opened <= 0:
+            return None
+        return (self.after - self.middle) / opened
 
 
 @dataclass
@@ -223,7 +234,18 @@ def report(results: Results) -> str:
     if depot.failed:
         lines.append(f"  {depot.failed} Depot jobs did not succeed")
     lines += _observed(results.observed, results.observed_sampler, results.observed_on)
-    rows = [["layout", "subscriptions", "RSS before", "RSS after", "each", "live*", "target"]]
+    rows = [
+        [
+            "layout",
+            "subscriptions",
+            "RSS before",
+            "RSS after",
+            "each",
+            "second half**",
+            "live*",
+            "target",
+        ]
+    ]
     for memory in results.memories:
         rows.append(
             [
@@ -233,6 +255,7 @@ def report(results: Results) -> str:
                 f"{memory.before / MIB:.1f} MiB",
                 f"{memory.after / MIB:.1f} MiB",
                 f"{memory.per_subscription / KIB:.1f} KiB",
+                "" if memory.second_half is None else f"{memory.second_half / KIB:.1f} KiB",
                 f"{memory.confirmed}/{memory.sampled}",
                 f"< {SUBSCRIPTION_TARGET_KIB:g} KiB",
             ]
@@ -244,6 +267,8 @@ def report(results: Results) -> str:
         *table(rows, indent="  "),
         f"  * every {SAMPLE_EVERY}th subscription's job is cancelled afterwards: those that "
         "deliver it were live",
+        "  ** the growth per subscription while the second half of the sockets opened: "
+        "without what fills once (the database pool, caches)",
         *(f"  {note}" for note in results.notes),
         "",
         f"median first-event latency {ms(median)}: {verdict(median * 1000 < LATENCY_TARGET_MS)}",
