@@ -33,7 +33,11 @@ def configure_logging(level: str, *, json: bool, stream: TextIO | None = None) -
         shared.append(structlog.processors.format_exc_info)
         renderer = structlog.processors.JSONRenderer()
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # Plain tracebacks, named rather than left to structlog's default, which is
+        # rich's when rich is installed (api/__init__.py keeps it out of Depot's processes).
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     structlog.configure(
         # The level first: a line below it (the access line, at WARNING) costs one
         # call instead of the whole chain (context, trace ids, an ISO timestamp).
