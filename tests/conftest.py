@@ -14,11 +14,13 @@ cancel scopes of asgi-lifespan and httpx-ws require.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import io
 import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import anyio
 import asyncpg
 import boto3
 import httpx
@@ -37,19 +40,24 @@ import pytest
 import structlog
 from asgi_lifespan import LifespanManager
 from httpx_ws.transport import ASGIWebSocketTransport
+from sqlalchemy import func, or_
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlmodel import col, select
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.app import create_app
 from core.db import create_engine
 from core.logging import configure_logging
 from core.migrate import upgrade
+from core.models import DeliveryStatus, Job, JobStatus, WebhookDelivery
 from core.settings import Settings
 from tests.processes import (
+    DepotProcess,
     answers_http,
     depot_worker,
     free_port,
+    settings_env,
     start_together,
     wait_until_ready,
 )
@@ -113,9 +121,20 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if line.strip() and not line.startswith("#")
     ]
     rank = {entry: index for index, entry in enumerate(entries)}
+    modules: dict[str, int] = {}
+    for index, item in enumerate(items):
+        modules.setdefault(item.nodeid.partition("::")[0], index)
 
-    def place(item: pytest.Item) -> int:
-        return rank.get(item.nodeid, rank.get(item.nodeid.partition("::")[0], len(rank)))
+    def place(item: pytest.Item) -> tuple[int, int, str]:
+        # Within a module, the tests that can share a worker (:class:`SharedWorker`)
+        # come last, side by side, those configured alike together.
+        module = item.nodeid.partition("::")[0]
+        group = _shared_worker_group(item)
+        return (
+            rank.get(item.nodeid, rank.get(module, len(rank))),
+            modules[module],
+            "" if group is None else f"~{group}",
+        )
 
     items.sort(key=place)
 
@@ -172,6 +191,73 @@ def _postgres_reused(_postgres_template: str) -> Iterator[ReusedPostgresDatabase
         _run_async(reused.drop)
 
 
+class ReusedSqliteDatabase:
+    """One copy of the SQLite template, emptied between the tests that share a worker.
+
+    Their worker (:class:`SharedWorker`) keeps its database open from test to
+    test, so the file stays and its rows go: every table's (foreign keys are off
+    on a connection of Python's sqlite3 unless asked for) and the
+    ``AUTOINCREMENT`` counters. A schema that differs from the template's (the
+    text of every table, index and trigger in ``sqlite_master``, and the
+    migration revision) gets a new copy under a new name instead.
+    """
+
+    _FINGERPRINT = (
+        "SELECT group_concat(type || name || coalesce(sql, ''), '|')"
+        " FROM (SELECT * FROM sqlite_master ORDER BY name)"
+    )
+
+    def __init__(self, template: Path, directory: Path) -> None:
+        self.template = template
+        self.directory = directory
+        self.path: Path | None = None
+        self.fingerprint = self._read(template, self._FINGERPRINT)
+
+    def checkout(self) -> str:
+        """The copy's URL, as a fresh copy of the template would be."""
+        if self.path is None or not self._empty(self.path):
+            self.path = self.directory / f"depot-{uuid.uuid4().hex[:8]}.db"
+            shutil.copyfile(self.template, self.path)
+        return f"sqlite:///{self.path}"
+
+    def _empty(self, path: Path) -> bool:
+        with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+            if self._query(connection, self._FINGERPRINT) != self.fingerprint:
+                return False
+            tables = [
+                row[0]
+                for row in connection.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    " AND name NOT LIKE 'sqlite_%' AND name <> 'alembic_version'"
+                )
+            ]
+            for table in tables:
+                connection.execute(f'DELETE FROM "{table}"')  # noqa: S608 - sqlite_master's names
+            if connection.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"
+            ).fetchone():
+                connection.execute("DELETE FROM sqlite_sequence")
+        return True
+
+    @classmethod
+    def _read(cls, path: Path, query: str) -> object:
+        with contextlib.closing(sqlite3.connect(path)) as connection:
+            return cls._query(connection, query)
+
+    @staticmethod
+    def _query(connection: sqlite3.Connection, query: str) -> object:
+        fingerprint = connection.execute(query).fetchone()[0]
+        revision = connection.execute("SELECT group_concat(version_num) FROM alembic_version")
+        return (fingerprint, revision.fetchone()[0])
+
+
+@pytest.fixture(scope="session")
+def _sqlite_reused(
+    _sqlite_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ReusedSqliteDatabase:
+    return ReusedSqliteDatabase(_sqlite_template, tmp_path_factory.mktemp("sqlite-reused"))
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """A URL to a database of each kind, migrated to head; each test sees it as new.
@@ -182,6 +268,11 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     ``empty_database`` (those about migrating) get a really empty one instead.
     """
     empty = request.node.get_closest_marker("empty_database") is not None
+    if request.param == "sqlite" and not empty and _shared_worker_group(request.node) is not None:
+        # A test that may share its worker (SharedWorker) needs the worker's database.
+        reused_file: ReusedSqliteDatabase = request.getfixturevalue("_sqlite_reused")
+        yield reused_file.checkout()
+        return
     if request.param == "sqlite":
         path = tmp_path / "depot.db"
         if not empty:
@@ -226,8 +317,9 @@ class ReusedPostgresDatabase:
     one). A pool of copies made ahead in a thread would hide that wait behind
     the previous test but still make the server copy every relation's files
     on the disk and cores the tests share. Emptying is less work: end the
-    backends a test left (their sessions, locks, ``LISTEN``s and advisory
-    locks go with them), then delete the rows of just the tables that hold
+    backends a test left in a transaction or holding a lock (their sessions,
+    locks and advisory locks go with them; an idle one, a pool's spare
+    connection, shows a test nothing), then delete the rows of just the tables that hold
     some (:func:`_delete_rows`), and restart every sequence.
 
     A test must still see what a fresh copy holds, so the copy is dropped and
@@ -273,11 +365,15 @@ class ReusedPostgresDatabase:
         """Reset the copy to the template's state; False if only a new copy can."""
         connection = await asyncpg.connect(_plain(self.url))
         try:
-            # pg_terminate_backend with a timeout waits until the backend has gone.
+            # pg_terminate_backend with a timeout waits until the backend has gone. An
+            # idle backend holding no lock keeps nothing a test could see, and may be
+            # a worker's pooled connection that the next test uses (SharedWorker).
             ended = await connection.fetchval(
                 "SELECT coalesce(bool_and(pg_terminate_backend(pid, 5000)), true)"
-                " FROM pg_stat_activity"
+                " FROM pg_stat_activity AS a"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                " AND (state IS DISTINCT FROM 'idle'"
+                "      OR EXISTS (SELECT FROM pg_locks AS l WHERE l.pid = a.pid))"
             )
             prepared = await connection.fetchval(
                 "SELECT count(*) FROM pg_prepared_xacts WHERE database = current_database()"
@@ -587,14 +683,138 @@ def jobs_mode(request: pytest.FixtureRequest) -> str:
     return mode
 
 
+def _shared_worker_group(item: pytest.Item | None) -> str | None:
+    """How a test that may share a ``depot worker`` configures it, or None if it may not.
+
+    Tests of ``jobs_client`` in Redis mode: their database is one copy per xdist
+    worker (:class:`ReusedPostgresDatabase`, :class:`ReusedSqliteDatabase`), so
+    their workers' settings differ only by ``@pytest.mark.settings``.
+    """
+    callspec = getattr(item, "callspec", None)
+    if (
+        item is None
+        or callspec is None
+        or "jobs_client" not in getattr(item, "fixturenames", ())
+        or callspec.params.get("jobs_mode") != "redis"
+    ):
+        return None
+    marker = item.get_closest_marker("settings")
+    configured = "" if marker is None else repr(sorted(marker.kwargs.items()))
+    return f"{callspec.params.get('database_url')} {configured}"
+
+
+class SharedWorker:
+    """The one ``depot worker`` that consecutive job tests configured alike share.
+
+    Starting a worker cost each Redis job test ~1.5 s of CPU, most of it Python
+    importing Depot. A worker is kept only while it is idle between tests: no job
+    queued or running and no webhook delivery due (:meth:`idle`), its test passed,
+    and the next test is configured alike (``pytest_runtest_teardown``). Otherwise
+    it is stopped with SIGTERM, as a test's own worker is. Only one runs at a time
+    in an xdist worker: two would take each other's jobs from the queue of their
+    Redis database, and each dispatches the webhook deliveries of the database.
+    """
+
+    def __init__(self) -> None:
+        self._env: dict[str, str] | None = None
+        self._running: contextlib.AbstractContextManager[DepotProcess] | None = None
+        self._process: DepotProcess | None = None
+
+    @contextlib.contextmanager
+    def serving(self, settings: Settings, log: Path) -> Iterator[DepotProcess]:
+        """The worker for ``settings``, started unless it runs already; it stays after."""
+        env = settings_env(settings)
+        if self._process is None or self._env != env or self._process.process.poll() is not None:
+            self.stop()
+            running = depot_worker(settings, log)
+            self._process = running.__enter__()
+            self._running, self._env = running, env
+        yield self._process
+
+    def stop(self) -> None:
+        running, self._running, self._process, self._env = self._running, None, None, None
+        if running is not None:
+            running.__exit__(None, None, None)
+
+    async def idle(self, settings: Settings) -> bool:
+        """No job queued or running, and no webhook delivery pending or to be retried."""
+        engine = create_engine(settings)
+        try:
+            async with engine.connect() as connection:
+                busy = await connection.scalar(
+                    select(func.count())
+                    .select_from(Job)
+                    .where(col(Job.status).in_([JobStatus.QUEUED, JobStatus.RUNNING]))
+                )
+                due = await connection.scalar(
+                    select(func.count())
+                    .select_from(WebhookDelivery)
+                    .where(
+                        or_(
+                            col(WebhookDelivery.status) == DeliveryStatus.PENDING,
+                            col(WebhookDelivery.next_retry_at).is_not(None),
+                        )
+                    )
+                )
+        finally:
+            await engine.dispose()
+        return not busy and not due
+
+
+_SHARED_WORKER = pytest.StashKey[SharedWorker]()
+_PASSED = pytest.StashKey[bool]()
+
+
+@pytest.fixture(scope="session")
+def shared_worker(request: pytest.FixtureRequest) -> Iterator[SharedWorker]:
+    worker = SharedWorker()
+    request.config.stash[_SHARED_WORKER] = worker
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call":
+        item.stash[_PASSED] = report.passed
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Stop the shared worker after a test unless the next one can use it as it is."""
+    result = yield
+    worker = item.config.stash.get(_SHARED_WORKER, None)
+    group = _shared_worker_group(item)
+    if worker is not None and (group is None or _shared_worker_group(nextitem) != group):
+        worker.stop()
+    return result
+
+
 @pytest.fixture
 def jobs_settings(
-    jobs_mode: str, tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+    jobs_mode: str,
+    tmp_path: Path,
+    database_url: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Settings:
-    """Settings for the job tests: quick heartbeats, storage both processes can reach."""
+    """Settings for the job tests: quick heartbeats, storage both processes can reach.
+
+    A test that may share its worker (:class:`SharedWorker`) keeps its files, and
+    the app its ``var`` directory, in one directory of the session's, as the
+    worker's settings must be the same from test to test.
+    """
+    directory = tmp_path
+    if _shared_worker_group(request.node) is not None:
+        directory = tmp_path_factory.getbasetemp() / "shared-worker"
+        directory.mkdir(exist_ok=True)
     overrides: dict[str, object] = {
         "database_url": database_url,
-        "storage_url": (tmp_path / "storage").as_uri(),
+        "storage_url": (directory / "storage").as_uri(),
         "job_heartbeat_seconds": 0.2,
         "job_stale_seconds": 3,
         # As many as run at once, so a user at the limit has every job running.
@@ -606,11 +826,13 @@ def jobs_settings(
     marker = request.node.get_closest_marker("settings")
     if marker is not None:
         overrides.update(marker.kwargs)
-    return make_settings(tmp_path, **overrides)
+    return make_settings(directory, **overrides)
 
 
 @pytest.fixture
-async def jobs_client(jobs_settings: Settings, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+async def jobs_client(
+    jobs_settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[httpx.AsyncClient]:
     """An app whose jobs run in-process, or in a real ``depot worker`` against Redis."""
     if jobs_settings.redis_url is None:
         async with serve_app(jobs_settings) as client:
@@ -618,8 +840,21 @@ async def jobs_client(jobs_settings: Settings, tmp_path: Path) -> AsyncIterator[
         return
     # The worker process imports Depot while the app starts: one wait, not two. The
     # database is migrated already (a template's copy), so neither migrates it.
+    if _shared_worker_group(request.node) is None:
+        async with AsyncExitStack() as stack:
+            client, _ = await start_together(
+                stack,
+                serve_app(jobs_settings),
+                depot_worker(jobs_settings, tmp_path / "worker.log"),
+            )
+            yield client
+        return
+    shared: SharedWorker = request.getfixturevalue("shared_worker")
+    log = Path(jobs_settings.var_dir).parent / "worker.log"
     async with AsyncExitStack() as stack:
         client, _ = await start_together(
-            stack, serve_app(jobs_settings), depot_worker(jobs_settings, tmp_path / "worker.log")
+            stack, serve_app(jobs_settings), shared.serving(jobs_settings, log)
         )
         yield client
+    if not (request.node.stash.get(_PASSED, False) and await shared.idle(jobs_settings)):
+        await anyio.to_thread.run_sync(shared.stop)
