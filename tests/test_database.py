@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
+from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -13,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db import create_engine
 from core.time import UTCDateTime
-from tests.conftest import make_settings
+from tests.conftest import ReusedSqliteDatabase, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -119,3 +121,38 @@ async def test_statement_parameters_stay_out_of_errors_in_production(
     finally:
         await engine.dispose()
     assert (secret in str(raised.value)) is (environment == "development")
+
+
+def _row_in_every_column(db: sqlite3.Connection, table: str) -> None:
+    """Insert one row into ``table``, a value of its type in every column."""
+    columns = [(row[1], row[2].upper()) for row in db.execute(f'PRAGMA table_info("{table}")')]
+    values = [0 if "INT" in kind or "BOOL" in kind else "2026-01-01" for _, kind in columns]
+    names = ", ".join(f'"{name}"' for name, _ in columns)
+    marks = ", ".join("?" for _ in columns)
+    db.execute(f'INSERT INTO "{table}" ({names}) VALUES ({marks})', values)  # noqa: S608
+
+
+def test_a_reused_sqlite_database_is_emptied_or_copied_again(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """What the job tests that share a worker get (tests.conftest.ReusedSqliteDatabase):
+    the same file with no rows, or a new copy once a test changed the schema."""
+    reused = ReusedSqliteDatabase(request.getfixturevalue("_sqlite_template"), tmp_path)
+    url = reused.checkout()
+    path = Path(url.removeprefix("sqlite:///"))
+    with closing(sqlite3.connect(path)) as db, db:
+        _row_in_every_column(db, "user")
+        _row_in_every_column(db, "pipeline_template")
+    assert reused.checkout() == url
+    with closing(sqlite3.connect(path)) as db:
+        assert db.execute('SELECT count(*) FROM "user"').fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM pipeline_template").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM alembic_version").fetchone()[0] == 1
+    with closing(sqlite3.connect(path)) as db, db:
+        db.execute('ALTER TABLE "pipeline_template" RENAME TO "renamed"')
+    fresh = reused.checkout()
+    assert fresh != url
+    with closing(sqlite3.connect(fresh.removeprefix("sqlite:///"))) as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+    assert "pipeline_template" in names
+    assert "renamed" not in names
