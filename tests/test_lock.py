@@ -6,7 +6,10 @@ command to run, instead of as an ImportError in a fresh checkout's `make test`.
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -98,3 +101,38 @@ def test_the_lock_holds_the_build_backend() -> None:
         for lock in LOCKS.values():
             versions = _pins(lock)[canonicalize_name(requirement.name)]
             assert all(requirement.specifier.contains(version) for version, _ in versions)
+
+
+# Depot's own packages: what the image runs, so every module they import at its top
+# must come from the runtime lock (a dev-only one imports fine in the test venv and
+# fails only in the image).
+PACKAGES = ("api", "core", "migrations", "schema", "storage", "workers")
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    """The top-level module of every ``import`` at a module's top (not in a function)."""
+    names: set[str] = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_every_module_the_packages_import_is_in_the_runtime_lock() -> None:
+    runtime = set(_pins(LOCKS["runtime"]))
+    distributions = importlib.metadata.packages_distributions()
+    missing: dict[str, str] = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for name in _top_level_imports(path):
+                if name in sys.stdlib_module_names or name in PACKAGES or name == "__future__":
+                    continue
+                found = {canonicalize_name(d) for d in distributions.get(name, [])}
+                if not found & runtime:
+                    missing[name] = str(path.relative_to(ROOT))
+    assert not missing, (
+        f"imported by Depot but not in requirements/runtime.txt (the image's): {missing}; "
+        "add them to pyproject.toml's dependencies and run 'make lock'"
+    )
