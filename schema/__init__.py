@@ -20,7 +20,7 @@ from schema.auth import AuthMutation
 from schema.direct_uploads import DirectUploadMutation
 from schema.email import EmailMutation
 from schema.events import Subscription
-from schema.execution import READS, DepotExecutor
+from schema.execution import CALLS, READS, DepotExecutor
 from schema.files import FileMutation, FileQuery
 from schema.jobs import JobMutation, JobQuery
 from schema.limits import Limits
@@ -208,12 +208,14 @@ def _caller(field: StrawberryField, info_class: type[Info[Any, Any]]) -> Any:
         def call(source: Any, _info: Any, **_arguments: Any) -> Any:
             return method(source)
 
+        setattr(call, CALLS, True)  # for DepotExecutor's short path
         return call
     name = info_parameter.name
 
     def call_with_info(source: Any, info: Any, **_arguments: Any) -> Any:
         return method(source, **{name: info_class(_raw_info=info, _field=field)})
 
+    setattr(call_with_info, CALLS, True)
     return call_with_info
 
 

@@ -12,8 +12,9 @@ reads one attribute, and a page of 50 files has 300 of them.
 type and field group, as graphql-core memoizes sub-selections) whether the
 field is *plain*: its resolver is ``schema``'s one-``getattr`` reader, it
 takes no arguments, no middleware wraps it, and its type is a leaf (scalar or
-enum) or an object type, possibly non-null. A plain field is then read and
-completed directly:
+enum) or an object type, possibly non-null; or, for an object type, its
+resolver is ``schema``'s direct call of a bare ``(self, info)`` method
+(``File.owner``). A plain field is then read and completed directly:
 
 * a leaf whose value is present and coerces to a value is that value;
   a null one of a nullable field is null;
@@ -24,7 +25,9 @@ completed directly:
 Anything else — a null for a non-null field, a coercion that fails or gives
 nothing, an awaitable, a failing read, a wrong object — goes the general way,
 which reads the attribute again and raises, nulls and locates exactly as
-before. So the answers, the errors and their paths are graphql-core's; only
+before; a method, which must run once, has what it returned or raised
+completed or handled by graphql-core's own ``complete_value`` and
+``handle_field_error``. So the answers, the errors and their paths are graphql-core's; only
 the calls for the common case are gone.
 """
 
@@ -49,6 +52,8 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 # The attribute ``schema``'s plain-field reader carries: the Python name it reads.
 READS: Final = "_depot_reads"
+# The attribute ``schema``'s direct caller of a ``(self, info)`` resolver carries.
+CALLS: Final = "_depot_calls"
 
 # Values that are never awaitable, by exact type (as Strawberry's is_awaitable checks).
 _PLAIN_VALUES: Final = frozenset({str, int, float, bool})
@@ -66,13 +71,16 @@ class _Leaf:
 
 
 class _Object:
-    """A plain object field: what ``execute_field`` and ``complete_object_value`` use."""
+    """A plain object field: what ``execute_field`` and ``complete_object_value`` use.
+
+    ``attribute`` is None for a field resolved by a ``(self, info)`` method.
+    """
 
     __slots__ = ("attribute", "field_def", "object_type", "parent_type")
 
     def __init__(
         self,
-        attribute: str,
+        attribute: str | None,
         field_def: GraphQLField,
         object_type: GraphQLObjectType,
         parent_type: GraphQLObjectType,
@@ -108,12 +116,13 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         if field_def is None or self._wrapped or field_def.args or node.arguments:
             return None
         attribute = getattr(field_def.resolve, READS, None)
-        if not isinstance(attribute, str):
+        calls = getattr(field_def.resolve, CALLS, False) is True
+        if not isinstance(attribute, str) and not calls:
             return None
         field_type = field_def.type
         non_null = isinstance(field_type, GraphQLNonNull)
         named = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
-        if is_leaf_type(named):
+        if is_leaf_type(named) and isinstance(attribute, str):
             return _Leaf(attribute, named.coerce_output_value, nullable=not non_null)
         if is_object_type(named):
             return _Object(attribute, field_def, named, parent_type)
@@ -152,27 +161,74 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         path: Path,
         position_context: Any,
     ) -> Any:
-        try:
-            value = getattr(source, plan.attribute)
-        except Exception:  # noqa: BLE001 - the general path raises it again, located
-            return _GENERAL
-        if value is None or not self._settles(value):
-            return _GENERAL
+        info = None
+        field_type = plan.field_def.type
+        if plan.attribute is None:
+            # A resolver runs once: from here on every outcome is this field's answer.
+            info = self._info(plan, field_details_list, path)
+            try:
+                value = plan.field_def.resolve(source, info)  # type: ignore[misc]
+            except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
+                self.handle_field_error(raw_error, field_type, field_details_list, path)
+                return None
+            if value is None or not self._settles(value):
+                return self._completed(
+                    plan, field_details_list, info, path, value, position_context
+                )
+        else:
+            try:
+                value = getattr(source, plan.attribute)
+            except Exception:  # noqa: BLE001 - the general path raises it again, located
+                return _GENERAL
+            if value is None or not self._settles(value):
+                return _GENERAL
         object_type = plan.object_type
         if object_type.is_type_of is not None:
-            info = self.build_resolve_info(
-                plan.field_def, to_nodes(field_details_list), plan.parent_type, path
-            )
+            info = info or self._info(plan, field_details_list, path)
             # Only a plain True: False (an error) and an awaitable go the general way.
             if object_type.is_type_of(value, info) is not True:
-                return _GENERAL
-        field_type = plan.field_def.type
+                if plan.attribute is not None:
+                    return _GENERAL
+                return self._completed(
+                    plan, field_details_list, info, path, value, position_context
+                )
         try:
             completed = self.collect_and_execute_subfields(
                 object_type, field_details_list, path, value, position_context
             )
         except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
             # As execute_field: null for a nullable field, raised on for a non-null one.
+            self.handle_field_error(raw_error, field_type, field_details_list, path)
+            return None
+        if self.is_awaitable(completed):
+            return _completed_later(self, completed, field_type, field_details_list, path)
+        return completed
+
+    def _info(self, plan: _Object, field_details_list: FieldDetailsList, path: Path) -> Any:
+        return self.build_resolve_info(
+            plan.field_def, to_nodes(field_details_list), plan.parent_type, path
+        )
+
+    def _completed(
+        self,
+        plan: _Object,
+        field_details_list: FieldDetailsList,
+        info: Any,
+        path: Path,
+        value: Any,
+        position_context: Any,
+    ) -> Any:
+        """A resolved value completed as ``execute_field`` completes it, by graphql-core."""
+        field_type = plan.field_def.type
+        try:
+            if self.is_awaitable(value):
+                return self.complete_awaitable_value(
+                    field_type, field_details_list, info, path, value, position_context
+                )
+            completed = self.complete_value(
+                field_type, field_details_list, info, path, value, position_context
+            )
+        except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
             self.handle_field_error(raw_error, field_type, field_details_list, path)
             return None
         if self.is_awaitable(completed):
