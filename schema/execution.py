@@ -100,9 +100,10 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # By (parent type, id of the field group): the group is kept in the entry,
-        # so its id cannot be taken by another list while this operation runs.
-        self._plans: dict[tuple[GraphQLObjectType, int], tuple[object, _Leaf | _Object | None]] = {}
+        # By id of a grouped field set (graphql-core memoizes one per parent type and
+        # selection, so a page's nodes share it): the set and its parent type are
+        # kept in the entry, so the id is not taken by another while this runs.
+        self._plans: dict[int, tuple[object, GraphQLObjectType, list[_Leaf | _Object | None]]] = {}
         # Types whose values were found not awaitable (and not exceptions) once.
         self._settled: set[type] = set(_PLAIN_VALUES)
         manager = self.middleware_manager
@@ -247,16 +248,16 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         results: dict[str, Any] = {}
         is_awaitable = self.is_awaitable
         awaitable_fields: list[str] = []
-        plans = self._plans
+        entry = self._plans.get(id(grouped_field_set))
+        if entry is not None and entry[0] is grouped_field_set and entry[1] is parent_type:
+            plans = entry[2]
+        else:
+            plans = [self._plan(parent_type, group) for group in grouped_field_set.values()]
+            self._plans[id(grouped_field_set)] = (grouped_field_set, parent_type, plans)
         try:
-            for response_name, field_details_list in grouped_field_set.items():
-                key = (parent_type, id(field_details_list))
-                entry = plans.get(key)
-                if entry is None:
-                    plan = self._plan(parent_type, field_details_list)
-                    plans[key] = (field_details_list, plan)
-                else:
-                    plan = entry[1]
+            for (response_name, field_details_list), plan in zip(
+                grouped_field_set.items(), plans, strict=True
+            ):
                 if type(plan) is _Leaf:
                     value = self._leaf(plan, source_value)
                     if value is not _GENERAL:
