@@ -8,6 +8,8 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError, GraphQLObjectType
+from strawberry.extensions import SchemaExtension
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
 from strawberry.types import ExecutionContext, Info
@@ -26,7 +28,7 @@ from schema.jobs import JobMutation, JobQuery
 from schema.limits import Limits
 from schema.multipart_uploads import MultipartUploadMutation, MultipartUploadQuery
 from schema.nodes import File, Job, User
-from schema.operation import DepotOperation, OperationRules
+from schema.operation import DepotOperation, OperationRules, OperationRunner
 from schema.pipelines import PipelineTemplate, PipelineTemplateMutation, PipelineTemplateQuery
 from schema.query import Query as NodeQuery
 from schema.resumable_uploads import (
@@ -72,6 +74,12 @@ Mutation = merge_types(
 
 
 class _Schema(strawberry.Schema):
+    def create_extensions_runner(
+        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+    ) -> SchemaExtensionsRunner:
+        # DepotOperation's hooks called without Strawberry's per-hook context managers.
+        return OperationRunner(execution_context=execution_context, extensions=extensions)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
