@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import strawberry
 from graphql import GraphQLError, GraphQLObjectType
+from strawberry.extensions import SchemaExtension
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
 from strawberry.tools import merge_types
-from strawberry.types import ExecutionContext
+from strawberry.types import ExecutionContext, Info
 from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.types.field import StrawberryField
 
 from schema.access_tokens import AccessToken, AccessTokenMutation, AccessTokenQuery
 from schema.admin import AdminMutation, AdminQuery
@@ -18,12 +22,13 @@ from schema.auth import AuthMutation
 from schema.direct_uploads import DirectUploadMutation
 from schema.email import EmailMutation
 from schema.events import Subscription
+from schema.execution import CALLS, READS, DepotExecutor
 from schema.files import FileMutation, FileQuery
 from schema.jobs import JobMutation, JobQuery
 from schema.limits import Limits
 from schema.multipart_uploads import MultipartUploadMutation, MultipartUploadQuery
 from schema.nodes import File, Job, User
-from schema.operation import DepotOperation, OperationRules
+from schema.operation import DepotOperation, OperationRules, OperationRunner
 from schema.pipelines import PipelineTemplate, PipelineTemplateMutation, PipelineTemplateQuery
 from schema.query import Query as NodeQuery
 from schema.resumable_uploads import (
@@ -69,6 +74,12 @@ Mutation = merge_types(
 
 
 class _Schema(strawberry.Schema):
+    def create_extensions_runner(
+        self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
+    ) -> SchemaExtensionsRunner:
+        # DepotOperation's hooks called without Strawberry's per-hook context managers.
+        return OperationRunner(execution_context=execution_context, extensions=extensions)
+
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
     ) -> None:
@@ -123,23 +134,35 @@ def build_schema(
         types=[User, AccessToken, File, ResumableUpload, Job, PipelineTemplate],
         extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
+        # Plain fields (the readers below) read and completed directly: schema.execution.
+        execution_context_class=DepotExecutor,
     )
     _read_plain_fields_directly(schema)
     return schema
 
 
 def _read_plain_fields_directly(schema: strawberry.Schema) -> None:
-    """Resolve each plain field (no resolver, no extension) by one ``getattr``.
+    """Resolve each plain field by one ``getattr``, and each ``(self, info)`` resolver by one call.
 
-    Strawberry resolves one through two calls of its own per field
-    (``_get_basic_result``, then ``StrawberryField.get_result``, which calls
-    the configured default resolver, ``getattr``): a page of 50 files has some
-    300 such fields. The same ``getattr``, directly, is what graphql-core
-    calls now. Fields with a resolver or a permission are left as they are.
+    Strawberry resolves a plain field (no resolver, no extension) through two
+    calls of its own per field (``_get_basic_result``, then
+    ``StrawberryField.get_result``, which calls the configured default
+    resolver, ``getattr``): a page of 50 files has some 300 such fields. The
+    same ``getattr``, directly, is what graphql-core calls now, marked for
+    :class:`schema.execution.DepotExecutor`'s short path.
+
+    A resolver that takes only ``self`` and ``info`` (``File.owner``, once per
+    node of a page) goes through some ten calls of Strawberry's per field:
+    argument conversion it has none for, the field-extension chain it has none
+    in, ``get_result``, the resolver's ``__call__``. It is now called with
+    Strawberry's own ``Info`` directly. Fields with arguments, a permission or
+    another extension, or an exception handler are left as they are.
     """
     if schema.config.default_resolver is not getattr:
         return
     names = schema.config.name_converter
+    converter = schema.schema_converter
+    info_class = schema.config.info_class
     for graphql_type in schema._schema.type_map.values():
         if not isinstance(graphql_type, GraphQLObjectType):
             continue
@@ -148,14 +171,14 @@ def _read_plain_fields_directly(schema: strawberry.Schema) -> None:
             continue
         for field in definition.fields:
             graphql_field = graphql_type.fields.get(names.get_graphql_name(field))
+            if graphql_field is None:
+                continue
             # Strawberry marks its plain-field resolver; one that handles
             # exceptions into union results is not marked.
-            if (
-                graphql_field is not None
-                and field.is_basic_field
-                and getattr(graphql_field.resolve, "_is_default", False)
-            ):
+            if field.is_basic_field and getattr(graphql_field.resolve, "_is_default", False):
                 graphql_field.resolve = _reader(field.python_name)
+            elif _takes_self_and_info(field) and not converter._get_field_exception_handlers(field):
+                graphql_field.resolve = _caller(field, info_class)
 
 
 def _reader(name: str) -> Any:
@@ -163,7 +186,45 @@ def _reader(name: str) -> Any:
         return getattr(source, name)
 
     read._is_default = True  # type: ignore[attr-defined] # as Strawberry marks its own
+    setattr(read, READS, name)  # for DepotExecutor's short path
     return read
+
+
+def _takes_self_and_info(field: StrawberryField) -> bool:
+    """Whether ``field``'s resolver is a method of ``self`` (and ``info``) alone, bare."""
+    resolver = field.base_resolver
+    return (
+        resolver is not None
+        and not field.extensions
+        and not field.arguments
+        and not field.is_subscription
+        and resolver.self_parameter is not None
+        and resolver.root_parameter is None
+        and resolver.parent_parameter is None
+        and callable(resolver.wrapped_func)
+        and not isinstance(resolver.wrapped_func, staticmethod | classmethod)
+    )
+
+
+def _caller(field: StrawberryField, info_class: type[Info[Any, Any]]) -> Any:
+    resolver = field.base_resolver
+    assert resolver is not None
+    method: Callable[..., Any] = resolver.wrapped_func  # type: ignore[assignment] # a plain method
+    info_parameter = resolver.info_parameter
+    if info_parameter is None:
+
+        def call(source: Any, _info: Any, **_arguments: Any) -> Any:
+            return method(source)
+
+        setattr(call, CALLS, True)  # for DepotExecutor's short path
+        return call
+    name = info_parameter.name
+
+    def call_with_info(source: Any, info: Any, **_arguments: Any) -> Any:
+        return method(source, **{name: info_class(_raw_info=info, _field=field)})
+
+    setattr(call_with_info, CALLS, True)
+    return call_with_info
 
 
 def export_sdl() -> str:

@@ -364,6 +364,8 @@ async def list_files(
             after=after,
             to_node=lambda row: File.from_model(row, owner),
             ordering=file_ordering(order_by),
+            # File.from_model only reads the row.
+            plain_rows=True,
         )
 
 

@@ -12,20 +12,21 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import strawberry
-from sqlalchemy import ColumnElement, func, literal, tuple_
+from sqlalchemy import ColumnElement, Label, func, inspect, literal, tuple_
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
-from sqlmodel.sql.expression import SelectOfScalar
+from sqlmodel.sql.expression import Select, SelectOfScalar
 
 from core.errors import BadUserInput
 
@@ -176,6 +177,12 @@ def decode_cursor(cursor: str, ordering: Ordering = OLDEST_FIRST) -> tuple[objec
     return decoded
 
 
+@functools.cache
+def _row_columns(model: type[Any]) -> tuple[Label[Any], ...]:
+    """``model``'s columns, each labelled with its attribute's name (``meta``, not ``metadata``)."""
+    return tuple(column.label(key) for key, column in inspect(model).columns.items())
+
+
 async def paginate(
     db: AsyncSession,
     model: type[RowT],
@@ -185,15 +192,25 @@ async def paginate(
     after: str | None,
     to_node: Callable[[RowT], NodeT],
     ordering: Ordering = OLDEST_FIRST,
+    plain_rows: bool = False,
 ) -> Connection[NodeT]:
-    """One page of ``model`` rows matching ``where``, in ``ordering`` (oldest first by default)."""
+    """One page of ``model`` rows matching ``where``, in ``ordering`` (oldest first by default).
+
+    With ``plain_rows``, ``to_node`` gets each row as a plain result row with
+    the entity's attributes, not as an entity: for a ``to_node`` that only
+    reads them, it spares the ORM's instance loading (an identity-map entry,
+    instance state and SQLModel's own set-up per row: some 25 Python calls per
+    row, a fifth of a page of 50 files).
+    """
     limit = DEFAULT_PAGE if first is None else first
     if not 0 <= limit <= MAX_PAGE:
         raise BadUserInput(f"`first` must be between 0 and {MAX_PAGE}.", field="first")
     sort: ColumnElement[Any] = getattr(model, ordering.key.attribute)
     key = col(model.id)
     total = (await db.exec(select(func.count()).select_from(model).where(*where))).one()
-    page: SelectOfScalar[Any] = select(model).where(*where)
+    page: Select[Any] | SelectOfScalar[Any] = (
+        select(*_row_columns(model)) if plain_rows else select(model)
+    ).where(*where)
     if after is not None:
         after_value, after_key = decode_cursor(after, ordering)
         # A bind typed like the column, so e.g. a time compares in its stored
@@ -202,7 +219,8 @@ async def paginate(
         row = tuple_(sort, key)
         page = page.where(row < after_row if ordering.descending else row > after_row)
     order_by = (sort.desc(), key.desc()) if ordering.descending else (sort, key)
-    rows = list(await db.exec(page.order_by(*order_by).limit(limit + 1)))
+    # Plain rows have the attributes to_node reads (and the sort key and id).
+    rows = cast(list[RowT], list(await db.exec(page.order_by(*order_by).limit(limit + 1))))
     return _connection(rows, limit, int(total), to_node, ordering)
 
 

@@ -42,11 +42,13 @@ from starlette.responses import Response
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.extensions import ParserCache, SchemaExtension
+from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.file_uploads.scalars import UploadDefinition
 from strawberry.http import GraphQLRequestData, async_base_view
 from strawberry.http.async_base_view import AsyncBaseHTTPView, AsyncWebSocketAdapter
 from strawberry.http.parse_content_type import parse_content_type
 from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -58,7 +60,8 @@ from strawberry.types.unset import UnsetType
 from api.graphql import GraphQLView, RequestAdapter
 from api.websocket import LegacyWSHandler, TransportWSHandler
 from schema import _Schema
-from schema.operation import DepotOperation
+from schema.execution import DepotExecutor
+from schema.operation import DepotOperation, OperationRunner
 from schema.scalars import SCALARS, BigInt
 
 pytestmark = pytest.mark.anyio
@@ -712,3 +715,70 @@ def test_plain_fields_are_marked_so_build_schema_can_read_them_directly() -> Non
         "schema._read_plain_fields_directly replaces only marked ones, so it replaces none now."
     )
     assert schema.config.name_converter.get_graphql_name(plain) == "someName"
+
+
+def test_the_extensions_runner_depot_replaces_is_strawberrys() -> None:
+    # schema.operation.OperationRunner stands in for Strawberry's runner through
+    # Schema.create_extensions_runner, and returns its four context managers' kinds.
+    _assert_overrides(_Schema, strawberry.Schema, "create_extensions_runner", "schema._Schema")
+    for name in ("operation", "parsing", "validation", "executing"):
+        _assert_overrides(
+            OperationRunner,
+            SchemaExtensionsRunner,
+            name,
+            f"schema.operation.OperationRunner.{name}",
+        )
+
+
+def test_the_executor_depot_extends_is_strawberrys() -> None:
+    # schema.execution.DepotExecutor overrides graphql-core's execute_fields and calls
+    # the executor's own field, completion and error methods with these parameters.
+    _assert_overrides(
+        DepotExecutor,
+        StrawberryGraphQLCoreExecutionContext,
+        "execute_fields",
+        "schema.execution.DepotExecutor",
+    )
+    used = {
+        "execute_field": [
+            "parent_type",
+            "source",
+            "field_details_list",
+            "path",
+            "position_context",
+        ],
+        "complete_value": [
+            "return_type",
+            "field_details_list",
+            "info",
+            "path",
+            "result",
+            "position_context",
+        ],
+        "complete_awaitable_value": [
+            "return_type",
+            "field_details_list",
+            "info",
+            "path",
+            "result",
+            "position_context",
+        ],
+        "collect_and_execute_subfields": [
+            "return_type",
+            "field_details_list",
+            "path",
+            "result",
+            "position_context",
+        ],
+        "handle_field_error": ["raw_error", "return_type", "field_details_list", "path"],
+        "build_resolve_info": ["field_def", "field_nodes", "parent_type", "path"],
+    }
+    for name, parameters in used.items():
+        method = getattr(StrawberryGraphQLCoreExecutionContext, name, None)
+        assert method is not None, f"graphql-core's executor has no {name}: DepotExecutor calls it."
+        assert _parameters(method)[1:] == parameters, (
+            f"graphql-core's executor {name} takes other parameters now: "
+            "schema.execution.DepotExecutor calls it, update it."
+        )
+    # Strawberry's Schema takes the class and hands it on to graphql-core as its executor.
+    assert "execution_context_class" in _parameters(strawberry.Schema.__init__)
