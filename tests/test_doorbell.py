@@ -18,11 +18,13 @@ import anyio
 import httpx
 import pytest
 import redis
+from dramatiq import Message
+from dramatiq.brokers.redis import RedisBroker
 from dramatiq.worker import ConsumerThread
 
 from tests.conftest import make_settings, serve_app
 from tests.processes import depot_worker, in_background, redis_server, start_together
-from tests.support import run_job, signed_in, storage_root, upload_file
+from tests.support import JOB_TIMEOUT_S, run_job, signed_in, storage_root, upload_file
 from workers.broker import queue_name
 from workers.doorbell import IDLE_WAIT_MS, doorbell_key
 
@@ -65,16 +67,20 @@ class _Commands:
         self._monitor.__exit__(None, None, None)
         self._client.close()
 
-    def fetches(self, queue: str, since: float = 0.0) -> list[float]:
-        """When a consumer ran the fetch script (``EVALSHA ... fetch <time> <queue>``)."""
+    def scripts(self, command: str, queue: str, since: float = 0.0) -> list[float]:
+        """When Dramatiq's script ran ``command`` (``EVALSHA ... <command> <time> <queue>``)."""
         return [
             at
             for at, words in self.seen
-            if at >= since and words[0] == "EVALSHA" and words[4:7:2] == ["fetch", queue]
+            if at >= since and words[0] == "EVALSHA" and words[4:7:2] == [command, queue]
         ]
 
+    def fetches(self, queue: str, since: float = 0.0) -> list[float]:
+        """When a consumer looked for messages on ``queue``."""
+        return self.scripts("fetch", queue, since)
+
     def rings(self, queue: str) -> list[float]:
-        key = doorbell_key(queue)
+        key = doorbell_key("dramatiq", queue)
         return [at for at, words in self.seen if words[:2] == ["LPUSH", key]]
 
 
@@ -121,6 +127,34 @@ async def test_an_idle_worker_waits_for_the_doorbell_and_a_job_rings_it(
             woken = commands.fetches(QUEUE, since=ring)
             assert woken, "the ring woke no fetch"
             assert woken[0] - ring < WAKE_S, (ring, woken)
+
+        # A sender that does not ring (an older release; or the ring lost with a
+        # Redis restart): its message waits for the end of the worker's wait, no more.
+        # An actor the worker does not know is dead-lettered once taken.
+        async with _watching(server.url) as commands:
+            await anyio.to_thread.run_sync(_send_without_ring, server.url)
+            with anyio.fail_after(JOB_TIMEOUT_S):
+                while True:
+                    if await anyio.to_thread.run_sync(_dead_letters, server.url):
+                        break
+                    await anyio.sleep(0.05)
+        (sent,) = commands.scripts("enqueue", QUEUE)
+        taken = commands.fetches(QUEUE, since=sent)
+        assert taken[0] - sent < IDLE_WAIT_MS / 1000 + WAKE_S, (sent, taken)
+
+
+def _send_without_ring(url: str) -> None:
+    plain = RedisBroker(url=url)  # type: ignore[no-untyped-call]
+    message: Message[Any] = Message(
+        queue_name=QUEUE, actor_name="depot.gone", args=(), kwargs={}, options={}
+    )
+    plain.enqueue(message)
+    plain.close()
+
+
+def _dead_letters(url: str) -> int:
+    with redis.Redis.from_url(url) as client:
+        return int(client.zcard(f"dramatiq:{QUEUE}.XQ"))
 
 
 def _wake_ups(threads: list[threading.Thread]) -> int:

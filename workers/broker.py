@@ -26,7 +26,7 @@ from dramatiq.middleware import AsyncIO, CurrentMessage, TimeLimit
 
 from core.models import JobKind
 from core.settings import Settings
-from workers.doorbell import DoorbellRedisBroker
+from workers.doorbell import DoorbellRedisBroker, DoorbellStubBroker
 
 logger = structlog.get_logger("depot.jobs")
 
@@ -186,6 +186,8 @@ class Worker:
         with self._lock:
             try:
                 if self._state:
+                    if isinstance(self._broker, DoorbellRedisBroker | DoorbellStubBroker):
+                        self._broker.stop_waiting()
                     self._worker.stop(timeout=timeout_ms)
                 self._broker.close()
             finally:

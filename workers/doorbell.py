@@ -31,16 +31,18 @@ time while it holds some.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterable
+from queue import Empty
 from typing import Any, Final
 
 import redis
 from dramatiq.broker import Consumer, MessageProxy
 from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker, _RedisConsumer
-from dramatiq.brokers.stub import StubBroker, _StubConsumer
-from dramatiq.common import compute_backoff, current_millis
+from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
+from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed, QueueNotFound
 from dramatiq.message import Message
 
@@ -55,10 +57,11 @@ RINGS_KEPT: Final = 64
 _SHORTEST_WAIT_MS: Final = 2
 
 
-def doorbell_key(queue: str) -> str:
-    """The Redis list whose tokens announce messages on ``queue`` (``depot-jobs:doorbell``
-    for the default prefix; ``depot-jobs.DQ:doorbell`` for its delayed messages)."""
-    return f"{queue}:doorbell"
+def doorbell_key(namespace: str, queue: str) -> str:
+    """The Redis list whose tokens announce messages on ``queue``, beside the queue's own
+    keys (``dramatiq:depot-jobs.doorbell``; ``dramatiq:depot-jobs.DQ.doorbell`` for its
+    delayed messages): what removes a queue's keys by their start removes it too."""
+    return f"{namespace}:{queue}.doorbell"
 
 
 class _HeldEtas:
@@ -95,6 +98,25 @@ class DoorbellRedisBroker(RedisBroker):
         self._local = threading.local()
         self._maintenance_due: dict[str, float] = {}
         self._maintenance_lock = threading.Lock()
+        # Set by stop_waiting: the consumers poll from then on.
+        self.polling = False
+
+    def wake_key(self, queue: str) -> str:
+        """This process's own list beside ``queue``'s doorbell: what :meth:`stop_waiting`
+        rings so that only its consumers wake."""
+        return f"{doorbell_key(self.namespace, queue)}.{self.broker_id}"
+
+    def stop_waiting(self) -> None:
+        """Make this process's consumers poll from now on, and wake those waiting, so a
+        stopping worker's consumers end within ``worker_timeout``, not :data:`IDLE_WAIT_MS`.
+        Redis unreachable: they end when their wait does."""
+        self.polling = True
+        pipeline = self.client.pipeline(transaction=False)
+        for queue in self.queues | self.delay_queues:
+            pipeline.lpush(self.wake_key(queue), b"1")
+            pipeline.pexpire(self.wake_key(queue), 2 * IDLE_WAIT_MS)
+        with contextlib.suppress(redis.RedisError):
+            pipeline.execute()
 
     @property
     def consumer_class(self) -> Callable[..., Consumer]:
@@ -105,9 +127,14 @@ class DoorbellRedisBroker(RedisBroker):
         self.ring(enqueued.queue_name)
         return enqueued
 
+    def flush(self, queue_name: str) -> None:
+        super().flush(queue_name)
+        for queue in (queue_name, dq_name(queue_name)):
+            self.client.delete(doorbell_key(self.namespace, queue))
+
     def ring(self, queue: str, tokens: int = 1) -> None:
         """Wake up to ``tokens`` consumers waiting on ``queue`` (one round trip)."""
-        key = doorbell_key(queue)
+        key = doorbell_key(self.namespace, queue)
         pipeline = self.client.pipeline(transaction=False)
         pipeline.lpush(key, *[b"1"] * min(tokens, RINGS_KEPT))
         pipeline.ltrim(key, 0, RINGS_KEPT - 1)
@@ -145,7 +172,7 @@ class _DoorbellRedisConsumer(_RedisConsumer):
 
     def __init__(self, broker: DoorbellRedisBroker, queue_name: str, prefetch: int, timeout: int):
         super().__init__(broker, queue_name, prefetch, timeout)  # type: ignore[no-untyped-call]
-        self._bell = doorbell_key(queue_name)
+        self._bells = [doorbell_key(broker.namespace, queue_name), broker.wake_key(queue_name)]
         self._held = _HeldEtas()
         self._last_fetch = 0.0
 
@@ -198,33 +225,48 @@ class _DoorbellRedisConsumer(_RedisConsumer):
     def _wait(self, wait_ms: int | None) -> None:
         """Block on the doorbell for ``wait_ms``, or (``None``) back off as Dramatiq's
         consumer does, up to ``timeout`` (the worker's poll interval)."""
-        if wait_ms is None or wait_ms < _SHORTEST_WAIT_MS:
+        if wait_ms is None or wait_ms < _SHORTEST_WAIT_MS or self.broker.polling:
             self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
             if wait_ms is not None:
                 backoff_ms = min(backoff_ms, wait_ms)
             time.sleep(backoff_ms / 1000)
             return
         self.misses = 0
-        self.broker.client.blpop([self._bell], timeout=wait_ms / 1000)
+        self.broker.client.blpop(self._bells, timeout=wait_ms / 1000)
+
+
+# Put on a stub queue by stop_waiting: wakes its consumer, carries no message.
+_WAKE: Final = b""
 
 
 class DoorbellStubBroker(StubBroker):
     """A ``StubBroker`` whose consumers wait up to :data:`IDLE_WAIT_MS` while idle
     (a put wakes them at once) rather than waking every ``worker_timeout``."""
 
+    polling = False
+
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 100) -> Consumer:
         try:
             queue = self.queues[queue_name]
         except KeyError:
             raise QueueNotFound(queue_name) from None  # type: ignore[no-untyped-call]
-        return _DoorbellStubConsumer(
-            queue, self.dead_letters_by_queue[queue_name], prefetch, timeout
-        )
+        return _DoorbellStubConsumer(self, queue, queue_name, prefetch, timeout)
+
+    def stop_waiting(self) -> None:
+        """As :meth:`DoorbellRedisBroker.stop_waiting`: poll from now on, wake the waiting."""
+        self.polling = True
+        for queue in self.queues.values():
+            queue.put(_WAKE)
 
 
 class _DoorbellStubConsumer(_StubConsumer):
-    def __init__(self, queue: Any, dead_letters: Any, prefetch: int, timeout: int) -> None:
+    def __init__(
+        self, broker: DoorbellStubBroker, queue: Any, queue_name: str, prefetch: int, timeout: int
+    ) -> None:
+        dead_letters = broker.dead_letters_by_queue[queue_name]
         super().__init__(queue, dead_letters, prefetch, timeout)  # type: ignore[no-untyped-call]
+        self._broker = broker
+        self._poll_ms = timeout
         self._held = _HeldEtas()
 
     def ack(self, message: MessageProxy) -> None:
@@ -236,9 +278,23 @@ class _DoorbellStubConsumer(_StubConsumer):
         super().nack(message)  # type: ignore[no-untyped-call]
 
     def __next__(self) -> MessageProxy | None:
-        # Waits for a prefetch slot, then for a message: a release or a put ends either.
-        self.timeout = self._held.until_due_ms(IDLE_WAIT_MS)
-        proxy: MessageProxy | None = super().__next__()  # type: ignore[no-untyped-call]
-        if proxy is not None:
-            self._held.hold(proxy)
+        # Dramatiq's, but for the wait and _WAKE: a prefetch slot, then a message
+        # (a release or a put ends either wait).
+        if self._broker.polling:
+            wait_s = self._poll_ms / 1000
+        else:
+            wait_s = self._held.until_due_ms(IDLE_WAIT_MS) / 1000
+        if not self.prefetch_semaphore.acquire(timeout=wait_s):
+            return None
+        try:
+            data = self.queue.get(timeout=wait_s)
+        except Empty:
+            self.prefetch_semaphore.release()
+            return None
+        if data == _WAKE:
+            self.queue.task_done()
+            self.prefetch_semaphore.release()
+            return None
+        proxy = _StubMessageProxy(Message.decode(data))
+        self._held.hold(proxy)
         return proxy
