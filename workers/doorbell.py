@@ -40,7 +40,7 @@ from typing import Any, Final
 
 import redis
 from dramatiq.broker import Consumer, MessageProxy
-from dramatiq.brokers.redis import MAINTENANCE_COMMAND_BLACKLIST, RedisBroker, _RedisConsumer
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.brokers.stub import StubBroker, _StubConsumer, _StubMessageProxy
 from dramatiq.common import compute_backoff, current_millis, dq_name
 from dramatiq.errors import ConnectionClosed, QueueNotFound
@@ -124,7 +124,9 @@ class DoorbellRedisBroker(RedisBroker):
 
     def enqueue(self, message: Message[Any], *, delay: int | None = None) -> Message[Any]:
         enqueued: Message[Any] = super().enqueue(message, delay=delay)
-        self.ring(enqueued.queue_name)
+        # The message is in Redis: a ring that fails now costs a wait, not a resend.
+        with contextlib.suppress(redis.RedisError):
+            self.ring(enqueued.queue_name)
         return enqueued
 
     def flush(self, queue_name: str) -> None:
@@ -154,7 +156,7 @@ class DoorbellRedisBroker(RedisBroker):
     def _should_do_maintenance(self, command: str) -> int:
         """1 for a fetch of a queue whose maintenance is due, then due again in
         :data:`MAINTENANCE_INTERVAL_MS` (a sender's enqueues never run it)."""
-        if command != "fetch" or command in MAINTENANCE_COMMAND_BLACKLIST:
+        if command != "fetch":
             return 0
         queue: str = self._local.queue
         now = time.monotonic()
