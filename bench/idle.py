@@ -1,0 +1,101 @@
+"""What an idle Depot costs: CPU seconds per second and Redis commands per second.
+
+Starts ``depot serve`` and ``depot worker`` over Redis (``--redis-url``, else
+``DEPOT_TEST_REDIS_URL``) and a SQLite file, runs one ``verify`` job so that
+every thread and connection is warm, waits ``--settle`` seconds, then watches
+the quiet stack for ``--seconds``: each process's CPU time (``/proc``, user +
+system, every thread) and Redis's ``INFO commandstats`` calls by command.
+Nothing else may use that Redis database's server meanwhile (the command
+counts are the server's). Linux only.
+
+```console
+$ .venv/bin/python -m bench.idle --redis-url redis://127.0.0.1:6379/9
+```
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+
+from bench import harness, redis_claim
+from bench.client import Api, socket
+from bench.jobs import jobs_env, start_verify, until_final, upload
+
+
+def _calls(url: str) -> dict[str, int]:
+    """Calls per command since the server started (``INFO commandstats``)."""
+    connection = redis.Redis.from_url(url)
+    try:
+        stats = connection.info("commandstats")
+    finally:
+        connection.close()
+    return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+
+
+async def _one_job(url: str, ws_url: str) -> None:
+    """One ``verify`` job, followed to its end: every thread and connection warm."""
+    api = Api(url)
+    try:
+        account = await api.register("idle@bench.example")
+        job_id = await start_verify(api, account, await upload(api, account, "idle.bin"))
+        async with socket(ws_url, account) as ws:
+            if await until_final(ws, "idle", job_id) != "SUCCEEDED":
+                raise RuntimeError("the warm-up job did not succeed")
+    finally:
+        await api.aclose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--redis-url", default=os.environ.get("DEPOT_TEST_REDIS_URL"))
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    if not args.redis_url:
+        raise SystemExit("give --redis-url (or DEPOT_TEST_REDIS_URL): the idle worker polls Redis")
+    known = redis_claim.claim_redis(args.redis_url)
+    with tempfile.TemporaryDirectory(prefix="depot-idle-") as workdir:
+        root = Path(workdir)
+        port = harness.free_port()
+        env = jobs_env(root, f"sqlite:///{root / 'depot.db'}", args.redis_url, args.threads, port)
+        stack = harness.Stack(root, env, port)
+        try:
+            serve = stack.start_serve()
+            worker = stack.start_worker()
+            asyncio.run(_one_job(stack.url, stack.ws_url))
+            time.sleep(args.settle)
+            before = (harness.cpu_seconds(serve.pid), harness.cpu_seconds(worker.pid))
+            calls_before = _calls(args.redis_url)
+            started = time.monotonic()
+            time.sleep(args.seconds)
+            elapsed = time.monotonic() - started
+            after = (harness.cpu_seconds(serve.pid), harness.cpu_seconds(worker.pid))
+            calls_after = _calls(args.redis_url)
+        finally:
+            stack.stop()
+            redis_claim.release_redis(args.redis_url, known, [])
+    load = os.getloadavg()[0]
+    print(f"idle for {elapsed:.1f} s, load average {load:.1f}")
+    for name, was, now in zip(("depot serve", "depot worker"), before, after, strict=True):
+        print(f"{name:>14}: {1000 * (now - was) / elapsed:6.1f} ms of CPU per second")
+    deltas = {
+        name: calls - calls_before.get(name, 0)
+        for name, calls in calls_after.items()
+        if calls - calls_before.get(name, 0) > 0 and name != "info"
+    }
+    total = sum(deltas.values())
+    print(f"{'Redis':>14}: {total / elapsed:6.1f} commands per second")
+    for name, count in sorted(deltas.items(), key=lambda item: -item[1]):
+        print(f"{'':>16}{name}: {count / elapsed:.1f}/s")
+
+
+if __name__ == "__main__":
+    main()
