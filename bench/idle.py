@@ -39,8 +39,9 @@ def _calls(url: str) -> dict[str, int]:
     return {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
 
 
-async def _one_job(url: str, ws_url: str) -> None:
-    """One ``verify`` job, followed to its end: every thread and connection warm."""
+async def _one_job(url: str, ws_url: str) -> str:
+    """One ``verify`` job, followed to its end: every thread and connection warm; the
+    user's id."""
     api = Api(url)
     try:
         account = await api.register("idle@bench.example")
@@ -48,6 +49,7 @@ async def _one_job(url: str, ws_url: str) -> None:
         async with socket(ws_url, account) as ws:
             if await until_final(ws, "idle", job_id) != "SUCCEEDED":
                 raise RuntimeError("the warm-up job did not succeed")
+        return account.user_id
     finally:
         await api.aclose()
 
@@ -67,10 +69,11 @@ def main() -> None:
         port = harness.free_port()
         env = jobs_env(root, f"sqlite:///{root / 'depot.db'}", args.redis_url, args.threads, port)
         stack = harness.Stack(root, env, port)
+        users: list[str] = []
         try:
             serve = stack.start_serve()
             worker = stack.start_worker()
-            asyncio.run(_one_job(stack.url, stack.ws_url))
+            users.append(asyncio.run(_one_job(stack.url, stack.ws_url)))
             time.sleep(args.settle)
             before = (harness.cpu_seconds(serve.pid), harness.cpu_seconds(worker.pid))
             calls_before = _calls(args.redis_url)
@@ -81,7 +84,7 @@ def main() -> None:
             calls_after = _calls(args.redis_url)
         finally:
             stack.stop()
-            redis_claim.release_redis(args.redis_url, known, [])
+            redis_claim.release_redis(args.redis_url, known, users)
     load = os.getloadavg()[0]
     print(f"idle for {elapsed:.1f} s, load average {load:.1f}")
     for name, was, now in zip(("depot serve", "depot worker"), before, after, strict=True):
