@@ -1,7 +1,8 @@
 """What an idle Depot costs: CPU seconds per second and Redis commands per second.
 
 Starts ``depot serve`` and ``depot worker`` over Redis (``--redis-url``, else
-``DEPOT_TEST_REDIS_URL``) and a SQLite file, runs one ``verify`` job so that
+``DEPOT_TEST_REDIS_URL``; with ``--embedded`` only ``depot serve``, which then
+runs jobs in its own threads) and a SQLite file, runs one ``verify`` job so that
 every thread and connection is warm, waits ``--settle`` seconds, then watches
 the quiet stack for ``--seconds``: each process's CPU time (``/proc``, user +
 system, every thread) and Redis's ``INFO commandstats`` calls by command.
@@ -57,38 +58,50 @@ async def _one_job(url: str, ws_url: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--redis-url", default=os.environ.get("DEPOT_TEST_REDIS_URL"))
+    parser.add_argument(
+        "--embedded", action="store_true", help="no Redis: depot serve runs the job itself"
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--settle", type=float, default=3.0)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if not args.redis_url:
-        raise SystemExit("give --redis-url (or DEPOT_TEST_REDIS_URL): the idle worker polls Redis")
-    known = redis_claim.claim_redis(args.redis_url)
+    redis_url: str | None = None if args.embedded else args.redis_url
+    if not args.embedded and not redis_url:
+        raise SystemExit("give --redis-url (or DEPOT_TEST_REDIS_URL), or --embedded")
+    known = redis_claim.claim_redis(redis_url) if redis_url else set()
     with tempfile.TemporaryDirectory(prefix="depot-idle-") as workdir:
         root = Path(workdir)
         port = harness.free_port()
-        env = jobs_env(root, f"sqlite:///{root / 'depot.db'}", args.redis_url, args.threads, port)
+        env = jobs_env(root, f"sqlite:///{root / 'depot.db'}", redis_url or "", args.threads, port)
+        if not redis_url:
+            del env["DEPOT_REDIS_URL"]
         stack = harness.Stack(root, env, port)
         users: list[str] = []
         try:
-            serve = stack.start_serve()
-            worker = stack.start_worker()
+            processes = {"depot serve": stack.start_serve()}
+            if redis_url:
+                processes["depot worker"] = stack.start_worker()
             users.append(asyncio.run(_one_job(stack.url, stack.ws_url)))
             time.sleep(args.settle)
-            before = (harness.cpu_seconds(serve.pid), harness.cpu_seconds(worker.pid))
-            calls_before = _calls(args.redis_url)
+            before = {name: harness.cpu_seconds(p.pid) for name, p in processes.items()}
+            calls_before = _calls(redis_url) if redis_url else {}
             started = time.monotonic()
             time.sleep(args.seconds)
             elapsed = time.monotonic() - started
-            after = (harness.cpu_seconds(serve.pid), harness.cpu_seconds(worker.pid))
-            calls_after = _calls(args.redis_url)
+            after = {name: harness.cpu_seconds(p.pid) for name, p in processes.items()}
+            calls_after = _calls(redis_url) if redis_url else {}
         finally:
             stack.stop()
-            redis_claim.release_redis(args.redis_url, known, users)
+            if redis_url:
+                redis_claim.release_redis(redis_url, known, users)
     load = os.getloadavg()[0]
     print(f"idle for {elapsed:.1f} s, load average {load:.1f}")
-    for name, was, now in zip(("depot serve", "depot worker"), before, after, strict=True):
-        print(f"{name:>14}: {1000 * (now - was) / elapsed:6.1f} ms of CPU per second")
+    for name in processes:
+        print(
+            f"{name:>14}: {1000 * (after[name] - before[name]) / elapsed:6.1f} ms of CPU per second"
+        )
+    if not redis_url:
+        return
     deltas = {
         name: calls - calls_before.get(name, 0)
         for name, calls in calls_after.items()
