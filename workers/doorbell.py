@@ -234,7 +234,9 @@ class _DoorbellRedisConsumer(_RedisConsumer):
             time.sleep(backoff_ms / 1000)
             return
         self.misses = 0
-        self.broker.client.blpop(self._bells, timeout=wait_ms / 1000)
+        # A socket timeout shorter than the wait (``?socket_timeout=`` in the URL) ends it.
+        with contextlib.suppress(redis.TimeoutError):
+            self.broker.client.blpop(self._bells, timeout=wait_ms / 1000)
 
 
 # Put on a stub queue by stop_waiting: wakes its consumer, carries no message.
