@@ -14,7 +14,6 @@ import time
 from typing import Final, cast
 
 import redis
-from dramatiq.brokers.redis import RedisBroker
 
 from bench import bare_dramatiq
 from core.eventlog import stream_key
@@ -22,6 +21,7 @@ from core.events import user_stream
 from core.settings import Settings
 from schema.ids import decode_id
 from workers.broker import queue_name
+from workers.doorbell import DoorbellRedisBroker
 
 # A Dramatiq worker touches Redis at least this often (heartbeats) while it runs.
 IN_USE_WINDOW_MS: Final = 15_000
@@ -80,7 +80,8 @@ def flush_queues(url: str) -> None:
     depot_queue = queue_name(Settings.model_fields["redis_prefix"].default)
     queues = (("dramatiq", depot_queue), (bare_dramatiq.NAMESPACE, bare_dramatiq.QUEUE))
     for namespace, queue in queues:
-        broker = RedisBroker(url=url, namespace=namespace, middleware=[])  # type: ignore[no-untyped-call]
+        # Its flush empties the queue's doorbell too (workers.doorbell).
+        broker = DoorbellRedisBroker(url=url, namespace=namespace, middleware=[])
         try:
             broker.flush(queue)
         finally:

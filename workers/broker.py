@@ -21,17 +21,17 @@ from typing import Any, Final
 import anyio
 import dramatiq
 import structlog
-from dramatiq.brokers.redis import RedisBroker
 from dramatiq.brokers.stub import StubBroker
 from dramatiq.middleware import AsyncIO, CurrentMessage, TimeLimit
 
 from core.models import JobKind
 from core.settings import Settings
+from workers.doorbell import DoorbellRedisBroker, DoorbellStubBroker
 
 logger = structlog.get_logger("depot.jobs")
 
-# How long an idle worker waits between looks at Redis (Dramatiq polls it):
-# the worst-case delay before a new job starts.
+# How often a worker's consumer looks at Redis while it holds messages (an idle one
+# waits on its doorbell instead: workers.doorbell), and its threads at their queue.
 POLL_MS: Final = 10
 # A worker silent this long in Redis has its unfinished messages handed to others.
 REDIS_HEARTBEAT_TIMEOUT_MS: Final = 15_000
@@ -96,10 +96,13 @@ class Jobs:
             self.broker.close()
 
 
-def redis_broker(settings: Settings, middleware: Sequence[dramatiq.Middleware] = ()) -> RedisBroker:
-    """A broker over ``DEPOT_REDIS_URL``; without ``middleware`` it only sends."""
+def redis_broker(
+    settings: Settings, middleware: Sequence[dramatiq.Middleware] = ()
+) -> DoorbellRedisBroker:
+    """A broker over ``DEPOT_REDIS_URL``; without ``middleware`` it only sends (and
+    rings the doorbell of the queue it sends to)."""
     assert settings.redis_url is not None
-    return RedisBroker(  # type: ignore[no-untyped-call]
+    return DoorbellRedisBroker(
         url=settings.redis_url,
         middleware=list(middleware),
         heartbeat_timeout=REDIS_HEARTBEAT_TIMEOUT_MS,
@@ -183,6 +186,8 @@ class Worker:
         with self._lock:
             try:
                 if self._state:
+                    if isinstance(self._broker, DoorbellRedisBroker | DoorbellStubBroker):
+                        self._broker.stop_waiting()
                     self._worker.stop(timeout=timeout_ms)
                 self._broker.close()
             finally:

@@ -32,7 +32,6 @@ from typing import Any, ClassVar, Final, TypeVar
 import dramatiq
 import structlog
 from dramatiq.asyncio import get_event_loop_thread
-from dramatiq.brokers.stub import StubBroker
 from dramatiq.common import compute_backoff
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
@@ -56,6 +55,7 @@ from workers.broker import (
     running_middleware,
 )
 from workers.context import JobContext
+from workers.doorbell import DoorbellStubBroker
 from workers.errors import JobCancelled, JobFailed, JobInterrupted, is_transient
 from workers.kind import Kind
 from workers.pipeline import advance
@@ -636,7 +636,7 @@ def embedded_jobs(settings: Settings, shared: Shared) -> Jobs:
     """Jobs kept in this process's memory and run by its own worker threads, which
     start with the first job sent; their loop uses the in-memory clients ``shared``."""
     lifecycle = JobLifecycle(settings, shared)
-    broker = StubBroker(middleware=[*running_middleware(), lifecycle])
+    broker = DoorbellStubBroker(middleware=[*running_middleware(), lifecycle])
     queue = queue_name(settings.redis_prefix)
     _declare_actors(broker, queue, lifecycle)
     mail.declare_actors(broker, queue, lambda: lifecycle.resources)
