@@ -8,11 +8,12 @@ directory, pending multipart uploads in the bucket.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -178,6 +179,23 @@ async def test_a_large_stream_round_trips_exactly(backend: Backend) -> None:
     assert await read(backend.storage, KEY) == DATA
     assert (await backend.storage.stat(KEY)).size == len(DATA)
     assert await backend.leftovers() == backend_files(backend, KEY)
+
+
+async def test_a_tap_sees_every_byte_stored_in_order(backend: Backend) -> None:
+    """What ``Fingerprint.tapped`` relies on: the tap has hashed all of it by the time
+    ``put`` returns (local storage taps in its writer thread, blocks in flight)."""
+    seen = hashlib.sha256()
+    sizes: list[int] = []
+
+    def tap(parts: Sequence[bytes]) -> None:
+        for part in parts:
+            seen.update(part)
+            sizes.append(len(part))
+
+    await backend.storage.put(KEY, stream(DATA, chunk=300_001), tap=tap)
+    assert seen.hexdigest() == hashlib.sha256(DATA).hexdigest()
+    assert sum(sizes) == len(DATA)
+    assert await read(backend.storage, KEY) == DATA
 
 
 def backend_files(backend: Backend, *keys: str) -> list[str]:
