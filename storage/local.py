@@ -331,10 +331,15 @@ class _WriteBehind:
         self._writing = loop.run_in_executor(None, _write_behind, self._fd, parts, self._tap)
 
     async def wait(self) -> None:
-        """Wait for the block in flight; raises its error."""
-        writing, self._writing = self._writing, None
+        """Wait for the block in flight; raises its error.
+
+        Shielded: a cancelled wait leaves the write running, not forgotten, for
+        :meth:`settle` to wait for before the descriptor is closed.
+        """
+        writing = self._writing
         if writing is not None:
-            await writing
+            await asyncio.shield(writing)
+            self._writing = None
 
     async def settle(self) -> None:
         """Wait for the block in flight, whatever its outcome (for the cleanup)."""
