@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from core.auth import presented, verify
+from core.auth import presented
 from core.errors import Unauthenticated
 from core.settings import Settings
 from schema.context import Context
@@ -74,19 +74,9 @@ async def sign_in(context: Context, authorization: str) -> None:
     a WebSocket's is closed at once, so that the socket holds none while it
     waits for operations.
     """
-    signins = context.signins
     try:
         credential = presented(context.settings, authorization)
-        expires_at = credential.claims.expires_at if credential.claims is not None else None
-        principal = signins.get(credential.key, expires_at)
-        if principal is None:
-            started = signins.now()
-            async with context.db() as db:
-                principal = await verify(db, credential)
-                # Out of the session: a later block's rollback would expire it, and an
-                # expired row cannot load itself again in async code.
-                db.expunge(principal.user)
-            signins.put(credential.key, principal, started)
+        principal = await context.signins.sign_in(credential, context.db)
         context.principal = principal
     except Unauthenticated as exc:
         context.auth_error = exc

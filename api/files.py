@@ -380,11 +380,12 @@ async def upload(request: Request) -> Response:
     if pipeline is not None:
         watch = UploadProgress(request.state.events, pipeline, 0, size)
         body = watch.through(body)
-    # Hashed and sniffed as it streams in, so completeUpload need not read it again.
-    fingerprint = Fingerprint(_exactly(body, size))
+    # Hashed (by storage, as it writes: off the event loop) and sniffed as it streams
+    # in, so completeUpload need not read it again.
+    fingerprint = Fingerprint.tapped(_exactly(body, size))
     sample = Sample(fingerprint)
     try:
-        await storage.put(key, sample, max_size=size)
+        await storage.put(key, sample, max_size=size, tap=fingerprint.tap)
         stored = await storage.stat(key)
     except BodySilent as silent:
         return json_error(408, silent.message)

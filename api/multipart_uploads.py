@@ -14,8 +14,13 @@ which is all the plugin reads; refusals are S3's ``<Error>`` with Depot's
 code (``NOT_FOUND``, ``BAD_USER_INPUT``, ...) as its ``<Code>``.
 
 The link is the credential, as a presigned URL is S3's: the route reads no
-``Authorization``. Cost per request: one JWT check and one primary-key read
-before the operation's own work.
+``Authorization``. Like a download link it names the credential that signed
+it, and dies with it (``core.downloads.credential_is_live``): after
+``logout``, a revoked personal access token or a deactivated account every
+request is refused (410), so a page left open cannot complete or list an
+upload for a user who signed out. Cost per request: one JWT check and two
+primary-key reads (the credential, the upload) before the operation's own
+work.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from starlette.routing import Route
 from api.bodies import BodyRefused, body_chunks
 from api.files import PATHS, RouteLinks, upload_refusal_status
 from core import metrics, multipart_uploads, resumable_uploads
+from core.downloads import credential_is_live
 from core.errors import BadUserInput, DepotError
 from core.events import FileCreated, announce
 from core.ids import encode_id
@@ -123,6 +129,8 @@ async def _answer(
     state = request.state
     key = encode_id("ResumableUpload", upload_id)
     async with state.sessionmaker() as db:
+        if not await credential_is_live(db, credential, owner_id):
+            return _error(410, "EXPIRED", "The sign-in behind this link has ended; sign in again.")
         upload = await resumable_uploads.get_upload(db, owner_id, upload_id, UploadKind.MULTIPART)
         handle = upload.storage_handle
         if operation is Operation.CREATE:

@@ -13,15 +13,19 @@ tokens and personal access tokens).
 
 What an upload is, and every rule it keeps, is ``core.resumable_uploads``'s;
 this module translates HTTP to it and its errors back to tus's statuses. Each
-request costs the sign-in (one or two indexed reads) plus, for ``PATCH``, one
-conditional UPDATE to take the upload's lease and one to give it back with
-the new offset (and one more every third of the lease while bytes flow). A
-``PATCH`` signed by a session's access token has no sign-in query: the
-session's liveness is one more condition (an ``EXISTS`` on two primary keys)
-of the lease's UPDATE, and only a refused lease signs in in full to say why.
+request costs the sign-in (one or two indexed reads, none when this process
+verified the credential a moment ago: the sign-in cache, ``core.signins``, as
+GraphQL's) plus, for ``PATCH``, one conditional UPDATE to take the upload's
+lease and one to give it back with the new offset (and one more every third
+of the lease while bytes flow). A ``PATCH`` signed by a session's access
+token has no sign-in query: the session's liveness is one more condition (an
+``EXISTS`` on two primary keys) of the lease's UPDATE, and only a refused
+lease signs in to say why; one signed by a personal access token signs in
+through the cache.
 A completed upload's record stays until it expires: ``HEAD`` answers its
 final offset, and a ``PATCH`` retried after its answer was lost is answered
-again (``_after_completion``) instead of 404.
+again (``_after_completion``) instead of 404, with or without a
+``Content-Length``.
 An upload that names a pipeline template (``template``) gets its pipeline at
 creation, named by the answer's ``Depot-Processing`` header; each ``PATCH``
 of it reads that pipeline once and tells its stream of the bytes
@@ -43,12 +47,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from api.bodies import BodySilent, body_chunks
+from api.bodies import BodySilent, BodyTooLarge, body_chunks
 from api.files import upload_refusal_status
 from api.upload_progress import UploadProgress, waiting_pipeline
 from core import metrics, pipeline_templates
 from core import resumable_uploads as uploads
-from core.auth import Deferred, Principal, authenticate, defer
+from core.auth import Deferred, Principal, defer, presented
 from core.errors import (
     BadUserInput,
     DepotError,
@@ -370,10 +374,10 @@ class TusRoutes:
             raise _Refusal(400, "BAD_REQUEST", "Send Upload-Offset, where these bytes start.")
         checksum = _checksum(request)
         if isinstance(signed_in, Deferred):
-            return await self._append(
-                request, signed_in.user_id, upload_id, offset, checksum, signed_in
-            )
-        return await self._append(request, signed_in.user.id, upload_id, offset, checksum)
+            owner_id, live = signed_in.user_id, signed_in
+        else:
+            owner_id, live = signed_in.user.id, None
+        return await self._append(request, owner_id, upload_id, offset, checksum, live)
 
     async def _append(
         self,
@@ -429,7 +433,7 @@ class TusRoutes:
             except uploads.UploadComplete as complete:
                 if live is not None:
                     await _sign_in(request)
-                return _after_completion(request, offset, complete)
+                return await _after_completion(request, offset, complete)
             except DepotError:
                 if live is not None:
                     await _sign_in(request)
@@ -469,12 +473,22 @@ class TusRoutes:
         return _answer(204)
 
 
-def _after_completion(request: Request, offset: int, complete: uploads.UploadComplete) -> Response:
+async def _after_completion(
+    request: Request, offset: int, complete: uploads.UploadComplete
+) -> Response:
     """The answer to a PATCH of a completed upload: most likely the last one again, its
     answer lost (tus-js-client retries it). If its bytes end where the upload did, it
-    is answered as the first time was, without reading them; otherwise it is the
-    offset mismatch tus calls 409."""
+    is answered as the first time was; otherwise it is the offset mismatch tus calls 409.
+
+    Where they end, ``Content-Length`` says without reading them; a chunked body
+    (no ``Content-Length``: a client streaming its source) is read to its end and
+    dropped, at most one byte past what the upload had left at ``offset``, so that
+    its retry is answered alike instead of 409 (which tus-js-client would follow
+    with a ``HEAD`` and a wait).
+    """
     sent = _number(request, "content-length")
+    if sent is None and 0 <= offset < complete.length:
+        sent = await _discarded_length(request, complete.length - offset)
     if sent is not None and offset + sent == complete.length:
         return _answer(
             204,
@@ -484,6 +498,22 @@ def _after_completion(request: Request, offset: int, complete: uploads.UploadCom
             },
         )
     return _refused(409, complete.code, complete.message)
+
+
+async def _discarded_length(request: Request, expected: int) -> int | None:
+    """How many bytes the body has, read and dropped; None past ``expected``."""
+    silence_s: float = request.state.settings.body_timeout_seconds
+    received = 0
+    try:
+        async for chunk in body_chunks(request, silence_s=silence_s, limit=expected):
+            received += len(chunk)
+    except BodyTooLarge:
+        return None
+    except BodySilent as silent:
+        raise _Refusal(silent.status, silent.code, silent.message) from None
+    except ClientDisconnect:
+        raise _Refusal(400, "BAD_REQUEST", "The client went away.") from None
+    return received
 
 
 async def _template_steps(
@@ -534,8 +564,11 @@ async def _sign_in_deferred(request: Request) -> Principal | Deferred:
 
 
 async def _sign_in(request: Request) -> Principal:
+    """The caller, through the sign-in cache (``core.signins``): the PATCHes of one
+    upload carry the same credential, which one read verified for all of them."""
     authorization = request.headers.get("authorization")
     if not authorization:
         raise Unauthenticated("Send `Authorization: Bearer <token>`, as for GraphQL.")
-    async with request.state.sessionmaker() as db:
-        return await authenticate(db, request.state.settings, authorization)
+    credential = presented(request.state.settings, authorization)
+    principal: Principal = await request.state.signins.sign_in(credential)
+    return principal

@@ -32,19 +32,20 @@ import hashlib
 import os
 import re
 import shutil
+import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from bench.client import CSRF, REGISTER, Account, data, graphql, multipart, registration
-from bench.harness import Process, Stack, depot_env, free_port, progress, rss_bytes
+from bench.harness import Process, Stack, cpu_seconds, depot_env, free_port, progress, rss_bytes
 from bench.report import GIB, MIB, environment, table, times, verdict
 
 BLOCK = 4 * MIB
@@ -52,7 +53,7 @@ SAMPLE_SECONDS = 0.05
 # The benchmark account (its password is bench.client's).
 EMAIL = "bench@example.com"
 TUS_CHUNK = 8 * MIB
-TARGETS = {"direct upload": 0.5, "GraphQL multipart": 0.3, "tus, 8 MiB chunks": 0.5}
+TARGETS = {"direct upload": 0.6, "GraphQL multipart": 0.4, "tus, 8 MiB chunks": 0.5}
 RSS_LIMIT = 64 * MIB
 
 CREATE_UPLOAD = """mutation CreateUpload($input: CreateUploadInput!) {
@@ -60,8 +61,9 @@ CREATE_UPLOAD = """mutation CreateUpload($input: CreateUploadInput!) {
 }"""
 COMPLETE_UPLOAD = "mutation CompleteUpload($id: ID!) { completeUpload(id: $id) { size sha256 } }"
 FILE_AT = """query FileAt($path: String!) {
-  files(filter: {pathPrefix: $path}) { edges { node { path size sha256 } } }
+  files(filter: {pathPrefix: $path}) { edges { node { id path size sha256 } } }
 }"""
+PURGE_FILE = "mutation PurgeFile($id: ID!) { purgeFile(id: $id) }"
 UPLOAD_FILE = """mutation UploadFile($file: Upload!, $path: String) {
   uploadFile(file: $file, path: $path) { size sha256 }
 }"""
@@ -254,125 +256,217 @@ def tus_upload(client: httpx.Client, source: Path, path: str, sha256: str) -> di
     return file
 
 
-@dataclass(frozen=True)
-class Result:
+Upload = Callable[[httpx.Client, Path, str, str], dict[str, Any]]
+"""An upload of (client, source file, path, its SHA-256), answering the stored File."""
+
+
+@dataclass
+class Method:
+    """One way of uploading, and what each round measured of it."""
+
     label: str
-    seconds: float
-    rss_growth: int | None = None
+    target: float
+    upload: Upload
+    seconds: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    cpu_per_gib: list[float] = field(default_factory=list)
+    rss_growth: int = 0
     error: str | None = None
 
 
-def measure(
-    sampler: RssSampler, label: str, upload: Any, expected_sha256: str, size: int
-) -> Result:
-    """Time one upload and the server's RSS growth during it; an error is reported, not fatal."""
+METHODS: tuple[tuple[str, Upload], ...] = (
+    ("direct upload", direct_upload),
+    (
+        "GraphQL multipart",
+        lambda client, source, path, _sha256: multipart_upload(client, source, path),
+    ),
+    ("tus, 8 MiB chunks", tus_upload),
+)
+
+
+def _measure_upload(
+    method: Method,
+    client: httpx.Client,
+    server: Process,
+    sampler: RssSampler,
+    source: Path,
+    path: str,
+    sha256: str,
+) -> float | None:
+    """Seconds of one upload (its CPU and RSS growth recorded), or None once it failed."""
+    size = source.stat().st_size
     before = sampler.reset()
+    cpu = cpu_seconds(server.pid)
     started = time.perf_counter()
     try:
-        file = upload()
+        file = method.upload(client, source, path, sha256)
     except (RuntimeError, httpx.HTTPError) as exc:
-        return Result(label, time.perf_counter() - started, error=str(exc)[:300])
+        method.error = str(exc)[:300]
+        return None
     seconds = time.perf_counter() - started
-    if file["size"] != size or file["sha256"] != expected_sha256:
-        return Result(label, seconds, error=f"stored {file}, expected size {size}")
-    return Result(label, seconds, sampler.peak - before)
+    if file["size"] != size or file["sha256"] != sha256:
+        method.error = f"stored {file}, expected size {size}"
+        return None
+    method.cpu_per_gib.append((cpu_seconds(server.pid) - cpu) * GIB / size)
+    method.rss_growth = max(method.rss_growth, sampler.peak - before)
+    return seconds
+
+
+def _round(
+    number: int,
+    methods: list[Method],
+    client: httpx.Client,
+    server: Process,
+    sampler: RssSampler,
+    source: Path,
+    sha256: str,
+    workdir: Path,
+) -> list[float]:
+    """Every method next to a copy of its own, the pair's order flipped every round.
+
+    The methods' order turns too, so none always runs after the same one.
+    Returns the round's copy times.
+    """
+    copies = []
+    turn = number % len(methods)
+    for method in methods[turn:] + methods[:turn]:
+        if method.error is not None:
+            continue
+        path = f"round{number}/{method.label.split()[0].strip(',')}"
+        pair: list[float | None] = []
+        for side in ("copy", "upload") if number % 2 == 0 else ("upload", "copy"):
+            # Whatever the last write left dirty goes to disk first, untimed: an
+            # fsync also waits for the file system's journal, and with it for
+            # the other side's write-back, which doubled some copies' times.
+            os.sync()
+            if side == "copy":
+                pair.append(plain_copy(source, workdir / "copy.bin"))
+            else:
+                pair.append(_measure_upload(method, client, server, sampler, source, path, sha256))
+        copy, upload = pair if number % 2 == 0 else pair[::-1]
+        assert copy is not None
+        copies.append(copy)
+        if upload is not None:
+            method.seconds.append(upload)
+            method.ratios.append(copy / upload)
+    return copies
 
 
 def rate(size: int, seconds: float) -> str:
     return f"{size / MIB / seconds:.0f} MiB/s"
 
 
-def report(size: int, copy_seconds: float, results: list[Result], workdir: Path) -> str:
-    rows = [["method", "time", "throughput", "vs copy", "target", "RSS growth"]]
-    rows.append(["plain copy + fsync", f"{copy_seconds:.2f} s", rate(size, copy_seconds), times(1)])
-    rows[-1] += ["", ""]
+def _spread(values: list[float], format_one: Callable[[float], str]) -> str:
+    """min / median / max, or the one value."""
+    if len(values) == 1:
+        return format_one(values[0])
+    return " / ".join(
+        format_one(value) for value in (min(values), statistics.median(values), max(values))
+    )
+
+
+def report(
+    size: int, rounds: int, copies: list[float], methods: list[Method], workdir: Path
+) -> str:
+    header = [
+        "method",
+        "median time",
+        "throughput",
+        "vs copy, min / median / max",
+        "target",
+        "server CPU per GiB",
+        "RSS growth",
+    ]
+    copy = statistics.median(copies)
+    rows = [
+        header,
+        [
+            "plain copy + fsync",
+            f"{copy:.2f} s",
+            rate(size, copy),
+            f"{_spread(copies, lambda s: f'{s:.2f}')} s",
+            "",
+            "",
+            "",
+        ],
+    ]
     verdicts = []
-    for result in results:
-        if result.error is not None:
-            rows.append([result.label, "failed", "", "", f">= {TARGETS[result.label]:.2f}", ""])
-            verdicts.append(f"{result.label}: FAILED: {result.error}")
+    for method in methods:
+        if method.error is not None or not method.ratios:
+            rows.append([method.label, "failed", "", "", f">= {method.target:.2f}", "", ""])
+            verdicts.append(f"{method.label}: FAILED: {method.error}")
             continue
-        ratio = copy_seconds / result.seconds
-        assert result.rss_growth is not None
-        target = TARGETS[result.label]
+        seconds = statistics.median(method.seconds)
+        ratio = statistics.median(method.ratios)
         rows.append(
             [
-                result.label,
-                f"{result.seconds:.2f} s",
-                rate(size, result.seconds),
-                times(ratio),
-                f">= {target:.2f}",
-                f"{result.rss_growth / MIB:.1f} MiB",
+                method.label,
+                f"{seconds:.2f} s",
+                rate(size, seconds),
+                _spread(method.ratios, times),
+                f">= {method.target:.2f}",
+                f"{statistics.median(method.cpu_per_gib):.2f} s",
+                f"{method.rss_growth / MIB:.1f} MiB",
             ]
         )
-        ok = ratio >= target and result.rss_growth < RSS_LIMIT
-        verdicts.append(f"{result.label}: {verdict(ok, 'its targets')}")
+        ok = ratio >= method.target and method.rss_growth < RSS_LIMIT
+        verdicts.append(f"{method.label}: {verdict(ok, 'its targets')} (median ratio)")
     return "\n".join(
         [
             f"Depot uploads: one {size / MIB:.0f} MiB file to local storage under {workdir}, "
-            "depot serve (uvicorn) on 127.0.0.1, SQLite",
+            f"depot serve (uvicorn) on 127.0.0.1, SQLite; {rounds} rounds, each upload "
+            "next to a copy of its own; load average at the start "
+            f"{os.getloadavg()[0]:.2f}",
             environment("httpx"),
             "",
             *table(rows),
             "",
-            f"targets: direct >= {TARGETS['direct upload']:.1f}x, multipart >= "
-            f"{TARGETS['GraphQL multipart']:.1f}x and tus >= {TARGETS['tus, 8 MiB chunks']:.1f}x "
-            f"the copy rate; RSS growth < {RSS_LIMIT // MIB} MiB",
+            "targets (median of the rounds' ratios): "
+            + ", ".join(f"{method.label} >= {method.target:.1f}x" for method in methods)
+            + f" the copy rate; RSS growth < {RSS_LIMIT // MIB} MiB",
             *verdicts,
         ]
     )
 
 
-def run(size: int, parent: Path | None) -> str:
+def run(size: int, rounds: int, parent: Path | None) -> str:
     with tempfile.TemporaryDirectory(prefix="depot-bench-", dir=parent) as name:
         workdir = Path(name)
         source = workdir / "source.bin"
         progress(f"writing a {size / MIB:.0f} MiB source file…")
         sha256 = make_source(source, size)
+        methods = [Method(label, TARGETS[label], upload) for label, upload in METHODS]
+        copies: list[float] = []
         with depot_serve(workdir, size) as (url, server):
             timeout = httpx.Timeout(30, read=max(300, size / MIB))
             with httpx.Client(base_url=url, timeout=timeout) as client:
                 account = Account.registered(graphql(client, REGISTER, registration(EMAIL)))
                 client.headers.update(account.headers)
-                # Warm up both paths (imports, first connections) with a small file.
+                # Warm up every path (imports, first connections) with a small file.
                 small = workdir / "small.bin"
                 small_sha256 = make_source(small, MIB)
-                direct_upload(client, small, "warm/direct", small_sha256)
-                try:
-                    multipart_upload(client, small, "warm/multipart")
-                except (RuntimeError, httpx.HTTPError) as exc:
-                    progress(f"multipart warm-up failed: {exc}")
-                tus_upload(client, small, "warm/tus", small_sha256)
+                for method in methods:
+                    try:
+                        method.upload(
+                            client, small, f"warm/{method.label.split()[0]}", small_sha256
+                        )
+                    except (RuntimeError, httpx.HTTPError) as exc:
+                        progress(f"{method.label} warm-up failed: {exc}")
                 with RssSampler(server.pid) as sampler:
-                    copies = [plain_copy(source, workdir / "copy.bin")]
-                    progress("direct upload…")
-                    direct = measure(
-                        sampler,
-                        "direct upload",
-                        lambda: direct_upload(client, source, "big/direct", sha256),
-                        sha256,
-                        size,
-                    )
-                    progress("GraphQL multipart upload…")
-                    multipart = measure(
-                        sampler,
-                        "GraphQL multipart",
-                        lambda: multipart_upload(client, source, "big/multipart"),
-                        sha256,
-                        size,
-                    )
-                    progress("tus upload in 8 MiB chunks…")
-                    tus = measure(
-                        sampler,
-                        "tus, 8 MiB chunks",
-                        lambda: tus_upload(client, source, "big/tus", sha256),
-                        sha256,
-                        size,
-                    )
-                    copies.append(plain_copy(source, workdir / "copy.bin"))
-        # The faster of two copies, one before and one after the uploads: the
-        # stricter baseline, and drift during the run shows as their difference.
-        return report(size, min(copies), [direct, multipart, tus], workdir)
+                    for number in range(rounds):
+                        progress(f"round {number + 1} of {rounds}…")
+                        copies += _round(
+                            number, methods, client, server, sampler, source, sha256, workdir
+                        )
+                        # Each round's files go, so the disk holds at most one round's.
+                        _purge_round(client, f"round{number}/")
+        return report(size, rounds, copies, methods, workdir)
+
+
+def _purge_round(client: httpx.Client, prefix: str) -> None:
+    """Delete for good every file under ``prefix``, bytes and all."""
+    for edge in graphql(client, FILE_AT, {"path": prefix})["files"]["edges"]:
+        graphql(client, PURGE_FILE, {"id": edge["node"]["id"]})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -386,10 +480,18 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="directory on the disk to measure (default: the system's temporary directory)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds, each every upload next to a copy of its own (default 3)",
+    )
     args = parser.parse_args(argv)
     if args.size < MIB:
         parser.error("--size must be at least 1MiB")
-    print(run(args.size, args.dir))
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    print(run(args.size, args.rounds, args.dir))
 
 
 if __name__ == "__main__":

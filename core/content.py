@@ -12,7 +12,7 @@ import codecs
 import hashlib
 import re
 import unicodedata
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from urllib.parse import quote
 
 import filetype
@@ -41,17 +41,39 @@ def sniff(head: bytes) -> str:
 
 
 class Fingerprint:
-    """Wraps a byte stream, hashing it and keeping its head as it passes through."""
+    """Wraps a byte stream, hashing it and keeping its head as it passes through.
 
-    def __init__(self, chunks: AsyncIterable[bytes]) -> None:
+    ``Fingerprint.tapped(chunks)`` leaves the hashing to whoever stores the bytes:
+    give :meth:`tap` to ``Storage.put``, and local storage hashes each block in the
+    thread trip that writes it, off the event loop. Reading :attr:`sha256` before
+    every byte that passed was tapped is a bug, and raises.
+    """
+
+    def __init__(self, chunks: AsyncIterable[bytes], *, hash_here: bool = True) -> None:
         self._chunks = chunks
         self._sha256 = hashlib.sha256()
+        self._hash_here = hash_here
         self._head = b""
+        self._hashed = 0
         self.size = 0
+
+    @classmethod
+    def tapped(cls, chunks: AsyncIterable[bytes]) -> Fingerprint:
+        """A fingerprint whose bytes are hashed by :meth:`tap`, not as they pass."""
+        return cls(chunks, hash_here=False)
+
+    def tap(self, parts: Sequence[bytes]) -> None:
+        """Hash ``parts``, the next bytes in order (``storage.base.Tap``; any thread,
+        one call at a time)."""
+        for part in parts:
+            self._sha256.update(part)
+            self._hashed += len(part)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._chunks:
-            self._sha256.update(chunk)
+            if self._hash_here:
+                self._sha256.update(chunk)
+                self._hashed += len(chunk)
             if len(self._head) < HEAD_BYTES:
                 self._head += chunk[: HEAD_BYTES - len(self._head)]
             self.size += len(chunk)
@@ -59,6 +81,11 @@ class Fingerprint:
 
     @property
     def sha256(self) -> str:
+        if self._hashed != self.size:
+            raise RuntimeError(
+                f"{self.size} bytes passed but {self._hashed} were hashed: give "
+                "Fingerprint.tapped's tap to Storage.put"
+            )
         return self._sha256.hexdigest()
 
     @property

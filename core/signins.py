@@ -35,7 +35,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from contextlib import AsyncExitStack, suppress
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, suppress
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
@@ -43,8 +43,9 @@ from typing import Any, Final
 import structlog
 from sqlalchemy import inspect
 from sqlalchemy.orm import attributes, make_transient_to_detached
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.auth import Principal, recheck
+from core.auth import Presented, Principal, recheck, verify
 from core.db import SessionMaker
 from core.errors import Unauthenticated
 from core.eventlog import EventLog, Listener
@@ -157,6 +158,32 @@ class SignIns:
         self._watches: dict[uuid.UUID, _Watch] = {}
 
     # -- the cache -------------------------------------------------------------
+
+    async def sign_in(
+        self,
+        credential: Presented,
+        db: Callable[[], AbstractAsyncContextManager[AsyncSession]] | None = None,
+    ) -> Principal:
+        """The principal behind ``credential``: cached, else read in a session of ``db``
+        (default: a session of its own) and cached for the next request.
+
+        Every signed-in request goes through here, GraphQL's (``api.context``) and
+        the byte routes' (``api.tus``): a stream of requests with one credential
+        pays one read, not one each. Raises ``Unauthenticated`` as
+        :func:`core.auth.verify` does.
+        """
+        expires_at = credential.claims.expires_at if credential.claims is not None else None
+        principal = self.get(credential.key, expires_at)
+        if principal is not None:
+            return principal
+        started = self.now()
+        async with (db or self._sessionmaker)() as session:
+            principal = await verify(session, credential)
+            # Out of the session: a later block's rollback would expire it, and an
+            # expired row cannot load itself again in async code.
+            session.expunge(principal.user)
+        self.put(credential.key, principal, started)
+        return principal
 
     @staticmethod
     def now() -> float:

@@ -100,9 +100,19 @@ class _Reservation:
                 await chunks.aclose()
 
 
-async def _put(storage: Storage, settings: Settings, key: str, chunks: AsyncIterable[bytes]) -> int:
+async def _put(
+    storage: Storage,
+    settings: Settings,
+    key: str,
+    chunks: AsyncIterable[bytes],
+    fingerprint: Fingerprint,
+) -> int:
+    """Store ``chunks``, which pass ``fingerprint`` (``Fingerprint.tapped``): storage
+    hashes them as it writes them."""
     try:
-        return await storage.put(key, chunks, max_size=settings.max_upload_bytes)
+        return await storage.put(
+            key, chunks, max_size=settings.max_upload_bytes, tap=fingerprint.tap
+        )
     except TooLarge:
         raise QuotaExceeded(
             f"A file may have at most {settings.max_upload_bytes} bytes "
@@ -132,10 +142,10 @@ async def stage_output(
     """
     path = normalize_path(path)
     key = storage_key(owner_id, job_id=produced_by)
-    fingerprint = Fingerprint(chunks)
+    fingerprint = Fingerprint.tapped(chunks)
     sample = Sample(fingerprint)
     try:
-        size = await _put(storage, settings, key, sample)
+        size = await _put(storage, settings, key, sample, fingerprint)
         if meta is None:
             meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)
     except BaseException:
@@ -203,10 +213,10 @@ async def store_upload(
     key = storage_key(owner_id, job_id=produced_by)
     reservation = _Reservation(db, owner_id)
     chunks = reservation.through(incoming)
-    fingerprint = Fingerprint(chunks)
+    fingerprint = Fingerprint.tapped(chunks)
     sample = Sample(fingerprint)
     try:
-        size = await _put(storage, settings, key, sample)
+        size = await _put(storage, settings, key, sample, fingerprint)
         await incoming.complete()
         if meta is None:
             meta = await anyio.to_thread.run_sync(probe, sample, fingerprint.content_type)

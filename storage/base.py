@@ -15,7 +15,7 @@ the handle.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -47,6 +47,13 @@ class SignedRequest:
     method: str
     headers: dict[str, str] = field(default_factory=dict)
     expires_at: datetime | None = None
+
+
+Tap = Callable[[Sequence[bytes]], None]
+"""Shown every block of a put's bytes, in order, before ``put`` returns: hashing rides
+along with storage's own handling of them. Local storage calls it in the worker thread
+that writes the block (``hashlib`` lets go of the GIL, so the event loop goes on
+receiving meanwhile); memory and S3 call it as the chunks arrive."""
 
 
 class Links(Protocol):
@@ -152,13 +159,19 @@ class ServedByDepot:
 
 class Storage(Protocol):
     async def put(
-        self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int | None = None,
+        tap: Tap | None = None,
     ) -> int:
         """Store ``chunks`` under ``key``; returns the number of bytes stored.
 
         The object appears only once every chunk is written. If ``chunks``
         raises, or goes past ``max_size`` (``TooLarge``), nothing is left
-        behind and the error propagates.
+        behind and the error propagates. ``tap`` sees every byte stored, in
+        order, by the time this returns (see :data:`Tap`).
         """
         ...
 

@@ -3,7 +3,8 @@
 A write goes to a temporary file in the target's own directory, is flushed to
 disk and renamed over the target, so a reader sees the old object or the new
 one and never half a file. Blocking file calls run in worker threads, in
-large blocks: one thread hop per megabyte, not one per network chunk.
+large blocks: one thread hop per megabyte, not one per network chunk, each overlapping the
+receipt of the next megabyte (``_WriteBehind``).
 
 ``delete_prefix`` removes a key prefix's directory with whatever a dead writer
 left in it, then the parents it emptied, so directories do not pile up for
@@ -13,6 +14,7 @@ vanish, and make it again (``_in_directory``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import ctypes.util
@@ -30,7 +32,7 @@ from urllib.request import url2pathname
 
 import anyio
 
-from storage.base import AppendInterrupted, ServedByDepot, Stat, check_prefix
+from storage.base import AppendInterrupted, ServedByDepot, Stat, Tap, check_prefix
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 BLOCK = 1024 * 1024
@@ -115,10 +117,23 @@ class LocalStorage(ServedByDepot):
         return key_path(self._root, key)
 
     async def put(
-        self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int | None = None,
+        tap: Tap | None = None,
     ) -> int:
+        """Write a temporary file block by block, then rename it over the key's.
+
+        Each block is handed to ``tap`` and written in the same trip to a thread,
+        its write-back started at once (``sync_file_range``), while the loop
+        gathers the next block from ``chunks``: receiving, hashing and writing
+        overlap, and the closing ``fsync`` waits for the last block only.
+        """
         target = key_path(self._root, key)
         fd, temp = await anyio.to_thread.run_sync(_create_temp, target)
+        writer = _WriteBehind(fd, tap)
         size = 0
         try:
             # Chunks are gathered, not concatenated, and written with one writev
@@ -132,13 +147,16 @@ class LocalStorage(ServedByDepot):
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= BLOCK or len(pending) >= MAX_PARTS:
-                    await anyio.to_thread.run_sync(_write, fd, pending)
+                    await writer.send(pending)
                     pending, pending_size = [], 0
-            await anyio.to_thread.run_sync(_write, fd, pending)
-            await anyio.to_thread.run_sync(_finish, fd, temp, target)
+            await writer.wait()
+            # The last block, the flush and the rename in one trip.
+            await anyio.to_thread.run_sync(_write_and_finish, fd, pending, tap, temp, target)
         except BaseException:
-            # Shielded: a cancelled put must still remove its temporary file.
+            # Shielded: a cancelled put must still remove its temporary file, once
+            # the block in flight (if any) is done with its descriptor.
             with anyio.CancelScope(shield=True):
+                await writer.settle()
                 await anyio.to_thread.run_sync(_discard, fd, temp)
             raise
         return size
@@ -238,6 +256,7 @@ class LocalStorage(ServedByDepot):
         """
         staging = _staging_path(key_path(self._root, key))
         fd = await anyio.to_thread.run_sync(_open_staging, key, staging, offset)
+        writer = _WriteBehind(fd, None)
         size = 0
         pending: list[bytes] = []
         pending_size = 0
@@ -250,12 +269,15 @@ class LocalStorage(ServedByDepot):
                     pending.append(chunk)
                     pending_size += len(chunk)
                     if pending_size >= BLOCK or len(pending) >= MAX_PARTS:
-                        await anyio.to_thread.run_sync(_write_behind, fd, pending)
+                        await writer.send(pending)
                         pending, pending_size = [], 0
+                await writer.wait()
             except Exception as exc:
                 if not keep_partial or isinstance(exc, TooLarge):
                     raise
-                # What arrived is kept: written and flushed, then reported.
+                # What arrived is kept: written (the block in flight first) and
+                # flushed, then reported.
+                await writer.wait()
                 await anyio.to_thread.run_sync(_write, fd, pending)
                 await anyio.to_thread.run_sync(os.fsync, fd)
                 raise AppendInterrupted(offset + size) from exc
@@ -269,6 +291,7 @@ class LocalStorage(ServedByDepot):
         except BaseException:
             # Shielded: a cancelled append must still drop what it wrote.
             with anyio.CancelScope(shield=True):
+                await writer.settle()
                 await anyio.to_thread.run_sync(_truncate_and_close, fd, offset)
             raise
         return offset + size
@@ -286,6 +309,43 @@ class LocalStorage(ServedByDepot):
 
     async def aclose(self) -> None:
         """Nothing to release: every file is closed by the call that opened it."""
+
+
+class _WriteBehind:
+    """Blocks of one file written in a worker thread while the loop gathers the next.
+
+    At most one block is in flight, so bytes reach the file in order and at most
+    two blocks are held; a write that failed raises at the next :meth:`send` or
+    :meth:`wait`. The descriptor may be closed only once :meth:`settle` returned.
+    """
+
+    def __init__(self, fd: int, tap: Tap | None) -> None:
+        self._fd = fd
+        self._tap = tap
+        self._writing: asyncio.Future[None] | None = None
+
+    async def send(self, parts: list[bytes]) -> None:
+        """Wait for the block in flight, then start writing ``parts``."""
+        await self.wait()
+        loop = asyncio.get_running_loop()
+        self._writing = loop.run_in_executor(None, _write_behind, self._fd, parts, self._tap)
+
+    async def wait(self) -> None:
+        """Wait for the block in flight; raises its error.
+
+        Shielded: a cancelled wait leaves the write running, not forgotten, for
+        :meth:`settle` to wait for before the descriptor is closed.
+        """
+        writing = self._writing
+        if writing is not None:
+            await asyncio.shield(writing)
+            self._writing = None
+
+    async def settle(self) -> None:
+        """Wait for the block in flight, whatever its outcome (for the cleanup)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await asyncio.wait([writing])
 
 
 # The helpers below run in worker threads.
@@ -350,8 +410,11 @@ def _write(fd: int, parts: list[bytes]) -> None:
             rest = rest[os.write(fd, rest) :]
 
 
-def _write_behind(fd: int, parts: list[bytes]) -> None:
-    """Write ``parts`` and start their write-back now, so the closing flush waits less."""
+def _write_behind(fd: int, parts: list[bytes], tap: Tap | None) -> None:
+    """Show ``parts`` to ``tap``, write them and start their write-back now, so the
+    closing flush waits less."""
+    if tap is not None:
+        tap(parts)
     _write(fd, parts)
     _start_writeback(fd)
 
@@ -362,6 +425,15 @@ def _write_sync_close(fd: int, parts: list[bytes]) -> None:
     _write(fd, parts)
     os.fsync(fd)
     os.close(fd)
+
+
+def _write_and_finish(
+    fd: int, parts: list[bytes], tap: Tap | None, temp: Path, target: Path
+) -> None:
+    if tap is not None:
+        tap(parts)
+    _write(fd, parts)
+    _finish(fd, temp, target)
 
 
 def _finish(fd: int, temp: Path, target: Path) -> None:

@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import AsyncIterable, AsyncIterator
 
 from core.time import utcnow
-from storage.base import AppendInterrupted, ServedByDepot, Stat, check_prefix
+from storage.base import AppendInterrupted, ServedByDepot, Stat, Tap, check_prefix
 from storage.errors import ObjectNotFound, PermanentStorageError, TooLarge
 
 CHUNK = 64 * 1024
@@ -20,10 +20,17 @@ class MemoryStorage(ServedByDepot):
         self._appending: dict[str, bytearray] = {}
 
     async def put(
-        self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int | None = None,
+        tap: Tap | None = None,
     ) -> int:
         data = bytearray()
         async for chunk in chunks:
+            if tap is not None:
+                tap((chunk,))
             data += chunk
             if max_size is not None and len(data) > max_size:
                 raise TooLarge(f"more than {max_size} bytes")

@@ -36,7 +36,7 @@ from botocore.exceptions import BotoCoreError, ClientError  # type: ignore[impor
 
 from core.content import content_disposition
 from core.time import utcnow
-from storage.base import AppendInterrupted, Part, SignedRequest, Stat, check_prefix
+from storage.base import AppendInterrupted, Part, SignedRequest, Stat, Tap, check_prefix
 from storage.errors import ObjectNotFound, PermanentStorageError, StorageError, TooLarge
 
 PART_SIZE = 8 * 1024 * 1024
@@ -142,7 +142,12 @@ class S3Storage:
             return self._clients[endpoint_url]
 
     async def put(
-        self, key: str, chunks: AsyncIterable[bytes], *, max_size: int | None = None
+        self,
+        key: str,
+        chunks: AsyncIterable[bytes],
+        *,
+        max_size: int | None = None,
+        tap: Tap | None = None,
     ) -> int:
         s3 = await self._s3()
         bucket = self._location.bucket
@@ -155,6 +160,8 @@ class S3Storage:
                 size += len(chunk)
                 if max_size is not None and size > max_size:
                     raise TooLarge(f"more than {max_size} bytes")
+                if tap is not None:
+                    tap((chunk,))
                 buffer += chunk
                 if len(buffer) < PART_SIZE:
                     continue

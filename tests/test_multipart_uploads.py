@@ -27,6 +27,7 @@ from tests.support import (
     graphql,
     leftover_objects,
     register,
+    sign_in,
     storage_root,
     used_bytes,
 )
@@ -326,6 +327,62 @@ async def test_uppy_sign_request_is_the_callers_own_upload_only(
     assert await used_bytes(client, ada) == 0
     assert (await ok(client, ada, UPLOADS))["edges"] == []
     assert leftover_objects(settings) == []
+
+
+async def test_control_links_end_with_the_sign_in_that_signed_them(
+    client: httpx.AsyncClient,
+) -> None:
+    """A control link names its credential, as a download link does: once the user
+    signs out (or revokes the personal access token that signed it), every one of
+    them is refused, and the upload is left as it was for a new sign-in to finish."""
+    payload = await register(client)
+    ada = bearer(payload["accessToken"])
+    file = {"path": "left-open.bin", "size": len(DATA)}
+    created = await sign(client, ada, file, method="POST", key="k")
+    key = created["key"]
+    initiated = await client.post(created["url"])
+    [upload_id] = tag(initiated.text, "UploadId")
+    token = await ok(
+        client, ada, 'mutation { createAccessToken(name: "cli") { token accessToken { id } } }'
+    )
+    personal = bearer(token["token"])
+    links = {
+        (who, method): (await sign(client, headers, method=method, key=key, uploadId=upload_id))[
+            "url"
+        ]
+        for who, headers in (("session", ada), ("token", personal))
+        for method in ("GET", "POST", "DELETE")
+    }
+    listed = await client.get(links["token", "GET"])
+    assert listed.status_code == 200, listed.text
+    complete = "<CompleteMultipartUpload/>"
+
+    async def refused(who: str) -> None:
+        for method in ("GET", "POST", "DELETE"):
+            answer = await client.request(
+                method, links[who, method], content=complete if method == "POST" else None
+            )
+            assert (answer.status_code, tag(answer.text, "Code")) == (410, ["EXPIRED"]), (
+                who,
+                method,
+                answer.text,
+            )
+
+    revoke = "mutation Revoke($id: ID!) { revokeAccessToken(id: $id) { id } }"
+    await ok(client, ada, revoke, id=token["accessToken"]["id"])
+    await refused("token")
+    assert (await client.get(links["session", "GET"])).status_code == 200
+    logout = "mutation Out($token: String!) { logout(refreshToken: $token) }"
+    await ok(client, ada, logout, token=payload["refreshToken"])
+    await refused("session")
+    # Nothing was aborted: the upload and its reservation wait for the next sign-in.
+    again = bearer((await sign_in(client))["accessToken"])
+    assert [edge["node"]["path"] for edge in (await ok(client, again, UPLOADS))["edges"]] == [
+        "left-open.bin"
+    ]
+    assert await used_bytes(client, again) == len(DATA)
+    fresh = await sign(client, again, method="GET", key=key, uploadId=upload_id)
+    assert (await client.get(fresh["url"])).status_code == 200
 
 
 CREATE_WITH_PIPELINE = """mutation Create($input: CreateUploadInput!) {

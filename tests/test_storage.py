@@ -8,11 +8,13 @@ directory, pending multipart uploads in the bucket.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import tempfile
+import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -178,6 +180,23 @@ async def test_a_large_stream_round_trips_exactly(backend: Backend) -> None:
     assert await read(backend.storage, KEY) == DATA
     assert (await backend.storage.stat(KEY)).size == len(DATA)
     assert await backend.leftovers() == backend_files(backend, KEY)
+
+
+async def test_a_tap_sees_every_byte_stored_in_order(backend: Backend) -> None:
+    """What ``Fingerprint.tapped`` relies on: the tap has hashed all of it by the time
+    ``put`` returns (local storage taps in its writer thread, blocks in flight)."""
+    seen = hashlib.sha256()
+    sizes: list[int] = []
+
+    def tap(parts: Sequence[bytes]) -> None:
+        for part in parts:
+            seen.update(part)
+            sizes.append(len(part))
+
+    await backend.storage.put(KEY, stream(DATA, chunk=300_001), tap=tap)
+    assert seen.hexdigest() == hashlib.sha256(DATA).hexdigest()
+    assert sum(sizes) == len(DATA)
+    assert await read(backend.storage, KEY) == DATA
 
 
 def backend_files(backend: Backend, *keys: str) -> list[str]:
@@ -736,3 +755,39 @@ async def test_a_local_object_is_read_in_place_where_it_lies(tmp_path: Path) -> 
         assert reader.read() == b"in place", "an open reader keeps the file it opened"
     with pytest.raises(ValueError, match="not a storage key"):
         storage.local_path("../outside")
+
+
+async def test_a_cancelled_local_put_waits_for_the_write_in_flight(tmp_path: Path) -> None:
+    """The block a worker thread is writing when the put is cancelled is waited for
+    before the temporary file's descriptor is closed and the file removed."""
+    storage = LocalStorage(tmp_path / "files")
+    in_tap = threading.Event()
+    release = threading.Event()
+
+    def tap(parts: Sequence[bytes]) -> None:
+        in_tap.set()
+        release.wait(10)
+
+    ended = anyio.Event()
+
+    async def put() -> None:
+        try:
+            await storage.put(KEY, stream(DATA[: 4 * MiB]), tap=tap)
+        finally:
+            ended.set()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(put)
+        await anyio.to_thread.run_sync(in_tap.wait, 10)
+        group.cancel_scope.cancel()
+        with anyio.move_on_after(0.3, shield=True):
+            await ended.wait()
+        # Still waiting for the write, its temporary file still there.
+        assert not ended.is_set()
+        assert [path.name[:5] for path in (tmp_path / "files").rglob("*") if path.is_file()] == [
+            TEMP_PREFIX
+        ]
+        release.set()
+    assert ended.is_set()
+    await assert_missing(storage, KEY)
+    assert [path for path in (tmp_path / "files").rglob("*") if path.is_file()] == []

@@ -42,6 +42,7 @@ from tests.support import (
     subscriber,
     used_bytes,
 )
+from tests.test_database_work import statements
 from tests.test_metrics import delta, scrape
 from workers.maintenance import expire_resumable_uploads, recount_usage
 
@@ -122,6 +123,22 @@ async def patch(
         url,
         headers={**TUS, **OFFSET_STREAM, **headers, "Upload-Offset": str(offset), **extra},
         content=data,
+    )
+
+
+async def patch_chunked(
+    client: httpx.AsyncClient, headers: dict[str, str], url: str, offset: int, data: bytes
+) -> httpx.Response:
+    """A PATCH whose body streams with ``Transfer-Encoding: chunked``, no ``Content-Length``."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(data), 1000):
+            yield data[start : start + 1000]
+
+    return await client.patch(
+        url,
+        headers={**TUS, **OFFSET_STREAM, **headers, "Upload-Offset": str(offset)},
+        content=pieces(),
     )
 
 
@@ -469,6 +486,47 @@ async def test_a_personal_access_token_uploads_too(
     assert [file["path"] for file in await files(client, ada)] == ["pat.txt"]
 
 
+async def test_a_personal_access_token_patches_through_the_sign_in_cache(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A stream of PATCHes signed by one personal access token reads its credential
+    once, not once per PATCH (``core.signins``, as GraphQL does); revoking the token
+    still refuses the next PATCH at once."""
+    settings = make_settings(tmp_path, database_url=database_url, sign_in_cache_seconds=60)
+    async with serve_app(settings) as client:
+        ada = bearer((await register(client))["accessToken"])
+        body = await graphql(
+            client,
+            'mutation { createAccessToken(name: "cli") { token accessToken { id } } }',
+            headers=ada,
+        )
+        created_token = body["data"]["createAccessToken"]
+        token = bearer(created_token["token"])
+        url = await created(client, token, 40, filename="pat.bin")
+        counted = []
+        for offset in range(0, 30, 10):
+            with statements() as seen:
+                answer = await patch(client, token, url, offset, bytes(10))
+            assert answer.status_code == 204, answer.text
+            counted.append(seen)
+        # The first PATCH (or the creation) starts the user's watch; the later ones
+        # are signed in from the cache: the lease's two UPDATEs, nothing read.
+        last = counted[-1]
+        assert not any('"credential"' in sql or "FROM credential" in sql for sql in last), last
+        assert [sql.split()[0] for sql in last if sql.split()[0] != "COMMIT"] == [
+            "UPDATE",
+            "UPDATE",
+        ], last
+        revoke = "mutation Revoke($id: ID!) { revokeAccessToken(id: $id) { id } }"
+        revoked = await graphql(
+            client, revoke, {"id": created_token["accessToken"]["id"]}, headers=ada
+        )
+        assert "errors" not in revoked, revoked
+        refused = await patch(client, token, url, 30, bytes(10))
+        assert refused.status_code == 401, refused.text
+        assert (await head(client, ada, url)).headers["upload-offset"] == "30"
+
+
 async def test_expired_uploads_are_gone_and_maintenance_gives_their_bytes_back(
     client: httpx.AsyncClient, ada: dict[str, str], settings: Settings, engine: AsyncEngine
 ) -> None:
@@ -645,6 +703,16 @@ async def test_a_patch_retried_after_completion_is_answered_again(
     described = await head(client, ada, url)
     assert described.status_code == 200
     assert described.headers["upload-offset"] == str(len(data))
+    # Sent again chunked (no Content-Length, as a client streaming its source does):
+    # read to its end, then answered alike.
+    streamed = await patch_chunked(client, ada, url, 6000, data[6000:])
+    assert "content-length" not in streamed.request.headers
+    assert streamed.status_code == 204, streamed.text
+    assert streamed.headers["upload-offset"] == str(len(data))
+    for start, end in ((6000, len(data) - 1), (6000, len(data)), (0, 6000)):
+        short_or_long = data[start:end] + (b"x" if end == len(data) else b"")
+        wrong = await patch_chunked(client, ada, url, start, short_or_long)
+        assert wrong.status_code == 409, (start, end, wrong.text)
     # Bytes that would not end where the upload did: tus's offset mismatch.
     wrong = await patch(client, ada, url, 0, data[:6000])
     assert wrong.status_code == 409
