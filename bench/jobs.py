@@ -732,25 +732,26 @@ async def run(args: argparse.Namespace, redis_url: str, postgres_url: str | None
                 if args.observed_rounds:
                     progress(f"2b. metrics and tracing on / off, {args.observed_rounds} rounds…")
                     observed = await observed_throughput(workdir, stack.env, args, users)
-                progress(f"3/3 memory: {args.users} users…")
-                api = Api(stack.url)
-                try:
-                    owners = await memory_accounts(api, solo, file_id, args.users)
-                    users += [owner.account.user_id for owner in owners[1:]]
-                finally:
-                    await api.aclose()
                 memories = []
-                for connections, per_connection in layouts:
-                    progress(f"3/3 memory: {connections} WebSockets x {per_connection}…")
-                    # Jobs that stay queued (no worker runs now), each user's own.
+                if args.subscriptions:  # --subscriptions 0 skips 3
+                    progress(f"3/3 memory: {args.users} users…")
                     api = Api(stack.url)
                     try:
-                        await queue_for(api, owners, connections, per_connection)
+                        owners = await memory_accounts(api, solo, file_id, args.users)
+                        users += [owner.account.user_id for owner in owners[1:]]
                     finally:
                         await api.aclose()
-                    memories.append(
-                        await subscription_memory(stack, owners, connections, per_connection)
-                    )
+                    for connections, per_connection in layouts:
+                        progress(f"3/3 memory: {connections} WebSockets x {per_connection}…")
+                        # Jobs that stay queued (no worker runs now), each user's own.
+                        api = Api(stack.url)
+                        try:
+                            await queue_for(api, owners, connections, per_connection)
+                        finally:
+                            await api.aclose()
+                        memories.append(
+                            await subscription_memory(stack, owners, connections, per_connection)
+                        )
             finally:
                 stack.stop()
                 redis_claim.release_redis(redis_url, known, users)
@@ -801,7 +802,10 @@ def main(argv: list[str] | None = None) -> None:
         "--pipelines", type=int, default=20, help="pipeline rounds against separate jobs (20)"
     )
     parser.add_argument(
-        "--subscriptions", type=int, default=1000, help="idle subscriptions measured (1000)"
+        "--subscriptions",
+        type=int,
+        default=1000,
+        help="idle subscriptions measured (1000; 0 skips part 3)",
     )
     parser.add_argument(
         "--connections", type=int, default=50, help="WebSockets they share at first (50)"
