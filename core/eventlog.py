@@ -25,7 +25,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -211,6 +211,17 @@ class EventLog(Protocol):
         """Add an event at the end of ``stream`` (trimmed to about ``max_len``)."""
         ...
 
+    async def append_all(
+        self,
+        streams: Sequence[tuple[str, int | None]],
+        data: Mapping[str, Any],
+        *,
+        expire_first: int | None = None,
+    ) -> None:
+        """Add one event at the end of each of ``streams`` (``(stream, max_len)``), in
+        order, at once; then forget the first stream ``expire_first`` seconds from now."""
+        ...
+
     async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Entry]:
         """Up to ``limit`` events after cursor ``after`` (from the start when None)."""
         ...
@@ -318,6 +329,18 @@ class MemoryEventLog:
         self._fanout.dispatch(stream, event)
         return event
 
+    async def append_all(
+        self,
+        streams: Sequence[tuple[str, int | None]],
+        data: Mapping[str, Any],
+        *,
+        expire_first: int | None = None,
+    ) -> None:
+        for stream, max_len in streams:
+            await self.append(stream, data, max_len=max_len)
+        if expire_first is not None and streams:
+            await self.expire(streams[0][0], expire_first)
+
     async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Entry]:
         last = parse_cursor(after) if after is not None else (-1, -1)
         with self._lock:
@@ -371,6 +394,26 @@ redis.call('PUBLISH', ARGV[3], ARGV[4] .. '\\n' .. id .. '\\n' .. ARGV[1])
 return id
 """
 
+# _APPEND to each of KEYS, then the first one's EXPIRE, in one round trip: a step's
+# status change goes to its stream, its pipeline's and its owner's (one trip, not four).
+# ARGV: the payload, the channel, the expiry (0: none), then per key its MAXLEN and name.
+_APPEND_ALL = """
+for i, key in ipairs(KEYS) do
+  local max_len = tonumber(ARGV[2 + 2 * i])
+  local id
+  if max_len > 0 then
+    id = redis.call('XADD', key, 'MAXLEN', '~', max_len, '*', 'd', ARGV[1])
+  else
+    id = redis.call('XADD', key, '*', 'd', ARGV[1])
+  end
+  redis.call('PUBLISH', ARGV[2], ARGV[3 + 2 * i] .. '\\n' .. id .. '\\n' .. ARGV[1])
+end
+if tonumber(ARGV[3]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+end
+return 1
+"""
+
 # One installation's keys are ``<prefix>:events:<stream>``, its channel ``<prefix>:events``.
 DEFAULT_PREFIX: Final = "depot"
 
@@ -405,6 +448,7 @@ class RedisEventLog:
         self._prefix = prefix
         self._channel = f"{prefix}:events"
         self._append = redis.register_script(_APPEND)
+        self._append_all = redis.register_script(_APPEND_ALL)
         self._fanout = _Fanout()
         self._reader: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -419,6 +463,19 @@ class RedisEventLog:
             args=[payload, max_len or 0, self._channel, stream],
         )
         return Entry(_text(cursor), dict(data))
+
+    async def append_all(
+        self,
+        streams: Sequence[tuple[str, int | None]],
+        data: Mapping[str, Any],
+        *,
+        expire_first: int | None = None,
+    ) -> None:
+        payload = json.dumps(data, separators=(",", ":"))
+        args: list[str | int] = [payload, self._channel, expire_first or 0]
+        for stream, max_len in streams:
+            args += [max_len or 0, stream]
+        await self._append_all(keys=[stream_key(s, self._prefix) for s, _ in streams], args=args)
 
     async def read(self, stream: str, after: str | None, limit: int = PAGE) -> list[Entry]:
         if after is not None:

@@ -310,21 +310,21 @@ async def _append(
     owner_id: uuid.UUID,
     retention_seconds: int | None,
 ) -> None:
+    # Every stream an event goes to in one call: one round trip to Redis.
     data = event.to_data()
     if isinstance(event, JobStatusChanged):
-        stream = job_stream(event.job_id)
-        await log.append(stream, data)
+        streams: list[tuple[str, int | None]] = [(job_stream(event.job_id), None)]
         if event.pipeline_id is not None:
-            await log.append(job_stream(event.pipeline_id), data)
-        if isinstance(event, JobProgressed):
-            return
-        await log.append(user_stream(owner_id), data, max_len=USER_STREAM_LENGTH)
-        if event.status.is_final and retention_seconds is not None:
-            await log.expire(stream, retention_seconds)
+            streams.append((job_stream(event.pipeline_id), None))
+        ends = None
+        if not isinstance(event, JobProgressed):
+            streams.append((user_stream(owner_id), USER_STREAM_LENGTH))
+            if event.status.is_final:
+                ends = retention_seconds
+        await log.append_all(streams, data, expire_first=ends)
     elif isinstance(event, CredentialsRevoked):
         stream = credentials_stream(event.user_id)
-        await log.append(stream, data, max_len=1)
-        await log.expire(stream, CREDENTIALS_STREAM_SECONDS)
+        await log.append_all([(stream, 1)], data, expire_first=CREDENTIALS_STREAM_SECONDS)
     else:
         await log.append(user_stream(owner_id), data, max_len=USER_STREAM_LENGTH)
 

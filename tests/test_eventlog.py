@@ -113,6 +113,27 @@ async def test_an_expired_stream_is_forgotten(log: EventLog) -> None:
     assert _numbers(await log.read("job:kept", None)) == [0]
 
 
+async def test_append_all_tells_each_stream_live_then_expires_the_first(log: EventLog) -> None:
+    async with log.listen(STREAM) as first, log.listen("user:all") as other:
+        await log.append_all(
+            [(STREAM, None), ("job:pipeline", None), ("user:all", 1)], {"n": 7}, expire_first=1
+        )
+        with anyio.fail_after(5):
+            heard = [await first.queue.get(), await other.queue.get()]
+    assert [entry.data["n"] for entry in heard if isinstance(entry, Entry)] == [7, 7]
+    for stream in (STREAM, "job:pipeline", "user:all"):
+        assert _numbers(await log.read(stream, None)) == [7]
+    with anyio.fail_after(5):  # only the first stream goes after its second
+        while True:
+            if not await log.read(STREAM, None):
+                break
+            await anyio.sleep(0.05)
+    assert _numbers(await log.read("job:pipeline", None)) == [7]
+    for n in range(300):
+        await log.append_all([("user:all", 50)], {"n": n})
+    assert 50 <= len(await log.read("user:all", None, limit=300)) <= 150, "trimmed to about 50"
+
+
 async def test_max_len_keeps_about_the_newest_entries(log: EventLog) -> None:
     appended = [await log.append(STREAM, {"n": n}, max_len=50) for n in range(300)]
     kept = await log.read(STREAM, None, limit=300)
