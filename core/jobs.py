@@ -172,7 +172,7 @@ async def cancel_job(db: AsyncSession, owner_id: uuid.UUID, job_id: uuid.UUID) -
         await db.commit()
         if cancelled_now is not None:
             cancelled = await get_owned_job(db, owner_id, job_id)
-            _count_finished(cancelled)
+            count_finished(cancelled)
             return cancelled, True
         # It started meanwhile: ask its worker instead.
         job = await get_owned_job(db, owner_id, job_id)
@@ -391,9 +391,10 @@ def _count_attempt(job: Job, *, took_over: bool) -> None:
         metrics.JOB_QUEUE_WAIT.labels(kind).observe(max(waited, 0.0))
 
 
-def _count_finished(job: Job) -> None:
+def count_finished(job: Job) -> None:
     """A final status committed: every one is written by ``finish`` or ``cancel_job``,
-    so counting in those two misses none and counts none twice."""
+    so counting in those two (or after the commit of ``finish(commit=False)``) misses
+    none and counts none twice."""
     metrics.JOBS_FINISHED.labels(job.kind, job.status.value).inc()
     if job.started_at is not None and job.finished_at is not None:
         ran = (job.finished_at - job.started_at).total_seconds()
@@ -428,8 +429,10 @@ async def finish(
     notify: bool = False,
     file_meta: Mapping[uuid.UUID, dict[str, Any]] | None = None,
     outputs: Sequence[File] = (),
+    commit: bool = True,
 ) -> Job | None:
-    """End a running job with ``status``; commits.
+    """End a running job with ``status``; commits (with ``commit=False`` the caller does,
+    then calls :func:`count_finished`: a step's end commits with its pipeline's advance).
 
     None if it was not running (or, given ``attempt``, runs another attempt:
     a worker whose heartbeat went stale was taken over). In the same
@@ -468,9 +471,10 @@ async def finish(
         await webhooks.queue_job_finished(db, job)
         if notify:
             await notifications.job_ended(db, job)
-    await db.commit()
-    if job is not None:
-        _count_finished(job)
+    if commit:
+        await db.commit()
+        if job is not None:
+            count_finished(job)
     return job
 
 

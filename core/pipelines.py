@@ -29,8 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final
 
-from sqlalchemy import func, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -314,27 +313,54 @@ class Advanced:
     pipeline: Job | None
 
 
+NOTHING: Final = Advanced([], None)
+"""What an :func:`advance` that changed nothing returns."""
+
+# Built once, as the claim's statements are. FOR NO KEY UPDATE on PostgreSQL: two
+# advances of one pipeline take turns, and a step's job inserted meanwhile (its
+# foreign key's KEY SHARE lock) is not held up. SQLite has no row locks and needs
+# none: its writers take turns, and the step's end that advances is a write first.
+_LOCKED: Final = (
+    select(Job)
+    .where(col(Job.id) == bindparam("pipeline_id"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+
+
 async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
     """Start the steps whose inputs are ready, and end the pipeline when all steps are final.
 
-    Safe to call any number of times, concurrently too: see the module's docstring.
+    Not committed: the caller commits it, with the end of the step that made
+    it due when there is one (a worker finishing a step), so that no crash
+    between the two leaves a pipeline that a step's end did not advance.
+    Concurrent calls take turns on the pipeline's row (see :data:`_LOCKED`):
+    the later one reads what the earlier one committed, so two branches that
+    end at the same moment start what follows them once. ``IntegrityError``
+    when a step's job could not be inserted all the same (a step started by
+    an advance that read before this one wrote, on SQLite; an input file
+    purged meanwhile): the caller rolls back and calls again.
     """
-    pipeline = await db.get(Job, pipeline_id, populate_existing=True)
+    pipeline = (await db.exec(_LOCKED, params={"pipeline_id": pipeline_id})).first()
     if pipeline is None or pipeline.kind != PIPELINE or pipeline.status.is_final:
-        return Advanced([], None)
+        return NOTHING
     if pipeline.awaiting_upload and pipeline.cancel_requested_at is None:
-        return Advanced([], None)  # its file is not there yet
-    now = utcnow()
+        return NOTHING  # its file is not there yet
     if pipeline.status is JobStatus.QUEUED:
-        await db.exec(
+        now = utcnow()
+        running = await db.exec(
             update(Job)
             .where(col(Job.id) == pipeline.id, col(Job.status) == JobStatus.QUEUED)
             .values(status=JobStatus.RUNNING, started_at=now, updated_at=now)
+            .returning(Job)
+            .execution_options(populate_existing=True)
         )
-        await db.commit()
-        return await advance(db, pipeline_id)
-    children = await children_of(db, [pipeline.id])
-    found = states(pipeline, children)
+        pipeline = running.scalars().first()
+        if pipeline is None:
+            # Started meanwhile by an advance that read it before this one (SQLite has
+            # no row lock to wait on): this transaction now reads what that one did.
+            return await advance(db, pipeline_id)
+    found = states(pipeline, await children_of(db, [pipeline.id]))
     done = {state.step.name: state for state in found}
     started: list[Job] = []
     for state in found:
@@ -342,19 +368,17 @@ async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
             used == INPUT or done[used].status is StepStatus.SUCCEEDED for used in state.step.use
         )
         if state.status is StepStatus.PENDING and ready:
-            job = await _start_step(db, pipeline, state.step, done)
-            if job is None:
-                # Another call started it first; the rollback expired what was read here.
-                again = await advance(db, pipeline_id)
-                return Advanced(started + again.started, again.pipeline)
-            started.append(job)
+            started.append(await _start_step(db, pipeline, state.step, done))
     if started:
+        # A step that failed at once skips what uses it: nothing it made is ready, so
+        # nothing more starts, and the pipeline may end now.
         found = states(pipeline, await children_of(db, [pipeline.id]))
     return Advanced(started, await _update(db, pipeline, found))
 
 
 async def _update(db: AsyncSession, pipeline: Job, found: list[StepState]) -> Job | None:
-    """The pipeline's new progress, or its end once every step is final; None if unchanged."""
+    """The pipeline's new progress, or its end once every step is final (not committed);
+    None if unchanged."""
     progress = progress_of(found)
     now = utcnow()
     values: dict[str, Any] = {"progress": progress, "updated_at": now}
@@ -379,21 +403,19 @@ async def _update(db: AsyncSession, pipeline: Job, found: list[StepState]) -> Jo
         .where(col(Job.id) == pipeline.id, col(Job.status) == JobStatus.RUNNING)
         .values(**values)
         .returning(Job)
+        .execution_options(populate_existing=True)
     )
     changed = result.scalars().first()
     if changed is not None and changed.status.is_final:
         # In the same transaction, as any job's end: its webhooks commit with it.
         await webhooks.queue_job_finished(db, changed)
-    await db.commit()
-    if changed is not None and changed.status.is_final:
-        metrics.JOBS_FINISHED.labels(PIPELINE, changed.status.value).inc()
     return changed
 
 
 async def _start_step(
     db: AsyncSession, pipeline: Job, step: Step, done: dict[str, StepState]
-) -> Job | None:
-    """Insert the step's job, reading what its ``use`` made; None if another call did first."""
+) -> Job:
+    """Insert the step's job (not committed), reading what its ``use`` made."""
     found = await _used_files(db, pipeline, step, done)
     if step.accept is not None:
         found = [file for file in found if fnmatch.fnmatch(file.content_type, step.accept)]
@@ -428,18 +450,14 @@ async def _start_step(
     if error is not None:
         job.status, job.error, job.finished_at = JobStatus.FAILED, error, now
     db.add(job)
-    try:
+    # The job row first: JobInput's foreign key needs it. The unique index
+    # (pipeline_id, step) refuses a second job for the step (IntegrityError).
+    await db.flush()
+    if error is None:
+        db.add_all(
+            JobInput(job_id=job.id, position=i, file_id=file_id) for i, file_id in enumerate(ids)
+        )
         await db.flush()
-        if error is None:
-            db.add_all(
-                JobInput(job_id=job.id, position=i, file_id=file_id)
-                for i, file_id in enumerate(ids)
-            )
-        await db.commit()
-    except IntegrityError:
-        await db.rollback()  # the step has its job already: another call started it
-        return None
-    db.expunge(job)  # kept as committed: a later rollback in this session must not expire it
     return job
 
 

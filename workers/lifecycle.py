@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import threading
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, ClassVar, Final, TypeVar
@@ -37,8 +37,10 @@ from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 from opentelemetry import trace
 from opentelemetry.trace import Span, Status, StatusCode
+from sqlalchemy.exc import IntegrityError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import jobs, tracing
+from core import jobs, pipelines, tracing
 from core.errors import Conflict, QuotaExceeded
 from core.events import FileCreated, JobStatusChanged, announce
 from core.models import File, Job, JobStatus
@@ -58,7 +60,7 @@ from workers.context import JobContext
 from workers.doorbell import DoorbellStubBroker
 from workers.errors import JobCancelled, JobFailed, JobInterrupted, is_transient
 from workers.kind import Kind
-from workers.pipeline import advance
+from workers.pipeline import advance, release
 from workers.registry import KINDS
 from workers.resources import Resources, Shared, open_resources
 from workers.scratch import remove_abandoned
@@ -232,18 +234,18 @@ async def _claim(resources: Resources, job_id: uuid.UUID) -> jobs.Claimed:
             await jobs.remove_outputs(db, resources.storage, job)
         if claimed.claim is jobs.Claim.END:
             assert claimed.status is not None
-            ended = await jobs.finish(
+            ending = await _finish(
                 db,
                 job.id,
                 claimed.status,
+                notify=resources.settings.mail_enabled,
                 error=claimed.error,
                 message=claimed.message,
-                notify=resources.settings.mail_enabled,
             )
-            if ended is not None:
-                await _publish_status(resources, ended)
+            if ending.job is not None:
+                await _publish_status(resources, ending.job)
             if job.pipeline_id is not None:
-                await _advance(resources, job.pipeline_id)
+                await _advance(resources, job.pipeline_id, ending.advanced)
             return jobs.Claimed(jobs.Claim.SKIP)
     await _publish_status(resources, job)
     return claimed
@@ -272,15 +274,90 @@ async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -
     outputs = attempt.context.outputs if attempt.context is not None else []
     file_meta = attempt.context.file_meta if attempt.context is not None else {}
     with trace.use_span(attempt.span, end_on_exit=False):
-        again, changed = await patiently(
+        recorded = await patiently(
             lambda: _record(resources, attempt.job, outputs, outcome, file_meta)
         )
+        changed = recorded.job
         if changed is not None:
             if changed.status is JobStatus.SUCCEEDED:
                 for file in outputs:
                     await _publish_file(resources, file)
             await _publish_status(resources, changed)
-    return again
+        pipeline_id = attempt.job.pipeline_id
+        if not recorded.again and pipeline_id is not None:
+            await _advance(resources, pipeline_id, recorded.advanced)
+    return recorded.again
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """What :func:`_finish` did: the job if it ended it, and what its pipeline's advance
+    decided in the same transaction (None: the pipeline is still to be advanced)."""
+
+    job: Job | None
+    advanced: pipelines.Advanced | None
+
+
+async def _finish(
+    db: AsyncSession,
+    job_id: uuid.UUID,
+    status: JobStatus,
+    *,
+    notify: bool,
+    attempt: int | None = None,
+    error: str | None = None,
+    message: str | None = None,
+    outputs: Sequence[File] = (),
+    file_meta: Mapping[uuid.UUID, dict[str, Any]] | None = None,
+) -> _Ending:
+    """End the job (:func:`core.jobs.finish`) and, a pipeline's step, advance its pipeline
+    in the same transaction (:func:`core.pipelines.advance`); commits.
+
+    The worker's one way to end a job. One transaction for both, so that no
+    crash ends a step without advancing its pipeline, and a pipeline step
+    costs one transaction, not two; the caller releases what the advance
+    started (:func:`_advance`) once it has announced the step's end. An
+    advance that cannot insert a step's job (``IntegrityError``, rare: see
+    :func:`core.pipelines.advance`) is undone, and the step ends alone, its
+    pipeline advanced on its own afterwards.
+    """
+
+    async def end(commit: bool) -> Job | None:
+        return await jobs.finish(
+            db,
+            job_id,
+            status,
+            error=error,
+            message=message,
+            attempt=attempt,
+            notify=notify,
+            file_meta=file_meta,
+            outputs=outputs,
+            commit=commit,
+        )
+
+    ended = await end(commit=False)
+    advanced: pipelines.Advanced | None = pipelines.NOTHING
+    if ended is not None and ended.pipeline_id is not None:
+        try:
+            advanced = await pipelines.advance(db, ended.pipeline_id)
+        except IntegrityError:
+            await db.rollback()
+            return _Ending(await end(commit=True), None)
+    await db.commit()
+    if ended is not None:
+        jobs.count_finished(ended)
+    return _Ending(ended, advanced)
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What :func:`_record` did: whether to send the job again, the job if its status
+    changed, and its pipeline's advance when the record made one (see :class:`_Ending`)."""
+
+    again: bool
+    job: Job | None
+    advanced: pipelines.Advanced | None = None
 
 
 async def _record(
@@ -289,69 +366,59 @@ async def _record(
     outputs: list[File],
     outcome: Outcome,
     file_meta: dict[uuid.UUID, dict[str, Any]],
-) -> tuple[bool, Job | None]:
-    """The database side of ``_conclude``: (send again?, the job if its status changed).
+) -> _Recorded:
+    """The database side of ``_conclude``.
 
     A success writes the attempt's output rows and their quota with the
-    final status (:func:`core.jobs.finish`); a full quota or a path taken
-    meanwhile fails the job instead. Safe to repeat after a failure midway: a
-    status this attempt already recorded is recognised, not undone.
+    final status (:func:`_finish`); a full quota or a path taken meanwhile
+    fails the job instead. Safe to repeat after a failure midway: a status
+    this attempt already recorded is recognised, not undone.
     """
     job_id, attempt = ran.id, ran.attempts
     storage = resources.storage
     # Its notification (before the announcement, so a subscriber that sees the
     # final event finds the row) and what it learnt about files go with the status.
-    ending: dict[str, Any] = {
-        "notify": resources.settings.mail_enabled,
-        "file_meta": file_meta,
-    }
+    notify = resources.settings.mail_enabled
     async with resources.sessionmaker() as db:
         if isinstance(outcome, Succeeded):
-            # The common case, in one transaction: its conditional UPDATE wins only
-            # while this attempt is the job's running one; otherwise look at the row below.
+            # The common case, in one transaction and no read: its conditional UPDATE
+            # wins only while this attempt is the job's running one; otherwise the
+            # row tells below (recorded by an earlier try, or taken over).
             try:
-                ended = await jobs.finish(
+                ending = await _finish(
                     db,
                     job_id,
                     JobStatus.SUCCEEDED,
-                    message="Done.",
+                    notify=notify,
                     attempt=attempt,
+                    message="Done.",
                     outputs=outputs,
-                    **ending,
+                    file_meta=file_meta,
                 )
             except (Conflict, QuotaExceeded) as exc:
                 await db.rollback()
                 outcome = Failed(exc.message)
             else:
-                if ended is not None:
-                    return False, ended
+                if ending.job is not None:
+                    return _Recorded(False, ending.job, ending.advanced)
         job = await db.get(Job, job_id, populate_existing=True)
         if job is None:
             await _discard(resources, outputs)
-            return False, None
+            return _Recorded(False, None)
         if job.attempts == attempt and job.status is not JobStatus.RUNNING:
             if job.status is outcome.status:
-                return False, job  # recorded by an earlier try of this very step
+                return _Recorded(False, job)  # recorded by an earlier try of this very step
             if job.status is JobStatus.QUEUED and isinstance(outcome, Unavailable | Interrupted):
-                return True, job
-        if job.status is not JobStatus.RUNNING or job.attempts != attempt:
+                return _Recorded(True, job)
+        if (
+            job.status is not JobStatus.RUNNING
+            or job.attempts != attempt
+            or isinstance(outcome, Succeeded)
+        ):
             # Not ours any more (taken over while our heartbeat was stale):
             # keep nothing of this attempt.
             await _discard(resources, outputs)
-            return False, None
-        if isinstance(outcome, Succeeded):
-            ended = await jobs.finish(
-                db,
-                job_id,
-                JobStatus.SUCCEEDED,
-                message="Done.",
-                attempt=attempt,
-                outputs=outputs,
-                **ending,
-            )
-            if ended is None:
-                await _discard(resources, outputs)
-            return False, ended
+            return _Recorded(False, None)
         # Whatever this attempt stored, its rows unwritten, goes with the job's prefix.
         await jobs.remove_outputs(db, storage, job)
         if isinstance(outcome, Interrupted):
@@ -362,7 +429,7 @@ async def _record(
                 attempt=attempt,
                 refund=True,
             )
-            return requeued is not None, requeued
+            return _Recorded(requeued is not None, requeued)
         if isinstance(outcome, Unavailable) and attempt < job.max_attempts:
             requeued = await jobs.requeue(
                 db,
@@ -370,35 +437,42 @@ async def _record(
                 f"Attempt {attempt} met a temporary problem; trying again.",
                 attempt=attempt,
             )
-            return requeued is not None, requeued
-        ended = await jobs.finish(
+            return _Recorded(requeued is not None, requeued)
+        ending = await _finish(
             db,
             job_id,
             outcome.status,
+            notify=notify,
+            attempt=attempt,
             error=outcome.error if isinstance(outcome, Failed) else None,
             message="Cancelled." if isinstance(outcome, Cancelled) else None,
-            attempt=attempt,
-            **ending,
+            file_meta=file_meta,
         )
-        return False, ended
+        return _Recorded(False, ending.job, ending.advanced)
 
 
-async def _advance(resources: Resources, pipeline_id: uuid.UUID) -> None:
-    """Tell a step's pipeline that the step ended (:func:`workers.pipeline.advance`).
+async def _advance(
+    resources: Resources, pipeline_id: uuid.UUID, advanced: pipelines.Advanced | None = None
+) -> None:
+    """Tell a step's pipeline that the step ended: release what the step's finishing
+    transaction decided (:func:`workers.pipeline.release`), or, with nothing decided,
+    advance it on its own (:func:`workers.pipeline.advance`).
 
     Patient with a briefly unreachable database; if it still fails, the
-    pipeline waits for maintenance, which advances quiet pipelines.
+    pipeline waits for maintenance, which advances quiet pipelines (and
+    sends queued jobs whose message was lost).
     """
+    sessions, send, events, settings = (
+        resources.sessionmaker,
+        resources.jobs.send,
+        resources.events,
+        resources.settings,
+    )
     try:
-        await patiently(
-            lambda: advance(
-                resources.sessionmaker,
-                resources.jobs.send,
-                resources.events,
-                resources.settings,
-                pipeline_id,
-            )
-        )
+        if advanced is not None:
+            await release(sessions, send, events, settings, advanced)
+        else:
+            await patiently(lambda: advance(sessions, send, events, settings, pipeline_id))
     except Exception:
         logger.exception("pipeline not advanced", pipeline_id=str(pipeline_id))
 
@@ -570,8 +644,6 @@ class JobLifecycle(Middleware):
                 attempt.span.set_status(Status(StatusCode.ERROR, outcome.error))
             attempt.span.end()
         if not again:
-            if attempt.job.pipeline_id is not None:
-                _run(_advance(self.resources, attempt.job.pipeline_id))
             return
         if isinstance(outcome, Interrupted):
             broker.enqueue(message.copy())  # for another worker, now

@@ -8,9 +8,11 @@ what its kind reads (its ``reads`` against what the used steps ``makes``, and
 one file for a kind that takes one). Each refusal is ``BAD_USER_INPUT`` whose
 ``field`` names the step (``steps.<name>``).
 
-:func:`advance` is the one call the API (after a start, cancel or retry),
-the workers (after a step's job ends) and maintenance make: the orchestrator
-decides, then the steps it started are announced and sent.
+:func:`advance` is the call the API (after a start, cancel or retry) and
+maintenance make: the orchestrator decides in a transaction of its own, then
+:func:`release` sends and announces what it started. A worker ending a step
+decides in the step's finishing transaction and calls :func:`release` after
+its commit (``workers.lifecycle``).
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import jobs, pipelines
+from core import jobs, metrics, pipelines
 from core.errors import BadUserInput
 from core.eventlog import EventLog
 from core.events import JobProgressed, JobStatusChanged, announce
-from core.models import File, JobStatus
+from core.models import PIPELINE, File, JobStatus
 from core.pipelines import INPUT, MAX_STEP_INPUTS, Step
 from core.settings import Settings
 from workers.kind import Kind
@@ -218,16 +221,46 @@ Send = Callable[[uuid.UUID, str], Awaitable[None]]
 """Hands a job's message to the broker (``workers.broker.Jobs.send``)."""
 
 
+ADVANCE_TRIES: Final = 5
+"""How many times an advance on its own is decided again after losing a race
+(:func:`core.pipelines.advance`'s ``IntegrityError``) before it gives up to maintenance."""
+
+
 async def advance(
     sessions: Sessions, broker: Send, events: EventLog, settings: Settings, pipeline_id: uuid.UUID
 ) -> None:
-    """Let the orchestrator start what is ready; announce and send what it started.
+    """Advance the pipeline in a transaction of its own, then :func:`release` what it decided.
+
+    For the API (after a start, cancel or retry), maintenance, and a worker
+    handed a finished step's message again; a worker ending a step advances
+    in the step's own transaction instead (``workers.lifecycle``).
+    """
+    async with sessions() as db:
+        for tries in range(1, ADVANCE_TRIES + 1):
+            try:
+                advanced = await pipelines.advance(db, pipeline_id)
+                await db.commit()
+                break
+            except IntegrityError:
+                # A step started meanwhile, or a file it was to read went: decide again.
+                await db.rollback()
+                if tries == ADVANCE_TRIES:
+                    raise
+    await release(sessions, broker, events, settings, advanced)
+
+
+async def release(
+    sessions: Sessions,
+    broker: Send,
+    events: EventLog,
+    settings: Settings,
+    advanced: pipelines.Advanced,
+) -> None:
+    """Once an advance has committed: send and announce the steps it started, and tell of
+    the pipeline's progress or end.
 
     A send that fails leaves the job marked unsent, for maintenance to send.
     """
-    async with sessions() as db:
-        advanced = await pipelines.advance(db, pipeline_id)
-    retention = settings.job_events_retention_seconds
     for job in advanced.started:
         await announce(events, JobStatusChanged.of(job), owner_id=job.owner_id)
         if job.status is JobStatus.QUEUED:
@@ -235,11 +268,11 @@ async def advance(
     changed = advanced.pipeline
     if changed is not None:
         final = changed.status.is_final
+        if final:
+            metrics.JOBS_FINISHED.labels(PIPELINE, changed.status.value).inc()
         event = JobStatusChanged.of(changed) if final else JobProgressed.of(changed)
+        retention = settings.job_events_retention_seconds
         await announce(events, event, owner_id=changed.owner_id, retention_seconds=retention)
-    if advanced.started and any(job.status.is_final for job in advanced.started):
-        # A step that could not start failed at once: what follows from it is decided now.
-        await advance(sessions, broker, events, settings, pipeline_id)
 
 
 async def uploaded(
