@@ -360,7 +360,8 @@ async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
             # Started meanwhile by an advance that read it before this one (SQLite has
             # no row lock to wait on): this transaction now reads what that one did.
             return await advance(db, pipeline_id)
-    found = states(pipeline, await children_of(db, [pipeline.id]))
+    children = await children_of(db, [pipeline.id])
+    found = states(pipeline, children)
     done = {state.step.name: state for state in found}
     started: list[Job] = []
     for state in found:
@@ -371,8 +372,9 @@ async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
             started.append(await _start_step(db, pipeline, state.step, done))
     if started:
         # A step that failed at once skips what uses it: nothing it made is ready, so
-        # nothing more starts, and the pipeline may end now.
-        found = states(pipeline, await children_of(db, [pipeline.id]))
+        # nothing more starts, and the pipeline may end now. The steps' jobs are those
+        # read under the lock and those just inserted: no need to read them again.
+        found = states(pipeline, [*children, *started])
     return Advanced(started, await _update(db, pipeline, found))
 
 
