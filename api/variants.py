@@ -19,9 +19,7 @@ changes).
 from __future__ import annotations
 
 import functools
-import tempfile
 import uuid
-from pathlib import Path
 
 import anyio
 from sqlmodel import col, select
@@ -38,6 +36,7 @@ from workers.decoders import run_isolated
 from workers.errors import JobFailed
 from workers.images import chunks_of
 from workers.media_limits import MediaLimits, known_excess
+from workers.scratch import scratch_directory
 from workers.variants import VariantSpec, render
 
 IMMUTABLE = "private, max-age=31536000, immutable"
@@ -104,8 +103,9 @@ async def _render(request: Request, source: File, spec: VariantSpec, path: str) 
     storage = request.state.storage
     limiter: anyio.CapacityLimiter = request.state.variant_limiter
     limits = MediaLimits.of(settings)
-    with tempfile.TemporaryDirectory(prefix="depot-variant-") as scratch:
-        spooled, out = Path(scratch) / "source", Path(scratch) / spec.name
+    # A job's kind of scratch directory: a killed API's leftovers go at a worker's start.
+    with scratch_directory("variant") as scratch:
+        spooled, out = scratch / "source", scratch / spec.name
         async with await anyio.open_file(spooled, "wb") as handle:
             async for chunk in storage.open(source.storage_key):
                 await handle.write(chunk)

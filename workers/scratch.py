@@ -1,8 +1,9 @@
 """Jobs' temporary directories, and the ones a killed worker left behind.
 
-A job that needs files on disk (a spooled source, a decoder's outputs) makes
+A job that needs files on disk (a spooled source, a decoder's outputs), and the
+API rendering an image variant (``api.variants``), makes
 them in a :func:`scratch_directory`, ``$TMPDIR/depot-job-<what>-<random>``,
-removed when the block ends. A worker that is SIGKILLed (or meets the OOM
+removed when the block ends. A process that is SIGKILLed (or meets the OOM
 killer) never reaches that end, and its directories, a source's copy among
 them, would stay for good. So each process holds a lock (``flock``) on every
 directory it is using: the kernel lets go of it when the process dies, however
