@@ -89,6 +89,20 @@ class _HeldEtas:
         return max(0, min(longest_ms, int(min(etas) - current_millis())))
 
 
+class _ReleasesHeld(Consumer):
+    """A consumer's ack and nack, forgetting the message's due time first."""
+
+    _held: _HeldEtas
+
+    def ack(self, message: MessageProxy) -> None:
+        self._held.release(message)
+        super().ack(message)
+
+    def nack(self, message: MessageProxy) -> None:
+        self._held.release(message)
+        super().nack(message)
+
+
 class DoorbellRedisBroker(RedisBroker):
     """A ``RedisBroker`` that rings a queue's doorbell with every message enqueued, whose
     consumers wait on it, and whose maintenance is due by time (see the module)."""
@@ -167,7 +181,7 @@ class DoorbellRedisBroker(RedisBroker):
         return 1
 
 
-class _DoorbellRedisConsumer(_RedisConsumer):
+class _DoorbellRedisConsumer(_ReleasesHeld, _RedisConsumer):
     """Dramatiq's Redis consumer, waiting on the doorbell while it holds nothing."""
 
     broker: DoorbellRedisBroker
@@ -177,14 +191,6 @@ class _DoorbellRedisConsumer(_RedisConsumer):
         self._bells = [doorbell_key(broker.namespace, queue_name), broker.wake_key(queue_name)]
         self._held = _HeldEtas()
         self._last_fetch = 0.0
-
-    def ack(self, message: MessageProxy) -> None:
-        self._held.release(message)
-        super().ack(message)  # type: ignore[no-untyped-call]
-
-    def nack(self, message: MessageProxy) -> None:
-        self._held.release(message)
-        super().nack(message)  # type: ignore[no-untyped-call]
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         messages = list(messages)
@@ -263,7 +269,7 @@ class DoorbellStubBroker(StubBroker):
             queue.put(_WAKE)
 
 
-class _DoorbellStubConsumer(_StubConsumer):
+class _DoorbellStubConsumer(_ReleasesHeld, _StubConsumer):
     def __init__(
         self, broker: DoorbellStubBroker, queue: Any, queue_name: str, prefetch: int, timeout: int
     ) -> None:
@@ -272,14 +278,6 @@ class _DoorbellStubConsumer(_StubConsumer):
         self._broker = broker
         self._poll_ms = timeout
         self._held = _HeldEtas()
-
-    def ack(self, message: MessageProxy) -> None:
-        self._held.release(message)
-        super().ack(message)  # type: ignore[no-untyped-call]
-
-    def nack(self, message: MessageProxy) -> None:
-        self._held.release(message)
-        super().nack(message)  # type: ignore[no-untyped-call]
 
     def __next__(self) -> MessageProxy | None:
         # Dramatiq's, but for the wait and _WAKE: a prefetch slot, then a message
