@@ -307,7 +307,14 @@ async def test_redirects_are_not_followed_and_answers_are_cut_short(
 
 @embedded_only
 @pytest.mark.settings(
-    **{**FAST, "webhook_retry_base_seconds": 60, "webhook_retry_max_seconds": 3600}
+    # A timeout as long as the wait: an attempt that timed out on a loaded machine would
+    # be retried after the 60 s backoff, not the receiver's second.
+    **{
+        **FAST,
+        "webhook_timeout_seconds": 10.0,
+        "webhook_retry_base_seconds": 60,
+        "webhook_retry_max_seconds": 3600,
+    }
 )
 async def test_retry_after_is_honoured(jobs_client: httpx.AsyncClient, receiver: Receiver) -> None:
     _, headers = await signed_in(jobs_client)
