@@ -109,19 +109,30 @@ def free_port() -> int:
 class DepotProcess:
     """A running ``depot`` command and its combined output."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, start: int = 0) -> None:
         self.process = process
         self.log = log
+        # Where this process's output begins in ``log``, which an earlier one may have
+        # written to (a shared worker's log holds every start of the session's).
+        self.start = start
         # How long ``stop`` waits; ``depot serve --workers`` may need longer.
         self.stop_timeout_s: float = STOP_TIMEOUT_S
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
+    def own_output(self) -> str:
+        """What this process wrote, without what came before it in ``log``."""
+        with self.log.open("rb") as log:
+            log.seek(self.start)
+            return log.read().decode("utf-8", errors="replace")
+
     def wait_for_output(self, text: str, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Until this process has written ``text``: an earlier process's line in the same
+        log does not count (a worker started again would be taken as running at once)."""
         wait_until_ready(
             self.process,
-            lambda: text in self.output(),
+            lambda: text in self.own_output(),
             f"depot (for {text!r})",
             timeout_s=timeout_s,
             output=self.output,
@@ -157,13 +168,14 @@ def depot(
     """Run ``depot <args>`` with ``settings`` (and the variables ``env``, such as
     ``OTEL_*``); stopped with SIGTERM when the block ends."""
     with log.open("ab") as output:
+        start = output.tell()
         process = subprocess.Popen(
             [str(DEPOT), *args],
             env={**settings_env(settings), **(env or {})},
             stdout=output,
             stderr=output,
         )
-    running = DepotProcess(process, log)
+    running = DepotProcess(process, log, start)
     try:
         if ready is not None:
             running.wait_for_output(ready)
