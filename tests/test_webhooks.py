@@ -103,7 +103,9 @@ class Receiver:
         try:
             await reader.readline()  # the request line
             headers: dict[str, str] = {}
-            while (line := await reader.readline()) not in (b"\r\n", b""):
+            while (line := await reader.readline()) != b"\r\n":
+                if not line:
+                    return  # closed before its headers ended: no request, as for any server
                 name, _, value = line.decode().partition(":")
                 headers[name.strip().lower()] = value.strip()
             body = await reader.readexactly(int(headers.get("content-length", "0")))
