@@ -122,16 +122,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     ]
     rank = {entry: index for index, entry in enumerate(entries)}
     modules: dict[str, int] = {}
+    # Tests that can share a worker (:class:`SharedWorker`) keep together: a group
+    # moves up as far as the first of its tests the list names.
+    groups: dict[tuple[str, str], int] = {}
     for index, item in enumerate(items):
-        modules.setdefault(item.nodeid.partition("::")[0], index)
+        module = item.nodeid.partition("::")[0]
+        modules.setdefault(module, index)
+        group = _shared_worker_group(item)
+        if group is not None:
+            own = rank.get(item.nodeid, rank.get(module, len(rank)))
+            groups[module, group] = min(own, groups.get((module, group), len(rank)))
 
     def place(item: pytest.Item) -> tuple[int, int, str]:
-        # Within a module, the tests that can share a worker (:class:`SharedWorker`)
-        # come last, side by side, those configured alike together.
+        # Within a module, the tests that can share a worker come last, side by
+        # side, those configured alike together.
         module = item.nodeid.partition("::")[0]
         group = _shared_worker_group(item)
+        own = rank.get(item.nodeid, rank.get(module, len(rank)))
         return (
-            rank.get(item.nodeid, rank.get(module, len(rank))),
+            own if group is None else groups[module, group],
             modules[module],
             "" if group is None else f"~{group}",
         )
@@ -688,8 +697,11 @@ def _shared_worker_group(item: pytest.Item | None) -> str | None:
 
     Tests of ``jobs_client`` in Redis mode: their database is one copy per xdist
     worker (:class:`ReusedPostgresDatabase`, :class:`ReusedSqliteDatabase`), so
-    their workers' settings differ only by ``@pytest.mark.settings``; but not the
-    tests of webhook deliveries.
+    their workers' settings differ only by ``@pytest.mark.settings``. The tests of
+    webhook deliveries too: those that failed sharing one at a load of 25 met a
+    worker started again, on the session's one log, taken as running while it
+    still imported (:meth:`tests.processes.DepotProcess.wait_for_output`), and a
+    receiver that counted a cut connection as a request (``tests/test_webhooks.py``).
     """
     callspec = getattr(item, "callspec", None)
     if (
@@ -701,10 +713,6 @@ def _shared_worker_group(item: pytest.Item | None) -> str | None:
         return None
     marker = item.get_closest_marker("settings")
     overrides: dict[str, object] = {} if marker is None else marker.kwargs
-    if any(name.startswith("webhook_") for name in overrides):
-        # The tests of webhook deliveries time them, and the worker sends them: on a
-        # machine at a load of 25 they failed more often sharing one (not understood).
-        return None
     return f"{callspec.params.get('database_url')} {sorted(overrides.items())!r}"
 
 
