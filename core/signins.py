@@ -65,6 +65,7 @@ LISTEN_PATIENCE_S: Final = 5.0
 _MAX_CLOSE_REASON: Final = 123
 
 _USER_COLUMNS: Final = tuple(attr.key for attr in inspect(User).column_attrs)
+_USER_ID: Final = _USER_COLUMNS.index("id")
 _NEW_USER: Final = inspect(User).class_manager.new_instance
 
 Close = Callable[[int, str], Awaitable[None]]
@@ -87,6 +88,49 @@ def _user_from(values: dict[str, Any]) -> User:
     return user
 
 
+@dataclass(frozen=True, slots=True)
+class DetachedPrincipal:
+    """A principal as a long-lived connection holds it: the user's columns, not an ORM row.
+
+    A WebSocket keeps its sign-in for as long as it is open, and an ORM ``User``
+    (its instance state, SQLModel's fields-set, its ``__dict__``) is about
+    1.5 KiB of it; the columns' values are a tuple here. :meth:`principal`
+    builds a fresh :class:`~core.auth.Principal` for each use, as a cached
+    sign-in does (about 15 µs).
+    """
+
+    values: tuple[Any, ...]
+    session_id: uuid.UUID | None
+    access_token_id: uuid.UUID | None
+    expires_at: datetime | None
+    personal_token_expires_at: datetime | None
+
+    @classmethod
+    def of(cls, principal: Principal) -> DetachedPrincipal:
+        user = principal.user
+        return cls(
+            tuple(getattr(user, key) for key in _USER_COLUMNS),
+            principal.session_id,
+            principal.access_token_id,
+            principal.expires_at,
+            principal.personal_token_expires_at,
+        )
+
+    @property
+    def user_id(self) -> uuid.UUID:
+        user_id: uuid.UUID = self.values[_USER_ID]
+        return user_id
+
+    def principal(self) -> Principal:
+        return Principal(
+            _user_from(dict(zip(_USER_COLUMNS, self.values, strict=True))),
+            session_id=self.session_id,
+            access_token_id=self.access_token_id,
+            expires_at=self.expires_at,
+            personal_token_expires_at=self.personal_token_expires_at,
+        )
+
+
 @dataclass(slots=True)
 class _Entry:
     principal: Principal
@@ -99,7 +143,7 @@ class _Entry:
 class SocketWatch:
     """One socket in its user's watch (:meth:`SignIns.watching`)."""
 
-    principal: Principal
+    principal: DetachedPrincipal
     close: Close
 
 
@@ -297,20 +341,20 @@ class SignIns:
 
     # -- the watch -------------------------------------------------------------
 
-    def watching(self, principal: Principal, close: Close) -> SocketWatch:
+    def watching(self, principal: DetachedPrincipal, close: Close) -> SocketWatch:
         """Watch a signed-in socket's credential until :meth:`unwatch`.
 
         ``close(4403, reason)`` is called once the credential has ended (a
         revoked session or token, a deactivated user, an expired access token).
         """
         socket = SocketWatch(principal, close)
-        watch = self._watch(principal.user.id)
+        watch = self._watch(principal.user_id)
         watch.sockets[socket] = None
         _wake(watch)  # its expiry may be the nearest
         return socket
 
     def unwatch(self, socket: SocketWatch) -> None:
-        watch = self._watches.get(socket.principal.user.id)
+        watch = self._watches.get(socket.principal.user_id)
         if watch is not None:
             watch.sockets.pop(socket, None)
             _wake(watch)
@@ -411,7 +455,7 @@ class SignIns:
         for socket in list(watch.sockets):
             try:
                 async with self._sessionmaker() as db:
-                    await recheck(db, socket.principal)
+                    await recheck(db, socket.principal.principal())
             except Unauthenticated as exc:
                 watch.sockets.pop(socket, None)
                 reason = f"Forbidden: {exc}".encode()[:_MAX_CLOSE_REASON]
