@@ -18,13 +18,36 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from core.auth import presented
+from core.auth import Principal, presented
 from core.errors import Unauthenticated
 from core.settings import Settings
+from core.signins import DetachedPrincipal
 from schema.context import Context
 
 # Where a request's context keeps its shared session for `end_request`.
 _SHARED_SESSION = "depot.db"
+
+
+class SocketContext(Context):
+    """A WebSocket's context: its sign-in held detached, a principal built for each use.
+
+    The context lives as long as the socket, hours for a browser tab with a
+    subscription open; a principal's ORM ``User`` is about 1.5 KiB of it,
+    a :class:`core.signins.DetachedPrincipal` a tuple of the user's columns.
+    Each read of ``principal`` (``user``, ``require_principal()``) gets a
+    fresh row, as every HTTP request does: resolvers read it, and re-read the
+    user before changing them.
+    """
+
+    held: DetachedPrincipal | None = None
+
+    @property
+    def principal(self) -> Principal | None:
+        return self.held.principal() if self.held is not None else None
+
+    @principal.setter
+    def principal(self, principal: Principal | None) -> None:
+        self.held = DetachedPrincipal.of(principal) if principal is not None else None
 
 
 async def build_context(
@@ -36,7 +59,7 @@ async def build_context(
     WebSocket signs in later, from ``connection_init`` (``api.websocket``).
     """
     state = request.state
-    context = Context(
+    context = (Context if isinstance(request, Request) else SocketContext)(
         request=request,
         response=response,
         settings=settings,

@@ -55,7 +55,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
 )
 from strawberry.subscriptions.protocols.graphql_ws.types import ErrorMessage, StartMessage
 
-from api.context import sign_in
+from api.context import SocketContext, sign_in
 from api.persisted import PersistedDocuments, PersistedQueryError
 from core.settings import Settings
 from core.signins import SocketWatch
@@ -176,9 +176,10 @@ async def sign_in_socket(context: Context) -> None:
     if not isinstance(authorization, str):
         raise ConnectionRejectionError()
     await sign_in(context, authorization)
-    if context.principal is None:
+    held = context.held if isinstance(context, SocketContext) else None
+    if held is None:
         raise ConnectionRejectionError()
-    if not _sockets(context).sign_in(context, str(context.principal.user.id)):
+    if not _sockets(context).sign_in(context, str(held.user_id)):
         context.principal = None
         raise TooManySockets("Too many open WebSockets for this user; close one first.")
 
@@ -239,9 +240,10 @@ class _Watched:
         return await resolve_payload(persisted, payload, self.context.request.state.redis)
 
     def start_watching(self) -> None:
-        if self.context.principal is None or self._watch is not None:
+        held = self.context.held if isinstance(self.context, SocketContext) else None
+        if held is None or self._watch is not None:
             return
-        self._watch = self.context.signins.watching(self.context.principal, self.websocket.close)
+        self._watch = self.context.signins.watching(held, self.websocket.close)
 
     async def stop_watching(self) -> None:
         if self._watch is not None:

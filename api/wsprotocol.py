@@ -2,7 +2,7 @@
 
 Most of Depot's sockets are idle: a browser tab with a subscription open
 for hours. uvicorn's default protocol (``websockets``' sans-I/O one) keeps,
-for each, three things only the handshake or a busy socket needs, measured
+for each, four things only the handshake or a busy socket needs, measured
 with tracemalloc in a real ``depot serve`` (``bench/README.md``, part 3):
 
 * an ``asyncio.Queue`` of the ASGI events the app has not received yet:
@@ -10,10 +10,12 @@ with tracemalloc in a real ``depot serve`` (``bench/README.md``, part 3):
   :class:`core.eventlog.Mailbox` (a list, and a future while the app waits);
 * the handshake's parsed request and its response, headers and all
   (about 3.5 KiB), kept after the accept though nothing reads them again
-  (the ASGI scope keeps the request's headers, as the app sees them). The
+  (the ASGI scope has its own copy of the request's headers). The
   request is also a local of ``websockets``' parser, a generator that runs
   as long as the connection, so dropping uvicorn's reference frees nothing:
   its headers are emptied instead, once uvicorn has read them;
+* the ASGI scope's ``headers`` (1.2 KiB), emptied once the handshake's
+  answer has gone out: the app reads them before it accepts;
 * an ``asyncio.Event`` that says whether the transport takes more bytes
   (0.8 KiB with its deque of waiters); here :class:`_Writable`, which holds
   a list only while the transport is paused.
@@ -91,7 +93,14 @@ class DepotWebSocketProtocol(WebSocketsSansIOProtocol):
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)
-        if self.handshake_complete:
+        if self.handshake_complete and "request" in self.__dict__:
             # Only the handshake reads them: the accept (or refusal) has gone out.
-            self.__dict__.pop("request", None)
+            del self.__dict__["request"]
             self.__dict__.pop("response", None)
+            # And the scope's copy of the request's headers (1.2 KiB), in place, so
+            # that Starlette's `WebSocket.headers` over the same list lets go too:
+            # the app has read them while it built the socket's context and
+            # decided to accept; an operation over the socket reads none.
+            headers = self.scope["headers"]
+            if isinstance(headers, list):
+                headers.clear()

@@ -25,7 +25,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
@@ -175,15 +175,12 @@ class _Fanout:
                 if not listeners:
                     del self._listeners[stream]
 
-    @contextlib.contextmanager
-    def listening(self, stream: str) -> Iterator[Listener]:
-        """A new listener of ``stream`` (on the running loop) until the block ends."""
-        listener = Listener()
-        self.add(stream, listener)
-        try:
-            yield listener
-        finally:
-            self.remove(stream, listener)
+    def listening(
+        self, stream: str, ready: Callable[[], Awaitable[None]] | None = None
+    ) -> Listening:
+        """A new listener of ``stream`` (on the running loop), once ``ready`` has
+        returned, until the ``async with`` block ends."""
+        return Listening(self, stream, ready)
 
     def listened(self, stream: str) -> bool:
         """Whether ``stream`` has a listener here now (a dict lookup: no lock needed)."""
@@ -200,6 +197,39 @@ class _Fanout:
             listeners = [lis for group in self._listeners.values() for lis in group]
         for listener in listeners:
             listener.deliver(RESYNC)
+
+
+class Listening:
+    """:meth:`EventLog.listen`'s context: a listener registered for the block.
+
+    A class, not an ``asynccontextmanager``: every idle subscription (and each
+    user's credentials watch) holds one open, and the generator version kept
+    two suspended generators, their context managers and their frames for it,
+    about 1 KiB a listener.
+    """
+
+    __slots__ = ("_fanout", "_listener", "_ready", "_stream")
+
+    def __init__(
+        self, fanout: _Fanout, stream: str, ready: Callable[[], Awaitable[None]] | None
+    ) -> None:
+        self._fanout = fanout
+        self._stream = stream
+        self._ready = ready
+        self._listener: Listener | None = None
+
+    async def __aenter__(self) -> Listener:
+        if self._ready is not None:
+            await self._ready()
+            self._ready = None
+        listener = self._listener = Listener()
+        self._fanout.add(self._stream, listener)
+        return listener
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self._fanout.remove(self._stream, listener)
 
 
 class EventLog(Protocol):
@@ -372,10 +402,8 @@ class MemoryEventLog:
             names = list(self._streams)
             return sum(1 for name in names if self._live(name) is None)
 
-    @contextlib.asynccontextmanager
-    async def listen(self, stream: str) -> AsyncIterator[Listener]:
-        with self._fanout.listening(stream) as listener:
-            yield listener
+    def listen(self, stream: str) -> Listening:
+        return self._fanout.listening(stream)
 
     async def aclose(self) -> None:
         return None
@@ -498,14 +526,15 @@ class RedisEventLog:
     async def prune(self) -> int:
         return 0  # Redis forgets expired streams itself
 
-    @contextlib.asynccontextmanager
-    async def listen(self, stream: str) -> AsyncIterator[Listener]:
+    def listen(self, stream: str) -> Listening:
+        return self._fanout.listening(stream, self._subscribe)
+
+    async def _subscribe(self) -> None:
+        """Once the Pub/Sub reader listens (started with the first listener)."""
         if self._reader is None or self._reader.done():
             self._subscribed.clear()
             self._reader = asyncio.create_task(self._read_forever(), name="depot-event-reader")
         await self._subscribed.wait()
-        with self._fanout.listening(stream) as listener:
-            yield listener
 
     async def _read_forever(self) -> None:
         first = True
