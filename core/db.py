@@ -29,6 +29,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core import sqlite
 from core.metrics import watch_pool
 from core.settings import Settings
 
@@ -41,8 +42,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     """Build the engine for ``settings.database_url``, tuned for its database.
 
     SQLite gets WAL (readers never wait for the writer), foreign keys (off by
-    default there) and a busy timeout (a second writer waits instead of
-    failing). PostgreSQL gets a sized pool, without ``pool_pre_ping``: the
+    default there), a busy timeout (a second writer waits instead of
+    failing) and one trip to aiosqlite's thread per statement
+    (:mod:`core.sqlite`). PostgreSQL gets a sized pool, without ``pool_pre_ping``: the
     ping cost a ``BEGIN; ;ROLLBACK`` round trip per checkout, and a dead
     connection is recovered from when it is used instead (see the module's
     docstring). In production a statement's parameters (emails, token hashes,
@@ -53,7 +55,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
     if url.get_backend_name() == "sqlite":
         if url.database and url.database != ":memory:":
             Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa_asyncio.create_async_engine(url, hide_parameters=hide_parameters)
+        engine = sa_asyncio.create_async_engine(
+            url, hide_parameters=hide_parameters, module=sqlite.dbapi()
+        )
         event.listen(engine.sync_engine, "connect", _configure_sqlite)
     else:
         engine = sa_asyncio.create_async_engine(

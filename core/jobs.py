@@ -459,8 +459,14 @@ async def finish(
     conditions = [col(Job.id) == job_id, col(Job.status) == JobStatus.RUNNING]
     if attempt is not None:
         conditions.append(col(Job.attempts) == attempt)
-    result = await db.exec(update(Job).where(*conditions).values(**values).returning(Job))
-    job = result.scalars().first()
+    # With whether its owner has webhooks: most have none, and then they cost no SELECT.
+    result = await db.exec(
+        update(Job)
+        .where(*conditions)
+        .values(**values)
+        .returning(Job, webhooks.any_enabled(Job.owner_id))
+    )
+    job, hooked = result.one_or_none() or (None, False)
     if job is not None:
         # In the same transaction: the final status, its outputs, its webhooks
         # and its notification commit together.
@@ -468,7 +474,7 @@ async def finish(
             await _keep_outputs(db, job.owner_id, outputs)
         for file_id, meta in (file_meta or {}).items():
             await files.set_meta(db, file_id, meta)
-        await webhooks.queue_job_finished(db, job)
+        await webhooks.queue_job_finished(db, job, any_enabled=bool(hooked))
         if notify:
             await notifications.job_ended(db, job)
     if commit:

@@ -129,11 +129,15 @@ class LocalStorage(ServedByDepot):
         Each block is handed to ``tap`` and written in the same trip to a thread,
         its write-back started at once (``sync_file_range``), while the loop
         gathers the next block from ``chunks``: receiving, hashing and writing
-        overlap, and the closing ``fsync`` waits for the last block only.
+        overlap, and the closing ``fsync`` waits for the last block only. An
+        object smaller than a block takes one trip: its file made, written,
+        flushed and renamed at once.
         """
         target = key_path(self._root, key)
-        fd, temp = await anyio.to_thread.run_sync(_create_temp, target)
-        writer = _WriteBehind(fd, tap)
+        # The temporary file, made with the first full block: an object smaller than a
+        # block (a thumbnail) is made, written, flushed and renamed in one trip.
+        temp: tuple[int, Path] | None = None
+        writer: _WriteBehind | None = None
         size = 0
         try:
             # Chunks are gathered, not concatenated, and written with one writev
@@ -147,17 +151,26 @@ class LocalStorage(ServedByDepot):
                 pending.append(chunk)
                 pending_size += len(chunk)
                 if pending_size >= BLOCK or len(pending) >= MAX_PARTS:
+                    if writer is None:
+                        temp = await anyio.to_thread.run_sync(_create_temp, target)
+                        writer = _WriteBehind(temp[0], tap)
                     await writer.send(pending)
                     pending, pending_size = [], 0
+            if temp is None:
+                await anyio.to_thread.run_sync(_create_write_and_finish, pending, tap, target)
+                return size
+            assert writer is not None
             await writer.wait()
             # The last block, the flush and the rename in one trip.
-            await anyio.to_thread.run_sync(_write_and_finish, fd, pending, tap, temp, target)
+            await anyio.to_thread.run_sync(_write_and_finish, *temp, pending, tap, target)
         except BaseException:
             # Shielded: a cancelled put must still remove its temporary file, once
             # the block in flight (if any) is done with its descriptor.
             with anyio.CancelScope(shield=True):
-                await writer.settle()
-                await anyio.to_thread.run_sync(_discard, fd, temp)
+                if writer is not None:
+                    await writer.settle()
+                if temp is not None:
+                    await anyio.to_thread.run_sync(_discard, *temp)
             raise
         return size
 
@@ -428,12 +441,22 @@ def _write_sync_close(fd: int, parts: list[bytes]) -> None:
 
 
 def _write_and_finish(
-    fd: int, parts: list[bytes], tap: Tap | None, temp: Path, target: Path
+    fd: int, temp: Path, parts: list[bytes], tap: Tap | None, target: Path
 ) -> None:
     if tap is not None:
         tap(parts)
     _write(fd, parts)
     _finish(fd, temp, target)
+
+
+def _create_write_and_finish(parts: list[bytes], tap: Tap | None, target: Path) -> None:
+    """A whole object of one block: its temporary file, removed again if anything fails."""
+    fd, temp = _create_temp(target)
+    try:
+        _write_and_finish(fd, temp, parts, tap, target)
+    except BaseException:
+        _discard(fd, temp)
+        raise
 
 
 def _finish(fd: int, temp: Path, target: Path) -> None:

@@ -7,10 +7,11 @@ from collections.abc import AsyncIterator
 from contextlib import closing
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, insert, select, text
-from sqlalchemy.exc import StatementError
+from sqlalchemy import Column, Integer, MetaData, Table, func, insert, select, text
+from sqlalchemy.exc import IntegrityError, StatementError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from core.db import create_engine
@@ -156,3 +157,74 @@ def test_a_reused_sqlite_database_is_emptied_or_copied_again(
         names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
     assert "pipeline_template" in names
     assert "renamed" not in names
+
+
+class _CountedCalls:
+    """aiosqlite's queue of calls for its connection's thread, counting what is put on it."""
+
+    def __init__(self, queue: Any) -> None:
+        self.queue = queue
+        self.calls = 0
+
+    def put_nowait(self, item: Any) -> None:
+        self.calls += 1
+        self.queue.put_nowait(item)
+
+
+async def _counted(connection: AsyncConnection) -> _CountedCalls:
+    raw = await connection.get_raw_connection()
+    driver = raw.dbapi_connection._connection  # type: ignore[union-attr]
+    counted = _CountedCalls(driver._tx)
+    driver._tx = counted
+    return counted
+
+
+_rows = Table(
+    "rows", MetaData(), Column("id", Integer, primary_key=True), Column("n", Integer, unique=True)
+)
+
+
+async def test_a_sqlite_statement_is_one_trip_to_its_thread(tmp_path: Path) -> None:
+    """core.sqlite: each statement is one call on aiosqlite's thread (SQLAlchemy's adapter
+    made three or four), an empty COMMIT or ROLLBACK none, and what the driver reports
+    (returned rows, row counts, last row ids, errors, rollbacks) is as before."""
+    engine = create_engine(make_settings(tmp_path, database_url=f"sqlite:///{tmp_path / 'a.db'}"))
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_rows.metadata.create_all)
+        async with engine.connect() as connection:
+            counted = await _counted(connection)
+            returned = await connection.execute(
+                insert(_rows).values(n=1).returning(_rows.c.id, _rows.c.n)
+            )
+            assert returned.all() == [(1, 1)]
+            inserted = await connection.execute(insert(_rows).values(n=2))
+            assert inserted.inserted_primary_key == (2,)  # the cursor's lastrowid
+            await connection.execute(insert(_rows), [{"n": 3}, {"n": 4}])  # executemany
+            changed = await connection.execute(
+                _rows.update().where(_rows.c.n > 2).values(n=_rows.c.n * 10)
+            )
+            assert changed.rowcount == 2
+            assert (await connection.execute(select(_rows.c.n).order_by(_rows.c.n))).all() == [
+                (1,),
+                (2,),
+                (30,),
+                (40,),
+            ]
+            await connection.commit()
+            assert counted.calls == 6  # five statements and the COMMIT
+            # A read outside a transaction: one call, and none to end it.
+            assert await connection.scalar(select(func.count()).select_from(_rows)) == 4
+            await connection.commit()
+            await connection.rollback()
+            assert counted.calls == 7
+            # A failed statement raises as before, and a transaction's ROLLBACK still goes.
+            await connection.execute(insert(_rows).values(n=5))
+            with pytest.raises(IntegrityError):
+                await connection.execute(insert(_rows).values(n=1))
+            await connection.rollback()
+            assert counted.calls == 10
+        async with engine.connect() as connection:
+            assert await connection.scalar(select(func.max(_rows.c.n))) == 40
+    finally:
+        await engine.dispose()

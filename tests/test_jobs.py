@@ -448,6 +448,24 @@ async def test_the_embedded_worker_starts_with_the_first_job(client: httpx.Async
     assert _dramatiq_threads() != []
 
 
+def _reads_webhooks(statement: str) -> bool:
+    return statement.lstrip().upper().startswith("SELECT") and "FROM webhook" in statement
+
+
+async def test_a_job_of_an_owner_without_webhooks_ends_without_reading_them(
+    client: httpx.AsyncClient, settings: Settings
+) -> None:
+    """The UPDATE that ends a job also says whether its owner has webhooks
+    (core.webhooks.any_enabled): most have none, and then no SELECT looks for them."""
+    _, headers = await signed_in(client)
+    file = await upload_file(client, headers, "a.bin", b"abc")
+    with counting_statements(settings) as sent:
+        job = await run_job(client, headers, {"verify": {"fileId": file["id"]}})
+    assert job["status"] == "SUCCEEDED"
+    assert any(s.lstrip().startswith("UPDATE job") for s in sent)
+    assert [s for s in sent if _reads_webhooks(s)] == []
+
+
 async def test_an_upload_is_told_on_my_events(jobs_client: httpx.AsyncClient) -> None:
     token, headers = await signed_in(jobs_client)
     query = "subscription { myEvents { type fileId path jobId } }"

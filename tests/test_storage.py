@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aioboto3
@@ -755,6 +756,35 @@ async def test_a_local_object_is_read_in_place_where_it_lies(tmp_path: Path) -> 
         assert reader.read() == b"in place", "an open reader keeps the file it opened"
     with pytest.raises(ValueError, match="not a storage key"):
         storage.local_path("../outside")
+
+
+async def test_a_local_object_under_a_block_is_stored_in_one_trip_to_a_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its temporary file is made, written, flushed and renamed by one call in a thread
+    (a thumbnail's put was two: the file made, then the rest); one that fails there
+    leaves neither the object nor its temporary file."""
+    storage = LocalStorage(tmp_path / "files")
+    trips: list[str] = []
+    run_sync = anyio.to_thread.run_sync
+
+    async def counted(function: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(function.__name__)
+        return await run_sync(function, *args, **kwargs)
+
+    monkeypatch.setattr(anyio.to_thread, "run_sync", counted)
+    assert await storage.put(KEY, stream(b"small object", 5)) == 12
+    assert len(trips) == 1
+    assert await read(storage, KEY) == b"small object"
+
+    def failing(parts: Sequence[bytes]) -> None:
+        raise OSError("the tap failed")
+
+    with pytest.raises(OSError, match="the tap failed"):
+        await storage.put("u/other", stream(b"never kept"), tap=failing)
+    assert [path.name for path in (tmp_path / "files").rglob("*") if path.is_file()] == [
+        Path(KEY).name
+    ]
 
 
 async def test_a_cancelled_local_put_waits_for_the_write_in_flight(tmp_path: Path) -> None:
