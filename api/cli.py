@@ -108,6 +108,7 @@ def serve(host: str, port: int, reload: bool, workers: int, log_level: str | Non
     # for importing them (strawberry and graphql-core are a fifth of the modules).
     import uvicorn
 
+    from api.httpprotocol import DepotHTTPProtocol
     from api.persisted import ManifestError, load_manifest
     from api.wsprotocol import DepotWebSocketProtocol
 
@@ -163,7 +164,8 @@ def serve(host: str, port: int, reload: bool, workers: int, log_level: str | Non
         "ws": DepotWebSocketProtocol,
         # httptools reads headers without any bound; h11 refuses (400) a request
         # whose line and headers pass this size, which also bounds their count.
-        "http": "h11",
+        # Its protocol here hands bodies over without h11's copies (api.httpprotocol).
+        "http": DepotHTTPProtocol,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
     }
     if reload:
