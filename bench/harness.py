@@ -64,15 +64,18 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system, every thread) the process has used so far (Linux /proc).
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time (user + system, every thread) the process has used so far (Linux /proc);
+    with ``thread``, that thread's alone (``thread=pid``: the main thread, a
+    ``depot serve``'s event loop).
 
     What a request or a job costs, unlike wall-clock rates, hardly depends on
     what else the machine runs: a loaded machine makes each request wait
     longer, not use more CPU (less so than instruction counts, which
     ``perf stat`` cannot read in most VMs and valgrind would take hours for).
     """
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    with open(path, encoding="ascii") as stat:
         fields = stat.read().rpartition(")")[2].split()
     # utime and stime, the 14th and 15th fields (counted from the pid).
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
