@@ -337,7 +337,10 @@ def _claim_statement(signed_in: bool) -> Any:
         )
         .values(busy_until=bindparam("until"))
         .returning(ResumableUpload)
-        .execution_options(populate_existing=True)
+        # The row comes back whole (RETURNING): nothing in the session to bring up
+        # to date by evaluating the WHERE in Python, which SQLAlchemy's default
+        # ("auto") did for each lease, compiling its evaluator every time.
+        .execution_options(populate_existing=True, synchronize_session=False)
     )
 
 
@@ -352,6 +355,8 @@ _ADVANCE: Final = (
         col(ResumableUpload.offset) == bindparam("at"),
     )
     .values(busy_until=None, offset=bindparam("new_offset"), expires_at=bindparam("new_expiry"))
+    # Nobody reads the leased row after it (the session ends): no evaluation in Python.
+    .execution_options(synchronize_session=False)
 )
 """:func:`advance`'s UPDATE, built once like :data:`_CLAIMS`."""
 
