@@ -33,7 +33,7 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 import anyio
 import strawberry
@@ -85,6 +85,11 @@ _HTTP_ERROR_CODES = {
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
 }
+
+
+# What each method may run, as Strawberry's view works it out for every request
+# (its allow_queries_via_get left on: GET runs queries).
+_ALLOWED: Final = {method: frozenset(OperationType.from_http(method)) for method in ("GET", "POST")}
 
 
 @functools.lru_cache(maxsize=256)
@@ -366,8 +371,7 @@ class GraphQLView(GraphQL[Context, None]):
         resolved = await self.persisted.resolve(
             request_data.query, request_data.extensions, document_id, redis
         )
-        # Strawberry's allow_queries_via_get is left on: GET runs queries.
-        allowed = OperationType.from_http(cast(HTTPMethod, method))
+        allowed = _ALLOWED.get(method) or OperationType.from_http(cast(HTTPMethod, method))
         try:
             result = await self.schema.execute(
                 resolved.query,

@@ -431,7 +431,7 @@ async def execute(
     ``Schema.process_errors`` is not called: Depot's does nothing
     (``schema.operation`` logs what deserves it).
     """
-    context = ExecutionContext(
+    context = _Execution(
         query=query,
         schema=schema,
         allowed_operations=allowed_operation_types,
@@ -465,6 +465,27 @@ async def execute(
         result = ExecutionResult(data=result.data, errors=result.errors, extensions={})
         context.result = result
     return result
+
+
+class _Execution(ExecutionContext):
+    """Strawberry's execution context, its operation's type worked out once per document.
+
+    Strawberry's ``operation_type`` looks for the operation in the document
+    every time it is asked; the runner, ``DepotOperation.execute`` and the
+    metrics each ask.
+    """
+
+    _typed: tuple[DocumentNode, OperationType] | None = None
+
+    @property
+    def operation_type(self) -> OperationType:
+        document, typed = self.graphql_document, self._typed
+        if typed is not None and typed[0] is document:
+            return typed[1]
+        kind = super().operation_type
+        if document is not None:
+            self._typed = (document, kind)
+        return kind
 
 
 def _refused(context: ExecutionContext, *errors: GraphQLError) -> PreExecutionError:
