@@ -116,8 +116,9 @@ def asks_no_info(object_type: GraphQLObjectType) -> bool:
     """Whether ``object_type``'s ``is_type_of`` is Strawberry's own, which ignores its info.
 
     Strawberry gives every type with an interface (``Node``'s ``File`` and
-    ``User``) a closure of its converter that reads only the value (``tests/test_strawberry_internals.py`` pins it); a
-    ``GraphQLResolveInfo`` built for it alone is some five calls per object.
+    ``User``) a closure of its converter that reads only the value
+    (``tests/test_strawberry_internals.py`` pins it); a ``GraphQLResolveInfo``
+    built for it alone is some five calls per object.
     """
     check = object_type.is_type_of
     return (
@@ -219,7 +220,7 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
             except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
                 self.handle_field_error(raw_error, field_type, field_details_list, path)
                 return None
-            if value is None or not self._settles(value):
+            if value is None or (type(value) not in self._settled and not self._settles(value)):
                 return self._completed(
                     plan, field_details_list, info, path, value, position_context
                 )
@@ -228,7 +229,7 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
                 value = getattr(source, plan.attribute)
             except Exception:  # noqa: BLE001 - the general path raises it again, located
                 return _GENERAL
-            if value is None or not self._settles(value):
+            if value is None or (type(value) not in self._settled and not self._settles(value)):
                 return _GENERAL
         object_type = plan.object_type
         if object_type.is_type_of is not None:
@@ -250,7 +251,8 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
             # As execute_field: null for a nullable field, raised on for a non-null one.
             self.handle_field_error(raw_error, field_type, field_details_list, path)
             return None
-        if self.is_awaitable(completed):
+        # A sub-selection's answer is a plain dict unless a field awaits.
+        if type(completed) is not dict and self.is_awaitable(completed):
             return _completed_later(self, completed, field_type, field_details_list, path)
         return completed
 
@@ -281,7 +283,8 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
             self.handle_field_error(raw_error, field_type, field_details_list, path)
             return None
-        if self.is_awaitable(completed):
+        # A sub-selection's answer is a plain dict unless a field awaits.
+        if type(completed) is not dict and self.is_awaitable(completed):
             return _completed_later(self, completed, field_type, field_details_list, path)
         return completed
 
@@ -303,7 +306,7 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         if (
             object_type is None
             or item is None
-            or not self._settles(item)
+            or (type(item) not in self._settled and not self._settles(item))
             or (
                 object_type.is_type_of is not None
                 and not (
@@ -329,7 +332,7 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
             self.handle_field_error(raw_error, item_type, field_details_list, item_path)
             complete_results.append(None)
             return False
-        if self.is_awaitable(completed):
+        if type(completed) is not dict and self.is_awaitable(completed):
             complete_results.append(
                 _completed_later(self, completed, item_type, field_details_list, item_path)
             )
@@ -392,7 +395,7 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
                     )
                 if result is not Undefined:
                     results[response_name] = result
-                    if is_awaitable(result):
+                    if type(result) is not dict and is_awaitable(result):
                         awaitable_fields.append(response_name)
         except Exception:
             if awaitable_fields:
