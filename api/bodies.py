@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 
 class BodyRefused(Exception):
@@ -101,20 +101,36 @@ async def read_body(request: Request, *, silence_s: float, limit: int) -> bytes:
     The same rules as :func:`body_chunks`, with one timer moved on at each
     chunk instead of one per chunk: every GraphQL request reads its body here.
     """
+    if hasattr(request, "_body"):
+        return request._body
     check_declared_length(request, limit)
     loop = asyncio.get_running_loop()
     chunks: list[bytes] = []
     received = 0
+    # The ASGI messages themselves, as Starlette's stream() reads them, without its
+    # generator: a JSON body is almost always one message, and the timer moves on
+    # only when another is to come.
+    receive = request.receive
     try:
         async with asyncio.timeout(silence_s) as silence:
-            async for chunk in request.stream():
+            while True:
+                message = await receive()
+                if message["type"] != "http.request":
+                    if message["type"] == "http.disconnect":
+                        request._is_disconnected = True
+                        raise ClientDisconnect()
+                    continue
+                chunk = message.get("body", b"")
                 received += len(chunk)
                 if received > limit:
                     raise too_large(limit)
                 chunks.append(chunk)
+                if not message.get("more_body", False):
+                    break
                 silence.reschedule(loop.time() + silence_s)
     except TimeoutError:
         raise _silent(silence_s) from None
+    request._stream_consumed = True
     body = b"".join(chunks)
     # Starlette's own cache: later request.body() calls return these bytes.
     request._body = body

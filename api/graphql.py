@@ -33,7 +33,7 @@ import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Final, cast
 
 import anyio
 import strawberry
@@ -43,12 +43,15 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import MissingQueryError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.base import BaseRequestProtocol
 from strawberry.http.parse_content_type import parse_content_type
+from strawberry.http.types import HTTPMethod
 from strawberry.schema import BaseSchema
-from strawberry.schema.exceptions import InvalidOperationTypeError
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.types import ExecutionResult
+from strawberry.types.graphql import OperationType
 from strawberry.types.unset import UnsetType
 
 from api.bodies import BodyRefused, read_body
@@ -82,6 +85,11 @@ _HTTP_ERROR_CODES = {
     413: "PAYLOAD_TOO_LARGE",
     415: "UNSUPPORTED_MEDIA_TYPE",
 }
+
+
+# What each method may run, as Strawberry's view works it out for every request
+# (its allow_queries_via_get left on: GET runs queries).
+_ALLOWED: Final = {method: frozenset(OperationType.from_http(method)) for method in ("GET", "POST")}
 
 
 @functools.lru_cache(maxsize=256)
@@ -248,7 +256,8 @@ class GraphQLView(GraphQL[Context, None]):
 
     async def _respond(self, request: Request, media_type: str) -> Response:
         try:
-            return await self.run(request)
+            plain = None if _UPLOADS_KEY in request.scope else await self._run_plain(request)
+            return plain or await self.run(request)
         except PersistedQueryError as exc:
             return self._error_response(
                 exc.status, exc.message, media_type, code=exc.code, headers=exc.headers
@@ -349,6 +358,12 @@ class GraphQLView(GraphQL[Context, None]):
     ) -> ExecutionResult:
         """Run the document the request sent or named (``api.persisted``), and store a
         newly registered persisted query once it has run."""
+        return await self._execute(request, request_adapter.method, context, request_data)
+
+    async def _execute(
+        self, request: Request, method: str, context: Context, request_data: GraphQLRequestData
+    ) -> ExecutionResult:
+        """Strawberry's ``execute_single`` for the document the request sent or named."""
         redis = request.state.redis
         document_id = None
         if isinstance(request_data, DocumentRequest):
@@ -356,13 +371,64 @@ class GraphQLView(GraphQL[Context, None]):
         resolved = await self.persisted.resolve(
             request_data.query, request_data.extensions, document_id, redis
         )
-        if resolved.query is not request_data.query:
-            request_data = dataclasses.replace(request_data, query=resolved.query)
-        result = await super().execute_single(
-            request, request_adapter, sub_response, context, root_value, request_data
-        )
+        allowed = _ALLOWED.get(method) or OperationType.from_http(cast(HTTPMethod, method))
+        try:
+            result = await self.schema.execute(
+                resolved.query,
+                variable_values=request_data.variables,
+                context_value=context,
+                operation_name=request_data.operation_name,
+                allowed_operation_types=allowed,
+                operation_extensions=request_data.extensions,
+            )
+        except CannotGetOperationTypeError as e:
+            raise HTTPException(400, e.as_http_error_reason()) from e
+        except InvalidOperationTypeError as e:
+            raise HTTPException(400, e.as_http_error_reason(method)) from e
+        except MissingQueryError as e:
+            raise HTTPException(400, "No GraphQL query found in the request") from e
         await self.persisted.registered(resolved, result, redis)
         return result
+
+    async def _run_plain(self, request: Request) -> Response | None:
+        """Strawberry's ``run`` for a GET naming a document or a JSON POST, without its adapter
+        and body parser; None, for Strawberry's own ``run``, when the request is anything else
+        (a body that is not one JSON object of the spec's fields, say, or GraphiQL's page), so
+        that its refusals stay as Strawberry words them.
+        """
+        data: object
+        if request.method == "POST":
+            if _media_type(request.headers.get("content-type", "")) != JSON:
+                return None
+            try:
+                data = self.decode_json(await request.body())
+            except ValueError:  # not JSON, or not UTF-8
+                return None
+        elif request.method == "GET" and _names_document(request.query_params):
+            try:
+                data = self.parse_query_params(request.query_params)
+            except HTTPException:
+                return None
+        else:
+            return None
+        if not isinstance(data, dict):
+            return None
+        query, variables = data.get("query"), data.get("variables")
+        name, extensions = data.get("operationName"), data.get("extensions")
+        if not (
+            isinstance(query, str | None)
+            and isinstance(variables, dict | None)
+            and isinstance(name, str | None)
+            and isinstance(extensions, dict | None)
+        ):
+            return None
+        sub_response = await self.get_sub_response(request)
+        context = await self.get_context(request, sub_response)
+        request_data = DocumentRequest(
+            query, variables, name, extensions, document_id=data.get("documentId")
+        )
+        result = await self._execute(request, request.method, context, request_data)
+        return self.create_response(await self.process_result(request, result), sub_response)
 
     async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
         """``operations`` with its files, from the parser ``_run_multipart`` started.

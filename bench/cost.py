@@ -738,6 +738,8 @@ async def profile(runs: Sequence[Comparison], args: argparse.Namespace) -> str:
         profiler.disable()
         buffer = io.StringIO()
         stats = pstats.Stats(profiler, stream=buffer)
+        if dump := os.environ.get("BENCH_PROFILE_DUMP"):
+            stats.dump_stats(dump)  # for pstats' callers/callees, or snakeviz
         stats.sort_stats("cumulative").print_stats(60)
         stats.sort_stats("tottime").print_stats(40)
         return f"cProfile of {target.name}, {args.count} requests\n{buffer.getvalue()}"

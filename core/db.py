@@ -208,6 +208,9 @@ class SharedSession:
 
     async def close(self) -> None:
         """End the unit of work: roll back what no block committed, return the connection."""
+        if self._session is None and not self._lock.locked():
+            # Nothing to end and no block opening one (every request closes twice).
+            return
         async with self._lock:
             session, self._session = self._session, None
             if session is not None:

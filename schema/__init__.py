@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import strawberry
@@ -11,11 +11,14 @@ from graphql import GraphQLError, GraphQLObjectType
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.runner import SchemaExtensionsRunner
 from strawberry.schema.config import StrawberryConfig
+from strawberry.schema.schema import DEFAULT_ALLOWED_OPERATION_TYPES
 from strawberry.tools import merge_types
-from strawberry.types import ExecutionContext, Info
+from strawberry.types import ExecutionContext, ExecutionResult, Info
 from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.field import StrawberryField
+from strawberry.types.graphql import OperationType
 
+from schema import operation
 from schema.access_tokens import AccessToken, AccessTokenMutation, AccessTokenQuery
 from schema.admin import AdminMutation, AdminQuery
 from schema.auth import AuthMutation
@@ -74,6 +77,49 @@ Mutation = merge_types(
 
 
 class _Schema(strawberry.Schema):
+    """Depot's schema: ``rules``' one extension (see schema.operation for why one), made
+    per operation so each gets fresh state; its caches belong to the rules."""
+
+    def __init__(self, *, rules: OperationRules, **kwargs: Any) -> None:
+        super().__init__(extensions=[functools.partial(DepotOperation, rules)], **kwargs)
+        # Without a directive (whose extension Strawberry would add), an operation
+        # runs without Strawberry's extension machinery: schema.operation.execute.
+        self.rules = None if self.directives else rules
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        if self.rules is None:
+            return await super().execute(
+                query,
+                variable_values,
+                context_value,
+                root_value,
+                operation_name,
+                allowed_operation_types,
+                operation_extensions,
+            )
+        return await operation.execute(
+            self,
+            self.rules,
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            DEFAULT_ALLOWED_OPERATION_TYPES
+            if allowed_operation_types is None
+            else allowed_operation_types,
+            operation_extensions,
+        )
+
     def create_extensions_runner(
         self, execution_context: ExecutionContext, extensions: list[SchemaExtension]
     ) -> SchemaExtensionsRunner:
@@ -124,15 +170,12 @@ def build_schema(
         metrics=metrics,
         traced=traced,
     )
-    # One extension (see schema.operation for why), made per operation so each
-    # gets fresh state; its caches belong to the rules, built once per schema.
-    extensions: list[Any] = [functools.partial(DepotOperation, rules)]
     schema = _Schema(
+        rules=rules,
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
         types=[User, AccessToken, File, ResumableUpload, Job, PipelineTemplate],
-        extensions=extensions,
         config=StrawberryConfig(scalar_map=SCALARS),
         # Plain fields (the readers below) read and completed directly: schema.execution.
         execution_context_class=DepotExecutor,

@@ -34,13 +34,17 @@ the calls for the common case are gone.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from graphql import (
+    GraphQLBoolean,
     GraphQLField,
+    GraphQLID,
     GraphQLNonNull,
     GraphQLObjectType,
     GraphQLOutputType,
+    GraphQLScalarType,
+    GraphQLString,
     is_leaf_type,
     is_object_type,
 )
@@ -60,14 +64,31 @@ _PLAIN_VALUES: Final = frozenset({str, int, float, bool})
 
 
 class _Leaf:
-    """A plain leaf field: the attribute to read and how its type coerces a value."""
+    """A plain leaf field: the attribute to read and how its type coerces a value.
 
-    __slots__ = ("attribute", "coerce", "nullable")
+    ``same`` is the one Python type the scalar gives back as it is (``str`` for
+    ``String`` and ``ID``, ``bool`` for ``Boolean``), checked by exact type so
+    that a subclass still goes through the coercion; None for other scalars.
+    """
 
-    def __init__(self, attribute: str, coerce: Callable[[Any], Any], nullable: bool) -> None:
+    __slots__ = ("attribute", "coerce", "nullable", "same")
+
+    def __init__(
+        self, attribute: str, coerce: Callable[[Any], Any], nullable: bool, same: type | None
+    ) -> None:
         self.attribute = attribute
         self.coerce = coerce
         self.nullable = nullable
+        self.same = same
+
+
+# Scalars whose coercion returns a value of exactly this type unchanged
+# (graphql-core's serialize_string, serialize_id and serialize_boolean).
+_UNCHANGED: Final[Mapping[GraphQLScalarType, type]] = {
+    GraphQLString: str,
+    GraphQLID: str,
+    GraphQLBoolean: bool,
+}
 
 
 class _Object:
@@ -91,6 +112,24 @@ class _Object:
         self.parent_type = parent_type
 
 
+def asks_no_info(object_type: GraphQLObjectType) -> bool:
+    """Whether ``object_type``'s ``is_type_of`` is Strawberry's own, which ignores its info.
+
+    Strawberry gives every type with an interface (``Node``'s ``File`` and
+    ``User``) a closure of its converter that reads only the value
+    (``tests/test_strawberry_internals.py`` pins it); a ``GraphQLResolveInfo``
+    built for it alone is some five calls per object.
+    """
+    check = object_type.is_type_of
+    return (
+        getattr(check, "__module__", None) == _STRAWBERRYS_IS_TYPE_OF
+        and getattr(check, "__name__", None) == "is_type_of"
+    )
+
+
+_STRAWBERRYS_IS_TYPE_OF: Final = "strawberry.schema.schema_converter"
+
+
 # What a short path returns to say "take the general one".
 _GENERAL: Final = object()
 
@@ -106,6 +145,11 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         self._plans: dict[int, tuple[object, GraphQLObjectType, list[_Leaf | _Object | None]]] = {}
         # Types whose values were found not awaitable (and not exceptions) once.
         self._settled: set[type] = set(_PLAIN_VALUES)
+        # By object type: whether its is_type_of may be called without an info.
+        self._info_free: dict[GraphQLObjectType, bool] = {}
+        # By id of a list's item type (kept in the entry): the object type its items
+        # complete to, non-null or not, or None for any other item type.
+        self._item_objects: dict[int, tuple[GraphQLOutputType, GraphQLObjectType | None]] = {}
         manager = self.middleware_manager
         self._wrapped = manager is not None and bool(manager._middleware_resolvers)
 
@@ -124,10 +168,17 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         non_null = isinstance(field_type, GraphQLNonNull)
         named = field_type.of_type if isinstance(field_type, GraphQLNonNull) else field_type
         if is_leaf_type(named) and isinstance(attribute, str):
-            return _Leaf(attribute, named.coerce_output_value, nullable=not non_null)
+            same = _UNCHANGED.get(named) if isinstance(named, GraphQLScalarType) else None
+            return _Leaf(attribute, named.coerce_output_value, not non_null, same)
         if is_object_type(named):
             return _Object(attribute, field_def, named, parent_type)
         return None
+
+    def _no_info(self, object_type: GraphQLObjectType) -> bool:
+        free = self._info_free.get(object_type)
+        if free is None:
+            free = self._info_free[object_type] = asks_no_info(object_type)
+        return free
 
     def _settles(self, value: Any) -> bool:
         """Whether ``value`` is a plain value: neither awaitable nor an exception."""
@@ -139,11 +190,8 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         self._settled.add(kind)
         return True
 
-    def _leaf(self, plan: _Leaf, source: Any) -> Any:
-        try:
-            value = getattr(source, plan.attribute)
-        except Exception:  # noqa: BLE001 - the general path raises it again, located
-            return _GENERAL
+    def _leaf(self, plan: _Leaf, value: Any) -> Any:
+        """A plain leaf's completed ``value``, or _GENERAL."""
         if value is None:
             return None if plan.nullable else _GENERAL
         if not self._settles(value):
@@ -172,7 +220,7 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
             except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
                 self.handle_field_error(raw_error, field_type, field_details_list, path)
                 return None
-            if value is None or not self._settles(value):
+            if value is None or (type(value) not in self._settled and not self._settles(value)):
                 return self._completed(
                     plan, field_details_list, info, path, value, position_context
                 )
@@ -181,13 +229,15 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
                 value = getattr(source, plan.attribute)
             except Exception:  # noqa: BLE001 - the general path raises it again, located
                 return _GENERAL
-            if value is None or not self._settles(value):
+            if value is None or (type(value) not in self._settled and not self._settles(value)):
                 return _GENERAL
         object_type = plan.object_type
         if object_type.is_type_of is not None:
-            info = info or self._info(plan, field_details_list, path)
+            if info is None and not self._no_info(object_type):
+                info = self._info(plan, field_details_list, path)
             # Only a plain True: False (an error) and an awaitable go the general way.
-            if object_type.is_type_of(value, info) is not True:
+            # (info is None only for Strawberry's own check, which does not read it.)
+            if object_type.is_type_of(value, cast(Any, info)) is not True:
                 if plan.attribute is not None:
                     return _GENERAL
                 return self._completed(
@@ -201,7 +251,8 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
             # As execute_field: null for a nullable field, raised on for a non-null one.
             self.handle_field_error(raw_error, field_type, field_details_list, path)
             return None
-        if self.is_awaitable(completed):
+        # A sub-selection's answer is a plain dict unless a field awaits.
+        if type(completed) is not dict and self.is_awaitable(completed):
             return _completed_later(self, completed, field_type, field_details_list, path)
         return completed
 
@@ -232,9 +283,71 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
         except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
             self.handle_field_error(raw_error, field_type, field_details_list, path)
             return None
-        if self.is_awaitable(completed):
+        # A sub-selection's answer is a plain dict unless a field awaits.
+        if type(completed) is not dict and self.is_awaitable(completed):
             return _completed_later(self, completed, field_type, field_details_list, path)
         return completed
+
+    def complete_list_item_value(
+        self,
+        item: Any,
+        complete_results: list[Any],
+        item_type: GraphQLOutputType,
+        field_details_list: FieldDetailsList,
+        info: Any,
+        item_path: Path,
+        position_context: Any,
+    ) -> bool:
+        """graphql-core's, with an object item its type's check (Strawberry's) accepts
+        completed directly: not through ``complete_value`` twice (the non-null
+        wrapper, then the type) and ``complete_object_value``, per edge of a page.
+        A null, an awaitable, a refused or unusual item goes graphql-core's way."""
+        object_type = self._item_object(item_type)
+        if (
+            object_type is None
+            or item is None
+            or (type(item) not in self._settled and not self._settles(item))
+            or (
+                object_type.is_type_of is not None
+                and not (
+                    self._no_info(object_type)
+                    and object_type.is_type_of(item, cast(Any, None)) is True
+                )
+            )
+        ):
+            return super().complete_list_item_value(
+                item,
+                complete_results,
+                item_type,
+                field_details_list,
+                info,
+                item_path,
+                position_context,
+            )
+        try:
+            completed = self.collect_and_execute_subfields(
+                object_type, field_details_list, item_path, item, position_context
+            )
+        except Exception as raw_error:  # noqa: BLE001 - handled as graphql-core does
+            self.handle_field_error(raw_error, item_type, field_details_list, item_path)
+            complete_results.append(None)
+            return False
+        if type(completed) is not dict and self.is_awaitable(completed):
+            complete_results.append(
+                _completed_later(self, completed, item_type, field_details_list, item_path)
+            )
+            return True
+        complete_results.append(completed)
+        return False
+
+    def _item_object(self, item_type: GraphQLOutputType) -> GraphQLObjectType | None:
+        entry = self._item_objects.get(id(item_type))
+        if entry is not None and entry[0] is item_type:
+            return entry[1]
+        named = item_type.of_type if isinstance(item_type, GraphQLNonNull) else item_type
+        object_type = named if is_object_type(named) else None
+        self._item_objects[id(item_type)] = (item_type, object_type)
+        return object_type
 
     def execute_fields(
         self,
@@ -259,7 +372,13 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
                 grouped_field_set.items(), plans, strict=True
             ):
                 if type(plan) is _Leaf:
-                    value = self._leaf(plan, source_value)
+                    try:
+                        value = getattr(source_value, plan.attribute)
+                    except Exception:  # noqa: BLE001 - the general path raises it again, located
+                        value = _GENERAL
+                    else:
+                        if type(value) is not plan.same:
+                            value = self._leaf(plan, value)
                     if value is not _GENERAL:
                         results[response_name] = value
                         continue
@@ -276,7 +395,7 @@ class DepotExecutor(StrawberryGraphQLCoreExecutionContext):
                     )
                 if result is not Undefined:
                     results[response_name] = result
-                    if is_awaitable(result):
+                    if type(result) is not dict and is_awaitable(result):
                         awaitable_fields.append(response_name)
         except Exception:
             if awaitable_fields:

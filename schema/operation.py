@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from graphql import (
     ASTValidationRule,
@@ -46,10 +46,15 @@ from graphql import (
     GraphQLSchema,
     OperationDefinitionNode,
     get_operation_ast,
+    parse,
     specified_rules,
 )
+from graphql import ExecutionResult as GraphQLExecutionResult
+from graphql import execute as graphql_execute
 from graphql.validation import NoSchemaIntrospectionCustomRule
 from starlette.websockets import WebSocket
+from strawberry.exceptions import MissingQueryError
+from strawberry.execution import optimized_is_awaitable
 from strawberry.extensions import SchemaExtension
 from strawberry.extensions.context import (
     ExecutingContextManager,
@@ -58,9 +63,10 @@ from strawberry.extensions.context import (
     ValidationContextManager,
 )
 from strawberry.extensions.runner import SchemaExtensionsRunner
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.schema.schema import validate_document
 from strawberry.types import ExecutionContext
-from strawberry.types.execution import ExecutionResult, StreamExecutionResult
+from strawberry.types.execution import ExecutionResult, PreExecutionError, StreamExecutionResult
 from strawberry.types.graphql import OperationType
 
 from schema import limits
@@ -70,6 +76,9 @@ from schema.loaders import Loaders
 from schema.metrics import record_operation
 from schema.tracing import OpenSpan, close_span, open_span
 from schema.validation import request_rules
+
+if TYPE_CHECKING:
+    from strawberry import Schema
 
 # Distinct document texts each cache keeps (least recently used dropped first),
 # as Strawberry's ParserCache and ValidationCache kept 256 each.
@@ -386,3 +395,145 @@ class _Executing(ExecutingContextManager):
 
     def __enter__(self) -> None:
         raise RuntimeError(_SYNC_REFUSED)
+
+
+# -- one operation, without Strawberry's runner -----------------------------------------
+
+
+async def execute(
+    schema: Schema,
+    rules: OperationRules,
+    query: str | None,
+    variable_values: dict[str, Any] | None,
+    context_value: Any,
+    root_value: Any,
+    operation_name: str | None,
+    allowed_operation_types: Iterable[OperationType],
+    operation_extensions: dict[str, Any] | None,
+) -> ExecutionResult:
+    """Strawberry's ``Schema.execute`` for a schema whose one extension is DepotOperation.
+
+    The same steps in the same order, with the same outcomes: the operation
+    begun; the document parsed (from the cache, else by graphql-core, whose
+    syntax error is the answer); its type found (``CannotGetOperationTypeError``
+    raised) and allowed (``InvalidOperationTypeError`` raised, as
+    ``MissingQueryError`` for no document); validated; a mutation's session
+    switched to writes; graphql-core's ``execute`` with ``schema``'s executor.
+    ``finish`` codes and counts what an operation answered, unless it raised
+    (then, as in Strawberry, the error is the answer, uncoded: the view masks
+    it); ``close`` runs whatever happened.
+
+    What is gone is what Strawberry builds around those steps for every
+    operation whatever its extensions: the extensions' instances and runner,
+    a middleware manager (none of DepotOperation's hooks resolves fields, so
+    graphql-core gets none), the operation type worked out again at each
+    step, the extensions' results (DepotOperation has none).
+    ``Schema.process_errors`` is not called: Depot's does nothing
+    (``schema.operation`` logs what deserves it).
+    """
+    context = _Execution(
+        query=query,
+        schema=schema,
+        allowed_operations=allowed_operation_types,
+        context=context_value,
+        root_value=root_value,
+        variables=variable_values,
+        provided_operation_name=operation_name,
+        operation_extensions=operation_extensions,
+    )
+    depot = DepotOperation(rules)
+    depot.execution_context = context  # as Strawberry's execute sets it, not the constructor
+    try:
+        depot.begin()
+        try:
+            result = await _run(schema, depot, context)
+        except BaseException:
+            await depot.close()
+            raise
+        try:
+            depot.finish()
+        finally:
+            await depot.close()
+    except (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - as Strawberry: the error is the answer
+        error = exc if isinstance(exc, GraphQLError) else GraphQLError(str(exc), original_error=exc)
+        return _refused(context, error)
+    if isinstance(result, GraphQLExecutionResult):
+        if result.errors:
+            context.pre_execution_errors = result.errors
+        result = ExecutionResult(data=result.data, errors=result.errors, extensions={})
+        context.result = result
+    return result
+
+
+class _Execution(ExecutionContext):
+    """Strawberry's execution context, its operation's type worked out once per document.
+
+    Strawberry's ``operation_type`` looks for the operation in the document
+    every time it is asked; the runner, ``DepotOperation.execute`` and the
+    metrics each ask.
+    """
+
+    _typed: tuple[DocumentNode, OperationType] | None = None
+
+    @property
+    def operation_type(self) -> OperationType:
+        document, typed = self.graphql_document, self._typed
+        if typed is not None and typed[0] is document:
+            return typed[1]
+        kind = super().operation_type
+        if document is not None:
+            self._typed = (document, kind)
+        return kind
+
+
+def _refused(context: ExecutionContext, *errors: GraphQLError) -> PreExecutionError:
+    """A refusal before execution, as Strawberry's ``_handle_execution_result`` leaves it."""
+    context.pre_execution_errors = list(errors)
+    result = PreExecutionError(data=None, errors=list(errors), extensions={})
+    context.result = result
+    return result
+
+
+async def _run(
+    schema: Schema, depot: DepotOperation, context: ExecutionContext
+) -> ExecutionResult | GraphQLExecutionResult:
+    """Between ``begin`` and ``finish``: a refusal before execution, or what graphql-core gave."""
+    if not context.query:
+        raise MissingQueryError
+    depot.parse()
+    if context.graphql_document is None:
+        try:
+            context.graphql_document = parse(context.query, **context.parse_options)
+        except GraphQLError as error:
+            return _refused(context, error)
+        except Exception as exc:  # noqa: BLE001 - as Strawberry
+            return _refused(context, GraphQLError(str(exc), original_error=exc))
+    try:
+        operation_type = context.operation_type
+    except RuntimeError as error:
+        raise CannotGetOperationTypeError(context.operation_name) from error
+    if operation_type not in context.allowed_operations:
+        raise InvalidOperationTypeError(operation_type)
+    depot.validate()
+    if context.pre_execution_errors:
+        return _refused(context, *context.pre_execution_errors)
+    await depot.execute()
+    outcome = graphql_execute(
+        schema._schema,
+        context.graphql_document,
+        root_value=context.root_value,
+        variable_values=context.variables,
+        operation_name=context.operation_name,
+        context_value=context.context,
+        # Strawberry's check, as its Schema.execute gives it (a plain bool, not a TypeGuard).
+        is_awaitable=cast(Any, optimized_is_awaitable),
+        executor_class=schema.execution_context_class,
+        operation_extensions=context.operation_extensions,
+    )
+    result = outcome if isinstance(outcome, GraphQLExecutionResult) else await outcome
+    context.result = result
+    if result.errors:
+        context.pre_execution_errors = result.errors
+    return result

@@ -84,16 +84,21 @@ async def auth(client: httpx.AsyncClient) -> dict[str, str]:
 class Client:
     """A raw ASGI client that sends ``body`` in pieces, then (if ``stall``) falls silent."""
 
-    def __init__(self, body: bytes, *, stall: bool, endless: bool = False) -> None:
+    def __init__(
+        self, body: bytes, *, stall: bool, endless: bool = False, pause_s: float = 0.0
+    ) -> None:
         self.body = body
         self.stall = stall
         self.endless = endless
+        self.pause_s = pause_s
         self.received = 0
         self.messages: list[Message] = []
 
     async def receive(self) -> Message:
         # A checkpoint, as a real socket read is: the answer's deadline can interrupt it.
         await anyio.lowlevel.checkpoint()
+        if self.pause_s:
+            await anyio.sleep(self.pause_s)
         if self.endless and self.received < ENDLESS:
             self.received += PIECE
             return {"type": "http.request", "body": b" " * PIECE, "more_body": True}
@@ -255,6 +260,21 @@ async def test_silent_json_body_times_out(app: ASGIApp) -> None:
     assert client.status == 408
     error = assert_error(client.json(), "REQUEST_TIMEOUT")
     assert "DEPOT_BODY_TIMEOUT_SECONDS" in error["message"]
+
+
+async def test_a_slow_json_body_that_keeps_arriving_is_answered(app: ASGIApp) -> None:
+    # Four messages (three pieces and the end), each after most of the silence allowed:
+    # the body takes longer than the bound, but is never silent for that long.
+    body = json.dumps({"query": "{ __typename }"}).encode() + b" " * (2 * PIECE + 10)
+    client = Client(body, stall=False, pause_s=SILENCE_S * 0.6)
+    headers = {**JSON_HEADERS, "content-length": str(len(body))}
+
+    started_at = time.monotonic()
+    await run(app, scope("POST", "/graphql", headers), client)
+
+    assert time.monotonic() - started_at > SILENCE_S
+    assert client.status == 200
+    assert client.json() == {"data": {"__typename": "Query"}}
 
 
 @pytest.mark.parametrize("silent_in", ["operations", "file"])

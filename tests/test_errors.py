@@ -8,7 +8,6 @@ request-id middleware; the last tests ask the real app.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import uuid
@@ -52,7 +51,7 @@ from core.signins import SignIns
 from schema import _Schema
 from schema.ids import encode_id
 from schema.limits import Limits
-from schema.operation import DepotOperation, OperationRules
+from schema.operation import OperationRules
 from storage import open_storage
 from tests.conftest import make_settings, started
 from tests.support import PASSWORD, WS_TIMEOUT_S, bearer, graphql, register
@@ -92,7 +91,7 @@ RULES = OperationRules.build(
     metrics=False,
     traced=False,
 )
-SCHEMA = _Schema(query=_Query, extensions=[functools.partial(DepotOperation, RULES)])
+SCHEMA = _Schema(rules=RULES, query=_Query)
 
 
 def _tiny_app(settings: Settings, engine: AsyncEngine) -> Starlette:

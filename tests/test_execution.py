@@ -100,7 +100,26 @@ def _items() -> list[Any]:
 class Query:
     @strawberry.field
     def items(self) -> list[Item | None]:
-        return _items()
+        # Item has no is_type_of: a null and a wrong value among the items.
+        return [*_items(), None, "not an item"]  # type: ignore[list-item]
+
+    @strawberry.field
+    def leaves(self) -> list[Leaf | None]:
+        # Leaf has Strawberry's is_type_of: the same, and a read that fails.
+        good = Leaf(name="x", size=2, colour=Colour.RED)
+        return [
+            good,
+            None,
+            "not a leaf",
+            Broken(),
+            Leaf(name=None, size=1, colour=Colour.RED),
+            good,
+        ]  # type: ignore[list-item, arg-type]
+
+    @strawberry.field
+    def strict_leaves(self, wrong: bool) -> list[Leaf]:
+        good = Leaf(name="x", size=2, colour=Colour.RED)
+        return [good, None if wrong else good]  # type: ignore[list-item]
 
     @strawberry.field
     def strict(self) -> list[Item]:
@@ -123,6 +142,9 @@ DOCUMENTS = [
     "{ items { owner { name size } parent { name } } }",
     "{ items { ... on Item { t: title title leaf { __typename name } } } }",
     "{ strict { title leaf { name } } }",
+    "{ leaves { name size colour } }",
+    "{ leaves { __typename ... on Leaf { name } } }",
+    "{ strictLeaves(wrong: true) { name } }",
     "query Q($skip: Boolean!) { items { title @skip(if: $skip) leaf { size } } }",
 ]
 
@@ -143,7 +165,7 @@ async def test_answers_and_errors_are_graphql_cores(document: str) -> None:
     got = _answer(await ours.execute(document, variable_values=variables))
     assert got == expected
     # The cases above do go wrong: this compares errors, not two clean answers.
-    if "items" in document or "strict" in document:
+    if "items" in document or "strict" in document or "leaves" in document:
         assert expected["errors"]
 
 
@@ -169,3 +191,19 @@ async def test_the_short_path_is_taken() -> None:
     }
     # Every field here is plain or a bare method: none takes the general way.
     assert executed == []
+
+
+async def test_list_items_of_object_types_skip_complete_value() -> None:
+    """An object item Strawberry's check accepts is completed without complete_value."""
+    completed: list[str] = []
+
+    class Counting(DepotExecutor):
+        def complete_value(self, return_type: Any, *rest: Any) -> Any:
+            completed.append(str(return_type))
+            return super().complete_value(return_type, *rest)
+
+    result = await _schema(Counting).execute("{ strictLeaves(wrong: false) { name size } }")
+    assert result.errors is None
+    assert result.data == {"strictLeaves": [{"name": "x", "size": 2}] * 2}
+    # The list itself, not its items.
+    assert completed == ["[Leaf!]!", "[Leaf!]"]

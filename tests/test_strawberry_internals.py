@@ -59,8 +59,8 @@ from strawberry.types.unset import UnsetType
 
 from api.graphql import GraphQLView, RequestAdapter
 from api.websocket import LegacyWSHandler, TransportWSHandler
-from schema import _Schema
-from schema.execution import DepotExecutor
+from schema import _Schema, build_schema
+from schema.execution import DepotExecutor, asks_no_info
 from schema.operation import DepotOperation, OperationRunner
 from schema.scalars import SCALARS, BigInt
 
@@ -782,3 +782,26 @@ def test_the_executor_depot_extends_is_strawberrys() -> None:
         )
     # Strawberry's Schema takes the class and hands it on to graphql-core as its executor.
     assert "execution_context_class" in _parameters(strawberry.Schema.__init__)
+    _assert_overrides(
+        DepotExecutor,
+        StrawberryGraphQLCoreExecutionContext,
+        "complete_list_item_value",
+        "schema.execution.DepotExecutor",
+    )
+
+
+def test_strawberrys_is_type_of_reads_only_the_value() -> None:
+    # schema.execution.asks_no_info calls Strawberry's own is_type_of without an info
+    # (File and User, Node's types): it must be recognised and ignore it.
+    graphql_schema = build_schema()._schema
+    for name in ("File", "User"):
+        object_type = graphql_schema.get_type(name)
+        assert isinstance(object_type, graphql.GraphQLObjectType)
+        assert asks_no_info(object_type), (
+            f"{name}'s is_type_of is no longer Strawberry's converter closure: "
+            "schema.execution.asks_no_info must recognise what replaced it, or build an info."
+        )
+        check = object_type.is_type_of
+        assert check is not None
+        assert list(inspect.signature(check).parameters) == ["obj", "_info"]
+        assert check(object(), None) is False  # type: ignore[arg-type]
