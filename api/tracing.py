@@ -24,6 +24,8 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from core.tracing import start_work_span
+
 # Probes and the scrape: many a minute, each alike.
 UNTRACED_PATHS: Final = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -52,21 +54,26 @@ class ServerSpans:
         }
         parent = propagate.extract(carrier) if carrier else None
         method = scope["method"] if kind == "http" else "WEBSOCKET"
-        span = _tracer.start_span(f"{method} {scope['path']}", parent, SpanKind.SERVER)
+        span = start_work_span(_tracer, f"{method} {scope['path']}", SpanKind.SERVER, parent)
         token = context.attach(trace.set_span_in_context(span, parent))
+        if not span.is_recording():
+            # Sampled out: the span is current, for its trace id (logs, a job's
+            # traceparent), and nothing more is asked of it.
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                context.detach(token)
+            return
         try:
-            if span.is_recording():
-                span.set_attributes(_request_attributes(scope, method))
-                send = _noting_status(span, send)
-            await self.app(scope, receive, send)
+            span.set_attributes(_request_attributes(scope, method))
+            await self.app(scope, receive, _noting_status(span, send))
         except BaseException as exc:
-            if span.is_recording():
-                span.record_exception(exc)
-                span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
             raise
         finally:
             route = getattr(scope.get("route"), "path", None)
-            if isinstance(route, str) and span.is_recording():
+            if isinstance(route, str):
                 span.set_attribute("http.route", route)
             context.detach(token)
             span.end()

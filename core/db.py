@@ -29,7 +29,7 @@ from sqlalchemy.orm import ORMExecuteState
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core import sqlite
+from core import sqlite, tracing
 from core.metrics import watch_pool
 from core.settings import Settings
 
@@ -48,7 +48,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
     ping cost a ``BEGIN; ;ROLLBACK`` round trip per checkout, and a dead
     connection is recovered from when it is used instead (see the module's
     docstring). In production a statement's parameters (emails, token hashes,
-    paths) stay out of error messages, and so out of logged tracebacks.
+    paths) stay out of error messages, and so out of logged tracebacks. With
+    tracing on, its statements are traced (:func:`core.tracing.trace_sql`).
     """
     url = make_url(settings.database_url)
     hide_parameters = settings.is_production
@@ -68,6 +69,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         )
     if settings.metrics_enabled:
         watch_pool(engine)
+    if tracing.enabled():
+        tracing.trace_sql(engine)
     return engine
 
 

@@ -12,7 +12,7 @@ no-op one. The SDK itself reads the rest: ``OTEL_SERVICE_NAME``,
 
 Switched on, a process traces its HTTP requests (``api.tracing``), its
 GraphQL operations (``schema.tracing``), its SQL (:func:`trace_sql`, every
-engine), its Redis commands (the client from
+engine :func:`core.db.create_engine` opens), its Redis commands (the client from
 :func:`core.redis_client.open_redis`; not the broker's polling) and its S3
 calls.
 
@@ -22,7 +22,9 @@ listener's blocking read, maintenance) makes no trace of its own, and SQL is
 traced only inside a span that records. A span the sampler dropped gets no
 attributes and no children from Depot's code, so sampling at a low ratio
 (``OTEL_TRACES_SAMPLER=parentbased_traceidratio``) costs each unsampled
-request a sampling decision and a context switch.
+request an id draw (:class:`core.trace_sampling.QuickDrops`, which makes the
+spans such a sampler drops without the SDK: :func:`start_work_span`) and a
+context switch, and each SQL statement one context lookup.
 
 **A job carries its trace through the queue.** The request that starts a job
 stores its span's W3C ``traceparent`` on the job row
@@ -33,24 +35,29 @@ does ``Job.traceId``.
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from sqlalchemy import event
-from sqlalchemy.engine import URL, Connection, Engine, ExceptionContext
 from structlog.typing import EventDict, WrappedLogger
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from core.trace_sampling import QuickDrops
 
 EXPORTERS: Final = ("otlp", "console", "none")
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 _tracer = trace.get_tracer("depot")
+# The configured sampler's drops, when they are known (configure_tracing).
+_quick_drops: QuickDrops | None = None
 
 
 class TracingConfigError(ValueError):
@@ -82,10 +89,12 @@ def configure_tracing(default_service_name: str) -> bool:
         SpanExporter,
     )
 
-    from core.trace_sampling import WorkRoots
+    from core.trace_sampling import QuickDrops, WorkRoots
 
+    global _quick_drops
     service = os.environ.get("OTEL_SERVICE_NAME") or default_service_name
     provider = TracerProvider(resource=Resource.create({SERVICE_NAME: service}))
+    _quick_drops = QuickDrops.of(provider.sampler, provider.id_generator)
     # The sampler the SDK chose from OTEL_TRACES_SAMPLER, starting traces only at work.
     provider.sampler = WorkRoots(provider.sampler)
     exporter: SpanExporter
@@ -97,7 +106,6 @@ def configure_tracing(default_service_name: str) -> bool:
         exporter = ConsoleSpanExporter()
     provider.add_span_processor(BatchSpanProcessor(exporter))
     trace.set_tracer_provider(provider)
-    trace_sql()
     # S3: aioboto3's calls go through aiobotocore's own async ``_make_api_call``,
     # which BotocoreInstrumentor (botocore's, synchronous) never sees.
     AiobotocoreInstrumentor().instrument()  # type: ignore[no-untyped-call]
@@ -188,77 +196,80 @@ def _s3_only_when_recording() -> None:
 # -- SQL ---------------------------------------------------------------------------
 
 
-def trace_sql() -> None:
-    """A ``CLIENT`` span per SQL statement of every engine, inside a span that records.
+def trace_sql(engine: AsyncEngine) -> None:
+    """A ``CLIENT`` span per SQL statement ``engine`` sends, inside a span that records.
 
-    Depot's own listener rather than ``opentelemetry-instrumentation-sqlalchemy``,
-    which parsed the engine's URL and stripped the statement's comments with a
-    regular expression for every statement before it asked the sampler: in a
-    request sampled out, or outside any request (a worker's heartbeats),
-    this one returns at its first test.
+    A hook on the engine's dialect, where it hands a statement to the DBAPI
+    cursor (``do_execute`` and its two siblings), rather than the engine's
+    ``before_cursor_execute`` / ``after_cursor_execute`` events: once an
+    engine has any listener of those, SQLAlchemy runs its whole event
+    dispatch for every statement (``before_execute`` and ``after_execute``
+    looked up and their parameters distilled too), ~20 µs a statement sampled
+    out or outside any request. This hook costs such a statement one context
+    lookup; in a span that records it makes the statement's span around the
+    cursor's call itself. Depot's own rather than
+    ``opentelemetry-instrumentation-sqlalchemy``, which parsed the engine's URL
+    and stripped the statement's comments with a regular expression for every
+    statement before it asked the sampler.
     """
-    if not event.contains(Engine, "before_cursor_execute", _before_execute):
-        event.listen(Engine, "before_cursor_execute", _before_execute)
-        event.listen(Engine, "after_cursor_execute", _after_execute)
-        event.listen(Engine, "handle_error", _on_error)
+    sync = engine.sync_engine
+    dialect = sync.dialect
+    shared = _engine_attributes(sync.url.database, sync.url.host, sync.url.port)
+    shared["db.system.name"] = dialect.name
+
+    def do_execute(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        if not trace.get_current_span().is_recording():
+            return False
+        with _sql_span(statement, shared):
+            dialect.do_execute(cursor, statement, parameters, context)
+        return True
+
+    def do_execute_no_params(cursor: Any, statement: str, context: Any) -> bool:
+        if not trace.get_current_span().is_recording():
+            return False
+        with _sql_span(statement, shared):
+            dialect.do_execute_no_params(cursor, statement, context)
+        return True
+
+    def do_executemany(cursor: Any, statement: str, parameters: Any, context: Any) -> bool:
+        if not trace.get_current_span().is_recording():
+            return False
+        with _sql_span(statement, shared):
+            dialect.do_executemany(cursor, statement, parameters, context)
+        return True
+
+    event.listen(sync, "do_execute", do_execute)
+    event.listen(sync, "do_execute_no_params", do_execute_no_params)
+    event.listen(sync, "do_executemany", do_executemany)
 
 
-_SPAN_KEY: Final = "_depot_span"
-
-
-def _before_execute(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> None:
-    if context is None or not trace.get_current_span().is_recording():
-        return
+@contextmanager
+def _sql_span(statement: str, shared: Mapping[str, str | int]) -> Iterator[None]:
+    """The span of one statement's call to its cursor; an error ends it as one."""
     operation = statement.split(None, 1)[0].upper() if statement else "SQL"
-    engine = conn.engine
-    attributes = dict(_engine_attributes(engine.url, engine.dialect.name))
-    attributes["db.operation.name"] = operation
-    attributes["db.query.text"] = statement
+    attributes = {**shared, "db.operation.name": operation, "db.query.text": statement}
     span = _sql_tracer.start_span(operation, kind=SpanKind.CLIENT, attributes=attributes)
-    setattr(context, _SPAN_KEY, span)
-
-
-def _after_execute(
-    conn: Connection,
-    cursor: Any,
-    statement: str,
-    parameters: Any,
-    context: Any,
-    executemany: bool,
-) -> None:
-    span: Span | None = getattr(context, _SPAN_KEY, None)
-    if span is not None:
-        setattr(context, _SPAN_KEY, None)
-        span.end()
-
-
-def _on_error(exception_context: ExceptionContext) -> None:
-    span: Span | None = getattr(exception_context.execution_context, _SPAN_KEY, None)
-    if span is not None:
-        setattr(exception_context.execution_context, _SPAN_KEY, None)
-        error = exception_context.original_exception
+    try:
+        yield
+    except BaseException as error:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+        raise
+    finally:
         span.end()
 
 
-@functools.lru_cache(maxsize=16)
-def _engine_attributes(url: URL, system: str) -> tuple[tuple[str, str | int], ...]:
+def _engine_attributes(
+    database: str | None, host: str | None, port: int | None
+) -> dict[str, str | int]:
     """What every statement of one database shares (no password, no user)."""
-    attributes: list[tuple[str, str | int]] = [("db.system.name", system)]
-    if url.database:
-        attributes.append(("db.namespace", url.database))
-    if url.host:
-        attributes.append(("server.address", url.host))
-    if url.port:
-        attributes.append(("server.port", url.port))
-    return tuple(attributes)
+    attributes: dict[str, str | int] = {}
+    if database:
+        attributes["db.namespace"] = database
+    if host:
+        attributes["server.address"] = host
+    if port:
+        attributes["server.port"] = port
+    return attributes
 
 
 _sql_tracer = trace.get_tracer("depot.sql")
@@ -292,7 +303,31 @@ def start_attempt_span(name: str, traceparent: str | None, attributes: Mapping[s
     with ``trace.use_span(span, end_on_exit=False)``.
     """
     parent = _PROPAGATOR.extract({"traceparent": traceparent}) if traceparent else None
-    return _tracer.start_span(name, context=parent, kind=SpanKind.CONSUMER, attributes=attributes)
+    return start_work_span(_tracer, name, SpanKind.CONSUMER, parent, attributes)
+
+
+def start_work_span(
+    tracer: trace.Tracer,
+    name: str,
+    kind: SpanKind,
+    parent: Context | None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Span:
+    """A request's (``SERVER``) or an attempt's (``CONSUMER``) span, child of ``parent``
+    (else of the current context): ``tracer.start_span``, but a span the configured
+    sampler drops is made without the SDK (:class:`core.trace_sampling.QuickDrops`)."""
+    quick = _quick_drops
+    if quick is not None:
+        parent_span = trace.get_current_span(parent).get_span_context()
+        if parent_span.is_valid:
+            dropped = quick.child(parent_span)
+        else:
+            dropped = quick.root()
+            if dropped is None:  # this root's lot is drawn: sampled
+                parent = quick.sampled(parent)
+        if dropped is not None:
+            return dropped
+    return tracer.start_span(name, parent, kind, attributes=attributes)
 
 
 def add_trace_ids(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
@@ -312,8 +347,10 @@ def redact_server_span(method: str, raw_path: str, path: str) -> None:
     router matched them, so the request-id middleware redacts them here, at
     the end, before the span is exported.
     """
+    if raw_path == path:
+        return
     span = trace.get_current_span()
-    if raw_path == path or not span.is_recording():
+    if not span.is_recording():
         return
     span.update_name(f"{method} {path}")
     recorded: Mapping[str, Any] = getattr(span, "attributes", None) or {}

@@ -346,3 +346,94 @@ def _wait_for_s3(receiver: _Receiver) -> Span:
             return found[0]
         time.sleep(0.05)
     pytest.fail(f"no S3 span; got {sorted({s.name for s in receiver.spans_now()})}")
+
+
+async def test_a_ratio_sampler_samples_that_share_of_requests(tmp_path: Path) -> None:
+    """At ``parentbased_traceidratio`` 0.5 about half the requests are traced, whole:
+    each root's lot is drawn once, before the SDK is asked
+    (``core.trace_sampling.QuickDrops``), not once there and again in the SDK
+    (a quarter), nor never or always."""
+    port = free_port()
+    settings = make_settings(tmp_path, storage_url=(tmp_path / "files").as_uri())
+    with otlp_receiver() as receiver:
+        env = {**otel_env(receiver), **otel_env_ratio(0.5)}
+        async with (
+            in_background(depot_serve(settings, tmp_path / "serve.log", port, env=env)),
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        ):
+            for _ in range(RATIO_REQUESTS):
+                body = await graphql(client, "query Typename { __typename }")
+                assert "errors" not in body, body
+            # Exported in order: once this caller-sampled trace is in, so are the others.
+            last = "0af7651916cd43dd8448eb211c80319c"
+            await graphql(
+                client,
+                "query Typename { __typename }",
+                headers={"traceparent": f"00-{last}-b7ad6b7169203331-01"},
+            )
+            await anyio.to_thread.run_sync(receiver.wait_for, "query Typename", last)
+    spans = [s for s in receiver.spans_now() if s.trace_id != last]
+    servers = {s.span_id: s for s in spans if s.kind == OTLP_SERVER and not s.parent_id}
+    operations = [s for s in spans if s.name == "query Typename"]
+    # Binomial(200, 0.5): 100 ± 7; drawn twice it would be 50 ± 6.
+    assert 70 <= len(servers) <= 130, len(servers)
+    assert sorted(s.parent_id for s in operations) == sorted(servers), "whole traces"
+    assert all(s.attributes["http.route"] == "/graphql" for s in servers.values())
+
+
+RATIO_REQUESTS = 200
+
+
+async def test_a_trace_the_ratio_drops_keeps_its_id_and_exports_nothing(tmp_path: Path) -> None:
+    """At ratio 0 a request's span is made without the SDK; its trace id still goes to
+    the job, its attempt and its events, and nothing of it is exported. A caller's
+    sampled trace is still followed."""
+    port = free_port()
+    settings = make_settings(tmp_path, storage_url=(tmp_path / "files").as_uri())
+    with otlp_receiver() as receiver:
+        env = {**otel_env(receiver), **otel_env_ratio(0.0)}
+        async with (
+            in_background(depot_serve(settings, tmp_path / "serve.log", port, env=env)) as api,
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        ):
+            token, headers = await signed_in(client)
+            uploaded = await upload_file(client, headers, "a.bin", b"checked bytes")
+            body = await graphql(
+                client,
+                START_VERIFY,
+                {"input": {"verify": {"fileId": uploaded["id"]}}},
+                headers=headers,
+            )
+            started = body["data"]["startJob"]
+            trace_id = started["traceId"]
+            assert trace_id is not None, started
+            assert len(trace_id) == 32, started
+            assert trace_id != "0" * 32
+            async with subscriber(client, token) as ws:
+                events = await collect_job_events(ws, "1", started["id"], query=TRACED_EVENTS)
+            assert events[-1]["status"] == "SUCCEEDED", events
+            assert [e["traceId"] for e in events] == [trace_id] * len(events)
+            job = (await graphql(client, JOB, {"id": started["id"]}, headers=headers))["data"]
+            assert job["job"]["traceId"] == trace_id
+
+            # A caller that sampled its trace in: followed, whatever the ratio.
+            sampled = "0af7651916cd43dd8448eb211c80319c"
+            body = await graphql(
+                client,
+                "query Me { me { id } }",
+                headers={**headers, "traceparent": f"00-{sampled}-b7ad6b7169203331-01"},
+            )
+            assert "errors" not in body, body
+            await anyio.to_thread.run_sync(receiver.wait_for, "query Me", sampled)
+            # Exported in order: the job's trace, had it been, came before this one.
+            assert receiver.in_trace(trace_id) == []
+            assert {s.trace_id for s in receiver.spans_now()} == {sampled}
+            log = api.output()
+        assert f"trace_id={trace_id}" in log, "log lines carry the dropped trace's id"
+
+
+def otel_env_ratio(ratio: float) -> dict[str, str]:
+    return {
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": str(ratio),
+    }
