@@ -192,13 +192,14 @@ def create_app(settings: Settings, drain: Drain | None = None) -> Starlette:
                 if maintenance is not None:
                     await maintenance.stop()
 
+    # Starlette tries routes in order: the one nearly every request takes comes first.
     routes = [
+        Route("/graphql", graphql),
+        WebSocketRoute("/graphql", graphql),
         Route("/", lambda request: RedirectResponse("/graphql")),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         *([Route("/metrics", metrics)] if settings.metrics_enabled else []),
-        Route("/graphql", graphql),
-        WebSocketRoute("/graphql", graphql),
         *FILE_ROUTES,
         *NOTIFICATION_ROUTES,
         Route(PATHS["variant"] + "{token}", variant, methods=["GET", "HEAD"]),
