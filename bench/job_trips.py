@@ -46,6 +46,15 @@ def _per_job(trips: list[str], jobs: int) -> str:
     return f"{len(trips) / jobs:.1f} round trips ({parts})"
 
 
+def _last(label: str, proxies: dict[str, WireCounter], marks: dict[str, int]) -> list[str]:
+    """The last counted job's round trips, process by process, in the order sent."""
+    shown = []
+    for n, proxy in proxies.items():
+        shown.append(f"  the last {label}, {n}:")
+        shown.extend(f"    {' '.join(sql.split())[:150]}" for sql in proxy.trips[marks[n] :])
+    return shown
+
+
 async def run(args: argparse.Namespace, postgres_url: str) -> str:
     known = redis_claim.claim_redis(args.redis_url)
     lines = []
@@ -98,6 +107,8 @@ async def run(args: argparse.Namespace, postgres_url: str) -> str:
                                     counted[n].extend(proxy.trips[marks[n] :])
                             for n, trips in counted.items():
                                 lines.append(f"{label}, {n}: {_per_job(trips, count)}")
+                            if args.show:
+                                lines.extend(_last(label, proxies, marks))
                 finally:
                     await api.aclose()
             finally:
@@ -113,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=10, help="verify jobs counted (10)")
     parser.add_argument("--pipelines", type=int, default=5, help="pipelines counted (5)")
     parser.add_argument("--warmup", type=int, default=3, help="of each, not counted (3)")
+    parser.add_argument(
+        "--show", action="store_true", help="list the last counted job's statements per process"
+    )
     parser.add_argument(
         "--redis-url",
         default=os.environ.get("DEPOT_TEST_REDIS_URL"),

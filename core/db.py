@@ -9,20 +9,27 @@ Two things here keep a request's database work to the statements it needs:
 * :class:`SharedSession`: one session for a unit of work (an HTTP request, a
   WebSocket operation), lent to one user at a time, instead of one per
   resolver, loader and sign-in.
+
+And on SQLite, whose writers take turns, :func:`retry_busy` runs a unit again
+when it waited past the busy timeout for another writer, and then gives up
+with ``SERVICE_UNAVAILABLE`` rather than a masked internal error.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+import random
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import structlog
 from sqlalchemy import event
 from sqlalchemy.engine import Result, make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext import asyncio as sa_asyncio
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlalchemy.orm import ORMExecuteState
@@ -30,12 +37,15 @@ from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import sqlite, tracing
+from core.errors import Unavailable
 from core.metrics import watch_pool
 from core.settings import Settings
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
+BUSY_TRIES: Final = 3
+"""How many times :func:`retry_busy` runs a unit that SQLite found locked."""
 
 logger = structlog.get_logger("depot.db")
+T = TypeVar("T")
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -59,7 +69,8 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = sa_asyncio.create_async_engine(
             url, hide_parameters=hide_parameters, module=sqlite.dbapi()
         )
-        event.listen(engine.sync_engine, "connect", _configure_sqlite)
+        configure = functools.partial(_configure_sqlite, settings.sqlite_busy_timeout_ms)
+        event.listen(engine.sync_engine, "connect", configure)
     else:
         engine = sa_asyncio.create_async_engine(
             url,
@@ -74,13 +85,55 @@ def create_engine(settings: Settings) -> AsyncEngine:
     return engine
 
 
-def _configure_sqlite(dbapi_connection: Any, _record: object) -> None:
+def _configure_sqlite(busy_timeout_ms: int, dbapi_connection: Any, _record: object) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms:d}")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def is_busy(exc: BaseException) -> bool:
+    """SQLite's ``database is locked`` (``SQLITE_BUSY``, ``SQLITE_LOCKED`` and their
+    extended codes): other writers held the database past the busy timeout, or a
+    read snapshot went stale before its write. The statement changed nothing."""
+    orig = exc.orig if isinstance(exc, OperationalError) else None
+    code = getattr(orig, "sqlite_errorcode", None)
+    return (
+        isinstance(orig, sqlite3.OperationalError)
+        and isinstance(code, int)
+        and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+    )
+
+
+async def retry_busy(unit: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """``unit()``, run again (up to :data:`BUSY_TRIES` in all) while SQLite finds the
+    database locked; then ``SERVICE_UNAVAILABLE`` (:class:`~core.errors.Unavailable`).
+
+    ``unit`` must be one transaction or several that are each safe to repeat,
+    in blocks of their own (a block that raises rolls back what it began,
+    :class:`SharedSession`), so that giving up leaves nothing half-done, and
+    must do what cannot be repeated (a send, an announcement) after its last
+    commit only. ``what`` names it in the log. Each retry waits a little
+    first, at random, so that the writers that timed out together do not
+    meet again.
+    """
+    for tries in range(1, BUSY_TRIES + 1):
+        try:
+            return await unit()
+        except OperationalError as exc:
+            if not is_busy(exc):
+                raise
+            if tries == BUSY_TRIES:
+                logger.warning("database busy; giving up", what=what, tries=tries)
+                raise Unavailable(
+                    "The database is busy with other changes; nothing was changed. Try again.",
+                    retry_after=1,
+                ) from exc
+            logger.info("database busy; trying again", what=what, tries=tries)
+            await asyncio.sleep(random.uniform(0.01, 0.1) * tries)  # noqa: S311 - jitter
+    raise AssertionError("unreachable")
 
 
 class DepotSession(Session):

@@ -17,6 +17,7 @@ resolver is a bug: it is logged with its traceback and masked as
     ├── Conflict               the change clashes with existing state
     ├── QuotaExceeded          the change would exceed a storage quota
     ├── RateLimited            too many attempts; ``retry_after`` says when to retry
+    ├── Unavailable            a shared resource stayed busy (SQLite's lock); nothing was changed
     └── FeatureDisabled        this installation has the feature switched off (no mail server)
 """
 
@@ -114,6 +115,20 @@ class RateLimited(DepotError):
     """Raised when a client made too many attempts; retry after ``retry_after`` s."""
 
     code = "RATE_LIMITED"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def extensions(self) -> dict[str, object]:
+        return {**super().extensions(), "retryAfter": self.retry_after}
+
+
+class Unavailable(DepotError):
+    """Raised when the change could not be made for now (the database stayed locked by other
+    writers) and nothing of it was kept; try again after ``retry_after`` s."""
+
+    code = "SERVICE_UNAVAILABLE"
 
     def __init__(self, message: str, *, retry_after: int) -> None:
         super().__init__(message)

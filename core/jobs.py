@@ -85,6 +85,8 @@ async def create_job(
     idempotency_key: str | None = None,
     traceparent: str | None = None,
     check_file: Callable[[File], None] | None = None,
+    start: bool = False,
+    commit: bool = True,
 ) -> tuple[Job, bool]:
     """Record a queued job reading the owner's live files ``input_ids``; commits.
 
@@ -93,6 +95,11 @@ async def create_job(
     else's or in the trash is ``NOT_FOUND`` / ``CONFLICT``. ``traceparent``:
     the trace of the request starting it, which its attempts continue.
     ``check_file``: the kind's look at each input (it raises ``BadUserInput``).
+    ``start``: the job is running from its insert (a pipeline, which has no
+    message: its first steps start in the same transaction). With
+    ``commit=False`` the caller commits (a pipeline's start, with its first
+    steps); the rows are flushed, and an idempotency key that lost its race
+    has rolled back what the transaction held, as with ``commit=True``.
     """
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY:
@@ -105,6 +112,7 @@ async def create_job(
             return existing, False
     for file_id in input_ids:
         await _check_input(db, owner_id, file_id, check_file)
+    now = utcnow()
     job = Job(
         owner_id=owner_id,
         kind=kind,
@@ -113,8 +121,10 @@ async def create_job(
         max_attempts=max_attempts,
         traceparent=traceparent,
         # The caller sends it next (and says so if that fails: ``mark_sent``).
-        sent_at=utcnow(),
+        sent_at=now,
     )
+    if start:
+        job.status, job.started_at = JobStatus.RUNNING, now
     db.add(job)
     try:
         # The job row first: JobInput's foreign key needs it (no relationship() orders them).
@@ -123,7 +133,10 @@ async def create_job(
             JobInput(job_id=job.id, position=i, file_id=file_id)
             for i, file_id in enumerate(input_ids)
         )
-        await db.commit()
+        if commit:
+            await db.commit()
+        else:
+            await db.flush()
     except IntegrityError:
         # Another request with the same key won the race: answer with its job.
         await db.rollback()

@@ -360,7 +360,55 @@ async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
             # Started meanwhile by an advance that read it before this one (SQLite has
             # no row lock to wait on): this transaction now reads what that one did.
             return await advance(db, pipeline_id)
-    children = await children_of(db, [pipeline.id])
+    children, read = await _children_reading(db, pipeline.id)
+    return await _start_ready(db, pipeline, children, _Reads(read))
+
+
+async def start(db: AsyncSession, pipeline: Job, inputs: Sequence[File]) -> Advanced:
+    """The first advance of a pipeline inserted running in this transaction
+    (``jobs.create_job(..., start=True)``), whose files ``inputs`` it has read.
+
+    Not committed: the caller commits the pipeline, its first steps and their
+    inputs at once, so a start is one transaction. No other transaction can
+    see the pipeline yet: nothing to lock, no step's job to read, no file it
+    does not know.
+    """
+    return await _start_ready(db, pipeline, [], _Reads(0, list(inputs)))
+
+
+async def _children_reading(db: AsyncSession, pipeline_id: uuid.UUID) -> tuple[list[Job], int]:
+    """The jobs the pipeline's steps started, and how many files they read in all: one
+    query, read after the pipeline's lock (a statement of its own, so it sees what the
+    advance that held the lock before committed)."""
+    reading = (
+        select(func.count())
+        .select_from(JobInput)
+        .where(col(JobInput.job_id) == col(Job.id))
+        .scalar_subquery()
+    )
+    found = await db.exec(
+        select(Job, reading)
+        .where(col(Job.pipeline_id) == pipeline_id)
+        .execution_options(populate_existing=True)
+    )
+    rows = found.all()
+    return [job for job, _ in rows], sum(int(count) for _, count in rows)
+
+
+@dataclass
+class _Reads:
+    """What one advance knows of its pipeline's files: how many its steps ``read`` in
+    all and its own ``inputs`` (None until a step needs them), kept up to date as steps
+    start."""
+
+    read: int
+    inputs: list[File] | None = None
+
+
+async def _start_ready(
+    db: AsyncSession, pipeline: Job, children: list[Job], reads: _Reads
+) -> Advanced:
+    """Start every pending step whose inputs are ready, then update the pipeline."""
     found = states(pipeline, children)
     done = {state.step.name: state for state in found}
     started: list[Job] = []
@@ -369,7 +417,7 @@ async def advance(db: AsyncSession, pipeline_id: uuid.UUID) -> Advanced:
             used == INPUT or done[used].status is StepStatus.SUCCEEDED for used in state.step.use
         )
         if state.status is StepStatus.PENDING and ready:
-            started.append(await _start_step(db, pipeline, state.step, done))
+            started.append(await _start_step(db, pipeline, state.step, done, reads))
     if started:
         # A step that failed at once skips what uses it: nothing it made is ready, so
         # nothing more starts, and the pipeline may end now. The steps' jobs are those
@@ -415,10 +463,10 @@ async def _update(db: AsyncSession, pipeline: Job, found: list[StepState]) -> Jo
 
 
 async def _start_step(
-    db: AsyncSession, pipeline: Job, step: Step, done: dict[str, StepState]
+    db: AsyncSession, pipeline: Job, step: Step, done: dict[str, StepState], reads: _Reads
 ) -> Job:
     """Insert the step's job (not committed), reading what its ``use`` made."""
-    found = await _used_files(db, pipeline, step, done)
+    found = await _used_files(db, pipeline, step, done, reads)
     if step.accept is not None:
         found = [file for file in found if fnmatch.fnmatch(file.content_type, step.accept)]
     now = utcnow()
@@ -430,11 +478,13 @@ async def _start_step(
             f"Step {step.name!r} reads one file, and its `use` made {len(found)}; "
             "give it `accept` or a `use` that makes one."
         )
-    elif len(found) + await _step_inputs(db, pipeline.id) > MAX_STEP_INPUTS:
+    elif reads.read + len(found) > MAX_STEP_INPUTS:
         error = (
             f"Step {step.name!r} would read {len(found)} files; a pipeline's steps read "
             f"at most {MAX_STEP_INPUTS} in all."
         )
+    else:
+        reads.read += len(found)
     ids = [file.id for file in found]
     params = step.params
     if error is None:
@@ -463,25 +513,16 @@ async def _start_step(
     return job
 
 
-async def _step_inputs(db: AsyncSession, pipeline_id: uuid.UUID) -> int:
-    """How many files the pipeline's steps read so far (one COUNT over its steps' jobs)."""
-    found = await db.exec(
-        select(func.count())
-        .select_from(JobInput)
-        .join(Job, col(Job.id) == col(JobInput.job_id))
-        .where(col(Job.pipeline_id) == pipeline_id)
-    )
-    return int(found.one())
-
-
 async def _used_files(
-    db: AsyncSession, pipeline: Job, step: Step, done: dict[str, StepState]
+    db: AsyncSession, pipeline: Job, step: Step, done: dict[str, StepState], reads: _Reads
 ) -> list[File]:
     """The files ``step`` reads: what each step of its ``use`` made, in order, once each."""
     seen: dict[uuid.UUID, File] = {}
     for used in step.use:
         if used == INPUT:
-            found = await _inputs(db, pipeline.id)
+            if reads.inputs is None:
+                reads.inputs = await _inputs(db, pipeline.id)
+            found = reads.inputs
         else:
             source = done[used]
             assert source.job is not None, "a used step has succeeded, so it has a job"

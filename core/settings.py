@@ -110,6 +110,13 @@ class Settings(BaseSettings):
         le=200,
         description="Extra PostgreSQL connections allowed under load.",
     )
+    sqlite_busy_timeout_ms: int = Field(
+        default=5000,
+        ge=1,
+        le=600_000,
+        description="How long a SQLite write waits for another writer before its request is "
+        "tried again (twice more), then answered `SERVICE_UNAVAILABLE`.",
+    )
     redis_url: str | None = Field(
         default=None,
         description="`redis://host:6379/0`. Unset means everything runs in-process.",

@@ -13,7 +13,8 @@ import strawberry
 import structlog
 
 from core import jobs, models
-from core.errors import Conflict
+from core.db import retry_busy
+from core.errors import Conflict, Unavailable
 from core.events import JobStatusChanged, announce
 from core.ratelimit import Action
 from core.tracing import current_traceparent
@@ -68,6 +69,21 @@ async def _send(info: Info, job: models.Job) -> bool:
     return True
 
 
+async def _mark_sent(info: Info, job: models.Job, *, sent: bool) -> None:
+    """Record whether the broker has the job's message. Best effort: the job is
+    committed and its message sent or not; maintenance sends a queued job that
+    looks unsent, and a redelivered message is harmless."""
+
+    async def mark() -> None:
+        async with info.context.db() as db:
+            await jobs.mark_sent(db, [job.id], sent=sent)
+
+    try:
+        await retry_busy(mark, what="mark_sent")
+    except Unavailable:
+        logger.warning("job's sending not recorded", job_id=str(job.id), sent=sent)
+
+
 @strawberry.type
 class JobMutation:
     @strawberry.mutation(
@@ -88,23 +104,26 @@ class JobMutation:
         settings = info.context.settings
         checked = kind.check(requested, settings)
         params = dump(checked)
-        async with info.context.db() as db:
-            job, created = await jobs.create_job(
-                db,
-                user.id,
-                kind.name,
-                params,
-                kind.inputs(params),
-                max_attempts=kind.max_attempts,
-                idempotency_key=idempotency_key,
-                traceparent=current_traceparent(),
-                check_file=lambda file: kind.check_file(checked, file, settings),
-            )
+
+        async def create() -> tuple[models.Job, bool]:
+            async with info.context.db() as db:
+                return await jobs.create_job(
+                    db,
+                    user.id,
+                    kind.name,
+                    params,
+                    kind.inputs(params),
+                    max_attempts=kind.max_attempts,
+                    idempotency_key=idempotency_key,
+                    traceparent=current_traceparent(),
+                    check_file=lambda file: kind.check_file(checked, file, settings),
+                )
+
+        job, created = await retry_busy(create, what="startJob")
         # The row says "sent" from the start (one write less); if the send
         # fails, it says "unsent" again so that maintenance sends it soon.
         if created and not await _send(info, job):
-            async with info.context.db() as db:
-                await jobs.mark_sent(db, [job.id], sent=False)
+            await _mark_sent(info, job, sent=False)
         return Job.from_model(job)
 
     @strawberry.mutation(
@@ -120,8 +139,12 @@ class JobMutation:
             found = await jobs.get_owned_job(db, user.id, key)
         if found.kind == models.PIPELINE:
             return Job.from_model(await cancel_pipeline(info, found))
-        async with info.context.db() as db:
-            job, cancelled = await jobs.cancel_job(db, user.id, key)
+
+        async def cancel() -> tuple[models.Job, bool]:
+            async with info.context.db() as db:
+                return await jobs.cancel_job(db, user.id, key)
+
+        job, cancelled = await retry_busy(cancel, what="cancelJob")
         if cancelled:
             await announce(
                 info.context.events,
@@ -151,15 +174,19 @@ class JobMutation:
             raise Conflict("This job is a pipeline's step: retry the pipeline instead.")
         kind, settings = KINDS[found.kind], info.context.settings
         checked = load(kind.params, found.params)
-        async with info.context.db() as db:
-            job = await jobs.retry_job(
-                db,
-                user.id,
-                key,
-                max_attempts=kind.max_attempts,
-                traceparent=current_traceparent(),
-                check_file=lambda file: kind.check_file(checked, file, settings),
-            )
+
+        async def again() -> models.Job:
+            async with info.context.db() as db:
+                return await jobs.retry_job(
+                    db,
+                    user.id,
+                    key,
+                    max_attempts=kind.max_attempts,
+                    traceparent=current_traceparent(),
+                    check_file=lambda file: kind.check_file(checked, file, settings),
+                )
+
+        job = await retry_busy(again, what="retryJob")
         await announce(
             info.context.events,
             JobStatusChanged.of(job),
@@ -167,6 +194,5 @@ class JobMutation:
             retention_seconds=info.context.settings.job_events_retention_seconds,
         )
         if await _send(info, job):
-            async with info.context.db() as db:
-                await jobs.mark_sent(db, [job.id])
+            await _mark_sent(info, job, sent=True)
         return Job.from_model(job)

@@ -14,10 +14,15 @@ from datetime import datetime
 from typing import Self
 
 import strawberry
+import structlog
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.scalars import JSON
 
 from core import files, jobs, pipeline_templates, pipelines
+from core.db import retry_busy
+from core.errors import Unavailable
 from core.events import JobStatusChanged, announce
 from core.models import PIPELINE
 from core.models import File as FileRow
@@ -32,8 +37,20 @@ from schema.node import Node
 from schema.pagination import Connection, paginate
 from schema.permissions import IsAuthenticated
 from workers.params import load
-from workers.pipeline import advance, check_steps, news, requests_of, send, uploaded
+from workers.pipeline import (
+    ADVANCE_TRIES,
+    StepRequest,
+    advance,
+    check_steps,
+    news,
+    release,
+    requests_of,
+    send,
+    uploaded,
+)
 from workers.registry import KINDS
+
+logger = structlog.get_logger("depot.jobs")
 
 
 @strawberry.type(description="Saved pipeline steps; start them with `startJob(input: {template})`.")
@@ -136,31 +153,48 @@ async def announce_waiting(info: Info, pipeline: JobRow | None, total: int) -> N
 
 
 async def _advance(info: Info, pipeline_id: uuid.UUID) -> None:
+    """Advance the pipeline after a change that has committed (a cancel, a retry).
+
+    A database that stays busy does not undo that change: the pipeline waits
+    for maintenance, which advances quiet pipelines.
+    """
     context = info.context
-    await advance(context.db, context.jobs.send, context.events, context.settings, pipeline_id)
+    try:
+        await retry_busy(
+            lambda: advance(
+                context.db, context.jobs.send, context.events, context.settings, pipeline_id
+            ),
+            what="advance",
+        )
+    except Unavailable:
+        logger.warning("pipeline not advanced; maintenance will", pipeline_id=str(pipeline_id))
 
 
 async def start_pipeline(info: Info, input: JobInput, idempotency_key: str | None) -> JobRow:
-    """Check the steps against the files, record the pipeline, start its first steps."""
+    """Check the steps against the files, record the pipeline and start its first steps in
+    one transaction; then send and announce them (:func:`workers.pipeline.release`)."""
     user = info.context.require_principal().user
+    context = info.context
+    given_steps: list[StepRequest] | None = None
     if given(input.pipeline):
         assert input.pipeline is not None
         keys = file_keys(input.pipeline.file_ids, "input.pipeline.fileIds")
-        requests = step_requests(input.pipeline.steps)
+        given_steps = step_requests(input.pipeline.steps)
     else:
         assert input.template is not None
         keys = file_keys(input.template.file_ids, "input.template.fileIds")
         template_key = decode_id_of(
             "PipelineTemplate", input.template.template_id, field="input.template.templateId"
         )
-        async with info.context.db() as db:
+
+    async def once(db: AsyncSession) -> tuple[JobRow, pipelines.Advanced]:
+        requests = given_steps
+        if requests is None:
             template = await pipeline_templates.get_owned(db, user.id, template_key)
-        requests = requests_of(pipeline_templates.steps_of(template))
-    async with info.context.db() as db:
-        types = [(await files.get_owned_file(db, user.id, key)).content_type for key in keys]
-    steps = check_steps(requests, types, info.context.settings)
-    async with info.context.db() as db:
-        job, _ = await jobs.create_job(
+            requests = requests_of(pipeline_templates.steps_of(template))
+        inputs = [await files.get_owned_file(db, user.id, key) for key in keys]
+        steps = check_steps(requests, [f.content_type for f in inputs], context.settings)
+        job, created = await jobs.create_job(
             db,
             user.id,
             PIPELINE,
@@ -169,11 +203,32 @@ async def start_pipeline(info: Info, input: JobInput, idempotency_key: str | Non
             max_attempts=1,
             idempotency_key=idempotency_key,
             traceparent=current_traceparent(),
+            start=True,
+            commit=False,
         )
-    # Idempotent: for a job started before, it starts nothing twice.
-    await _advance(info, job.id)
-    async with info.context.db() as db:
-        return await jobs.get_owned_job(db, user.id, job.id)
+        # A key used before: its pipeline, advanced (idempotent: nothing starts twice).
+        advanced = await (
+            pipelines.start(db, job, inputs) if created else pipelines.advance(db, job.id)
+        )
+        await db.commit()
+        return job, advanced
+
+    async def record() -> tuple[JobRow, pipelines.Advanced]:
+        for tries in range(1, ADVANCE_TRIES + 1):
+            async with context.db() as db:
+                try:
+                    return await once(db)
+                except IntegrityError:
+                    # A file it was to read went meanwhile, or an advance raced this
+                    # one: nothing was kept; decide again (a file gone is NOT_FOUND then).
+                    await db.rollback()
+                    if tries == ADVANCE_TRIES:
+                        raise
+        raise AssertionError("unreachable")
+
+    job, advanced = await retry_busy(record, what="startJob")
+    await release(context.db, context.jobs.send, context.events, context.settings, advanced)
+    return job
 
 
 async def _announce(info: Info, job: JobRow) -> None:
@@ -188,8 +243,13 @@ async def _announce(info: Info, job: JobRow) -> None:
 async def cancel_pipeline(info: Info, pipeline: JobRow) -> JobRow:
     """Cancel its running and queued steps, skip its pending ones; it ends when they have."""
     user = info.context.require_principal().user
-    async with info.context.db() as db:
-        cancelled = await pipelines.cancel(db, user.id, pipeline)
+
+    async def cancel() -> list[JobRow]:
+        # Each of its transactions is safe to repeat: a retry finishes what one began.
+        async with info.context.db() as db:
+            return await pipelines.cancel(db, user.id, pipeline)
+
+    cancelled = await retry_busy(cancel, what="cancelJob")
     for job in cancelled:
         await _announce(info, job)
     await _advance(info, pipeline.id)
@@ -207,10 +267,13 @@ async def retry_pipeline(info: Info, pipeline: JobRow) -> JobRow:
         kind = KINDS[step.kind]
         kind.check_file(load(kind.params, step.params), file, settings)
 
-    async with info.context.db() as db:
-        job, retried = await pipelines.retry(
-            db, user.id, pipeline, traceparent=current_traceparent(), check_file=check_file
-        )
+    async def again() -> tuple[JobRow, list[JobRow]]:
+        async with info.context.db() as db:
+            return await pipelines.retry(
+                db, user.id, pipeline, traceparent=current_traceparent(), check_file=check_file
+            )
+
+    job, retried = await retry_busy(again, what="retryJob")
     await _announce(info, job)
     for step in retried:
         await _announce(info, step)

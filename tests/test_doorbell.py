@@ -9,24 +9,26 @@ threads wake (``voluntary_ctxt_switches``).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import dramatiq
 import httpx
 import pytest
 import redis
 from dramatiq import Message
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.worker import ConsumerThread
+from dramatiq.worker import ConsumerThread, Worker
 
 from tests.conftest import make_settings, serve_app
 from tests.processes import depot_worker, in_background, redis_server, start_together
 from tests.support import JOB_TIMEOUT_S, run_job, signed_in, storage_root, upload_file
 from workers.broker import queue_name
-from workers.doorbell import IDLE_WAIT_MS, doorbell_key
+from workers.doorbell import IDLE_WAIT_MS, DoorbellRedisBroker, doorbell_key
 
 pytestmark = pytest.mark.anyio
 
@@ -187,3 +189,58 @@ async def test_the_embedded_worker_sleeps_while_it_has_nothing_to_do(
     assert (await run_job(client, headers, {"verify": {"fileId": file["id"]}}))["status"] == (
         "SUCCEEDED"
     )
+
+
+# A busy consumer's poll, grown long (Dramatiq backs off up to the worker's timeout).
+_LONG_POLL_MS = 2_000
+_SENDS = 3
+
+
+def _delays_of_own_sends(url: str) -> list[float]:
+    """How long messages a busy process sends itself wait for its consumer: an actor
+    that runs a while sends ``_SENDS`` messages, apart, and times when each starts."""
+    broker = DoorbellRedisBroker(url=url)
+    began = threading.Event()
+    delays: list[float] = []
+
+    def second() -> None:
+        began.set()
+
+    def first() -> None:
+        time.sleep(2 * _LONG_POLL_MS / 1000)  # the consumer's poll grows to its longest
+        for _ in range(_SENDS):
+            began.clear()
+            sent = time.monotonic()
+            later.send()
+            began.wait(2 * _LONG_POLL_MS / 1000)
+            delays.append(time.monotonic() - sent)
+            time.sleep(0.75 * _LONG_POLL_MS / 1000)  # the poll grows again
+
+    later = dramatiq.Actor(
+        second, broker=broker, actor_name="second", queue_name="own", priority=0, options={}
+    )
+    opening = dramatiq.Actor(
+        first, broker=broker, actor_name="first", queue_name="own", priority=0, options={}
+    )
+    worker = Worker(broker, worker_threads=2, worker_timeout=_LONG_POLL_MS)
+    worker.start()
+    try:
+        opening.send()
+        deadline = time.monotonic() + 60
+        while len(delays) < _SENDS and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+        broker.client.connection_pool.disconnect()  # RedisBroker.close leaves it open
+    return delays
+
+
+@pytest.mark.redis
+async def test_a_busy_worker_takes_the_messages_it_sends_itself_at_once(tmp_path: Path) -> None:
+    # A pipeline's next step is sent by the worker ending the step before, whose
+    # consumer still holds that step and so polls rather than waits on the doorbell:
+    # without a wake of its own, each step would wait up to a poll to start.
+    async with in_background(redis_server(tmp_path / "redis")) as server:
+        delays = await anyio.to_thread.run_sync(_delays_of_own_sends, server.url)
+    assert len(delays) == _SENDS, delays
+    assert max(delays) < WAKE_S, delays

@@ -16,6 +16,12 @@ not ring) costs at most :data:`IDLE_WAIT_MS`: the consumer fetches anyway when
 its wait ends. A token nobody needed costs one fetch; the list keeps at most
 :data:`RINGS_KEPT` of them.
 
+A consumer that polls because its process is working on messages still hears
+that process's own enqueues at once (a :class:`threading.Event` per queue, no
+Redis command): a worker ending a pipeline's step sends the next step while
+it holds the finished one, and its consumer would otherwise see it only at
+its next poll, up to ``worker_timeout`` later, on every step.
+
 The fetch script also writes the worker's heartbeat and, by a chance per call
 in Dramatiq, runs the maintenance that hands dead workers' messages to live
 ones. With far fewer fetches that chance would all but vanish, so here
@@ -114,6 +120,13 @@ class DoorbellRedisBroker(RedisBroker):
         self._maintenance_lock = threading.Lock()
         # Set by stop_waiting: the consumers poll from then on.
         self.polling = False
+        self._sent: dict[str, threading.Event] = {}
+        self._sent_lock = threading.Lock()
+
+    def sent(self, queue: str) -> threading.Event:
+        """Set whenever this process enqueues on ``queue``: wakes its polling consumer."""
+        with self._sent_lock:
+            return self._sent.setdefault(queue, threading.Event())
 
     def wake_key(self, queue: str) -> str:
         """This process's own list beside ``queue``'s doorbell: what :meth:`stop_waiting`
@@ -141,6 +154,7 @@ class DoorbellRedisBroker(RedisBroker):
         # The message is in Redis: a ring that fails now costs a wait, not a resend.
         with contextlib.suppress(redis.RedisError):
             self.ring(enqueued.queue_name)
+        self.sent(enqueued.queue_name).set()
         return enqueued
 
     def flush(self, queue_name: str) -> None:
@@ -191,6 +205,7 @@ class _DoorbellRedisConsumer(_ReleasesHeld, _RedisConsumer):
         self._bells = [doorbell_key(broker.namespace, queue_name), broker.wake_key(queue_name)]
         self._held = _HeldEtas()
         self._last_fetch = 0.0
+        self._sent = broker.sent(queue_name)
 
     def requeue(self, messages: Iterable[MessageProxy]) -> None:
         messages = list(messages)
@@ -211,6 +226,7 @@ class _DoorbellRedisConsumer(_ReleasesHeld, _RedisConsumer):
                     self._held.hold(message)
                     return MessageProxy(message)
                 outstanding: int = self.outstanding_message_count
+                self._sent.clear()  # what this process sends from now on ends the next poll
                 if outstanding < self.prefetch or self._heartbeat_due():
                     self._last_fetch = time.monotonic()
                     # A full prefetch fetches nothing: the heartbeat (and maintenance) only.
@@ -232,12 +248,13 @@ class _DoorbellRedisConsumer(_ReleasesHeld, _RedisConsumer):
 
     def _wait(self, wait_ms: int | None) -> None:
         """Block on the doorbell for ``wait_ms``, or (``None``) back off as Dramatiq's
-        consumer does, up to ``timeout`` (the worker's poll interval)."""
+        consumer does, up to ``timeout`` (the worker's poll interval), unless this
+        process enqueues on the queue meanwhile."""
         if wait_ms is None or wait_ms < _SHORTEST_WAIT_MS or self.broker.polling:
             self.misses, backoff_ms = compute_backoff(self.misses, max_backoff=self.timeout)
             if wait_ms is not None:
                 backoff_ms = min(backoff_ms, wait_ms)
-            time.sleep(backoff_ms / 1000)
+            self._sent.wait(backoff_ms / 1000)
             return
         self.misses = 0
         # A socket timeout shorter than the wait (``?socket_timeout=`` in the URL) ends it.

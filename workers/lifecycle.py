@@ -278,14 +278,21 @@ async def _conclude(resources: Resources, attempt: _Attempt, outcome: Outcome) -
             lambda: _record(resources, attempt.job, outputs, outcome, file_meta)
         )
         changed = recorded.job
+        pipeline_id = attempt.job.pipeline_id
+        advanced = recorded.advanced
+        if not recorded.again and pipeline_id is not None and advanced and advanced.started:
+            # The steps this end started go first, so that a worker claims the next one
+            # while this one's end is announced (each step's QUEUED still comes before
+            # its RUNNING); the pipeline's own news, last, follows this step's.
+            await _advance(resources, pipeline_id, replace(advanced, pipeline=None))
+            advanced = replace(advanced, started=[])
         if changed is not None:
             if changed.status is JobStatus.SUCCEEDED:
                 for file in outputs:
                     await _publish_file(resources, file)
             await _publish_status(resources, changed)
-        pipeline_id = attempt.job.pipeline_id
         if not recorded.again and pipeline_id is not None:
-            await _advance(resources, pipeline_id, recorded.advanced)
+            await _advance(resources, pipeline_id, advanced)
     return recorded.again
 
 
